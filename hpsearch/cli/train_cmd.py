@@ -1,0 +1,101 @@
+"""`hpsearch train`: one configuration, no study, one line per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hpsearch.cli.app import app
+from hpsearch.errors import ConfigError
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML file with a [params] (or [fixed]) table and an optional "
+        "[data] table, e.g. the output of `hpsearch best NAME --format toml`.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Override one parameter, key=value (repeatable), e.g. "
+        "--set optimizer=adamw --set lr=3e-3.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Number of epochs (overrides the config).", min=1)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="fashion-mnist (default), mnist, cifar10, or synthetic (a tiny learnable toy set).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Folder holding the dataset files (else $HPSEARCH_DATA, Debian's package, download)."
+    )] = None,
+    subset: Annotated[int | None, typer.Option(
+        help="Use only this many training images (before the validation split).", min=20)] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        help="Share of the training set held out for validation (default 0.1).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split, init, shuffling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (GPU if present), cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads (default: every available core).", min=1)] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Write a checkpoint here after every epoch; if it exists, resume from it.")] = None,
+) -> None:
+    """Train one configuration on the training split and report validation metrics per epoch.
+
+    The test set is never touched here (see `hpsearch evaluate`).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from hpsearch import data as data_mod
+    from hpsearch.config import load_run_config, parse_assignments, parse_data
+    from hpsearch.params import TrialParams
+    from hpsearch.train import (
+        TrainingDiverged,
+        configure_threads,
+        resolve_device,
+    )
+    from hpsearch.train import train as run_training
+
+    values, data_table = load_run_config(config) if config else ({}, {})
+    values.update(parse_assignments(set_ or []))
+    if epochs is not None:
+        values["epochs"] = epochs
+    for key, value in (("dataset", dataset), ("data_dir", data_dir), ("subset", subset),
+                       ("val_fraction", val_fraction)):
+        if value is not None:
+            data_table[key] = str(value) if isinstance(value, Path) else value
+    params = TrialParams.from_dict(values)
+    options = parse_data(data_table, "train")
+    params.check_image(options.dataset)
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    console = Console(stderr=True)
+    n_threads = configure_threads(threads)
+    data = data_mod.load_train_val(options, seed)
+    console.print(f"[bold]{options.dataset}[/]: {len(data.train)} train / {len(data.val)} val "
+                  f"images, {n_threads} thread(s)")
+    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
+
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("epoch 1", total=None)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        def on_epoch(metrics) -> None:  # noqa: ANN001 - EpochMetrics
+            typer.echo(metrics.line())  # stdout; rich prints it above the live bar
+            progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
+
+        try:
+            result = run_training(params, data, seed=seed, device=device, on_epoch=on_epoch,
+                                  on_step=on_step, checkpoint=checkpoint, resume_from=resume)
+        except TrainingDiverged as exc:
+            console.print(f"[red]stopped: {exc}[/]")
+            raise typer.Exit(3) from None
+    best = result.best
+    if best is not None:
+        typer.echo(f"best val acc {best.val_acc:.4f} at epoch {best.epoch}; "
+                   f"{result.n_params:,} parameters")

@@ -1,0 +1,303 @@
+"""Study definitions (TOML) and single-run configs, validated before anything is written.
+
+A study file has the tables [study], [data], [budget], [workers] and [space]. In [space] a list is
+a categorical choice, a table with low/high (and optional log, step) is a range, and a scalar is a
+fixed value. Every key is checked; mistakes are ConfigError with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import ConfigError
+from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, coerce, param_type
+
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
+PRUNERS = ("none", "median", "successive-halving", "hyperband")
+METRICS = ("val_acc",)
+NAME_PATTERN = re.compile(r"^[\w.\- ]{1,200}$")  # shown in HTML and used in paths: keep it tame
+
+
+@dataclass(frozen=True)
+class Categorical:
+    choices: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    is_int: bool = False
+
+
+Dimension = Categorical | Range
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
+    grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
+    max_retry: int = 2  # re-runs of a trial whose worker died
+    checkpoint_dir: str = "hpsearch-checkpoints"
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    metric: str = "val_acc"
+    n_trials: int = 20
+    timeout: float | None = None  # seconds, per worker
+    seed: int = 0
+    min_epochs: int = 1
+    data: DataOptions = field(default_factory=DataOptions)
+    workers: WorkerOptions = field(default_factory=WorkerOptions)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Dimension] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML, stored with the study
+
+    @property
+    def max_epochs(self) -> int:
+        return int(self.fixed["epochs"])
+
+    def base_params(self) -> TrialParams:
+        return TrialParams.from_dict(self.fixed)
+
+    def params_for(self, sampled: dict[str, Any]) -> TrialParams:
+        return TrialParams.from_dict({**self.fixed, **sampled})
+
+
+def _table(doc: dict[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) in [{key}]: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    return value
+
+
+def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None) -> Any:
+    try:
+        out = coerce(key, value, kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if minimum is not None and out < minimum:
+        raise ConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
+    return out
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: unknown {key} {value!r} (choose from: {', '.join(choices)})")
+    return value
+
+
+def parse_data(table: dict[str, Any], where: str) -> DataOptions:
+    try:
+        return DataOptions(
+            dataset=str(table.get("dataset", "fashion-mnist")),
+            data_dir=table.get("data_dir"),
+            val_fraction=_typed(where, "val_fraction", table.get("val_fraction", 0.1), float),
+            subset=(_typed(where, "subset", table["subset"], int) if "subset" in table else None),
+            synthetic_size=_typed(where, "synthetic_size", table.get("synthetic_size", 1200), int,
+                                  minimum=50),
+        )
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+
+
+def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
+    """A list → Categorical, a {low, high} table → Range, anything else → a fixed value."""
+    if name not in PARAM_NAMES:
+        raise ConfigError(
+            f"{where}: unknown parameter {name!r} in [space] (known: {', '.join(PARAM_NAMES)})"
+        )
+    kind = param_type(name)
+    label = f"{where}: space.{name}"
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{label}: an empty list has nothing to choose from")
+        choices = tuple(_typed(label, name, v, kind) for v in spec)
+        if len(set(choices)) != len(choices):
+            raise ConfigError(f"{label}: repeated choices in {spec}")
+        for choice in choices:
+            _check_value(label, name, choice)
+        return Categorical(choices)
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+        if unknown:
+            raise ConfigError(f"{label}: unknown key(s) {', '.join(unknown)} "
+                              "(a range has low, high, log, step)")
+        if "low" not in spec or "high" not in spec:
+            raise ConfigError(f"{label}: a range needs both low and high")
+        if kind not in (int, float):
+            raise ConfigError(f"{label}: {name} is {kind.__name__}; give a list of choices")
+        if name == "patch_size":
+            raise ConfigError(f"{label}: patch sizes must divide the image; give a list")
+        low, high = (_typed(label, b, spec[b], kind) for b in ("low", "high"))
+        log = _typed(label, "log", spec.get("log", False), bool)
+        step = _typed(label, "step", spec["step"], kind) if "step" in spec else None
+        if low > high:
+            raise ConfigError(f"{label}: low ({low}) is greater than high ({high})")
+        if log and low <= 0:
+            raise ConfigError(f"{label}: a log range needs low > 0, got {low}")
+        if step is not None and (step <= 0 or (log and step != 1)):
+            raise ConfigError(f"{label}: step must be positive and cannot be combined with log")
+        for bound in (low, high):
+            _check_value(label, name, bound)
+        return Range(low, high, log, step, is_int=kind is int)
+    value = _typed(label, name, spec, kind)
+    _check_value(label, name, value)
+    return value
+
+
+def _check_value(label: str, name: str, value: Any) -> None:
+    try:
+        TrialParams.from_dict({name: value})
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read study file {path}: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    return parse_study(doc, str(path))
+
+
+def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
+    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "space"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
+                          "(allowed: study, data, budget, workers, space)")
+    study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "n_trials", "timeout",
+                                  "seed"}, where)
+    if "name" not in study:
+        raise ConfigError(f"{where}: [study] needs a name")
+    name = study["name"]
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"{where}: study name {name!r} must be 1-200 letters, digits, spaces, "
+                          "'.', '-' or '_'")
+    budget = _table(doc, "budget", {"max_epochs", "min_epochs"}, where)
+    workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
+                                      "checkpoint_dir"}, where)
+    space_doc = _table(doc, "space", set(PARAM_NAMES), where)
+    if "epochs" in space_doc:
+        raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
+
+    max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", 10), int, minimum=1)
+    min_epochs = _typed(where, "min_epochs", budget.get("min_epochs", 1), int, minimum=1)
+    if min_epochs > max_epochs:
+        raise ConfigError(f"{where}: min_epochs ({min_epochs}) exceeds max_epochs ({max_epochs})")
+    config = StudyConfig(
+        name=name,
+        sampler=_choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS),
+        pruner=_choice(where, "pruner", study.get("pruner", "hyperband"), PRUNERS),
+        metric=_choice(where, "metric", study.get("metric", "val_acc"), METRICS),
+        n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
+        timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
+                 if "timeout" in study else None),
+        seed=_typed(where, "seed", study.get("seed", 0), int),
+        min_epochs=min_epochs,
+        data=parse_data(_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
+                                             "synthetic_size"}, where), where),
+        workers=WorkerOptions(
+            heartbeat_interval=_typed(where, "heartbeat_interval",
+                                      workers.get("heartbeat_interval", 30), int, minimum=1),
+            grace_period=_typed(where, "grace_period", workers.get("grace_period", 120), int,
+                                minimum=2),
+            max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
+            checkpoint_dir=str(workers.get("checkpoint_dir", "hpsearch-checkpoints")),
+        ),
+        raw=doc,
+    )
+    if config.workers.grace_period <= config.workers.heartbeat_interval:
+        raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
+    config.fixed["epochs"] = max_epochs
+    for key, spec in space_doc.items():
+        dim = parse_dimension(where, key, spec)
+        if isinstance(dim, Categorical | Range):
+            config.space[key] = dim
+        else:
+            config.fixed[key] = dim
+    _check_constraints(config, where)
+    if config.sampler == "grid":
+        grid_values(config)  # raises if the space has no grid
+    return config
+
+
+def _check_constraints(config: StudyConfig, where: str) -> None:
+    """Every fixed value and every patch size choice must make a valid model for the dataset."""
+    try:
+        base = config.base_params()
+        base.check_image(config.data.dataset)
+        patch = config.space.get("patch_size")
+        if isinstance(patch, Categorical):
+            for choice in patch.choices:
+                base.replace(patch_size=choice).check_image(config.data.dataset)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
+    """The grid sampler's search space: categorical choices and stepped ranges, expanded."""
+    grid: dict[str, list[Any]] = {}
+    for name, dim in config.space.items():
+        if isinstance(dim, Categorical):
+            grid[name] = list(dim.choices)
+        elif dim.step is not None and not dim.log:
+            count = math.floor((dim.high - dim.low) / dim.step + 1e-9) + 1
+            grid[name] = [dim.low + i * dim.step for i in range(count)]
+        else:
+            raise ConfigError(f"grid sampler: space.{name} must be a list or a range with step")
+    return grid
+
+
+def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A single-run file for `hpsearch train --config`: [params] (or [fixed]) and [data]."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    unknown = sorted(set(doc) - {"params", "fixed", "data", "seed"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)} "
+                          "(allowed: params, fixed, data, seed)")
+    params = {**doc.get("fixed", {}), **doc.get("params", {})}
+    return params, doc.get("data", {})
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """--set key=value pairs; values are parsed as TOML scalars where they can be."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = text.strip()  # a bare word such as adamw
+    return out

@@ -1,0 +1,307 @@
+"""Datasets in memory: discovery of the files, tensors, the seeded validation split, augmentation.
+
+The whole dataset is loaded once into tensors; batches are slices of them, and augmentation runs
+on whole batches (no per-image Python). The test split is loaded only by `load_test_split`, which
+only final evaluation calls.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hpsearch.errors import ConfigError
+from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape
+
+DEBIAN_DIRS = {
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+    "mnist": Path("/usr/share/datasets/mnist"),
+}
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+# torchvision's folder name for each dataset
+TORCHVISION_NAMES = {
+    "fashion-mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "cifar-10-batches-py",
+}
+DOWNLOAD_TIMEOUT_S = 10.0
+
+
+class DataNotFoundError(ConfigError):
+    """No copy of the dataset could be found or downloaded."""
+
+
+@dataclass
+class Split:
+    """Normalised images (N, C, H, W float32) and integer labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainValData:
+    train: Split
+    val: Split
+    dataset: str
+    mean: float
+    std: float
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hpsearch"
+
+
+def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
+    """Where to look, in order: --data-dir, $HPSEARCH_DATA, Debian's package, our cache."""
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir))
+    if os.environ.get("HPSEARCH_DATA"):
+        dirs.append(Path(os.environ["HPSEARCH_DATA"]))
+    if dataset in DEBIAN_DIRS:
+        dirs.append(DEBIAN_DIRS[dataset])
+    dirs.append(cache_dir() / "downloads")
+    return dirs
+
+
+def _find_idx_files(dataset: str, root: Path) -> Path | None:
+    """A folder holding the four MNIST-format files (plain or .gz), in any of the usual layouts."""
+    for folder in (root, root / dataset, root / TORCHVISION_NAMES[dataset] / "raw"):
+        if all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in MNIST_FILES):
+            return folder
+    return None
+
+
+def _torchvision_root(dataset: str, folder: Path) -> Path:
+    """torchvision reads only uncompressed files at ROOT/<Name>/raw; build that layout in our
+    cache (gunzipping .gz files, once) unless `folder` already is it."""
+    name = TORCHVISION_NAMES[dataset]
+    if folder.name == "raw" and folder.parent.name == name and all(
+        (folder / n).exists() for n in MNIST_FILES
+    ):
+        return folder.parent.parent
+    root = cache_dir() / "torchvision" / dataset
+    raw = root / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for n in MNIST_FILES:
+        target = raw / n
+        if target.exists():
+            continue
+        tmp = raw / f"{n}.tmp"
+        if (folder / n).exists():
+            shutil.copyfile(folder / n, tmp)
+        else:
+            with gzip.open(folder / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        os.replace(tmp, target)  # atomic: a concurrent worker never sees a half-written file
+    return root
+
+
+def _load_torchvision(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision import datasets
+
+    if dataset == "cifar10":
+        ds = datasets.CIFAR10(str(root), train=train, download=False)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(ds.targets, dtype=torch.long)
+    cls = datasets.FashionMNIST if dataset == "fashion-mnist" else datasets.MNIST
+    ds = cls(str(root), train=train, download=False)
+    return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+
+
+def _try_download(dataset: str, root: Path) -> bool:
+    from torchvision import datasets
+
+    cls = {"fashion-mnist": datasets.FashionMNIST, "mnist": datasets.MNIST,
+           "cifar10": datasets.CIFAR10}[dataset]
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail within seconds when offline
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+        return True
+    except Exception:  # noqa: BLE001 - any network or checksum failure means "not available"
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _missing_message(dataset: str, tried: list[Path]) -> str:
+    where = ", ".join(str(p) for p in tried)
+    if dataset == "cifar10":
+        files = "the folder cifar-10-batches-py (from cifar-10-python.tar.gz)"
+    else:
+        files = "the four files " + ", ".join(f"{n}.gz" for n in MNIST_FILES)
+    hint = ""
+    if dataset == "fashion-mnist":
+        hint = " or install them with `apt-get install dataset-fashion-mnist`,"
+    return (
+        f"{dataset} not found (looked in: {where}; the download failed). Put {files} in a "
+        f"folder and pass --data-dir DIR or set HPSEARCH_DATA,{hint} or run where the network "
+        "allows the download."
+    )
+
+
+def load_raw(dataset: str, data_dir: str | None, train: bool,
+             download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and labels of the train or test split of a real dataset."""
+    tried = candidate_dirs(dataset, data_dir)
+    for root in tried:
+        if dataset == "cifar10":
+            for base in (root, root / "cifar10"):
+                if (base / "cifar-10-batches-py").is_dir():
+                    return _load_torchvision(dataset, base, train)
+            continue
+        folder = _find_idx_files(dataset, root)
+        if folder is not None:
+            return _load_torchvision(dataset, _torchvision_root(dataset, folder), train)
+    download_root = cache_dir() / "downloads"
+    if download and _try_download(dataset, download_root):
+        return load_raw(dataset, str(download_root), train, download=False)
+    raise DataNotFoundError(_missing_message(dataset, tried))
+
+
+def synthetic_raw(n: int, seed: int, shape: tuple[int, int, int] = (1, 28, 28)
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy dataset with real shapes: each class is a fixed random pattern plus noise."""
+    gen = torch.Generator().manual_seed(1234)  # same class patterns for every split
+    prototypes = torch.rand((NUM_CLASSES, *shape), generator=gen) * 200
+    gen.manual_seed(seed)
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    noise = torch.randn((n, *shape), generator=gen) * 60
+    images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
+    return images, labels
+
+
+def _normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    return (images.float() / 255.0 - mean) / std
+
+
+def load_train_val(options: DataOptions, seed: int) -> TrainValData:
+    """The training set, split into train and validation by a permutation seeded by `seed`."""
+    dataset_shape(options.dataset)
+    if options.dataset == "synthetic":
+        images, labels = synthetic_raw(options.synthetic_size, seed=0)
+    else:
+        images, labels = load_raw(options.dataset, options.data_dir, train=True)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=gen)
+    if options.subset is not None:
+        order = order[: options.subset]
+    n_val = max(1, round(len(order) * options.val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    # statistics of the training part only, so nothing about validation leaks into training
+    train_float = images[train_idx].float() / 255.0
+    mean, std = train_float.mean().item(), train_float.std().item()
+    return TrainValData(
+        train=Split(_normalise(images[train_idx], mean, std), labels[train_idx]),
+        val=Split(_normalise(images[val_idx], mean, std), labels[val_idx]),
+        dataset=options.dataset,
+        mean=mean,
+        std=std,
+    )
+
+
+def load_full_train(options: DataOptions) -> Split:
+    """The whole training set (train + validation) for retraining a final model."""
+    if options.dataset == "synthetic":
+        images, labels = synthetic_raw(options.synthetic_size, seed=0)
+    else:
+        images, labels = load_raw(options.dataset, options.data_dir, train=True)
+    mean, std = _stats(images)
+    return Split(_normalise(images, mean, std), labels)
+
+
+def load_test_split(options: DataOptions, mean: float, std: float) -> Split:
+    """The test set, normalised with the training statistics. Only final evaluation calls this."""
+    if options.dataset == "synthetic":
+        images, labels = synthetic_raw(max(200, options.synthetic_size // 5), seed=1)
+    else:
+        images, labels = load_raw(options.dataset, options.data_dir, train=False)
+    return Split(_normalise(images, mean, std), labels)
+
+
+def _stats(images: torch.Tensor) -> tuple[float, float]:
+    as_float = images.float() / 255.0
+    return as_float.mean().item(), as_float.std().item()
+
+
+def iterate_batches(split: Split, batch_size: int, generator: torch.Generator | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in a shuffled order (when a generator is given) or in order."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield split.images[start:start + batch_size], split.labels[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield split.images[idx], split.labels[idx]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Per-sample random crop (with padding), horizontal flip and random erasing, on a batch."""
+
+    crop_padding: int = 2
+    hflip: bool = True
+    random_erasing: float = 0.0
+    fill: float = 0.0  # the normalised value of a black pixel
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.crop_padding:
+            images = self._random_crop(images, gen)
+        if self.hflip:
+            flip = torch.rand(images.shape[0], generator=gen) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if self.random_erasing > 0:
+            images = self._erase(images, gen)
+        return images
+
+    def _random_crop(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, _, h, w = images.shape
+        p = self.crop_padding
+        padded = torch.nn.functional.pad(images, (p, p, p, p), value=self.fill)
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+        rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+        batch = torch.arange(b)[:, None, None]
+        # advanced indexing gathers each sample's own window: result (B, H, W, C)
+        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+    def _erase(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Erase one rectangle (2-33% of the area, aspect 0.3-3.3) in a random share of samples."""
+        b, _, h, w = images.shape
+        area = torch.empty(b).uniform_(0.02, 0.33, generator=gen) * h * w
+        log_ratio = torch.empty(b).uniform_(-1.2, 1.2, generator=gen)
+        eh = (area * log_ratio.exp()).sqrt().round().clamp(1, h).long()
+        ew = (area / log_ratio.exp()).sqrt().round().clamp(1, w).long()
+        top = (torch.rand(b, generator=gen) * (h - eh + 1)).long()
+        left = (torch.rand(b, generator=gen) * (w - ew + 1)).long()
+        chosen = torch.rand(b, generator=gen) < self.random_erasing
+        ys = torch.arange(h)[None, :, None]
+        xs = torch.arange(w)[None, None, :]
+        mask = ((ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
+                & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None])
+                & chosen[:, None, None])
+        return images.masked_fill(mask[:, None], self.fill)

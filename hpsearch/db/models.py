@@ -1,0 +1,107 @@
+"""Our results schema, beside Optuna's own tables in the same database.
+
+Table names start with `hps_` so they never collide with Optuna's (`studies`, `trials`, ...).
+One row per epoch with one column per metric keeps comparison queries and curve exports simple.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so migrations can drop and alter them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TRIAL_STATES = ("running", "complete", "pruned", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Study(Base):
+    __tablename__ = "hps_study"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(512), unique=True)
+    optuna_study_id: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole study TOML, as loaded
+    dataset: Mapped[str] = mapped_column(String(64))
+    n_trials: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    trials: Mapped[list[Trial]] = relationship(back_populates="study")
+
+
+class Trial(Base):
+    __tablename__ = "hps_trial"
+    __table_args__ = (
+        UniqueConstraint("study_id", "number", name="uq_hps_trial_study_number"),
+        Index("ix_hps_trial_study_value", "study_id", "value"),
+        Index("ix_hps_trial_study_state", "study_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("hps_study.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # Optuna's trial number within the study
+    optuna_trial_id: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # one of TRIAL_STATES
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # the sampled values only
+    value: Mapped[float | None] = mapped_column(Float)  # best validation accuracy so far
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    epochs_run: Mapped[int] = mapped_column(Integer, default=0)
+    n_params: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str] = mapped_column(String(255))  # host:pid
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was pruned or failed
+    retried_from: Mapped[int | None] = mapped_column(Integer)  # trial number it resumes
+
+    study: Mapped[Study] = relationship(back_populates="trials")
+    epochs: Mapped[list[Epoch]] = relationship(back_populates="trial", order_by="Epoch.epoch")
+
+
+class Epoch(Base):
+    __tablename__ = "hps_epoch"
+    __table_args__ = (UniqueConstraint("trial_id", "epoch", name="uq_hps_epoch_trial_epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("hps_trial.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    val_acc: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    images_per_s: Mapped[float] = mapped_column(Float)
+
+    trial: Mapped[Trial] = relationship(back_populates="epochs")
+
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+                 "images_per_s")

@@ -1,0 +1,137 @@
+"""The MLP-Mixer, the plain MLP baseline, and weight initialisers. Pure torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpsearch.params import NUM_CLASSES, TrialParams
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+class FeedForward(nn.Module):
+    """Linear → activation → dropout → linear → dropout, on the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MixerBlock(nn.Module):
+    """Token mixing across patches, then channel mixing; each pre-normed with a skip."""
+
+    def __init__(self, num_patches: int, dim: int, token_dim: int, channel_dim: int,
+                 dropout: float, activation: str) -> None:
+        super().__init__()
+        self.token_norm = nn.LayerNorm(dim)
+        self.token_mlp = FeedForward(num_patches, token_dim, dropout, activation)
+        self.channel_norm = nn.LayerNorm(dim)
+        self.channel_mlp = FeedForward(dim, channel_dim, dropout, activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, patches, dim)
+        x = x + self.token_mlp(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mlp(self.channel_norm(x))
+
+
+class MLPMixer(nn.Module):
+    def __init__(self, image_shape: tuple[int, int, int], patch_size: int, hidden_dim: int,
+                 token_mlp_dim: int, channel_mlp_dim: int, num_blocks: int, dropout: float,
+                 activation: str, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        if height % patch_size or width % patch_size:
+            raise ValueError(f"patch_size {patch_size} does not divide {height}x{width} images")
+        self.patch_size = patch_size
+        num_patches = (height // patch_size) * (width // patch_size)
+        self.stem = nn.Linear(channels * patch_size * patch_size, hidden_dim)
+        self.blocks = nn.Sequential(*[
+            MixerBlock(num_patches, hidden_dim, token_mlp_dim, channel_mlp_dim, dropout, activation)
+            for _ in range(num_blocks)
+        ])
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.head = nn.Linear(hidden_dim, num_classes)
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (B, patches, C·P·P), patches in row-major order."""
+        b, c, h, w = images.shape
+        p = self.patch_size
+        x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(self.patchify(images)))
+        return self.head(self.norm(x).mean(dim=1))
+
+
+class MLP(nn.Module):
+    """The classic baseline: flatten, hidden layers of linear → activation → dropout, linear."""
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int, layers: int,
+                 dropout: float, activation: str, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        dims = [image_shape[0] * image_shape[1] * image_shape[2]] + [width] * layers
+        hidden: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            hidden += [nn.Linear(d_in, d_out), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        self.net = nn.Sequential(nn.Flatten(), *hidden, nn.Linear(dims[-1], num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Re-initialise every linear layer; LayerNorms keep weight 1, bias 0."""
+    if scheme == "default":
+        return  # PyTorch's own Linear init (kaiming_uniform with a=sqrt(5))
+    for module in model.modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if scheme == "xavier_uniform":
+            nn.init.xavier_uniform_(module.weight)
+        elif scheme == "kaiming_uniform":
+            nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+        elif scheme == "normal":
+            nn.init.normal_(module.weight, std=0.02)
+        else:
+            raise ValueError(f"unknown initialiser {scheme!r}")
+        nn.init.zeros_(module.bias)
+
+
+def build_model(params: TrialParams, image_shape: tuple[int, int, int]) -> nn.Module:
+    if params.model == "mlp":
+        model: nn.Module = MLP(image_shape, params.mlp_width, params.mlp_layers, params.dropout,
+                               params.activation)
+    else:
+        model = MLPMixer(image_shape, params.patch_size, params.hidden_dim, params.token_mlp_dim,
+                         params.channel_mlp_dim, params.num_blocks, params.dropout,
+                         params.activation)
+    init_weights(model, params.init)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matmul_flops_per_image(params: TrialParams, image_shape: tuple[int, int, int]) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass, counting the linear layers only."""
+    c, h, w = image_shape
+    if params.model == "mlp":
+        dims = [c * h * w] + [params.mlp_width] * params.mlp_layers + [NUM_CLASSES]
+        return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    p, d = params.patch_size, params.hidden_dim
+    n = (h // p) * (w // p)
+    stem = 2 * n * (c * p * p) * d
+    token = 2 * 2 * d * n * params.token_mlp_dim  # two linears over patches, for each channel
+    channel = 2 * 2 * n * d * params.channel_mlp_dim
+    return stem + params.num_blocks * (token + channel) + 2 * d * NUM_CLASSES

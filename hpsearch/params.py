@@ -1,0 +1,189 @@
+"""Hyperparameters of one training run, validated, with no torch import.
+
+`TrialParams` is the contract between the search space (which samples it), the trainer (which
+consumes it) and the results database (which stores it as JSON). Query commands import this
+module, so it must stay free of heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hpsearch.errors import ConfigError
+
+MODELS = ("mixer", "mlp")
+OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
+INITIALISERS = ("default", "xavier_uniform", "kaiming_uniform", "normal")
+ACTIVATIONS = ("gelu", "relu")
+SCHEDULERS = ("none", "cosine", "plateau", "step")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
+
+# Image shape (channels, height, width) and class count per dataset; known without loading data
+# so that configs can be validated before anything runs.
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "fashion-mnist": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "synthetic": (1, 28, 28),
+}
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """Everything that defines one training run of one model."""
+
+    # model
+    model: str = "mixer"
+    patch_size: int = 4
+    hidden_dim: int = 128
+    token_mlp_dim: int = 64
+    channel_mlp_dim: int = 512
+    num_blocks: int = 1
+    mlp_width: int = 256  # MLP baseline: width of each hidden layer
+    mlp_layers: int = 1  # MLP baseline: number of hidden layers
+    dropout: float = 0.0
+    activation: str = "gelu"
+    init: str = "default"
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 256
+    label_smoothing: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: int = 0
+    step_size: int = 10  # step scheduler: epochs between decays
+    gamma: float = 0.1  # step/plateau scheduler: decay factor
+    epochs: int = 10
+    # augmentation (applied to whole batches of tensors)
+    augment: bool = False
+    crop_padding: int = 2
+    hflip: bool = True
+    random_erasing: float = 0.0  # probability per sample
+    # speed
+    precision: str = "auto"
+    compile: str = "off"
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("init", self.init, INITIALISERS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("compile", self.compile, COMPILE_MODES)
+        for name in ("patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim",
+                     "num_blocks", "mlp_width", "mlp_layers", "batch_size", "epochs", "step_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "crop_padding"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("dropout", "label_smoothing", "random_erasing", "momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+
+    def check_image(self, dataset: str) -> None:
+        """Raise ConfigError if the patch size does not tile this dataset's images."""
+        _, height, width = dataset_shape(dataset)
+        if self.model == "mixer" and (height % self.patch_size or width % self.patch_size):
+            raise ConfigError(
+                f"patch_size {self.patch_size} does not divide the {height}x{width} images of "
+                f"{dataset}; choose a divisor of {height}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialParams:
+        """Build from a plain mapping, rejecting unknown keys and coercing simple types."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s): {', '.join(unknown)} (known: {', '.join(known)})"
+            )
+        defaults = cls()
+        coerced = {k: coerce(k, v, type(getattr(defaults, k))) for k, v in values.items()}
+        return cls(**coerced)
+
+    def replace(self, **changes: Any) -> TrialParams:
+        return TrialParams.from_dict({**self.to_dict(), **changes})
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialParams))
+
+
+def param_type(name: str) -> type:
+    return type(getattr(TrialParams(), name))
+
+
+def coerce(name: str, value: Any, kind: type) -> Any:
+    """Coerce a TOML or command-line value to the parameter's type, or raise ConfigError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+
+
+def dataset_shape(dataset: str) -> tuple[int, int, int]:
+    if dataset not in DATASET_SHAPES:
+        raise ConfigError(
+            f"unknown dataset {dataset!r} (known: {', '.join(DATASET_SHAPES)})"
+        )
+    return DATASET_SHAPES[dataset]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r} (choose from: {', '.join(choices)})")
+
+
+@dataclass
+class DataOptions:
+    """Which data a run trains on; not sampled by the search."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    subset: int | None = None  # use only this many training images (before the split)
+    synthetic_size: int = 1200  # training images of the synthetic dataset
+
+    def __post_init__(self) -> None:
+        dataset_shape(self.dataset)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.subset is not None and self.subset < 20:
+            raise ConfigError(f"subset must be at least 20 images, got {self.subset}")

@@ -1,0 +1,280 @@
+"""The epoch loop: optimisers, schedulers, mixed precision, divergence checks and checkpoints.
+
+The trainer knows nothing of Optuna or the database. It calls `on_epoch(metrics)` after each
+epoch; an exception raised there (a pruning decision, say) stops training and propagates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
+from hpsearch.metrics import EpochMetrics
+from hpsearch.model import build_model, count_parameters
+from hpsearch.params import NUM_CLASSES, TrialParams
+
+CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
+CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
+EVAL_BATCH = 1024
+COMPILE_MIN_IMAGES = 1_000_000  # compile="auto" compiles only runs this long (~20 s to repay)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped early because it cannot produce a useful model; str() is the reason."""
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+    n_params: int = 0
+    model: nn.Module | None = None
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return max(self.history, key=lambda m: m.val_acc, default=None)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r} (choose from: auto, cpu, cuda)")
+    return torch.device(name)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use `threads` intra-op threads (default: every core this process may run on)."""
+    n = threads or available_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. "auto" picks bf16 where the hardware runs it
+    fast (AVX-512 CPUs, Ampere+ GPUs): measured ~2x faster per epoch with the same accuracy."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    fast_bf16 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
+    return torch.bfloat16 if fast_bf16 else None
+
+
+def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
+    groups = model.parameters()
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum,
+                               weight_decay=params.weight_decay, nesterov=params.momentum > 0)
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    if params.optimizer == "radam":
+        return torch.optim.RAdam(groups, lr=params.lr, weight_decay=params.weight_decay)
+    raise ValueError(f"unknown optimizer {params.optimizer!r}")
+
+
+class Schedule:
+    """Wraps a torch LR scheduler and knows whether it steps per batch or per epoch."""
+
+    def __init__(self, params: TrialParams, optimizer: torch.optim.Optimizer,
+                 steps_per_epoch: int) -> None:
+        self.kind = params.scheduler
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None  # noqa: E501
+        if self.kind == "cosine":
+            warmup = params.warmup_epochs * steps_per_epoch
+            total = max(1, params.epochs * steps_per_epoch)
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                progress = (step - warmup) / max(1, total - warmup)
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        elif self.kind == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, params.step_size,
+                                                             params.gamma)
+        elif self.kind == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=params.gamma if params.gamma < 1 else 0.1,
+                patience=2)
+        else:
+            self.scheduler = None
+
+    def after_batch(self) -> None:
+        if self.kind == "cosine":
+            self.scheduler.step()  # type: ignore[union-attr]
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.kind == "step":
+            self.scheduler.step()  # type: ignore[union-attr]
+        elif self.kind == "plateau":
+            self.scheduler.step(val_loss)  # type: ignore[union-attr]
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
+
+def evaluate(model: nn.Module, split: Split, device: torch.device,
+             autocast_dtype: torch.dtype | None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split, in inference mode."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    with torch.inference_mode(), _autocast(device, autocast_dtype):
+        for images, labels in iterate_batches(split, EVAL_BATCH):
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images).float()
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").cpu().double()
+            correct += (logits.argmax(1) == labels).sum().item()
+    return loss_sum.item() / len(split), correct / len(split)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically, so a crash mid-write never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    # weights_only: tensors and plain containers only; loading never executes code
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
+          on_epoch: Callable[[EpochMetrics], None] | None = None,
+          on_step: Callable[[int, int], None] | None = None,
+          checkpoint: Path | None = None, resume_from: Path | None = None) -> TrainResult:
+    """Train `params` on `data` for `params.epochs` epochs.
+
+    `checkpoint`: written after every epoch (after `on_epoch` returns). `resume_from`: a checkpoint
+    to continue from; its finished epochs are not redone and `on_epoch` is not called for them.
+    `on_step(done, total)` is called after each training batch (for progress bars).
+    """
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+    model = build_model(params, data.image_shape).to(dev)
+    n_params = count_parameters(model)
+    optimizer = make_optimizer(params, model)
+    autocast_dtype = resolve_precision(params.precision, dev)
+    total_images = params.epochs * len(data.train)
+    compiled = params.compile == "on" or (
+        params.compile == "auto" and total_images >= COMPILE_MIN_IMAGES)
+    drop_last = compiled  # one batch shape, so compile traces once
+    steps_per_epoch = (len(data.train) // params.batch_size if drop_last
+                       else math.ceil(len(data.train) / params.batch_size))
+    steps_per_epoch = max(1, steps_per_epoch)
+    schedule = Schedule(params, optimizer, steps_per_epoch)
+    augment = Augmentation(params.crop_padding, params.hflip, params.random_erasing,
+                           fill=-data.mean / data.std) if params.augment else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+
+    result = TrainResult(n_params=n_params, model=model)
+    first_epoch = 1
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.history = [EpochMetrics(**m) for m in state["history"]]
+        first_epoch = state["epoch"] + 1
+
+    step_model = torch.compile(model) if compiled else model
+    for epoch in range(first_epoch, params.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        for step, (images, labels) in enumerate(iterate_batches(data.train, params.batch_size,
+                                                                gen)):
+            if drop_last and len(labels) < params.batch_size:
+                break
+            if augment is not None:
+                images = augment(images, gen)
+            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+            lr = optimizer.param_groups[0]["lr"]
+            with _autocast(dev, autocast_dtype):
+                logits = step_model(images)
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.after_batch()
+            loss_sum += loss.detach().double().cpu() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum().cpu()
+            seen += len(labels)
+            if on_step is not None:
+                on_step(step + 1, steps_per_epoch)
+        train_seconds = time.perf_counter() - started
+        train_loss = loss_sum.item() / max(1, seen)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"non-finite training loss at epoch {epoch}")
+        val_loss, val_acc = evaluate(model, data.val, dev, autocast_dtype)
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}")
+        schedule.after_epoch(val_loss)
+        metrics = EpochMetrics(
+            epoch=epoch, train_loss=train_loss, train_acc=correct.item() / max(1, seen),
+            val_loss=val_loss, val_acc=val_acc, lr=lr,
+            seconds=time.perf_counter() - started, images_per_s=seen / train_seconds,
+        )
+        result.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": schedule.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": [m.to_dict() for m in result.history],
+            })
+        _check_chance(result.history)
+    return result
+
+
+def _check_chance(history: list[EpochMetrics]) -> None:
+    """Stop a run whose accuracy has sat at chance for CHANCE_PATIENCE epochs."""
+    if len(history) < CHANCE_PATIENCE:
+        return
+    chance = 1.0 / NUM_CLASSES + CHANCE_MARGIN
+    recent = history[-CHANCE_PATIENCE:]
+    if all(m.val_acc <= chance and m.train_acc <= chance for m in recent):
+        raise TrainingDiverged(
+            f"accuracy at chance (val {recent[-1].val_acc:.3f}) for {CHANCE_PATIENCE} epochs "
+            f"up to epoch {recent[-1].epoch}"
+        )
