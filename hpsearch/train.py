@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hpsearch.cores import available_cores
 from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
@@ -50,13 +51,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r} (choose from: auto, cpu, cuda)")
     return torch.device(name)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def configure_threads(threads: int | None) -> int:

@@ -1,0 +1,157 @@
+"""Writes of the runner: study rows, trial rows, and one row per finished epoch.
+
+Every write is one short transaction, retried while the database is unreachable (a PostgreSQL
+restart, a locked SQLite file), so an epoch is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from hpsearch.db.models import Epoch, Study, Trial, utcnow
+from hpsearch.metrics import EpochMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_FOR_S = 120.0  # how long a write keeps retrying before the trial fails
+
+
+def with_retry(action: Callable[[], T], what: str, retry_for: float = RETRY_FOR_S) -> T:
+    """Run `action`, retrying with back-off while the connection is down."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except (OperationalError, DBAPIError) as exc:
+            if not _is_transient(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
+
+
+class Recorder:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ensure_study(self, name: str, optuna_study_id: int, config: dict[str, Any],
+                     dataset: str, n_trials: int) -> int:
+        """The study's row id, creating the row or updating its trial target."""
+        def write() -> int:
+            with Session(self.engine) as session, session.begin():
+                study = session.scalar(select(Study).where(Study.name == name))
+                if study is None:
+                    study = Study(name=name, optuna_study_id=optuna_study_id, config=config,
+                                  dataset=dataset, n_trials=n_trials)
+                    session.add(study)
+                else:
+                    study.n_trials = n_trials
+                session.flush()
+                return study.id
+        return with_retry(write, "recording the study")
+
+    def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
+                    params: dict[str, Any], worker: str, retried_from: int | None) -> int:
+        def write() -> int:
+            with Session(self.engine) as session, session.begin():
+                existing = session.scalar(select(Trial).where(
+                    Trial.study_id == study_id, Trial.number == number))
+                if existing is not None:  # a write whose commit we did not see: reuse it
+                    return existing.id
+                trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
+                              state="running", params=params, worker=worker,
+                              retried_from=retried_from, epochs_run=0)
+                session.add(trial)
+                session.flush()
+                return trial.id
+        return with_retry(write, f"recording the start of trial {number}")
+
+    def copy_epochs(self, from_trial_id: int, to_trial_id: int, up_to_epoch: int) -> None:
+        """Carry a retried trial's finished epochs over to the trial that resumes it."""
+        def write() -> None:
+            with Session(self.engine) as session, session.begin():
+                rows = session.scalars(select(Epoch).where(
+                    Epoch.trial_id == from_trial_id, Epoch.epoch <= up_to_epoch)).all()
+                for row in rows:
+                    self._upsert_epoch(session, to_trial_id, EpochMetrics(
+                        epoch=row.epoch, train_loss=row.train_loss, train_acc=row.train_acc,
+                        val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
+                        seconds=row.seconds, images_per_s=row.images_per_s))
+                self._refresh_summary(session, to_trial_id)
+        with_retry(write, "copying epochs of a retried trial")
+
+    def record_epoch(self, trial_id: int, metrics: EpochMetrics) -> None:
+        """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
+        update the trial's summary, in one transaction."""
+        def write() -> None:
+            with Session(self.engine) as session, session.begin():
+                self._upsert_epoch(session, trial_id, metrics)
+                self._refresh_summary(session, trial_id)
+        with_retry(write, f"recording epoch {metrics.epoch}")
+
+    def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics) -> None:
+        values = {"trial_id": trial_id, **metrics.to_dict()}
+        dialect = session.bind.dialect.name  # type: ignore[union-attr]
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(Epoch).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Epoch.trial_id, Epoch.epoch],
+            set_={k: v for k, v in values.items() if k not in ("trial_id", "epoch")},
+        )
+        session.execute(stmt)
+
+    def _refresh_summary(self, session: Session, trial_id: int) -> None:
+        best = session.execute(
+            select(Epoch.val_acc, Epoch.epoch).where(Epoch.trial_id == trial_id)
+            .order_by(Epoch.val_acc.desc(), Epoch.epoch).limit(1)).first()
+        count = session.scalar(select(func.count()).where(Epoch.trial_id == trial_id))
+        session.execute(update(Trial).where(Trial.id == trial_id).values(
+            value=best[0] if best else None, best_epoch=best[1] if best else None,
+            epochs_run=count or 0))
+
+    def finish_trial(self, trial_id: int, state: str, seconds: float, n_params: int | None,
+                     reason: str | None = None) -> None:
+        def write() -> None:
+            with Session(self.engine) as session, session.begin():
+                session.execute(update(Trial).where(Trial.id == trial_id).values(
+                    state=state, seconds=seconds, n_params=n_params, reason=reason,
+                    finished_at=utcnow()))
+        with_retry(write, f"recording the end of trial row {trial_id}")
+
+    def trial_id(self, study_id: int, number: int) -> int | None:
+        return with_retry(lambda: self._trial_id(study_id, number), "reading a trial")
+
+    def _trial_id(self, study_id: int, number: int) -> int | None:
+        with Session(self.engine) as session:
+            return session.scalar(select(Trial.id).where(
+                Trial.study_id == study_id, Trial.number == number))
+
+    def mark_running_as(self, study_id: int, worker: str, state: str, reason: str) -> int:
+        """End every trial this worker still has running (after Ctrl-C). Returns how many."""
+        def write() -> int:
+            with Session(self.engine) as session, session.begin():
+                result = session.execute(update(Trial).where(
+                    Trial.study_id == study_id, Trial.worker == worker,
+                    Trial.state == "running").values(state=state, reason=reason,
+                                                     finished_at=utcnow()))
+                return result.rowcount or 0
+        return with_retry(write, "marking running trials", retry_for=10.0)
+
+    def study_row(self, name: str) -> Study | None:
+        def read() -> Study | None:
+            with Session(self.engine, expire_on_commit=False) as session:
+                return session.scalar(select(Study).where(Study.name == name))
+        return with_retry(read, "reading the study")

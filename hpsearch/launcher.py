@@ -1,0 +1,106 @@
+"""`hpsearch run`: local worker processes sharing one study, with a live view from the database.
+
+Workers are separate processes (`python -m hpsearch worker`), each with its share of the CPU
+cores, started in their own session so that Ctrl-C reaches only this launcher, which then
+interrupts each worker exactly once and waits for it to mark its trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from hpsearch.config import StudyConfig
+from hpsearch.cores import available_cores
+from hpsearch.db.engine import make_engine
+from hpsearch.monitor import StudyProgress, read_progress, render_progress
+from hpsearch.objective import study_slug
+
+STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
+POLL_S = 1.0
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def start_workers(config: StudyConfig, url: str, workers: int, threads: int | None,
+                  device: str, timeout: float | None, log_dir: Path) -> list[WorkerProcess]:
+    per_worker = threads or max(1, available_cores() // workers)
+    folder = log_dir / study_slug(config.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HPSEARCH_DB": url}  # not on the command line, where ps shows it
+    started = []
+    for index in range(workers):
+        command = [sys.executable, "-m", "hpsearch", "worker", config.name,
+                   "--worker-index", str(index), "--threads", str(per_worker),
+                   "--device", device]
+        if timeout:
+            command += ["--timeout", str(timeout)]
+        log_path = folder / f"worker-{index}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        started.append(WorkerProcess(index, process, log_path))
+    return started
+
+
+def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
+              console: Console) -> tuple[StudyProgress, bool]:
+    """Show progress until every worker exits. Returns the last progress and whether the user
+    interrupted."""
+    engine = make_engine(url)
+    progress = read_progress(engine, config.name)
+    interrupted = False
+    with Live(render_progress(progress, config), console=console, refresh_per_second=2,
+              transient=False) as live:
+        try:
+            while any(w.process.poll() is None for w in workers):
+                time.sleep(POLL_S)
+                progress = read_progress(engine, config.name)
+                live.update(render_progress(progress, config))
+        except KeyboardInterrupt:
+            interrupted = True
+            live.console.print("[yellow]Interrupted: stopping workers (their running trials "
+                               "are marked failed)…[/]")
+            stop_workers(workers)
+        progress = read_progress(engine, config.name)
+        live.update(render_progress(progress, config))
+    engine.dispose()
+    return progress, interrupted
+
+
+def stop_workers(workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for worker in workers:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            worker.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()  # its trial is failed later by the heartbeat check
+            worker.process.wait()
+
+
+def failed_workers(workers: list[WorkerProcess]) -> list[tuple[WorkerProcess, str]]:
+    """Workers that exited with an error, with the last line of their log."""
+    failures = []
+    for worker in workers:
+        code = worker.process.returncode
+        if code not in (0, 130, -signal.SIGINT):
+            lines = worker.log_path.read_text(errors="replace").strip().splitlines()
+            failures.append((worker, lines[-1] if lines else f"exit code {code}"))
+    return failures

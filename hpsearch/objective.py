@@ -1,0 +1,128 @@
+"""One Optuna trial: sample params → train → record each epoch → report → prune.
+
+The glue between the trainer (which knows nothing of Optuna or the database), Optuna, and the
+recorder. Divergent runs end as pruned trials with their reason stored.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from hpsearch.config import StudyConfig
+from hpsearch.data import TrainValData
+from hpsearch.db.recorder import Recorder
+from hpsearch.metrics import EpochMetrics
+from hpsearch.space import suggest
+from hpsearch.train import TrainingDiverged, load_checkpoint, train
+
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
+
+
+class SurplusTrial(Exception):
+    """Two workers started the study's last trial at once; the later one gives way."""
+
+
+def study_slug(name: str) -> str:
+    """A file-system-safe folder name for a study; never '.', '..' or a path."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "study"
+    return slug[:120]
+
+
+def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:
+    base = Path(root).resolve() / study_slug(study_name)
+    path = (base / f"trial-{number}.pt").resolve()
+    if not path.is_relative_to(base):  # defence in depth; the slug already prevents it
+        raise ValueError(f"checkpoint path escapes {base}")
+    return path
+
+
+class Objective:
+    def __init__(self, config: StudyConfig, study_row_id: int, data: TrainValData,
+                 recorder: Recorder, worker: str, device: str = "auto") -> None:
+        self.config = config
+        self.study_row_id = study_row_id
+        self.data = data
+        self.recorder = recorder
+        self.worker = worker
+        self.device = device
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self._check_not_surplus(trial)
+        sampled = suggest(trial, self.config.space)
+        params = self.config.params_for(sampled)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)  # type: ignore[arg-type]
+        original = history[0] if history else trial.number
+        resume_from, resumed_number = self._latest_checkpoint(history)
+        row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
+                                        sampled, self.worker,
+                                        retried_from=history[-1] if history else None)
+        if resume_from is not None:
+            done = int(load_checkpoint(resume_from)["epoch"])
+            previous = self.recorder.trial_id(self.study_row_id, resumed_number)
+            if previous is not None:
+                self.recorder.copy_epochs(previous, row, done)
+        started = time.monotonic()
+        n_params: int | None = None
+
+        def on_epoch(metrics: EpochMetrics) -> None:
+            self.recorder.record_epoch(row, metrics)
+            trial.report(metrics.val_acc, metrics.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})")
+
+        checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
+                                     trial.number)
+        try:
+            # the seed follows the original trial, so a resumed retry continues the same run
+            result = train(params, self.data, seed=self.config.seed + original,
+                           device=self.device, on_epoch=on_epoch, checkpoint=checkpoint,
+                           resume_from=resume_from)
+            n_params = result.n_params
+        except optuna.TrialPruned as exc:
+            self._finish(row, "pruned", started, n_params, str(exc), checkpoint)
+            raise
+        except TrainingDiverged as exc:
+            self._finish(row, "pruned", started, n_params, f"diverged: {exc}", checkpoint)
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
+        except KeyboardInterrupt:
+            self._finish(row, "failed", started, n_params, "interrupted (Ctrl-C)", None)
+            raise
+        except Exception as exc:
+            self._finish(row, "failed", started, n_params, f"{type(exc).__name__}: {exc}", None)
+            raise
+        self._finish(row, "complete", started, n_params, None, checkpoint)
+        best = result.best
+        return best.val_acc if best else 0.0
+
+    def _finish(self, row: int, state: str, started: float, n_params: int | None,
+                reason: str | None, checkpoint: Path | None) -> None:
+        self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
+        if checkpoint is not None:  # finished trials need no resume point
+            checkpoint.unlink(missing_ok=True)
+
+    def _latest_checkpoint(self, history: list[int]) -> tuple[Path | None, int]:
+        """The newest checkpoint left by the trials this one retries."""
+        for number in reversed(history):
+            path = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name, number)
+            if path.exists():
+                return path, number
+        return None, -1
+
+    def _check_not_surplus(self, trial: optuna.Trial) -> None:
+        """Close the race in which several workers start the last trial together: a trial whose
+        position among counted and active trials is past n_trials is not run."""
+        storage, study_id = trial.study._storage, trial.study._study_id
+        earlier = [t for t in storage.get_all_trials(study_id, deepcopy=False,
+                                                     states=COUNTED_STATES + ACTIVE_STATES)
+                   if t.number < trial.number]
+        if len(earlier) >= self.config.n_trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"the study already has {self.config.n_trials} trials")

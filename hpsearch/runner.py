@@ -1,0 +1,154 @@
+"""Studies in the database: create or resume them, and run one worker's share of the trials.
+
+One database URL is the whole coordination story: any number of workers, on any machines, load
+the same Optuna study. Heartbeats mark a dead worker's trial failed, and the retry callback queues
+it again; the retry resumes from the dead trial's last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import StudyConfig, WorkerOptions, parse_study
+from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
+from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.recorder import Recorder
+from hpsearch.errors import HpsearchError
+from hpsearch.objective import COUNTED_STATES, Objective
+
+log = logging.getLogger(__name__)
+WAIT_POLL_S = 1.0  # how often an idle worker checks whether the study needs it again
+MAX_CONSECUTIVE_FAILURES = 5  # a worker whose every trial fails stops instead of looping
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def open_storage(url: str, workers: WorkerOptions) -> RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url),
+            heartbeat_interval=workers.heartbeat_interval,
+            grace_period=workers.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=workers.max_retry, inherit_intermediate_values=True),
+        )
+
+
+def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) -> int:
+    """Create (or resume) the Optuna study and our study row; returns the row id.
+
+    Done once, before any worker starts: creating the schema from several processes at once
+    races on a fresh SQLite file.
+    """
+    url = normalise_url(url)
+    ensure_schema(url)
+    storage = open_storage(url, config.workers)
+    try:
+        study = optuna.create_study(study_name=config.name, storage=storage,
+                                    direction="maximize", load_if_exists=True)
+    finally:
+        storage.remove_session()
+    return Recorder(make_engine(url)).ensure_study(
+        config.name, study._study_id, config.raw, config.data.dataset,
+        n_trials if n_trials is not None else config.n_trials)
+
+
+def load_config(recorder: Recorder, name: str, url: str) -> tuple[StudyConfig, int]:
+    row = recorder.study_row(name)
+    if row is None:
+        raise HpsearchError(f"unknown study {name!r} in {mask_url(url)} "
+                            "(start it with `hpsearch run STUDY.toml`)")
+    config = parse_study(row.config, f"study {name!r}")
+    config.n_trials = row.n_trials
+    return config, row.id
+
+
+@dataclass
+class WorkerSummary:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+
+def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "auto",
+               timeout: float | None = None) -> WorkerSummary:
+    """Run trials of study `name` until it has n_trials finished trials (or `timeout`)."""
+    from hpsearch.data import load_train_val  # torch: only workers pay for the import
+
+    url = normalise_url(url)
+    ensure_schema(url)
+    recorder = Recorder(make_engine(url))
+    config, row_id = load_config(recorder, name, url)
+    storage = open_storage(url, config.workers)
+    from hpsearch.space import make_pruner, make_sampler
+
+    study = optuna.load_study(study_name=name, storage=storage,
+                              sampler=make_sampler(config, worker_index),
+                              pruner=make_pruner(config))
+    data = load_train_val(config.data, seed=config.seed)
+    me = worker_name()
+    objective = Objective(config, row_id, data, recorder, me, device)
+    summary = WorkerSummary()
+    last: list[FrozenTrial] = []
+    deadline = time.monotonic() + timeout if timeout else None
+    consecutive_failures = 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            finished = storage.get_n_trials(study._study_id, COUNTED_STATES)
+            if finished >= config.n_trials:
+                break
+            waiting = storage.get_n_trials(study._study_id, TrialState.WAITING)
+            running = storage.get_n_trials(study._study_id, TrialState.RUNNING)
+            if not waiting and finished + running >= config.n_trials:
+                # the last trials run elsewhere; if their worker died, the heartbeat check
+                # fails them and queues a retry, which this loop then picks up
+                _fail_stale(study)
+                time.sleep(WAIT_POLL_S)
+                continue
+            last.clear()
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                           callbacks=[lambda _s, t: last.append(t)])
+            state = last[0].state if last else TrialState.FAIL
+            if state == TrialState.COMPLETE:
+                summary.complete += 1
+            elif state == TrialState.PRUNED:
+                summary.pruned += 1
+            elif not _was_surplus(last):
+                summary.failed += 1
+                consecutive_failures += 1
+                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise HpsearchError(
+                        f"{consecutive_failures} trials in a row failed in this worker; see "
+                        "`hpsearch trials NAME --state failed` for the reasons")
+                continue
+            consecutive_failures = 0
+    except KeyboardInterrupt:
+        recorder.mark_running_as(row_id, me, "failed", "interrupted (Ctrl-C)")
+        raise
+    finally:
+        storage.remove_session()
+    return summary
+
+
+def _was_surplus(last: list[FrozenTrial]) -> bool:
+    return bool(last) and last[0].user_attrs.get("surplus", False)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+

@@ -1,0 +1,51 @@
+"""The search space as Optuna suggestions; samplers and pruners from their config names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from hpsearch.config import Categorical, Range, StudyConfig, grid_values
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Categorical | Range]) -> dict[str, Any]:
+    """Sample every dimension of the space for this trial."""
+    sampled: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, Categorical):
+            sampled[name] = trial.suggest_categorical(name, list(dim.choices))
+        elif dim.is_int:
+            sampled[name] = trial.suggest_int(name, int(dim.low), int(dim.high),
+                                              step=int(dim.step or 1), log=dim.log)
+        else:
+            sampled[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step,
+                                                log=dim.log)
+    return sampled
+
+
+def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker gets its own seed (seed + index): identical seeds would make parallel workers
+    draw the same random start-up points."""
+    seed = config.seed + worker_index
+    if config.sampler == "tpe":
+        # constant_liar: a running trial counts as a bad result, so workers don't pile onto it
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if config.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=config.seed)  # a QMC sequence is shared
+    return optuna.samplers.GridSampler(grid_values(config), seed=config.seed)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    if config.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=config.min_epochs)
+    if config.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs)
+    return optuna.pruners.HyperbandPruner(min_resource=config.min_epochs,
+                                          max_resource=config.max_epochs, reduction_factor=3)
