@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
@@ -43,6 +42,13 @@ def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:
     return path
 
 
+def retry_history(trial: optuna.Trial) -> list[int]:
+    """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
+    callback in the trial's system attributes)."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    return list(frozen.system_attrs.get("retry_history", []))
+
+
 class Objective:
     def __init__(self, config: StudyConfig, study_row_id: int, data: TrainValData,
                  recorder: Recorder, worker: str, device: str = "auto") -> None:
@@ -57,7 +63,7 @@ class Objective:
         self._check_not_surplus(trial)
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
-        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)  # type: ignore[arg-type]
+        history = retry_history(trial)
         original = history[0] if history else trial.number
         resume_from, resumed_number = self._latest_checkpoint(history)
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,

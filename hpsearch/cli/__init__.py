@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from hpsearch.cli import train_cmd  # noqa: F401  (registers commands)
+from hpsearch.cli import db_cmds, query_cmds, run_cmds, train_cmd  # noqa: F401  (registers commands)
 from hpsearch.cli.app import app
 from hpsearch.errors import HpsearchError
 

@@ -1,0 +1,46 @@
+"""Alembic environment for hpsearch's own tables (hps_*), beside Optuna's in the same database.
+
+hpsearch.db.migrate (and `hpsearch db ...`) runs it with an open connection. To write a new
+revision after changing hpsearch/db/models.py, point $HPSEARCH_DB at a database at head
+(`hpsearch db upgrade`), then:
+
+    python -c "from alembic import command; from hpsearch.db.migrate import alembic_config; \
+command.revision(alembic_config(), 'what changed', autogenerate=True)"
+
+and edit the generated file into something readable (see versions/0001_initial.py).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from alembic import context
+from hpsearch.db.engine import make_engine
+from hpsearch.db.migrate import context_options
+from hpsearch.db.models import Base
+
+
+def run_migrations(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=Base.metadata, **context_options())
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        run_migrations(connection)
+        return
+    # make_engine: the same SQLite pragmas and PostgreSQL pool settings as everywhere else
+    engine = make_engine(context.config.get_main_option("sqlalchemy.url"))
+    try:
+        with engine.begin() as conn:
+            run_migrations(conn)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("hpsearch migrations run against a database; offline (--sql) mode is not "
+                     "supported")
+run_online()

@@ -1,0 +1,119 @@
+"""`hpsearch db ...`: create, inspect and check the results schema (our hps_* tables only).
+
+Alembic and the models are imported inside the commands, so other commands start no slower.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from hpsearch.cli.app import DB_HELP, app
+
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(
+    db_app, name="db",
+    help="Create, migrate and check hpsearch's tables in the results database. Optuna's own "
+    "tables in the same database are never touched.",
+)
+
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
+
+
+def _describe(revision: str | None) -> str:
+    from hpsearch.db.migrate import head_revision
+
+    head = head_revision()
+    if revision is None:
+        return "none (no hpsearch tables)"
+    if revision == head:
+        return f"{revision} (head)"
+    return f"{revision} (head is {head})"
+
+
+def _shown_url(db: str | None) -> str:
+    from hpsearch.db.engine import database_url, mask_url
+
+    return mask_url(database_url(db))
+
+
+@db_app.command("upgrade")
+def upgrade_cmd(
+    db: DbOption = None,
+    revision: Annotated[str, typer.Option(
+        help="Revision to migrate to: head (the newest this hpsearch knows) or a revision id.")
+    ] = "head",
+) -> None:
+    """Create hpsearch's tables, or migrate them to a newer revision.
+
+    Commands that write (run, worker) do this on first use; run it once by hand to prepare a
+    shared PostgreSQL database before starting workers on several machines.
+    """
+    from hpsearch.db import migrate
+
+    before = migrate.current_revision(db)
+    migrate.upgrade(db, revision)
+    after = migrate.current_revision(db)
+    change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}")
+
+
+@db_app.command("downgrade")
+def downgrade_cmd(
+    revision: Annotated[str, typer.Argument(
+        help="Revision to migrate back to: a revision id, -1 for one step, or base to drop "
+        "every hpsearch table AND ITS DATA.", show_default=False)],
+    db: DbOption = None,
+) -> None:
+    """Migrate hpsearch's tables back to an older revision (Optuna's tables stay as they are)."""
+    from hpsearch.db import migrate
+
+    before = migrate.current_revision(db)
+    migrate.downgrade(db, revision)
+    after = migrate.current_revision(db)
+    typer.echo(f"{_shown_url(db)}: downgraded from {before or 'empty'} to {_describe(after)}")
+
+
+@db_app.command("current")
+def current_cmd(db: DbOption = None) -> None:
+    """Print the database's hpsearch schema revision (and whether it is the newest)."""
+    from hpsearch.db import migrate
+
+    typer.echo(_describe(migrate.current_revision(db)))
+
+
+@db_app.command("check")
+def check_cmd(db: DbOption = None) -> None:
+    """Compare the database's hpsearch tables with the models; exit 1 and list any difference.
+
+    Exits 2 when the schema is missing, older or newer than this hpsearch.
+    """
+    from hpsearch.db import migrate
+
+    migrate.require_schema(db)
+    drift = migrate.schema_drift(db)
+    if not drift:
+        head = _describe(migrate.head_revision())
+        typer.echo(f"{_shown_url(db)}: schema matches the models, revision {head}")
+        return
+    typer.echo(f"{_shown_url(db)}: schema differs from the models:")
+    for diff in drift:
+        typer.echo(f"  {format_diff(diff)}")
+    raise typer.Exit(1)
+
+
+def format_diff(diff: Any) -> str:
+    """One Alembic autogenerate diff as a line: a tuple, or a list of one column's changes."""
+    if isinstance(diff, list):  # [(op, schema, table, column, info, old, new), ...]
+        return "; ".join(f"{op} {table}.{column}: {old!r} -> {new!r}"
+                         for op, _schema, table, column, _info, old, new in diff)
+    op, *objects = diff  # e.g. ("add_column", schema, table name, Column), ("add_index", Index)
+    names = [_object_name(obj) for obj in objects if obj is not None and not isinstance(obj, str)]
+    return f"{op} {', '.join(names)}"
+
+
+def _object_name(obj: Any) -> str:
+    table = getattr(obj, "table", None)
+    name = getattr(obj, "name", None) or type(obj).__name__
+    return f"{table.name}.{name}" if table is not None else str(name)

@@ -1,0 +1,308 @@
+"""Read-only commands on recorded studies: studies, trials, best, show, compare, export, report.
+
+They never import torch (nor hpsearch.data/model/train): heavy modules are imported inside the
+commands that need them, so `hpsearch best` answers in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hpsearch.cli.app import DB_HELP, app
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from hpsearch.report.tables import Sheet
+
+
+class Format(StrEnum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+class BestFormat(StrEnum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+    toml = "toml"
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+    md = "md"
+
+
+class What(StrEnum):
+    trials = "trials"
+    epochs = "epochs"
+
+
+class State(StrEnum):
+    running = "running"
+    complete = "complete"
+    pruned = "pruned"
+    failed = "failed"
+
+
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
+FORMAT_HELP = ("Output: table (terminal), md (Markdown), csv or json (full precision, for "
+               "scripts).")
+FormatOption = Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP)]
+StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
+                                         metavar="NAME")]
+
+
+@contextmanager
+def connect(db: str | None) -> Iterator[Connection]:
+    """A read connection to the results database; one-line errors for missing schema or
+    an unreachable server."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from hpsearch.db.engine import database_url, make_engine, mask_url
+    from hpsearch.db.migrate import require_schema
+    from hpsearch.errors import HpsearchError
+
+    url = database_url(db)
+    require_schema(url)  # never creates a file or a table
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except (OperationalError, InterfaceError) as exc:
+        reason = " ".join(str(exc.orig or exc).split())
+        raise HpsearchError(f"cannot read {mask_url(url)}: {reason}") from exc
+    finally:
+        engine.dispose()
+
+
+def emit(sheet: Sheet, fmt: str) -> None:
+    from hpsearch.report import tables
+
+    if fmt == "table":
+        from rich.console import Console
+
+        tables.print_table(sheet, Console())
+    else:
+        tables.write(sheet, fmt, sys.stdout)
+
+
+@app.command()
+def studies(db: DbOption = None, fmt: FormatOption = Format.table) -> None:
+    """List every study: trial counts by state, best validation accuracy, dataset, created,
+    last activity."""
+    from hpsearch.db import queries
+    from hpsearch.report.tables import studies_sheet
+
+    with connect(db) as conn:
+        emit(studies_sheet(queries.list_studies(conn)), fmt.value)
+
+
+@app.command()
+def trials(
+    name: StudyArg,
+    top: Annotated[int | None, typer.Option(
+        help="Show only the first N trials in the sort order (default: all).", min=1)] = None,
+    state: Annotated[list[State] | None, typer.Option(
+        help="Only trials in this state (repeatable).")] = None,
+    sort: Annotated[str, typer.Option(
+        help="Sort by a column: best_val_acc (default, best first), number, state, best_epoch, "
+        "epochs_run, seconds, n_params, started_at, finished_at, or a parameter name such as lr "
+        "(ascending). Prefix with '-' to reverse, e.g. --sort=-seconds.")] = "best_val_acc",
+    fmt: FormatOption = Format.table,
+    db: DbOption = None,
+) -> None:
+    """Leaderboard of a study's trials: number, state, best validation accuracy and its epoch,
+    epochs run, time, parameter count, and the sampled parameters as columns."""
+    from hpsearch.db import queries
+    from hpsearch.report.tables import param_names, trials_sheet
+
+    with connect(db) as conn:
+        study = queries.find_study(conn, name)
+        rows = queries.leaderboard(conn, study, top=top, states=[s.value for s in state or []],
+                                   sort=sort)
+        sheet = trials_sheet(study, rows, param_names(study.config, [r.params for r in rows]))
+        if not rows:
+            sheet.notes.append("no trials match")
+        emit(sheet, fmt.value)
+
+
+def print_leaderboard(url: str, name: str, top: int) -> None:
+    """The `top` best trials as a terminal table (used by `hpsearch run` at its end)."""
+    from hpsearch.db import queries
+    from hpsearch.report.tables import param_names, trials_sheet
+
+    with connect(url) as conn:
+        study = queries.find_study(conn, name)
+        rows = queries.leaderboard(conn, study, top=top)
+        emit(trials_sheet(study, rows, param_names(study.config, [r.params for r in rows])),
+             "table")
+
+
+@app.command()
+def best(
+    name: StudyArg,
+    fmt: Annotated[BestFormat, typer.Option(
+        "--format", "-f", help="table, md, csv, json, or toml: a [params] table with the full "
+        "resolved parameters and a [data] table, for `hpsearch train --config FILE`."
+    )] = BestFormat.table,
+    db: DbOption = None,
+) -> None:
+    """The best complete trial of a study and its full parameters (fixed and sampled)."""
+    from hpsearch.db import queries
+    from hpsearch.errors import HpsearchError
+    from hpsearch.report import tables
+
+    with connect(db) as conn:
+        study = queries.find_study(conn, name)
+        trial = queries.best_trial(conn, study)
+        if trial is None:
+            counts = queries.study_stats(conn, study).counts
+            have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
+            raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
+    params, data = tables.retrain_config(study, trial)
+    if fmt is BestFormat.toml:
+        sys.stdout.write(tables.best_toml(study, trial, params, data))
+    elif fmt is BestFormat.json:
+        record = {"study": study.name, **next(iter(tables.trials_sheet(
+            study, [trial], list(trial.params)).records())), "resolved_params": params,
+            "data": data}
+        sys.stdout.write(tables.json_text(record) + "\n")
+    else:
+        emit(tables.best_sheet(study, trial, params), fmt.value)
+
+
+@app.command()
+def show(
+    name: StudyArg,
+    number: Annotated[int, typer.Argument(help="Trial number within the study.",
+                                          metavar="NUMBER")],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP + " csv holds the "
+                                        "epoch rows only.")] = Format.table,
+    db: DbOption = None,
+) -> None:
+    """One trial: its summary, every stored metric of every epoch, and why it was pruned or
+    failed."""
+    from hpsearch.db import queries
+    from hpsearch.report import tables
+
+    with connect(db) as conn:
+        study = queries.find_study(conn, name)
+        trial = queries.get_trial(conn, study, number)
+        epochs = queries.trial_epochs(conn, study, number)
+    title = f"{study.name}: trial {number}, epochs"
+    epoch_sheet = tables.epochs_sheet(title, epochs, with_trial=False)
+    if fmt is Format.json:
+        summary = next(iter(tables.trial_sheet(study, trial).records()))
+        doc = {"study": study.name, "trial": summary, "epochs": list(epoch_sheet.records())}
+        sys.stdout.write(tables.json_text(doc) + "\n")
+        return
+    if fmt is Format.csv:
+        emit(epoch_sheet, "csv")
+        return
+    reason = tables.reason_line(trial)
+    if reason:
+        epoch_sheet.notes.append(reason)
+    if not epochs:
+        epoch_sheet.notes.insert(0, "no epoch finished")
+    emit(tables.trial_sheet(study, trial), fmt.value)
+    if fmt is Format.md:
+        sys.stdout.write("\n")
+    emit(epoch_sheet, fmt.value)
+
+
+@app.command()
+def compare(
+    names: Annotated[list[str], typer.Argument(help="Two or more study names (one works too).",
+                                               metavar="NAME...")],
+    fmt: FormatOption = Format.table,
+    db: DbOption = None,
+) -> None:
+    """Studies side by side: best value, trials, pruned share, total compute time, time to
+    reach the best (first trial's start to the best trial's finish), and each study's best
+    params."""
+    from hpsearch.db import queries
+    from hpsearch.report.tables import compare_sheet, param_names
+
+    with connect(db) as conn:
+        stats = [queries.study_stats(conn, queries.find_study(conn, n)) for n in names]
+    names_union: list[str] = []
+    for s in stats:
+        best_params = [s.best.params] if s.best else []
+        names_union += [n for n in param_names(s.study.config, best_params)
+                        if n not in names_union]
+    emit(compare_sheet(stats, names_union), fmt.value)
+
+
+@app.command()
+def export(
+    name: StudyArg,
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", "-f", help="csv, json (an array of records) or md.")] = ExportFormat.csv,
+    what: Annotated[What, typer.Option(
+        help="trials: one row per trial with every column and the sampled params; epochs: one "
+        "row per trial and epoch with every stored metric.")] = What.trials,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to this file (atomically: complete or not at all). "
+        "Default: standard output.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Dump a study's trials or epochs in full precision, for scripts and notebooks."""
+    from hpsearch.db import queries
+    from hpsearch.report import atomic_text
+    from hpsearch.report.tables import epochs_sheet, param_names, trials_sheet, write
+
+    with connect(db) as conn:
+        study = queries.find_study(conn, name)
+        if what is What.trials:
+            names = param_names(study.config, [queries.param_keys(conn, study)])
+            sheet = trials_sheet(study, queries.iter_trials(conn, study), names, full=True)
+        else:
+            sheet = epochs_sheet(f"{study.name}: epochs", queries.iter_epochs(conn, study),
+                                 with_trial=True)
+        if output is None:
+            write(sheet, fmt.value, sys.stdout)
+        else:
+            with atomic_text(output) as out:
+                write(sheet, fmt.value, out)
+
+
+@app.command()
+def report(
+    names: Annotated[list[str], typer.Argument(help="One or more study names; several are "
+                                               "also overlaid.", metavar="NAME...")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="The HTML file to write (default report.html), or with --split "
+        "the folder (default report/).")] = None,
+    split: Annotated[bool, typer.Option(
+        "--split", help="Write each figure as its own HTML file into a folder, with an "
+        "index.html.")] = False,
+    curves: Annotated[int, typer.Option(
+        help="Trials drawn as individual curves (the best first); the others are summarised "
+        "as a per-epoch percentile band.", min=1)] = 50,
+    db: DbOption = None,
+) -> None:
+    """A self-contained HTML report that works offline: learning curves, best-so-far over
+    trials and time, parallel coordinates, parameter importances and the leaderboard."""
+    from hpsearch.db.engine import database_url
+    from hpsearch.report.html import build_report, write_report, write_split
+
+    url = database_url(db)
+    with connect(db) as conn:
+        doc = build_report(conn, url, names, curves=curves)
+    if split:
+        written = write_split(doc, output or Path("report"))
+    else:
+        written = write_report(doc, output or Path("report.html"))
+    typer.echo(f"wrote {written}")

@@ -1,0 +1,1 @@
+"""The results database: models (models.py), engines (engine.py), migrations (migrate.py)."""

@@ -1,0 +1,428 @@
+"""Every read of the results tables, in one place.
+
+SQLAlchemy 2.x `select()` with bound parameters only. Aggregates (counts, best values, quantiles)
+are computed in SQL so that `best` and `trials --top` stay fast on studies with 10,000 trials:
+nothing here loads a whole study into Python unless the caller asks for every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Row,
+    case,
+    column,
+    func,
+    inspect,
+    select,
+    table,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Study, Trial
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.params import PARAM_NAMES, param_type
+
+# Sort keys of `trials --sort`; the accuracy sorts best first, every other column ascending.
+SORT_COLUMNS: dict[str, Any] = {
+    "number": Trial.number,
+    "state": Trial.state,
+    "best_val_acc": Trial.value,
+    "best_epoch": Trial.best_epoch,
+    "epochs_run": Trial.epochs_run,
+    "seconds": Trial.seconds,
+    "n_params": Trial.n_params,
+    "started_at": Trial.started_at,
+    "finished_at": Trial.finished_at,
+}
+DESCENDING_BY_DEFAULT = {"best_val_acc"}
+QUANTILES = (10, 50, 90)  # percentiles of the per-epoch band in reports
+KNOWN_NAMES_SHOWN = 10  # an unknown-study error lists at most this many real names
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    id: int
+    name: str
+    optuna_study_id: int
+    dataset: str
+    config: dict[str, Any]
+    planned_trials: int
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    name: str
+    dataset: str
+    created_at: datetime | None
+    last_activity: datetime | None
+    counts: dict[str, int]  # trials by state, every state present
+    best_value: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    id: int
+    number: int
+    state: str
+    value: float | None
+    best_epoch: int | None
+    epochs_run: int
+    n_params: int | None
+    seconds: float | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str
+    reason: str | None
+    retried_from: int | None
+    optuna_trial_id: int
+    params: dict[str, Any] = field(default_factory=dict)  # the sampled values only
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    trial_number: int
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class StudyStats:
+    """One study's line in `compare` and in reports."""
+
+    study: StudyInfo
+    counts: dict[str, int]
+    compute_seconds: float  # sum of trial durations: the machine time the study cost
+    first_start: datetime | None
+    best: TrialRecord | None
+    time_to_best_s: float | None  # wall time from the first trial's start to the best's finish
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def pruned_share(self) -> float | None:
+        return self.counts["pruned"] / self.total if self.total else None
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """The light columns of one trial, for best-so-far plots over thousands of trials."""
+
+    number: int
+    state: str
+    value: float | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Curve:
+    trial_number: int
+    state: str
+    epochs: list[int]
+    values: dict[str, list[float]]  # metric → one value per epoch
+
+
+@dataclass(frozen=True)
+class Band:
+    """Per-epoch percentiles of one metric over many trials."""
+
+    metric: str
+    epochs: list[int]
+    n: list[int]  # trials that reached each epoch
+    percentiles: dict[int, list[float]]  # e.g. 10 → the 10th percentile at each epoch
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _masked(conn: Connection) -> str:
+    return conn.engine.url.render_as_string(hide_password=True)
+
+
+def has_results_tables(conn: Connection) -> bool:
+    return inspect(conn).has_table(Study.__tablename__)
+
+
+def study_names(conn: Connection, limit: int | None = None) -> list[str]:
+    return list(conn.scalars(select(Study.name).order_by(Study.name).limit(limit)))
+
+
+def find_study(conn: Connection, name: str) -> StudyInfo:
+    """The study called `name`, or a one-line error that lists the studies that do exist."""
+    study = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    if study is None:
+        known = study_names(conn, KNOWN_NAMES_SHOWN + 1)
+        if not known:
+            hint = "the database holds no studies yet"
+        else:
+            more = ", ..." if len(known) > KNOWN_NAMES_SHOWN else ""
+            hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
+        raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
+    return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset, study.config,
+                     study.n_trials, utc(study.created_at))
+
+
+def _count_by_state() -> list[ColumnElement[int]]:
+    return [func.coalesce(func.sum(case((Trial.state == s, 1), else_=0)), 0).label(s)
+            for s in TRIAL_STATES]
+
+
+def list_studies(conn: Connection) -> list[StudySummary]:
+    """Every study with its trial counts by state, best value and last activity (one query)."""
+    best = func.max(case((Trial.state == "complete", Trial.value)))
+    last = func.max(func.coalesce(Trial.finished_at, Trial.started_at))
+    query = (
+        select(Study.name, Study.dataset, Study.created_at, last.label("last"),
+               best.label("best"), *_count_by_state())
+        .outerjoin(Trial, Trial.study_id == Study.id)
+        .group_by(Study.id, Study.name, Study.dataset, Study.created_at)
+        .order_by(Study.created_at, Study.name)
+    )
+    out = []
+    for row in conn.execute(query):
+        counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
+        created = utc(row.created_at)
+        out.append(StudySummary(row.name, row.dataset, created,
+                                _latest(created, _as_datetime(row.last)), counts, row.best))
+    return out
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """max() over a DateTime column loses its type on SQLite and comes back as text."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return utc(value)
+
+
+def _latest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _trial_record(trial: Row[Any]) -> TrialRecord:
+    return TrialRecord(
+        id=trial.id, number=trial.number, state=trial.state, value=trial.value,
+        best_epoch=trial.best_epoch, epochs_run=trial.epochs_run, n_params=trial.n_params,
+        seconds=trial.seconds, started_at=utc(trial.started_at),
+        finished_at=utc(trial.finished_at), worker=trial.worker, reason=trial.reason,
+        retried_from=trial.retried_from, optuna_trial_id=trial.optuna_trial_id,
+        params=dict(trial.params or {}),
+    )
+
+
+def _sort_key(sort: str) -> ColumnElement[Any]:
+    """`best_val_acc`, `-seconds`, `lr`: a column or a parameter; '-' reverses the order."""
+    reverse = sort.startswith("-")
+    name = sort.lstrip("-+")
+    if name in SORT_COLUMNS:
+        key = SORT_COLUMNS[name]
+    elif name in PARAM_NAMES:
+        kind = param_type(name)
+        item = Trial.params[name]
+        key = (item.as_string() if kind is str else item.as_boolean() if kind is bool
+               else item.as_float())
+    else:
+        raise ConfigError(f"unknown sort column {name!r} (choose from: "
+                          f"{', '.join(SORT_COLUMNS)}, or a parameter name)")
+    descending = (name in DESCENDING_BY_DEFAULT) != reverse
+    return (key.desc() if descending else key.asc()).nulls_last()
+
+
+def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
+                states: Sequence[str] = (), sort: str = "best_val_acc") -> list[TrialRecord]:
+    """Trials ordered by `sort` (best value first by default), limited in SQL to `top`."""
+    bad = sorted(set(states) - set(TRIAL_STATES))
+    if bad:
+        raise ConfigError(f"unknown state {bad[0]!r} (choose from: {', '.join(TRIAL_STATES)})")
+    query = select(Trial.__table__).where(Trial.study_id == study.id)
+    if states:
+        query = query.where(Trial.state.in_(list(states)))
+    query = query.order_by(_sort_key(sort), Trial.number).limit(top)
+    return [_trial_record(t) for t in conn.execute(query)]
+
+
+def best_trial(conn: Connection, study: StudyInfo) -> TrialRecord | None:
+    """The complete trial with the highest value (ties: the earliest), like Optuna's best_trial.
+
+    WHERE study_id = ? ... ORDER BY value DESC LIMIT 1 walks the (study_id, value) index
+    backwards instead of reading every trial.
+    """
+    query = (select(Trial.__table__)
+             .where(Trial.study_id == study.id, Trial.state == "complete",
+                    Trial.value.is_not(None))
+             .order_by(Trial.value.desc(), Trial.number).limit(1))
+    trial = conn.execute(query).first()
+    return _trial_record(trial) if trial is not None else None
+
+
+def get_trial(conn: Connection, study: StudyInfo, number: int) -> TrialRecord:
+    trial = conn.execute(select(Trial.__table__).where(Trial.study_id == study.id,
+                                                       Trial.number == number)).first()
+    if trial is None:
+        low, high = conn.execute(select(func.min(Trial.number), func.max(Trial.number))
+                                 .where(Trial.study_id == study.id)).one()
+        have = f"trials {low}..{high}" if low is not None else "no trials yet"
+        raise HpsearchError(f"study {study.name!r} has no trial {number} ({have})")
+    return _trial_record(trial)
+
+
+def iter_trials(conn: Connection, study: StudyInfo) -> Iterator[TrialRecord]:
+    """Every trial of the study in trial-number order, streamed."""
+    query = (select(Trial.__table__).where(Trial.study_id == study.id).order_by(Trial.number)
+             .execution_options(yield_per=2000))
+    for trial in conn.execute(query):
+        yield _trial_record(trial)
+
+
+def param_keys(conn: Connection, study: StudyInfo) -> list[str]:
+    """Every sampled parameter name used by the study's trials, in order of first use."""
+    keys: dict[str, None] = {}
+    query = (select(Trial.params).where(Trial.study_id == study.id).order_by(Trial.number)
+             .execution_options(yield_per=5000))
+    for params in conn.scalars(query):
+        keys.update(dict.fromkeys(params or {}))
+    return list(keys)
+
+
+def _epoch_query(study: StudyInfo) -> Any:
+    metrics = [getattr(Epoch, m) for m in EPOCH_METRICS]
+    return (select(Trial.number, Epoch.epoch, *metrics)
+            .join(Trial, Trial.id == Epoch.trial_id)
+            .where(Trial.study_id == study.id))
+
+
+def iter_epochs(conn: Connection, study: StudyInfo) -> Iterator[EpochRecord]:
+    """Every epoch row of the study, ordered by trial number and epoch, streamed."""
+    query = (_epoch_query(study).order_by(Trial.number, Epoch.epoch)
+             .execution_options(yield_per=5000))
+    for row in conn.execute(query):
+        yield EpochRecord(*row)
+
+
+def trial_epochs(conn: Connection, study: StudyInfo, number: int) -> list[EpochRecord]:
+    query = _epoch_query(study).where(Trial.number == number).order_by(Epoch.epoch)
+    return [EpochRecord(*row) for row in conn.execute(query)]
+
+
+def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
+    row = conn.execute(
+        select(func.coalesce(func.sum(Trial.seconds), 0.0).label("compute"),
+               func.min(Trial.started_at).label("first"), *_count_by_state())
+        .where(Trial.study_id == study.id)
+    ).one()
+    best = best_trial(conn, study)
+    first = _as_datetime(row.first)
+    to_best = None
+    if best is not None and best.finished_at is not None and first is not None:
+        to_best = (best.finished_at - first).total_seconds()
+    counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
+    return StudyStats(study, counts, float(row.compute), first, best, to_best)
+
+
+def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:
+    query = (select(Trial.number, Trial.state, Trial.value, Trial.started_at, Trial.finished_at)
+             .where(Trial.study_id == study.id).order_by(Trial.number))
+    return [TrialPoint(r.number, r.state, r.value, utc(r.started_at), utc(r.finished_at))
+            for r in conn.execute(query)]
+
+
+def complete_params(conn: Connection, study: StudyInfo) -> list[tuple[int, float, dict]]:
+    """(number, value, sampled params) of every complete trial, for parallel coordinates."""
+    query = (select(Trial.number, Trial.value, Trial.params)
+             .where(Trial.study_id == study.id, Trial.state == "complete",
+                    Trial.value.is_not(None))
+             .order_by(Trial.number))
+    return [(r.number, r.value, dict(r.params or {})) for r in conn.execute(query)]
+
+
+def top_curves(conn: Connection, study: StudyInfo, metrics: Sequence[str],
+               top: int) -> list[Curve]:
+    """Per-epoch curves of the `top` trials by value (trials without a value come last)."""
+    _check_metrics(metrics)
+    ranked = (select(Trial.id).where(Trial.study_id == study.id)
+              .order_by(Trial.value.desc().nulls_last(), Trial.number).limit(top))
+    query = (select(Trial.number, Trial.state, Epoch.epoch,
+                    *[getattr(Epoch, m) for m in metrics])
+             .join(Trial, Trial.id == Epoch.trial_id)
+             .where(Epoch.trial_id.in_(ranked.scalar_subquery()))
+             .order_by(Trial.value.desc().nulls_last(), Trial.number, Epoch.epoch))
+    curves: dict[int, Curve] = {}
+    for row in conn.execute(query):
+        curve = curves.get(row.number)
+        if curve is None:
+            curve = curves[row.number] = Curve(row.number, row.state, [],
+                                               {m: [] for m in metrics})
+        curve.epochs.append(row.epoch)
+        for metric in metrics:
+            curve.values[metric].append(getattr(row, metric))
+    return list(curves.values())
+
+
+def epoch_band(conn: Connection, study: StudyInfo, metric: str, *,
+               skip_top: int) -> Band | None:
+    """Nearest-rank percentiles of `metric` at every epoch over all trials but the best
+    `skip_top`, computed in SQL with window functions (SQLite >= 3.25 and PostgreSQL alike)."""
+    _check_metrics([metric])
+    top = (select(Trial.id).where(Trial.study_id == study.id)
+           .order_by(Trial.value.desc().nulls_last(), Trial.number).limit(skip_top))
+    value = getattr(Epoch, metric)
+    ranked = (
+        select(Epoch.epoch.label("epoch"), value.label("v"),
+               func.row_number().over(partition_by=Epoch.epoch, order_by=value).label("rn"),
+               func.count().over(partition_by=Epoch.epoch).label("n"))
+        .join(Trial, Trial.id == Epoch.trial_id)
+        .where(Trial.study_id == study.id, Epoch.trial_id.not_in(top.scalar_subquery()))
+        .subquery()
+    )
+    # The p-th percentile is the smallest value whose rank r satisfies 100 * r >= p * n.
+    picks = [func.min(case((ranked.c.rn * 100 >= ranked.c.n * p, ranked.c.v)))
+             .label(f"p{p}") for p in QUANTILES]
+    query = (select(ranked.c.epoch, func.max(ranked.c.n).label("n"), *picks)
+             .group_by(ranked.c.epoch).order_by(ranked.c.epoch))
+    rows = conn.execute(query).all()
+    if not rows:
+        return None
+    return Band(metric, [r.epoch for r in rows], [r.n for r in rows],
+                {p: [float(getattr(r, f"p{p}")) for r in rows] for p in QUANTILES})
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
+    unknown = [m for m in metrics if m not in EPOCH_METRICS]
+    if unknown:
+        raise ValueError(f"unknown epoch metric(s): {', '.join(unknown)}")
+
+
+# Optuna's own tables (read only to find the study that importances are computed on).
+_OPTUNA_STUDIES = table("studies", column("study_id", Integer), column("study_name"))
+
+
+def optuna_study_exists(conn: Connection, name: str) -> bool:
+    if not inspect(conn).has_table("studies"):
+        return False
+    query = select(_OPTUNA_STUDIES.c.study_id).where(_OPTUNA_STUDIES.c.study_name == name)
+    return conn.execute(query).first() is not None
+

@@ -1,0 +1,317 @@
+"""Plotly figures of recorded studies (plotly.graph_objects), plus parameter importances.
+
+Every string that comes from the database (study names, parameter names and values, states)
+passes through `esc` (html.escape): Plotly renders a subset of HTML in titles, legends and
+hover labels, and the escaped text displays as the original characters.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import warnings
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from hpsearch.db.queries import Band, Curve, TrialPoint
+
+STATE_STYLE: dict[str, dict[str, Any]] = {
+    "complete": {"dash": "solid", "width": 1.6},
+    "pruned": {"dash": "dash", "width": 1.0, "color": "rgba(120,120,120,0.75)"},
+    "failed": {"dash": "dot", "width": 1.0, "color": "rgba(200,60,60,0.75)"},
+    "running": {"dash": "solid", "width": 1.0, "color": "rgba(90,140,220,0.6)"},
+}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+BAND_FILL = "rgba(100,100,100,0.18)"
+LAYOUT: dict[str, Any] = {"template": "plotly_white", "height": 440,
+                          "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
+                          "legend": {"groupclick": "toggleitem"}}
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
+    fig.update_layout(**{**LAYOUT, "title": {"text": title}, **extra})
+    return fig
+
+
+def _line(state: str, color: str) -> dict[str, Any]:
+    style = STATE_STYLE.get(state, STATE_STYLE["running"])
+    return {"dash": style["dash"], "width": style["width"], "color": style.get("color", color)}
+
+
+def _curve_traces(curves: Sequence[Curve], metric: str, *, legend: bool,
+                  xaxis: str = "x", yaxis: str = "y") -> list[go.Scatter]:
+    """One line per trial; pruned dashed grey, failed dotted red, one legend entry per state."""
+    traces, seen = [], set()
+    for rank, curve in enumerate(curves):
+        state = esc(curve.state)
+        traces.append(go.Scatter(
+            x=curve.epochs, y=curve.values[metric], mode="lines+markers",
+            marker={"size": 3}, line=_line(curve.state, PALETTE[rank % len(PALETTE)]),
+            name=f"trial {curve.trial_number} ({state})", legendgroup=state,
+            legendgrouptitle={"text": state} if state not in seen else None,
+            showlegend=legend, xaxis=xaxis, yaxis=yaxis,
+            hovertemplate=f"trial {curve.trial_number} ({state})<br>epoch %{{x}}: %{{y:.4f}}"
+                          "<extra></extra>",
+        ))
+        seen.add(state)
+    return traces
+
+
+def _band_traces(band: Band, *, legend: bool, xaxis: str = "x",
+                 yaxis: str = "y") -> list[go.Scatter]:
+    """10th-90th percentile area and median line of the trials not drawn one by one."""
+    low, mid, high = (band.percentiles[p] for p in (10, 50, 90))
+    label = f"other trials (up to {max(band.n):,}): 10-90th percentile"
+    common = {"x": band.epochs, "xaxis": xaxis, "yaxis": yaxis, "legendgroup": "band"}
+    return [
+        go.Scatter(y=high, mode="lines", line={"width": 0}, showlegend=False,
+                   hoverinfo="skip", **common),
+        go.Scatter(y=low, mode="lines", line={"width": 0}, fill="tonexty", fillcolor=BAND_FILL,
+                   name=label, showlegend=legend, hoverinfo="skip", **common),
+        go.Scatter(y=mid, mode="lines", line={"color": "rgba(80,80,80,0.9)", "dash": "dot"},
+                   name="other trials: median", showlegend=legend,
+                   customdata=band.n, **common,
+                   hovertemplate="median of %{customdata} trials<br>epoch %{x}: %{y:.4f}"
+                                 "<extra></extra>"),
+    ]
+
+
+def accuracy_curves(study: str, curves: Sequence[Curve], band: Band | None) -> go.Figure:
+    fig = go.Figure()
+    if band is not None:
+        fig.add_traces(_band_traces(band, legend=True))
+    fig.add_traces(_curve_traces(curves, "val_acc", legend=True))
+    return _layout(fig, f"{esc(study)}: validation accuracy per epoch",
+                   xaxis_title="epoch", yaxis_title="validation accuracy")
+
+
+def loss_curves(study: str, curves: Sequence[Curve], bands: dict[str, Band | None]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation loss"),
+                        shared_yaxes=True, horizontal_spacing=0.04)
+    for col, metric in ((1, "train_loss"), (2, "val_loss")):
+        axis = "" if col == 1 else str(col)
+        band = bands.get(metric)
+        if band is not None:
+            fig.add_traces(_band_traces(band, legend=col == 1, xaxis=f"x{axis}",
+                                        yaxis=f"y{axis}"))
+        fig.add_traces(_curve_traces(curves, metric, legend=col == 1, xaxis=f"x{axis}",
+                                     yaxis=f"y{axis}"))
+        fig.update_xaxes(title_text="epoch", row=1, col=col)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    return _layout(fig, f"{esc(study)}: train and validation loss per epoch")
+
+
+def _best_so_far(points: Sequence[TrialPoint]) -> list[float | None]:
+    best: float | None = None
+    out = []
+    for p in points:
+        if p.state == "complete" and p.value is not None and (best is None or p.value > best):
+            best = p.value
+        out.append(best)
+    return out
+
+
+def best_by_trial(study: str, points: Sequence[TrialPoint]) -> go.Figure:
+    """Each trial's value (by state) and the best complete value so far, by trial number."""
+    fig = go.Figure()
+    for state in ("complete", "pruned", "failed", "running"):
+        shown = [p for p in points if p.state == state and p.value is not None]
+        if shown:
+            color = STATE_STYLE[state].get("color", PALETTE[0])
+            fig.add_trace(go.Scatter(
+                x=[p.number for p in shown], y=[p.value for p in shown], mode="markers",
+                marker={"size": 5, "color": color}, name=state,
+                hovertemplate=f"trial %{{x}} ({state}): %{{y:.4f}}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[p.number for p in points], y=_best_so_far(points),
+                             mode="lines", line={"shape": "hv", "color": "black"},
+                             name="best so far"))
+    return _layout(fig, f"{esc(study)}: best value so far by trial",
+                   xaxis_title="trial number", yaxis_title="best validation accuracy")
+
+
+def _finish_order(points: Sequence[TrialPoint]) -> list[TrialPoint]:
+    return sorted((p for p in points if p.finished_at is not None),
+                  key=lambda p: p.finished_at or datetime.min)
+
+
+def best_by_time(study: str, points: Sequence[TrialPoint]) -> go.Figure:
+    done = _finish_order(points)
+    fig = go.Figure(go.Scatter(
+        x=[p.finished_at for p in done], y=_best_so_far(done), mode="lines",
+        line={"shape": "hv", "color": "black"}, name="best so far",
+        customdata=[p.number for p in done],
+        hovertemplate="%{x}<br>best %{y:.4f} (after trial %{customdata})<extra></extra>"))
+    return _layout(fig, f"{esc(study)}: best value so far by wall-clock time (UTC)",
+                   xaxis_title="trial finished at", yaxis_title="best validation accuracy")
+
+
+def _hours_since_start(points: Sequence[TrialPoint]) -> list[float]:
+    starts = [p.started_at for p in points if p.started_at is not None]
+    if not starts:
+        return []
+    first = min(starts)
+    return [((p.finished_at or first) - first).total_seconds() / 3600
+            for p in _finish_order(points)]
+
+
+def overlay_best(studies: Sequence[tuple[str, Sequence[TrialPoint]]]) -> go.Figure:
+    """Several studies' best-so-far curves, by trial number and by hours since their start."""
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("by trial number", "by hours since the first trial"))
+    for i, (name, points) in enumerate(studies):
+        color = PALETTE[i % len(PALETTE)]
+        label = esc(name)
+        fig.add_trace(go.Scatter(x=[p.number for p in points], y=_best_so_far(points),
+                                 mode="lines", line={"shape": "hv", "color": color},
+                                 name=label, legendgroup=label), row=1, col=1)
+        fig.add_trace(go.Scatter(x=_hours_since_start(points),
+                                 y=_best_so_far(_finish_order(points)), mode="lines",
+                                 line={"shape": "hv", "color": color}, name=label,
+                                 legendgroup=label, showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="trial number", row=1, col=1)
+    fig.update_xaxes(title_text="hours", row=1, col=2)
+    fig.update_yaxes(title_text="best validation accuracy", row=1, col=1)
+    return _layout(fig, "best value so far, studies overlaid")
+
+
+def overlay_best_curves(studies: Sequence[tuple[str, Curve]]) -> go.Figure:
+    """Each study's best trial: validation accuracy per epoch."""
+    fig = go.Figure()
+    for i, (name, curve) in enumerate(studies):
+        label = esc(name)
+        fig.add_trace(go.Scatter(
+            x=curve.epochs, y=curve.values["val_acc"], mode="lines+markers",
+            line={"color": PALETTE[i % len(PALETTE)]},
+            name=f"{label}: trial {curve.trial_number}",
+            hovertemplate=f"{label}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>"))
+    return _layout(fig, "best trial of each study: validation accuracy per epoch",
+                   xaxis_title="epoch", yaxis_title="validation accuracy")
+
+
+def _axis(name: str, values: list[Any], spec: Any) -> dict[str, Any] | None:
+    """A parcoords dimension: categories become positions, log ranges log10 values."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    label = esc(name)
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
+    if numeric and not isinstance(spec, list):
+        log = isinstance(spec, dict) and bool(spec.get("log")) and min(present) > 0
+        if log:
+            return {"label": f"{label} (log10)", "values": [
+                math.log10(v) if v is not None and v > 0 else None for v in values]}
+        return {"label": label, "values": values}
+    choices = sorted({str(v) for v in present}, key=lambda s: (len(s), s))
+    if isinstance(spec, list):  # the study's own order of choices
+        order = [str(c) for c in spec]
+        choices = [c for c in order if c in choices] + [c for c in choices if c not in order]
+    index = {c: i for i, c in enumerate(choices)}
+    return {"label": label, "values": [None if v is None else index[str(v)] for v in values],
+            "tickvals": list(range(len(choices))), "ticktext": [esc(c) for c in choices]}
+
+
+def parallel_coordinates(study: str, rows: Sequence[tuple[int, float, dict[str, Any]]],
+                         names: Sequence[str], space: dict[str, Any]) -> go.Figure:
+    """Complete trials across the sampled parameters, coloured by best validation accuracy."""
+    values = [value for _, value, _ in rows]
+    dims = [_axis(n, [params.get(n) for _, _, params in rows], space.get(n)) for n in names]
+    dims = [d for d in dims if d is not None]
+    dims.append({"label": "best val acc", "values": values})
+    fig = go.Figure(go.Parcoords(
+        dimensions=dims, line={"color": values, "colorscale": "Viridis", "showscale": True,
+                               "colorbar": {"title": {"text": "val acc"}}}))
+    return _layout(fig, f"{esc(study)}: parameters of {len(rows):,} complete trials",
+                   margin={"l": 80, "r": 40, "t": 100, "b": 40})
+
+
+def importance_figure(study: str, importances: dict[str, float], method: str) -> go.Figure:
+    ordered = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in ordered], y=[esc(k) for k, _ in ordered],
+                           orientation="h", hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    return _layout(fig, f"{esc(study)}: parameter importances ({esc(method)})",
+                   xaxis_title="importance (sums to 1)")
+
+
+# --- importances ---------------------------------------------------------------------------
+
+MIN_TRIALS_FOR_IMPORTANCE = 2
+
+
+def param_importances(url: str | None, study: str, rows: Sequence[tuple[int, float, dict]],
+                      space: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    """(importances, how they were computed) or (None, why not); never raises.
+
+    With `url`, Optuna's own study in that database is used (its exact distributions);
+    without, an in-memory Optuna study is rebuilt from our rows. Either way the evaluator is
+    optuna.importance's default (PED-ANOVA), which needs no scikit-learn.
+    """
+    if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None, (f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
+                      f"complete trials; this study has {len(rows)}")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-API and small-sample warnings
+            if url is not None:
+                source = "Optuna's study"
+                ostudy = _load_optuna_study(url, study)
+            else:
+                source = "the results tables"
+                ostudy = _study_from_rows(rows, space)
+            found = optuna.importance.get_param_importances(ostudy)
+    except Exception as exc:  # a broken importance must never cost the whole report
+        return None, f"parameter importances unavailable: {type(exc).__name__}: {exc}"
+    if not found:
+        return None, "parameter importances unavailable: no sampled parameters"
+    return found, f"PED-ANOVA on {source}, {len(rows):,} complete trials"
+
+
+def _load_optuna_study(url: str, name: str) -> Any:
+    import optuna
+
+    from hpsearch.db.engine import engine_kwargs, normalise_url
+
+    full = normalise_url(url)
+    # skip_table_creation: a report only reads; it must not add Optuna's tables anywhere
+    storage = optuna.storages.RDBStorage(full, engine_kwargs=engine_kwargs(full),
+                                         skip_compatibility_check=True,
+                                         skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _study_from_rows(rows: Sequence[tuple[int, float, dict]], space: dict[str, Any]) -> Any:
+    """An in-memory Optuna study of the complete trials, distributions from observed values."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    names = sorted({k for _, _, params in rows for k in params})
+    dists: dict[str, Any] = {}
+    for name in names:
+        seen = [params[name] for _, _, params in rows if name in params]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
+        if numeric and not isinstance(space.get(name), list):
+            low, high = min(seen), max(seen)
+            if low < high:
+                log = isinstance(space.get(name), dict) and bool(space[name].get("log"))
+                dists[name] = FloatDistribution(low, high, log=log and low > 0)
+        elif len({str(v) for v in seen}) > 1:
+            dists[name] = CategoricalDistribution(sorted({str(v) for v in seen}))
+    ostudy = optuna.create_study(direction="maximize")
+    ostudy.add_trials([
+        optuna.trial.create_trial(
+            value=value, distributions={k: d for k, d in dists.items() if k in params},
+            params={k: (float(params[k]) if isinstance(d, FloatDistribution) else str(params[k]))
+                    for k, d in dists.items() if k in params})
+        for _, value, params in rows])
+    return ostudy

@@ -1,0 +1,268 @@
+"""The HTML report: one self-contained file that works offline, or one file per figure.
+
+plotly.js is inlined once (from the plotly package, never a CDN). Each figure's JSON sits in a
+`<script type="application/json">` block with `<`, `>` and `&` written as \\u escapes, so no
+user string can close the block; one small script draws them all. A Content-Security-Policy
+allows only those two scripts (by hash) and no network at all, as a second line of defence.
+
+Studies of any size stay small: the best `curves` trials are drawn one by one and the rest as a
+per-epoch percentile band computed in SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.db import queries
+from hpsearch.report import atomic_text, figures, tables
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from sqlalchemy import Connection
+
+LEADERBOARD_ROWS = 25
+CURVE_METRICS = ("val_acc", "train_loss", "val_loss")
+DRAW = """\
+document.querySelectorAll("script.hps-figure").forEach(function (data) {
+  var spec = JSON.parse(data.textContent);
+  Plotly.newPlot(data.dataset.target, spec.data, spec.layout,
+                 {responsive: true, displaylogo: false});
+});"""
+STYLE = """\
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em;
+       color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.figure { min-height: 440px; margin-bottom: 1em; }
+.note { color: #555; font-style: italic; }
+.scroll { overflow-x: auto; }"""
+
+
+@dataclass
+class Figure:
+    key: str  # the div id, and the file name stem with --split (ours, never user text)
+    title: str  # plain text (escaped when written)
+    fig: go.Figure
+
+
+@dataclass
+class Section:
+    title: str  # plain text
+    items: list[str | Figure] = field(default_factory=list)  # ready (escaped) HTML or figures
+
+    @property
+    def figures(self) -> list[Figure]:
+        return [item for item in self.items if isinstance(item, Figure)]
+
+
+@dataclass
+class ReportDoc:
+    names: list[str]
+    database: str  # masked URL
+    generated: datetime
+    sections: list[Section]
+
+
+# --- gathering -----------------------------------------------------------------------------
+
+def build_report(conn: Connection, url: str, names: list[str], *, curves: int) -> ReportDoc:
+    """Query everything the report shows and turn it into figures and tables."""
+    infos = [queries.find_study(conn, n) for n in dict.fromkeys(names)]  # fail before work
+    sections, overlay_points, overlay_curves = [], [], []
+    for index, info in enumerate(infos):
+        section, points, best_curve = _study_section(conn, url, info, curves, f"s{index + 1}")
+        sections.append(section)
+        overlay_points.append((info.name, points))
+        if best_curve is not None:
+            overlay_curves.append((info.name, best_curve))
+    if len(infos) > 1:
+        sections.insert(0, _comparison_section(conn, infos, overlay_points, overlay_curves))
+    masked = conn.engine.url.render_as_string(hide_password=True)
+    return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
+
+
+def _study_section(conn: Connection, url: str, info: queries.StudyInfo, curves: int,
+                   key: str) -> tuple[Section, list[queries.TrialPoint], queries.Curve | None]:
+    stats = queries.study_stats(conn, info)
+    top = queries.top_curves(conn, info, CURVE_METRICS, curves)
+    many = stats.total > curves
+    bands = {m: queries.epoch_band(conn, info, m, skip_top=curves) if many else None
+             for m in CURVE_METRICS}
+    points = queries.trial_points(conn, info)
+    rows = queries.complete_params(conn, info)
+    space = info.config.get("space", {}) if isinstance(info.config, dict) else {}
+    names = tables.param_names(info.config, [p for _, _, p in rows])
+
+    section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
+    if many:
+        section.items.append(_note(f"{stats.total:,} trials: the best {curves} are drawn as "
+                                   "curves, the others as a 10-90th percentile band."))
+    section.items += [
+        Figure(f"{key}-accuracy", f"{info.name}: validation accuracy",
+               figures.accuracy_curves(info.name, top, bands["val_acc"])),
+        Figure(f"{key}-loss", f"{info.name}: losses", figures.loss_curves(info.name, top, bands)),
+        Figure(f"{key}-best-by-trial", f"{info.name}: best so far by trial",
+               figures.best_by_trial(info.name, points)),
+        Figure(f"{key}-best-by-time", f"{info.name}: best so far by time",
+               figures.best_by_time(info.name, points)),
+    ]
+    if rows:
+        section.items.append(Figure(f"{key}-parameters", f"{info.name}: parameters",
+                                    figures.parallel_coordinates(info.name, rows, names, space)))
+    else:
+        section.items.append(_note("parallel coordinates need at least one complete trial"))
+    has_optuna = queries.optuna_study_exists(conn, info.name)
+    found, how = figures.param_importances(url if has_optuna else None, info.name, rows, space)
+    section.items.append(Figure(f"{key}-importances", f"{info.name}: importances",
+                                figures.importance_figure(info.name, found, how))
+                         if found else _note(how))
+    leaders = queries.leaderboard(conn, info, top=LEADERBOARD_ROWS)
+    section.items.append(sheet_html(tables.trials_sheet(
+        info, leaders, names, title=f"leaderboard (best {min(LEADERBOARD_ROWS, stats.total)} "
+                                    f"of {stats.total:,} trials)")))
+    best_curve = next((c for c in top if stats.best and c.trial_number == stats.best.number),
+                      None)
+    return section, points, best_curve
+
+
+def _comparison_section(conn: Connection, infos: list[queries.StudyInfo],
+                        points: list[tuple[str, list[queries.TrialPoint]]],
+                        best_curves: list[tuple[str, queries.Curve]]) -> Section:
+    stats = [queries.study_stats(conn, i) for i in infos]
+    names: list[str] = []
+    for s in stats:
+        found = [s.best.params] if s.best else []
+        names += [n for n in tables.param_names(s.study.config, found) if n not in names]
+    section = Section("Studies compared", [sheet_html(tables.compare_sheet(stats, names)),
+                                           Figure("compare-best", "best so far, overlaid",
+                                                  figures.overlay_best(points))])
+    if best_curves:
+        section.items.append(Figure("compare-curves", "best trials, overlaid",
+                                    figures.overlay_best_curves(best_curves)))
+    return section
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def sheet_html(sheet: tables.Sheet) -> str:
+    headers, body = tables.formatted(sheet)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in body)
+    caption = f"<caption>{html.escape(sheet.title)}</caption>" if sheet.title else ""
+    notes = "".join(_note(n) for n in sheet.notes)
+    return (f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>{notes}")
+
+
+def script_json(text: str) -> str:
+    """JSON text that is safe inside <script>: no "</script", "<!--" or "]]>" can form."""
+    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _figure_html(figure: Figure) -> str:
+    data = script_json(figure.fig.to_json())
+    return (f'<div id="{figure.key}" class="figure"></div>\n'
+            f'<script type="application/json" class="hps-figure" data-target="{figure.key}">'
+            f"{data}</script>")
+
+
+def _sha256(script: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+
+
+def _page(title: str, body: str, plotly_tag: str, script_sources: list[str]) -> str:
+    """A whole page. The CSP permits the listed script sources and the drawing script only,
+    and no connections: an injected script would not run, and nothing can be fetched."""
+    csp = ("default-src 'none'; script-src " + " ".join([*script_sources, _sha256(DRAW)])
+           + "; style-src 'unsafe-inline'; img-src data: blob:; font-src data:")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>
+{STYLE}
+</style>
+</head>
+<body>
+{body}
+{plotly_tag}
+<script>{DRAW}</script>
+</body>
+</html>
+"""
+
+
+def _heading(doc: ReportDoc) -> tuple[str, str]:
+    title = "hpsearch report: " + ", ".join(doc.names)
+    when = doc.generated.strftime("%Y-%m-%d %H:%M UTC")
+    return title, (f"<h1>{html.escape(title)}</h1>\n"
+                   + _note(f"generated {when} from {doc.database}"))
+
+
+def _section_html(section: Section, figure_html: Any) -> str:
+    parts = [f"<h2>{html.escape(section.title)}</h2>"]
+    parts += [figure_html(item) if isinstance(item, Figure) else item for item in section.items]
+    return "\n".join(parts)
+
+
+def write_report(doc: ReportDoc, path: Path) -> Path:
+    """One self-contained file: plotly.js inlined once, every figure, every table."""
+    from plotly.offline import get_plotlyjs
+
+    plotly_js = get_plotlyjs()
+    title, heading = _heading(doc)
+    body = "\n".join([heading, *(_section_html(s, _figure_html) for s in doc.sections)])
+    page = _page(title, body, f"<script>{plotly_js}</script>", [_sha256(plotly_js)])
+    with atomic_text(path) as out:
+        out.write(page)
+    return path
+
+
+PLOTLY_FILE = "plotly.min.js"
+
+
+def write_split(doc: ReportDoc, folder: Path) -> Path:
+    """Each figure as its own page in `folder`, sharing one plotly.min.js; index.html holds
+    the tables and links to the figures. Works offline from disk like the single file."""
+    from plotly.offline import get_plotlyjs
+
+    from hpsearch.errors import HpsearchError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HpsearchError(f"cannot create folder {folder}: {exc.strerror}") from None
+    with atomic_text(folder / PLOTLY_FILE) as out:
+        out.write(get_plotlyjs())
+    tag = f'<script src="{PLOTLY_FILE}"></script>'
+    sources = ["'self'", "file:"]  # the sibling plotly.min.js, opened from disk
+    for section in doc.sections:
+        for figure in section.figures:
+            with atomic_text(folder / f"{figure.key}.html") as out:
+                out.write(_page(figure.title, _figure_html(figure), tag, sources))
+
+    def link(figure: Figure) -> str:
+        return f'<p><a href="{figure.key}.html">{html.escape(figure.title)}</a></p>'
+
+    title, heading = _heading(doc)
+    body = "\n".join([heading, *(_section_html(s, link) for s in doc.sections)])
+    with atomic_text(folder / "index.html") as out:
+        out.write(_page(title, body, "", []))
+    return folder / "index.html"

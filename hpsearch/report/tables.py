@@ -1,0 +1,369 @@
+"""Query results as tables: rich for the terminal, Markdown, CSV and JSON.
+
+A `Sheet` holds raw values (floats, datetimes, None); only the terminal and Markdown forms
+format them for reading. CSV and JSON keep full precision so they round-trip to the numbers in
+the database. A column key with a dot (`params.lr`) is a flat CSV header and a nested object in
+JSON (`{"params": {"lr": ...}}`).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from hpsearch.db.queries import (
+    EpochRecord,
+    StudyInfo,
+    StudyStats,
+    StudySummary,
+    TrialRecord,
+)
+from hpsearch.errors import ConfigError
+
+FORMATS = ("table", "md", "csv", "json")
+
+
+def _dash(fmt: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda value: "-" if value is None else fmt(value)
+
+
+def fmt_plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return fmt_time(value)
+    return str(value)
+
+
+fmt_acc = _dash(lambda v: f"{v:.4f}")
+fmt_loss = _dash(lambda v: f"{v:.4f}")
+fmt_int = _dash(lambda v: f"{v:,}")
+fmt_sci = _dash(lambda v: f"{v:.3g}")
+fmt_share = _dash(lambda v: f"{100 * v:.0f}%")
+fmt_rate = _dash(lambda v: f"{v:,.0f}")
+fmt_time = _dash(lambda v: v.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+@_dash
+def fmt_seconds(value: float) -> str:
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # CSV header and JSON key
+    title: str  # terminal and Markdown header
+    fmt: Callable[[Any], str] = fmt_plain
+
+
+@dataclass
+class Sheet:
+    title: str
+    columns: list[Column]
+    rows: Iterable[Sequence[Any]]  # raw values; may be a generator (exports stream)
+    notes: list[str] = field(default_factory=list)  # lines shown under the table
+    vertical: bool = False  # show each record as a column (for one trial, or a few studies)
+
+    def records(self) -> Iterable[dict[str, Any]]:
+        for row in self.rows:
+            yield nest({c.key: v for c, v in zip(self.columns, row, strict=True)})
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"params.lr": 1} → {"params": {"lr": 1}} (only the first dot splits)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, dot, tail = key.partition(".")
+        if dot:
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[key] = value
+    return out
+
+
+# --- writers -------------------------------------------------------------------------------
+
+def write(sheet: Sheet, fmt: str, out: TextIO) -> None:
+    """Write the sheet as md, csv or json (the terminal table has `print_table`)."""
+    writers = {"md": write_markdown, "csv": write_csv, "json": write_json}
+    if fmt not in writers:
+        raise ConfigError(f"unknown format {fmt!r} here (choose from: {', '.join(writers)})")
+    writers[fmt](sheet, out)
+
+
+def print_table(sheet: Sheet, console: Any) -> None:
+    """A rich table; cells are Text, so brackets in names are never read as rich markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    headers, body = formatted(sheet)
+    table = Table(title=Text(sheet.title) if sheet.title else None, title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(Text(header), justify="left" if i == 0 or sheet.vertical else "right",
+                         overflow="fold")
+    for row in body:
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)
+    for note in sheet.notes:
+        console.print(Text(note))
+
+
+def formatted(sheet: Sheet) -> tuple[list[str], Iterable[list[str]]]:
+    """Headers and formatted cells (streamed), transposed for vertical sheets."""
+    cells = ([c.fmt(v) for c, v in zip(sheet.columns, row, strict=True)] for row in sheet.rows)
+    if not sheet.vertical:
+        return [c.title for c in sheet.columns], cells
+    rows = list(cells)
+    headers = ["", *(r[0] for r in rows)]
+    body = [[c.title, *(r[i] for r in rows)] for i, c in enumerate(sheet.columns) if i > 0]
+    return headers, body
+
+
+def _md_cell(text: str) -> str:
+    # Markdown viewers render inline HTML; escape it, and the pipes that split cells.
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", "<br>")
+
+
+def write_markdown(sheet: Sheet, out: TextIO) -> None:
+    headers, body = formatted(sheet)
+    if sheet.title:
+        out.write(f"### {_md_cell(sheet.title)}\n\n")
+    out.write("| " + " | ".join(_md_cell(h) for h in headers) + " |\n")
+    out.write("|" + "|".join("---" for _ in headers) + "|\n")
+    for row in body:
+        out.write("| " + " | ".join(_md_cell(c) for c in row) + " |\n")
+    for note in sheet.notes:
+        out.write(f"\n{_md_cell(note)}\n")
+
+
+def machine_value(value: Any) -> Any:
+    """The value as CSV/JSON hold it: datetimes in ISO 8601, non-finite floats as null."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_csv(sheet: Sheet, out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.key for c in sheet.columns])
+    for row in sheet.rows:
+        # repr() of a float round-trips exactly; csv writes floats with repr already
+        writer.writerow(["" if v is None else v.isoformat() if isinstance(v, datetime)
+                         else json.dumps(v) if isinstance(v, dict | list) else v for v in row])
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (NaN and infinities become null, so every parser reads it)."""
+    return json.dumps(_finite(obj), default=_json_default, indent=indent, allow_nan=False,
+                      ensure_ascii=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(sheet: Sheet, out: TextIO) -> None:
+    """A JSON array of records, streamed one record per line (exports can be large)."""
+    first = True
+    out.write("[")
+    for record in sheet.records():
+        out.write("\n" if first else ",\n")
+        out.write(json_text(record, indent=None))
+        first = False
+    out.write("\n]\n")
+
+
+# --- sheets for each command ---------------------------------------------------------------
+
+def param_names(config: dict[str, Any], found: Iterable[Iterable[str]]) -> list[str]:
+    """Sampled parameter names: the study's [space] order, then any other keys `found` in the
+    trials' params (a study whose space changed between runs)."""
+    space = config.get("space", {}) if isinstance(config, dict) else {}
+    names = [k for k, v in space.items() if isinstance(v, list | dict)]
+    for keys in found:
+        names.extend(k for k in keys if k not in names)
+    return names
+
+
+def _param_columns(names: Sequence[str]) -> list[Column]:
+    return [Column(f"params.{n}", n) for n in names]
+
+
+def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
+    columns = [
+        Column("name", "study"), Column("dataset", "dataset"), Column("trials", "trials", fmt_int),
+        Column("complete", "complete", fmt_int), Column("pruned", "pruned", fmt_int),
+        Column("failed", "failed", fmt_int), Column("running", "running", fmt_int),
+        Column("best_val_acc", "best val acc", fmt_acc), Column("created", "created", fmt_time),
+        Column("last_activity", "last activity", fmt_time),
+    ]
+    rows = [(s.name, s.dataset, s.total, s.counts["complete"], s.counts["pruned"],
+             s.counts["failed"], s.counts["running"], s.best_value, s.created_at,
+             s.last_activity) for s in summaries]
+    notes = [] if rows else ["no studies in this database yet"]
+    return Sheet("studies", columns, rows, notes)
+
+
+LEADERBOARD = [
+    Column("number", "trial"), Column("state", "state"),
+    Column("best_val_acc", "best val acc", fmt_acc), Column("best_epoch", "at epoch"),
+    Column("epochs_run", "epochs run"), Column("seconds", "time", fmt_seconds),
+    Column("n_params", "parameters", fmt_int),
+]
+TRIAL_EXTRA = [
+    Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
+    Column("worker", "worker"), Column("reason", "reason"),
+    Column("retried_from", "retried from"), Column("optuna_trial_id", "optuna trial id"),
+]
+
+
+def _trial_row(t: TrialRecord, names: Sequence[str], full: bool) -> tuple[Any, ...]:
+    row: tuple[Any, ...] = (t.number, t.state, t.value, t.best_epoch, t.epochs_run, t.seconds,
+                            t.n_params)
+    if full:
+        row += (t.started_at, t.finished_at, t.worker, t.reason, t.retried_from,
+                t.optuna_trial_id)
+    return row + tuple(t.params.get(n) for n in names)
+
+
+def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequence[str], *,
+                 full: bool = False, title: str = "") -> Sheet:
+    """The leaderboard; `full` adds times, worker, reason and ids (for exports)."""
+    columns = LEADERBOARD + (TRIAL_EXTRA if full else []) + _param_columns(names)
+    return Sheet(title or f"{study.name}: trials", columns,
+                 (_trial_row(t, names, full) for t in records))
+
+
+EPOCH_COLUMNS = [
+    Column("epoch", "epoch"), Column("train_loss", "train loss", fmt_loss),
+    Column("train_acc", "train acc", fmt_acc), Column("val_loss", "val loss", fmt_loss),
+    Column("val_acc", "val acc", fmt_acc), Column("lr", "lr", fmt_sci),
+    Column("seconds", "time", fmt_seconds), Column("images_per_s", "images/s", fmt_rate),
+]
+
+
+def epochs_sheet(title: str, epochs: Iterable[EpochRecord], *, with_trial: bool) -> Sheet:
+    columns = ([Column("trial", "trial")] if with_trial else []) + EPOCH_COLUMNS
+    head = (lambda e: (e.trial_number,)) if with_trial else (lambda e: ())
+    rows = (head(e) + (e.epoch, e.train_loss, e.train_acc, e.val_loss, e.val_acc, e.lr,
+                       e.seconds, e.images_per_s) for e in epochs)
+    return Sheet(title, columns, rows)
+
+
+def trial_sheet(study: StudyInfo, trial: TrialRecord) -> Sheet:
+    """One trial, every stored column, shown vertically."""
+    names = param_names(study.config, [trial.params])
+    sheet = trials_sheet(study, [trial], names, full=True,
+                         title=f"{study.name}: trial {trial.number}")
+    sheet.rows = list(sheet.rows)
+    sheet.vertical = True
+    return sheet
+
+
+def reason_line(trial: TrialRecord) -> str | None:
+    if trial.reason:
+        return f"{trial.state}: {trial.reason}"
+    if trial.state in ("pruned", "failed"):
+        return f"{trial.state}: no reason was recorded"
+    return None
+
+
+def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any]) -> Sheet:
+    """The best trial and its FULL resolved params (fixed and sampled)."""
+    columns = [Column("study", "study"), *LEADERBOARD,
+               *(Column(f"params.{k}", k + (" (sampled)" if k in trial.params else ""))
+                 for k in resolved)]
+    row = (study.name, *_trial_row(trial, [], full=False), *resolved.values())
+    return Sheet(f"{study.name}: best trial", columns, [row], vertical=True)
+
+
+def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
+    columns = [
+        Column("study", "study"), Column("dataset", "dataset"),
+        Column("best_val_acc", "best val acc", fmt_acc), Column("best_trial", "best trial"),
+        Column("best_epoch", "at epoch"), Column("trials", "trials", fmt_int),
+        Column("complete", "complete", fmt_int), Column("pruned_share", "pruned", fmt_share),
+        Column("compute_seconds", "compute time", fmt_seconds),
+        Column("time_to_best_s", "time to best", fmt_seconds), *_param_columns(names),
+    ]
+    rows = []
+    for s in stats:
+        best = s.best
+        rows.append((s.study.name, s.study.dataset, best.value if best else None,
+                     best.number if best else None, best.best_epoch if best else None, s.total,
+                     s.counts["complete"], s.pruned_share, s.compute_seconds, s.time_to_best_s,
+                     *((best.params.get(n) if best else None) for n in names)))
+    return Sheet("studies compared", columns, rows, vertical=True)
+
+
+# --- a retrainable config ------------------------------------------------------------------
+
+def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Full params (fixed + sampled) and the [data] table that retrain `trial` on its own.
+
+    epochs becomes the epoch where the trial peaked, except with a cosine schedule: that one
+    stretches over all epochs, so a shorter run would follow a different learning-rate curve.
+    """
+    from hpsearch.config import parse_study
+
+    try:
+        config = parse_study(study.config, f"stored config of study {study.name!r}")
+        params = config.params_for(trial.params).to_dict()
+    except ConfigError as exc:
+        raise ConfigError(f"cannot resolve the params of trial {trial.number}: {exc}") from None
+    if trial.best_epoch is not None and params["scheduler"] != "cosine":
+        params["epochs"] = trial.best_epoch
+    return params, dict(study.config.get("data", {}))
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # TOML reads 1e-05, inf and nan as Python writes them
+    # JSON string escapes are valid TOML basic-string escapes
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def best_toml(study: StudyInfo, trial: TrialRecord, params: dict[str, Any],
+              data: dict[str, Any]) -> str:
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    lines = [
+        f"# best trial of study {json.dumps(study.name, ensure_ascii=True)}: trial "
+        f"{trial.number}, best val acc {value} at epoch {trial.best_epoch}",
+        "# retrain it with: hpsearch train --config THIS_FILE",
+        "[params]",
+        *(f"{k} = {toml_value(v)}" for k, v in params.items()),
+        "",
+        "[data]",
+        *(f"{k} = {toml_value(v)}" for k, v in data.items()),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,43 @@
+"""Tiny study definitions on synthetic data, for runner tests (seconds per study)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_tiny_study(folder: Path, name: str = "tiny", *, n_trials: int = 4, epochs: int = 3,
+                     pruner: str = "none", sampler: str = "random", extra_space: str = "",
+                     heartbeat: tuple[int, int] = (1, 4)) -> Path:
+    """A study of small Mixers on the synthetic dataset; checkpoints go under `folder`."""
+    path = folder / f"{name}.toml"
+    path.write_text(f"""
+[study]
+name = "{name}"
+sampler = "{sampler}"
+pruner = "{pruner}"
+n_trials = {n_trials}
+seed = 0
+
+[data]
+dataset = "synthetic"
+synthetic_size = 300
+
+[budget]
+max_epochs = {epochs}
+
+[workers]
+heartbeat_interval = {heartbeat[0]}
+grace_period = {heartbeat[1]}
+checkpoint_dir = "{folder / 'checkpoints'}"
+
+[space]
+patch_size = [7, 14]
+hidden_dim = {{ low = 16, high = 32 }}
+token_mlp_dim = 16
+channel_mlp_dim = 32
+lr = {{ low = 1e-3, high = 1e-2, log = true }}
+batch_size = 64
+precision = "fp32"
+{extra_space}
+""")
+    return path

@@ -1,0 +1,332 @@
+"""The trainer: optimisers, schedules, divergence, reproducibility, checkpoints. Synthetic data
+and a tiny model only, so the whole file runs in seconds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hpsearch.data import Split, TrainValData, load_train_val
+from hpsearch.metrics import EpochMetrics
+from hpsearch.model import build_model
+from hpsearch.params import DataOptions, TrialParams
+from hpsearch.train import (
+    CHANCE_PATIENCE,
+    Schedule,
+    TrainingDiverged,
+    _check_chance,
+    configure_threads,
+    evaluate,
+    load_checkpoint,
+    make_optimizer,
+    resolve_device,
+    resolve_precision,
+    save_checkpoint,
+    train,
+)
+
+TINY = {"patch_size": 7, "hidden_dim": 32, "token_mlp_dim": 16, "channel_mlp_dim": 64,
+        "batch_size": 64}
+
+
+def tiny(**changes: object) -> TrialParams:
+    return TrialParams(**TINY).replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainValData:
+    return load_train_val(DataOptions(dataset="synthetic", synthetic_size=600), seed=0)
+
+
+def _same_metrics(a: EpochMetrics, b: EpochMetrics, tol: float = 0.0) -> None:
+    for name in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), abs=tol), name
+
+
+# --------------------------------------------------------------------------------------------
+# optimisers and schedules
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("adam", 3e-3), ("adamw", 3e-3),
+                                               ("radam", 3e-2)])
+def test_each_optimiser_lowers_the_loss(data: TrainValData, optimizer: str, lr: float) -> None:
+    params = tiny(optimizer=optimizer, lr=lr, weight_decay=1e-4)
+    torch.manual_seed(0)
+    model = build_model(params, data.image_shape)
+    opt = make_optimizer(params, model)
+    images, labels = data.train.images[:128], data.train.labels[:128]
+
+    def loss() -> torch.Tensor:
+        return nn.functional.cross_entropy(model(images), labels)
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(20):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.8 * before, (before, after)
+    assert type(opt).__name__.lower() == optimizer
+
+
+@pytest.mark.parametrize("scheduler", ["none", "cosine", "plateau", "step"])
+def test_each_scheduler_trains(data: TrainValData, scheduler: str) -> None:
+    params = tiny(scheduler=scheduler, warmup_epochs=1, step_size=1, gamma=0.5, epochs=3)
+    history = train(params, data, seed=0, device="cpu").history
+    assert [m.epoch for m in history] == [1, 2, 3]
+    assert history[-1].train_loss < history[0].train_loss
+    assert history[-1].val_acc > 0.3
+
+
+def _lrs(params: TrialParams, steps_per_epoch: int, val_losses: list[float] | None = None
+         ) -> list[float]:
+    """Learning rate of every batch, driving Schedule as the trainer does."""
+    model = nn.Linear(2, 2)
+    opt = make_optimizer(params, model)
+    schedule = Schedule(params, opt, steps_per_epoch)
+    seen = []
+    for epoch in range(params.epochs):
+        for _ in range(steps_per_epoch):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.after_batch()
+        schedule.after_epoch(val_losses[epoch] if val_losses else 1.0)
+    return seen
+
+
+def test_cosine_with_warmup_rises_then_decays() -> None:
+    lr = 0.1
+    seen = _lrs(tiny(lr=lr, scheduler="cosine", warmup_epochs=2, epochs=10), steps_per_epoch=5)
+    warmup, decay = seen[:10], seen[10:]
+    assert warmup == pytest.approx([lr * (i + 1) / 10 for i in range(10)])
+    assert all(a < b for a, b in zip(warmup, warmup[1:], strict=False))
+    assert decay[0] == pytest.approx(lr)
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    assert decay[-1] < 0.01 * lr
+    middle = decay[len(decay) // 2]  # half way through the decay: half the peak
+    assert middle == pytest.approx(lr / 2, rel=0.05)
+
+
+def test_cosine_without_warmup_starts_at_the_peak() -> None:
+    seen = _lrs(tiny(lr=0.1, scheduler="cosine", warmup_epochs=0, epochs=4), steps_per_epoch=3)
+    assert seen[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_step_decays_by_gamma_every_step_size_epochs() -> None:
+    seen = _lrs(tiny(lr=0.1, scheduler="step", step_size=2, gamma=0.5, epochs=6),
+                steps_per_epoch=3)
+    per_epoch = seen[::3]
+    assert per_epoch == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert seen[:3] == pytest.approx([0.1] * 3)  # constant within an epoch
+
+
+def test_plateau_decays_after_patience() -> None:
+    flat = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, epochs=6), steps_per_epoch=1,
+                val_losses=[1.0] * 6)
+    # best at epoch 1; epochs 2, 3, 4 are no better; more than patience (2) → decay after 4
+    assert flat == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
+    improving = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, epochs=6), steps_per_epoch=1,
+                     val_losses=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    assert improving == pytest.approx([0.1] * 6)
+
+
+def test_no_scheduler_keeps_lr() -> None:
+    assert _lrs(tiny(lr=0.02, scheduler="none", epochs=3), steps_per_epoch=4) == [0.02] * 12
+
+
+def test_trainer_reports_the_scheduled_lr(data: TrainValData) -> None:
+    params = tiny(lr=0.01, scheduler="step", step_size=1, gamma=0.5, epochs=3)
+    history = train(params, data, seed=0, device="cpu").history
+    assert [m.lr for m in history] == pytest.approx([0.01, 0.005, 0.0025])
+
+
+# --------------------------------------------------------------------------------------------
+# divergence
+# --------------------------------------------------------------------------------------------
+
+def test_huge_lr_diverges_with_non_finite_loss(data: TrainValData) -> None:
+    seen: list[EpochMetrics] = []
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        train(tiny(optimizer="sgd", lr=1e6, epochs=5, precision="fp32"), data, seed=0,
+              device="cpu", on_epoch=seen.append)
+    assert seen == []  # stopped in the first epoch
+
+
+def test_model_stuck_at_chance_is_stopped_after_patience() -> None:
+    # identical (blank) images and balanced labels: nothing to learn, accuracy exactly 1/10
+    def blank(n: int) -> Split:
+        return Split(torch.zeros(n, 1, 28, 28), torch.arange(n) % 10)
+
+    stuck = TrainValData(train=blank(200), val=blank(50), dataset="synthetic", mean=0.0, std=1.0)
+    seen: list[EpochMetrics] = []
+    with pytest.raises(TrainingDiverged, match="chance"):
+        train(tiny(lr=1e-9, epochs=10), stuck, seed=0, device="cpu", on_epoch=seen.append)
+    assert len(seen) == CHANCE_PATIENCE
+    assert all(m.val_acc == pytest.approx(0.1) for m in seen)
+
+
+def _metrics(epoch: int, acc: float, train_acc: float | None = None) -> EpochMetrics:
+    return EpochMetrics(epoch=epoch, train_loss=2.3, train_acc=acc if train_acc is None
+                        else train_acc, val_loss=2.3, val_acc=acc, lr=1e-3, seconds=1.0,
+                        images_per_s=1.0)
+
+
+def test_check_chance_directly() -> None:
+    at_chance = [_metrics(i, 0.1) for i in range(1, 4)]
+    _check_chance(at_chance[:2])  # not yet patience epochs
+    with pytest.raises(TrainingDiverged, match="for 3 epochs up to epoch 3"):
+        _check_chance(at_chance)
+    _check_chance([_metrics(1, 0.1), _metrics(2, 0.1), _metrics(3, 0.5)])  # recovered
+    _check_chance([_metrics(1, 0.1, 0.3)] * 3)  # learning the training set: not stuck
+    _check_chance([_metrics(1, 0.13)] * 3)  # above chance + margin
+    with pytest.raises(TrainingDiverged):
+        _check_chance([_metrics(1, 0.9)] + [_metrics(i, 0.05) for i in range(2, 5)])
+
+
+# --------------------------------------------------------------------------------------------
+# reproducibility and checkpoints
+# --------------------------------------------------------------------------------------------
+
+def test_same_seed_same_metrics(data: TrainValData) -> None:
+    params = tiny(epochs=2, augment=True, random_erasing=0.3, dropout=0.1)
+    a = train(params, data, seed=1, device="cpu").history
+    b = train(params, data, seed=1, device="cpu").history
+    c = train(params, data, seed=2, device="cpu").history
+    for x, y in zip(a, b, strict=True):
+        _same_metrics(x, y)
+    assert a[-1].train_loss != c[-1].train_loss
+
+
+def test_fp32_is_reproducible_too(data: TrainValData) -> None:
+    params = tiny(epochs=1, precision="fp32")
+    a = train(params, data, seed=0, device="cpu").history
+    b = train(params, data, seed=0, device="cpu").history
+    _same_metrics(a[0], b[0])
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(data: TrainValData,
+                                                          tmp_path: Path) -> None:
+    # every source of state: cosine schedule with warmup, augmentation (generator), dropout
+    # (torch RNG), Adam moments
+    params = tiny(epochs=3, scheduler="cosine", warmup_epochs=1, augment=True,
+                  random_erasing=0.3, dropout=0.1, optimizer="adamw", weight_decay=0.01)
+    full = train(params, data, seed=4, device="cpu").history
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_3(metrics: EpochMetrics) -> None:
+        if metrics.epoch == 3:
+            raise Interrupted  # e.g. the process was killed during epoch 3
+
+    path = tmp_path / "ckpt" / "run.pt"
+    with pytest.raises(Interrupted):
+        train(params, data, seed=4, device="cpu", on_epoch=stop_at_3, checkpoint=path)
+    state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
+    assert state["epoch"] == 2
+    assert not path.with_name("run.pt.tmp").exists()
+
+    called: list[EpochMetrics] = []
+    resumed = train(params, data, seed=4, device="cpu", resume_from=path,
+                    on_epoch=called.append).history
+    assert [m.epoch for m in called] == [3]  # finished epochs are not redone
+    assert [m.epoch for m in resumed] == [1, 2, 3]
+    _same_metrics(resumed[2], full[2], tol=1e-6)
+    _same_metrics(resumed[0], full[0])
+
+
+def test_checkpoint_written_every_epoch_and_loadable(data: TrainValData, tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    epochs: list[int] = []
+
+    def on_epoch(metrics: EpochMetrics) -> None:
+        if path.exists():
+            epochs.append(load_checkpoint(path)["epoch"])
+
+    train(tiny(epochs=2), data, seed=0, device="cpu", on_epoch=on_epoch, checkpoint=path)
+    assert epochs == [1]  # during epoch 2's callback, epoch 1's checkpoint is there
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert set(state) >= {"model", "optimizer", "scheduler", "generator", "torch_rng"}
+
+
+def test_save_checkpoint_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "x.pt"
+    save_checkpoint(path, {"a": torch.ones(3), "epoch": 1})
+    save_checkpoint(path, {"a": torch.zeros(3), "epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["x.pt"]
+
+
+# --------------------------------------------------------------------------------------------
+# the rest of the trainer's surface
+# --------------------------------------------------------------------------------------------
+
+def test_train_result(data: TrainValData) -> None:
+    steps: list[tuple[int, int]] = []
+    result = train(tiny(epochs=2), data, seed=0, device="cpu",
+                   on_step=lambda done, total: steps.append((done, total)))
+    assert result.n_params == sum(p.numel() for p in result.model.parameters())
+    assert result.best in result.history
+    assert result.best.val_acc == max(m.val_acc for m in result.history)
+    assert steps[-1] == (9, 9) and len(steps) == 18  # 540 images / 64 per batch, twice
+    m = result.history[-1]
+    assert m.seconds > 0 and m.images_per_s > 0 and 0 <= m.val_acc <= 1
+    assert math.isfinite(m.val_loss)
+
+
+def test_mlp_baseline_trains(data: TrainValData) -> None:
+    history = train(tiny(model="mlp", mlp_width=64, epochs=2, lr=3e-3), data, seed=0,
+                    device="cpu").history
+    assert history[-1].val_acc > 0.5
+
+
+def test_compile_on_drops_the_last_partial_batch(data: TrainValData,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # keep the test fast
+    steps: list[tuple[int, int]] = []
+    train(tiny(epochs=1, compile="on"), data, seed=0, device="cpu",
+          on_step=lambda done, total: steps.append((done, total)))
+    assert steps[-1] == (8, 8)  # 540 // 64 full batches
+
+
+def test_evaluate(data: TrainValData) -> None:
+    model = build_model(tiny(), data.image_shape)
+    loss, acc = evaluate(model, data.val, torch.device("cpu"), None)
+    with torch.no_grad():
+        logits = model(data.val.images)
+    assert loss == pytest.approx(nn.functional.cross_entropy(logits, data.val.labels).item(),
+                                 rel=1e-5)
+    assert acc == pytest.approx((logits.argmax(1) == data.val.labels).float().mean().item())
+    assert not model.training
+
+
+def test_resolve_precision_and_device() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    fast = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
+    assert resolve_precision("auto", cpu) is (torch.bfloat16 if fast else None)
+    assert resolve_device("cpu") == cpu
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == cpu
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_configure_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        assert configure_threads(None) >= 1
+    finally:
+        torch.set_num_threads(before)

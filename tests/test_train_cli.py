@@ -1,0 +1,64 @@
+"""`hpsearch train` end to end, in a subprocess as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--set", "patch_size=7", "--set", "hidden_dim=32", "--set", "channel_mlp_dim=64"]
+EPOCH_LINE = re.compile(r"^epoch +(\d+) +train loss \d+\.\d+ acc \d\.\d+ +val loss \d+\.\d+ "
+                        r"acc \d\.\d+ ")
+
+
+def hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HPSEARCH_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_train_synthetic_prints_one_line_per_epoch(tmp_path: Path) -> None:
+    proc = hpsearch("train", "--dataset", "synthetic", "--epochs", "2", "--threads", "1",
+                    *SMALL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, lines) if m]
+    assert epochs == [1, 2]
+    assert len(lines) == 3 and lines[-1].startswith("best val acc ")
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no database or other files for a plain run
+
+
+def test_train_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.pt"
+    args = ["train", "--dataset", "synthetic", "--threads", "1", "--checkpoint", str(ckpt),
+            *SMALL]
+    first = hpsearch(*args, "--epochs", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = hpsearch(*args, "--epochs", "2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, second.stdout.splitlines()) if m]
+    assert epochs == [2]  # epoch 1 came from the checkpoint
+
+
+@pytest.mark.parametrize(("setting", "fragment"), [
+    ("patch_size=5", "patch_size 5 does not divide"),
+    ("optimizer=foo", "unknown optimizer 'foo'"),
+    ("nosuchkey=1", "unknown parameter(s): nosuchkey"),
+    ("lr=-1", "lr must be positive"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, setting: str,
+                                               fragment: str) -> None:
+    proc = hpsearch("train", "--dataset", "synthetic", "--epochs", "1", "--set", setting,
+                    cwd=tmp_path)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert err[0].startswith("hpsearch: error:")
+    assert fragment in err[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
