@@ -6,6 +6,7 @@ recorder. Divergent runs end as pruned trials with their reason stored.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.space import suggest
 from hpsearch.train import TrainingDiverged, load_checkpoint, train
 
+log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
 
@@ -71,6 +73,8 @@ class Objective:
                                         retried_from=history[-1] if history else None)
         if resume_from is not None:
             done = int(load_checkpoint(resume_from)["epoch"])
+            log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
+                     resume_from, done, resumed_number)
             previous = self.recorder.trial_id(self.study_row_id, resumed_number)
             if previous is not None:
                 self.recorder.copy_epochs(previous, row, done)

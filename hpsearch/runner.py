@@ -107,6 +107,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     consecutive_failures = 0
     try:
         while deadline is None or time.monotonic() < deadline:
+            _record_dead_trials(recorder, storage, row_id)
             finished = storage.get_n_trials(study._study_id, COUNTED_STATES)
             if finished >= config.n_trials:
                 break
@@ -135,12 +136,21 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                         "`hpsearch trials NAME --state failed` for the reasons")
                 continue
             consecutive_failures = 0
+        _record_dead_trials(recorder, storage, row_id)
     except KeyboardInterrupt:
         recorder.mark_running_as(row_id, me, "failed", "interrupted (Ctrl-C)")
         raise
     finally:
         storage.remove_session()
     return summary
+
+
+def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: int) -> None:
+    """Trials that Optuna failed for lack of heartbeats (their worker died) are failed in our
+    table too, so no trial shows as running forever."""
+    for row, optuna_trial_id in recorder.running_trials(study_row_id):
+        if storage.get_trial(optuna_trial_id).state == TrialState.FAIL:
+            recorder.mark_failed(row, "worker died: no heartbeat within the grace period")
 
 
 def _was_surplus(last: list[FrozenTrial]) -> bool:

@@ -139,6 +139,23 @@ class Recorder:
             return session.scalar(select(Trial.id).where(
                 Trial.study_id == study_id, Trial.number == number))
 
+    def running_trials(self, study_id: int) -> list[tuple[int, int]]:
+        """(row id, Optuna trial id) of every trial the table shows as running."""
+        def read() -> list[tuple[int, int]]:
+            with Session(self.engine) as session:
+                return [(r.id, r.optuna_trial_id) for r in session.execute(
+                    select(Trial.id, Trial.optuna_trial_id).where(
+                        Trial.study_id == study_id, Trial.state == "running"))]
+        return with_retry(read, "reading running trials")
+
+    def mark_failed(self, trial_id: int, reason: str) -> None:
+        def write() -> None:
+            with Session(self.engine) as session, session.begin():
+                session.execute(update(Trial).where(
+                    Trial.id == trial_id, Trial.state == "running").values(
+                    state="failed", reason=reason, finished_at=utcnow()))
+        with_retry(write, "marking a dead trial failed")
+
     def mark_running_as(self, study_id: int, worker: str, state: str, reason: str) -> int:
         """End every trial this worker still has running (after Ctrl-C). Returns how many."""
         def write() -> int:

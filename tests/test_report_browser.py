@@ -1,0 +1,123 @@
+"""The HTML report in a real browser: headless Chromium opens it from disk with the network
+off, and must draw every figure without a console message and without running anything a
+hostile study name or parameter tries to inject."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from hpsearch.db.engine import make_engine
+from hpsearch.db.models import Study, Trial
+from tests.recorded_study import build_recorded_study
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="HEADLESS CHROMIUM IS MISSING: "
+                       "the report was NOT checked in a browser (apt-get install chromium)"),
+]
+
+IMG = "<img src=x onerror=\"document.title='pwned'\">"
+SCRIPT = "<script>document.title='pwned'</script>"
+SVG = "<svg onload=\"document.title='pwned'\">"
+# Software WebGL (parallel coordinates) logs GPU performance notes; they are not page errors.
+BENIGN = ("GL Driver Message",)
+
+
+def render(page: Path, profile: Path) -> tuple[str, list[str]]:
+    """The DOM after the page has run, and every console message it produced."""
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={profile}",
+        "--enable-unsafe-swiftshader",  # WebGL without a GPU, for the parcoords trace
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # network off: no name resolves
+        "--proxy-server=127.0.0.1:9",  # and nothing would connect anyway
+        "--enable-logging=stderr", "--v=0",  # console messages go to stderr
+        "--virtual-time-budget=20000",  # let the plots draw before the DOM is dumped
+        "--window-size=1280,1000", "--dump-dom", page.as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = [line for line in result.stderr.splitlines()
+               if ":CONSOLE" in line and not any(b in line for b in BENIGN)]
+    return result.stdout, console
+
+
+def figure_blocks(dom: str) -> dict[str, str]:
+    """Each figure div's id → its rendered markup (up to the next figure)."""
+    parts = re.split(r'(<div id="[^"]+" class="figure[^"]*")', dom)
+    out = {}
+    for opener, body in zip(parts[1::2], parts[2::2], strict=True):
+        key = re.search(r'id="([^"]+)"', opener).group(1)  # type: ignore[union-attr]
+        out[key] = opener + body
+    return out
+
+
+def assert_all_drawn(html_source: str, dom: str) -> None:
+    expected = re.findall(r'data-target="([^"]+)"', html_source)
+    assert expected, "the page has no figures"
+    blocks = figure_blocks(dom)
+    assert set(expected) <= set(blocks)
+    for key in expected:
+        block = blocks[key]
+        assert "js-plotly-plot" in block, f"{key}: Plotly did not take the div"
+        assert 'class="main-svg"' in block, f"{key}: no SVG"
+        # SVG traces, or for parallel coordinates the WebGL canvases
+        drawn = "<canvas" in block if key.endswith("parameters") else 'class="trace' in block
+        assert drawn, f"{key}: empty plot"
+
+
+@pytest.fixture(scope="module")
+def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two studies with script-injecting names, one with a hostile parameter name and value."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'results.db'}"
+    build_recorded_study(url, IMG)
+    build_recorded_study(url, SCRIPT, seed=3)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        study_id = conn.scalar(select(Study.id).where(Study.name == IMG))
+        trial = conn.execute(select(Trial.id, Trial.params).where(
+            Trial.study_id == study_id, Trial.state == "complete")).first()
+        assert trial is not None
+        conn.execute(update(Trial).where(Trial.id == trial.id).values(
+            params={**trial.params, "optimizer": SCRIPT, SVG: 1.0}))
+    engine.dispose()
+    return url
+
+
+def hpsearch(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "hpsearch", *args], check=True, timeout=120,
+                   capture_output=True)
+
+
+def test_report_renders_offline_and_executes_nothing(hostile_db: str, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    # --curves 3: the other trials become a percentile band, as in huge studies
+    hpsearch("report", IMG, SCRIPT, "--curves", "3", "-o", str(page), "--db", hostile_db)
+    source = page.read_text()
+    dom, console = render(page, tmp_path / "profile")
+    assert console == []
+    assert_all_drawn(source, dom)
+    assert re.search(r"<title>(.*?)</title>", dom, re.S).group(1) != "pwned"  # type: ignore
+    markup = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)  # our own scripts
+    assert "<img" not in markup and "<svg onload" not in markup and "<script" not in markup
+    assert "&lt;img src=x" in markup and "&lt;script&gt;document" in markup  # shown as text
+
+
+def test_split_pages_render_offline(hostile_db: str, tmp_path: Path) -> None:
+    folder = tmp_path / "split"
+    hpsearch("report", IMG, "--split", "-o", str(folder), "--db", hostile_db)
+    for name in ("s1-parameters.html", "s1-accuracy.html"):
+        dom, console = render(folder / name, tmp_path / f"profile-{name}")
+        assert console == []
+        assert_all_drawn((folder / name).read_text(), dom)
+    dom, console = render(folder / "index.html", tmp_path / "profile-index")
+    assert console == [] and "<title>pwned</title>" not in dom
