@@ -125,6 +125,16 @@ class PostgresServer:
         time.sleep(down_s)
         self.start()
 
+    def reap_when_gone(self, pid: int) -> None:
+        """Stop and delete the cluster once process `pid` is gone, even if it never got to
+        tear down (killed by a CI timeout, SIGKILL): a detached shell polls for it."""
+        stop = shlex.join([*_run_as(), str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir),
+                           "-m", "immediate", "stop"])
+        script = (f"while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; "
+                  f"rm -rf {shlex.quote(str(self.root))}")
+        subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(self.conninfo(), autocommit=True) as conn:
@@ -172,6 +182,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server.initdb()
         server.start()
+        server.reap_when_gone(os.getpid())
         yield server
     finally:
         if server.running:

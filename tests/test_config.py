@@ -114,7 +114,7 @@ def test_float_ranges_accepted_exactly_when_valid(low: float, high: float, log: 
 
 @given(choices=st.lists(st.integers(min_value=-5, max_value=40), min_size=1, max_size=6))
 def test_patch_choices_accepted_iff_all_divide(choices: list[int]) -> None:
-    """Property: patch_size choices parse iff unique and every choice is a positive divisor of 28."""
+    """Property: patch_size choices parse iff unique and all positive divisors of 28."""
     doc = minimal(patch_size=choices)
     valid = len(set(choices)) == len(choices) and all(c >= 1 and 28 % c == 0 for c in choices)
     if valid:

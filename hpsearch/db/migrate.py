@@ -7,6 +7,7 @@ never sees Optuna's tables, so it never proposes to drop them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -32,6 +33,9 @@ VERSION_TABLE = "hps_alembic_version"
 TABLE_PREFIX = "hps_"
 # Key of the PostgreSQL advisory lock that serialises upgrades from workers starting together.
 _PG_MIGRATION_LOCK = 0x6870_7365_6172_6368  # "hpsearch"
+# Alembic's `context` and `op` are module-level proxies: two commands running in threads of one
+# process would share them (seen to crash), so commands run one at a time per process.
+_ALEMBIC_COMMAND = threading.Lock()
 
 
 def include_name(name: str | None, type_: str, _parent_names: Any) -> bool:
@@ -158,14 +162,16 @@ def upgrade(url: str | None, revision: str = "head") -> None:
     """Migrate our tables up to `revision`; refuses a database newer than this code."""
     with _connection(_full_url(url), write=True) as conn:
         _refuse_newer(_read_revision(conn))
-        alembic.command.upgrade(alembic_config(conn), revision)
+        with _ALEMBIC_COMMAND:
+            alembic.command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(url: str | None, revision: str) -> None:
     """Migrate our tables down to `revision`; "base" drops them all (and their data)."""
     with _connection(_full_url(url), write=True) as conn:
         _refuse_newer(_read_revision(conn))
-        alembic.command.downgrade(alembic_config(conn), revision)
+        with _ALEMBIC_COMMAND:
+            alembic.command.downgrade(alembic_config(conn), revision)
 
 
 def ensure_schema(url: str | None) -> None:
