@@ -1,20 +1,21 @@
 """Alembic environment for hpsearch's own tables (hps_*), beside Optuna's in the same database.
 
-hpsearch.db.migrate (and `hpsearch db ...`) runs it with an open connection. To write a new
+hpsearch.db.migrate (and `hpsearch db ...`) runs it with an open connection. To draft a new
 revision after changing hpsearch/db/models.py, point $HPSEARCH_DB at a database at head
 (`hpsearch db upgrade`), then:
 
     python -c "from alembic import command; from hpsearch.db.migrate import alembic_config; \
-command.revision(alembic_config(), 'what changed', autogenerate=True)"
+command.revision(alembic_config(), 'what changed', autogenerate=True, rev_id='0003')"
 
-and edit the generated file into something readable (see versions/0001_initial.py).
+and edit the draft into something readable (see versions/0001_initial.py); `hpsearch db check`
+then confirms the models and the migrations agree.
 """
 
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import Connection
 
-from alembic import context
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import context_options
 from hpsearch.db.models import Base

@@ -167,9 +167,9 @@ def main() -> None:
     (RESULTS / "scaling.json").write_text(json.dumps(results, indent=2))
     for backend in backends:
         rows = {(r["workers"], r["threads"]): r["trials_per_hour"] for r in results[backend]}
+        best = "2 workers x 1 thread" if rows[(2, 1)] >= rows[(1, 2)] else "1 worker x 2 threads"
         print(f"{backend}: 2x1 / 1x1 = {rows[(2, 1)] / rows[(1, 1)]:.2f}x, "
-              f"1x2 / 1x1 = {rows[(1, 2)] / rows[(1, 1)]:.2f}x, best layout: "
-              f"{'2 workers x 1 thread' if rows[(2, 1)] >= rows[(1, 2)] else '1 worker x 2 threads'}")
+              f"1x2 / 1x1 = {rows[(1, 2)] / rows[(1, 1)]:.2f}x, best layout: {best}")
 
 
 if __name__ == "__main__":

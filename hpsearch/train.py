@@ -238,10 +238,13 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
         train_loss = loss_sum.item() / max(1, seen)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"non-finite training loss at epoch {epoch}")
-        val_loss, val_acc = evaluate(model, data.val, dev, autocast_dtype)
-        if not math.isfinite(val_loss):
-            raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}")
-        schedule.after_epoch(val_loss)
+        if len(data.val):
+            val_loss, val_acc = evaluate(model, data.val, dev, autocast_dtype)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}")
+        else:  # no validation split (final retraining on train + val): nothing to check
+            val_loss = val_acc = math.nan
+        schedule.after_epoch(val_loss if len(data.val) else train_loss)
         metrics = EpochMetrics(
             epoch=epoch, train_loss=train_loss, train_acc=correct.item() / max(1, seen),
             val_loss=val_loss, val_acc=val_acc, lr=lr,

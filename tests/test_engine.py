@@ -56,8 +56,6 @@ def test_malformed_or_unsupported_urls_are_config_errors(url: str) -> None:
     assert "pw" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="engine.py: make_url raises ValueError for a bad port, "
-                   "and normalise_url/mask_url catch only ArgumentError")
 def test_a_bad_port_is_a_config_error_without_the_password() -> None:
     with pytest.raises(ConfigError) as error:
         normalise_url("postgresql+psycopg://hps:s3cret@h:notaport/d")

@@ -11,7 +11,6 @@ change what this revision creates. Constraint names follow the models' naming co
 from __future__ import annotations
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0001"

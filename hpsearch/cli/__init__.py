@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from hpsearch.cli import db_cmds, query_cmds, run_cmds, train_cmd  # noqa: F401  (registers commands)
+from hpsearch.cli import (  # noqa: F401  (registers commands)
+    db_cmds,
+    evaluate_cmd,
+    query_cmds,
+    run_cmds,
+    train_cmd,
+)
 from hpsearch.cli.app import app
 from hpsearch.errors import HpsearchError
 

@@ -132,7 +132,8 @@ def trials(
         study = queries.find_study(conn, name)
         rows = queries.leaderboard(conn, study, top=top, states=[s.value for s in state or []],
                                    sort=sort)
-        sheet = trials_sheet(study, rows, param_names(study.config, [r.params for r in rows]))
+        sheet = trials_sheet(study, rows, param_names(study.config, [r.params for r in rows]),
+                             tests=queries.study_evaluations(conn, study))
         if not rows:
             sheet.notes.append("no trials match")
         emit(sheet, fmt.value)
@@ -171,16 +172,18 @@ def best(
             counts = queries.study_stats(conn, study).counts
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
+        test = queries.study_evaluations(conn, study).get(trial.number)
     params, data = tables.retrain_config(study, trial)
     if fmt is BestFormat.toml:
         sys.stdout.write(tables.best_toml(study, trial, params, data))
     elif fmt is BestFormat.json:
         record = {"study": study.name, **next(iter(tables.trials_sheet(
-            study, [trial], list(trial.params)).records())), "resolved_params": params,
-            "data": data}
+            study, [trial], list(trial.params),
+            tests={trial.number: test} if test else None).records())),
+            "resolved_params": params, "data": data}
         sys.stdout.write(tables.json_text(record) + "\n")
     else:
-        emit(tables.best_sheet(study, trial, params), fmt.value)
+        emit(tables.best_sheet(study, trial, params, test), fmt.value)
 
 
 @app.command()

@@ -94,6 +94,7 @@ def worker(
 
     _check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = configure_threads(threads)
     typer.echo(f"worker {worker_name()} joins study {name!r} with {n} thread(s)")

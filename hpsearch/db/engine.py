@@ -25,7 +25,8 @@ def normalise_url(url: str) -> str:
     """Validate a SQLAlchemy URL; plain postgresql:// URLs use psycopg 3."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+        parsed.port  # noqa: B018 - a non-numeric port only fails when read
+    except (ArgumentError, ValueError) as exc:
         raise ConfigError(f"malformed database URL {mask_url(url)!r}: {exc}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -41,7 +42,7 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for anything shown or logged."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<malformed URL>"
 
 

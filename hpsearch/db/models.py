@@ -105,3 +105,26 @@ class Epoch(Base):
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                  "images_per_s")
+
+
+class Evaluation(Base):
+    """One final retraining of a trial's configuration on train + validation, scored ONCE on
+    the test set (`hpsearch evaluate`). Several seeds give several rows."""
+
+    __tablename__ = "hps_evaluation"
+    __table_args__ = (UniqueConstraint("trial_id", "seed", "epochs",
+                                       name="uq_hps_evaluation_trial_seed_epochs"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("hps_trial.id", ondelete="CASCADE"))
+    seed: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)
+    test_acc: Mapped[float] = mapped_column(Float)
+    test_loss: Mapped[float] = mapped_column(Float)
+    # per epoch of the retraining: epoch, train_loss, train_acc, lr, seconds
+    curve: Mapped[list[dict[str, float]]] = mapped_column(JSON)
+    checkpoint_path: Mapped[str] = mapped_column(Text)  # the final weights (a state dict)
+    seconds: Mapped[float] = mapped_column(Float)  # retraining plus the test pass
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    trial: Mapped[Trial] = relationship()

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Study, Trial
+from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Evaluation, Study, Trial
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, param_type
 
@@ -113,6 +113,9 @@ class StudyStats:
     first_start: datetime | None
     best: TrialRecord | None
     time_to_best_s: float | None  # wall time from the first trial's start to the best's finish
+    # the final test accuracy (`hpsearch evaluate`) of the best trial, else of the trial
+    # evaluated last; None when nothing was evaluated
+    test: EvaluationSummary | None = None
 
     @property
     def total(self) -> int:
@@ -121,6 +124,36 @@ class StudyStats:
     @property
     def pruned_share(self) -> float | None:
         return self.counts["pruned"] / self.total if self.total else None
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """A trial's final test accuracy over seeds: its retrainings with the epoch count of its
+    latest evaluation (results for other epoch counts are not averaged in)."""
+
+    trial_number: int
+    epochs: int
+    test_accs: tuple[float, ...]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.test_accs)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.test_accs) / len(self.test_accs)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation; None for a single seed."""
+        if len(self.test_accs) < 2:
+            return None
+        mean = self.mean
+        return (sum((a - mean) ** 2 for a in self.test_accs) / (len(self.test_accs) - 1)) ** 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "seeds": self.seeds, "epochs": self.epochs,
+                "trial": self.trial_number}
 
 
 @dataclass(frozen=True)
@@ -340,7 +373,30 @@ def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
     if best is not None and best.finished_at is not None and first is not None:
         to_best = (best.finished_at - first).total_seconds()
     counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
-    return StudyStats(study, counts, float(row.compute), first, best, to_best)
+    tests = study_evaluations(conn, study)  # in insertion order: the last evaluated is last
+    test = tests.get(best.number) if best is not None else None
+    if test is None and tests:
+        test = list(tests.values())[-1]
+    return StudyStats(study, counts, float(row.compute), first, best, to_best, test)
+
+
+def study_evaluations(conn: Connection, study: StudyInfo) -> dict[int, EvaluationSummary]:
+    """Final test accuracy by trial number, for the study's evaluated trials (few rows: one per
+    retraining), ordered by when each trial was last evaluated."""
+    query = (select(Trial.number, Evaluation.epochs, Evaluation.test_acc)
+             .join(Trial, Trial.id == Evaluation.trial_id)
+             .where(Trial.study_id == study.id)
+             .order_by(Evaluation.created_at, Evaluation.id))
+    by_trial: dict[int, list[tuple[int, float]]] = {}
+    for number, epochs, acc in conn.execute(query):
+        rows = by_trial.pop(number, [])  # re-inserted: the last evaluated trial comes last
+        rows.append((epochs, acc))
+        by_trial[number] = rows
+    out: dict[int, EvaluationSummary] = {}
+    for number, rows in by_trial.items():
+        epochs = rows[-1][0]  # the epoch count of the trial's latest evaluation
+        out[number] = EvaluationSummary(number, epochs, tuple(a for e, a in rows if e == epochs))
+    return out
 
 
 def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:

@@ -12,13 +12,14 @@ import csv
 import html
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
 from hpsearch.db.queries import (
     EpochRecord,
+    EvaluationSummary,
     StudyInfo,
     StudyStats,
     StudySummary,
@@ -50,6 +51,15 @@ fmt_sci = _dash(lambda v: f"{v:.3g}")
 fmt_share = _dash(lambda v: f"{100 * v:.0f}%")
 fmt_rate = _dash(lambda v: f"{v:,.0f}")
 fmt_time = _dash(lambda v: v.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+@_dash
+def fmt_test(value: dict[str, Any]) -> str:
+    """A final test accuracy (EvaluationSummary.to_dict()): mean ± std over seeds."""
+    seeds = f"{value['seeds']} seed{'s' if value['seeds'] != 1 else ''}"
+    if value["std"] is None:
+        return f"{value['mean']:.4f} ({seeds})"
+    return f"{value['mean']:.4f} ± {value['std']:.4f} ({seeds})"
 
 
 @_dash
@@ -238,6 +248,9 @@ LEADERBOARD = [
     Column("epochs_run", "epochs run"), Column("seconds", "time", fmt_seconds),
     Column("n_params", "parameters", fmt_int),
 ]
+# The test set is scored only by `hpsearch evaluate` (a retraining on train + validation), so this
+# column stays apart from the validation accuracy the search optimised.
+TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test)
 TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
     Column("worker", "worker"), Column("reason", "reason"),
@@ -245,9 +258,16 @@ TRIAL_EXTRA = [
 ]
 
 
-def _trial_row(t: TrialRecord, names: Sequence[str], full: bool) -> tuple[Any, ...]:
+def _test_value(test: EvaluationSummary | None) -> dict[str, Any] | None:
+    return test.to_dict() if test is not None else None
+
+
+def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
+               tests: Mapping[int, EvaluationSummary] | None = None) -> tuple[Any, ...]:
     row: tuple[Any, ...] = (t.number, t.state, t.value, t.best_epoch, t.epochs_run, t.seconds,
                             t.n_params)
+    if tests:
+        row += (_test_value(tests.get(t.number)),)
     if full:
         row += (t.started_at, t.finished_at, t.worker, t.reason, t.retried_from,
                 t.optuna_trial_id)
@@ -255,11 +275,14 @@ def _trial_row(t: TrialRecord, names: Sequence[str], full: bool) -> tuple[Any, .
 
 
 def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequence[str], *,
-                 full: bool = False, title: str = "") -> Sheet:
-    """The leaderboard; `full` adds times, worker, reason and ids (for exports)."""
-    columns = LEADERBOARD + (TRIAL_EXTRA if full else []) + _param_columns(names)
+                 full: bool = False, title: str = "",
+                 tests: Mapping[int, EvaluationSummary] | None = None) -> Sheet:
+    """The leaderboard; `full` adds times, worker, reason and ids (for exports); `tests` (by
+    trial number) adds the final test accuracy column when any trial has one."""
+    columns = (LEADERBOARD + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else [])
+               + _param_columns(names))
     return Sheet(title or f"{study.name}: trials", columns,
-                 (_trial_row(t, names, full) for t in records))
+                 (_trial_row(t, names, full, tests) for t in records))
 
 
 EPOCH_COLUMNS = [
@@ -296,20 +319,25 @@ def reason_line(trial: TrialRecord) -> str | None:
     return None
 
 
-def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any]) -> Sheet:
-    """The best trial and its FULL resolved params (fixed and sampled)."""
-    columns = [Column("study", "study"), *LEADERBOARD,
+def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any],
+               test: EvaluationSummary | None = None) -> Sheet:
+    """The best trial and its FULL resolved params (fixed and sampled), and its final test
+    accuracy when it was evaluated."""
+    tests = {trial.number: test} if test is not None else None
+    columns = [Column("study", "study"), *LEADERBOARD, *([TEST_COLUMN] if tests else []),
                *(Column(f"params.{k}", k + (" (sampled)" if k in trial.params else ""))
                  for k in resolved)]
-    row = (study.name, *_trial_row(trial, [], full=False), *resolved.values())
+    row = (study.name, *_trial_row(trial, [], full=False, tests=tests), *resolved.values())
     return Sheet(f"{study.name}: best trial", columns, [row], vertical=True)
 
 
 def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
+    tested = any(s.test is not None for s in stats)
+    test_columns = [TEST_COLUMN, Column("tested_trial", "tested trial")] if tested else []
     columns = [
         Column("study", "study"), Column("dataset", "dataset"),
         Column("best_val_acc", "best val acc", fmt_acc), Column("best_trial", "best trial"),
-        Column("best_epoch", "at epoch"), Column("trials", "trials", fmt_int),
+        Column("best_epoch", "at epoch"), *test_columns, Column("trials", "trials", fmt_int),
         Column("complete", "complete", fmt_int), Column("pruned_share", "pruned", fmt_share),
         Column("compute_seconds", "compute time", fmt_seconds),
         Column("time_to_best_s", "time to best", fmt_seconds), *_param_columns(names),
@@ -317,8 +345,11 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
     rows = []
     for s in stats:
         best = s.best
+        test = ((_test_value(s.test), s.test.trial_number if s.test else None) if tested
+                else ())
         rows.append((s.study.name, s.study.dataset, best.value if best else None,
-                     best.number if best else None, best.best_epoch if best else None, s.total,
+                     best.number if best else None, best.best_epoch if best else None, *test,
+                     s.total,
                      s.counts["complete"], s.pruned_share, s.compute_seconds, s.time_to_best_s,
                      *((best.params.get(n) if best else None) for n in names)))
     return Sheet("studies compared", columns, rows, vertical=True)

@@ -1,0 +1,219 @@
+"""Final evaluation: retrain one trial's configuration on train + validation, score it ONCE on
+the test set, and store the result (table hps_evaluation).
+
+A study only ever sees the validation split; its best validation accuracy is optimistically
+biased (it is the maximum over many trials and epochs). The honest number is this one: the
+chosen configuration retrained from scratch on the whole training set (`load_full_train`) for the
+epoch count at which the trial peaked, then evaluated a single time on the test set, normalised
+with the full training set's statistics. This module is the only caller of `load_test_split`.
+
+With several seeds, each seed is one retraining and one row; a (trial, seed, epochs) result that
+is already stored is reused rather than retrained, so asking for more seeds later only trains
+the new ones and never re-scores the test set for nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hpsearch import data as data_mod
+from hpsearch.config import StudyConfig, parse_study
+from hpsearch.db import queries
+from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.models import Evaluation
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.metrics import EpochMetrics
+from hpsearch.objective import study_slug
+from hpsearch.params import DataOptions, TrialParams
+
+CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What `run_evaluation` will do, resolved (and checked) before anything trains."""
+
+    study: queries.StudyInfo
+    config: StudyConfig
+    trial: queries.TrialRecord
+    params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
+    seeds: tuple[int, ...]
+
+    @property
+    def epochs(self) -> int:
+        return self.params.epochs
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    seed: int
+    epochs: int
+    test_acc: float
+    test_loss: float
+    seconds: float
+    checkpoint_path: str
+    stored: bool = False  # True: found in the database from an earlier run, not retrained
+
+
+def final_checkpoint_path(root: str | Path, study_name: str, number: int, seed: int) -> Path:
+    """Where the final weights of one retraining go: CHECKPOINT_DIR/<study slug>/..."""
+    base = Path(root).resolve() / study_slug(study_name)
+    path = (base / f"final-trial-{int(number)}-seed-{int(seed)}.pt").resolve()
+    if not path.is_relative_to(base):  # defence in depth; the slug and ints already prevent it
+        raise ValueError(f"checkpoint path escapes {base}")
+    return path
+
+
+def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = None,
+                    epochs: int | None = None, seeds: int = 1) -> EvaluationPlan:
+    """Resolve the study, the trial (default: the best complete one by validation accuracy),
+    its full params and the epoch count (default: the epoch where the trial peaked)."""
+    from hpsearch.report.tables import retrain_config
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    full_url = normalise_url(database_url(url))
+    ensure_schema(full_url)
+    engine = make_engine(full_url)
+    try:
+        with engine.connect() as conn:
+            study = queries.find_study(conn, name)
+            if trial is None:
+                record = queries.best_trial(conn, study)
+                if record is None:
+                    raise HpsearchError(f"study {name!r} has no complete trial to evaluate yet")
+            else:
+                record = queries.get_trial(conn, study, trial)
+    finally:
+        engine.dispose()
+    if record.state == "running":
+        raise HpsearchError(f"trial {record.number} of study {name!r} is still running")
+    if epochs is None and record.best_epoch is None:
+        raise HpsearchError(f"trial {record.number} of study {name!r} finished no epoch; "
+                            "pass --epochs to choose the retraining length")
+    config = parse_study(study.config, f"stored config of study {name!r}")
+    # the same epoch rule as `hpsearch best --format toml`: the peak epoch, except that a
+    # cosine schedule keeps its full length (a shorter run would follow another LR curve)
+    resolved, _data = retrain_config(study, record)
+    params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
+    params.check_image(config.data.dataset)
+    return EvaluationPlan(study, config, record, params,
+                          tuple(config.seed + k for k in range(seeds)))
+
+
+def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            rows = session.scalars(select(Evaluation).where(
+                Evaluation.trial_id == plan.trial.id, Evaluation.epochs == plan.epochs,
+                Evaluation.seed.in_(plan.seeds)))
+            return {r.seed: FinalResult(r.seed, r.epochs, r.test_acc, r.test_loss, r.seconds,
+                                        r.checkpoint_path, stored=True) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def _full_train_stats(options: DataOptions) -> tuple[float, float]:
+    """Mean and std of the whole training set's pixels: what `load_full_train` normalised with
+    (it does not return them), for the test set and the augmentation fill value."""
+    if options.dataset == "synthetic":
+        images, _ = data_mod.synthetic_raw(options.synthetic_size, seed=0)
+    else:
+        images, _ = data_mod.load_raw(options.dataset, options.data_dir, train=True)
+    return data_mod._stats(images)
+
+
+def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str = "auto",
+                   on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+                   on_result: Callable[[FinalResult], None] | None = None) -> list[FinalResult]:
+    """Retrain once per seed of the plan (reusing stored results), score each final model once
+    on the test set, store each result as it comes. `on_epoch(seed, metrics)` follows the
+    retraining; its val_loss/val_acc are nan (there is no validation split)."""
+    from hpsearch.train import (
+        TrainingDiverged,
+        resolve_device,
+        resolve_precision,
+        save_checkpoint,
+        train,
+    )
+    from hpsearch.train import evaluate as score
+
+    full_url = normalise_url(database_url(url))
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    stored = _stored(full_url, plan)
+    results: list[FinalResult] = []
+    options = plan.config.data
+    data: data_mod.TrainValData | None = None
+    for seed in plan.seeds:
+        if seed in stored:
+            results.append(stored[seed])
+            if on_result is not None:
+                on_result(stored[seed])
+            continue
+        if data is None:  # loaded once, and only when something needs training
+            full = data_mod.load_full_train(options)
+            mean, std = _full_train_stats(options)
+            empty = data_mod.Split(full.images[:0], full.labels[:0])
+            data = data_mod.TrainValData(train=full, val=empty, dataset=options.dataset,
+                                         mean=mean, std=std)
+        started = time.perf_counter()
+        try:
+            trained = train(plan.params, data, seed=seed, device=device,
+                            on_epoch=(lambda m, s=seed: on_epoch(s, m)) if on_epoch else None)
+        except TrainingDiverged as exc:
+            raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
+                                f"diverged: {exc}") from None
+        assert trained.model is not None
+        # the one look at the test set, after training is over
+        test = data_mod.load_test_split(options, data.mean, data.std)
+        test_loss, test_acc = score(trained.model, test, dev,
+                                    resolve_precision(plan.params.precision, dev))
+        path = final_checkpoint_path(plan.config.workers.checkpoint_dir, plan.study.name,
+                                     plan.trial.number, seed)
+        save_checkpoint(path, {k: v.detach().cpu() for k, v in
+                               trained.model.state_dict().items()})
+        result = FinalResult(seed, plan.epochs, test_acc, test_loss,
+                             time.perf_counter() - started, str(path))
+        curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
+        _store(full_url, plan, result, curve)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _store(url: str, plan: EvaluationPlan, result: FinalResult, curve: list[dict]) -> None:
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(Evaluation(
+                trial_id=plan.trial.id, seed=result.seed, epochs=result.epochs,
+                test_acc=result.test_acc, test_loss=result.test_loss, curve=curve,
+                checkpoint_path=result.checkpoint_path, seconds=result.seconds))
+    except IntegrityError:
+        raise HpsearchError(
+            f"trial {plan.trial.number} was evaluated with seed {result.seed} and "
+            f"{result.epochs} epochs by another process meanwhile; run again to see it"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def summarise(plan: EvaluationPlan, results: list[FinalResult]) -> queries.EvaluationSummary:
+    """Mean ± std over the seeds (the same summary the query commands show)."""
+    return queries.EvaluationSummary(plan.trial.number, plan.epochs,
+                                     tuple(r.test_acc for r in results))
