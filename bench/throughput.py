@@ -128,6 +128,7 @@ def coursework_epoch(blocks: int, root: Path, subset: int | None, seed: int) -> 
     setup = time.perf_counter() - t0
 
     started = time.perf_counter()
+    step_ends = [started]  # not part of the notebook: per-step timestamps for the robust figure
     model.train()
     running_loss, correct, total = 0.0, 0, 0
     for images, labels in train_loader:
@@ -139,6 +140,7 @@ def coursework_epoch(blocks: int, root: Path, subset: int | None, seed: int) -> 
         running_loss += loss.item() * labels.size(0)
         correct += (outputs.argmax(1) == labels).sum().item()
         total += labels.size(0)
+        step_ends.append(time.perf_counter())
     train_seconds = time.perf_counter() - started
 
     model.eval()
@@ -151,7 +153,19 @@ def coursework_epoch(blocks: int, root: Path, subset: int | None, seed: int) -> 
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "train_seconds": train_seconds, "setup_seconds": setup,
             "images_per_s": total / train_seconds, "train_loss": running_loss / total,
-            "eval_acc": test_correct / test_total}
+            "eval_acc": test_correct / test_total,
+            **robust(step_ends, seconds - train_seconds, total)}
+
+
+def robust(step_ends: list[float], eval_seconds: float, images: int) -> dict:
+    """A contention-robust epoch time: median step time x steps + the evaluation pass. Other
+    processes on a shared machine slow some stretches of an epoch; the median step ignores them
+    as long as they cover less than half of the epoch."""
+    steps = [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)]
+    median_step = statistics.median(steps)
+    return {"median_step_s": median_step, "steps": len(steps),
+            "robust_seconds": median_step * len(steps) + eval_seconds,
+            "robust_images_per_s": images / (median_step * len(steps))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,14 +175,19 @@ def coursework_epoch(blocks: int, root: Path, subset: int | None, seed: int) -> 
 def trainer_epoch(blocks: int, data: TrainValData, seed: int, **changes: object) -> dict:
     params = mixer_params(blocks, epochs=1, **changes)
     started = time.perf_counter()
-    result = hp_train(params, data, seed=seed, device="cpu")
+    step_ends: list[float] = []
+    result = hp_train(params, data, seed=seed, device="cpu",
+                      on_step=lambda done, total: step_ends.append(time.perf_counter()))
     wall = time.perf_counter() - started
     m = result.history[-1]
+    train_seconds = len(data.train) / m.images_per_s
     # m.seconds: training + validation of the epoch (the first step includes any compile time);
     # wall additionally counts model construction
+    epoch_start = step_ends[-1] - train_seconds  # the trainer times its epoch from here
     return {"seconds": m.seconds, "wall_seconds": wall,
-            "train_seconds": len(data.train) / m.images_per_s, "images_per_s": m.images_per_s,
-            "train_loss": m.train_loss, "eval_acc": m.val_acc}
+            "train_seconds": train_seconds, "images_per_s": m.images_per_s,
+            "train_loss": m.train_loss, "eval_acc": m.val_acc,
+            **robust([epoch_start, *step_ends], m.seconds - train_seconds, len(data.train))}
 
 
 def matmul_rate(dtype: torch.dtype, n: int, repeats: int) -> float:
@@ -210,6 +229,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time compile='on'")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="repeat a timing disturbed by other processes up to this often")
+    parser.add_argument("--clean", type=float, default=0.15,
+                        help="a timing counts as undisturbed if other processes used at most "
+                        "this many cores on average during it")
     parser.add_argument("--max-wait", type=float, default=60.0,
                         help="before each timing wait up to this many seconds for other "
                         "processes to go quiet (the machine may be shared)")
@@ -267,16 +291,27 @@ def main() -> None:
         names = list(configs)
         names = names[r % len(names):] + names[:r % len(names)]
         for name in names:
-            waited = wait_for_quiet(args.max_wait)
-            meter = CpuMeter()
-            out = configs[name](blocks)
-            out["others_cores"] = meter.others()
-            out["waited_s"] = waited
-            runs[str(blocks)][name].append(out)
-            log(f"{blocks} block(s) round {r + 1} {name}: {out['seconds']:.1f} s/epoch "
-                f"(train {out['train_seconds']:.1f} s, {out['images_per_s']:,.0f} img/s, "
-                f"loss {out['train_loss']:.4f}; other processes {out['others_cores']:.2f} "
-                f"cores, waited {waited:.0f} s)")
+            # a run during which other processes took CPU time is repeated (up to --attempts
+            # times); the least disturbed attempt counts, and every attempt is kept in the JSON
+            attempts = []
+            for attempt in range(1, args.attempts + 1):
+                waited = wait_for_quiet(args.max_wait)
+                meter = CpuMeter()
+                out = configs[name](blocks)
+                out["others_cores"] = meter.others()
+                out["waited_s"] = waited
+                attempts.append(out)
+                log(f"{blocks} block(s) round {r + 1} {name} attempt {attempt}: "
+                    f"{out['seconds']:.1f} s/epoch (train {out['train_seconds']:.1f} s, "
+                    f"{out['images_per_s']:,.0f} img/s, loss {out['train_loss']:.4f}; other "
+                    f"processes {out['others_cores']:.2f} cores, waited {waited:.0f} s)")
+                if out["others_cores"] <= args.clean:
+                    break
+            best = min(attempts, key=lambda o: o["others_cores"])
+            best["discarded_attempts"] = [
+                {k: round(o[k], 2) for k in ("seconds", "others_cores")}
+                for o in attempts if o is not best]
+            runs[str(blocks)][name].append(best)
         measure_matmul()
 
     # --- accuracy: 5 epochs, 1 block, fp32 vs default, same seed, standard split ---
@@ -307,43 +342,55 @@ def main() -> None:
 
 def summarise(runs, matmul, accuracy, threads, autocast, n_train, n_eval, n_acc_train, n_acc_val,
               args) -> dict:  # noqa: ANN001
-    mm = {k: statistics.median(v) for k, v in matmul.items()}
+    mm = {k: max(v) for k, v in matmul.items()}  # the best of the samples: the attainable rate
     default_dtype = "bf16" if autocast == torch.bfloat16 else "fp32"
     table = []
-    ratios = {}
+    ratios, robust_ratios = {}, {}
     for blocks, by_config in runs.items():
         flops_step = 3 * matmul_flops_per_image(mixer_params(int(blocks)), IMAGE_SHAPE)
-        base = None
+        base = robust_base = None
         for name, outs in by_config.items():
             if not outs:
                 continue
             sec = statistics.median(o["seconds"] for o in outs)
+            robust_sec = statistics.median(o["robust_seconds"] for o in outs)
             ips = statistics.median(o["images_per_s"] for o in outs)
+            robust_ips = statistics.median(o["robust_images_per_s"] for o in outs)
             dtype = default_dtype if name.startswith("trainer_default") else "fp32"
-            achieved = flops_step * ips
+            # achieved FLOP/s of the training step at its steady (median-step) rate
+            achieved = flops_step * robust_ips
             if name == "coursework":
-                base = sec
+                base, robust_base = sec, robust_sec
             row = {
                 "blocks": int(blocks), "config": name, "precision": dtype, "runs": len(outs),
                 "seconds_per_epoch": sec,
                 "all_seconds": [round(o["seconds"], 2) for o in outs],
                 "others_cores": [round(o["others_cores"], 2) for o in outs],
+                "discarded_attempts": [d for o in outs for d in o["discarded_attempts"]],
                 "train_seconds": statistics.median(o["train_seconds"] for o in outs),
                 "images_per_s": ips,
+                "robust_seconds_per_epoch": robust_sec,
+                "robust_images_per_s": robust_ips,
+                "median_step_ms": 1000 * statistics.median(o["median_step_s"] for o in outs),
                 "achieved_gflops": achieved / 1e9,
                 "matmul_peak_gflops": mm[dtype] / 1e9,
                 "fraction_of_matmul": achieved / mm[dtype],
                 "speedup_vs_coursework": (base / sec) if base else None,
+                "robust_speedup_vs_coursework": (robust_base / robust_sec) if robust_base
+                else None,
             }
             table.append(row)
         default = [r for r in table if r["blocks"] == int(blocks)
                    and r["config"] == "trainer_default"]
         if base and default:
             ratios[blocks] = base / default[0]["seconds_per_epoch"]
+            robust_ratios[blocks] = robust_base / default[0]["robust_seconds_per_epoch"]
     acc_fp32 = accuracy["trainer_fp32"]["val_acc"][-1]
     acc_def = accuracy["trainer_default"]["val_acc"][-1]
     line = "speed-up vs coursework loop: " + ", ".join(
         f"{r:.1f}x ({b} block{'s' if b != '1' else ''})" for b, r in ratios.items())
+    line += " [median-step estimate: " + ", ".join(
+        f"{r:.1f}x" for r in robust_ratios.values()) + "]"
     return {
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -357,6 +404,7 @@ def summarise(runs, matmul, accuracy, threads, autocast, n_train, n_eval, n_acc_
         "matmul_all_gflops": {k: [round(x / 1e9, 1) for x in v] for k, v in matmul.items()},
         "table": table,
         "speedup_vs_coursework": ratios,
+        "robust_speedup_vs_coursework": robust_ratios,
         "accuracy": {
             "epochs": args.acc_epochs, "train_images": n_acc_train, "val_images": n_acc_val,
             "fp32_val_acc": acc_fp32, "default_val_acc": acc_def,
@@ -369,15 +417,22 @@ def summarise(runs, matmul, accuracy, threads, autocast, n_train, n_eval, n_acc_
 
 def print_table(report: dict) -> None:
     print()
-    print(f"{'blocks':>6} {'config':<24} {'prec':<5} {'s/epoch':>8} {'runs':>4} {'img/s':>8} "
-          f"{'GFLOP/s':>8} {'% matmul':>8} {'speed-up':>8}")
+    print("s/epoch: wall clock of one epoch (60k train + 10k eval), median over rounds of the "
+          "least disturbed attempt;\nest.: median step time x steps + eval (robust to other "
+          "processes); FLOP/s at the median step rate")
+    print(f"{'blocks':>6} {'config':<24} {'prec':<5} {'s/epoch':>8} {'est.':>6} {'runs':>4} "
+          f"{'img/s':>7} {'GFLOP/s':>8} {'% mm':>5} {'speed-up':>8} {'est.':>6}")
     for r in report["table"]:
         speed = f"{r['speedup_vs_coursework']:.2f}x" if r["speedup_vs_coursework"] else ""
+        rspeed = (f"{r['robust_speedup_vs_coursework']:.2f}x"
+                  if r["robust_speedup_vs_coursework"] else "")
         print(f"{r['blocks']:>6} {r['config']:<24} {r['precision']:<5} "
-              f"{r['seconds_per_epoch']:>8.1f} {r['runs']:>4} {r['images_per_s']:>8,.0f} "
-              f"{r['achieved_gflops']:>8.1f} {100 * r['fraction_of_matmul']:>7.0f}% {speed:>8}")
+              f"{r['seconds_per_epoch']:>8.1f} {r['robust_seconds_per_epoch']:>6.1f} "
+              f"{r['runs']:>4} {r['robust_images_per_s']:>7,.0f} {r['achieved_gflops']:>8.1f} "
+              f"{100 * r['fraction_of_matmul']:>4.0f}% {speed:>8} {rspeed:>6}")
     mm = report["matmul_gflops"]
-    print(f"matmul rate (median): fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} GFLOP/s")
+    print(f"matmul rate (best of the run): fp32 {mm['fp32']:.0f} GFLOP/s, "
+          f"bf16 {mm['bf16']:.0f} GFLOP/s")
     acc = report["accuracy"]
     print(f"val acc after {acc['epochs']} epochs (1 block, seed 0): fp32 "
           f"{100 * acc['fp32_val_acc']:.2f}%, default ({report['default_precision']}) "

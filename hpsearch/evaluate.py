@@ -6,6 +6,8 @@ biased (it is the maximum over many trials and epochs). The honest number is thi
 chosen configuration retrained from scratch on the whole training set (`load_full_train`) for the
 epoch count at which the trial peaked, then evaluated a single time on the test set, normalised
 with the full training set's statistics. This module is the only caller of `load_test_split`.
+A study's [data] subset is not applied here: `load_full_train` returns every training image (a
+subset only makes the search cheaper; the final model should see all the data there is).
 
 With several seeds, each seed is one retraining and one row; a (trial, seed, epochs) result that
 is already stored is reused rather than retrained, so asking for more seeds later only trains

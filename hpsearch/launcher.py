@@ -17,6 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from hpsearch.config import StudyConfig
 from hpsearch.cores import available_cores
@@ -61,24 +63,33 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
     """Show progress until every worker exits. Returns the last progress and whether the user
     interrupted."""
     engine = make_engine(url)
-    progress = read_progress(engine, config.name)
+    progress = _poll_progress(engine, config.name, StudyProgress())
     interrupted = False
     with Live(render_progress(progress, config), console=console, refresh_per_second=2,
               transient=False) as live:
         try:
             while any(w.process.poll() is None for w in workers):
                 time.sleep(POLL_S)
-                progress = read_progress(engine, config.name)
+                progress = _poll_progress(engine, config.name, progress)
                 live.update(render_progress(progress, config))
         except KeyboardInterrupt:
             interrupted = True
             live.console.print("[yellow]Interrupted: stopping workers (their running trials "
                                "are marked failed)…[/]")
             stop_workers(workers)
-        progress = read_progress(engine, config.name)
+        progress = _poll_progress(engine, config.name, progress)
         live.update(render_progress(progress, config))
     engine.dispose()
     return progress, interrupted
+
+
+def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgress:
+    """The study's progress; while the database is unreachable (a restart) the last one seen:
+    the workers wait for the database, and so does the view."""
+    try:
+        return read_progress(engine, name)
+    except DBAPIError:
+        return last
 
 
 def stop_workers(workers: list[WorkerProcess]) -> None:

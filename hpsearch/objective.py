@@ -6,6 +6,7 @@ recorder. Divergent runs end as pruned trials with their reason stored.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -31,9 +32,15 @@ class SurplusTrial(Exception):
 
 
 def study_slug(name: str) -> str:
-    """A file-system-safe folder name for a study; never '.', '..' or a path."""
+    """A file-system-safe folder name for a study; never '.', '..' or a path.
+
+    A name that is already safe is its own slug; any other gets a hash of the name appended,
+    so two studies (say "my study" and "my_study") never share a checkpoint folder."""
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "study"
-    return slug[:120]
+    if slug != name or len(slug) > 120:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        slug = f"{slug[:100]}-{digest}"
+    return slug
 
 
 def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:

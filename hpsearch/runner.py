@@ -7,21 +7,26 @@ it again; the retry resumes from the dead trial's last epoch checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import DBAPIError
 
 from hpsearch.config import StudyConfig, WorkerOptions, parse_study
 from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.recorder import Recorder
+from hpsearch.db.recorder import RETRY_FOR_S, Recorder, _is_transient
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import COUNTED_STATES, Objective
 
@@ -34,10 +39,73 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _transient_cause(exc: BaseException) -> DBAPIError | None:
+    """The database error behind a storage failure when reconnecting can fix it (a server
+    restart, a dropped connection, a locked SQLite file); None for real errors."""
+    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
+    return cause if isinstance(cause, DBAPIError) and _is_transient(cause) else None
+
+
+def _one_line(exc: DBAPIError) -> str:
+    return " ".join(str(exc.orig or exc).split())
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + RETRY_FOR_S
+        delay = 0.2
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (StorageInternalError, DBAPIError) as exc:
+                cause = _transient_cause(exc)
+                if cause is None or time.monotonic() > deadline:
+                    raise
+                log.warning("Optuna storage: %s failed (%s); retrying in %.1fs",
+                            method.__name__, _one_line(cause), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDBStorage that waits out a database restart, as our Recorder does.
+
+    Plain RDBStorage raises at the first lost connection: a worker between trials dies, a
+    trial whose report() fails is failed, and Optuna's heartbeat thread ends for good, so the
+    live trial is later failed as stale by another worker. Here every storage call that reaches
+    the database retries transient errors for RETRY_FOR_S, and a heartbeat that cannot be
+    written is skipped (the next one, heartbeat_interval later, tries again).
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (StorageInternalError, DBAPIError) as exc:
+            cause = _transient_cause(exc)
+            if cause is None:
+                raise
+            log.warning("heartbeat of trial id %d not recorded (%s); the next one retries",
+                        trial_id, _one_line(cause))
+
+
+# RDBStorage's methods that open a database session themselves (the others call these).
+for _name in ("create_new_study", "get_study_id_from_name", "get_study_name_from_id",
+              "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+              "set_study_user_attr", "set_study_system_attr", "get_all_studies",
+              "_create_new_trial", "_set_trial_param", "get_trial_param",
+              "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+              "set_trial_system_attr", "get_trial_user_attrs", "get_trial_system_attrs",
+              "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials",
+              "_get_best_trial_id", "_get_stale_trial_ids"):
+    setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
+
+
 def open_storage(url: str, workers: WorkerOptions) -> RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
+        return ResilientRDBStorage(
             url,
             engine_kwargs=engine_kwargs(url),
             heartbeat_interval=workers.heartbeat_interval,
@@ -95,8 +163,11 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     storage = open_storage(url, config.workers)
     from hpsearch.space import make_pruner, make_sampler
 
+    # trials already in the study shift the seed: a resumed study must not redraw the random
+    # start-up points of its first run
+    existing = storage.get_n_trials(storage.get_study_id_from_name(name))
     study = optuna.load_study(study_name=name, storage=storage,
-                              sampler=make_sampler(config, worker_index),
+                              sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
     data = load_train_val(config.data, seed=config.seed)
     me = worker_name()

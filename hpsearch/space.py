@@ -24,10 +24,12 @@ def suggest(trial: optuna.Trial, space: dict[str, Categorical | Range]) -> dict[
     return sampled
 
 
-def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """Each worker gets its own seed (seed + index): identical seeds would make parallel workers
-    draw the same random start-up points."""
-    seed = config.seed + worker_index
+def make_sampler(config: StudyConfig, worker_index: int = 0,
+                 existing_trials: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker gets its own seed: identical seeds would make parallel workers (or a resumed
+    study) draw the same random start-up points. A fresh study's seeds depend only on the
+    study seed and the worker index, so runs are reproducible."""
+    seed = config.seed + worker_index + 1000 * existing_trials
     if config.sampler == "tpe":
         # constant_liar: a running trial counts as a bad result, so workers don't pile onto it
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)

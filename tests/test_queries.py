@@ -176,8 +176,3 @@ def test_top_curves_are_the_best_trials(conn: Connection, study: queries.StudyIn
     assert [c.trial_number for c in curves] == [
         t.number for t in queries.leaderboard(conn, study, top=3)]
     assert all(len(c.epochs) == len(c.values["val_loss"]) for c in curves)
-
-
-def test_optuna_study_lookup(conn: Connection, recorded: RecordedStudy) -> None:
-    assert queries.optuna_study_exists(conn, recorded.name)
-    assert not queries.optuna_study_exists(conn, "nope")

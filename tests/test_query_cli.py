@@ -294,6 +294,31 @@ def test_report_split_writes_one_page_per_figure(run, recorded: RecordedStudy,
     assert all(f'href="{page}"' in index for page in pages)
 
 
+def test_report_with_one_complete_trial_explains_missing_importances(
+        capsys, monkeypatch, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    build_recorded_study(url, "tiny", plan=(("complete", 2), ("pruned", 1)))
+    page = tmp_path / "tiny.html"
+    assert hps(capsys, monkeypatch, "report", "tiny", "-o", str(page), "--db", url)[0] == 0
+    text = page.read_text()
+    assert "parameter importances need at least 2 complete trials; this study has 1" in text
+
+
+def test_importances_never_raise() -> None:
+    from hpsearch.report.figures import param_importances
+    from tests.recorded_study import study_config
+
+    config = study_config("x", 6)
+    rows = [(i, 0.1 * i, {"lr": 10.0 ** -i, "optimizer": ["adam", "sgd"][i % 2],
+                          "patch_size": [4, 7][i % 2], "extra": i}) for i in range(1, 6)]
+    found, how = param_importances(config, rows)  # "extra" is not in the config's space
+    assert found is not None and set(found) == {"lr", "optimizer", "patch_size", "extra"}
+    assert how.startswith("PED-ANOVA")
+    found, how = param_importances({"space": "garbage"}, [(i, 0.1 * i, {"odd": [i]})
+                                                          for i in range(3)])
+    assert found is None and how.startswith("parameter importances unavailable")
+
+
 # --- errors, help, imports -----------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [

@@ -46,7 +46,7 @@ def evaluate(
     value = "-" if plan.trial.value is None else f"{plan.trial.value:.4f}"
     typer.echo(f"study {plan.study.name!r}, trial {plan.trial.number} (best val acc {value} at "
                f"epoch {plan.trial.best_epoch}): retraining on train + validation for "
-               f"{plan.epochs} epochs, {len(plan.seeds)} seed(s), {n_threads} thread(s)")
+               f"{plan.epochs} epoch(s), {len(plan.seeds)} seed(s), {n_threads} thread(s)")
 
     def on_epoch(seed: int, metrics) -> None:  # noqa: ANN001 - EpochMetrics
         console.print(f"seed {seed} epoch {metrics.epoch:3d}  train loss {metrics.train_loss:.4f}"
@@ -61,7 +61,7 @@ def evaluate(
     results = run_evaluation(plan, db, device=device, on_epoch=on_epoch, on_result=on_result)
     summary = summarise(plan, results)
     if summary.std is None:
-        typer.echo(f"test acc (final): {summary.mean:.4f} (1 seed, {plan.epochs} epochs)")
+        typer.echo(f"test acc (final): {summary.mean:.4f} (1 seed, {plan.epochs} epoch(s))")
     else:
         typer.echo(f"test acc (final): {summary.mean:.4f} ± {summary.std:.4f} "
-                   f"(mean ± std over {summary.seeds} seeds, {plan.epochs} epochs)")
+                   f"(mean ± std over {summary.seeds} seeds, {plan.epochs} epoch(s))")

@@ -298,12 +298,10 @@ def report(
 ) -> None:
     """A self-contained HTML report that works offline: learning curves, best-so-far over
     trials and time, parallel coordinates, parameter importances and the leaderboard."""
-    from hpsearch.db.engine import database_url
     from hpsearch.report.html import build_report, write_report, write_split
 
-    url = database_url(db)
     with connect(db) as conn:
-        doc = build_report(conn, url, names, curves=curves)
+        doc = build_report(conn, names, curves=curves)
     if split:
         written = write_split(doc, output or Path("report"))
     else:

@@ -14,14 +14,11 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Integer,
     Row,
     case,
-    column,
     func,
     inspect,
     select,
-    table,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -470,15 +467,3 @@ def _check_metrics(metrics: Sequence[str]) -> None:
     unknown = [m for m in metrics if m not in EPOCH_METRICS]
     if unknown:
         raise ValueError(f"unknown epoch metric(s): {', '.join(unknown)}")
-
-
-# Optuna's own tables (read only to find the study that importances are computed on).
-_OPTUNA_STUDIES = table("studies", column("study_id", Integer), column("study_name"))
-
-
-def optuna_study_exists(conn: Connection, name: str) -> bool:
-    if not inspect(conn).has_table("studies"):
-        return False
-    query = select(_OPTUNA_STUDIES.c.study_id).where(_OPTUNA_STUDIES.c.study_name == name)
-    return conn.execute(query).first() is not None
-

@@ -246,13 +246,15 @@ def importance_figure(study: str, importances: dict[str, float], method: str) ->
 MIN_TRIALS_FOR_IMPORTANCE = 2
 
 
-def param_importances(url: str | None, study: str, rows: Sequence[tuple[int, float, dict]],
-                      space: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+def param_importances(config: dict[str, Any], rows: Sequence[tuple[int, float, dict]]
+                      ) -> tuple[dict[str, float] | None, str]:
     """(importances, how they were computed) or (None, why not); never raises.
 
-    With `url`, Optuna's own study in that database is used (its exact distributions);
-    without, an in-memory Optuna study is rebuilt from our rows. Either way the evaluator is
-    optuna.importance's default (PED-ANOVA), which needs no scikit-learn.
+    optuna.importance's default evaluator (PED-ANOVA, no scikit-learn needed) runs on an
+    in-memory Optuna study of our complete trials with the distributions the study sampled
+    from. That is the same input as Optuna's stored study (the objective returns the best
+    validation accuracy, our `value`), without loading every trial through Optuna's storage:
+    about 2 s instead of 15 s for 10,000 trials.
     """
     if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
         return None, (f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
@@ -263,55 +265,70 @@ def param_importances(url: str | None, study: str, rows: Sequence[tuple[int, flo
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-API and small-sample warnings
-            if url is not None:
-                source = "Optuna's study"
-                ostudy = _load_optuna_study(url, study)
-            else:
-                source = "the results tables"
-                ostudy = _study_from_rows(rows, space)
-            found = optuna.importance.get_param_importances(ostudy)
+            found = optuna.importance.get_param_importances(_study_from_rows(config, rows))
     except Exception as exc:  # a broken importance must never cost the whole report
         return None, f"parameter importances unavailable: {type(exc).__name__}: {exc}"
     if not found:
-        return None, "parameter importances unavailable: no sampled parameters"
-    return found, f"PED-ANOVA on {source}, {len(rows):,} complete trials"
+        return None, "parameter importances unavailable: no parameter varies"
+    return found, f"PED-ANOVA, {len(rows):,} complete trials"
 
 
-def _load_optuna_study(url: str, name: str) -> Any:
-    import optuna
+def _space_distributions(config: dict[str, Any]) -> dict[str, Any]:
+    """The distributions hpsearch.space.suggest samples from, per the stored study config."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
-    from hpsearch.db.engine import engine_kwargs, normalise_url
+    from hpsearch.config import Categorical, parse_study
+    from hpsearch.errors import ConfigError
 
-    full = normalise_url(url)
-    # skip_table_creation: a report only reads; it must not add Optuna's tables anywhere
-    storage = optuna.storages.RDBStorage(full, engine_kwargs=engine_kwargs(full),
-                                         skip_compatibility_check=True,
-                                         skip_table_creation=True)
-    return optuna.load_study(study_name=name, storage=storage)
+    try:
+        space = parse_study(config).space
+    except ConfigError:
+        return {}  # a config written by hand into the database: infer from the values
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, Categorical):
+            out[name] = CategoricalDistribution(list(dim.choices))
+        elif dim.is_int:
+            out[name] = IntDistribution(int(dim.low), int(dim.high), log=dim.log,
+                                        step=int(dim.step or 1))
+        else:
+            out[name] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    return out
 
 
-def _study_from_rows(rows: Sequence[tuple[int, float, dict]], space: dict[str, Any]) -> Any:
-    """An in-memory Optuna study of the complete trials, distributions from observed values."""
-    import optuna
+def _observed(values: list[Any]) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    names = sorted({k for _, _, params in rows for k in params})
-    dists: dict[str, Any] = {}
-    for name in names:
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return FloatDistribution(min(values), max(values))
+    return CategoricalDistribution(sorted(set(values), key=str))
+
+
+def _study_from_rows(config: dict[str, Any], rows: Sequence[tuple[int, float, dict]]) -> Any:
+    """An in-memory Optuna study of the complete trials. A parameter the config does not
+    describe (or whose values fall outside it) gets a distribution from its observed values."""
+    import optuna
+
+    dists = _space_distributions(config)
+    for name in {k for _, _, params in rows for k in params}:
         seen = [params[name] for _, _, params in rows if name in params]
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
-        if numeric and not isinstance(space.get(name), list):
-            low, high = min(seen), max(seen)
-            if low < high:
-                log = isinstance(space.get(name), dict) and bool(space[name].get("log"))
-                dists[name] = FloatDistribution(low, high, log=log and low > 0)
-        elif len({str(v) for v in seen}) > 1:
-            dists[name] = CategoricalDistribution(sorted({str(v) for v in seen}))
+        if name not in dists or not all(_contains(dists[name], v) for v in seen):
+            dists[name] = _observed(seen)
     ostudy = optuna.create_study(direction="maximize")
     ostudy.add_trials([
         optuna.trial.create_trial(
-            value=value, distributions={k: d for k, d in dists.items() if k in params},
-            params={k: (float(params[k]) if isinstance(d, FloatDistribution) else str(params[k]))
-                    for k, d in dists.items() if k in params})
+            value=value, params={k: v for k, v in params.items() if k in dists},
+            distributions={k: dists[k] for k in params if k in dists})
         for _, value, params in rows])
     return ostudy
+
+
+def _contains(dist: Any, value: Any) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False

@@ -73,12 +73,12 @@ class ReportDoc:
 
 # --- gathering -----------------------------------------------------------------------------
 
-def build_report(conn: Connection, url: str, names: list[str], *, curves: int) -> ReportDoc:
+def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDoc:
     """Query everything the report shows and turn it into figures and tables."""
     infos = [queries.find_study(conn, n) for n in dict.fromkeys(names)]  # fail before work
     sections, overlay_points, overlay_curves = [], [], []
     for index, info in enumerate(infos):
-        section, points, best_curve = _study_section(conn, url, info, curves, f"s{index + 1}")
+        section, points, best_curve = _study_section(conn, info, curves, f"s{index + 1}")
         sections.append(section)
         overlay_points.append((info.name, points))
         if best_curve is not None:
@@ -89,8 +89,8 @@ def build_report(conn: Connection, url: str, names: list[str], *, curves: int) -
     return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
 
 
-def _study_section(conn: Connection, url: str, info: queries.StudyInfo, curves: int,
-                   key: str) -> tuple[Section, list[queries.TrialPoint], queries.Curve | None]:
+def _study_section(conn: Connection, info: queries.StudyInfo, curves: int, key: str
+                   ) -> tuple[Section, list[queries.TrialPoint], queries.Curve | None]:
     stats = queries.study_stats(conn, info)
     top = queries.top_curves(conn, info, CURVE_METRICS, curves)
     many = stats.total > curves
@@ -119,8 +119,7 @@ def _study_section(conn: Connection, url: str, info: queries.StudyInfo, curves: 
                                     figures.parallel_coordinates(info.name, rows, names, space)))
     else:
         section.items.append(_note("parallel coordinates need at least one complete trial"))
-    has_optuna = queries.optuna_study_exists(conn, info.name)
-    found, how = figures.param_importances(url if has_optuna else None, info.name, rows, space)
+    found, how = figures.param_importances(info.config, rows)
     section.items.append(Figure(f"{key}-importances", f"{info.name}: importances",
                                 figures.importance_figure(info.name, found, how))
                          if found else _note(how))
