@@ -13,7 +13,7 @@ minutes for 10,000). Then times, alternating, medians over --repeat rounds:
                                                    vs  hpsearch export X --what trials -f csv
   hpsearch report X                                (time and file size; must stay < 50 MB)
 
-    .venv/bin/python bench/queries.py                          # SQLite, ~10 min on 2 cores
+    .venv/bin/python bench/queries.py                          # SQLite, ~4 min once built
     .venv/bin/python bench/queries.py --pg postgresql+psycopg://hps@127.0.0.1:55432/hps
     nohup .venv/bin/python bench/queries.py > bench/results/queries.log 2>&1 &
 
@@ -125,48 +125,47 @@ OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
                 "failed": TrialState.FAIL}
 
 
+def _insert_returning(conn: Connection, table: Any, key: Any,
+                      rows: list[dict[str, Any]]) -> list[int]:
+    """Bulk INSERT (one executemany) that returns the new ids in the order of `rows`."""
+    stmt = insert(table).returning(key, sort_by_parameter_order=True)
+    return list(conn.scalars(stmt, rows))
+
+
 def _insert_chunk(conn: Connection, ids: dict[str, int], trials: list[dict[str, Any]]) -> None:
     """One chunk into both schemas, in the caller's transaction (both or neither)."""
     finite = om.TrialValueModel.TrialValueType.FINITE
     finite_step = om.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
-    next_id = (conn.scalar(select(func.max(om.TrialModel.trial_id))) or 0) + 1
-    ours_id = (conn.scalar(select(func.max(Trial.id))) or 0) + 1
-    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in
-                                             ("trials", "params", "values", "steps", "hps", "ep")}
-    for offset, t in enumerate(trials):
-        oid, hid = next_id + offset, ours_id + offset
-        naive = {"datetime_start": t["started"].replace(tzinfo=None),
-                 "datetime_complete": t["finished"].replace(tzinfo=None)}
-        rows["trials"].append({"trial_id": oid, "number": t["number"],
-                               "study_id": ids["optuna"], "state": OPTUNA_STATE[t["state"]],
-                               **naive})
-        rows["params"] += [{"trial_id": oid, "param_name": name,
-                            "param_value": SPACE[name].to_internal_repr(value),
-                            "distribution_json": distribution_to_json(SPACE[name])}
-                           for name, value in t["params"].items()]
+    optuna_ids = _insert_returning(conn, om.TrialModel, om.TrialModel.trial_id, [
+        {"number": t["number"], "study_id": ids["optuna"], "state": OPTUNA_STATE[t["state"]],
+         "datetime_start": t["started"].replace(tzinfo=None),  # Optuna stores naive UTC
+         "datetime_complete": t["finished"].replace(tzinfo=None)} for t in trials])
+    our_ids = _insert_returning(conn, Trial, Trial.id, [
+        {"study_id": ids["ours"], "number": t["number"], "optuna_trial_id": oid,
+         "state": t["state"], "params": t["params"], "value": t["peak"]["val_acc"],
+         "best_epoch": t["peak"]["epoch"], "epochs_run": len(t["curve"]),
+         "n_params": 100_000 + 500 * t["params"]["hidden_dim"], "started_at": t["started"],
+         "finished_at": t["finished"], "seconds": t["seconds"],
+         "worker": f"bench:{t['number'] % 4}",
+         "reason": {"pruned": "pruned by HyperbandPruner", "failed": "diverged"}.get(t["state"])}
+        for t, oid in zip(trials, optuna_ids, strict=True)])
+    params, values, steps, epochs = [], [], [], []
+    for t, oid, hid in zip(trials, optuna_ids, our_ids, strict=True):
+        params += [{"trial_id": oid, "param_name": name,
+                    "param_value": SPACE[name].to_internal_repr(value),
+                    "distribution_json": distribution_to_json(SPACE[name])}
+                   for name, value in t["params"].items()]
         if t["state"] != "failed":  # Optuna keeps no value for failed trials
             value = t["peak"]["val_acc"] if t["state"] == "complete" else t["curve"][-1]["val_acc"]
-            rows["values"].append({"trial_id": oid, "objective": 0, "value": value,
-                                   "value_type": finite})
-        rows["steps"] += [{"trial_id": oid, "step": row["epoch"],
-                           "intermediate_value": row["val_acc"],
-                           "intermediate_value_type": finite_step} for row in t["curve"]]
-        rows["hps"].append({
-            "id": hid, "study_id": ids["ours"], "number": t["number"], "optuna_trial_id": oid,
-            "state": t["state"], "params": t["params"], "value": t["peak"]["val_acc"],
-            "best_epoch": t["peak"]["epoch"], "epochs_run": len(t["curve"]),
-            "n_params": 100_000 + 500 * t["params"]["hidden_dim"],
-            "started_at": t["started"], "finished_at": t["finished"], "seconds": t["seconds"],
-            "worker": f"bench:{t['number'] % 4}",
-            "reason": {"pruned": "pruned by HyperbandPruner", "failed": "diverged"}.get(
-                t["state"])})
-        rows["ep"] += [{"trial_id": hid, **row} for row in t["curve"]]
-    for table, key in ((om.TrialModel, "trials"), (om.TrialParamModel, "params"),
-                       (om.TrialValueModel, "values"),
-                       (om.TrialIntermediateValueModel, "steps"), (Trial, "hps"),
-                       (Epoch, "ep")):
-        if rows[key]:
-            conn.execute(insert(table), rows[key])
+            values.append({"trial_id": oid, "objective": 0, "value": value,
+                           "value_type": finite})
+        steps += [{"trial_id": oid, "step": row["epoch"], "intermediate_value": row["val_acc"],
+                   "intermediate_value_type": finite_step} for row in t["curve"]]
+        epochs += [{"trial_id": hid, **row} for row in t["curve"]]
+    for table, rows in ((om.TrialParamModel, params), (om.TrialValueModel, values),
+                        (om.TrialIntermediateValueModel, steps), (Epoch, epochs)):
+        if rows:
+            conn.execute(insert(table), rows)
 
 
 def build(url: str, n_trials: int, epochs: int) -> None:

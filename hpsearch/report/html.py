@@ -76,22 +76,23 @@ class ReportDoc:
 def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDoc:
     """Query everything the report shows and turn it into figures and tables."""
     infos = [queries.find_study(conn, n) for n in dict.fromkeys(names)]  # fail before work
+    stats = [queries.study_stats(conn, info) for info in infos]
     sections, overlay_points, overlay_curves = [], [], []
-    for index, info in enumerate(infos):
-        section, points, best_curve = _study_section(conn, info, curves, f"s{index + 1}")
+    for index, study in enumerate(stats):
+        section, points, best_curve = _study_section(conn, study, curves, f"s{index + 1}")
         sections.append(section)
-        overlay_points.append((info.name, points))
+        overlay_points.append((study.study.name, points))
         if best_curve is not None:
-            overlay_curves.append((info.name, best_curve))
+            overlay_curves.append((study.study.name, best_curve))
     if len(infos) > 1:
-        sections.insert(0, _comparison_section(conn, infos, overlay_points, overlay_curves))
+        sections.insert(0, _comparison_section(stats, overlay_points, overlay_curves))
     masked = conn.engine.url.render_as_string(hide_password=True)
     return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
 
 
-def _study_section(conn: Connection, info: queries.StudyInfo, curves: int, key: str
+def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key: str
                    ) -> tuple[Section, list[queries.TrialPoint], queries.Curve | None]:
-    stats = queries.study_stats(conn, info)
+    info = stats.study
     top = queries.top_curves(conn, info, CURVE_METRICS, curves)
     many = stats.total > curves
     bands = {m: queries.epoch_band(conn, info, m, skip_top=curves) if many else None
@@ -125,17 +126,17 @@ def _study_section(conn: Connection, info: queries.StudyInfo, curves: int, key: 
                          if found else _note(how))
     leaders = queries.leaderboard(conn, info, top=LEADERBOARD_ROWS)
     section.items.append(sheet_html(tables.trials_sheet(
-        info, leaders, names, title=f"leaderboard (best {min(LEADERBOARD_ROWS, stats.total)} "
-                                    f"of {stats.total:,} trials)")))
+        info, leaders, names, tests=queries.study_evaluations(conn, info),
+        title=f"leaderboard (best {min(LEADERBOARD_ROWS, stats.total)} of {stats.total:,} "
+              "trials)")))
     best_curve = next((c for c in top if stats.best and c.trial_number == stats.best.number),
                       None)
     return section, points, best_curve
 
 
-def _comparison_section(conn: Connection, infos: list[queries.StudyInfo],
+def _comparison_section(stats: list[queries.StudyStats],
                         points: list[tuple[str, list[queries.TrialPoint]]],
                         best_curves: list[tuple[str, queries.Curve]]) -> Section:
-    stats = [queries.study_stats(conn, i) for i in infos]
     names: list[str] = []
     for s in stats:
         found = [s.best.params] if s.best else []
