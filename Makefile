@@ -28,6 +28,7 @@ data:
 
 demo: setup data
 	$(HPSEARCH) run studies/quick.toml
+	mkdir -p reports
 	$(HPSEARCH) report quick -o reports/quick.html
 	@echo "report written to reports/quick.html"
 

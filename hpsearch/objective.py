@@ -19,6 +19,7 @@ from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
 from hpsearch.db.recorder import Recorder
 from hpsearch.metrics import EpochMetrics
+from hpsearch.model import build_model, count_parameters
 from hpsearch.space import suggest
 from hpsearch.train import TrainingDiverged, load_checkpoint, train
 
@@ -86,7 +87,9 @@ class Objective:
             if previous is not None:
                 self.recorder.copy_epochs(previous, row, done)
         started = time.monotonic()
-        n_params: int | None = None
+        # counted up front (building the model takes milliseconds) so pruned and failed
+        # trials have their size too
+        n_params: int | None = count_parameters(build_model(params, self.data.image_shape))
 
         def on_epoch(metrics: EpochMetrics) -> None:
             self.recorder.record_epoch(row, metrics)
@@ -102,7 +105,6 @@ class Objective:
             result = train(params, self.data, seed=self.config.seed + original,
                            device=self.device, on_epoch=on_epoch, checkpoint=checkpoint,
                            resume_from=resume_from)
-            n_params = result.n_params
         except optuna.TrialPruned as exc:
             self._finish(row, "pruned", started, n_params, str(exc), checkpoint)
             raise

@@ -127,6 +127,12 @@ def print_table(sheet: Sheet, console: Any) -> None:
                          overflow="fold")
     for row in body:
         table.add_row(*(Text(cell) for cell in row))
+    from rich.measure import Measurement
+
+    # a leaderboard has a column per parameter: print it at its natural width rather than
+    # folding every cell into a letter-wide column (the terminal wraps long lines instead)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.width = max(console.width, natural)
     console.print(table)
     for note in sheet.notes:
         console.print(Text(note))
