@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -176,6 +177,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     last: list[FrozenTrial] = []
     deadline = time.monotonic() + timeout if timeout else None
     consecutive_failures = 0
+    watcher = StaleTrialWatcher(study, recorder, row_id, config.workers.grace_period / 4)
+    watcher.start()
     try:
         while deadline is None or time.monotonic() < deadline:
             _record_dead_trials(recorder, storage, row_id)
@@ -212,8 +215,36 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
         recorder.mark_running_as(row_id, me, "failed", "interrupted (Ctrl-C)")
         raise
     finally:
+        watcher.stop()
         storage.remove_session()
     return summary
+
+
+class StaleTrialWatcher(threading.Thread):
+    """Fails other workers' dead trials (no heartbeat within the grace period) while this
+    worker trains, so their retry is queued within the grace period rather than whenever a
+    worker next starts a trial (Optuna only checks then)."""
+
+    def __init__(self, study: optuna.Study, recorder: Recorder, study_row_id: int,
+                 interval: float) -> None:
+        super().__init__(name="stale-trial-watcher", daemon=True)
+        self.study, self.recorder, self.study_row_id = study, recorder, study_row_id
+        self.interval = max(1.0, interval)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                _fail_stale(self.study)
+                _record_dead_trials(self.recorder, self.study._storage, self.study_row_id)
+            except Exception as exc:  # noqa: BLE001 - a missed check is retried next interval
+                log.warning("stale-trial check failed: %s", exc)
+            finally:
+                self.study._storage.remove_session()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
 
 
 def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: int) -> None:

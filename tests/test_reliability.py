@@ -67,18 +67,30 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(db_url: str,
                                                             tmp_path: Path) -> None:
     path = slow_study(tmp_path, n_trials=3)
     prepare_study(load_study(path), db_url)
-    victim = start_worker("tiny", db_url, tmp_path / "victim.log")
+    workers = [start_worker("tiny", db_url, tmp_path / f"worker-{i}.log") for i in range(2)]
     try:
         wait_for(lambda: any(t.epochs_run >= 2 for t in trials_of(db_url, "tiny")), 120,
-                 "the first worker to finish two epochs")
-    finally:
+                 "a worker to finish two epochs")
+        killed = next(t for t in trials_of(db_url, "tiny") if t.epochs_run >= 2)
+        pid = int(killed.worker.rsplit(":", 1)[1])
+        (victim,) = [w for w in workers if w.pid == pid]
         victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
         victim.wait()
-    (killed,) = trials_of(db_url, "tiny")
-    done_before_kill = killed.epochs_run
-
-    survivor = start_worker("tiny", db_url, tmp_path / "survivor.log")
-    assert survivor.wait(timeout=240) == 0, (tmp_path / "survivor.log").read_text()
+        killed = next(t for t in trials_of(db_url, "tiny") if t.number == killed.number)
+        done_before_kill = killed.epochs_run
+        (survivor,) = [w for w in workers if w is not victim]
+        # the survivor notices while it trains: grace period 4 s, checked every second
+        wait_for(lambda: next(t for t in trials_of(db_url, "tiny")
+                              if t.number == killed.number).state == "failed", 30,
+                 "the dead trial to be failed")
+        assert time.monotonic() - killed_at < 4 + 6
+        log = tmp_path / f"worker-{workers.index(survivor)}.log"
+        assert survivor.wait(timeout=240) == 0, log.read_text()
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
 
     trials = {t.number: t for t in trials_of(db_url, "tiny")}
     assert trials[killed.number].state == "failed"
@@ -93,7 +105,7 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(db_url: str,
     for epoch in range(1, done_before_kill):
         assert after[epoch].seconds == before[epoch].seconds
         assert after[epoch].val_acc == before[epoch].val_acc
-    assert "resuming from" in (tmp_path / "survivor.log").read_text()
+    assert "resuming from" in log.read_text()
     finished = [t for t in trials.values() if t.state in ("complete", "pruned")]
     assert len(finished) == 3
     assert not [t for t in trials.values() if t.state == "running"]

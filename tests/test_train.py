@@ -27,6 +27,7 @@ from hpsearch.train import (
     resolve_precision,
     save_checkpoint,
     train,
+    tune_malloc,
 )
 
 TINY = {"patch_size": 7, "hidden_dim": 32, "token_mlp_dim": 16, "channel_mlp_dim": 64,
@@ -73,6 +74,8 @@ def test_each_optimiser_lowers_the_loss(data: TrainValData, optimizer: str, lr: 
         after = loss().item()
     assert after < 0.8 * before, (before, after)
     assert type(opt).__name__.lower() == optimizer
+    # the single-kernel implementations where torch has them (not for RAdam)
+    assert opt.defaults.get("fused") is (True if optimizer != "radam" else None)
 
 
 @pytest.mark.parametrize("scheduler", ["none", "cosine", "plateau", "step"])
@@ -295,6 +298,27 @@ def test_compile_on_drops_the_last_partial_batch(data: TrainValData,
     train(tiny(epochs=1, compile="on"), data, seed=0, device="cpu",
           on_step=lambda done, total: steps.append((done, total)))
     assert steps[-1] == (8, 8)  # 540 // 64 full batches
+
+
+def test_compile_on_with_less_than_one_batch_still_trains(
+        data: TrainValData, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda model: model)
+    steps: list[tuple[int, int]] = []
+    history = train(tiny(epochs=1, compile="on", batch_size=1024), data, seed=0, device="cpu",
+                    on_step=lambda done, total: steps.append((done, total))).history
+    assert steps == [(1, 1)]
+    assert history[0].images_per_s > 0
+
+
+def test_tune_malloc_is_idempotent() -> None:
+    import sys
+
+    first = tune_malloc()
+    assert tune_malloc() == first
+    if sys.platform.startswith("linux"):
+        import platform
+
+        assert first == (platform.libc_ver()[0] == "glibc")
 
 
 def test_evaluate(data: TrainValData) -> None:
