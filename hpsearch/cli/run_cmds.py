@@ -48,6 +48,9 @@ def run(
     _check_device(device)
     url = normalise_url(database_url(db))
     console = Console()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     prepare_study(config, url, trials)
     if trials is not None:
         config.n_trials = trials
