@@ -27,7 +27,7 @@ data:
 	fi
 
 demo: setup data
-	$(HPSEARCH) run studies/quick.toml
+	$(HPSEARCH) run studies/quick.toml --workers 2
 	mkdir -p reports
 	$(HPSEARCH) report quick -o reports/quick.html
 	@echo "report written to reports/quick.html"

@@ -69,6 +69,21 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.2f}] {msg}", flush=True)
 
 
+def user_environment(name: str) -> str | None:
+    """`name` as this process was started with it. Importing hpsearch sets
+    OMP_WAIT_POLICY=PASSIVE for hpsearch's own processes; the coursework loop must run with the
+    user's own setting, as a notebook would."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                key, _, value = entry.partition(b"=")
+                if key.decode(errors="replace") == name:
+                    return value.decode(errors="replace")
+        return None
+    except OSError:  # not Linux
+        return os.environ.get(name)
+
+
 def mixer_params(blocks: int, **changes: object) -> TrialParams:
     return TrialParams(model="mixer", patch_size=4, hidden_dim=128, token_mlp_dim=64,
                        channel_mlp_dim=512, num_blocks=blocks, batch_size=256, optimizer="adam",
@@ -277,6 +292,7 @@ def _work(conn, job: dict) -> None:  # noqa: ANN001
         conn.send(("ready", None))
         out = trainer_epochs(turns, TrialParams.from_dict(job["params"]), data, job["seed"])
     out["turns"] = turns.turns
+    out["omp_wait_policy"] = user_environment("OMP_WAIT_POLICY")  # as torch saw it at start
     conn.send(("done", out))
 
 
@@ -289,7 +305,11 @@ def run_interleaved(jobs: dict[str, dict], gap_s: float = 0.05) -> tuple[dict[st
         parent, child = ctx.Pipe()
         procs[name] = ctx.Process(target=worker, args=(child, job))
         saved = {k: os.environ.get(k) for k in job.get("env", {})}
-        os.environ.update(job.get("env", {}))  # the child inherits the environment at start
+        for k, v in job.get("env", {}).items():  # the child inherits the environment at start
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         procs[name].start()
         for k, v in saved.items():
             if v is None:
@@ -381,7 +401,8 @@ def main() -> None:
             return {**common, "kind": "trainer", "split": "full", "blocks": blocks,
                     "params": mixer_params(blocks, epochs=1, **changes).to_dict()}
 
-        jobs = {"coursework": {**common, "kind": "coursework", "blocks": blocks},
+        jobs = {"coursework": {**common, "kind": "coursework", "blocks": blocks,
+                               "env": {"OMP_WAIT_POLICY": user_environment("OMP_WAIT_POLICY")}},
                 "trainer_fp32": trainer(precision="fp32"),
                 "trainer_default": trainer()}
         if args.compile:
@@ -400,7 +421,8 @@ def main() -> None:
         jobs = {n: jobs[n] for n in names[i % len(names):] + names[:i % len(names)]}
         results, others = run_interleaved(jobs)
         for job in jobs.values():
-            for cache in job.get("env", {}).values():
+            cache = job.get("env", {}).get("TORCHINDUCTOR_CACHE_DIR")
+            if cache:
                 shutil.rmtree(cache, ignore_errors=True)
         for name, out in results.items():
             out["others_cores"] = others
@@ -453,6 +475,7 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
                 "fraction_of_matmul": achieved / mm[dtype],
                 "speedup_vs_coursework": base / sec,
                 "others_cores": [round(o["others_cores"], 2) for o in outs],
+                "omp_wait_policy": outs[0]["omp_wait_policy"],
             })
             if name == "trainer_default":
                 ratios[blocks] = base / sec
