@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from sqlalchemy import delete, func, inspect, select
 from sqlalchemy.orm import Session
 
 from hpsearch import data as data_mod
-from hpsearch.cli import main
 from hpsearch.config import load_study
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
@@ -27,6 +25,7 @@ from hpsearch.evaluate import final_checkpoint_path, plan_evaluation, run_evalua
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import TrialParams
 from hpsearch.runner import prepare_study, run_worker
+from tests.helpers import hps
 from tests.study_files import write_tiny_study
 
 EPOCHS = 3
@@ -74,16 +73,6 @@ def stored_trials(url: str, name: str) -> list[Trial]:
         engine.dispose()
 
 
-def hps(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        *args: str) -> tuple[int, str, str]:
-    """`hpsearch ARGS` in this process through the real entry point."""
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(sys, "argv", ["hpsearch", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), out, err
 
 
 def count_test_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:

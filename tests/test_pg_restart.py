@@ -25,6 +25,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.runner import open_storage
 from tests.conftest import PostgresServer
+from tests.helpers import wait_for
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,16 +81,6 @@ def heartbeat_ages(url: str) -> dict[int, float]:
     return {trial_id: float(age) for trial_id, age in rows}
 
 
-def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # noqa: BLE001 - the schema may not exist yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_run_survives_a_postgres_restart(pg_url: str, postgres_server: PostgresServer,

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hpsearch.cli import main
 from hpsearch.cli.app import app
 from hpsearch.config import load_run_config, parse_data, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import EPOCH_METRICS, Epoch, Study, Trial
 from hpsearch.params import TrialParams
+from tests.helpers import hps
 from tests.recorded_study import PLAN, RecordedStudy, build_recorded_study
 
 FORMATS = ("table", "md", "csv", "json")
@@ -33,16 +33,6 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> RecordedStudy:
     return build_recorded_study(url)
 
 
-def hps(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        *args: str) -> tuple[int, str, str]:
-    """Run `hpsearch ARGS` in this process through the real entry point."""
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapping in captured output
-    monkeypatch.setattr(sys, "argv", ["hpsearch", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), out, err
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hpsearch.config import load_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.runner import prepare_study
+from tests.helpers import wait_for
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,16 +45,6 @@ def epochs_of(url: str, trial_id: int) -> list[Epoch]:
                                     .order_by(Epoch.epoch)))
 
 
-def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # noqa: BLE001 - the schema may not exist yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def slow_study(folder: Path, n_trials: int) -> Path:
