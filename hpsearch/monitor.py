@@ -69,6 +69,8 @@ def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:
         f"  (complete {c.get('complete', 0)}, pruned {c.get('pruned', 0)}, "
         f"failed {c.get('failed', 0)})  best val acc {best}",
     )
+    if not progress.running:
+        return Group(header)
     table = Table(box=None, pad_edge=False)
     for column in ("worker", "trial", "epoch", "best val acc"):
         table.add_column(column)

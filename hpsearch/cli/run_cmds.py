@@ -63,6 +63,7 @@ def run(
         console.print(f"[red]worker {worker.index} failed[/] ({worker.log_path}): {last_line}",
                       highlight=False)
     if top:
+        console.print()
         _print_leaderboard(url, config.name, top)
     if interrupted:
         console.print(f"Interrupted with {progress.finished}/{config.n_trials} trials finished;"
