@@ -368,6 +368,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time compile='on'")
     parser.add_argument("--slice", type=float, default=2.0,
                         help="seconds per turn when the configurations take turns")
+    parser.add_argument("--trainer-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of the trainer workers (repeatable; KEY= unsets), "
+                        "e.g. OMP_WAIT_POLICY= to measure without the passive OpenMP waits "
+                        "hpsearch sets for itself")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
@@ -396,9 +400,15 @@ def main() -> None:
         log(f"matmul {n_mm}^3: fp32 {matmul['fp32'][-1] / 1e9:.0f} GFLOP/s, "
             f"bf16 {matmul['bf16'][-1] / 1e9:.0f} GFLOP/s")
 
+    trainer_env = {}
+    for item in args.trainer_env:
+        key, _, value = item.partition("=")
+        trainer_env[key] = value or None
+
     def timing_jobs(blocks: int) -> dict[str, dict]:
         def trainer(**changes: object) -> dict:
             return {**common, "kind": "trainer", "split": "full", "blocks": blocks,
+                    "env": dict(trainer_env),
                     "params": mixer_params(blocks, epochs=1, **changes).to_dict()}
 
         coursework = {**common, "kind": "coursework", "blocks": blocks}
@@ -412,8 +422,9 @@ def main() -> None:
         if args.compile:
             # an empty compile cache, so the epoch pays the full (cold) compile time
             cache = tempfile.mkdtemp(prefix="hpsearch-bench-inductor-")
-            jobs["trainer_default_compile"] = {**trainer(compile="on"),
-                                               "env": {"TORCHINDUCTOR_CACHE_DIR": cache}}
+            job = trainer(compile="on")
+            job["env"]["TORCHINDUCTOR_CACHE_DIR"] = cache
+            jobs["trainer_default_compile"] = job
         return jobs
 
     measure_matmul()
@@ -438,6 +449,7 @@ def main() -> None:
 
     # --- accuracy: 1 block, fp32 vs default precision, same seed, standard split ---
     acc_jobs = {name: {**common, "kind": "trainer", "split": "train_val", "blocks": 1,
+                       "env": dict(trainer_env),
                        "params": mixer_params(1, epochs=args.acc_epochs, **changes).to_dict()}
                 for name, changes in (("trainer_fp32", {"precision": "fp32"}),
                                       ("trainer_default", {}))}
