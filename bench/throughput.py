@@ -48,11 +48,9 @@ from hpsearch.data import (
     Split,
     TrainValData,
     _find_idx_files,
-    _stats,
     _torchvision_root,
     candidate_dirs,
     load_full_train,
-    load_raw,
     load_test_split,
     load_train_val,
 )
@@ -240,9 +238,9 @@ def _head(split: Split, n: int) -> Split:
 def timing_data(subset: int | None) -> TrainValData:
     """Full training set, with the test set as the once-per-epoch evaluation set."""
     options = DataOptions(dataset="fashion-mnist")
-    full = load_full_train(options)
-    raw, _ = load_raw("fashion-mnist", None, train=True)
-    test = load_test_split(options, *_stats(raw))
+    whole = load_full_train(options)
+    full = whole.train
+    test = load_test_split(options, whole.mean, whole.std)
     if subset is not None:
         full, test = _head(full, subset), _head(test, max(256, subset // 6))
     # mean/std only feed the augmentation's fill value, and augmentation is off

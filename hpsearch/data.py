@@ -221,14 +221,17 @@ def load_train_val(options: DataOptions, seed: int) -> TrainValData:
     )
 
 
-def load_full_train(options: DataOptions) -> Split:
-    """The whole training set (train + validation) for retraining a final model."""
+def load_full_train(options: DataOptions) -> TrainValData:
+    """The whole training set (train + validation) for retraining a final model: an empty
+    validation split, and the statistics the test set must be normalised with."""
     if options.dataset == "synthetic":
         images, labels = synthetic_raw(options.synthetic_size, seed=0)
     else:
         images, labels = load_raw(options.dataset, options.data_dir, train=True)
     mean, std = _stats(images)
-    return Split(_normalise(images, mean, std), labels)
+    full = Split(_normalise(images, mean, std), labels)
+    return TrainValData(train=full, val=Split(full.images[:0], full.labels[:0]),
+                        dataset=options.dataset, mean=mean, std=std)
 
 
 def load_test_split(options: DataOptions, mean: float, std: float) -> Split:

@@ -34,7 +34,7 @@ from hpsearch.db.models import Evaluation
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objective import study_slug
-from hpsearch.params import DataOptions, TrialParams
+from hpsearch.params import TrialParams
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
 
@@ -126,16 +126,6 @@ def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
         engine.dispose()
 
 
-def _full_train_stats(options: DataOptions) -> tuple[float, float]:
-    """Mean and std of the whole training set's pixels: what `load_full_train` normalised with
-    (it does not return them), for the test set and the augmentation fill value."""
-    if options.dataset == "synthetic":
-        images, _ = data_mod.synthetic_raw(options.synthetic_size, seed=0)
-    else:
-        images, _ = data_mod.load_raw(options.dataset, options.data_dir, train=True)
-    return data_mod._stats(images)
-
-
 def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str = "auto",
                    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
                    on_result: Callable[[FinalResult], None] | None = None) -> list[FinalResult]:
@@ -167,11 +157,7 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
                 on_result(stored[seed])
             continue
         if data is None:  # loaded once, and only when something needs training
-            full = data_mod.load_full_train(options)
-            mean, std = _full_train_stats(options)
-            empty = data_mod.Split(full.images[:0], full.labels[:0])
-            data = data_mod.TrainValData(train=full, val=empty, dataset=options.dataset,
-                                         mean=mean, std=std)
+            data = data_mod.load_full_train(options)
         started = time.perf_counter()
         try:
             trained = train(plan.params, data, seed=seed, device=device,

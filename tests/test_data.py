@@ -221,7 +221,7 @@ def test_normalised_training_data() -> None:
     assert data.train.images.mean().item() == pytest.approx(0.0, abs=1e-4)
     assert data.train.images.std().item() == pytest.approx(1.0, abs=1e-3)
     full = load_full_train(DataOptions(dataset="synthetic", synthetic_size=400))
-    assert len(full) == 400
+    assert len(full.train) == 400 and len(full.val) == 0
     test = load_test_split(DataOptions(dataset="synthetic", synthetic_size=400), 0.5, 0.2)
     assert len(test) == 200 and test.images.shape[1:] == (1, 28, 28)
 

@@ -257,9 +257,8 @@ def test_schema_upgrade_downgrade_and_cascade(db_url: str) -> None:
 def test_training_without_a_validation_split() -> None:
     """An empty val split (the final retraining) skips validation: nan metrics, no divergence
     check on them, and the plateau scheduler follows the training loss."""
-    full = data_mod.load_full_train(data_mod.DataOptions(dataset="synthetic", synthetic_size=100))
-    data = data_mod.TrainValData(train=full, val=data_mod.Split(full.images[:0], full.labels[:0]),
-                                 dataset="synthetic", mean=0.5, std=0.2)
+    data = data_mod.load_full_train(data_mod.DataOptions(dataset="synthetic", synthetic_size=100))
+    assert len(data.val) == 0
     params = TrialParams(patch_size=14, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=16,
                          scheduler="plateau", epochs=4, batch_size=50, precision="fp32")
     from hpsearch.train import train
