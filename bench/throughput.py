@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hpsearch import OPENMP_SETTINGS
 from hpsearch.data import (
     Split,
     TrainValData,
@@ -68,9 +69,9 @@ def log(msg: str) -> None:
 
 
 def user_environment(name: str) -> str | None:
-    """`name` as this process was started with it. Importing hpsearch sets
-    OMP_WAIT_POLICY=PASSIVE for hpsearch's own processes; the coursework loop must run with the
-    user's own setting, as a notebook would."""
+    """`name` as this process was started with it. Importing hpsearch sets its OpenMP settings
+    (hpsearch.OPENMP_SETTINGS) for its own processes; the coursework loop must run with the
+    user's own settings, as a notebook would."""
     try:
         with open("/proc/self/environ", "rb") as f:
             for entry in f.read().split(b"\0"):
@@ -290,7 +291,7 @@ def _work(conn, job: dict) -> None:  # noqa: ANN001
         conn.send(("ready", None))
         out = trainer_epochs(turns, TrialParams.from_dict(job["params"]), data, job["seed"])
     out["turns"] = turns.turns
-    out["omp_wait_policy"] = user_environment("OMP_WAIT_POLICY")  # as torch saw it at start
+    out["openmp_env"] = {k: user_environment(k) for k in OPENMP_SETTINGS}  # as torch saw it
     conn.send(("done", out))
 
 
@@ -368,7 +369,7 @@ def main() -> None:
                         help="seconds per turn when the configurations take turns")
     parser.add_argument("--trainer-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the trainer workers (repeatable; KEY= unsets), "
-                        "e.g. OMP_WAIT_POLICY= to measure without the passive OpenMP waits "
+                        "e.g. GOMP_SPINCOUNT= to measure without hpsearch's OpenMP setting "
                         "hpsearch sets for itself")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -411,10 +412,10 @@ def main() -> None:
 
         coursework = {**common, "kind": "coursework", "blocks": blocks}
         jobs = {"coursework": {**coursework,
-                               "env": {"OMP_WAIT_POLICY": user_environment("OMP_WAIT_POLICY")}},
-                # the same notebook loop with the OpenMP setting hpsearch makes for itself:
-                # separates what that setting does on a shared machine from the trainer's code
-                "coursework_passive": {**coursework, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+                               "env": {k: user_environment(k) for k in OPENMP_SETTINGS}},
+                # the same notebook loop with the OpenMP settings hpsearch makes for itself:
+                # separates what those do on a shared machine from the trainer's code
+                "coursework_hpsearch_omp": {**coursework, "env": dict(OPENMP_SETTINGS)},
                 "trainer_fp32": trainer(precision="fp32"),
                 "trainer_default": trainer()}
         if args.compile:
@@ -469,7 +470,7 @@ def main() -> None:
 def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threads: int,
               default_dtype: str, args: argparse.Namespace) -> dict:
     mm = {k: max(v) for k, v in matmul.items()}  # best of the samples: the attainable rate
-    table, ratios, passive_ratios = [], {}, {}
+    table, ratios, omp_ratios = [], {}, {}
     for blocks, by_config in runs.items():
         flops_per_image = 3 * matmul_flops_per_image(mixer_params(int(blocks)), IMAGE_SHAPE)
         base = statistics.median(o["seconds"] for o in by_config["coursework"])
@@ -489,13 +490,13 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
                 "fraction_of_matmul": achieved / mm[dtype],
                 "speedup_vs_coursework": base / sec,
                 "others_cores": [round(o["others_cores"], 2) for o in outs],
-                "omp_wait_policy": outs[0]["omp_wait_policy"],
+                "openmp_env": outs[0]["openmp_env"],
             })
             if name == "trainer_default":
                 ratios[blocks] = base / sec
-                if "coursework_passive" in by_config:
-                    passive_ratios[blocks] = statistics.median(
-                        o["seconds"] for o in by_config["coursework_passive"]) / sec
+                if "coursework_hpsearch_omp" in by_config:
+                    omp_ratios[blocks] = statistics.median(
+                        o["seconds"] for o in by_config["coursework_hpsearch_omp"]) / sec
     fp32_acc = accuracy["trainer_fp32"]["history"][-1]["val_acc"]
     default_acc = accuracy["trainer_default"]["history"][-1]["val_acc"]
     def ratio_text(by_blocks: dict) -> str:
@@ -503,8 +504,8 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
                          for b, r in by_blocks.items())
 
     line = "speed-up vs coursework loop: " + ratio_text(ratios)
-    if passive_ratios:
-        line += f" (vs that loop with OMP_WAIT_POLICY=PASSIVE: {ratio_text(passive_ratios)})"
+    if omp_ratios:
+        line += f" (vs that loop with hpsearch's OpenMP settings: {ratio_text(omp_ratios)})"
     return {
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -520,7 +521,7 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
         "matmul_all_gflops": {k: [round(x / 1e9, 1) for x in v] for k, v in matmul.items()},
         "table": table,
         "speedup_vs_coursework": ratios,
-        "speedup_vs_coursework_passive": passive_ratios,
+        "speedup_vs_coursework_hpsearch_omp": omp_ratios,
         "accuracy": {
             "epochs": args.acc_epochs, "split": "load_train_val, val_fraction 0.1, seed "
             f"{args.seed}", "fp32_val_acc": fp32_acc, "default_val_acc": default_acc,
