@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from hpsearch.config import StudyConfig, WorkerOptions, parse_study
 from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.recorder import RETRY_FOR_S, Recorder, _is_transient
+from hpsearch.db.recorder import Recorder, one_line, transient_cause, with_retry
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import COUNTED_STATES, Objective
 
@@ -40,33 +40,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _transient_cause(exc: BaseException) -> DBAPIError | None:
-    """The database error behind a storage failure when reconnecting can fix it (a server
-    restart, a dropped connection, a locked SQLite file); None for real errors."""
-    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
-    return cause if isinstance(cause, DBAPIError) and _is_transient(cause) else None
-
-
-def _one_line(exc: DBAPIError) -> str:
-    return " ".join(str(exc.orig or exc).split())
-
-
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + RETRY_FOR_S
-        delay = 0.2
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (StorageInternalError, DBAPIError) as exc:
-                cause = _transient_cause(exc)
-                if cause is None or time.monotonic() > deadline:
-                    raise
-                log.warning("Optuna storage: %s failed (%s); retrying in %.1fs",
-                            method.__name__, _one_line(cause), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return with_retry(lambda: method(self, *args, **kwargs),
+                          f"Optuna storage: {method.__name__}")
     return call
 
 
@@ -84,11 +62,11 @@ class ResilientRDBStorage(RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except (StorageInternalError, DBAPIError) as exc:
-            cause = _transient_cause(exc)
+            cause = transient_cause(exc)
             if cause is None:
                 raise
             log.warning("heartbeat of trial id %d not recorded (%s); the next one retries",
-                        trial_id, _one_line(cause))
+                        trial_id, one_line(cause))
 
 
 # RDBStorage's methods that open a database session themselves (the others call these).

@@ -176,15 +176,15 @@ def evaluate(model: nn.Module, split: Split, device: torch.device,
              autocast_dtype: torch.dtype | None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a split, in inference mode."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.inference_mode(), _autocast(device, autocast_dtype):
         for images, labels in iterate_batches(split, EVAL_BATCH):
             images, labels = images.to(device), labels.to(device)
             logits = model(images).float()
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").cpu().double()
-            correct += (logits.argmax(1) == labels).sum().item()
-    return loss_sum.item() / len(split), correct / len(split)
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            correct += (logits.argmax(1) == labels).sum()
+    return loss_sum.item() / len(split), correct.item() / len(split)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
@@ -252,8 +252,9 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
     for epoch in range(first_epoch, params.epochs + 1):
         started = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        # running sums stay on the device: no host sync per step on a GPU
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
         seen = 0
         lr = optimizer.param_groups[0]["lr"]
         for step, (images, labels) in enumerate(iterate_batches(data.train, params.batch_size,
@@ -271,8 +272,8 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
             loss.backward()
             optimizer.step()
             schedule.after_batch()
-            loss_sum += loss.detach().double().cpu() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum().cpu()
+            loss_sum += loss.detach().double() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
             if on_step is not None:
                 on_step(step + 1, steps_per_epoch)

@@ -54,22 +54,26 @@ def run(
     prepare_study(config, url, trials)
     if trials is not None:
         config.n_trials = trials
-    console.print(f"study [bold]{config.name}[/] in {mask_url(url)}: {workers} worker(s), "
+    # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
+    console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s), "
                   f"{config.n_trials} trials, sampler {config.sampler}, pruner {config.pruner}",
-                  highlight=False, markup=True)
+                  highlight=False, markup=False)
     started = start_workers(config, url, workers, threads, device, timeout, log_dir)
     progress, interrupted = supervise(config, url, started, console)
-    for worker, last_line in failed_workers(started):
-        console.print(f"[red]worker {worker.index} failed[/] ({worker.log_path}): {last_line}",
-                      highlight=False)
+    failures = failed_workers(started)
+    for worker, last_line in failures:
+        console.print(f"worker {worker.index} failed ({worker.log_path}): {last_line}",
+                      style="red", highlight=False, markup=False)
     if top:
+        from hpsearch.cli.query_cmds import print_leaderboard
+
         console.print()
-        _print_leaderboard(url, config.name, top)
+        print_leaderboard(url, config.name, top)
     if interrupted:
         console.print(f"Interrupted with {progress.finished}/{config.n_trials} trials finished;"
                       " run the same command to continue.")
         raise typer.Exit(130)
-    if failed_workers(started) and progress.finished < config.n_trials:
+    if failures and progress.finished < config.n_trials:
         raise typer.Exit(1)
 
 
@@ -118,8 +122,3 @@ def _check_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r} (choose from: auto, cpu, cuda)")
 
-
-def _print_leaderboard(url: str, name: str, top: int) -> None:
-    from hpsearch.cli.query_cmds import print_leaderboard
-
-    print_leaderboard(url, name, top)

@@ -24,23 +24,35 @@ T = TypeVar("T")
 RETRY_FOR_S = 120.0  # how long a write keeps retrying before the trial fails
 
 
+def transient_cause(exc: BaseException) -> DBAPIError | None:
+    """The database error behind `exc` when reconnecting or waiting can fix it (a server
+    restart, a dropped connection, a locked SQLite file); None for real errors. Optuna wraps
+    such errors in its StorageInternalError, so the cause chain is followed."""
+    while exc is not None and not isinstance(exc, DBAPIError):
+        exc = exc.__cause__  # type: ignore[assignment]
+    if exc is not None and (exc.connection_invalidated or isinstance(exc, OperationalError)):
+        return exc
+    return None
+
+
+def one_line(exc: DBAPIError) -> str:
+    return " ".join(str(exc.orig or exc).split())
+
+
 def with_retry(action: Callable[[], T], what: str, retry_for: float = RETRY_FOR_S) -> T:
-    """Run `action`, retrying with back-off while the connection is down."""
+    """Run `action`, retrying with back-off while the database is unreachable."""
     deadline = time.monotonic() + retry_for
     delay = 0.2
     while True:
         try:
             return action()
-        except (OperationalError, DBAPIError) as exc:
-            if not _is_transient(exc) or time.monotonic() > deadline:
+        except Exception as exc:
+            cause = transient_cause(exc)
+            if cause is None or time.monotonic() > deadline:
                 raise
-            log.warning("%s failed (%s); retrying in %.1fs", what, exc.orig, delay)
+            log.warning("%s failed (%s); retrying in %.1fs", what, one_line(cause), delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _is_transient(exc: DBAPIError) -> bool:
-    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
 
 
 class Recorder:
