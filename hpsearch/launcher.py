@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from hpsearch.config import StudyConfig
 from hpsearch.cores import available_cores
 from hpsearch.db.engine import make_engine
-from hpsearch.monitor import StudyProgress, read_progress, render_progress
+from hpsearch.monitor import StudyProgress, read_progress, render_progress, summary_line
 from hpsearch.objective import study_slug
 
 STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
@@ -65,22 +65,64 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
     engine = make_engine(url)
     progress = _poll_progress(engine, config.name, StudyProgress())
     interrupted = False
-    with Live(render_progress(progress, config), console=console, refresh_per_second=2,
-              transient=False) as live:
+    view = LiveView(config, console) if console.is_terminal else LogView(config, console)
+    with view:
+        view.update(progress)
         try:
             while any(w.process.poll() is None for w in workers):
                 time.sleep(POLL_S)
                 progress = _poll_progress(engine, config.name, progress)
-                live.update(render_progress(progress, config))
+                view.update(progress)
         except KeyboardInterrupt:
             interrupted = True
-            live.console.print("[yellow]Interrupted: stopping workers (their running trials "
-                               "are marked failed)…[/]")
+            console.print("[yellow]Interrupted: stopping workers (their running trials "
+                          "are marked failed)…[/]")
             stop_workers(workers)
         progress = _poll_progress(engine, config.name, progress)
-        live.update(render_progress(progress, config))
+        view.update(progress)
     engine.dispose()
     return progress, interrupted
+
+
+class LiveView:
+    """On a terminal: the counts, the best so far and each worker's trial, redrawn in place."""
+
+    def __init__(self, config: StudyConfig, console: Console) -> None:
+        self.config = config
+        self.live = Live(console=console, refresh_per_second=2, transient=False)
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def update(self, progress: StudyProgress) -> None:
+        self.live.update(render_progress(progress, self.config))
+
+
+class LogView:
+    """Output redirected to a file (`nohup hpsearch run ... > run.log`): a redrawn view would
+    only appear at the end, so write one timestamped line each time a trial finishes."""
+
+    def __init__(self, config: StudyConfig, console: Console) -> None:
+        self.config, self.console = config, console
+        self.last: dict[str, int] | None = None
+
+    def __enter__(self) -> LogView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, progress: StudyProgress) -> None:
+        finished = {k: v for k, v in progress.counts.items() if k != "running"}
+        if finished != self.last:
+            self.last = finished
+            self.console.print(f"{time.strftime('%H:%M:%S')} "
+                               f"{summary_line(progress, self.config)}",
+                               highlight=False, markup=False, soft_wrap=True)
 
 
 def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgress:

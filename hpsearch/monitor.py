@@ -59,16 +59,18 @@ def read_progress(engine: Engine, name: str) -> StudyProgress:
     return progress
 
 
-def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:
+def summary_line(progress: StudyProgress, config: StudyConfig) -> str:
+    """The study's counts and best value on one line (the live view's header, and what a log
+    file gets when the output is not a terminal)."""
     c = progress.counts
     best = (f"{progress.best_value:.4f} (trial {progress.best_number})"
             if progress.best_value is not None else "–")
-    header = Text.assemble(
-        (f"{config.name}", "bold"),
-        f"  finished {progress.finished}/{config.n_trials}",
-        f"  (complete {c.get('complete', 0)}, pruned {c.get('pruned', 0)}, "
-        f"failed {c.get('failed', 0)})  best val acc {best}",
-    )
+    return (f"finished {progress.finished}/{config.n_trials}  (complete {c.get('complete', 0)}, "
+            f"pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)})  best val acc {best}")
+
+
+def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:
+    header = Text.assemble((config.name, "bold"), "  ", summary_line(progress, config))
     if not progress.running:
         return Group(header)
     table = Table(box=None, pad_edge=False)

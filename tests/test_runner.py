@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,11 @@ def test_two_worker_processes_finish_exactly_n_trials(db_url: str, tmp_path: Pat
         rows = session.scalar(select(func.count()).select_from(Epoch))
         assert rows == sum(t.epochs_run for t in trials)
     assert "quick" not in result.stdout and "tiny" in result.stdout
+    # stdout is a pipe, not a terminal: a timestamped line whenever a trial finishes
+    progress_lines = [line for line in result.stdout.splitlines() if " finished " in line]
+    assert len(progress_lines) >= 2
+    assert re.fullmatch(r"\d\d:\d\d:\d\d finished 6/6 .*best val acc [01]\.\d{4} \(trial \d+\)",
+                        progress_lines[-1])
 
 
 def test_worker_for_an_unknown_study_is_one_clear_line(sqlite_url: str) -> None:

@@ -57,7 +57,7 @@ def run(
     # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
     console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s), "
                   f"{config.n_trials} trials, sampler {config.sampler}, pruner {config.pruner}",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)
     started = start_workers(config, url, workers, threads, device, timeout, log_dir)
     progress, interrupted = supervise(config, url, started, console)
     failures = failed_workers(started)
