@@ -10,6 +10,39 @@ from hpsearch.params import NUM_CLASSES, TrialParams
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as nn.Dropout, with a mask that is cheaper to draw on the CPU.
+
+    nn.Dropout draws one Bernoulli sample per element; on this project's CPU that cost ~7 ns an
+    element and made a Mixer training step with dropout 2.3x slower than without. Here each
+    element's mask comes from 16 random bits, four per 64-bit draw of the same seeded generator,
+    so the generator runs a quarter as often; p is rounded to a multiple of 1/65536, and the
+    survivors are scaled by 1/(1 - that p). Identity in eval mode; nn's version on GPUs.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.cutoff = round(p * 65536)  # drop where the 16 bits, read unsigned, fall below it
+        self.p = self.cutoff / 65536
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.cutoff == 0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, training=True)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)
+        bits = words.view(torch.int16)[:n].view(x.shape)  # signed: unsigned value - 32768
+        # bool tensors are slow to convert and combine here; their uint8 view is fast
+        mask = (bits >= self.cutoff - 32768).view(torch.uint8).to(x.dtype)
+        return x * mask.mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
 class FeedForward(nn.Module):
     """Linear → activation → dropout → linear → dropout, on the last dimension."""
 
@@ -18,9 +51,9 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(dim, hidden),
             ACTIVATIONS[activation](),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, dim),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +115,7 @@ class MLP(nn.Module):
         dims = [image_shape[0] * image_shape[1] * image_shape[2]] + [width] * layers
         hidden: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-            hidden += [nn.Linear(d_in, d_out), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+            hidden += [nn.Linear(d_in, d_out), ACTIVATIONS[activation](), Dropout(dropout)]
         self.net = nn.Sequential(nn.Flatten(), *hidden, nn.Linear(dims[-1], num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

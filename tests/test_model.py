@@ -11,6 +11,7 @@ from torch import nn
 from hpsearch.errors import ConfigError
 from hpsearch.model import (
     MLP,
+    Dropout,
     MLPMixer,
     build_model,
     count_parameters,
@@ -176,7 +177,8 @@ def test_dropout_and_activation_are_used() -> None:
     model = build_model(TrialParams(dropout=0.5, activation="relu"), IMAGE)
     assert any(isinstance(m, nn.ReLU) for m in model.modules())
     assert not any(isinstance(m, nn.GELU) for m in model.modules())
-    assert all(m.p == 0.5 for m in model.modules() if isinstance(m, nn.Dropout))
+    dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+    assert dropouts and all(m.p == 0.5 for m in dropouts)
     x = torch.randn(4, *IMAGE)
     model.eval()
     assert torch.equal(model(x), model(x))  # no dropout in eval mode
@@ -193,3 +195,53 @@ def test_matmul_flops_per_image_matches_hand_count() -> None:
     assert matmul_flops_per_image(params, IMAGE) == stem + token + channel + head
     mlp = TrialParams(model="mlp", mlp_width=100, mlp_layers=2)
     assert matmul_flops_per_image(mlp, IMAGE) == 2 * (784 * 100 + 100 * 100 + 100 * 10)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_a_share_p_and_scales_the_rest(p: float, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer = Dropout(p).train()
+    out = layer(torch.ones(1000, 1001, dtype=dtype))  # numel not a multiple of 4
+    assert out.dtype == dtype and out.shape == (1000, 1001)
+    dropped = (out == 0).double().mean().item()
+    assert abs(dropped - p) < 0.003  # ~1M samples: a few standard errors
+    kept = out[out != 0]
+    assert torch.allclose(kept.float(), torch.full_like(kept.float(), 1 / (1 - layer.p)),
+                          rtol=1e-2)
+    assert abs(out.double().mean().item() - 1.0) < 0.01  # unbiased: the expectation is kept
+
+
+def test_dropout_rounds_p_to_sixteen_bits_and_rejects_impossible_values() -> None:
+    assert Dropout(0.1).p == round(0.1 * 65536) / 65536
+    assert abs(Dropout(0.1).p - 0.1) < 1e-5
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="dropout"):
+            Dropout(bad)
+
+
+def test_dropout_is_the_identity_in_eval_mode_or_at_zero() -> None:
+    x = torch.randn(8, 16)
+    assert Dropout(0.5).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_dropout_masks_follow_the_seed_and_differ_between_calls() -> None:
+    layer = Dropout(0.5).train()
+    x = torch.ones(64, 64)
+    torch.manual_seed(3)
+    first, second = layer(x), layer(x)
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), first)
+    assert not torch.equal(first, second)
+
+
+def test_dropout_gradient_passes_only_through_kept_elements() -> None:
+    torch.manual_seed(1)
+    layer = Dropout(0.25).train()
+    x = torch.randn(32, 33, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert x.grad is not None
+    expected = (out != 0).float() / (1 - layer.p)
+    assert torch.allclose(x.grad, expected)
