@@ -65,7 +65,10 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
     engine = make_engine(url)
     progress = _poll_progress(engine, config.name, StudyProgress())
     interrupted = False
-    view = LiveView(config, console) if console.is_terminal else LogView(config, console)
+    # the file itself, not console.is_terminal: FORCE_COLOR (common in CI) makes rich treat a
+    # pipe as a terminal, and a redirected log would fill with redraws
+    on_terminal = getattr(console.file, "isatty", lambda: False)()
+    view = LiveView(config, console) if on_terminal else LogView(config, console)
     with view:
         view.update(progress)
         try:

@@ -17,24 +17,28 @@ class Dropout(nn.Module):
     element and made a Mixer training step with dropout 2.3x slower than without. Here each
     element's mask comes from 16 random bits, four per 64-bit draw of the same seeded generator,
     so the generator runs a quarter as often; p is rounded to a multiple of 1/65536, and the
-    survivors are scaled by 1/(1 - that p). Identity in eval mode; nn's version on GPUs.
+    survivors are scaled by 1/(1 - that p). Identity in eval mode; nn's version on GPUs and
+    under torch.compile.
     """
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.cutoff = round(p * 65536)  # drop where the 16 bits, read unsigned, fall below it
+        if not 0.0 <= p < 1.0 or self.cutoff == 65536:
+            raise ValueError(f"dropout must be in [0, 1) and below 1 - 2^-17, got {p}")
         self.p = self.cutoff / 65536
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.cutoff == 0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            # GPUs draw masks fast; torch.compile fuses its own (and cannot trace random_)
             return nn.functional.dropout(x, self.p, training=True)
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)
-        bits = words.view(torch.int16)[:n].view(x.shape)  # signed: unsigned value - 32768
+        # each 16-bit lane, read as a signed int16, is uniform on [-32768, 32767], so
+        # P(bits >= cutoff - 32768) = 1 - cutoff / 65536 exactly
+        bits = words.view(torch.int16)[:n].view(x.shape)
         # bool tensors are slow to convert and combine here; their uint8 view is fast
         mask = (bits >= self.cutoff - 32768).view(torch.uint8).to(x.dtype)
         return x * mask.mul_(1.0 / (1.0 - self.p))

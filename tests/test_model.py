@@ -215,7 +215,7 @@ def test_dropout_drops_a_share_p_and_scales_the_rest(p: float, dtype: torch.dtyp
 def test_dropout_rounds_p_to_sixteen_bits_and_rejects_impossible_values() -> None:
     assert Dropout(0.1).p == round(0.1 * 65536) / 65536
     assert abs(Dropout(0.1).p - 0.1) < 1e-5
-    for bad in (-0.1, 1.0, 1.5):
+    for bad in (-0.1, 1.0, 1.5, 0.999996):  # the last rounds to p = 1
         with pytest.raises(ValueError, match="dropout"):
             Dropout(bad)
 

@@ -111,8 +111,9 @@ def hpsearch(*args: str, env: dict[str, str] | None = None,
 @pytest.mark.slow
 def test_two_worker_processes_finish_exactly_n_trials(db_url: str, tmp_path: Path) -> None:
     path = write_tiny_study(tmp_path, n_trials=6, epochs=2, sampler="tpe")
+    # FORCE_COLOR makes rich call a pipe a terminal; the log must still get plain lines
     result = hpsearch("run", str(path), "--db", db_url, "--workers", "2",
-                      "--log-dir", str(tmp_path / "logs"))
+                      "--log-dir", str(tmp_path / "logs"), env={"FORCE_COLOR": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     trials = stored_trials(db_url, "tiny")
     counted = [t for t in trials if t.state in ("complete", "pruned")]
