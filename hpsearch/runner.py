@@ -132,7 +132,8 @@ class WorkerSummary:
 
 def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "auto",
                timeout: float | None = None) -> WorkerSummary:
-    """Run trials of study `name` until it has n_trials finished trials (or `timeout`)."""
+    """Run trials of study `name` until it has n_trials finished trials, or until `timeout`
+    seconds (default: the study's own `timeout`) have passed; a running trial finishes."""
     from hpsearch.data import load_train_val  # torch: only workers pay for the import
 
     url = normalise_url(url)
@@ -153,6 +154,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     objective = Objective(config, row_id, data, recorder, me, device)
     summary = WorkerSummary()
     last: list[FrozenTrial] = []
+    timeout = timeout if timeout is not None else config.timeout
     deadline = time.monotonic() + timeout if timeout else None
     consecutive_failures = 0
     watcher = StaleTrialWatcher(study, recorder, row_id, config.workers.grace_period / 4)

@@ -138,3 +138,15 @@ def test_worker_for_an_unknown_study_is_one_clear_line(sqlite_url: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hpsearch: error: unknown study")
     assert "Traceback" not in result.stderr
+
+
+def test_the_study_files_timeout_stops_a_worker_starting_trials(sqlite_url: str,
+                                                               tmp_path: Path) -> None:
+    path = write_tiny_study(tmp_path, n_trials=50, epochs=2)
+    path.write_text(path.read_text().replace("seed = 0", "seed = 0\ntimeout = 1"))
+    assert load_study(path).timeout == 1
+    run_in_process(path, sqlite_url)
+    trials = stored_trials(sqlite_url, "tiny")
+    # the first trial starts before the deadline and finishes; few, not 50, follow it
+    assert 1 <= len(trials) < 10
+    assert all(t.state == "complete" for t in trials)

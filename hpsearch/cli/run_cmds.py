@@ -25,7 +25,8 @@ def run(
         help="Total finished trials the study should reach (overrides n_trials; counts trials "
         "from earlier runs).", min=1)] = None,
     timeout: Annotated[float | None, typer.Option(
-        help="Stop starting new trials after this many seconds.", min=1)] = None,
+        help="Each worker stops starting new trials after this many seconds (default: the "
+        "study file's [study] timeout, if any); a running trial finishes.", min=1)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     top: Annotated[int, typer.Option(help="Rows of the leaderboard printed at the end.",
                                      min=0)] = 10,
@@ -85,7 +86,8 @@ def worker(
         help="CPU threads (default: every available core).", min=1)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     timeout: Annotated[float | None, typer.Option(
-        help="Stop starting new trials after this many seconds.", min=1)] = None,
+        help="Each worker stops starting new trials after this many seconds (default: the "
+        "study file's [study] timeout, if any); a running trial finishes.", min=1)] = None,
     worker_index: Annotated[int, typer.Option(
         help="Offsets the sampler seed so parallel workers draw different start-up points.",
         min=0)] = 0,
