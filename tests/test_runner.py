@@ -147,6 +147,9 @@ def test_the_study_files_timeout_stops_a_worker_starting_trials(sqlite_url: str,
     assert load_study(path).timeout == 1
     run_in_process(path, sqlite_url)
     trials = stored_trials(sqlite_url, "tiny")
-    # the first trial starts before the deadline and finishes; few, not 50, follow it
-    assert 1 <= len(trials) < 10
+    # no trial starts after the 1 s deadline (it counts from the worker's start, before the
+    # first trial; 0.5 s of slack for the row write), and each one started finishes
+    assert 1 <= len(trials) < 50
     assert all(t.state == "complete" for t in trials)
+    first = min(t.started_at for t in trials)
+    assert max((t.started_at - first).total_seconds() for t in trials) < 1.5
