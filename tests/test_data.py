@@ -125,6 +125,45 @@ def test_gz_files_are_unpacked_once_into_the_cache(isolated: Path) -> None:
     assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST_FILES)
 
 
+def test_second_load_reads_the_cached_tensors_without_torchvision(
+        isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = write_idx(isolated / "gz", gz=True)
+    first = load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
+    assert len(list((isolated / "cache" / "hpsearch" / "tensors").glob("*.pt"))) == 1
+
+    def no_torchvision(*args: object) -> None:
+        raise AssertionError("torchvision was asked to parse the files again")
+
+    monkeypatch.setattr(data_mod, "_load_torchvision", no_torchvision)
+    images, labels = load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
+    assert torch.equal(images, first[0]) and torch.equal(labels, first[1])
+    assert torch.equal(images[:, 0], expected["train"][0])
+
+
+def test_changed_files_are_parsed_again(isolated: Path) -> None:
+    write_idx(isolated / "gz", gz=True)
+    load_raw("fashion-mnist", str(isolated / "gz"), train=False, download=False)
+    time.sleep(0.01)  # a new modification time even on coarse clocks
+    images = torch.randint(0, 256, (N_TEST, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (N_TEST,))
+    with gzip.open(isolated / "gz" / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(idx_images(images))
+    with gzip.open(isolated / "gz" / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_labels(labels))
+    got, got_labels = load_raw("fashion-mnist", str(isolated / "gz"), train=False, download=False)
+    assert torch.equal(got[:, 0], images) and torch.equal(got_labels, labels)
+
+
+def test_damaged_cache_is_rebuilt(isolated: Path) -> None:
+    expected = write_idx(isolated / "gz", gz=True)
+    load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
+    (cached,) = (isolated / "cache" / "hpsearch" / "tensors").glob("*.pt")
+    cached.write_bytes(b"not a tensor file")
+    images, _ = load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
+    assert torch.equal(images[:, 0], expected["train"][0])
+    assert torch.load(cached, weights_only=True)["images"].shape == images.shape
+
+
 def test_hpsearch_data_env_var(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = write_idx(isolated / "from-env", gz=True)
     monkeypatch.setenv("HPSEARCH_DATA", str(isolated / "from-env"))
