@@ -48,8 +48,9 @@ from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.models import Epoch, Study, Trial
-from hpsearch.runner import open_storage, prepare_study, run_worker
+from hpsearch.runner import run_worker
 from hpsearch.space import suggest
+from hpsearch.storage import open_storage, prepare_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRUNERS = ("none", "median", "hyperband")

@@ -4,7 +4,7 @@ on SQLite and on PostgreSQL, for the same small study; and the cost of the per-e
 Every trial has the same architecture (only the learning rate is sampled), so all trials cost
 the same and the figures compare coordination and thread scaling, not luck of the sampler.
 Wall time runs from launching `hpsearch run` to its exit (worker start-up and data loading
-included), as a user would see it.
+included), as a user would see it; start-up is the median over workers of launch to first trial.
 
     python bench/scaling.py [--trials 10] [--epochs 3] [--subset 6000] [--quick]
 """
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ def run_layout(url: str, workers: int, threads: int, args: argparse.Namespace,
                folder: Path) -> dict:
     name = f"scaling-{workers}x{threads}"
     path = study_toml(name, args.trials, args.epochs, args.subset, folder)
+    launched_at = datetime.now(UTC)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "hpsearch", "run", str(path), "--db", url,
                            "--workers", str(workers), "--threads", str(threads), "--top", "0",
@@ -77,14 +79,20 @@ def run_layout(url: str, workers: int, threads: int, args: argparse.Namespace,
     engine = make_engine(url)
     with engine.connect() as conn:
         study_id = conn.execute(Study.__table__.select().where(Study.name == name)).first().id
-        trial_ids = [r.id for r in conn.execute(
-            Trial.__table__.select().where(Trial.study_id == study_id))]
+        trials = list(conn.execute(Trial.__table__.select().where(Trial.study_id == study_id)))
+        trial_ids = [r.id for r in trials]
         epoch_seconds = [r.seconds for r in conn.execute(
             Epoch.__table__.select().where(Epoch.trial_id.in_(trial_ids)))]
     engine.dispose()
+    first_start: dict[str, datetime] = {}
+    for trial in trials:  # SQLite hands back naive UTC datetimes
+        at = trial.started_at.replace(tzinfo=trial.started_at.tzinfo or UTC)
+        first_start[trial.worker] = min(at, first_start.get(trial.worker, at))
+    startup = [(at - launched_at).total_seconds() for at in first_start.values()]
     return {"workers": workers, "threads": threads, "wall_s": wall,
             "trials": len(trial_ids), "trials_per_hour": len(trial_ids) / wall * 3600,
-            "median_epoch_s": statistics.median(epoch_seconds)}
+            "median_epoch_s": statistics.median(epoch_seconds),
+            "startup_s": statistics.median(startup)}
 
 
 def write_cost(url: str, repeats: int = 60) -> float:
@@ -153,7 +161,8 @@ def main() -> None:
                     print(f"{backend:10s} {workers} worker(s) x {threads} thread(s): "
                           f"{row['trials']} trials in {row['wall_s']:.1f} s = "
                           f"{row['trials_per_hour']:.0f} trials/h, median epoch "
-                          f"{row['median_epoch_s']:.2f} s", flush=True)
+                          f"{row['median_epoch_s']:.2f} s, worker start-up (launch to first "
+                          f"trial) {row['startup_s']:.1f} s", flush=True)
                 results[backend] = rows
                 cost = write_cost(url)
                 epoch = statistics.median(r["median_epoch_s"] for r in rows)

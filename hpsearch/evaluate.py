@@ -33,8 +33,8 @@ from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.models import Evaluation
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
-from hpsearch.objective import study_slug
 from hpsearch.params import TrialParams
+from hpsearch.paths import study_slug
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
 

@@ -7,6 +7,7 @@ interrupts each worker exactly once and waits for it to mark its trial.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from hpsearch.config import StudyConfig
 from hpsearch.cores import available_cores
 from hpsearch.db.engine import make_engine
 from hpsearch.monitor import StudyProgress, read_progress, render_progress, summary_line
-from hpsearch.objective import study_slug
+from hpsearch.paths import study_slug
 
 STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
 POLL_S = 1.0
@@ -72,8 +73,10 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
     with view:
         view.update(progress)
         try:
-            while any(w.process.poll() is None for w in workers):
-                time.sleep(POLL_S)
+            while running := [w for w in workers if w.process.poll() is None]:
+                # wakes as soon as the last worker exits, not up to POLL_S later
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    running[0].process.wait(timeout=POLL_S)
                 progress = _poll_progress(engine, config.name, progress)
                 view.update(progress)
         except KeyboardInterrupt:

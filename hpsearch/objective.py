@@ -6,9 +6,7 @@ recorder. Divergent runs end as pruned trials with their reason stored.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from hpsearch.data import TrainValData
 from hpsearch.db.recorder import Recorder
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
+from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
 from hpsearch.train import TrainingDiverged, load_checkpoint, train
 
@@ -30,26 +29,6 @@ ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
 
 class SurplusTrial(Exception):
     """Two workers started the study's last trial at once; the later one gives way."""
-
-
-def study_slug(name: str) -> str:
-    """A file-system-safe folder name for a study; never '.', '..' or a path.
-
-    A name that is already safe is its own slug; any other gets a hash of the name appended,
-    so two studies (say "my study" and "my_study") never share a checkpoint folder."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "study"
-    if slug != name or len(slug) > 120:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-        slug = f"{slug[:100]}-{digest}"
-    return slug
-
-
-def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:
-    base = Path(root).resolve() / study_slug(study_name)
-    path = (base / f"trial-{number}.pt").resolve()
-    if not path.is_relative_to(base):  # defence in depth; the slug already prevents it
-        raise ValueError(f"checkpoint path escapes {base}")
-    return path
 
 
 def retry_history(trial: optuna.Trial) -> list[int]:

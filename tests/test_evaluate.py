@@ -24,7 +24,8 @@ from hpsearch.errors import HpsearchError
 from hpsearch.evaluate import final_checkpoint_path, plan_evaluation, run_evaluation
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import TrialParams
-from hpsearch.runner import prepare_study, run_worker
+from hpsearch.runner import run_worker
+from hpsearch.storage import prepare_study
 from tests.helpers import hps
 from tests.study_files import write_tiny_study
 

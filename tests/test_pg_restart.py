@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from hpsearch.config import WorkerOptions
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
-from hpsearch.runner import open_storage
+from hpsearch.storage import open_storage
 from tests.conftest import PostgresServer
 from tests.helpers import wait_for
 from tests.study_files import write_tiny_study

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from hpsearch.config import load_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
-from hpsearch.runner import prepare_study
+from hpsearch.storage import prepare_study
 from tests.helpers import wait_for
 from tests.study_files import write_tiny_study
 

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from hpsearch.config import load_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
-from hpsearch.runner import prepare_study, run_worker
+from hpsearch.runner import run_worker
+from hpsearch.storage import prepare_study
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from sqlalchemy import inspect, select, update
 from hpsearch.cli import main
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Study, Trial
-from hpsearch.objective import checkpoint_path, study_slug
+from hpsearch.paths import checkpoint_path, study_slug
 from hpsearch.report.html import build_report, write_report, write_split
 from hpsearch.train import load_checkpoint
 from tests.recorded_study import build_recorded_study

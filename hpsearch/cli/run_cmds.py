@@ -43,7 +43,7 @@ def run(
     from hpsearch.config import load_study
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.launcher import failed_workers, start_workers, supervise
-    from hpsearch.runner import prepare_study
+    from hpsearch.storage import prepare_study
 
     config = load_study(study_file)  # every check runs before anything is written
     _check_device(device)

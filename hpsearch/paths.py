@@ -1,0 +1,31 @@
+"""Where a study's files go: one folder per study, named safely after it.
+
+No torch here: `hpsearch run` needs these names before its workers start, and importing torch
+would delay them by a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+
+def study_slug(name: str) -> str:
+    """A file-system-safe folder name for a study; never '.', '..' or a path.
+
+    A name that is already safe is its own slug; any other gets a hash of the name appended,
+    so two studies (say "my study" and "my_study") never share a checkpoint folder."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "study"
+    if slug != name or len(slug) > 120:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        slug = f"{slug[:100]}-{digest}"
+    return slug
+
+
+def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:
+    base = Path(root).resolve() / study_slug(study_name)
+    path = (base / f"trial-{number}.pt").resolve()
+    if not path.is_relative_to(base):  # defence in depth; the slug already prevents it
+        raise ValueError(f"checkpoint path escapes {base}")
+    return path
