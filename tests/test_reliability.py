@@ -47,9 +47,9 @@ def epochs_of(url: str, trial_id: int) -> list[Epoch]:
 
 
 
-def slow_study(folder: Path, n_trials: int) -> Path:
+def slow_study(folder: Path, n_trials: int, epochs: int = 8) -> Path:
     """Trials of ~0.3 s per epoch, long enough to kill one mid-way."""
-    path = write_tiny_study(folder, n_trials=n_trials, epochs=8, heartbeat=(1, 4))
+    path = write_tiny_study(folder, n_trials=n_trials, epochs=epochs, heartbeat=(1, 4))
     path.write_text(path.read_text().replace("synthetic_size = 300", "synthetic_size = 4000"))
     return path
 
@@ -123,7 +123,9 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(db_url: str,
 
 def test_ctrl_c_stops_run_cleanly_and_the_same_command_resumes(sqlite_url: str,
                                                                 tmp_path: Path) -> None:
-    path = slow_study(tmp_path, n_trials=3)
+    # ~8 s trials: on a loaded machine the test's polling lags, and the Ctrl-C must still
+    # land while trials run
+    path = slow_study(tmp_path, n_trials=3, epochs=24)
     command = [sys.executable, "-m", "hpsearch", "run", str(path), "--db", sqlite_url,
                "--workers", "2", "--threads", "1", "--log-dir", str(tmp_path / "logs")]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
