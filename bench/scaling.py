@@ -141,10 +141,12 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=6000)
     parser.add_argument("--quick", action="store_true", help="2 trials of 1 epoch (smoke run)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json",
+                        help="where the figures go as JSON")
     args = parser.parse_args()
     if args.quick:
         args.trials, args.epochs, args.subset = 2, 1, 1000
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict] | dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -173,7 +175,7 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
-    (RESULTS / "scaling.json").write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2))
     for backend in backends:
         rows = {(r["workers"], r["threads"]): r["trials_per_hour"] for r in results[backend]}
         best = "2 workers x 1 thread" if rows[(2, 1)] >= rows[(1, 2)] else "1 worker x 2 threads"
