@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -36,6 +37,8 @@ TORCHVISION_NAMES = {
     "fashion-mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "cifar-10-batches-py",
 }
 DOWNLOAD_TIMEOUT_S = 10.0
+CACHE_FORMAT = 1  # part of every cache key: bump it when what the cache stores changes
+log = logging.getLogger(__name__)
 
 
 class DataNotFoundError(ConfigError):
@@ -92,23 +95,42 @@ def _find_idx_files(dataset: str, root: Path) -> Path | None:
     return None
 
 
+def _source_key(parts: tuple, sources: list[Path]) -> str:
+    """A name for what our cache derives from `sources`: any change to their paths, sizes or
+    modification times (or to CACHE_FORMAT) gives a new name, so a stale copy is never read."""
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
+    return hashlib.sha256(repr((CACHE_FORMAT, parts, stats)).encode()).hexdigest()[:16]
+
+
+def _temp_path(path: Path) -> Path:
+    """A private name to write `path` under before an atomic rename; unique across processes
+    and machines sharing one home directory."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def _idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Path]:
+    """The MNIST-format files `names` in `folder`, plain or .gz, as found there."""
+    return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
+
+
 def _torchvision_root(dataset: str, folder: Path) -> Path:
     """torchvision reads only uncompressed files at ROOT/<Name>/raw; build that layout in our
-    cache (gunzipping .gz files, once) unless `folder` already is it."""
+    cache (gunzipping .gz files, once per version of the source files) unless `folder` already
+    is it."""
     name = TORCHVISION_NAMES[dataset]
     if folder.name == "raw" and folder.parent.name == name and all(
         (folder / n).exists() for n in MNIST_FILES
     ):
         return folder.parent.parent
-    root = cache_dir() / "torchvision" / dataset
+    sources = _idx_sources(folder)
+    root = cache_dir() / "torchvision" / f"{dataset}-{_source_key((dataset,), sources)}"
     raw = root / name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for n in MNIST_FILES:
+    for n, source in zip(MNIST_FILES, sources, strict=True):
         target = raw / n
-        source = folder / n if (folder / n).exists() else folder / f"{n}.gz"
-        if target.exists() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns:
-            continue  # unpacked after the source last changed
-        tmp = raw / f"{n}.{os.getpid()}.tmp"
+        if target.exists():
+            continue
+        tmp = _temp_path(target)
         if source.suffix != ".gz":
             shutil.copyfile(source, tmp)
         else:
@@ -163,37 +185,34 @@ def _missing_message(dataset: str, tried: list[Path]) -> str:
     )
 
 
-def _split_files(folder: Path, train: bool) -> list[Path]:
-    """The two MNIST-format files of one split in `folder`, plain or .gz, as found there."""
-    names = MNIST_FILES[:2] if train else MNIST_FILES[2:]
-    return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
-
-
 def _cached_tensors(dataset: str, train: bool, sources: list[Path],
                     load: Callable[[], tuple[torch.Tensor, torch.Tensor]]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """`load()`'s tensors, saved once in our cache and read back from there afterwards.
 
     Importing torchvision and parsing the files costs each worker process ~1.5 s of start-up;
-    the saved uint8 tensors load in ~0.05 s. The key covers the source files' paths, sizes and
-    modification times, so replacing the files invalidates the copy."""
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
-    key = hashlib.sha256(repr((dataset, train, stats)).encode()).hexdigest()[:16]
-    path = cache_dir() / "tensors" / f"{dataset}-{'train' if train else 'test'}-{key}.pt"
+    the saved uint8 tensors load in ~0.05 s. The file name is keyed by the source files, so
+    replacing them invalidates the copy. A cache that cannot be read or written costs
+    start-up time, nothing else."""
+    split = "train" if train else "test"
+    key = _source_key((dataset, split), sources)
+    path = cache_dir() / "tensors" / f"{dataset}-{split}-{key}.pt"
     if path.exists():
         try:
             saved = torch.load(path, weights_only=True)
             return saved["images"], saved["labels"]
-        except Exception:  # noqa: BLE001 - a damaged copy is rebuilt from the source files
-            pass
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the source files remain
+            log.warning("dataset cache %s unreadable (%s); parsing the files again", path, exc)
     images, labels = load()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"images": images, "labels": labels}, tmp)
         os.replace(tmp, path)  # atomic: a concurrent worker never reads a half-written copy
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only cache costs start-up time, nothing else
+    except (OSError, RuntimeError) as exc:  # torch.save reports I/O errors as RuntimeError
+        log.warning("dataset cache %s not written (%s); workers will parse the files", path, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
     return images, labels
 
 
@@ -212,8 +231,9 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
             continue
         folder = _find_idx_files(dataset, root)
         if folder is not None:
+            split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
             return _cached_tensors(
-                dataset, train, _split_files(folder, train),
+                dataset, train, _idx_sources(folder, split_files),
                 lambda folder=folder: _load_torchvision(
                     dataset, _torchvision_root(dataset, folder), train))
     download_root = cache_dir() / "downloads"

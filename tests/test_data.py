@@ -7,6 +7,7 @@ tmp_path, and everything else uses the synthetic dataset.
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import struct
 import time
@@ -121,7 +122,9 @@ def test_torchvision_layout_is_used_in_place(isolated: Path) -> None:
 def test_gz_files_are_unpacked_once_into_the_cache(isolated: Path) -> None:
     write_idx(isolated / "gz", gz=True)
     load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
-    raw = isolated / "cache" / "hpsearch" / "torchvision" / "fashion-mnist" / "FashionMNIST" / "raw"
+    load_raw("fashion-mnist", str(isolated / "gz"), train=False, download=False)
+    cache = isolated / "cache" / "hpsearch" / "torchvision"
+    (raw,) = cache.glob("fashion-mnist-*/FashionMNIST/raw")
     assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST_FILES)
 
 
@@ -140,18 +143,49 @@ def test_second_load_reads_the_cached_tensors_without_torchvision(
     assert torch.equal(images[:, 0], expected["train"][0])
 
 
-def test_changed_files_are_parsed_again(isolated: Path) -> None:
-    write_idx(isolated / "gz", gz=True)
-    load_raw("fashion-mnist", str(isolated / "gz"), train=False, download=False)
-    time.sleep(0.01)  # a new modification time even on coarse clocks
+def _replace_test_split(folder: Path, mtime_ns: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.randint(0, 256, (N_TEST, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (N_TEST,))
-    with gzip.open(isolated / "gz" / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(idx_images(images))
-    with gzip.open(isolated / "gz" / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(idx_labels(labels))
+    for name, payload in (("t10k-images-idx3-ubyte.gz", idx_images(images)),
+                          ("t10k-labels-idx1-ubyte.gz", idx_labels(labels))):
+        with gzip.open(folder / name, "wb") as f:
+            f.write(payload)
+        os.utime(folder / name, ns=(mtime_ns, mtime_ns))
+    return images, labels
+
+
+def test_replaced_files_are_parsed_again_even_with_older_times(isolated: Path) -> None:
+    # unpacking an archive (tar -x, cp -p, rsync -t) gives files older than our cached copy
+    write_idx(isolated / "gz", gz=True)
+    load_raw("fashion-mnist", str(isolated / "gz"), train=False, download=False)
+    old_time = (isolated / "gz" / "t10k-images-idx3-ubyte.gz").stat().st_mtime_ns - 10**11
+    images, labels = _replace_test_split(isolated / "gz", old_time)
     got, got_labels = load_raw("fashion-mnist", str(isolated / "gz"), train=False, download=False)
     assert torch.equal(got[:, 0], images) and torch.equal(got_labels, labels)
+
+
+def test_two_folders_keep_their_own_data(isolated: Path) -> None:
+    first = write_idx(isolated / "a", gz=True)
+    write_idx(isolated / "b", gz=True)
+    second = _replace_test_split(isolated / "b", time.time_ns())
+    for folder, (images, labels) in (("a", first["t10k"]), ("b", second), ("a", first["t10k"])):
+        got, got_labels = load_raw("fashion-mnist", str(isolated / folder), train=False,
+                                   download=False)
+        assert torch.equal(got[:, 0], images) and torch.equal(got_labels, labels)
+
+
+def test_unwritable_cache_only_costs_time(isolated: Path, monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    expected = write_idx(isolated / "gz", gz=True)
+
+    def disk_full(*args: object) -> None:
+        raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save raises
+
+    monkeypatch.setattr(data_mod.torch, "save", disk_full)
+    images, _ = load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
+    assert torch.equal(images[:, 0], expected["train"][0])
+    assert not list((isolated / "cache" / "hpsearch" / "tensors").iterdir())  # no leftovers
+    assert "not written" in caplog.text
 
 
 def test_damaged_cache_is_rebuilt(isolated: Path) -> None:
