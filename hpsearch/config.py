@@ -19,6 +19,13 @@ from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, coerce, param
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
 PRUNERS = ("none", "median", "successive-halving", "hyperband")
+# the [pruner] options each pruner takes, with their defaults
+PRUNER_OPTIONS: dict[str, dict[str, int]] = {
+    "none": {},
+    "median": {"startup_trials": 5},  # complete trials before any pruning
+    "successive-halving": {"reduction_factor": 4},  # Optuna's default
+    "hyperband": {"reduction_factor": 3},
+}
 METRICS = ("val_acc",)
 NAME_PATTERN = re.compile(r"^[\w.\- ]{1,200}$")  # shown in HTML and used in paths: keep it tame
 
@@ -58,6 +65,7 @@ class StudyConfig:
     timeout: float | None = None  # seconds, per worker
     seed: int = 0
     min_epochs: int = 1
+    pruner_options: dict[str, int] = field(default_factory=dict)  # [pruner], defaults filled in
     data: DataOptions = field(default_factory=DataOptions)
     workers: WorkerOptions = field(default_factory=WorkerOptions)
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -183,11 +191,28 @@ def load_study(path: str | Path) -> StudyConfig:
     return parse_study(doc, str(path))
 
 
+def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
+    """[pruner]: options of the pruner named in [study]; an option of another pruner is an
+    error, not silently ignored."""
+    defaults = PRUNER_OPTIONS[pruner]
+    value = doc.get("pruner", {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [pruner] must be a table")
+    for key in value:
+        if key not in defaults:
+            takes = ", ".join(defaults) or "no options"
+            raise ConfigError(f"{where}: [pruner] {key} does not apply to pruner {pruner!r} "
+                              f"(it takes: {takes})")
+    minimum = {"startup_trials": 0, "reduction_factor": 2}
+    return {key: _typed(where, key, value.get(key, default), int, minimum=minimum[key])
+            for key, default in defaults.items()}
+
+
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
-    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "space"})
+    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space"})
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
-                          "(allowed: study, data, budget, workers, space)")
+                          "(allowed: study, data, budget, workers, pruner, space)")
     study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "n_trials", "timeout",
                                   "seed"}, where)
     if "name" not in study:
@@ -229,6 +254,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         ),
         raw=doc,
     )
+    config.pruner_options = parse_pruner_options(doc, config.pruner, where)
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
     config.fixed["epochs"] = max_epochs

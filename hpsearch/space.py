@@ -43,11 +43,15 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    options = config.pruner_options
     if config.pruner == "none":
         return optuna.pruners.NopPruner()
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=config.min_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=options["startup_trials"],
+                                           n_warmup_steps=config.min_epochs)
     if config.pruner == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=config.min_epochs, reduction_factor=options["reduction_factor"])
     return optuna.pruners.HyperbandPruner(min_resource=config.min_epochs,
-                                          max_resource=config.max_epochs, reduction_factor=3)
+                                          max_resource=config.max_epochs,
+                                          reduction_factor=options["reduction_factor"])

@@ -73,6 +73,17 @@ def test_space_kinds() -> None:
      "grace_period must exceed"),
     ({"study": {"name": "t", "sampler": "grid"}, "space": {"lr": {"low": 0.1, "high": 0.2}}},
      "grid sampler"),
+    ({"study": {"name": "t", "pruner": "median"}, "pruner": {"reduction_factor": 3}},
+     "reduction_factor does not apply to pruner 'median' (it takes: startup_trials)"),
+    ({"study": {"name": "t", "pruner": "none"}, "pruner": {"startup_trials": 3}},
+     "(it takes: no options)"),
+    ({"study": {"name": "t", "pruner": "hyperband"}, "pruner": {"reduction_factor": 1}},
+     "reduction_factor must be at least 2"),
+    ({"study": {"name": "t", "pruner": "median"}, "pruner": {"startup_trials": -1}},
+     "startup_trials must be at least 0"),
+    ({"study": {"name": "t", "pruner": "median"}, "pruner": {"startup_trials": 2.5}},
+     "startup_trials must be int"),
+    ({"study": {"name": "t"}, "pruner": 3}, "[pruner] must be a table"),
 ])
 def test_bad_definitions_are_clear_errors(doc: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -45,3 +45,35 @@ def test_worker_and_resume_seeds_differ() -> None:
     assert first_draw(0, 0) == first_draw(0, 0)  # reproducible
     assert first_draw(1, 0) != first_draw(0, 0)  # a second worker draws elsewhere
     assert first_draw(0, 5) != first_draw(0, 0)  # so does a resumed study
+
+
+def _prunes_second_trial(pruner_options: dict) -> bool:
+    """One complete trial at 0.9 per epoch, then a trial at 0.1: is it pruned at epoch 2?"""
+    config = parse_study({"study": {"name": "s", "pruner": "median"},
+                          "pruner": pruner_options, "budget": {"max_epochs": 3}})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(config))
+    good = study.ask()
+    for epoch in range(1, 4):
+        good.report(0.9, epoch)
+    study.tell(good, 0.9)
+    bad = study.ask()
+    bad.report(0.1, 1)
+    bad.report(0.1, 2)
+    return bad.should_prune()
+
+
+def test_median_startup_trials_sets_when_pruning_starts() -> None:
+    assert not _prunes_second_trial({})  # default: 5 complete trials before any pruning
+    assert _prunes_second_trial({"startup_trials": 1})
+
+
+@pytest.mark.parametrize("pruner", ["successive-halving", "hyperband"])
+def test_reduction_factor_reaches_the_pruner(pruner: str) -> None:
+    config = parse_study({"study": {"name": "s", "pruner": pruner},
+                          "pruner": {"reduction_factor": 5}, "budget": {"max_epochs": 25}})
+    built = make_pruner(config)
+    # Optuna keeps it private; hyperband hands it to each of its successive-halving brackets
+    assert built._reduction_factor == 5
+    default = make_pruner(parse_study({"study": {"name": "s", "pruner": pruner}}))
+    assert default._reduction_factor == {"successive-halving": 4, "hyperband": 3}[pruner]
