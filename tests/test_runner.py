@@ -154,3 +154,33 @@ def test_the_study_files_timeout_stops_a_worker_starting_trials(sqlite_url: str,
     assert all(t.state == "complete" for t in trials)
     first = min(t.started_at for t in trials)
     assert max((t.started_at - first).total_seconds() for t in trials) < 1.5
+
+
+LAUNCH_PROBE = """
+import sys
+import hpsearch.launcher as launcher
+
+seen = []
+
+def record_instead_of_starting(*args, **kwargs):
+    seen.append("torch" in sys.modules)
+    return []
+
+launcher.start_workers = record_instead_of_starting
+from typer.testing import CliRunner
+from hpsearch.cli import app
+result = CliRunner().invoke(app, ["run", sys.argv[1], "--db", sys.argv[2], "--top", "0"])
+print("torch imported before the workers start:", *seen)
+print("exit code:", result.exit_code)
+"""
+
+
+def test_run_starts_its_workers_without_importing_torch(tmp_path: Path) -> None:
+    # importing torch costs the launcher ~1 s before each worker can start its own import
+    path = write_tiny_study(tmp_path, n_trials=1, epochs=1)
+    done = subprocess.run([sys.executable, "-c", LAUNCH_PROBE, str(path),
+                           f"sqlite:///{tmp_path / 'probe.db'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert "torch imported before the workers start: False" in done.stdout, output
+    assert "exit code: 0" in done.stdout, output
