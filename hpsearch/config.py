@@ -19,12 +19,12 @@ from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, coerce, param
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
 PRUNERS = ("none", "median", "successive-halving", "hyperband")
-# the [pruner] options each pruner takes, with their defaults
-PRUNER_OPTIONS: dict[str, dict[str, int]] = {
+# the [pruner] options each pruner takes: (default, smallest allowed value)
+PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
     "none": {},
-    "median": {"startup_trials": 5},  # complete trials before any pruning
-    "successive-halving": {"reduction_factor": 4},  # Optuna's default
-    "hyperband": {"reduction_factor": 3},
+    "median": {"startup_trials": (5, 0)},  # complete trials before any pruning
+    "successive-halving": {"reduction_factor": (4, 2)},  # Optuna's default
+    "hyperband": {"reduction_factor": (3, 2)},
 }
 METRICS = ("val_acc",)
 NAME_PATTERN = re.compile(r"^[\w.\- ]{1,200}$")  # shown in HTML and used in paths: keep it tame
@@ -194,18 +194,17 @@ def load_study(path: str | Path) -> StudyConfig:
 def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
     """[pruner]: options of the pruner named in [study]; an option of another pruner is an
     error, not silently ignored."""
-    defaults = PRUNER_OPTIONS[pruner]
+    options = PRUNER_OPTIONS[pruner]
     value = doc.get("pruner", {})
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: [pruner] must be a table")
     for key in value:
-        if key not in defaults:
-            takes = ", ".join(defaults) or "no options"
+        if key not in options:
+            takes = ", ".join(options) or "no options"
             raise ConfigError(f"{where}: [pruner] {key} does not apply to pruner {pruner!r} "
                               f"(it takes: {takes})")
-    minimum = {"startup_trials": 0, "reduction_factor": 2}
-    return {key: _typed(where, key, value.get(key, default), int, minimum=minimum[key])
-            for key, default in defaults.items()}
+    return {key: _typed(where, key, value.get(key, default), int, minimum=minimum)
+            for key, (default, minimum) in options.items()}
 
 
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
@@ -232,10 +231,12 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     min_epochs = _typed(where, "min_epochs", budget.get("min_epochs", 1), int, minimum=1)
     if min_epochs > max_epochs:
         raise ConfigError(f"{where}: min_epochs ({min_epochs}) exceeds max_epochs ({max_epochs})")
+    pruner = _choice(where, "pruner", study.get("pruner", "hyperband"), PRUNERS)
     config = StudyConfig(
         name=name,
         sampler=_choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS),
-        pruner=_choice(where, "pruner", study.get("pruner", "hyperband"), PRUNERS),
+        pruner=pruner,
+        pruner_options=parse_pruner_options(doc, pruner, where),
         metric=_choice(where, "metric", study.get("metric", "val_acc"), METRICS),
         n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
         timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
@@ -254,7 +255,6 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         ),
         raw=doc,
     )
-    config.pruner_options = parse_pruner_options(doc, config.pruner, where)
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
     config.fixed["epochs"] = max_epochs
