@@ -56,7 +56,7 @@ class Objective:
         original = history[0] if history else trial.number
         resume_from, resumed_number = self._latest_checkpoint(history)
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
-                                        sampled, self.worker,
+                                        params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None)
         if resume_from is not None:
             done = int(load_checkpoint(resume_from)["epoch"])
