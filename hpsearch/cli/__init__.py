@@ -7,6 +7,7 @@ import sys
 
 from hpsearch.cli import (  # noqa: F401  (registers commands)
     db_cmds,
+    enqueue_cmd,
     evaluate_cmd,
     query_cmds,
     run_cmds,

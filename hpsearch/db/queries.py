@@ -52,6 +52,7 @@ class StudyInfo:
     config: dict[str, Any]
     planned_trials: int
     created_at: datetime | None
+    space: dict[str, Any] = field(default_factory=dict)  # name -> Optuna distribution JSON
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
             hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
         raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
     return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset, study.config,
-                     study.n_trials, utc(study.created_at))
+                     study.n_trials, utc(study.created_at), dict(study.space or {}))
 
 
 def _count_by_state() -> list[ColumnElement[int]]:
