@@ -35,6 +35,7 @@ from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
 from hpsearch.paths import study_slug
+from hpsearch.storage import publish_test_accuracy
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
 
@@ -186,6 +187,8 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
         results.append(result)
         if on_result is not None:
             on_result(result)
+    publish_test_accuracy(full_url, plan.study.optuna_study_id, plan.trial.number,
+                          summarise(plan, results).to_dict())
     return results
 
 
