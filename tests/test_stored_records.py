@@ -124,31 +124,31 @@ def test_every_view_names_the_same_best_trial(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Trial 1 was pruned after reaching the highest value of all (an intermediate value at a
-    smaller budget), trial 4 completed with an infinite value, trials 0 and 2 tie: the best is
-    trial 0 everywhere, the live view of `hpsearch run` included."""
+    smaller budget) and trials 0 and 2 tie; then trial 4 completes with an infinite value. The
+    best is trial 0 everywhere, the live view of `hpsearch run` included."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
     recorded = build_recorded_study(url)  # trials 0, 2, 4, 6 complete; 1 and 5 pruned
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        for number, value in ((0, 0.95), (1, 0.99), (2, 0.95), (4, math.inf)):
-            conn.execute(update(Trial).where(Trial.number == number).values(value=value))
-
-    progress = read_progress(engine, recorded.name)
-    engine.dispose()
-    assert (progress.best_number, progress.best_value) == (0, 0.95)
-    assert summary_line(progress, load_study(write_tiny_study(tmp_path))).endswith(
-        "best val acc 0.9500 (trial 0)")
+    config = load_study(write_tiny_study(tmp_path))  # the live view's header needs one
 
     def run(*args: str) -> list | dict:
         code, out, err = hps(capsys, monkeypatch, *args, "--format", "json", "--db", url)
         assert code == 0, err
         return json.loads(out)
 
-    assert run("best", recorded.name)["number"] == 0
-    assert run("studies")[0]["best_val_acc"] == 0.95
-    assert [r["number"] for r in run("trials", recorded.name) if r["is_best"]] == [0]
-    assert run("compare", recorded.name)[0]["best_trial"] == 0
-    assert plan_evaluation(recorded.name, url).trial.number == 0
+    engine = make_engine(url)
+    for changes in ({0: 0.95, 1: 0.99, 2: 0.95}, {4: math.inf}):
+        with engine.begin() as conn:
+            for number, value in changes.items():
+                conn.execute(update(Trial).where(Trial.number == number).values(value=value))
+        progress = read_progress(engine, recorded.name)
+        assert (progress.best_number, progress.best_value) == (0, 0.95)
+        assert summary_line(progress, config).endswith("best val acc 0.9500 (trial 0)")
+        assert run("best", recorded.name)["number"] == 0
+        assert run("studies")[0]["best_val_acc"] == 0.95
+        assert [r["number"] for r in run("trials", recorded.name) if r["is_best"]] == [0]
+        assert run("compare", recorded.name)[0]["best_trial"] == 0
+        assert plan_evaluation(recorded.name, url).trial.number == 0
+    engine.dispose()
 
 
 # --- Optuna's own tools see our metadata -----------------------------------------------------
