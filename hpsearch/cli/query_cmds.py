@@ -98,7 +98,7 @@ def emit(sheet: Sheet, fmt: str) -> None:
         tables.write(sheet, fmt, sys.stdout)
 
 
-BEST_HELP = ("Best means the complete trial with the highest validation accuracy (ties: the "
+BEST_HELP = ("Best means the complete trial with the highest finite validation accuracy (ties: the "
              "lowest trial number), as Optuna's best_trial: pruned trials never count, because "
              "a pruned trial's value was measured at the smaller budget it was stopped at.")
 
