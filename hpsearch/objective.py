@@ -72,7 +72,7 @@ class Objective:
         self.data = data
         self.recorder = recorder
         self.worker = worker
-        self.device = device
+        self.device = resolve_device(device)  # once per worker: "auto" -> cpu or cuda
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_not_surplus(trial)
@@ -81,12 +81,11 @@ class Objective:
         history = retry_history(trial)
         original = history[0] if history else trial.number
         resume_from, resumed_number = self._latest_checkpoint(history)
-        device = resolve_device(self.device)
-        precision = "fp32" if resolve_precision(params.precision, device) is None else "bf16"
+        precision = "fp32" if resolve_precision(params.precision, self.device) is None else "bf16"
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None,
-                                        precision=precision, device=str(device))
+                                        precision=precision, device=str(self.device))
         peak: dict[str, Any] = {}  # the best epoch so far: {"val_acc": ..., "epoch": ...}
         if resume_from is not None:
             state = load_checkpoint(resume_from)
@@ -104,7 +103,7 @@ class Objective:
         n_params: int | None = count_parameters(build_model(params, self.data.image_shape))
         # for optuna-dashboard and `optuna trials`: what is known now, in one go
         _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
-                                "precision": precision, "device": str(device)})
+                                "precision": precision, "device": str(self.device)})
 
         def on_epoch(metrics: EpochMetrics) -> None:
             self.recorder.record_epoch(row, metrics)
@@ -119,7 +118,7 @@ class Objective:
         try:
             # the seed follows the original trial, so a resumed retry continues the same run
             result = train(params, self.data, seed=self.config.seed + original,
-                           device=self.device, on_epoch=on_epoch, checkpoint=checkpoint,
+                           device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
                            resume_from=resume_from)
         except optuna.TrialPruned as exc:
             self._finish(trial, row, "pruned", started, n_params, str(exc), checkpoint, peak)
