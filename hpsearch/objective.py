@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -20,11 +21,36 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
-from hpsearch.train import TrainingDiverged, load_checkpoint, train
+from hpsearch.train import (
+    TrainingDiverged,
+    load_checkpoint,
+    resolve_device,
+    resolve_precision,
+    train,
+)
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def _track_peak(peak: dict[str, Any], val_acc: float, epoch: int) -> None:
+    """Keep the best epoch (the earliest of equal ones), as the trial row's best_epoch."""
+    if not peak or val_acc > peak["val_acc"]:
+        peak.update(val_acc=val_acc, epoch=epoch)
+
+
+def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Optuna user attributes (shown by optuna-dashboard and `optuna trials`); None values are
+    skipped. They copy what our tables hold, so a write that fails costs only the copy: it is
+    logged, never allowed to fail the trial or hide the error that is ending it."""
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        try:
+            trial.set_user_attr(key, value)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("trial %d: user attribute %s not set (%s)", trial.number, key, exc)
 
 
 class SurplusTrial(Exception):
@@ -46,7 +72,7 @@ class Objective:
         self.data = data
         self.recorder = recorder
         self.worker = worker
-        self.device = device
+        self.device = resolve_device(device)  # once per worker: "auto" -> cpu or cuda
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_not_surplus(trial)
@@ -55,23 +81,33 @@ class Objective:
         history = retry_history(trial)
         original = history[0] if history else trial.number
         resume_from, resumed_number = self._latest_checkpoint(history)
+        precision = "fp32" if resolve_precision(params.precision, self.device) is None else "bf16"
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         params.to_dict(), list(sampled), self.worker,
-                                        retried_from=history[-1] if history else None)
+                                        retried_from=history[-1] if history else None,
+                                        precision=precision, device=str(self.device))
+        peak: dict[str, Any] = {}  # the best epoch so far: {"val_acc": ..., "epoch": ...}
         if resume_from is not None:
-            done = int(load_checkpoint(resume_from)["epoch"])
+            state = load_checkpoint(resume_from)
+            done = int(state["epoch"])
             log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
                      resume_from, done, resumed_number)
             previous = self.recorder.trial_id(self.study_row_id, resumed_number)
             if previous is not None:
                 self.recorder.copy_epochs(previous, row, done)
+            for done_epoch in state.get("history", []):
+                _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
         started = time.monotonic()
         # counted up front (building the model takes milliseconds) so pruned and failed
         # trials have their size too
         n_params: int | None = count_parameters(build_model(params, self.data.image_shape))
+        # for optuna-dashboard and `optuna trials`: what is known now, in one go
+        _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
+                                "precision": precision, "device": str(self.device)})
 
         def on_epoch(metrics: EpochMetrics) -> None:
             self.recorder.record_epoch(row, metrics)
+            _track_peak(peak, metrics.val_acc, metrics.epoch)
             trial.report(metrics.val_acc, metrics.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(
@@ -82,27 +118,33 @@ class Objective:
         try:
             # the seed follows the original trial, so a resumed retry continues the same run
             result = train(params, self.data, seed=self.config.seed + original,
-                           device=self.device, on_epoch=on_epoch, checkpoint=checkpoint,
+                           device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
                            resume_from=resume_from)
         except optuna.TrialPruned as exc:
-            self._finish(row, "pruned", started, n_params, str(exc), checkpoint)
+            self._finish(trial, row, "pruned", started, n_params, str(exc), checkpoint, peak)
             raise
         except TrainingDiverged as exc:
-            self._finish(row, "pruned", started, n_params, f"diverged: {exc}", checkpoint)
+            self._finish(trial, row, "pruned", started, n_params, f"diverged: {exc}",
+                         checkpoint, peak)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except KeyboardInterrupt:
-            self._finish(row, "failed", started, n_params, "interrupted (Ctrl-C)", None)
+            self._finish(trial, row, "failed", started, n_params, "interrupted (Ctrl-C)", None,
+                         peak)
             raise
         except Exception as exc:
-            self._finish(row, "failed", started, n_params, f"{type(exc).__name__}: {exc}", None)
+            self._finish(trial, row, "failed", started, n_params,
+                         f"{type(exc).__name__}: {exc}", None, peak)
             raise
-        self._finish(row, "complete", started, n_params, None, checkpoint)
+        self._finish(trial, row, "complete", started, n_params, None, checkpoint, peak)
         best = result.best
         return best.val_acc if best else 0.0
 
-    def _finish(self, row: int, state: str, started: float, n_params: int | None,
-                reason: str | None, checkpoint: Path | None) -> None:
+    def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
+                n_params: int | None, reason: str | None, checkpoint: Path | None,
+                peak: dict[str, Any]) -> None:
         self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
+        # the rest of the dashboard's metadata, once at the end (each attribute is a write)
+        _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})
         if checkpoint is not None:  # finished trials need no resume point
             checkpoint.unlink(missing_ok=True)
 
