@@ -20,6 +20,7 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
+from hpsearch.stop import interrupted_reason
 from hpsearch.train import TrainingDiverged, load_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ class Objective:
         except TrainingDiverged as exc:
             self._finish(row, "pruned", started, n_params, f"diverged: {exc}", checkpoint)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
-        except KeyboardInterrupt:
-            self._finish(row, "failed", started, n_params, "interrupted (Ctrl-C)", None)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
+            self._finish(row, "failed", started, n_params, interrupted_reason(exc), None)
             raise
         except Exception as exc:
             self._finish(row, "failed", started, n_params, f"{type(exc).__name__}: {exc}", None)

@@ -25,6 +25,7 @@ from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import COUNTED_STATES, Objective
+from hpsearch.stop import interrupted_reason
 from hpsearch.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                 continue
             consecutive_failures = 0
         _record_dead_trials(recorder, storage, row_id)
-    except KeyboardInterrupt:
-        recorder.mark_running_as(row_id, me, "failed", "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as hpsearch.stop.Stopped
+        recorder.mark_running_as(row_id, me, "failed", interrupted_reason(exc))
         raise
     finally:
         watcher.stop()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpsearch.cli.app import DB_HELP, app
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEVICE_HELP = "auto (a GPU if present), cpu or cuda."
 
@@ -35,20 +38,45 @@ def run(
 ) -> None:
     """Start a study (or continue it: same name, same database) and run it to n_trials.
 
-    Every epoch of every trial is written to the database as it finishes; Ctrl-C stops the
-    workers cleanly, and running the same command again continues the study.
+    Every epoch of every trial is written to the database as it finishes. Ctrl-C, SIGTERM
+    (kill, docker stop, systemctl stop) and SIGHUP stop the workers cleanly (their running
+    trials are marked, exit code 130, 143 or 129), and running the same command again
+    continues the study.
     """
     from rich.console import Console
 
+    from hpsearch.stop import install_stop_handlers
+
+    install_stop_handlers()  # first: a stop while the study is prepared is a stop too
+    console = Console()
+    try:
+        _run(study_file, db, workers, threads, trials, timeout, device, top, log_dir, console)
+    except KeyboardInterrupt as exc:  # a stop outside the workers' run (e.g. while preparing)
+        from hpsearch.stop import exit_code, signal_name, signum_of
+
+        console.print(f"Stopped by {signal_name(signum_of(exc))}; run the same command to "
+                      "continue.", highlight=False, markup=False)
+        raise typer.Exit(exit_code(signum_of(exc))) from None
+
+
+def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
+         trials: int | None, timeout: float | None, device: str, top: int, log_dir: Path,
+         console: Console) -> None:
     from hpsearch.config import load_study
     from hpsearch.db.engine import database_url, mask_url, normalise_url
-    from hpsearch.launcher import failed_workers, start_workers, supervise
+    from hpsearch.launcher import (
+        WorkerProcess,
+        failed_workers,
+        start_workers,
+        stop_workers,
+        supervise,
+    )
+    from hpsearch.stop import exit_code, signal_name, signum_of
     from hpsearch.storage import prepare_study
 
     config = load_study(study_file)  # every check runs before anything is written
     _check_device(device)
     url = normalise_url(database_url(db))
-    console = Console()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
@@ -59,8 +87,13 @@ def run(
     console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s), "
                   f"{config.n_trials} trials, sampler {config.sampler}, pruner {config.pruner}",
                   highlight=False, markup=False, soft_wrap=True)
-    started = start_workers(config, url, workers, threads, device, timeout, log_dir)
-    progress, interrupted = supervise(config, url, started, console)
+    started: list[WorkerProcess] = []
+    try:
+        start_workers(config, url, workers, threads, device, timeout, log_dir, started)
+        progress, stopped_by = supervise(config, url, started, console)
+    except KeyboardInterrupt as exc:  # outside supervise's own watch: still stop the workers
+        stop_workers(started, signum_of(exc))
+        raise
     failures = failed_workers(started)
     for worker, last_line in failures:
         console.print(f"worker {worker.index} failed ({worker.log_path}): {last_line}",
@@ -70,10 +103,11 @@ def run(
 
         console.print()
         print_leaderboard(url, config.name, top)
-    if interrupted:
-        console.print(f"Interrupted with {progress.finished}/{config.n_trials} trials finished;"
-                      " run the same command to continue.")
-        raise typer.Exit(130)
+    if stopped_by is not None:
+        console.print(f"Stopped by {signal_name(stopped_by)} with {progress.finished}/"
+                      f"{config.n_trials} trials finished; run the same command to continue.",
+                      highlight=False, markup=False)
+        raise typer.Exit(exit_code(stopped_by))
     if failures and progress.finished < config.n_trials:
         raise typer.Exit(1)
 
@@ -93,27 +127,43 @@ def worker(
         min=0)] = 0,
 ) -> None:
     """Join an existing study from any machine that reaches its database, and run trials
-    until the study has its n_trials finished trials."""
+    until the study has its n_trials finished trials.
+
+    Ctrl-C, SIGTERM and SIGHUP mark the running trial failed with the signal as its reason and
+    exit with 130, 143 or 129."""
+    from hpsearch.stop import install_stop_handlers
+
+    install_stop_handlers()  # first: importing torch takes a second and may be interrupted
+    try:
+        _worker(name, db, threads, device, timeout, worker_index)
+    except KeyboardInterrupt as exc:
+        from hpsearch.stop import exit_code, signal_name, signum_of
+
+        typer.echo(f"stopped by {signal_name(signum_of(exc))}; running trial marked failed",
+                   err=True)
+        raise typer.Exit(exit_code(signum_of(exc))) from None
+
+
+def _worker(name: str, db: str | None, threads: int | None, device: str,
+            timeout: float | None, worker_index: int) -> None:
     import logging
 
     import optuna
 
     from hpsearch.db.engine import database_url
     from hpsearch.runner import run_worker, worker_name
+    from hpsearch.stop import quiet_stop_tracebacks
     from hpsearch.train import configure_threads
 
     _check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_stop_tracebacks(logging.getLogger("optuna"))
     n = configure_threads(threads)
     typer.echo(f"worker {worker_name()} joins study {name!r} with {n} thread(s)")
-    try:
-        summary = run_worker(name, database_url(db), worker_index=worker_index, device=device,
-                             timeout=timeout)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; running trial marked failed", err=True)
-        raise typer.Exit(130) from None
+    summary = run_worker(name, database_url(db), worker_index=worker_index, device=device,
+                         timeout=timeout)
     typer.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed")
 
