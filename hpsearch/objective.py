@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
+from hpsearch.db.engine import mask_secrets
 from hpsearch.db.recorder import Recorder
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
@@ -103,6 +104,8 @@ class Objective:
 
     def _finish(self, row: int, state: str, started: float, n_params: int | None,
                 reason: str | None, checkpoint: Path | None) -> None:
+        # a reason is shown in reports and tables: a driver's error may carry a connection string
+        reason = mask_secrets(reason) if reason else None
         self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
         if checkpoint is not None:  # finished trials need no resume point
             checkpoint.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.db import queries
+from hpsearch.db.engine import mask_url
 from hpsearch.files import atomic_write, output_text
 from hpsearch.report import figures, tables
 
@@ -87,7 +88,7 @@ def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDo
             overlay_curves.append((study.study.name, best_curve))
     if len(infos) > 1:
         sections.insert(0, _comparison_section(stats, overlay_points, overlay_curves))
-    masked = conn.engine.url.render_as_string(hide_password=True)
+    masked = mask_url(conn.engine.url.render_as_string(hide_password=False))
     return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
 
 
