@@ -155,8 +155,9 @@ def print_leaderboard(url: str, name: str, top: int) -> None:
 def best(
     name: StudyArg,
     fmt: Annotated[BestFormat, typer.Option(
-        "--format", "-f", help="table, md, csv, json, or toml: a [params] table with the full "
-        "resolved parameters and a [data] table, for `hpsearch train --config FILE`."
+        "--format", "-f", help="table, md, csv, json, or toml: the trial's seeds, a [params] "
+        "table with the full resolved parameters and a [data] table, for `hpsearch train "
+        "--config FILE` (which then repeats the trial's training)."
     )] = BestFormat.table,
     db: DbOption = None,
 ) -> None:
@@ -173,9 +174,15 @@ def best(
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
         test = queries.study_evaluations(conn, study).get(trial.number)
+        first = trial
+        for _ in range(10_000):  # a retry of a retry: back to the first attempt (no cycles)
+            if first.retried_from is None:
+                break
+            first = queries.get_trial(conn, study, first.retried_from)
     params, data = tables.retrain_config(study, trial)
     if fmt is BestFormat.toml:
-        sys.stdout.write(tables.best_toml(study, trial, params, data))
+        seed, split_seed = tables.trial_seeds(study, first.number)
+        sys.stdout.write(tables.best_toml(study, trial, params, data, seed, split_seed))
     elif fmt is BestFormat.json:
         record = {"study": study.name, **next(iter(tables.trials_sheet(
             study, [trial], list(trial.params),

@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpsearch.cli.app import DB_HELP, app
+from hpsearch.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from hpsearch.config import StudyConfig
+    from hpsearch.config_changes import Change
 
 DEVICE_HELP = "auto (a GPU if present), cpu or cuda."
 
@@ -35,6 +39,11 @@ def run(
                                      min=0)] = 10,
     log_dir: Annotated[Path, typer.Option(
         help="Folder for the workers' logs (one file per worker).")] = Path("hpsearch-logs"),
+    update: Annotated[bool, typer.Option(
+        "--update", help="Continue a study whose file was edited since it started, storing the "
+        "new file as its config: allowed for n_trials, timeout, sampler, pruner, [pruner], "
+        "[workers] and data_dir. Other changes (space, budget, seed, metric, data) are always "
+        "refused.")] = False,
 ) -> None:
     """Start a study (or continue it: same name, same database) and run it to n_trials.
 
@@ -50,7 +59,8 @@ def run(
     install_stop_handlers()  # first: a stop while the study is prepared is a stop too
     console = Console()
     try:
-        _run(study_file, db, workers, threads, trials, timeout, device, top, log_dir, console)
+        _run(study_file, db, workers, threads, trials, timeout, device, top, log_dir, update,
+             console)
     except KeyboardInterrupt as exc:  # a stop outside the workers' run (e.g. while preparing)
         from hpsearch.stop import exit_code, signal_name, signum_of
 
@@ -61,7 +71,7 @@ def run(
 
 def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
          trials: int | None, timeout: float | None, device: str, top: int, log_dir: Path,
-         console: Console) -> None:
+         update: bool, console: Console) -> None:
     from hpsearch.config import load_study
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.launcher import (
@@ -80,7 +90,16 @@ def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
+    changes = _check_stored_config(config, url, update)
     prepare_study(config, url, trials)
+    if changes:
+        from hpsearch.db.engine import make_engine
+        from hpsearch.db.recorder import Recorder
+
+        Recorder(make_engine(url)).replace_config(config.name, config.raw)
+        console.print(f"study {config.name}: stored config updated from {study_file}:\n"
+                      + "\n".join(c.line() for c in changes),
+                      highlight=False, markup=False, soft_wrap=True)
     if trials is not None:
         config.n_trials = trials
     # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
@@ -168,9 +187,36 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
                f"{summary.failed} failed")
 
 
-def _check_device(device: str) -> None:
-    from hpsearch.errors import ConfigError
+def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Change]:
+    """The differences between the study file and the config of the study it continues (none
+    for a new study); raises, after printing them, unless they may be applied."""
+    from hpsearch.config import parse_study
+    from hpsearch.config_changes import check, compare
+    from hpsearch.db.engine import make_engine
+    from hpsearch.db.migrate import ensure_schema
+    from hpsearch.db.recorder import Recorder
 
+    ensure_schema(url)
+    engine = make_engine(url)
+    try:
+        row = Recorder(engine).study_row(config.name)
+    finally:
+        engine.dispose()
+    if row is None:
+        return []
+    changes = compare(parse_study(row.config, f"stored config of study {config.name!r}"), config)
+    try:
+        check(changes, config.name, update)
+    except ConfigError:
+        typer.echo(f"study {config.name}: the file differs from the stored config:", err=True)
+        for change in changes:
+            typer.echo(f"{change.line()}{'' if change.compatible else '  (incompatible)'}",
+                       err=True)
+        raise
+    return changes
+
+
+def _check_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r} (choose from: auto, cpu, cuda)")
 
