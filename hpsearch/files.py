@@ -54,7 +54,7 @@ def writable_target(path: str | Path) -> Path:
         raise HpsearchError(f"refusing to write {path}: it is a directory")
     if not stat.S_ISREG(mode):
         raise HpsearchError(f"refusing to write {path}: it is not a regular file (a device, "
-                            "pipe or socket); use -o - for standard output")
+                            "pipe or socket)")
     return target
 
 

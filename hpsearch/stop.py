@@ -69,7 +69,7 @@ class _NoStopTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            record.exc_info = None
+            record.exc_info = record.exc_text = None  # the text too: it may be formatted already
         return True
 
 

@@ -108,3 +108,12 @@ def test_one_atomic_write_helper() -> None:
     others = [str(p.relative_to(ROOT)) for p in (ROOT / "hpsearch").rglob("*.py")
               if "os.replace(" in p.read_text() and p.name != "files.py"]
     assert others == []
+
+
+def test_train_checkpoint_on_a_device_is_refused_before_training(capsys, monkeypatch,
+                                                                 tmp_path: Path) -> None:
+    node = device_node(tmp_path)
+    code, out, err = hps(capsys, monkeypatch, "train", "--dataset", "synthetic", "--epochs", "1",
+                         "--checkpoint", str(node))
+    assert code == 2 and out == "" and err.startswith("hpsearch: error: refusing to write")
+    assert not stat.S_ISREG(node.lstat().st_mode)

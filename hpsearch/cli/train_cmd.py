@@ -39,7 +39,9 @@ def train(
     threads: Annotated[int | None, typer.Option(
         help="CPU threads (default: every available core).", min=1)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Write a checkpoint here after every epoch; if it exists, resume from it.")] = None,
+        help="Write a checkpoint here after every epoch (atomically; a regular file: a device, "
+        "folder or symlink out of its folder is refused); if it exists, resume from it.")
+    ] = None,
 ) -> None:
     """Train one configuration on the training split and report validation metrics per epoch.
 
@@ -70,6 +72,10 @@ def train(
                        ("val_fraction", val_fraction)):
         if value is not None:
             data_table[key] = str(value) if isinstance(value, Path) else value
+    if checkpoint is not None:
+        from hpsearch.files import writable_target
+
+        writable_target(checkpoint)  # before training: a device or folder is refused at once
     params = TrialParams.from_dict(values)
     options = parse_data(data_table, "train")
     params.check_image(options.dataset)
