@@ -49,6 +49,7 @@ class Objective:
         self.recorder = recorder
         self.worker = worker
         self.device = device
+        self.interrupted: int | None = None  # Optuna id of a trial a stop request cut short
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_not_surplus(trial)
@@ -93,6 +94,7 @@ class Objective:
             self._finish(row, "pruned", started, n_params, f"diverged: {exc}", checkpoint)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
+            self.interrupted = trial._trial_id  # its checkpoint is kept: the worker requeues it
             self._finish(row, "failed", started, n_params, interrupted_reason(exc), None)
             raise
         except Exception as exc:

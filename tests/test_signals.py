@@ -15,7 +15,7 @@ import pytest
 from hpsearch.config import load_study
 from hpsearch.storage import prepare_study
 from tests.helpers import wait_for
-from tests.test_reliability import ROOT, slow_study, start_worker, trials_of
+from tests.test_reliability import ROOT, epochs_of, slow_study, start_worker, trials_of
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +68,23 @@ def test_signal_stops_run_like_ctrl_c_and_the_same_command_resumes(
     assert not [pid for pid in workers if alive(pid)]
     trials = trials_of(sqlite_url, "tiny")
     assert not [t for t in trials if t.state == "running"]
-    assert any(t.reason == f"interrupted ({name})" for t in trials)
+    stopped = {t.number: t.epochs_run for t in trials if t.reason == f"interrupted ({name})"}
+    assert any(stopped.values())  # at least one had a checkpoint to resume from
     for log in (tmp_path / "logs").rglob("worker-*.log"):
         assert "Traceback" not in log.read_text()
 
     resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert len([t for t in trials_of(sqlite_url, "tiny")
-                if t.state in ("complete", "pruned")]) == 3
+    trials = trials_of(sqlite_url, "tiny")
+    assert len([t for t in trials if t.state in ("complete", "pruned")]) == 3
+    # each stopped trial was queued again and resumed from its checkpoint (if it had one): its
+    # epochs carried over, not redone
+    for number, epochs in stopped.items():
+        (retry,) = [t for t in trials if t.retried_from == number]
+        assert retry.state == "complete"
+        assert [e.seconds for e in epochs_of(sqlite_url, retry.id)][:epochs] == [
+            e.seconds for e in epochs_of(sqlite_url, next(
+                t.id for t in trials if t.number == number))][:epochs]
 
 
 def test_workers_stop_when_their_launcher_is_killed(sqlite_url: str, tmp_path: Path) -> None:
