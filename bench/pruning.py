@@ -48,6 +48,7 @@ from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.files import atomic_write
 from hpsearch.runner import run_worker
 from hpsearch.space import suggest
 from hpsearch.storage import open_storage, prepare_study
@@ -310,9 +311,8 @@ def main() -> None:
                     "platform": platform.platform(), "load_avg": os.getloadavg()},
     }
     path = results_dir / "pruning.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as file:
+        file.write(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -297,8 +297,19 @@ def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
     return grid
 
 
-def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A single-run file for `hpsearch train --config`: [params] (or [fixed]) and [data]."""
+@dataclass(frozen=True)
+class RunSeeds:
+    """The seeds of one run: `seed` for the weights, shuffling and augmentation, `split_seed`
+    for the train/validation split. A study trial trains with the study's seed plus its number
+    and splits with the study's seed; `best --format toml` writes both."""
+
+    seed: int | None = None
+    split_seed: int | None = None
+
+
+def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], RunSeeds]:
+    """A single-run file for `hpsearch train --config`: [params] (or [fixed]), [data], and the
+    top-level `seed` and `split_seed`."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
@@ -306,12 +317,18 @@ def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
-    unknown = sorted(set(doc) - {"params", "fixed", "data", "seed"})
+    allowed = {"params", "fixed", "data", "seed", "split_seed"}
+    unknown = sorted(set(doc) - allowed)
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)} "
-                          "(allowed: params, fixed, data, seed)")
+        raise ConfigError(f"{path}: unknown key(s) or table(s) {', '.join(unknown)} "
+                          f"(allowed: {', '.join(sorted(allowed))})")
+    for key in ("params", "fixed", "data"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise ConfigError(f"{path}: [{key}] must be a table")
+    seeds = RunSeeds(*(_typed(str(path), key, doc[key], int) if key in doc else None
+                       for key in ("seed", "split_seed")))
     params = {**doc.get("fixed", {}), **doc.get("params", {})}
-    return params, doc.get("data", {})
+    return params, doc.get("data", {}), seeds
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:

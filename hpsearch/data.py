@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from hpsearch.errors import ConfigError
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.files import atomic_write
 from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape
 
 DEBIAN_DIRS = {
@@ -102,12 +103,6 @@ def _source_key(parts: tuple, sources: list[Path]) -> str:
     return hashlib.sha256(repr((CACHE_FORMAT, parts, stats)).encode()).hexdigest()[:16]
 
 
-def _temp_path(path: Path) -> Path:
-    """A private name to write `path` under before an atomic rename; unique across processes
-    and machines sharing one home directory."""
-    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
-
 def _idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Path]:
     """The MNIST-format files `names` in `folder`, plain or .gz, as found there."""
     return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
@@ -130,13 +125,11 @@ def _torchvision_root(dataset: str, folder: Path) -> Path:
         target = raw / n
         if target.exists():
             continue
-        tmp = _temp_path(target)
-        if source.suffix != ".gz":
-            shutil.copyfile(source, tmp)
-        else:
-            with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)  # atomic: a concurrent worker never sees a half-written file
+        # atomic: a concurrent worker never sees a half-written file
+        with atomic_write(target, "wb") as dst, (
+                gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")
+        ) as src:
+            shutil.copyfileobj(src, dst)
     return root
 
 
@@ -204,15 +197,14 @@ def _cached_tensors(dataset: str, train: bool, sources: list[Path],
         except Exception as exc:  # noqa: BLE001 - whatever is wrong, the source files remain
             log.warning("dataset cache %s unreadable (%s); parsing the files again", path, exc)
     images, labels = load()
-    tmp = _temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": images, "labels": labels}, tmp)
-        os.replace(tmp, path)  # atomic: a concurrent worker never reads a half-written copy
-    except (OSError, RuntimeError) as exc:  # torch.save reports I/O errors as RuntimeError
+        # atomic: a concurrent worker never reads a half-written copy
+        with atomic_write(path, "wb") as out:
+            torch.save({"images": images, "labels": labels}, out)
+    # torch.save reports I/O errors as RuntimeError
+    except (OSError, HpsearchError, RuntimeError) as exc:
         log.warning("dataset cache %s not written (%s); workers will parse the files", path, exc)
-    finally:
-        tmp.unlink(missing_ok=True)
     return images, labels
 
 

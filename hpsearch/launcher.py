@@ -2,17 +2,26 @@
 
 Workers are separate processes (`python -m hpsearch worker`), each with its share of the CPU
 cores, started in their own session so that Ctrl-C reaches only this launcher, which then
-interrupts each worker exactly once and waits for it to mark its trial.
+passes the stop request (Ctrl-C, SIGTERM or SIGHUP) to each worker exactly once and waits for it
+to mark its trial.
+
+A launcher killed outright (SIGKILL, the OOM killer) cannot pass anything on, so on Linux each
+worker asks the kernel for a SIGTERM when its parent dies (PR_SET_PDEATHSIG): it then stops as
+if the launcher had been stopped. That is chosen over a worker thread watching its parent's pid
+because the kernel delivers it at once, costs no polling, and needs nothing in the worker that a
+standalone `hpsearch worker` (whose parent is a shell or a scheduler) would have to switch off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +35,15 @@ from hpsearch.cores import available_cores
 from hpsearch.db.engine import make_engine
 from hpsearch.monitor import StudyProgress, read_progress, render_progress, summary_line
 from hpsearch.paths import study_slug
+from hpsearch.stop import signal_name, signum_of
 
+# how long stopped workers get to mark their trials. A launcher killed meanwhile (docker stop
+# sends SIGKILL after 10 s) leaves them to finish that on their own: they already got the signal
 STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
 POLL_S = 1.0
+# how a worker that was asked to stop exits: 128 + the signal, or killed by it
+STOPPED_CODES = {0, *(128 + s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)),
+                 *(-s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))}
 
 
 @dataclass
@@ -39,12 +54,15 @@ class WorkerProcess:
 
 
 def start_workers(config: StudyConfig, url: str, workers: int, threads: int | None,
-                  device: str, timeout: float | None, log_dir: Path) -> list[WorkerProcess]:
+                  device: str, timeout: float | None, log_dir: Path,
+                  started: list[WorkerProcess]) -> None:
+    """Start the workers, appending each to `started` as soon as it runs, so a stop request
+    arriving half-way still reaches those already started."""
     per_worker = threads or max(1, available_cores() // workers)
     folder = log_dir / study_slug(config.name)
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HPSEARCH_DB": url}  # not on the command line, where ps shows it
-    started = []
+    die_with_me = _die_with_parent()
     for index in range(workers):
         command = [sys.executable, "-m", "hpsearch", "worker", config.name,
                    "--worker-index", str(index), "--threads", str(per_worker),
@@ -54,18 +72,35 @@ def start_workers(config: StudyConfig, url: str, workers: int, threads: int | No
         log_path = folder / f"worker-{index}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=die_with_me)
         started.append(WorkerProcess(index, process, log_path))
-    return started
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the worker SIGTERM when this launcher dies; None
+    where prctl does not exist (not Linux), where only a stopped launcher stops its workers."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child runs only the prctl call
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl: nobody will signal us
+            os._exit(1)
+    return preexec
 
 
 def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
-              console: Console) -> tuple[StudyProgress, bool]:
-    """Show progress until every worker exits. Returns the last progress and whether the user
-    interrupted."""
+              console: Console) -> tuple[StudyProgress, int | None]:
+    """Show progress until every worker exits. Returns the last progress and the signal that
+    stopped the run (None if it ran to its end)."""
     engine = make_engine(url)
     progress = _poll_progress(engine, config.name, StudyProgress())
-    interrupted = False
+    stopped_by: int | None = None
     # the file itself, not console.is_terminal: FORCE_COLOR (common in CI) makes rich treat a
     # pipe as a terminal, and a redirected log would fill with redraws
     on_terminal = getattr(console.file, "isatty", lambda: False)()
@@ -79,15 +114,15 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
                     running[0].process.wait(timeout=POLL_S)
                 progress = _poll_progress(engine, config.name, progress)
                 view.update(progress)
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("[yellow]Interrupted: stopping workers (their running trials "
-                          "are marked failed)…[/]")
-            stop_workers(workers)
+        except KeyboardInterrupt as exc:
+            stopped_by = signum_of(exc)
+            console.print(f"[yellow]{signal_name(stopped_by)}: stopping workers (their running "
+                          "trials are marked failed)…[/]")
+            stop_workers(workers, stopped_by)
         progress = _poll_progress(engine, config.name, progress)
         view.update(progress)
     engine.dispose()
-    return progress, interrupted
+    return progress, stopped_by
 
 
 class LiveView:
@@ -140,10 +175,12 @@ def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgr
         return last
 
 
-def stop_workers(workers: list[WorkerProcess]) -> None:
+def stop_workers(workers: list[WorkerProcess], signum: int = signal.SIGINT) -> None:
+    """Pass the stop request on (the same signal, so each trial's reason names it) and wait for
+    the workers to mark their trials; one that does not within STOP_GRACE_S is killed."""
     for worker in workers:
         if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGINT)
+            worker.process.send_signal(signum)
     deadline = time.monotonic() + STOP_GRACE_S
     for worker in workers:
         remaining = max(0.1, deadline - time.monotonic())
@@ -159,7 +196,7 @@ def failed_workers(workers: list[WorkerProcess]) -> list[tuple[WorkerProcess, st
     failures = []
     for worker in workers:
         code = worker.process.returncode
-        if code not in (0, 130, -signal.SIGINT):
+        if code not in STOPPED_CODES:
             lines = worker.log_path.read_text(errors="replace").strip().splitlines()
             failures.append((worker, lines[-1] if lines else f"exit code {code}"))
     return failures

@@ -16,11 +16,13 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
+from hpsearch.db.engine import mask_secrets
 from hpsearch.db.recorder import Recorder
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
+from hpsearch.stop import interrupted_reason
 from hpsearch.train import (
     TrainingDiverged,
     load_checkpoint,
@@ -73,6 +75,7 @@ class Objective:
         self.recorder = recorder
         self.worker = worker
         self.device = resolve_device(device)  # once per worker: "auto" -> cpu or cuda
+        self.interrupted: int | None = None  # Optuna id of a trial a stop request cut short
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_not_surplus(trial)
@@ -127,8 +130,9 @@ class Objective:
             self._finish(trial, row, "pruned", started, n_params, f"diverged: {exc}",
                          checkpoint, peak)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
-        except KeyboardInterrupt:
-            self._finish(trial, row, "failed", started, n_params, "interrupted (Ctrl-C)", None,
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
+            self.interrupted = trial._trial_id  # its checkpoint is kept: the worker requeues it
+            self._finish(trial, row, "failed", started, n_params, interrupted_reason(exc), None,
                          peak)
             raise
         except Exception as exc:
@@ -142,6 +146,8 @@ class Objective:
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None,
                 peak: dict[str, Any]) -> None:
+        # a reason is shown in reports and tables: a driver's error may carry a connection string
+        reason = mask_secrets(reason) if reason else None
         self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
         # the rest of the dashboard's metadata, once at the end (each attribute is a write)
         _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})

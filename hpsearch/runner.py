@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig, parse_study
@@ -25,6 +25,7 @@ from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import COUNTED_STATES, Objective
+from hpsearch.stop import interrupted_reason
 from hpsearch.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,10 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                 continue
             consecutive_failures = 0
         _record_dead_trials(recorder, storage, row_id)
-    except KeyboardInterrupt:
-        recorder.mark_running_as(row_id, me, "failed", "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as hpsearch.stop.Stopped
+        recorder.mark_running_as(row_id, me, "failed", interrupted_reason(exc))
+        if objective.interrupted is not None:
+            _requeue(study, objective.interrupted)
         raise
     finally:
         watcher.stop()
@@ -158,6 +161,16 @@ def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: i
     for row, optuna_trial_id in recorder.running_trials(study_row_id):
         if storage.get_trial(optuna_trial_id).state == TrialState.FAIL:
             recorder.mark_failed(row, "worker died: no heartbeat within the grace period")
+
+
+def _requeue(study: optuna.Study, trial_id: int) -> None:
+    """Queue a copy of a trial stopped by Ctrl-C/SIGTERM/SIGHUP, as Optuna's retry callback does
+    for a dead worker's trial, so the next worker (the same command run again) resumes it from
+    its last checkpoint instead of losing its epochs. A stop is not the trial's fault, so the
+    copy is queued whatever max_retry says."""
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state == TrialState.FAIL:  # Optuna recorded the stop; anything else: leave it
+        RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
 
 
 def _was_surplus(last: list[FrozenTrial]) -> bool:

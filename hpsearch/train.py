@@ -20,6 +20,7 @@ from torch import nn
 
 from hpsearch.cores import available_cores
 from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
+from hpsearch.files import atomic_write
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import NUM_CLASSES, TrialParams
@@ -194,9 +195,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically, so a crash mid-write never leaves a truncated checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as out:
+        torch.save(state, out)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -14,6 +14,7 @@ from hpsearch.db.engine import (
     database_url,
     engine_kwargs,
     make_engine,
+    mask_secrets,
     mask_url,
     normalise_url,
 )
@@ -29,6 +30,45 @@ def test_mask_url_hides_any_password(password: str) -> None:
     assert masked.password == "***"
     assert (masked.username, masked.host, masked.port, masked.database) == (
         "hps", "db.example", 5432, "results")
+
+
+# passwords as users type them: no quote, space, & or # (those need %-escapes in a URL anyway)
+SECRET = st.text(st.characters(codec="utf-8", exclude_characters="'\"\\&#%+= \t\n\r\x0b\x0c"
+                               "\x1c\x1d\x1e\x1f\x85\xa0\u2028\u2029"),
+                 min_size=4, max_size=30).filter(lambda s: s.strip() == s and "*" not in s)
+
+
+@given(password=SECRET.filter(lambda s: "@" not in s),  # a raw @ ends the userinfo
+       key=st.sampled_from(["password", "sslpassword", "PASSWORD", "passwd", "auth_token",
+                            "api_key", "client_secret"]))
+def test_mask_url_hides_secrets_in_the_query_string(password: str, key: str) -> None:
+    def url(secret: str) -> str:
+        return (f"postgresql+psycopg://hps@db.example:5432/results?sslmode=require&{key}="
+                f"{secret}&application_name=hp")
+    masked = mask_url(url(password))
+    assert masked == mask_url(url("other"))  # nothing of the secret shows, not even its length
+    assert f"{key}=***" in masked and "sslmode=require" in masked and "db.example" in masked
+
+
+@given(password=SECRET)
+def test_mask_secrets_hides_libpq_strings_and_messages(password: str) -> None:
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+    for form in ("host=db port=5432 password={} user=hps",
+                 "host=db password = '{} x' dbname=results",
+                 "connect args {{'host': 'db', 'password': '{}'}}",
+                 "cannot connect to postgresql://hps:{}@db/results (refused)",
+                 "PGPASSWORD={} hpsearch run"):
+        assert mask_secrets(form.format(quoted)) == mask_secrets(form.format("other")), form
+
+
+def test_mask_secrets_removes_a_bare_echo_of_a_known_secret() -> None:
+    url = "postgresql://hps@db/r?password=Tr0ub4dor"
+    assert mask_secrets("no user with password Tr0ub4dor", url) == "no user with password ***"
+
+
+def test_mask_secrets_leaves_other_keys_readable() -> None:
+    text_in = "token_mlp_dim=16 sslmode=require passes=3 host=db"
+    assert mask_secrets(text_in) == text_in
 
 
 def test_mask_url_of_a_malformed_url_shows_nothing_of_it() -> None:

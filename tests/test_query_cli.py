@@ -155,7 +155,7 @@ def test_best_toml_retrains_the_same_configuration(run, recorded: RecordedStudy,
                                                    tmp_path: Path) -> None:
     path = tmp_path / "best.toml"
     path.write_text(run("best", recorded.name, "--format", "toml"))
-    values, data = load_run_config(path)  # what `hpsearch train --config` reads
+    values, data, seeds = load_run_config(path)  # what `hpsearch train --config` reads
     best = db_trials(recorded)[recorded.best_number]
     engine = make_engine(recorded.url)
     with engine.connect() as conn:
@@ -165,6 +165,7 @@ def test_best_toml_retrains_the_same_configuration(run, recorded: RecordedStudy,
     assert TrialParams.from_dict(values) == study.params_for(best.params)
     assert values["epochs"] == study.max_epochs  # cosine schedule: keep the full length
     assert parse_data(data, "best") == study.data
+    assert (seeds.seed, seeds.split_seed) == (study.seed + best.number, study.seed)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

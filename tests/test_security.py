@@ -7,6 +7,7 @@ without unpickling code, and checkpoint paths that stay inside their folder.
 
 from __future__ import annotations
 
+import html
 import os
 import pickle
 import re
@@ -56,10 +57,15 @@ def cmdlines_with(needle: str) -> list[str]:
 # --- passwords -----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_database_password_never_appears_in_output_logs_or_reports(pg_url: str,
-                                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_database_password_never_appears_in_output_logs_or_reports(pg_url: str, tmp_path: Path,
+                                                                   form: str) -> None:
     password = f"pw-{uuid.uuid4().hex}"
-    url = with_password(pg_url, password)
+    if form == "userinfo":
+        url, shown = with_password(pg_url, password), "hps:***@"
+    else:  # libpq and psycopg take credentials from the query string too
+        url = f"{pg_url}?password={password}&sslpassword={password}-ssl&application_name=hp"
+        shown = "?application_name=hp&password=***&sslpassword=***"
     study_file = write_tiny_study(tmp_path, "secret-study", n_trials=3, epochs=1)
     logs = tmp_path / "logs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
@@ -77,23 +83,28 @@ def test_database_password_never_appears_in_output_logs_or_reports(pg_url: str,
     out, err = run.communicate()
     assert run.returncode == 0, out + err
     assert leaked == []
-    assert "hps:***@" in out  # the URL is shown, masked
+    assert shown in out  # the URL is shown, masked
 
     outputs = [out, err]
+    database = pg_url.rsplit("/", 1)[1]
+    wrong_db = url.replace(f"/{database}", "/no_such_db")
     for args in (["studies"], ["trials", "secret-study"], ["best", "secret-study"],
                  ["show", "secret-study", "0"], ["db", "current"], ["db", "check"],
                  ["report", "secret-study", "-o", str(tmp_path / "report.html")],
                  ["report", "secret-study", "--split", "-o", str(tmp_path / "split")],
                  # a wrong database name on the same server: the error names the URL
-                 ["studies", "--db", url.rsplit("/", 1)[0] + "/no_such_db"]):
+                 ["studies", "--db", wrong_db],
+                 ["--debug", "studies", "--db", wrong_db]):
         done = subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         outputs += [done.stdout, done.stderr]
-    assert "no_such_db" in outputs[-1] and "hps:***@" in outputs[-1]
+    assert "no_such_db" in outputs[-3] and shown in outputs[-3]
+    assert "Traceback" in outputs[-1]  # --debug: the whole traceback, masked
     files = [*logs.rglob("*"), tmp_path / "report.html", *(tmp_path / "split").rglob("*")]
     texts = [p.read_text(errors="replace") for p in files if p.is_file()]
     assert len([p for p in files if p.name.endswith(".log")]) == 2
-    assert any("from postgresql+psycopg://hps:***@" in t for t in texts)  # the report
+    # the report names the database, masked
+    assert any("from postgresql+psycopg://hps" in t and html.escape(shown) in t for t in texts)
     for text in outputs + texts:
         assert password not in text
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
+from types import TracebackType
+from typing import Any
 
 from hpsearch.cli import (  # noqa: F401  (registers commands)
     dashboard_cmd,
@@ -25,10 +29,40 @@ def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("HPSEARCH_DEBUG") == "1"
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
+    _mask_secrets_everywhere()
     try:
         app()
     except HpsearchError as exc:
         if debug:
             raise
-        print(f"hpsearch: error: {exc}", file=sys.stderr)
+        print(f"hpsearch: error: {_masked(str(exc))}", file=sys.stderr)
         sys.exit(2)
+
+
+def _mask_secrets_everywhere() -> None:
+    """Credentials never reach a terminal or a log: every log record (ours, Optuna's,
+    SQLAlchemy's, in workers' log files too) and every traceback (--debug, a crash) is masked
+    as it is made, whatever printed the URL into it."""
+    make_record = logging.getLogRecordFactory()
+    formatter = logging.Formatter()
+
+    def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        record.msg, record.args = _masked(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = _masked(formatter.formatException(record.exc_info))
+        return record
+
+    def masked_traceback(kind: type[BaseException], value: BaseException,
+                         tb: TracebackType | None) -> None:
+        sys.stderr.write(_masked("".join(traceback.format_exception(kind, value, tb))))
+
+    logging.setLogRecordFactory(masked_record)
+    sys.excepthook = masked_traceback
+
+
+def _masked(text: str) -> str:
+    # imported when first needed: SQLAlchemy costs `hpsearch --help` 0.2 s
+    from hpsearch.db.engine import mask_secrets
+
+    return mask_secrets(text)

@@ -165,8 +165,9 @@ def print_leaderboard(url: str, name: str, top: int) -> None:
 def best(
     name: StudyArg,
     fmt: Annotated[BestFormat, typer.Option(
-        "--format", "-f", help="table, md, csv, json, or toml: a [params] table with the full "
-        "resolved parameters and a [data] table, for `hpsearch train --config FILE`."
+        "--format", "-f", help="table, md, csv, json, or toml: the trial's seeds, a [params] "
+        "table with the full resolved parameters and a [data] table, for `hpsearch train "
+        "--config FILE` (which then repeats the trial's training)."
     )] = BestFormat.table,
     db: DbOption = None,
 ) -> None:
@@ -182,9 +183,15 @@ def best(
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
         test = queries.study_evaluations(conn, study).get(trial.number)
+        first = trial
+        for _ in range(10_000):  # a retry of a retry: back to the first attempt (no cycles)
+            if first.retried_from is None:
+                break
+            first = queries.get_trial(conn, study, first.retried_from)
     params, data = tables.retrain_config(study, trial)
     if fmt is BestFormat.toml:
-        sys.stdout.write(tables.best_toml(study, trial, params, data))
+        seed, split_seed = tables.trial_seeds(study, first.number)
+        sys.stdout.write(tables.best_toml(study, trial, params, data, seed, split_seed))
     elif fmt is BestFormat.json:
         record = {"study": study.name, **next(iter(tables.trials_sheet(
             study, [trial], list(trial.sampled),
@@ -266,13 +273,14 @@ def export(
         help="trials: one row per trial with every column and the sampled params; epochs: one "
         "row per trial and epoch with every stored metric.")] = What.trials,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write to this file (atomically: complete or not at all). "
-        "Default: standard output.")] = None,
+        "--output", "-o", help="Write to this file (atomically: complete or not at all; "
+        "regular files only: a directory, a device such as /dev/null or a symlink out of its "
+        "folder is refused). Default, or -: standard output.")] = None,
     db: DbOption = None,
 ) -> None:
     """Dump a study's trials or epochs in full precision, for scripts and notebooks."""
     from hpsearch.db import queries
-    from hpsearch.report import atomic_text
+    from hpsearch.files import STDOUT, output_text
     from hpsearch.report.tables import epochs_sheet, param_names, trials_sheet, write
 
     with connect(db) as conn:
@@ -283,11 +291,8 @@ def export(
         else:
             sheet = epochs_sheet(f"{study.name}: epochs", queries.iter_epochs(conn, study),
                                  with_trial=True)
-        if output is None:
-            write(sheet, fmt.value, sys.stdout)
-        else:
-            with atomic_text(output) as out:
-                write(sheet, fmt.value, out)
+        with output_text(output or STDOUT) as out:
+            write(sheet, fmt.value, out)
 
 
 @app.command()
@@ -295,8 +300,10 @@ def report(
     names: Annotated[list[str], typer.Argument(help="One or more study names; several are "
                                                "also overlaid.", metavar="NAME...")],
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="The HTML file to write (default report.html), or with --split "
-        "the folder (default report/).")] = None,
+        "--output", "-o", help="The HTML file to write (default report.html; - for standard "
+        "output), or with --split the folder (default report/). Written atomically, regular "
+        "files only: a directory, a device such as /dev/null or a symlink out of its folder "
+        "is refused.")] = None,
     split: Annotated[bool, typer.Option(
         "--split", help="Write each figure as its own HTML file into a folder, with an "
         "index.html.")] = False,
@@ -315,4 +322,5 @@ def report(
         written = write_split(doc, output or Path("report"))
     else:
         written = write_report(doc, output or Path("report.html"))
-    typer.echo(f"wrote {written}")
+    if str(written) != "-":  # the report itself went to standard output
+        typer.echo(f"wrote {written}")

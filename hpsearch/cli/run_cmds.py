@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpsearch.cli.app import DB_HELP, app
+from hpsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from hpsearch.config import StudyConfig
+    from hpsearch.config_changes import Change
 
 DEVICE_HELP = "auto (a GPU if present), cpu or cuda."
 
@@ -32,35 +39,80 @@ def run(
                                      min=0)] = 10,
     log_dir: Annotated[Path, typer.Option(
         help="Folder for the workers' logs (one file per worker).")] = Path("hpsearch-logs"),
+    update: Annotated[bool, typer.Option(
+        "--update", help="Continue a study whose file was edited since it started, storing the "
+        "new file as its config: allowed for n_trials, timeout, sampler, pruner, [pruner], "
+        "[workers] and data_dir. Other changes (space, budget, seed, metric, data) are always "
+        "refused.")] = False,
 ) -> None:
     """Start a study (or continue it: same name, same database) and run it to n_trials.
 
-    Every epoch of every trial is written to the database as it finishes; Ctrl-C stops the
-    workers cleanly, and running the same command again continues the study.
+    Every epoch of every trial is written to the database as it finishes. Ctrl-C, SIGTERM
+    (kill, docker stop, systemctl stop) and SIGHUP stop the workers cleanly (their running
+    trials are marked, exit code 130, 143 or 129), and running the same command again
+    continues the study.
     """
     from rich.console import Console
 
+    from hpsearch.stop import install_stop_handlers
+
+    install_stop_handlers()  # first: a stop while the study is prepared is a stop too
+    console = Console()
+    try:
+        _run(study_file, db, workers, threads, trials, timeout, device, top, log_dir, update,
+             console)
+    except KeyboardInterrupt as exc:  # a stop outside the workers' run (e.g. while preparing)
+        from hpsearch.stop import exit_code, signal_name, signum_of
+
+        console.print(f"Stopped by {signal_name(signum_of(exc))}; run the same command to "
+                      "continue.", highlight=False, markup=False)
+        raise typer.Exit(exit_code(signum_of(exc))) from None
+
+
+def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
+         trials: int | None, timeout: float | None, device: str, top: int, log_dir: Path,
+         update: bool, console: Console) -> None:
     from hpsearch.config import load_study
     from hpsearch.db.engine import database_url, mask_url, normalise_url
-    from hpsearch.launcher import failed_workers, start_workers, supervise
+    from hpsearch.launcher import (
+        WorkerProcess,
+        failed_workers,
+        start_workers,
+        stop_workers,
+        supervise,
+    )
+    from hpsearch.stop import exit_code, signal_name, signum_of
     from hpsearch.storage import prepare_study
 
     config = load_study(study_file)  # every check runs before anything is written
     _check_device(device)
     url = normalise_url(database_url(db))
-    console = Console()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
+    changes = _check_stored_config(config, url, update)
     prepare_study(config, url, trials)
+    if changes:
+        from hpsearch.db.engine import make_engine
+        from hpsearch.db.recorder import Recorder
+
+        Recorder(make_engine(url)).replace_config(config.name, config.raw)
+        console.print(f"study {config.name}: stored config updated from {study_file}:\n"
+                      + "\n".join(c.line() for c in changes),
+                      highlight=False, markup=False, soft_wrap=True)
     if trials is not None:
         config.n_trials = trials
     # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
     console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s), "
                   f"{config.n_trials} trials, sampler {config.sampler}, pruner {config.pruner}",
                   highlight=False, markup=False, soft_wrap=True)
-    started = start_workers(config, url, workers, threads, device, timeout, log_dir)
-    progress, interrupted = supervise(config, url, started, console)
+    started: list[WorkerProcess] = []
+    try:
+        start_workers(config, url, workers, threads, device, timeout, log_dir, started)
+        progress, stopped_by = supervise(config, url, started, console)
+    except KeyboardInterrupt as exc:  # outside supervise's own watch: still stop the workers
+        stop_workers(started, signum_of(exc))
+        raise
     failures = failed_workers(started)
     for worker, last_line in failures:
         console.print(f"worker {worker.index} failed ({worker.log_path}): {last_line}",
@@ -70,10 +122,11 @@ def run(
 
         console.print()
         print_leaderboard(url, config.name, top)
-    if interrupted:
-        console.print(f"Interrupted with {progress.finished}/{config.n_trials} trials finished;"
-                      " run the same command to continue.")
-        raise typer.Exit(130)
+    if stopped_by is not None:
+        console.print(f"Stopped by {signal_name(stopped_by)} with {progress.finished}/"
+                      f"{config.n_trials} trials finished; run the same command to continue.",
+                      highlight=False, markup=False)
+        raise typer.Exit(exit_code(stopped_by))
     if failures and progress.finished < config.n_trials:
         raise typer.Exit(1)
 
@@ -93,34 +146,77 @@ def worker(
         min=0)] = 0,
 ) -> None:
     """Join an existing study from any machine that reaches its database, and run trials
-    until the study has its n_trials finished trials."""
+    until the study has its n_trials finished trials.
+
+    Ctrl-C, SIGTERM and SIGHUP mark the running trial failed with the signal as its reason and
+    exit with 130, 143 or 129."""
+    from hpsearch.stop import install_stop_handlers
+
+    install_stop_handlers()  # first: importing torch takes a second and may be interrupted
+    try:
+        _worker(name, db, threads, device, timeout, worker_index)
+    except KeyboardInterrupt as exc:
+        from hpsearch.stop import exit_code, signal_name, signum_of
+
+        typer.echo(f"stopped by {signal_name(signum_of(exc))}; running trial marked failed",
+                   err=True)
+        raise typer.Exit(exit_code(signum_of(exc))) from None
+
+
+def _worker(name: str, db: str | None, threads: int | None, device: str,
+            timeout: float | None, worker_index: int) -> None:
     import logging
 
     import optuna
 
     from hpsearch.db.engine import database_url
     from hpsearch.runner import run_worker, worker_name
+    from hpsearch.stop import quiet_stop_tracebacks
     from hpsearch.train import configure_threads
 
     _check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_stop_tracebacks(logging.getLogger("optuna"))
     n = configure_threads(threads)
     typer.echo(f"worker {worker_name()} joins study {name!r} with {n} thread(s)")
-    try:
-        summary = run_worker(name, database_url(db), worker_index=worker_index, device=device,
-                             timeout=timeout)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; running trial marked failed", err=True)
-        raise typer.Exit(130) from None
+    summary = run_worker(name, database_url(db), worker_index=worker_index, device=device,
+                         timeout=timeout)
     typer.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed")
 
 
-def _check_device(device: str) -> None:
-    from hpsearch.errors import ConfigError
+def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Change]:
+    """The differences between the study file and the config of the study it continues (none
+    for a new study); raises, after printing them, unless they may be applied."""
+    from hpsearch.config import parse_study
+    from hpsearch.config_changes import check, compare
+    from hpsearch.db.engine import make_engine
+    from hpsearch.db.migrate import ensure_schema
+    from hpsearch.db.recorder import Recorder
 
+    ensure_schema(url)
+    engine = make_engine(url)
+    try:
+        row = Recorder(engine).study_row(config.name)
+    finally:
+        engine.dispose()
+    if row is None:
+        return []
+    changes = compare(parse_study(row.config, f"stored config of study {config.name!r}"), config)
+    try:
+        check(changes, config.name, update)
+    except ConfigError:
+        typer.echo(f"study {config.name}: the file differs from the stored config:", err=True)
+        for change in changes:
+            typer.echo(f"{change.line()}{'' if change.compatible else '  (incompatible)'}",
+                       err=True)
+        raise
+    return changes
+
+
+def _check_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r} (choose from: auto, cpu, cuda)")
 

@@ -14,8 +14,9 @@ from hpsearch.errors import ConfigError
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="TOML file with a [params] (or [fixed]) table and an optional "
-        "[data] table, e.g. the output of `hpsearch best NAME --format toml`.")] = None,
+        "--config", "-c", help="TOML file with a [params] (or [fixed]) table, an optional "
+        "[data] table and optional top-level seed and split_seed, e.g. the output of "
+        "`hpsearch best NAME --format toml`.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", "-s", help="Override one parameter, key=value (repeatable), e.g. "
         "--set optimizer=adamw --set lr=3e-3.")] = None,
@@ -31,12 +32,16 @@ def train(
         help="Use only this many training images (before the validation split).", min=20)] = None,
     val_fraction: Annotated[float | None, typer.Option(
         help="Share of the training set held out for validation (default 0.1).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the split, init, shuffling.")] = 0,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for the split, init, shuffling (default: the config's seed and split_seed, "
+        "else 0).")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         help="CPU threads (default: every available core).", min=1)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Write a checkpoint here after every epoch; if it exists, resume from it.")] = None,
+        help="Write a checkpoint here after every epoch (atomically; a regular file: a device, "
+        "folder or symlink out of its folder is refused); if it exists, resume from it.")
+    ] = None,
 ) -> None:
     """Train one configuration on the training split and report validation metrics per epoch.
 
@@ -46,7 +51,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from hpsearch import data as data_mod
-    from hpsearch.config import load_run_config, parse_assignments, parse_data
+    from hpsearch.config import RunSeeds, load_run_config, parse_assignments, parse_data
     from hpsearch.params import TrialParams
     from hpsearch.train import (
         TrainingDiverged,
@@ -55,7 +60,11 @@ def train(
     )
     from hpsearch.train import train as run_training
 
-    values, data_table = load_run_config(config) if config else ({}, {})
+    values, data_table, seeds = load_run_config(config) if config else ({}, {}, RunSeeds())
+    # --seed decides both; else the file's (split_seed defaults to its seed, as for --seed)
+    train_seed = seed if seed is not None else seeds.seed if seeds.seed is not None else 0
+    split_seed = seed if seed is not None else (
+        seeds.split_seed if seeds.split_seed is not None else train_seed)
     values.update(parse_assignments(set_ or []))
     if epochs is not None:
         values["epochs"] = epochs
@@ -63,6 +72,10 @@ def train(
                        ("val_fraction", val_fraction)):
         if value is not None:
             data_table[key] = str(value) if isinstance(value, Path) else value
+    if checkpoint is not None:
+        from hpsearch.files import writable_target
+
+        writable_target(checkpoint)  # before training: a device or folder is refused at once
     params = TrialParams.from_dict(values)
     options = parse_data(data_table, "train")
     params.check_image(options.dataset)
@@ -73,7 +86,7 @@ def train(
 
     console = Console(stderr=True)
     n_threads = configure_threads(threads)
-    data = data_mod.load_train_val(options, seed)
+    data = data_mod.load_train_val(options, split_seed)
     console.print(f"[bold]{options.dataset}[/]: {len(data.train)} train / {len(data.val)} val "
                   f"images, {n_threads} thread(s)")
     resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
@@ -90,7 +103,7 @@ def train(
             progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
 
         try:
-            result = run_training(params, data, seed=seed, device=device, on_epoch=on_epoch,
+            result = run_training(params, data, seed=train_seed, device=device, on_epoch=on_epoch,
                                   on_step=on_step, checkpoint=checkpoint, resume_from=resume)
         except TrainingDiverged as exc:
             console.print(f"[red]stopped: {exc}[/]")

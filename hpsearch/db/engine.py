@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -38,12 +39,67 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for anything shown or logged."""
+# Credentials come in several forms, all accepted by libpq and psycopg:
+#   postgresql://user:SECRET@host/db                    (userinfo)
+#   postgresql://user@host/db?password=SECRET&sslpassword=SECRET      (query parameters)
+#   host=db user=hps password=SECRET  or  password='SE CRET'          (libpq key=value)
+#   {'password': 'SECRET'}                                (a driver's connect arguments)
+# A key counts as secret when its name ends like one of these (sslpassword, PGPASSWORD,
+# auth_token, aws_secret_access_key), so that "token_mlp_dim=16" stays readable.
+MIN_BARE_SECRET = 4  # shorter values are masked where a key names them, not wherever they occur
+_SECRET_KEY = re.compile(r"(?i)(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key"
+                         r"|access[_-]?key|private[_-]?key|credentials?)$")
+_QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+# up to the last @ of the URL: a password typed with a raw @ in it is hidden whole
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^\s'\"]*)"
+                       r"(?P<tail>@)")
+_KEY_VALUE = re.compile(rf"(?P<head>(?P<key>[A-Za-z_][\w.-]*)\s*=\s*)"
+                        rf"(?P<secret>{_QUOTED}|[^\s&#]*)(?P<tail>)")
+_KEY_COLON = re.compile(rf"(?P<head>(?P<q>['\"])(?P<key>[\w.-]+)(?P=q)\s*:\s*)"
+                        rf"(?P<secret>{_QUOTED})(?P<tail>)")
+
+
+def mask_secrets(text: str, *urls: str) -> str:
+    """`text` (a URL, a libpq connection string, an error message, a log line, a traceback)
+    with every credential in it replaced by ***: the one masking function, for everything
+    shown, logged or stored. `urls` whose secrets may be echoed bare (a driver quoting the
+    password it was given) have those values removed too."""
+    def hide(match: re.Match[str]) -> str:
+        key = match.groupdict().get("key")
+        if key is not None and not _SECRET_KEY.search(key):
+            return match.group(0)
+        return f"{match.group('head')}***{match.group('tail')}"
+
+    for url in urls:
+        for secret in _url_secrets(url):  # not shorter ones: "ab" would mangle every message
+            text = text.replace(secret, "***")
+    for pattern in (_USERINFO, _KEY_VALUE, _KEY_COLON):
+        text = pattern.sub(hide, text)
+    return text
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The secret values in a URL, longest first (one may contain another)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return []
+    values = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if _SECRET_KEY.search(key):
+            values += [value] if isinstance(value, str) else list(value)
+    return sorted({str(v) for v in values if len(str(v)) >= MIN_BARE_SECRET and str(v) != "***"},
+                  key=len, reverse=True)
+
+
+def mask_url(url: str) -> str:
+    """A database URL as shown or logged: every secret in it (password, ?password=,
+    ?sslpassword=, ...) replaced by ***; one that does not parse shows nothing of itself."""
+    try:
+        rendered = make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<malformed URL>"
+    return mask_secrets(rendered)
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:

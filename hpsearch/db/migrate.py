@@ -24,7 +24,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from hpsearch.db.engine import database_url, make_engine, mask_url, normalise_url
+from hpsearch.db.engine import database_url, make_engine, mask_secrets, mask_url, normalise_url
 from hpsearch.db.models import Base
 from hpsearch.errors import HpsearchError
 
@@ -87,10 +87,9 @@ def _known_revisions() -> set[str]:
 
 
 def _reason(exc: DBAPIError, url: str) -> str:
-    """The driver's message on one line, with the password scrubbed should it echo it."""
+    """The driver's message on one line, with the credentials scrubbed should it echo them."""
     message = " ".join(line.strip() for line in str(exc.orig or exc).splitlines() if line.strip())
-    password = make_url(url).password
-    return message.replace(str(password), "***") if password else message
+    return mask_secrets(message, url)
 
 
 @contextmanager

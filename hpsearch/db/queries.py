@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from hpsearch.db.engine import mask_url
 from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Evaluation, Study, Trial
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, param_type
@@ -211,7 +212,7 @@ def utc(value: datetime | None) -> datetime | None:
 
 
 def _masked(conn: Connection) -> str:
-    return conn.engine.url.render_as_string(hide_password=True)
+    return mask_url(conn.engine.url.render_as_string(hide_password=False))
 
 
 def has_results_tables(conn: Connection) -> bool:

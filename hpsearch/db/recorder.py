@@ -75,6 +75,13 @@ class Recorder:
                 return study.id
         return with_retry(write, "recording the study")
 
+    def replace_config(self, name: str, config: dict[str, Any]) -> None:
+        """Store an edited study file (`hpsearch run --update`) as the study's config."""
+        def write() -> None:
+            with Session(self.engine) as session, session.begin():
+                session.execute(update(Study).where(Study.name == name).values(config=config))
+        with_retry(write, "recording the study's new config")
+
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
                     params: dict[str, Any], sampled: list[str], worker: str,
                     retried_from: int | None, precision: str | None = None,

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.db import queries
-from hpsearch.report import atomic_text, figures, tables
+from hpsearch.db.engine import mask_url
+from hpsearch.files import atomic_write, output_text
+from hpsearch.report import figures, tables
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -91,7 +93,7 @@ def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDo
             overlay_curves.append((study.study.name, best_curve))
     if len(infos) > 1:
         sections.insert(0, _comparison_section(stats, overlay_points, overlay_curves))
-    masked = conn.engine.url.render_as_string(hide_password=True)
+    masked = mask_url(conn.engine.url.render_as_string(hide_password=False))
     return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
 
 
@@ -249,7 +251,7 @@ def write_report(doc: ReportDoc, path: Path) -> Path:
     figures = [f for s in doc.sections for f in s.figures]
     page = _page(title, body, f"<script>{plotly_js}</script>", [_sha256(plotly_js)],
                  webgl=uses_webgl(figures))
-    with atomic_text(path) as out:
+    with output_text(path) as out:  # "-": standard output
         out.write(page)
     return path
 
@@ -264,17 +266,22 @@ def write_split(doc: ReportDoc, folder: Path) -> Path:
 
     from hpsearch.errors import HpsearchError
 
+    if str(folder) == "-":
+        raise HpsearchError("--split writes a folder of files; -o - (standard output) takes "
+                            "the single-file report")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise HpsearchError(f"refusing to write into {folder}: it is not a folder") from None
     except OSError as exc:
         raise HpsearchError(f"cannot create folder {folder}: {exc.strerror}") from None
-    with atomic_text(folder / PLOTLY_FILE) as out:
+    with atomic_write(folder / PLOTLY_FILE) as out:
         out.write(get_plotlyjs())
     tag = f'<script src="{PLOTLY_FILE}"></script>'
     sources = ["'self'", "file:"]  # the sibling plotly.min.js, opened from disk
     for section in doc.sections:
         for figure in section.figures:
-            with atomic_text(folder / f"{figure.key}.html") as out:
+            with atomic_write(folder / f"{figure.key}.html") as out:
                 out.write(_page(figure.title, _figure_html(figure), tag, sources,
                                 webgl=uses_webgl([figure])))
 
@@ -283,6 +290,6 @@ def write_split(doc: ReportDoc, folder: Path) -> Path:
 
     title, heading = _heading(doc)
     body = "\n".join([heading, *(_section_html(s, link) for s in doc.sections)])
-    with atomic_text(folder / "index.html") as out:
+    with atomic_write(folder / "index.html") as out:
         out.write(_page(title, body, "", []))
     return folder / "index.html"

@@ -380,6 +380,15 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
 
 # --- a retrainable config ------------------------------------------------------------------
 
+def trial_seeds(study: StudyInfo, original_number: int) -> tuple[int, int]:
+    """(seed, split_seed) a trial trained with: the objective seeds training with the study's
+    seed plus the number of the trial's first attempt, and the split with the study's seed."""
+    from hpsearch.config import parse_study
+
+    seed = parse_study(study.config, f"stored config of study {study.name!r}").seed
+    return seed + original_number, seed
+
+
 def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], dict[str, Any]]:
     """Full params (fixed + sampled, as the trial row holds them) and the study's stored
     [data] table, which retrain `trial` on its own.
@@ -409,12 +418,15 @@ def toml_value(value: Any) -> str:
 
 
 def best_toml(study: StudyInfo, trial: TrialRecord, params: dict[str, Any],
-              data: dict[str, Any]) -> str:
+              data: dict[str, Any], seed: int, split_seed: int) -> str:
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     lines = [
         f"# best trial of study {json.dumps(study.name, ensure_ascii=True)}: trial "
         f"{trial.number}, best val acc {value} at epoch {trial.best_epoch}",
         "# retrain it with: hpsearch train --config THIS_FILE",
+        f"seed = {seed}  # the trial's: the study's seed plus its (first attempt's) number",
+        f"split_seed = {split_seed}  # the study's: which images are held out for validation",
+        "",
         "[params]",
         *(f"{k} = {toml_value(v)}" for k, v in params.items()),
         "",
