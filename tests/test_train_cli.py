@@ -1,4 +1,5 @@
-"""`hpsearch train` end to end, in a subprocess as a user runs it."""
+"""`hpsearch train` end to end: in a subprocess as a user runs it, and in-process through the
+CLI entry point for the many bad-input cases."""
 
 from __future__ import annotations
 
