@@ -13,6 +13,7 @@ docs/BENCHMARKS.md; studies not run yet are listed as "not run".
     python bench/reproductions.py --max-epochs 20          # the three of 10-20 epochs
     python bench/reproductions.py mixer-relu-adam-wd-30ep  # one more, by file name
     python bench/reproductions.py                          # all twelve: many hours on 2 cores
+    python bench/reproductions.py --table-only             # rewrite the table, run nothing
 
 Smoke run, to test this script only (it is NOT a reproduction): --subset N, --epochs N and
 --dataset NAME train changed copies of the files (studies named repro-<stem>-smoke) in a fresh
@@ -136,8 +137,8 @@ def run_one(repro: Reproduction, out: Path, common: list[str]) -> None:
         return
     started = time.monotonic()
     url = repro.db_url(out)
-    hpsearch("run", str(repro.path), "--db", url, "--log-dir", str(out / "logs"), "--top", "0",
-             *common, cwd=out)
+    hpsearch("run", str(repro.path), "--db", url, "--log-dir", str(out / "hpsearch-logs"),
+             "--top", "0", *common, cwd=out)
     hpsearch("evaluate", repro.name, "--db", url, "--seeds", "1", *common, cwd=out)
     with atomic_text(marker) as f:
         json.dump({"study": repro.name, "commit": commit(),
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--doc", type=Path,
                         help="Markdown file for the table (default: docs/BENCHMARKS.md; a smoke "
                         "run: OUT/BENCHMARKS-smoke.md)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing; rewrite the table from what OUT holds")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     smoke = parser.add_argument_group("smoke run (tests the script; NOT a reproduction)")
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"SMOKE RUN ({smoke_note}) in {out}: not a reproduction")
     common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads
                                           else [])
-    for repro in repros:
+    for repro in [] if args.table_only else repros:
         run_one(repro, out, common)
     # the table lists every reproduction (finished earlier or now), not only this selection
     shown = repros if smoke_note else select_reproductions([], None)
