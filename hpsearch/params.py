@@ -18,6 +18,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 INITIALISERS = ("default", "xavier_uniform", "kaiming_uniform", "normal")
 ACTIVATIONS = ("gelu", "relu")
 SCHEDULERS = ("none", "cosine", "plateau", "step")
+PLATEAU_METRICS = ("val_loss", "val_acc")
+PLATEAU_MODES = ("auto", "min", "max")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 
@@ -48,17 +50,28 @@ class TrialParams:
     dropout: float = 0.0
     activation: str = "gelu"
     init: str = "default"
-    # optimisation
+    # optimisation. The optimiser and scheduler options take PyTorch's defaults, so a study
+    # that does not name one trains what the same plain PyTorch code would.
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    momentum: float = 0.9
+    momentum: float = 0.0  # SGD; PyTorch's default (hpsearch's was 0.9, Nesterov)
+    nesterov: bool = False  # SGD: Nesterov momentum; needs momentum > 0, as in PyTorch
+    beta1: float = 0.9  # Adam/AdamW/RAdam: betas[0]
+    beta2: float = 0.999  # Adam/AdamW/RAdam: betas[1]
+    eps: float = 1e-8  # Adam/AdamW/RAdam: added to the denominator
     batch_size: int = 256
     label_smoothing: float = 0.0
     scheduler: str = "none"
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # cosine: linear warm-up, in epochs
+    min_lr: float = 0.0  # cosine: the lr it decays to (eta_min); plateau: the floor (min_lr)
     step_size: int = 10  # step scheduler: epochs between decays
-    gamma: float = 0.1  # step/plateau scheduler: decay factor
+    gamma: float = 0.1  # step: decay factor; plateau: the factor a cut multiplies the lr by
+    plateau_metric: str = "val_loss"  # what plateau watches (train_* when there is no val split)
+    plateau_mode: str = "auto"  # min or max; auto: min for val_loss, max for val_acc
+    plateau_patience: int = 10  # epochs without improvement tolerated; a cut after one more
+    plateau_threshold: float = 1e-4  # relative change that counts as an improvement
+    plateau_cooldown: int = 0  # epochs after a cut before bad epochs count again
     epochs: int = 10
     # augmentation (applied to whole batches of tensors)
     augment: bool = False
@@ -75,6 +88,8 @@ class TrialParams:
         _check_choice("init", self.init, INITIALISERS)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
+        _check_choice("plateau_mode", self.plateau_mode, PLATEAU_MODES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("compile", self.compile, COMPILE_MODES)
         for name in ("patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim",
@@ -89,8 +104,33 @@ class TrialParams:
         for name in ("dropout", "label_smoothing", "random_erasing", "momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        # written as `not (valid)` so that nan, which fails every comparison, is refused too
+        if not 0.0 < self.gamma < 1.0:  # 1 would never decay; PyTorch's plateau refuses >= 1
+            raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ConfigError(f"eps must be positive, got {self.eps}")
+        for name in ("min_lr", "plateau_threshold", "plateau_patience", "plateau_cooldown"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        # combinations are checked only where they apply, so that a study may fix nesterov or
+        # plateau_mode and still sample an optimiser or scheduler that ignores them
+        if self.optimizer == "sgd" and self.nesterov and not self.momentum > 0:
+            raise ConfigError("nesterov needs momentum > 0 (PyTorch's SGD refuses Nesterov "
+                              f"without momentum), got momentum {self.momentum}")
+        if (self.scheduler == "plateau"
+                and self.plateau_mode not in ("auto", self.plateau_direction)):
+            raise ConfigError(
+                f"plateau_mode {self.plateau_mode!r} contradicts plateau_metric "
+                f"{self.plateau_metric!r}: it would cut the lr while the metric improves "
+                f"(use {self.plateau_direction!r} or \"auto\")")
+
+    @property
+    def plateau_direction(self) -> str:
+        """"min" or "max": the direction in which plateau_metric improves."""
+        return "max" if self.plateau_metric == "val_acc" else "min"
 
     def check_image(self, dataset: str) -> None:
         """Raise ConfigError if the patch size does not tile this dataset's images."""

@@ -115,15 +115,16 @@ def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimiz
         p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in groups) else {}
     if params.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum,
-                               weight_decay=params.weight_decay, nesterov=params.momentum > 0,
+                               weight_decay=params.weight_decay, nesterov=params.nesterov,
                                **fused)
+    adam = {"lr": params.lr, "betas": (params.beta1, params.beta2), "eps": params.eps,
+            "weight_decay": params.weight_decay}
     if params.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay, **fused)
+        return torch.optim.Adam(groups, **adam, **fused)
     if params.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay,
-                                 **fused)
+        return torch.optim.AdamW(groups, **adam, **fused)
     if params.optimizer == "radam":
-        return torch.optim.RAdam(groups, lr=params.lr, weight_decay=params.weight_decay)
+        return torch.optim.RAdam(groups, **adam)
     raise ValueError(f"unknown optimizer {params.optimizer!r}")
 
 
@@ -133,16 +134,18 @@ class Schedule:
     def __init__(self, params: TrialParams, optimizer: torch.optim.Optimizer,
                  steps_per_epoch: int) -> None:
         self.kind = params.scheduler
+        self.watches_acc = params.plateau_metric == "val_acc"
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None  # noqa: E501
         if self.kind == "cosine":
             warmup = params.warmup_epochs * steps_per_epoch
             total = max(1, params.epochs * steps_per_epoch)
+            floor = params.min_lr / params.lr  # eta_min, as a fraction of the peak lr
 
             def factor(step: int) -> float:
                 if step < warmup:
                     return (step + 1) / warmup
                 progress = (step - warmup) / max(1, total - warmup)
-                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         elif self.kind == "step":
@@ -150,8 +153,9 @@ class Schedule:
                                                              params.gamma)
         elif self.kind == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=params.gamma if params.gamma < 1 else 0.1,
-                patience=2)
+                optimizer, mode=params.plateau_direction, factor=params.gamma,
+                patience=params.plateau_patience, threshold=params.plateau_threshold,
+                cooldown=params.plateau_cooldown, min_lr=params.min_lr)
         else:
             self.scheduler = None
 
@@ -159,11 +163,13 @@ class Schedule:
         if self.kind == "cosine":
             self.scheduler.step()  # type: ignore[union-attr]
 
-    def after_epoch(self, val_loss: float) -> None:
+    def after_epoch(self, loss: float, acc: float) -> None:
+        """After each epoch, with the validation loss and accuracy (the plateau scheduler
+        watches one of them)."""
         if self.kind == "step":
             self.scheduler.step()  # type: ignore[union-attr]
         elif self.kind == "plateau":
-            self.scheduler.step(val_loss)  # type: ignore[union-attr]
+            self.scheduler.step(acc if self.watches_acc else loss)  # type: ignore[union-attr]
 
     def state_dict(self) -> dict:
         return self.scheduler.state_dict() if self.scheduler is not None else {}
@@ -287,9 +293,13 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
                 raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}")
         else:  # no validation split (final retraining on train + val): nothing to check
             val_loss = val_acc = math.nan
-        schedule.after_epoch(val_loss if len(data.val) else train_loss)
+        train_acc = correct.item() / max(1, seen)
+        if len(data.val):
+            schedule.after_epoch(val_loss, val_acc)
+        else:  # final retraining: the training metrics stand in for the validation ones
+            schedule.after_epoch(train_loss, train_acc)
         metrics = EpochMetrics(
-            epoch=epoch, train_loss=train_loss, train_acc=correct.item() / max(1, seen),
+            epoch=epoch, train_loss=train_loss, train_acc=train_acc,
             val_loss=val_loss, val_acc=val_acc, lr=lr,
             seconds=time.perf_counter() - started, images_per_s=seen / train_seconds,
         )

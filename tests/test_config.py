@@ -147,3 +147,33 @@ def test_int_params_reject_non_integers(value: object) -> None:
     assert isinstance(config.fixed["hidden_dim"], int) and config.fixed["hidden_dim"] >= 1
     assert not isinstance(value, bool)
     assert not (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
+
+
+def test_scheduler_and_optimiser_options_are_searchable_and_fixable() -> None:
+    config = parse_study(minimal(
+        optimizer=["sgd", "adam"], momentum={"low": 0.5, "high": 0.95}, nesterov=[True, False],
+        beta2=[0.98, 0.999], eps=1e-7, scheduler="plateau", plateau_metric="val_acc",
+        plateau_patience={"low": 0, "high": 10}, plateau_threshold={"low": 1e-5, "high": 1e-2,
+                                                                    "log": True},
+        min_lr=1e-5))
+    assert config.space["nesterov"] == Categorical((True, False))
+    assert config.space["plateau_patience"] == Range(0, 10, is_int=True)
+    assert config.fixed["plateau_metric"] == "val_acc" and config.fixed["eps"] == 1e-7
+    params = config.params_for({"optimizer": "sgd", "momentum": 0.9, "nesterov": True,
+                                "beta2": 0.98, "plateau_patience": 3,
+                                "plateau_threshold": 1e-3})
+    assert (params.nesterov, params.plateau_patience, params.plateau_direction) == (True, 3, "max")
+
+
+@pytest.mark.parametrize(("space", "fragment"), [
+    ({"gamma": {"low": 0.1, "high": 1.0}}, "space.gamma: gamma must be in (0, 1), got 1.0"),
+    ({"plateau_patience": -1}, "space.plateau_patience: plateau_patience must not be negative"),
+    ({"beta1": [0.9, 1.0]}, "space.beta1: beta1 must be in [0, 1), got 1.0"),
+    ({"optimizer": "sgd", "nesterov": True}, "nesterov needs momentum > 0"),
+    ({"scheduler": "plateau", "plateau_mode": "max"},
+     "plateau_mode 'max' contradicts plateau_metric 'val_loss'"),
+])
+def test_bad_scheduler_and_optimiser_options_in_a_study(space: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_study(minimal(**space), "s.toml")
+    assert str(info.value).startswith("s.toml: ") and fragment in str(info.value)

@@ -1,6 +1,8 @@
 """studies/reproductions/*.toml: the coursework's runs as fixed-configuration studies. Each file
-parses, is what it claims to be (one fixed trial, no pruning, fp32), and runs one epoch through
-the real runner on a tiny synthetic dataset."""
+parses, is what it claims to be (one fixed trial, no pruning, fp32), says what the coursework
+stated and what was chosen, names every option of its optimiser and scheduler (so a change of
+hpsearch's defaults cannot change it), builds the same torch objects as the coursework's plain
+PyTorch calls, and runs one epoch through the real runner on a tiny synthetic dataset."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,9 +20,19 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.runner import run_worker
 from hpsearch.storage import prepare_study
+from hpsearch.train import Schedule, make_optimizer
 
 FOLDER = Path(__file__).resolve().parents[1] / "studies" / "reproductions"
 FILES = sorted(FOLDER.glob("*.toml"))
+# the options each optimiser and scheduler takes: a reproduction states every one of them
+OPTIONS = {
+    "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
+    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "radam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "none": (),
+    "plateau": ("gamma", "plateau_metric", "plateau_mode", "plateau_patience",
+                "plateau_threshold", "plateau_cooldown", "min_lr"),
+}
 
 
 def test_there_are_reproductions() -> None:
@@ -39,6 +52,40 @@ def test_reproduction_is_a_fixed_fp32_study(path: Path) -> None:
     assert params.precision == "fp32"
     assert params.epochs == config.max_epochs and params.batch_size == 256
     assert config.name == f"repro-{path.stem}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_reproduction_states_what_it_sets_and_what_it_chose(path: Path) -> None:
+    header = path.read_text().split("[study]")[0]
+    assert "# Stated by the coursework (set below):" in header
+    assert "# Not stated by the coursework, chosen here:" in header
+    config = load_study(path)
+    params = config.base_params()
+    missing = [key for key in OPTIONS[params.optimizer] + OPTIONS[params.scheduler]
+               if key not in config.fixed]
+    assert not missing, f"options left to hpsearch's defaults: {missing}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_reproduction_builds_what_the_coursework_built(path: Path) -> None:
+    """The optimiser and scheduler equal the coursework's plain calls, which pass only what the
+    header says was stated: `Adam(params, lr=..., weight_decay=...)`, `SGD(params, lr=...)`,
+    `ReduceLROnPlateau(optimizer, 'min')`; everything else is PyTorch's default."""
+    params = load_study(path).base_params()
+    ours = make_optimizer(params, torch.nn.Linear(2, 2))
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "radam": torch.optim.RAdam}
+    theirs = cls[params.optimizer](torch.nn.Linear(2, 2).parameters(), lr=params.lr,
+                                   weight_decay=params.weight_decay)
+    assert type(ours) is type(theirs)
+    for key, value in theirs.defaults.items():
+        if key not in ("fused", "foreach"):  # how it is computed, not what
+            assert ours.defaults[key] == value, key
+    if params.scheduler == "plateau":
+        ours_s = Schedule(params, ours, steps_per_epoch=1).scheduler
+        theirs_s = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, "min")
+        for key in ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown",
+                    "min_lrs", "eps"):
+            assert getattr(ours_s, key) == getattr(theirs_s, key), key
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,8 @@ def _same_metrics(a: EpochMetrics, b: EpochMetrics, tol: float = 0.0) -> None:
 @pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("adam", 3e-3), ("adamw", 3e-3),
                                                ("radam", 3e-2)])
 def test_each_optimiser_lowers_the_loss(data: TrainValData, optimizer: str, lr: float) -> None:
-    params = tiny(optimizer=optimizer, lr=lr, weight_decay=1e-4)
+    momentum = {"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else {}
+    params = tiny(optimizer=optimizer, lr=lr, weight_decay=1e-4, **momentum)
     torch.manual_seed(0)
     model = build_model(params, data.image_shape)
     opt = make_optimizer(params, model)
@@ -87,8 +88,8 @@ def test_each_scheduler_trains(data: TrainValData, scheduler: str) -> None:
     assert history[-1].val_acc > 0.3
 
 
-def _lrs(params: TrialParams, steps_per_epoch: int, val_losses: list[float] | None = None
-         ) -> list[float]:
+def _lrs(params: TrialParams, steps_per_epoch: int, val_losses: list[float] | None = None,
+         val_accs: list[float] | None = None) -> list[float]:
     """Learning rate of every batch, driving Schedule as the trainer does."""
     model = nn.Linear(2, 2)
     opt = make_optimizer(params, model)
@@ -99,7 +100,8 @@ def _lrs(params: TrialParams, steps_per_epoch: int, val_losses: list[float] | No
             seen.append(opt.param_groups[0]["lr"])
             opt.step()
             schedule.after_batch()
-        schedule.after_epoch(val_losses[epoch] if val_losses else 1.0)
+        schedule.after_epoch(val_losses[epoch] if val_losses else 1.0,
+                             val_accs[epoch] if val_accs else 0.5)
     return seen
 
 
@@ -131,13 +133,96 @@ def test_step_decays_by_gamma_every_step_size_epochs() -> None:
 
 
 def test_plateau_decays_after_patience() -> None:
-    flat = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, epochs=6), steps_per_epoch=1,
-                val_losses=[1.0] * 6)
+    flat = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, plateau_patience=2, epochs=6),
+                steps_per_epoch=1, val_losses=[1.0] * 6)
     # best at epoch 1; epochs 2, 3, 4 are no better; more than patience (2) → decay after 4
     assert flat == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
     improving = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, epochs=6), steps_per_epoch=1,
                      val_losses=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
     assert improving == pytest.approx([0.1] * 6)
+
+
+def test_plateau_default_patience_is_pytorchs_ten() -> None:
+    # 11 bad epochs (2..12) after the best (1) before the first cut: the lr of epoch 13 is cut
+    seen = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, epochs=14), steps_per_epoch=1,
+                val_losses=[1.0] * 14)
+    assert seen == pytest.approx([0.1] * 12 + [0.05] * 2)
+
+
+def test_plateau_threshold_decides_what_counts_as_better() -> None:
+    # the loss falls by a relative 1e-5 each epoch: below the default threshold (1e-4), so the
+    # lr is cut as if it were flat; with threshold 0 every epoch is an improvement
+    creeping = [1.0 * (1 - 1e-5) ** i for i in range(5)]
+    base = tiny(lr=0.1, scheduler="plateau", gamma=0.5, plateau_patience=1, epochs=5)
+    assert _lrs(base, 1, creeping) == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05])
+    assert _lrs(base.replace(plateau_threshold=0.0), 1, creeping) == pytest.approx([0.1] * 5)
+
+
+def test_plateau_cooldown_and_min_lr() -> None:
+    flat = [1.0] * 7
+    every = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, plateau_patience=0, epochs=7),
+                 1, flat)
+    # patience 0: every epoch after the first (the best so far) is a bad one and is cut
+    assert every == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.0125, 0.00625, 0.003125])
+    # cooldown 2: after a cut, two epochs pass before bad epochs count again
+    cooled = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, plateau_patience=0,
+                       plateau_cooldown=2, epochs=7), 1, flat)
+    assert cooled == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025])
+    floored = _lrs(tiny(lr=0.1, scheduler="plateau", gamma=0.5, plateau_patience=0,
+                        min_lr=0.03, epochs=5), 1, flat)
+    assert floored == pytest.approx([0.1, 0.1, 0.05, 0.03, 0.03])
+
+
+def test_plateau_watches_the_chosen_metric() -> None:
+    # flat loss, rising accuracy: watching the loss cuts, watching the accuracy (mode max) not
+    losses, accs = [1.0] * 4, [0.5, 0.6, 0.7, 0.8]
+    base = tiny(lr=0.1, scheduler="plateau", gamma=0.5, plateau_patience=1, epochs=4)
+    assert _lrs(base, 1, losses, accs) == pytest.approx([0.1, 0.1, 0.1, 0.05])
+    by_acc = base.replace(plateau_metric="val_acc")
+    assert _lrs(by_acc, 1, losses, accs) == pytest.approx([0.1] * 4)
+    assert _lrs(by_acc.replace(plateau_mode="max"), 1, losses, accs) == pytest.approx([0.1] * 4)
+    # falling accuracy under val_acc is what gets cut
+    assert _lrs(by_acc, 1, losses, accs[::-1]) == pytest.approx([0.1, 0.1, 0.1, 0.05])
+
+
+def test_plateau_in_final_retraining_watches_the_training_metric(data: TrainValData) -> None:
+    # no validation split: the training loss stands in. It falls every epoch, so even with
+    # patience 0 the lr is never cut (a nan validation loss would count as bad: cut every epoch)
+    full = TrainValData(train=data.train, val=Split(data.val.images[:0], data.val.labels[:0]),
+                        dataset=data.dataset, mean=data.mean, std=data.std)
+    params = tiny(lr=0.01, scheduler="plateau", gamma=0.5, plateau_patience=0, epochs=3)
+    history = train(params, full, seed=0, device="cpu").history
+    assert [m.lr for m in history] == pytest.approx([0.01] * 3)
+    assert history[0].train_loss > history[1].train_loss > history[2].train_loss
+
+
+def test_cosine_decays_to_min_lr() -> None:
+    lr, floor = 0.1, 0.02
+    seen = _lrs(tiny(lr=lr, scheduler="cosine", min_lr=floor, epochs=10), steps_per_epoch=5)
+    assert seen[0] == pytest.approx(lr)
+    assert seen[len(seen) // 2] == pytest.approx((lr + floor) / 2, rel=0.05)
+    assert floor < seen[-1] < floor + 0.01 * lr
+    assert min(seen) >= floor
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "radam"])
+def test_betas_and_eps_reach_the_optimizer(optimizer: str) -> None:
+    opt = make_optimizer(tiny(optimizer=optimizer, beta1=0.8, beta2=0.95, eps=1e-6),
+                         nn.Linear(2, 2))
+    group = opt.param_groups[0]
+    assert (group["betas"], group["eps"]) == ((0.8, 0.95), 1e-6)
+    default = make_optimizer(tiny(optimizer=optimizer), nn.Linear(2, 2)).param_groups[0]
+    assert (default["betas"], default["eps"]) == ((0.9, 0.999), 1e-8)  # PyTorch's defaults
+
+
+def test_momentum_and_nesterov_reach_sgd() -> None:
+    group = make_optimizer(tiny(optimizer="sgd", momentum=0.8, nesterov=True),
+                           nn.Linear(2, 2)).param_groups[0]
+    assert (group["momentum"], group["nesterov"]) == (0.8, True)
+    group = make_optimizer(tiny(optimizer="sgd", momentum=0.8), nn.Linear(2, 2)).param_groups[0]
+    assert (group["momentum"], group["nesterov"]) == (0.8, False)
+    plain = make_optimizer(tiny(optimizer="sgd"), nn.Linear(2, 2)).param_groups[0]
+    assert (plain["momentum"], plain["nesterov"]) == (0.0, False)  # PyTorch's defaults
 
 
 def test_no_scheduler_keeps_lr() -> None:

@@ -1,4 +1,5 @@
-"""`hpsearch train` end to end, in a subprocess as a user runs it."""
+"""`hpsearch train` end to end: in a subprocess as a user runs it, and in-process through the
+CLI entry point for the many bad-input cases."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import hps
 
 SMALL = ["--set", "patch_size=7", "--set", "hidden_dim=32", "--set", "channel_mlp_dim=64"]
 EPOCH_LINE = re.compile(r"^epoch +(\d+) +train loss \d+\.\d+ acc \d\.\d+ +val loss \d+\.\d+ "
@@ -62,3 +65,57 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, setting: str,
     assert fragment in err[0]
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    (["gamma=1"], "gamma must be in (0, 1), got 1.0"),
+    (["gamma=1.5"], "gamma must be in (0, 1), got 1.5"),
+    (["gamma=0"], "gamma must be in (0, 1), got 0.0"),
+    (["gamma=nan"], "gamma must be in (0, 1), got nan"),
+    (["plateau_patience=-1"], "plateau_patience must not be negative, got -1"),
+    (["plateau_cooldown=-2"], "plateau_cooldown must not be negative, got -2"),
+    (["plateau_threshold=-0.1"], "plateau_threshold must not be negative"),
+    (["min_lr=-1e-5"], "min_lr must not be negative"),
+    (["min_lr=nan"], "min_lr must not be negative, got nan"),
+    (["beta1=1.0"], "beta1 must be in [0, 1), got 1.0"),
+    (["beta2=-0.1"], "beta2 must be in [0, 1), got -0.1"),
+    (["beta2=nan"], "beta2 must be in [0, 1), got nan"),
+    (["eps=0"], "eps must be positive, got 0.0"),
+    (["eps=nan"], "eps must be positive, got nan"),
+    (["plateau_metric=train_loss"], "unknown plateau_metric 'train_loss'"),
+    (["optimizer=sgd", "nesterov=true"], "nesterov needs momentum > 0"),
+    (["optimizer=sgd", "momentum=0", "nesterov=true"], "nesterov needs momentum > 0"),
+    (["scheduler=plateau", "plateau_metric=val_acc", "plateau_mode=min"],
+     "plateau_mode 'min' contradicts plateau_metric 'val_acc'"),
+])
+def test_bad_scheduler_and_optimiser_options_are_one_line_errors(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        settings: list[str], fragment: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPSEARCH_DEBUG", raising=False)
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    code, out, err = hps(capsys, monkeypatch, "train", "--dataset", "synthetic", "--epochs", "1",
+                         *args)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hpsearch: error:") and fragment in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_good_scheduler_and_optimiser_options_train(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    # the same keys with valid values pass through the same path (the errors above are not
+    # raised for every value of these keys)
+    monkeypatch.chdir(tmp_path)
+    settings = ["optimizer=sgd", "momentum=0.9", "nesterov=true", "scheduler=plateau",
+                "plateau_metric=val_acc", "plateau_mode=max", "plateau_patience=0",
+                "plateau_cooldown=1", "plateau_threshold=0.01", "min_lr=1e-5", "gamma=0.5",
+                "beta1=0.5", "beta2=0.9", "eps=1e-6"]
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    code, out, err = hps(capsys, monkeypatch, "train", "--dataset", "synthetic", "--epochs", "1",
+                         "--threads", "1", *SMALL, *args)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("best val acc ")
