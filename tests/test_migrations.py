@@ -28,6 +28,7 @@ from hpsearch.db.migrate import (
 )
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.errors import HpsearchError
+from hpsearch.params import TrialParams
 
 OUR_TABLES = {"hps_study", "hps_trial", "hps_epoch"}
 OPTUNA_TABLES = {"alembic_version", "studies", "trials", "trial_params", "trial_values",
@@ -268,6 +269,14 @@ def test_full_records_migration_fills_a_database_of_the_previous_release(tmp_pat
                            "attributes": {"low": 0.001, "high": 0.01, "log": True, "step": None}}
     assert space["patch_size"]["attributes"]["choices"] == [7, 14]
     assert "token_mlp_dim" not in space
+
+    # 0004: the options the old trainer hard-coded are stated on each row, as they ran
+    for (params,) in rows(url, "SELECT params FROM hps_trial"):
+        params = json_value(params)
+        assert params["plateau_patience"] == 2 and params["beta2"] == 0.999
+        # completed with that release's defaults (momentum 0.9, Nesterov), not today's
+        assert params["momentum"] == 0.9 and params["nesterov"] is True
+        TrialParams.from_dict(params)  # a complete, valid record
 
     downgrade(url, "0002")
     after = {r[0]: json_value(r[1]) for r in rows(url, "SELECT number, params FROM hps_trial")}

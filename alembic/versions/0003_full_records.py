@@ -6,7 +6,8 @@ Create Date: 2026-11-30
 
 Before this revision a trial row held only its *sampled* values, and the fixed ones lived in the
 study's TOML, which every reader parsed again. Upgrading fills the new columns from each study's
-stored TOML (parsed with today's hpsearch.config); downgrading keeps only the sampled values again.
+stored TOML (parsed with today's hpsearch.config) and the defaults of that release (a snapshot
+below); downgrading keeps only the sampled values again.
 Also adds notes, tags and the precision/device a trial ran with (unknown for older rows).
 """
 
@@ -43,14 +44,21 @@ def _parsed(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return parsed.fixed, space_json(parsed.space)
 
 
-def _resolved(fixed: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-    from hpsearch.errors import ConfigError
-    from hpsearch.params import TrialParams
+# The defaults of every parameter as the release before this revision defined them: rows of that
+# release are completed with what its trainer used, not with whatever later releases default to.
+DEFAULTS_AT_0002: dict[str, Any] = {
+    "model": "mixer", "patch_size": 4, "hidden_dim": 128, "token_mlp_dim": 64,
+    "channel_mlp_dim": 512, "num_blocks": 1, "mlp_width": 256, "mlp_layers": 1, "dropout": 0.0,
+    "activation": "gelu", "init": "default", "optimizer": "adam", "lr": 0.001,
+    "weight_decay": 0.0, "momentum": 0.9, "batch_size": 256, "label_smoothing": 0.0,
+    "scheduler": "none", "warmup_epochs": 0, "step_size": 10, "gamma": 0.1, "epochs": 10,
+    "augment": False, "crop_padding": 2, "hflip": True, "random_erasing": 0.0,
+    "precision": "auto", "compile": "off",
+}
 
-    try:
-        return TrialParams.from_dict({**fixed, **sampled}).to_dict()
-    except ConfigError:
-        return {**fixed, **sampled}
+
+def _resolved(fixed: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    return {**DEFAULTS_AT_0002, **fixed, **sampled}
 
 
 def upgrade() -> None:
