@@ -1,0 +1,83 @@
+"""Our study rows are tied to Optuna's by id (hps_study.optuna_study_id), never by name.
+
+Optuna's own tools can delete, rename or re-create a study behind our back (`optuna
+delete-study`, optuna-dashboard's rename). Every command that opens a study checks the link
+first, so results are never read as, or written into, a study they do not belong to. On
+SQLite a re-created study often gets the deleted one's id back, so the Optuna study also
+carries a marker naming our row (optuna_tables.MARKER_KEY); studies recorded before the marker
+existed are checked by their trials instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select
+
+from hpsearch.db import optuna_tables as ot
+from hpsearch.db.models import Trial
+from hpsearch.errors import HpsearchError
+
+
+class BrokenLink(HpsearchError):
+    """Optuna no longer has the study our rows were recorded for, under that name."""
+
+
+def row_marker(row_id: int, created_at: datetime) -> str:
+    """What the Optuna study of our row `row_id` carries as its marker."""
+    if created_at.tzinfo is None:  # SQLite hands back naive UTC
+        created_at = created_at.replace(tzinfo=UTC)
+    return f"{row_id}/{created_at.astimezone(UTC).isoformat()}"
+
+
+@dataclass(frozen=True)
+class LinkProblem:
+    kind: str  # "deleted", "re-created" or "renamed" (in Optuna)
+    message: str  # one line: what happened and what to run
+
+
+def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
+                 ) -> LinkProblem | None:
+    """None when Optuna's study behind our row `row` (an hps_study row) exists, is called
+    row.name and is the one the row was recorded for; else what happened and what to run.
+    `optuna`: every Optuna study (optuna_tables.optuna_studies)."""
+    name, linked = row.name, row.optuna_study_id
+    theirs = optuna.get(linked)
+    drop = f"run `hpsearch study delete {name!r} --yes` to drop"
+    if theirs is None or not _same_study(conn, theirs, row):
+        others = [i for i, s in optuna.items() if s.name == name]
+        if others:
+            return LinkProblem("re-created", (
+                f"study {name!r} was deleted and re-created in Optuna (Optuna study id "
+                f"{others[0]} is not the one its results were recorded for); {drop} the old "
+                "results (Optuna's new study stays)"))
+        return LinkProblem("deleted", f"study {name!r} was deleted in Optuna (study id "
+                                      f"{linked} is gone); {drop} its orphaned results")
+    if theirs.name != name:
+        return LinkProblem("renamed", (
+            f"study {name!r} was renamed to {theirs.name!r} in Optuna; run "
+            f"`hpsearch study rename {name!r} {theirs.name!r}` to follow it"))
+    return None
+
+
+def _same_study(conn: Connection, theirs: ot.OptunaStudy, row: Any) -> bool:
+    if theirs.marker is not None:
+        return theirs.marker == row_marker(row.id, row.created_at)
+    # recorded before markers: the study is Optuna's same one if some trial row of ours
+    # matches a trial of it by id and number (a re-created study has none of them)
+    ours, matched = conn.execute(
+        select(func.count(Trial.id), func.count(ot.trials.c.trial_id))
+        .outerjoin(ot.trials, and_(ot.trials.c.trial_id == Trial.optuna_trial_id,
+                                   ot.trials.c.study_id == row.optuna_study_id,
+                                   ot.trials.c.number == Trial.number))
+        .where(Trial.study_id == row.id)).one()
+    return ours == 0 or matched > 0
+
+
+def check_link(conn: Connection, row: Any) -> None:
+    """Raise BrokenLink (one line) unless Optuna's study behind our row is still its own."""
+    problem = link_problem(conn, ot.optuna_studies(conn), row)
+    if problem is not None:
+        raise BrokenLink(problem.message)
