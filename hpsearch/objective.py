@@ -24,11 +24,6 @@ from hpsearch.train import TrainingDiverged, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
-
-
-class SurplusTrial(Exception):
-    """Two workers started the study's last trial at once; the later one gives way."""
 
 
 def retry_history(trial: optuna.Trial) -> list[int]:
@@ -49,7 +44,6 @@ class Objective:
         self.device = device
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self._check_not_surplus(trial)
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
         history = retry_history(trial)
@@ -113,14 +107,3 @@ class Objective:
             if path.exists():
                 return path, number
         return None, -1
-
-    def _check_not_surplus(self, trial: optuna.Trial) -> None:
-        """Close the race in which several workers start the last trial together: a trial whose
-        position among counted and active trials is past n_trials is not run."""
-        storage, study_id = trial.study._storage, trial.study._study_id
-        earlier = [t for t in storage.get_all_trials(study_id, deepcopy=False,
-                                                     states=COUNTED_STATES + ACTIVE_STATES)
-                   if t.number < trial.number]
-        if len(earlier) >= self.config.n_trials:
-            trial.set_user_attr("surplus", True)
-            raise SurplusTrial(f"the study already has {self.config.n_trials} trials")

@@ -94,10 +94,15 @@ def test_a_study_recreated_in_optuna_never_gets_the_old_rows(
         sqlite_url: str, tiny: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     optuna.delete_study(study_name="tiny", storage=sqlite_url)
-    new_id = optuna.create_study(study_name="tiny", storage=sqlite_url)._study_id
-    # SQLite hands the deleted study's id to the new one: the id alone cannot tell them apart
+    recreated = optuna.create_study(study_name="tiny", storage=sqlite_url)
+    recreated.add_trial(optuna.trial.create_trial(value=0.5))  # a plain Optuna user's trial
+    # SQLite hands the deleted study's id to the new one, and the deleted trial's id to the new
+    # trial: neither id (nor the trial number) can tell them apart
     with Session(make_engine(sqlite_url)) as session:
-        assert session.scalar(select(Study.optuna_study_id)) == new_id
+        old_trial = session.scalars(select(Trial)).one()
+        assert session.scalar(select(Study.optuna_study_id)) == recreated._study_id
+    assert recreated.trials[0]._trial_id == old_trial.optuna_trial_id
+    new_id = recreated._study_id
     before = row_counts(sqlite_url)
     code, _out, err = hps(capsys, monkeypatch, "run", str(tiny), "--db", sqlite_url)
     assert code == 2
