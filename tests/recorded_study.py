@@ -123,7 +123,7 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
             optuna_id = _add_optuna_trial(ostudy, state, params, curve, clock, finished)
             trial = Trial(
                 study=study, number=number, optuna_trial_id=optuna_id, state=state,
-                params=params, value=peak.get("val_acc"), best_epoch=peak.get("epoch"),
+                params=params, sampled=list(params), value=peak.get("val_acc"), best_epoch=peak.get("epoch"),
                 epochs_run=epochs, n_params=50_000 + 1000 * params["hidden_dim"],
                 started_at=clock, finished_at=finished,
                 seconds=seconds if finished else None, worker=f"host-a:{1000 + number % 2}",

@@ -276,6 +276,12 @@ def test_copy_to_a_second_database_round_trips_every_row(
     code, _out, err = hps(capsys, monkeypatch, "study", "copy", "src", "dst", "--to-db", target,
                           "--db", db_url)
     assert code == 2 and "already exists" in one_error_line(err)
+    # within one database: the copy is a study of its own, tied to its own Optuna study
+    code, out, _ = hps(capsys, monkeypatch, "study", "copy", "src", "twin", "--db", db_url)
+    assert code == 0, out
+    assert _rows(db_url, "twin") == source
+    code, out, _ = hps(capsys, monkeypatch, "db", "check", "--db", db_url)
+    assert code == 0, out
 
 
 def test_notes_and_tags_are_stored_and_shown(

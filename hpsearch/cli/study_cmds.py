@@ -53,9 +53,11 @@ def delete_cmd(
 
 @study_app.command("rename")
 def rename_cmd(
-    old: Annotated[str, typer.Argument(help="Current name.", show_default=False)],
+    old: Annotated[str, typer.Argument(help="Current name.", metavar="OLD",
+                                       show_default=False)],
     new: Annotated[str, typer.Argument(
-        help="New name (1-200 letters, digits, spaces, '.', '-' or '_').", show_default=False)],
+        help="New name (1-200 letters, digits, spaces, '.', '-' or '_').", metavar="NEW",
+        show_default=False)],
     db: DbOption = None,
 ) -> None:
     """Rename a study in hpsearch's tables and in Optuna's, in one transaction.
@@ -72,7 +74,8 @@ def rename_cmd(
 @study_app.command("copy")
 def copy_cmd(
     name: NameArg,
-    new: Annotated[str, typer.Argument(help="Name of the copy.", show_default=False)],
+    new: Annotated[str, typer.Argument(help="Name of the copy.", metavar="NEW",
+                                       show_default=False)],
     to_db: Annotated[str | None, typer.Option(
         "--to-db", help="Database to copy into (default: the same database); created and "
         "migrated if needed.", show_default=False)] = None,
@@ -90,7 +93,8 @@ def copy_cmd(
 @study_app.command("note")
 def note_cmd(
     name: NameArg,
-    text: Annotated[str, typer.Argument(help="The note; \"\" clears it.", show_default=False)],
+    text: Annotated[str, typer.Argument(help="The note; \"\" clears it.", metavar="TEXT",
+                                        show_default=False)],
     db: DbOption = None,
 ) -> None:
     """Set a study's note, shown by `hpsearch studies` and in the report."""
@@ -102,9 +106,11 @@ def note_cmd(
 @app.command()
 def tag(
     name: NameArg,
-    number: Annotated[int, typer.Argument(help="Trial number.", show_default=False)],
+    number: Annotated[int, typer.Argument(help="Trial number.", metavar="NUMBER",
+                                          show_default=False)],
     tags: Annotated[list[str] | None, typer.Argument(
-        help="Tags to add (or with --remove, to remove).", show_default=False)] = None,
+        help="Tags to add (or with --remove, to remove).", metavar="TAG",
+        show_default=False)] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Remove the tags instead.")] = False,
     note: Annotated[str | None, typer.Option(
         help="Set the trial's note (\"\" clears it).", show_default=False)] = None,

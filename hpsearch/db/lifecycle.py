@@ -248,6 +248,9 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
     count = 0
     for trial in src.execute(select(Trial.__table__).where(Trial.study_id == ours.id)
                              .order_by(Trial.number)).all():
+        if trial.number not in trial_ids:
+            raise HpsearchError(f"trial {trial.number} of study {ours.name!r} has no Optuna "
+                                "trial to copy; see `hpsearch db check`")
         row = {c: v for c, v in trial._mapping.items() if c != "id"}
         row.update(study_id=study_id, optuna_trial_id=trial_ids[trial.number])
         trial_id = dst.execute(insert(Trial).values(**row).returning(Trial.id)).scalar_one()

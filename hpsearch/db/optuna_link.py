@@ -5,7 +5,7 @@ delete-study`, optuna-dashboard's rename). Every command that opens a study chec
 first, so results are never read as, or written into, a study they do not belong to. On
 SQLite a re-created study often gets the deleted one's id back, so the Optuna study also
 carries a marker naming our row (optuna_tables.MARKER_KEY); studies recorded before the marker
-existed are checked by their trials instead.
+existed are checked by their latest trial instead (its id, number and sampled parameter names).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, select
 
 from hpsearch.db import optuna_tables as ot
 from hpsearch.db.models import Trial
@@ -65,15 +65,21 @@ def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
 def _same_study(conn: Connection, theirs: ot.OptunaStudy, row: Any) -> bool:
     if theirs.marker is not None:
         return theirs.marker == row_marker(row.id, row.created_at)
-    # recorded before markers: the study is Optuna's same one if some trial row of ours
-    # matches a trial of it by id and number (a re-created study has none of them)
-    ours, matched = conn.execute(
-        select(func.count(Trial.id), func.count(ot.trials.c.trial_id))
-        .outerjoin(ot.trials, and_(ot.trials.c.trial_id == Trial.optuna_trial_id,
-                                   ot.trials.c.study_id == row.optuna_study_id,
-                                   ot.trials.c.number == Trial.number))
-        .where(Trial.study_id == row.id)).one()
-    return ours == 0 or matched > 0
+    # recorded before markers: compare our latest trial row with the Optuna trial it names.
+    # The ids alone prove nothing (SQLite re-uses them); the sampled parameter names must match
+    # too. No trial rows: nothing to mix up, so the study is taken as ours.
+    latest = conn.execute(select(Trial.optuna_trial_id, Trial.number, Trial.sampled)
+                          .where(Trial.study_id == row.id)
+                          .order_by(Trial.number.desc()).limit(1)).first()
+    if latest is None:
+        return True
+    found = conn.execute(select(ot.trials.c.number).where(
+        ot.trials.c.trial_id == latest.optuna_trial_id,
+        ot.trials.c.study_id == row.optuna_study_id)).first()
+    names = conn.scalars(select(ot.trial_params.c.param_name).where(
+        ot.trial_params.c.trial_id == latest.optuna_trial_id)).all()
+    return (found is not None and found.number == latest.number
+            and set(names) == set(latest.sampled or ()))
 
 
 def check_link(conn: Connection, row: Any) -> None:

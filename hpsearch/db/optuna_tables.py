@@ -16,6 +16,7 @@ from sqlalchemy.sql.expression import TableClause
 studies = table("studies", column("study_id"), column("study_name"))
 trials = table("trials", column("trial_id"), column("study_id"), column("number"),
                column("state"), column("datetime_start"))
+trial_params = table("trial_params", column("trial_id"), column("param_name"))
 trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
 study_system_attributes = table("study_system_attributes", column("study_id"), column("key"),
                                 column("value_json"))
