@@ -20,6 +20,8 @@ from hpsearch.config import NAME_PATTERN
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.db.optuna_link import row_marker
+from hpsearch.db.optuna_tables import set_marker
 
 MAX_EPOCHS = 4
 START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -123,7 +125,8 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
             optuna_id = _add_optuna_trial(ostudy, state, params, curve, clock, finished)
             trial = Trial(
                 study=study, number=number, optuna_trial_id=optuna_id, state=state,
-                params=params, sampled=list(params), value=peak.get("val_acc"), best_epoch=peak.get("epoch"),
+                params=params, sampled=list(params), value=peak.get("val_acc"),
+                best_epoch=peak.get("epoch"),
                 epochs_run=epochs, n_params=50_000 + 1000 * params["hidden_dim"],
                 started_at=clock, finished_at=finished,
                 seconds=seconds if finished else None, worker=f"host-a:{1000 + number % 2}",
@@ -134,6 +137,8 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
             if state == "complete" and (best is None or peak["val_acc"] > best[0]):
                 best = (peak["val_acc"], number)
             clock += timedelta(seconds=seconds + 5)
+        session.flush()  # the Optuna study names our row, as the runner's does
+        set_marker(session.connection(), ostudy._study_id, row_marker(study.id, study.created_at))
     engine.dispose()
     assert best is not None, "a plan needs at least one complete trial"
     return RecordedStudy(name, url, len(plan), best[1])

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
+from hpsearch.db.migrate import downgrade, upgrade
 from hpsearch.db.models import Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import BrokenLink
 from hpsearch.db.recorder import Recorder
@@ -93,11 +94,14 @@ def test_a_study_deleted_in_optuna_is_one_line_everywhere(
 def test_a_study_recreated_in_optuna_never_gets_the_old_rows(
         sqlite_url: str, tiny: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
+    (deleted,) = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
     optuna.delete_study(study_name="tiny", storage=sqlite_url)
     recreated = optuna.create_study(study_name="tiny", storage=sqlite_url)
-    recreated.add_trial(optuna.trial.create_trial(value=0.5))  # a plain Optuna user's trial
+    # a plain Optuna user's trial, even with the same parameters as the deleted one
+    recreated.add_trial(optuna.trial.create_trial(value=0.5, params=deleted.params,
+                                                  distributions=deleted.distributions))
     # SQLite hands the deleted study's id to the new one, and the deleted trial's id to the new
-    # trial: neither id (nor the trial number) can tell them apart
+    # trial: neither ids nor trial numbers nor parameter names tell them apart, only our marker
     with Session(make_engine(sqlite_url)) as session:
         old_trial = session.scalars(select(Trial)).one()
         assert session.scalar(select(Study.optuna_study_id)) == recreated._study_id
@@ -326,3 +330,20 @@ def test_db_check_lists_orphans_on_either_side(
     assert "2 orphan(s)" in out
     assert "Optuna study 'plain'" in out and "has no hpsearch rows" in out
     assert "study 'demo': 1 trial row(s) whose Optuna trial is gone" in out
+
+
+def test_migration_0004_marks_the_optuna_studies_of_older_rows(
+        sqlite_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    build_recorded_study(sqlite_url, "kept")
+    build_recorded_study(sqlite_url, "gone")
+    downgrade(sqlite_url, "0003")  # as a database of the previous release: no markers
+    assert row_counts(sqlite_url)["hps_trial"] == 16
+    # re-created in Optuna while the older release was in use
+    optuna.delete_study(study_name="gone", storage=sqlite_url)
+    optuna.create_study(study_name="gone", storage=sqlite_url)
+    upgrade(sqlite_url)
+    code, out, _ = hps(capsys, monkeypatch, "best", "kept", "--db", sqlite_url)
+    assert code == 0, out
+    code, _out, err = hps(capsys, monkeypatch, "best", "gone", "--db", sqlite_url)
+    assert code == 2 and "re-created in Optuna" in one_error_line(err)

@@ -4,8 +4,8 @@ Optuna's own tools can delete, rename or re-create a study behind our back (`opt
 delete-study`, optuna-dashboard's rename). Every command that opens a study checks the link
 first, so results are never read as, or written into, a study they do not belong to. On
 SQLite a re-created study often gets the deleted one's id back, so the Optuna study also
-carries a marker naming our row (optuna_tables.MARKER_KEY); studies recorded before the marker
-existed are checked by their latest trial instead (its id, number and sampled parameter names).
+carries a marker naming our row (optuna_tables.MARKER_KEY), written with our row; migration
+0004 marks the Optuna studies of rows recorded before.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
     name, linked = row.name, row.optuna_study_id
     theirs = optuna.get(linked)
     drop = f"run `hpsearch study delete {name!r} --yes` to drop"
-    if theirs is None or not _same_study(conn, theirs, row):
+    if theirs is None or not _same_study(theirs, row):
         others = [i for i, s in optuna.items() if s.name == name]
         if others:
             return LinkProblem("re-created", (
@@ -62,12 +62,14 @@ def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
     return None
 
 
-def _same_study(conn: Connection, theirs: ot.OptunaStudy, row: Any) -> bool:
-    if theirs.marker is not None:
-        return theirs.marker == row_marker(row.id, row.created_at)
-    # recorded before markers: compare our latest trial row with the Optuna trial it names.
-    # The ids alone prove nothing (SQLite re-uses them); the sampled parameter names must match
-    # too. No trial rows: nothing to mix up, so the study is taken as ours.
+def _same_study(theirs: ot.OptunaStudy, row: Any) -> bool:
+    return theirs.marker == row_marker(row.id, row.created_at)
+
+
+def latest_trial_matches(conn: Connection, row: Any) -> bool:
+    """For rows recorded before markers (migration 0004 marks them): does our latest trial row
+    match the Optuna trial it names, by id, study, number and sampled parameter names? The ids
+    alone prove nothing, SQLite re-uses them. No trial rows: nothing to mix up, so yes."""
     latest = conn.execute(select(Trial.optuna_trial_id, Trial.number, Trial.sampled)
                           .where(Trial.study_id == row.id)
                           .order_by(Trial.number.desc()).limit(1)).first()
