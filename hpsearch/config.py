@@ -207,6 +207,13 @@ def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[s
             for key, (default, minimum) in options.items()}
 
 
+def check_study_name(name: Any, where: str = "study") -> None:
+    """The rule for every study name: in files, and for `hpsearch study rename/copy`."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"{where}: study name {name!r} must be 1-200 letters, digits, spaces, "
+                          "'.', '-' or '_'")
+
+
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space"})
     if unknown:
@@ -217,9 +224,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
     name = study["name"]
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(f"{where}: study name {name!r} must be 1-200 letters, digits, spaces, "
-                          "'.', '-' or '_'")
+    check_study_name(name, where)
     budget = _table(doc, "budget", {"max_epochs", "min_epochs"}, where)
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir"}, where)

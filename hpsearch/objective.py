@@ -33,7 +33,6 @@ from hpsearch.train import (
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def _track_peak(peak: dict[str, Any], val_acc: float, epoch: int) -> None:
@@ -55,10 +54,6 @@ def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
             log.warning("trial %d: user attribute %s not set (%s)", trial.number, key, exc)
 
 
-class SurplusTrial(Exception):
-    """Two workers started the study's last trial at once; the later one gives way."""
-
-
 def retry_history(trial: optuna.Trial) -> list[int]:
     """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
     callback in the trial's system attributes)."""
@@ -78,7 +73,6 @@ class Objective:
         self.interrupted: int | None = None  # Optuna id of a trial a stop request cut short
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self._check_not_surplus(trial)
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
         history = retry_history(trial)
@@ -161,14 +155,3 @@ class Objective:
             if path.exists():
                 return path, number
         return None, -1
-
-    def _check_not_surplus(self, trial: optuna.Trial) -> None:
-        """Close the race in which several workers start the last trial together: a trial whose
-        position among counted and active trials is past n_trials is not run."""
-        storage, study_id = trial.study._storage, trial.study._study_id
-        earlier = [t for t in storage.get_all_trials(study_id, deepcopy=False,
-                                                     states=COUNTED_STATES + ACTIVE_STATES)
-                   if t.number < trial.number]
-        if len(earlier) >= self.config.n_trials:
-            trial.set_user_attr("surplus", True)
-            raise SurplusTrial(f"the study already has {self.config.n_trials} trials")

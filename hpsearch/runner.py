@@ -23,6 +23,7 @@ from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
+from hpsearch.db.trial_slot import TrialSlotLock
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import COUNTED_STATES, Objective
 from hpsearch.stop import interrupted_reason
@@ -83,31 +84,44 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     timeout = timeout if timeout is not None else config.timeout
     deadline = time.monotonic() + timeout if timeout else None
     consecutive_failures = 0
+    # held from counting the trials until Optuna has created ours (then the objective's first
+    # step releases it): no two workers can both take the last slot (see db/trial_slot.py)
+    slot = TrialSlotLock(url, study._study_id)
     watcher = StaleTrialWatcher(study, recorder, row_id, config.workers.grace_period / 4)
     watcher.start()
+
+    def run_trial(trial: optuna.Trial) -> float:
+        slot.release()  # the trial is in Optuna's table now: the next count sees it
+        return objective(trial)
+
     try:
         while deadline is None or time.monotonic() < deadline:
             _record_dead_trials(recorder, storage, row_id)
-            finished = storage.get_n_trials(study._study_id, COUNTED_STATES)
-            if finished >= config.n_trials:
-                break
-            waiting = storage.get_n_trials(study._study_id, TrialState.WAITING)
-            running = storage.get_n_trials(study._study_id, TrialState.RUNNING)
-            if not waiting and finished + running >= config.n_trials:
-                # the last trials run elsewhere; if their worker died, the heartbeat check
-                # fails them and queues a retry, which this loop then picks up
-                _fail_stale(study)
-                time.sleep(WAIT_POLL_S)
-                continue
-            last.clear()
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                           callbacks=[lambda _s, t: last.append(t)])
+            slot.acquire()
+            try:
+                finished = storage.get_n_trials(study._study_id, COUNTED_STATES)
+                if finished >= config.n_trials:
+                    break
+                waiting = storage.get_n_trials(study._study_id, TrialState.WAITING)
+                running = storage.get_n_trials(study._study_id, TrialState.RUNNING)
+                if not waiting and finished + running >= config.n_trials:
+                    # the last trials run elsewhere; if their worker died, the heartbeat check
+                    # fails them and queues a retry, which this loop then picks up
+                    slot.release()
+                    _fail_stale(study)
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                last.clear()
+                study.optimize(run_trial, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                               callbacks=[lambda _s, t: last.append(t)])
+            finally:
+                slot.release()  # also when Optuna failed before running the objective
             state = last[0].state if last else TrialState.FAIL
             if state == TrialState.COMPLETE:
                 summary.complete += 1
             elif state == TrialState.PRUNED:
                 summary.pruned += 1
-            elif not _was_surplus(last):
+            else:
                 summary.failed += 1
                 consecutive_failures += 1
                 if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
@@ -123,6 +137,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
             _requeue(study, objective.interrupted)
         raise
     finally:
+        slot.close()
         watcher.stop()
         storage.remove_session()
     return summary
@@ -171,10 +186,6 @@ def _requeue(study: optuna.Study, trial_id: int) -> None:
     frozen = study._storage.get_trial(trial_id)
     if frozen.state == TrialState.FAIL:  # Optuna recorded the stop; anything else: leave it
         RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
-
-
-def _was_surplus(last: list[FrozenTrial]) -> bool:
-    return bool(last) and last[0].user_attrs.get("surplus", False)
 
 
 def _fail_stale(study: optuna.Study) -> None:

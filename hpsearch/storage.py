@@ -89,6 +89,10 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
     """
     url = normalise_url(url)
     ensure_schema(url)
+    recorder = Recorder(make_engine(url))
+    # our rows of this name must still belong to Optuna's study of this name: checked before
+    # create_study, which would otherwise make a new Optuna study for old rows
+    recorder.study_row(config.name)
     storage = open_storage(url, config.workers)
     try:
         study = optuna.create_study(study_name=config.name, storage=storage,
@@ -99,7 +103,7 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
                 study.set_metric_names(METRIC_NAMES)
     finally:
         storage.remove_session()
-    return Recorder(make_engine(url)).ensure_study(
+    return recorder.ensure_study(
         config.name, study._study_id, config.raw, space_json(config.space), config.data.dataset,
         n_trials if n_trials is not None else config.n_trials)
 

@@ -20,6 +20,8 @@ from hpsearch.config import NAME_PATTERN, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.db.optuna_link import row_marker
+from hpsearch.db.optuna_tables import set_marker
 from hpsearch.space import space_json
 
 MAX_EPOCHS = 4
@@ -138,6 +140,8 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
             if state == "complete" and (best is None or peak["val_acc"] > best[0]):
                 best = (peak["val_acc"], number)
             clock += timedelta(seconds=seconds + 5)
+        session.flush()  # the Optuna study names our row, as the runner's does
+        set_marker(session.connection(), ostudy._study_id, row_marker(study.id, study.created_at))
     engine.dispose()
     assert best is not None, "a plan needs at least one complete trial"
     return RecordedStudy(name, url, len(plan), best[1])

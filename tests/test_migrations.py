@@ -270,7 +270,7 @@ def test_full_records_migration_fills_a_database_of_the_previous_release(tmp_pat
     assert space["patch_size"]["attributes"]["choices"] == [7, 14]
     assert "token_mlp_dim" not in space
 
-    # 0004: the options the old trainer hard-coded are stated on each row, as they ran
+    # 0005: the options the old trainer hard-coded are stated on each row, as they ran
     for (params,) in rows(url, "SELECT params FROM hps_trial"):
         params = json_value(params)
         assert params["plateau_patience"] == 2 and params["beta2"] == 0.999

@@ -123,6 +123,11 @@ def test_two_worker_processes_finish_exactly_n_trials(db_url: str, tmp_path: Pat
     trials = stored_trials(db_url, "tiny")
     counted = [t for t in trials if t.state in ("complete", "pruned")]
     assert len(counted) == 6
+    # both workers race for the last trial, yet Optuna's table holds no surplus trial: the
+    # dashboard's count, Optuna's and ours are all n_trials
+    frozen = optuna.load_study(study_name="tiny", storage=db_url).get_trials(deepcopy=False)
+    assert len(frozen) == len(trials) == 6
+    assert [t.optuna_trial_id for t in trials] == [t._trial_id for t in frozen]
     assert len({t.worker for t in trials}) == 2  # both processes ran trials
     for trial in counted:
         assert epoch_numbers(db_url, trial.id) == list(range(1, trial.epochs_run + 1))

@@ -1,6 +1,6 @@
-"""Four worker processes on one SQLite file: no "database is locked", no failed trial, every
-epoch of every trial stored exactly once. Tiny trials, so the workers spend most of their time
-writing to the database at the same moments."""
+"""Four worker processes on one SQLite file: no "database is locked", no failed trial, no
+surplus trial in Optuna's table, every epoch of every trial stored exactly once. Tiny trials, so
+the workers spend most of their time writing to the database at the same moments."""
 
 from __future__ import annotations
 
@@ -49,10 +49,7 @@ def test_four_workers_share_one_sqlite_file(sqlite_url: str, tmp_path: Path) -> 
     assert run.returncode == 0, run.stdout + run.stderr + str(worker_logs)
     assert len(worker_logs) == 4
     assert "database is locked" not in everything.lower()
-    # Optuna logs a surplus start (see below) as a failed trial, with its traceback; nothing
-    # else may have one
-    surplus = everything.count("because of the following error: SurplusTrial(")
-    assert everything.count("Traceback") == surplus, everything
+    assert "Traceback" not in everything, everything
     for name, text in worker_logs.items():
         assert "worker done:" in text and "0 failed" in text, (name, text)
 
@@ -75,12 +72,9 @@ def test_four_workers_share_one_sqlite_file(sqlite_url: str, tmp_path: Path) -> 
         assert sorted(stored.get(trial.id, [])) == list(range(1, EPOCHS + 1)), trial.number
         assert trial.epochs_run == EPOCHS and trial.value is not None
 
+    # four workers reach the last trials together, yet Optuna's table (what optuna-dashboard
+    # and `optuna trials` count) holds exactly the study's trials: no surplus start at all
     ostudy = optuna.load_study(study_name="crowd", storage=sqlite_url)
     states = [t.state for t in ostudy.get_trials(deepcopy=False)]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == N_TRIALS
-    # the only non-complete trials allowed are surplus starts: several workers asked for the
-    # last trial at once and the late ones gave way before doing anything (not failures)
-    others = [t for t in ostudy.get_trials(deepcopy=False)
-              if t.state != optuna.trial.TrialState.COMPLETE]
-    assert all(t.user_attrs.get("surplus") for t in others), [(t.number, t.state) for t in others]
+    assert states == [optuna.trial.TrialState.COMPLETE] * N_TRIALS
     assert elapsed < 90, f"{elapsed:.0f} s"

@@ -16,6 +16,7 @@ from hpsearch.cli import (  # noqa: F401  (registers commands)
     evaluate_cmd,
     query_cmds,
     run_cmds,
+    study_cmds,
     train_cmd,
 )
 from hpsearch.cli.app import app

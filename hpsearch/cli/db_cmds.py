@@ -85,22 +85,34 @@ def current_cmd(db: DbOption = None) -> None:
 
 @db_app.command("check")
 def check_cmd(db: DbOption = None) -> None:
-    """Compare the database's hpsearch tables with the models; exit 1 and list any difference.
+    """Compare the database's hpsearch tables with the models, and check that every study of
+    ours still has its Optuna study (and the reverse, and every trial row its Optuna trial);
+    exit 1 and list any difference or orphan.
 
     Exits 2 when the schema is missing, older or newer than this hpsearch.
     """
     from hpsearch.db import migrate
+    from hpsearch.db.engine import database_url
+    from hpsearch.db.lifecycle import orphans
 
     migrate.require_schema(db)
     drift = migrate.schema_drift(db)
-    if not drift:
+    if drift:
+        typer.echo(f"{_shown_url(db)}: schema differs from the models:")
+        for diff in drift:
+            typer.echo(f"  {format_diff(diff)}")
+    else:
         head = _describe(migrate.head_revision())
         typer.echo(f"{_shown_url(db)}: schema matches the models, revision {head}")
-        return
-    typer.echo(f"{_shown_url(db)}: schema differs from the models:")
-    for diff in drift:
-        typer.echo(f"  {format_diff(diff)}")
-    raise typer.Exit(1)
+    lost = orphans(database_url(db))
+    if lost:
+        typer.echo(f"{len(lost)} orphan(s) between hpsearch's rows and Optuna's:")
+        for line in lost:
+            typer.echo(f"  {line}")
+    else:
+        typer.echo("every study and trial of hpsearch has its Optuna study and trial")
+    if drift or lost:
+        raise typer.Exit(1)
 
 
 def format_diff(diff: Any) -> str:

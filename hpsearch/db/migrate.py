@@ -28,7 +28,18 @@ from hpsearch.db.engine import database_url, make_engine, mask_secrets, mask_url
 from hpsearch.db.models import Base
 from hpsearch.errors import HpsearchError
 
-SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"  # the repo's alembic/ folder
+
+def _script_location() -> Path:
+    """The migrations: hpsearch/_alembic in an installed wheel (setup.py maps the repository's
+    alembic/ folder there), else alembic/ at the top of the checkout. The wheel's copy is
+    looked for first: two folders above an installed package is site-packages, where
+    `alembic` is the Alembic library itself."""
+    here = Path(__file__).resolve()
+    installed = here.parents[1] / "_alembic"
+    return installed if installed.is_dir() else here.parents[2] / "alembic"
+
+
+SCRIPT_LOCATION = _script_location()
 VERSION_TABLE = "hps_alembic_version"
 TABLE_PREFIX = "hps_"
 # Key of the PostgreSQL advisory lock that serialises upgrades from workers starting together.

@@ -24,8 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from hpsearch.db import optuna_tables
 from hpsearch.db.engine import mask_url
 from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Evaluation, Study, Trial
+from hpsearch.db.optuna_link import check_link, link_problem
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, param_type
 
@@ -75,6 +77,9 @@ class StudySummary:
     last_activity: datetime | None
     counts: dict[str, int]  # trials by state, every state present
     best_value: float | None
+    note: str | None = None
+    # why Optuna no longer backs this study (deleted, renamed, re-created); None when it does
+    problem: str | None = None
 
     @property
     def total(self) -> int:
@@ -224,7 +229,8 @@ def study_names(conn: Connection, limit: int | None = None) -> list[str]:
 
 
 def find_study(conn: Connection, name: str) -> StudyInfo:
-    """The study called `name`, or a one-line error that lists the studies that do exist."""
+    """The study called `name`, or a one-line error that lists the studies that do exist, or
+    says what happened to the Optuna study behind it."""
     study = conn.execute(select(Study.__table__).where(Study.name == name)).first()
     if study is None:
         known = study_names(conn, KNOWN_NAMES_SHOWN + 1)
@@ -234,6 +240,7 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
             more = ", ..." if len(known) > KNOWN_NAMES_SHOWN else ""
             hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
         raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
+    check_link(conn, study)
     return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset,
                      study.config or {}, study.n_trials, utc(study.created_at),
                      dict(study.space or {}), study.note)
@@ -283,18 +290,23 @@ def list_studies(conn: Connection) -> list[StudySummary]:
     best = best_query(Study.id, Trial.value).correlate_except(Trial).scalar_subquery()
     last = func.max(func.coalesce(Trial.finished_at, Trial.started_at))
     query = (
-        select(Study.name, Study.dataset, Study.created_at, last.label("last"),
-               best.label("best"), *_count_by_state())
+        select(Study.id, Study.name, Study.dataset, Study.created_at, Study.note,
+               Study.optuna_study_id, last.label("last"), best.label("best"),
+               *_count_by_state())
         .outerjoin(Trial, Trial.study_id == Study.id)
-        .group_by(Study.id, Study.name, Study.dataset, Study.created_at)
+        .group_by(Study.id, Study.name, Study.dataset, Study.created_at, Study.note,
+                  Study.optuna_study_id)
         .order_by(Study.created_at, Study.name)
     )
     out = []
-    for row in conn.execute(query):
+    optuna = optuna_tables.optuna_studies(conn)
+    for row in conn.execute(query).all():
         counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
         created = utc(row.created_at)
+        problem = link_problem(conn, optuna, row)
         out.append(StudySummary(row.name, row.dataset, created,
-                                _latest(created, _as_datetime(row.last)), counts, row.best))
+                                _latest(created, _as_datetime(row.last)), counts, row.best,
+                                row.note, problem.message if problem else None))
     return out
 
 

@@ -17,6 +17,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from hpsearch.db.models import Epoch, Study, Trial, utcnow
+from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
+from hpsearch.db.optuna_tables import set_marker
 from hpsearch.metrics import EpochMetrics
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,18 @@ class Recorder:
                     study = Study(name=name, optuna_study_id=optuna_study_id, config=config,
                                   space=space, dataset=dataset, n_trials=n_trials)
                     session.add(study)
-                else:
-                    study.n_trials = n_trials
-                session.flush()
+                    session.flush()
+                    # the Optuna study names our row: re-created under the same id, it won't
+                    set_marker(session.connection(), optuna_study_id,
+                               row_marker(study.id, study.created_at))
+                    return study.id
+                # a re-created Optuna study must never write into the old one's rows
+                check_link(session.connection(), study)
+                if study.optuna_study_id != optuna_study_id:
+                    raise BrokenLink(f"study {name!r}: Optuna's study has id "
+                                     f"{optuna_study_id}, our rows were recorded for id "
+                                     f"{study.optuna_study_id}")
+                study.n_trials = n_trials
                 return study.id
         return with_retry(write, "recording the study")
 
@@ -93,8 +104,13 @@ class Recorder:
             with Session(self.engine) as session, session.begin():
                 existing = session.scalar(select(Trial).where(
                     Trial.study_id == study_id, Trial.number == number))
-                if existing is not None:  # a write whose commit we did not see: reuse it
-                    return existing.id
+                if existing is not None:
+                    if existing.optuna_trial_id != optuna_trial_id:  # another trial's row
+                        raise BrokenLink(
+                            f"trial row {number} of study row {study_id} belongs to Optuna "
+                            f"trial id {existing.optuna_trial_id}, not {optuna_trial_id}; "
+                            "see `hpsearch db check`")
+                    return existing.id  # a write whose commit we did not see: reuse it
                 trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
                               state="running", params=params, sampled=sampled, worker=worker,
                               retried_from=retried_from, epochs_run=0, precision=precision,
@@ -193,7 +209,12 @@ class Recorder:
         return with_retry(write, "marking running trials", retry_for=10.0)
 
     def study_row(self, name: str) -> Study | None:
+        """Our row of study `name`, None if there is none; BrokenLink when Optuna no longer
+        has the study the row was recorded for under that name."""
         def read() -> Study | None:
             with Session(self.engine, expire_on_commit=False) as session:
-                return session.scalar(select(Study).where(Study.name == name))
+                study = session.scalar(select(Study).where(Study.name == name))
+                if study is not None:
+                    check_link(session.connection(), study)
+                return study
         return with_retry(read, "reading the study")

@@ -109,6 +109,8 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     names = tables.param_names(info.space, [p for _, _, p in rows])
 
     section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
+    if info.note:
+        section.items.append(_note(f"Note: {info.note}"))
     if many:
         section.items.append(_note(f"{stats.total:,} trials: the best {curves} are drawn as "
                                    "curves, the others as a 10-90th percentile band."))

@@ -239,11 +239,15 @@ def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
         Column("failed", "failed", fmt_int), Column("running", "running", fmt_int),
         Column("best_val_acc", "best val acc", fmt_acc), Column("created", "created", fmt_time),
         Column("last_activity", "last activity", fmt_time),
+        Column("optuna", "optuna study"), Column("note", "note"),
     ]
+    # a study whose Optuna half is gone is marked, and the line under the table says what to do
     rows = [(s.name, s.dataset, s.total, s.counts["complete"], s.counts["pruned"],
              s.counts["failed"], s.counts["running"], s.best_value, s.created_at,
-             s.last_activity) for s in summaries]
-    notes = [] if rows else ["no studies in this database yet"]
+             s.last_activity, "MISSING" if s.problem else "ok", s.note) for s in summaries]
+    notes = [s.problem for s in summaries if s.problem]
+    if not rows:
+        notes.append("no studies in this database yet")
     return Sheet("studies", columns, rows, notes)
 
 
@@ -261,6 +265,7 @@ TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
     Column("worker", "worker"), Column("reason", "reason"),
     Column("retried_from", "retried from"), Column("optuna_trial_id", "optuna trial id"),
+    Column("tags", "tags", lambda tags: ", ".join(tags)), Column("note", "note"),
 ]
 
 
@@ -279,7 +284,7 @@ def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
         row += (_test_value(tests.get(t.number)),)
     if full:
         row += (t.started_at, t.finished_at, t.worker, t.reason, t.retried_from,
-                t.optuna_trial_id)
+                t.optuna_trial_id, list(t.tags), t.note)
     return row + tuple(t.params.get(n) for n in names)
 
 

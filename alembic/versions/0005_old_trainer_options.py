@@ -1,7 +1,7 @@
-"""Trial rows say what the trainer before 0004 ran with, now that those options are parameters.
+"""Trial rows say what the trainer before this revision ran with, now that those options are parameters.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30
 
 The optimiser and scheduler options became parameters with PyTorch's defaults, and some of those
@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | None = None
 depends_on: str | None = None
 

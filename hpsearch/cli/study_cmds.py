@@ -1,0 +1,126 @@
+"""`hpsearch study ...` (delete, rename, copy, note) and `hpsearch tag`: each changes Optuna's
+half of a study and ours together (see hpsearch/db/lifecycle.py for how atomic that is)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from hpsearch.cli.app import DB_HELP, app
+
+study_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(
+    study_app, name="study",
+    help="Delete, rename, copy or annotate a study: hpsearch's rows and Optuna's study "
+    "together. Deleting or renaming a study whose workers are still running is refused.",
+)
+
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
+NameArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
+                                        metavar="NAME", show_default=False)]
+
+
+def _url(db: str | None) -> str:
+    from hpsearch.db.engine import database_url
+
+    return database_url(db)
+
+
+@study_app.command("delete")
+def delete_cmd(
+    name: NameArg,
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Delete without asking (needed when stdin is not a terminal).")
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Delete a study: its trials, epochs and evaluations, and Optuna's study of that name.
+
+    Also removes either half left alone (after `optuna delete-study`, say). Asks first.
+    """
+    from hpsearch.db.lifecycle import delete_study
+    from hpsearch.errors import HpsearchError
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise HpsearchError(f"refusing to delete study {name!r} without confirmation: "
+                                "pass --yes")
+        typer.confirm(f"Delete study {name!r} and all its results?", abort=True)
+    typer.echo(delete_study(_url(db), name))
+
+
+@study_app.command("rename")
+def rename_cmd(
+    old: Annotated[str, typer.Argument(help="Current name.", metavar="OLD",
+                                       show_default=False)],
+    new: Annotated[str, typer.Argument(
+        help="New name (1-200 letters, digits, spaces, '.', '-' or '_').", metavar="NEW",
+        show_default=False)],
+    db: DbOption = None,
+) -> None:
+    """Rename a study in hpsearch's tables and in Optuna's, in one transaction.
+
+    After a rename in optuna-dashboard, `hpsearch study rename OLD NEW` makes ours follow.
+    """
+    from hpsearch.config import check_study_name
+    from hpsearch.db.lifecycle import rename_study
+
+    check_study_name(new, "new name")
+    typer.echo(rename_study(_url(db), old, new))
+
+
+@study_app.command("copy")
+def copy_cmd(
+    name: NameArg,
+    new: Annotated[str, typer.Argument(help="Name of the copy.", metavar="NEW",
+                                       show_default=False)],
+    to_db: Annotated[str | None, typer.Option(
+        "--to-db", help="Database to copy into (default: the same database); created and "
+        "migrated if needed.", show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """Copy a study under a new name: Optuna's study with every trial, and every trial row,
+    epoch and evaluation of hpsearch's."""
+    from hpsearch.config import check_study_name
+    from hpsearch.db.lifecycle import copy_study
+
+    check_study_name(new, "name of the copy")
+    typer.echo(copy_study(_url(db), name, new, to_db))
+
+
+@study_app.command("note")
+def note_cmd(
+    name: NameArg,
+    text: Annotated[str, typer.Argument(help="The note; \"\" clears it.", metavar="TEXT",
+                                        show_default=False)],
+    db: DbOption = None,
+) -> None:
+    """Set a study's note, shown by `hpsearch studies` and in the report."""
+    from hpsearch.db.lifecycle import set_study_note
+
+    set_study_note(_url(db), name, text)
+
+
+@app.command()
+def tag(
+    name: NameArg,
+    number: Annotated[int, typer.Argument(help="Trial number.", metavar="NUMBER",
+                                          show_default=False)],
+    tags: Annotated[list[str] | None, typer.Argument(
+        help="Tags to add (or with --remove, to remove).", metavar="TAG",
+        show_default=False)] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the tags instead.")] = False,
+    note: Annotated[str | None, typer.Option(
+        help="Set the trial's note (\"\" clears it).", show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """Tag a trial, or set its note; `hpsearch show NAME NUMBER` shows both."""
+    from hpsearch.db.lifecycle import tag_trial
+
+    given = tuple(tags or ())
+    now, now_note = tag_trial(_url(db), name, number, add=() if remove else given,
+                              remove=given if remove else (), note=note)
+    typer.echo(f"trial {number}: tags [{', '.join(now)}]" + (f", note: {now_note}"
+                                                            if now_note else ""))

@@ -1,0 +1,340 @@
+"""Study lifecycle: delete, rename, copy, notes and tags, and the orphan check of `db check`.
+
+Delete and rename change both halves of a study (Optuna's tables and ours) with SQL on ONE
+connection in ONE transaction, so they either happen together or not at all; Optuna's foreign
+keys do not cascade, so its rows are deleted children first (optuna_tables.DELETE_ORDER). Copy
+goes through `optuna.copy_study` (a real Optuna study in the target, trial ids assigned by
+Optuna) and then writes our rows in one transaction; should that fail, the Optuna copy is
+deleted again, so nothing half-copied stays behind.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, String, cast, delete, func, insert, select, update
+
+from hpsearch.db import optuna_tables as ot
+from hpsearch.db.engine import make_engine, mask_url, normalise_url
+from hpsearch.db.migrate import ensure_schema, require_schema
+from hpsearch.db.models import Epoch, Evaluation, Study, Trial
+from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
+from hpsearch.db.optuna_tables import set_marker
+from hpsearch.errors import HpsearchError
+
+# Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
+DEFAULT_GRACE_S = 120
+
+
+@contextmanager
+def write_transaction(url: str) -> Iterator[Connection]:
+    """One connection, one transaction, committed at the end. On SQLite it starts with
+    BEGIN IMMEDIATE: the checks (is a worker running? is the new name free?) and the writes
+    then see the same database, as no other writer can slip in between."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class Halves:
+    """A study name's row in our table and its Optuna study, either possibly missing."""
+
+    name: str
+    ours: Any  # the hps_study row, or None
+    optuna_id: int | None  # the Optuna study our row is tied to, else the one called `name`
+    optuna_name: str | None  # that Optuna study's current name
+    problem: LinkProblem | None  # what broke the tie with Optuna's study; None if intact
+
+
+def _halves(conn: Connection, name: str) -> Halves:
+    ours = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    optuna = ot.optuna_studies(conn)
+    if ours is not None:
+        problem = link_problem(conn, optuna, ours)
+        theirs = optuna.get(ours.optuna_study_id)
+        if problem is None or problem.kind == "renamed":
+            return Halves(name, ours, ours.optuna_study_id, theirs.name, problem)
+        # Optuna's study is gone, or the one with our id or name now is not ours: leave it
+        return Halves(name, ours, None, None, problem)
+    by_name = next((i for i, s in optuna.items() if s.name == name), None)
+    return Halves(name, None, by_name, name if by_name is not None else None, None)
+
+
+def _require_some(conn: Connection, halves: Halves) -> None:
+    if halves.ours is None and halves.optuna_id is None:
+        raise HpsearchError(f"no study {halves.name!r} in {mask_url(str(conn.engine.url))}, "
+                            "neither hpsearch's nor Optuna's")
+
+
+def _grace_s(ours: Any) -> float:
+    workers = (ours.config or {}).get("workers", {}) if ours is not None else {}
+    return float(workers.get("grace_period", DEFAULT_GRACE_S))
+
+
+def live_trials(conn: Connection, optuna_id: int, grace_s: float) -> list[int]:
+    """Numbers of the study's RUNNING trials whose worker showed a sign of life (a heartbeat,
+    else the trial's start) within the grace period: a worker is still at it."""
+    last_sign = func.coalesce(ot.trial_heartbeats.c.heartbeat, ot.trials.c.datetime_start)
+    rows = conn.execute(
+        select(ot.trials.c.number, last_sign.label("seen"))
+        .outerjoin(ot.trial_heartbeats, ot.trial_heartbeats.c.trial_id == ot.trials.c.trial_id)
+        .where(ot.trials.c.study_id == optuna_id,
+               # an enum type on PostgreSQL, text on SQLite
+               cast(ot.trials.c.state, String) == "RUNNING")).all()
+    # compared with the database's own clock, as Optuna's stale-trial check does
+    now = conn.execute(select(func.current_timestamp())).scalar_one()
+    return [row.number for row in rows
+            if row.seen is not None and _age_s(now, row.seen) < grace_s]
+
+
+def _age_s(now: Any, then: Any) -> float:
+    now, then = (datetime.fromisoformat(v) if isinstance(v, str) else v for v in (now, then))
+    return (now.replace(tzinfo=None) - then.replace(tzinfo=None)).total_seconds()
+
+
+def _refuse_if_running(conn: Connection, halves: Halves, doing: str) -> None:
+    if halves.optuna_id is None:
+        return
+    live = live_trials(conn, halves.optuna_id, _grace_s(halves.ours))
+    if live:
+        shown = ", ".join(str(n) for n in sorted(live)[:5]) + (", ..." if len(live) > 5 else "")
+        raise HpsearchError(
+            f"cannot {doing} study {halves.name!r}: its workers are still running "
+            f"(trial {shown} sent a heartbeat within the last {_grace_s(halves.ours):.0f} s); "
+            "stop them first, or wait for the study to finish")
+
+
+def _delete_optuna_study(conn: Connection, optuna_id: int) -> int:
+    """Delete one Optuna study and everything under it; returns its number of trials."""
+    trial_ids = select(ot.trials.c.trial_id).where(ot.trials.c.study_id == optuna_id)
+    for name in ot.TRIAL_CHILDREN:
+        child = ot.by_trial_id(name)
+        conn.execute(delete(child).where(child.c.trial_id.in_(trial_ids)))
+    deleted = conn.execute(delete(ot.trials).where(ot.trials.c.study_id == optuna_id)).rowcount
+    for name in ot.STUDY_CHILDREN:
+        child = ot.by_study_id(name)
+        conn.execute(delete(child).where(child.c.study_id == optuna_id))
+    conn.execute(delete(ot.studies).where(ot.studies.c.study_id == optuna_id))
+    return deleted or 0
+
+
+def _delete_our_study(conn: Connection, study_id: int) -> int:
+    """Delete our study row and its trials, epochs and evaluations; returns its trial count.
+    Explicit, children first, rather than trusting ON DELETE CASCADE: SQLite honours it only
+    on connections that enabled foreign keys."""
+    trial_ids = select(Trial.id).where(Trial.study_id == study_id)
+    conn.execute(delete(Evaluation).where(Evaluation.trial_id.in_(trial_ids)))
+    conn.execute(delete(Epoch).where(Epoch.trial_id.in_(trial_ids)))
+    deleted = conn.execute(delete(Trial).where(Trial.study_id == study_id)).rowcount
+    conn.execute(delete(Study).where(Study.id == study_id))
+    return deleted or 0
+
+
+def delete_study(url: str, name: str) -> str:
+    """Delete study `name` from hpsearch's tables and Optuna's, in one transaction. Either half
+    may already be gone (an orphan); an Optuna study that re-used the name is not touched."""
+    url = normalise_url(url)
+    require_schema(url)
+    with write_transaction(url) as conn:
+        halves = _halves(conn, name)
+        _require_some(conn, halves)
+        _refuse_if_running(conn, halves, "delete")
+        ours = _delete_our_study(conn, halves.ours.id) if halves.ours is not None else None
+        # Optuna's half goes only while it still has this name: one renamed in Optuna is
+        # someone's study under another name now
+        theirs = (_delete_optuna_study(conn, halves.optuna_id)
+                  if halves.optuna_id is not None and halves.optuna_name == name else None)
+    parts = [f"{ours} trial rows of hpsearch" if ours is not None else None,
+             f"Optuna's study (id {halves.optuna_id}, {theirs} trials)"
+             if theirs is not None else None]
+    return f"deleted study {name!r}: " + " and ".join(p for p in parts if p)
+
+
+def rename_study(url: str, old: str, new: str) -> str:
+    """Rename both halves of a study in one transaction. When Optuna's half was already
+    renamed to `new` (optuna-dashboard), ours follows it."""
+    url = normalise_url(url)
+    require_schema(url)
+    with write_transaction(url) as conn:
+        halves = _halves(conn, old)
+        _require_some(conn, halves)
+        follow = halves.ours is not None and halves.optuna_name == new
+        if halves.problem is not None and not follow:
+            raise HpsearchError(halves.problem.message)
+        taken = _halves(conn, new)
+        if taken.ours is not None or (taken.optuna_id is not None and not follow):
+            raise HpsearchError(f"cannot rename {old!r} to {new!r}: a study called {new!r} "
+                                "already exists")
+        _refuse_if_running(conn, halves, "rename")
+        if halves.optuna_id is not None and not follow:
+            conn.execute(update(ot.studies).where(ot.studies.c.study_id == halves.optuna_id)
+                         .values(study_name=new))
+        if halves.ours is not None:
+            conn.execute(update(Study).where(Study.id == halves.ours.id).values(
+                name=new, config=_renamed_config(halves.ours.config, new)))
+    return f"renamed study {old!r} to {new!r}" + (" (following Optuna)" if follow else "")
+
+
+def _renamed_config(config: dict[str, Any] | None, new: str) -> dict[str, Any]:
+    """The stored study definition under its new name: workers load the Optuna study by it."""
+    renamed = copy.deepcopy(config or {})
+    renamed.setdefault("study", {})["name"] = new
+    return renamed
+
+
+def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
+    """Copy study `name` as `new` (into `to_url`, default the same database): Optuna's study
+    with all its trials (optuna.copy_study), and every trial row, epoch and evaluation of
+    ours with their Optuna trial ids remapped to the copy's."""
+    import optuna
+
+    url = normalise_url(url)
+    target = normalise_url(to_url) if to_url else url
+    require_schema(url)
+    ensure_schema(target)  # the target may be a new file
+    source_engine = make_engine(url)
+    try:
+        with source_engine.connect() as src:
+            halves = _halves(src, name)
+            if halves.ours is None:
+                raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(url)}")
+            if halves.problem is not None:
+                raise HpsearchError(halves.problem.message)
+            with write_transaction(target) as dst:
+                taken = _halves(dst, new)
+                if taken.ours is not None or taken.optuna_id is not None:
+                    raise HpsearchError(f"a study called {new!r} already exists in "
+                                        f"{mask_url(target)}")
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target,
+                              to_study_name=new)
+            try:
+                with write_transaction(target) as dst:
+                    copied = _copy_rows(src, dst, halves.ours, new)
+            except BaseException:
+                with write_transaction(target) as dst:  # undo the Optuna half
+                    gone = _halves(dst, new)
+                    if gone.optuna_id is not None and gone.ours is None:
+                        _delete_optuna_study(dst, gone.optuna_id)
+                raise
+    finally:
+        source_engine.dispose()
+    where = f" in {mask_url(target)}" if target != url else ""
+    return f"copied study {name!r} to {new!r}{where}: {copied} trials"
+
+
+def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
+    optuna_id = dst.execute(select(ot.studies.c.study_id)
+                            .where(ot.studies.c.study_name == new)).scalar_one()
+    # optuna.copy_study adds the trials in number order, so numbers carry over unchanged
+    trial_ids = dict(dst.execute(select(ot.trials.c.number, ot.trials.c.trial_id)
+                                 .where(ot.trials.c.study_id == optuna_id)).all())
+    study = {c: v for c, v in ours._mapping.items() if c != "id"}
+    study.update(name=new, optuna_study_id=optuna_id, config=_renamed_config(ours.config, new))
+    study_id = dst.execute(insert(Study).values(**study).returning(Study.id)).scalar_one()
+    created = dst.execute(select(Study.created_at).where(Study.id == study_id)).scalar_one()
+    set_marker(dst, optuna_id, row_marker(study_id, created))  # copy_study copied the source's
+    count = 0
+    for trial in src.execute(select(Trial.__table__).where(Trial.study_id == ours.id)
+                             .order_by(Trial.number)).all():
+        if trial.number not in trial_ids:
+            raise HpsearchError(f"trial {trial.number} of study {ours.name!r} has no Optuna "
+                                "trial to copy; see `hpsearch db check`")
+        row = {c: v for c, v in trial._mapping.items() if c != "id"}
+        row.update(study_id=study_id, optuna_trial_id=trial_ids[trial.number])
+        trial_id = dst.execute(insert(Trial).values(**row).returning(Trial.id)).scalar_one()
+        for model in (Epoch, Evaluation):
+            children = [{c: v for c, v in r._mapping.items() if c != "id"} | {"trial_id": trial_id}
+                        for r in src.execute(select(model.__table__)
+                                             .where(model.trial_id == trial.id))]
+            if children:
+                dst.execute(insert(model), children)
+        count += 1
+    return count
+
+
+def _our_study(conn: Connection, name: str) -> Any:
+    """Our row of study `name`, checked against Optuna's, for notes and tags."""
+    halves = _halves(conn, name)
+    if halves.ours is None:
+        raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(str(conn.engine.url))}")
+    if halves.problem is not None:
+        raise HpsearchError(halves.problem.message)
+    return halves.ours
+
+
+def set_study_note(url: str, name: str, text: str) -> None:
+    """Set (or with an empty text, clear) the study's note."""
+    url = normalise_url(url)
+    require_schema(url)
+    with write_transaction(url) as conn:
+        study = _our_study(conn, name)
+        conn.execute(update(Study).where(Study.id == study.id).values(note=text or None))
+
+
+def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
+              remove: tuple[str, ...] = (), note: str | None = None
+              ) -> tuple[list[str], str | None]:
+    """Add and remove tags of one trial, and set its note (None: unchanged, "": cleared).
+    Returns the trial's tags and note afterwards."""
+    url = normalise_url(url)
+    require_schema(url)
+    with write_transaction(url) as conn:
+        study = _our_study(conn, name)
+        trial = conn.execute(select(Trial.id, Trial.tags, Trial.note).where(
+            Trial.study_id == study.id, Trial.number == number)).first()
+        if trial is None:
+            raise HpsearchError(f"study {name!r} has no trial {number}")
+        tags = [t for t in (trial.tags or []) if t not in remove]
+        tags += [t for t in dict.fromkeys(add) if t not in tags]
+        new_note = trial.note if note is None else (note or None)
+        conn.execute(update(Trial).where(Trial.id == trial.id).values(tags=tags, note=new_note))
+    return tags, new_note
+
+
+def orphans(url: str) -> list[str]:
+    """One line per broken tie between our rows and Optuna's: a study of ours whose Optuna
+    study is gone, renamed or re-created; an Optuna study with no rows of ours; trial rows whose
+    Optuna trial is gone (or is another study's)."""
+    engine = make_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            return _orphans(conn)
+    finally:
+        engine.dispose()
+
+
+def _orphans(conn: Connection) -> list[str]:
+    optuna = ot.optuna_studies(conn)
+    ours = conn.execute(select(Study.__table__)).all()
+    problems = {s.id: link_problem(conn, optuna, s) for s in ours}
+    lines = [p.message for p in problems.values() if p]
+    linked = {s.optuna_study_id for s in ours
+              if problems[s.id] is None or problems[s.id].kind == "renamed"}
+    lines += [f"Optuna study {o.name!r} (id {i}) has no hpsearch rows (created by another "
+              f"tool, or left by an interrupted delete); `hpsearch study delete {o.name!r} "
+              "--yes` removes it" for i, o in sorted(optuna.items()) if i not in linked]
+    healthy = [s.id for s in ours if problems[s.id] is None]
+    if healthy:
+        missing = conn.execute(
+            select(Study.name, func.count(Trial.id))
+            .join(Trial, Trial.study_id == Study.id)
+            .outerjoin(ot.trials, (ot.trials.c.trial_id == Trial.optuna_trial_id)
+                       & (ot.trials.c.study_id == Study.optuna_study_id)
+                       & (ot.trials.c.number == Trial.number))
+            .where(Study.id.in_(healthy), ot.trials.c.trial_id.is_(None))
+            .group_by(Study.name)).all()
+        lines += [f"study {n!r}: {k} trial row(s) whose Optuna trial is gone"
+                  for n, k in missing]
+    return lines

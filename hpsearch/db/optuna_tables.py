@@ -1,0 +1,71 @@
+"""Optuna's own tables, as far as hpsearch reads or writes them with SQL.
+
+Optuna's schema is stable across its releases since v3.2 (`alembic_version` v3.2.0.a); only the
+columns used here are declared. Its foreign keys have no ON DELETE CASCADE (Optuna cascades in
+its ORM), so deleting a study deletes children first: TRIAL_CHILDREN, trials, STUDY_CHILDREN.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, column, delete, insert, inspect, select, table
+from sqlalchemy.sql.expression import TableClause
+
+studies = table("studies", column("study_id"), column("study_name"))
+trials = table("trials", column("trial_id"), column("study_id"), column("number"),
+               column("state"), column("datetime_start"))
+trial_params = table("trial_params", column("trial_id"), column("param_name"))
+trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
+study_system_attributes = table("study_system_attributes", column("study_id"), column("key"),
+                                column("value_json"))
+
+TRIAL_CHILDREN = ("trial_heartbeats", "trial_intermediate_values", "trial_values",
+                  "trial_params", "trial_system_attributes", "trial_user_attributes")
+STUDY_CHILDREN = ("study_directions", "study_user_attributes", "study_system_attributes")
+# A study system attribute naming the hps_study row the Optuna study belongs to. Needed because
+# SQLite re-uses the id of a deleted study: a study deleted and re-created in Optuna often gets
+# the old id back, so the id alone cannot tell the two apart.
+MARKER_KEY = "hpsearch:study_row"
+
+
+def by_trial_id(name: str) -> TableClause:
+    return table(name, column("trial_id"))
+
+
+def by_study_id(name: str) -> TableClause:
+    return table(name, column("study_id"))
+
+
+@dataclass(frozen=True)
+class OptunaStudy:
+    name: str
+    marker: str | None  # MARKER_KEY's value; None for studies hpsearch did not create
+
+
+def has_optuna_tables(conn: Connection) -> bool:
+    return inspect(conn).has_table("studies")
+
+
+def optuna_studies(conn: Connection) -> dict[int, OptunaStudy]:
+    """Every Optuna study by id, with its hpsearch marker."""
+    if not has_optuna_tables(conn):
+        return {}
+    attrs = study_system_attributes
+    rows = conn.execute(
+        select(studies.c.study_id, studies.c.study_name, attrs.c.value_json)
+        .outerjoin(attrs, and_(attrs.c.study_id == studies.c.study_id,
+                               attrs.c.key == MARKER_KEY)))
+    return {row.study_id: OptunaStudy(row.study_name, json.loads(row.value_json)
+                                      if row.value_json is not None else None)
+            for row in rows}
+
+
+def set_marker(conn: Connection, optuna_study_id: int, marker: str) -> None:
+    """Tie Optuna's study to our row (replacing a marker copied from another study)."""
+    attrs = study_system_attributes
+    conn.execute(delete(attrs).where(attrs.c.study_id == optuna_study_id,
+                                     attrs.c.key == MARKER_KEY))
+    conn.execute(insert(attrs).values(study_id=optuna_study_id, key=MARKER_KEY,
+                                      value_json=json.dumps(marker)))

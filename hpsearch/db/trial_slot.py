@@ -1,0 +1,73 @@
+"""A lock per study, held from "is there room for one more trial?" until Optuna has made it.
+
+Without it, two workers that both see 9 of 10 trials started both ask Optuna for a trial, and
+the later one's becomes a surplus: a trial in Optuna's table (failed, or worse, run) that
+optuna-dashboard and `optuna trials` count. Deleting the surplus afterwards would still leave a
+window in which the dashboard shows it and a gap in the trial numbers; MaxTrialsCallback only
+stops a worker after its trial ends. So the count and the ask happen under one lock, and the
+race cannot happen at all.
+
+Why not a database transaction: Optuna creates the trial on its own connection, which a
+transaction of ours holding SQLite's write lock would block for good. So the lock lives beside
+the database: on PostgreSQL a session-level advisory lock (released by the server if the
+worker dies), on SQLite an flock() on a file next to the database (released by the kernel if
+the worker dies; a SQLite file is only ever shared by processes of one machine).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.engine import make_url
+
+from hpsearch.db.engine import make_engine
+
+# First key of PostgreSQL's two-key advisory lock: "hps" + 1; the second is the study's id.
+_PG_NAMESPACE = 0x687073_01
+
+
+class TrialSlotLock:
+    """A cross-process mutex for one Optuna study; release() may be called more than once."""
+
+    def __init__(self, url: str, optuna_study_id: int) -> None:
+        self.url = url
+        self.study_id = optuna_study_id
+        parsed = make_url(url)
+        self._pg = parsed.get_backend_name() == "postgresql"
+        database = parsed.database or ""
+        self._file = (Path(f"{database}.trial-lock")
+                      if not self._pg and database and database != ":memory:" else None)
+        self._engine = make_engine(url) if self._pg else None
+        self._conn: Connection | None = None
+        self._handle: IO[bytes] | None = None
+
+    def acquire(self) -> None:
+        if self._engine is not None:
+            self._conn = self._engine.connect()
+            self._conn.execute(select(func.pg_advisory_lock(_PG_NAMESPACE, self.study_id)))
+            self._conn.commit()  # the lock belongs to the session, not to a transaction
+        elif self._file is not None:
+            self._handle = open(self._file, "ab")  # noqa: SIM115 - held until release()
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute(select(func.pg_advisory_unlock(_PG_NAMESPACE, self.study_id)))
+                conn.commit()
+            finally:
+                conn.close()  # a broken connection ends the session, and its lock with it
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def close(self) -> None:
+        self.release()
+        if self._engine is not None:
+            self._engine.dispose()
+
