@@ -48,9 +48,9 @@ def test_dashboard_serves_our_studies_and_stops_on_ctrl_c(sqlite_url: str,
         assert len(detail["trials"]) == 2
     finally:
         server.send_signal(signal.SIGINT)
-        out, _ = server.communicate(timeout=15)
+        out, _ = server.communicate(timeout=30)
     assert server.returncode == 0, out
-    assert f"on http://127.0.0.1:{port}/" in out and "dashboard stopped" in out
+    assert f"on http://127.0.0.1:{port}/" in out and "dashboard stopped (Ctrl-C)" in out
     assert "Traceback" not in out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -28,27 +29,46 @@ def dashboard(
     from hpsearch.errors import HpsearchError
 
     try:
-        from optuna_dashboard import run_server
+        from optuna_dashboard import wsgi
     except ImportError:
         raise HpsearchError("optuna-dashboard is not installed: pip install "
                             "'hpsearch[dashboard]' (or pip install optuna-dashboard)") from None
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
     import optuna
     from optuna.storages import RDBStorage
 
     from hpsearch.db.engine import database_url, engine_kwargs, mask_url, normalise_url
     from hpsearch.db.migrate import require_schema
+    from hpsearch.stop import exit_code, install_stop_handlers, signal_name, signum_of
 
     url = normalise_url(database_url(db))
     require_schema(url)  # a typo in --db must not create an empty database
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = RDBStorage(url, engine_kwargs=engine_kwargs(url))
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:  # no line per request
+            pass
+
+    # our own server, not optuna_dashboard.run_server: bottle's runner swallowed Ctrl-C at
+    # times (seen: the process kept serving after SIGINT), and SIGTERM must stop it too
+    try:
+        server = make_server(host, port, wsgi(storage), handler_class=QuietHandler)
+    except OSError as exc:
+        raise HpsearchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     if host not in LOOPBACK:
         typer.echo(f"warning: listening on {host}: anyone who reaches it can read and edit "
                    "these studies", err=True)
     typer.echo(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/ "
                "(Ctrl-C stops it)")
+    install_stop_handlers()
     try:
-        run_server(storage, host=host, port=port)  # returns on Ctrl-C
-    except OSError as exc:
-        raise HpsearchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    typer.echo("dashboard stopped")
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt as exc:
+        signum = signum_of(exc)
+        typer.echo(f"dashboard stopped ({signal_name(signum)})")
+        if signum != signal.SIGINT:  # Ctrl-C is the normal way to end it: exit 0
+            raise typer.Exit(exit_code(signum)) from None
+    finally:
+        server.server_close()
