@@ -27,7 +27,14 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
     "hyperband": {"reduction_factor": (3, 2)},
 }
 METRICS = ("val_acc",)
-NAME_PATTERN = re.compile(r"^[\w.\- ]{1,200}$")  # shown in HTML and used in paths: keep it tame
+# Study names are typed on command lines, shown in HTML and used in paths, so they are tame:
+# letters, digits, spaces, '.', '-', '_'; no control characters (\w is Unicode-aware, so the
+# printable check is explicit); not starting with '-' (`hpsearch worker --help` would be an
+# option) nor with or ending in a space. Names recorded by other means are still found by the
+# read commands, which only compare them.
+NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
+MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
+MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,9 @@ def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
 def parse_data(table: dict[str, Any], where: str) -> DataOptions:
     try:
         return DataOptions(
-            dataset=str(table.get("dataset", "fashion-mnist")),
-            data_dir=table.get("data_dir"),
+            dataset=_typed(where, "dataset", table.get("dataset", "fashion-mnist"), str),
+            data_dir=(_typed(where, "data_dir", table["data_dir"], str)
+                      if table.get("data_dir") is not None else None),
             val_fraction=_typed(where, "val_fraction", table.get("val_fraction", 0.1), float),
             subset=(_typed(where, "subset", table["subset"], int) if "subset" in table else None),
             synthetic_size=_typed(where, "synthetic_size", table.get("synthetic_size", 1200), int,
@@ -178,17 +186,57 @@ def _check_value(label: str, name: str, value: Any) -> None:
         raise ConfigError(f"{label}: {exc}") from None
 
 
-def load_study(path: str | Path) -> StudyConfig:
-    path = Path(path)
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's document; any reason it cannot be read or parsed is one ConfigError."""
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read study file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_STUDY_FILE_BYTES:
+        raise ConfigError(f"{path}: not a {what} (larger than {MAX_STUDY_FILE_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {exc.start})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
-    return parse_study(doc, str(path))
+        raise ConfigError(f"{path}: malformed TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
+    _check_strings(doc, str(path))
+    return doc
+
+
+def _check_strings(value: Any, where: str, key: str = "") -> None:
+    """No control characters in any key or string: they end up in paths, logs, one-line
+    errors and database text (PostgreSQL cannot store NUL at all)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, where, key)
+            _check_strings(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, where, key)
+    elif isinstance(value, str) and not value.isprintable():
+        raise ConfigError(f"{where}: {key or 'a key'}: control characters are not allowed "
+                          f"(got {value[:60]!r})")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    return parse_study(read_toml(path, "study file"), str(path))
+
+
+def check_name(name: Any, where: str) -> str:
+    """A study name that is safe to create (see NAME_PATTERN)."""
+    if (not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not name.isprintable()
+            or name.startswith("-") or name != name.strip()):
+        shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
+        raise ConfigError(f"{where}: study name {shown} must be 1-200 letters, digits, spaces, "
+                          "'.', '-' or '_', not start with '-' nor start or end with a space")
+    return name
 
 
 def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
@@ -216,10 +264,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                                   "seed"}, where)
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
-    name = study["name"]
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(f"{where}: study name {name!r} must be 1-200 letters, digits, spaces, "
-                          "'.', '-' or '_'")
+    name = check_name(study["name"], where)
     budget = _table(doc, "budget", {"max_epochs", "min_epochs"}, where)
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir"}, where)
@@ -241,7 +286,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
         timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
                  if "timeout" in study else None),
-        seed=_typed(where, "seed", study.get("seed", 0), int),
+        seed=_typed(where, "seed", study.get("seed", 0), int, minimum=0),
         min_epochs=min_epochs,
         data=parse_data(_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
                                              "synthetic_size"}, where), where),
@@ -251,7 +296,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             grace_period=_typed(where, "grace_period", workers.get("grace_period", 120), int,
                                 minimum=2),
             max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
-            checkpoint_dir=str(workers.get("checkpoint_dir", "hpsearch-checkpoints")),
+            checkpoint_dir=_typed(where, "checkpoint_dir",
+                                  workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
         ),
         raw=doc,
     )
@@ -286,30 +332,34 @@ def _check_constraints(config: StudyConfig, where: str) -> None:
 def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
     """The grid sampler's search space: categorical choices and stepped ranges, expanded."""
     grid: dict[str, list[Any]] = {}
+    total = 1
     for name, dim in config.space.items():
         if isinstance(dim, Categorical):
-            grid[name] = list(dim.choices)
+            count = len(dim.choices)
         elif dim.step is not None and not dim.log:
             count = math.floor((dim.high - dim.low) / dim.step + 1e-9) + 1
-            grid[name] = [dim.low + i * dim.step for i in range(count)]
         else:
             raise ConfigError(f"grid sampler: space.{name} must be a list or a range with step")
+        total *= count
+        if total > MAX_GRID_POINTS:  # checked before listing: a tiny step would never finish
+            raise ConfigError(f"grid sampler: the grid has more than {MAX_GRID_POINTS:,} points "
+                              f"(at space.{name}); use larger steps or another sampler")
+        grid[name] = (list(dim.choices) if isinstance(dim, Categorical)
+                      else [dim.low + i * dim.step for i in range(count)])
     return grid
 
 
 def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A single-run file for `hpsearch train --config`: [params] (or [fixed]) and [data]."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    doc = read_toml(path, "config file")
     unknown = sorted(set(doc) - {"params", "fixed", "data", "seed"})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)} "
                           "(allowed: params, fixed, data, seed)")
+    for table in ("params", "fixed", "data"):
+        if not isinstance(doc.get(table, {}), dict):
+            raise ConfigError(f"{path}: [{table}] must be a table")
     params = {**doc.get("fixed", {}), **doc.get("params", {})}
     return params, doc.get("data", {})
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DB_HELP, INT_MAX, app
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -113,7 +113,8 @@ def studies(db: DbOption = None, fmt: FormatOption = Format.table) -> None:
 def trials(
     name: StudyArg,
     top: Annotated[int | None, typer.Option(
-        help="Show only the first N trials in the sort order (default: all).", min=1)] = None,
+        help="Show only the first N trials in the sort order (default: all).", min=1,
+        max=INT_MAX)] = None,
     state: Annotated[list[State] | None, typer.Option(
         help="Only trials in this state (repeatable).")] = None,
     sort: Annotated[str, typer.Option(
@@ -190,7 +191,7 @@ def best(
 def show(
     name: StudyArg,
     number: Annotated[int, typer.Argument(help="Trial number within the study.",
-                                          metavar="NUMBER")],
+                                          metavar="NUMBER", min=0, max=INT_MAX)],
     fmt: Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP + " csv holds the "
                                         "epoch rows only.")] = Format.table,
     db: DbOption = None,
@@ -293,7 +294,7 @@ def report(
         "index.html.")] = False,
     curves: Annotated[int, typer.Option(
         help="Trials drawn as individual curves (the best first); the others are summarised "
-        "as a per-epoch percentile band.", min=1)] = 50,
+        "as a per-epoch percentile band.", min=1, max=INT_MAX)] = 50,
     db: DbOption = None,
 ) -> None:
     """A self-contained HTML report that works offline: learning curves, best-so-far over

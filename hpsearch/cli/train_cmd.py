@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import app
+from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, finite
 from hpsearch.errors import ConfigError
 
 
@@ -20,7 +20,7 @@ def train(
         "--set", "-s", help="Override one parameter, key=value (repeatable), e.g. "
         "--set optimizer=adamw --set lr=3e-3.")] = None,
     epochs: Annotated[int | None, typer.Option(
-        help="Number of epochs (overrides the config).", min=1)] = None,
+        help="Number of epochs (overrides the config).", min=1, max=INT_MAX)] = None,
     dataset: Annotated[str | None, typer.Option(
         help="fashion-mnist (default), mnist, cifar10, or synthetic (a tiny learnable toy set).")
     ] = None,
@@ -28,13 +28,16 @@ def train(
         help="Folder holding the dataset files (else $HPSEARCH_DATA, Debian's package, download)."
     )] = None,
     subset: Annotated[int | None, typer.Option(
-        help="Use only this many training images (before the validation split).", min=20)] = None,
+        help="Use only this many training images (before the validation split).", min=20,
+        max=INT_MAX)] = None,
     val_fraction: Annotated[float | None, typer.Option(
-        help="Share of the training set held out for validation (default 0.1).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the split, init, shuffling.")] = 0,
+        help="Share of the training set held out for validation (default 0.1).", min=0, max=1,
+        callback=finite)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split, init, shuffling.", min=0,
+                                      max=INT_MAX)] = 0,
     device: Annotated[str, typer.Option(help="auto (GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1)] = None,
+        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Write a checkpoint here after every epoch; if it exists, resume from it.")] = None,
 ) -> None:
