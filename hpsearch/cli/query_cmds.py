@@ -68,7 +68,7 @@ StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies
 def connect(db: str | None) -> Iterator[Connection]:
     """A read connection to the results database; one-line errors for missing schema or
     an unreachable server."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     from hpsearch.db.engine import database_url, make_engine, mask_url
     from hpsearch.db.migrate import require_schema
@@ -80,7 +80,7 @@ def connect(db: str | None) -> Iterator[Connection]:
     try:
         with engine.connect() as conn:
             yield conn
-    except (OperationalError, InterfaceError) as exc:
+    except DBAPIError as exc:
         reason = " ".join(str(exc.orig or exc).split())
         raise HpsearchError(f"cannot read {mask_url(url)}: {reason}") from exc
     finally:
