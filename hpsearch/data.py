@@ -7,12 +7,15 @@ only final evaluation calls.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
 import os
 import shutil
 import socket
+import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 
 class DataNotFoundError(ConfigError):
     """No copy of the dataset could be found or downloaded."""
+
+
+class DataError(ConfigError):
+    """Dataset files that are there but cannot be read (truncated, corrupt)."""
 
 
 @dataclass
@@ -113,17 +120,18 @@ def _idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Pat
     return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
 
 
-def _torchvision_root(dataset: str, folder: Path) -> Path:
-    """torchvision reads only uncompressed files at ROOT/<Name>/raw; build that layout in our
-    cache (gunzipping .gz files, once per version of the source files) unless `folder` already
-    is it."""
+def _torchvision_root(dataset: str, folder: Path, cache: Path) -> Path:
+    """torchvision reads only uncompressed files at ROOT/<Name>/raw; build that layout under
+    `cache` (gunzipping .gz files, once per version of the source files) unless `folder` already
+    is it. A damaged source (a truncated .gz) is a DataError naming it, and leaves no
+    temporary file behind."""
     name = TORCHVISION_NAMES[dataset]
     if folder.name == "raw" and folder.parent.name == name and all(
         (folder / n).exists() for n in MNIST_FILES
     ):
         return folder.parent.parent
     sources = _idx_sources(folder)
-    root = cache_dir() / "torchvision" / f"{dataset}-{_source_key((dataset,), sources)}"
+    root = cache / f"{dataset}-{_source_key((dataset,), sources)}"
     raw = root / name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for n, source in zip(MNIST_FILES, sources, strict=True):
@@ -131,13 +139,46 @@ def _torchvision_root(dataset: str, folder: Path) -> Path:
         if target.exists():
             continue
         tmp = _temp_path(target)
-        if source.suffix != ".gz":
-            shutil.copyfile(source, tmp)
-        else:
-            with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)  # atomic: a concurrent worker never sees a half-written file
+        try:
+            if source.suffix != ".gz":
+                shutil.copyfile(source, tmp)
+            else:
+                with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            os.replace(tmp, target)  # atomic: a concurrent worker never sees a half-written file
+        except (OSError, EOFError, zlib.error) as exc:  # truncated/corrupt .gz, full disk
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise DataError(f"cannot unpack dataset file {source} into {raw}: {reason}"
+                            ) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
     return root
+
+
+def _parse_idx_folder(dataset: str, folder: Path, train: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST-format files in `folder`, parsed by torchvision. Unpacked .gz files are kept
+    in our cache; where the cache cannot be written (a read-only home, XDG_CACHE_HOME naming a
+    file) they are unpacked into a temporary folder that is removed afterwards."""
+    cache = cache_dir() / "torchvision"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache, os.W_OK)
+    except OSError:
+        writable = False
+    try:
+        if writable:
+            return _load_torchvision(dataset, _torchvision_root(dataset, folder, cache), train)
+        log.warning("dataset cache %s cannot be written; unpacking into a temporary folder",
+                    cache)
+        with tempfile.TemporaryDirectory(prefix="hpsearch-data-") as tmp:
+            return _load_torchvision(dataset, _torchvision_root(dataset, folder, Path(tmp)),
+                                     train)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torchvision's checks of a damaged file vary
+        raise DataError(f"cannot read the {dataset} files in {folder}: "
+                        f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
 
 
 def _load_torchvision(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +253,8 @@ def _cached_tensors(dataset: str, train: bool, sources: list[Path],
     except (OSError, RuntimeError) as exc:  # torch.save reports I/O errors as RuntimeError
         log.warning("dataset cache %s not written (%s); workers will parse the files", path, exc)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its folder may not even exist
+            tmp.unlink(missing_ok=True)
     return images, labels
 
 
@@ -234,8 +276,7 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
             split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
             return _cached_tensors(
                 dataset, train, _idx_sources(folder, split_files),
-                lambda folder=folder: _load_torchvision(
-                    dataset, _torchvision_root(dataset, folder), train))
+                lambda folder=folder: _parse_idx_folder(dataset, folder, train))
     download_root = cache_dir() / "downloads"
     if download and _try_download(dataset, download_root):
         return load_raw(dataset, str(download_root), train, download=False)

@@ -7,6 +7,7 @@ recorder. Divergent runs end as pruned trials with their reason stored.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -16,15 +17,18 @@ from optuna.trial import TrialState
 from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
 from hpsearch.db.recorder import Recorder
+from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
-from hpsearch.train import TrainingDiverged, load_checkpoint, train
+from hpsearch.train import CheckpointError, TrainingDiverged, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
+# how torch's CPU and CUDA allocators word a failed allocation
+OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 class SurplusTrial(Exception):
@@ -54,21 +58,14 @@ class Objective:
         params = self.config.params_for(sampled)
         history = retry_history(trial)
         original = history[0] if history else trial.number
-        resume_from, resumed_number = self._latest_checkpoint(history)
+        resume_from, resumed_number, done, note = self._latest_checkpoint(history)
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         sampled, self.worker,
                                         retried_from=history[-1] if history else None)
-        if resume_from is not None:
-            done = int(load_checkpoint(resume_from)["epoch"])
-            log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
-                     resume_from, done, resumed_number)
-            previous = self.recorder.trial_id(self.study_row_id, resumed_number)
-            if previous is not None:
-                self.recorder.copy_epochs(previous, row, done)
         started = time.monotonic()
-        # counted up front (building the model takes milliseconds) so pruned and failed
-        # trials have their size too
-        n_params: int | None = count_parameters(build_model(params, self.data.image_shape))
+        n_params: int | None = None
+        checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
+                                     trial.number)
 
         def on_epoch(metrics: EpochMetrics) -> None:
             self.recorder.record_epoch(row, metrics)
@@ -77,26 +74,37 @@ class Objective:
                 raise optuna.TrialPruned(
                     f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})")
 
-        checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
-                                     trial.number)
+        # from here on every way out records the trial's end with its reason; an exception
+        # that escaped would leave the row "running" until another worker called it dead
         try:
+            if resume_from is not None:
+                log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
+                         resume_from, done, resumed_number)
+                previous = self.recorder.trial_id(self.study_row_id, resumed_number)
+                if previous is not None:
+                    self.recorder.copy_epochs(previous, row, done)
+            # counted up front (building the model takes milliseconds) so pruned and failed
+            # trials have their size too
+            n_params = count_parameters(build_model(params, self.data.image_shape))
             # the seed follows the original trial, so a resumed retry continues the same run
             result = train(params, self.data, seed=self.config.seed + original,
                            device=self.device, on_epoch=on_epoch, checkpoint=checkpoint,
                            resume_from=resume_from)
         except optuna.TrialPruned as exc:
-            self._finish(row, "pruned", started, n_params, str(exc), checkpoint)
+            self._finish(row, "pruned", started, n_params, _noted(note, str(exc)), checkpoint)
             raise
         except TrainingDiverged as exc:
-            self._finish(row, "pruned", started, n_params, f"diverged: {exc}", checkpoint)
+            self._finish(row, "pruned", started, n_params, _noted(note, f"diverged: {exc}"),
+                         checkpoint)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except KeyboardInterrupt:
             self._finish(row, "failed", started, n_params, "interrupted (Ctrl-C)", None)
             raise
         except Exception as exc:
-            self._finish(row, "failed", started, n_params, f"{type(exc).__name__}: {exc}", None)
+            self._finish(row, "failed", started, n_params, _noted(note, failure_reason(exc)),
+                         None)
             raise
-        self._finish(row, "complete", started, n_params, None, checkpoint)
+        self._finish(row, "complete", started, n_params, note, checkpoint)
         best = result.best
         return best.val_acc if best else 0.0
 
@@ -106,13 +114,30 @@ class Objective:
         if checkpoint is not None:  # finished trials need no resume point
             checkpoint.unlink(missing_ok=True)
 
-    def _latest_checkpoint(self, history: list[int]) -> tuple[Path | None, int]:
-        """The newest checkpoint left by the trials this one retries."""
+    def _latest_checkpoint(self, history: list[int]
+                           ) -> tuple[Path | None, int, int, str | None]:
+        """The newest readable checkpoint left by the trials this one retries: its path, the
+        trial that wrote it, its last epoch, and a note (stored as the trial's reason) when a
+        newer one was unreadable and an older one, or none (from scratch), was used instead."""
+        unreadable: list[str] = []
         for number in reversed(history):
             path = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name, number)
-            if path.exists():
-                return path, number
-        return None, -1
+            if not path.exists():
+                continue
+            try:
+                done = int(load_checkpoint(path)["epoch"])
+            except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping checkpoint of trial %d: %s", number, exc)
+                unreadable.append(f"trial {number}'s checkpoint {path.name} is unreadable")
+                continue
+            note = (f"{'; '.join(unreadable)}: resumed from trial {number}'s checkpoint "
+                    f"(epoch {done})") if unreadable else None
+            return path, number, done, note
+        if unreadable:
+            note = f"{'; '.join(unreadable)}: trained from scratch"
+            log.warning("%s", note)
+            return None, -1, 0, note
+        return None, -1, 0, None
 
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
         """Close the race in which several workers start the last trial together: a trial whose
@@ -124,3 +149,21 @@ class Objective:
         if len(earlier) >= self.config.n_trials:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"the study already has {self.config.n_trials} trials")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason stored for a trial that failed with `exc`, on one line; running out of
+    memory is said plainly (torch reports it as a RuntimeError from its allocator)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+            sign in text for sign in OOM_SIGNS)):
+        # "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't ..."
+        allocator = re.search(r"\w*Allocator: .*", text)
+        return f"out of memory: {allocator.group(0) if allocator else text or 'MemoryError'}"
+    if isinstance(exc, HpsearchError):  # our own messages are already sentences
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def _noted(note: str | None, reason: str) -> str:
+    return f"{reason} ({note})" if note else reason

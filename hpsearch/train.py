@@ -7,6 +7,7 @@ epoch; an exception raised there (a pruning decision, say) stops training and pr
 from __future__ import annotations
 
 import ctypes
+import io
 import math
 import os
 import sys
@@ -20,6 +21,7 @@ from torch import nn
 
 from hpsearch.cores import available_cores
 from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
+from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import NUM_CLASSES, TrialParams
@@ -191,17 +193,38 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
+class CheckpointError(HpsearchError):
+    """A checkpoint that cannot be written (full disk, no permission) or read back (corrupt)."""
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a crash mid-write never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically, so a crash mid-write never leaves a truncated checkpoint.
+
+    Serialised in memory first, then written with plain file I/O: torch.save's own writer
+    reports a full disk as an opaque `inline_container.cc` RuntimeError, while an OSError
+    carries the reason (errno), and the error then names the file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as file:
+            file.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # no partial file left on the full disk
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
 
 
 def load_checkpoint(path: Path) -> dict:
-    # weights_only: tensors and plain containers only; loading never executes code
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's state; CheckpointError (naming the file) if it is missing or corrupt."""
+    try:
+        # weights_only: tensors and plain containers only; loading never executes code
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, refused global, I/O
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
+                              f"{reason})") from exc
 
 
 def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
