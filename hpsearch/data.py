@@ -52,6 +52,10 @@ class DataError(ConfigError):
     """Dataset files that are there but cannot be read (truncated, corrupt)."""
 
 
+class _CacheUnwritable(Exception):
+    """Our cache folder cannot be created or written."""
+
+
 @dataclass
 class Split:
     """Normalised images (N, C, H, W float32) and integer labels (N,)."""
@@ -133,7 +137,12 @@ def _torchvision_root(dataset: str, folder: Path, cache: Path) -> Path:
     sources = _idx_sources(folder)
     root = cache / f"{dataset}-{_source_key((dataset,), sources)}"
     raw = root / name / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        if not os.access(raw, os.W_OK):
+            raise PermissionError(f"{raw} is read-only")
+    except OSError as exc:
+        raise _CacheUnwritable(str(exc)) from exc
     for n, source in zip(MNIST_FILES, sources, strict=True):
         target = raw / n
         if target.exists():
@@ -160,20 +169,16 @@ def _parse_idx_folder(dataset: str, folder: Path, train: bool
     """The MNIST-format files in `folder`, parsed by torchvision. Unpacked .gz files are kept
     in our cache; where the cache cannot be written (a read-only home, XDG_CACHE_HOME naming a
     file) they are unpacked into a temporary folder that is removed afterwards."""
-    cache = cache_dir() / "torchvision"
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        writable = os.access(cache, os.W_OK)
-    except OSError:
-        writable = False
-    try:
-        if writable:
-            return _load_torchvision(dataset, _torchvision_root(dataset, folder, cache), train)
-        log.warning("dataset cache %s cannot be written; unpacking into a temporary folder",
-                    cache)
-        with tempfile.TemporaryDirectory(prefix="hpsearch-data-") as tmp:
-            return _load_torchvision(dataset, _torchvision_root(dataset, folder, Path(tmp)),
-                                     train)
+        try:
+            root = _torchvision_root(dataset, folder, cache_dir() / "torchvision")
+        except _CacheUnwritable as exc:
+            log.warning("dataset cache cannot be written (%s); unpacking into a temporary "
+                        "folder", exc)
+            with tempfile.TemporaryDirectory(prefix="hpsearch-data-") as tmp:
+                return _load_torchvision(dataset, _torchvision_root(dataset, folder, Path(tmp)),
+                                         train)
+        return _load_torchvision(dataset, root, train)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - torchvision's checks of a damaged file vary
