@@ -312,7 +312,10 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             config.fixed[key] = dim
     _check_constraints(config, where)
     if config.sampler == "grid":
-        grid_values(config)  # raises if the space has no grid
+        try:
+            grid_values(config)  # raises if the space has no grid
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return config
 
 
