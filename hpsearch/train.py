@@ -10,6 +10,7 @@ import ctypes
 import io
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -221,8 +222,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         # weights_only: tensors and plain containers only; loading never executes code
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, refused global, I/O
-        reason = " ".join(str(exc).split())[:200]
+    except pickle.UnpicklingError as exc:  # torch's text here advises weights_only=False: no
+        raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint, or holds "
+                              "something other than tensors)") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated zip, I/O error, missing file
+        reason = " ".join(str(exc).split())[:120]
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
                               f"{reason})") from exc
 

@@ -54,6 +54,7 @@ def train(
     from hpsearch.train import (
         TrainingDiverged,
         configure_threads,
+        load_checkpoint,
         resolve_device,
     )
     from hpsearch.train import train as run_training
@@ -74,12 +75,15 @@ def train(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
+    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
+    if resume is not None:
+        load_checkpoint(resume)  # a damaged one is refused before anything starts
+
     console = Console(stderr=True)
     n_threads = configure_threads(threads)
     data = data_mod.load_train_val(options, seed)
     console.print(f"[bold]{options.dataset}[/]: {len(data.train)} train / {len(data.val)} val "
                   f"images, {n_threads} thread(s)")
-    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
 
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
