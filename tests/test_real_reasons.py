@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -123,20 +124,26 @@ def test_train_resuming_from_a_corrupt_checkpoint_is_one_line(tmp_path: Path) ->
 
 # --- a full checkpoint disk -------------------------------------------------------------------
 
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a Mixer checkpoint (hundreds of KiB) cannot fit."""
-    mount = tmp_path / "full"
+@contextmanager
+def small_tmpfs(mount: Path, options: str = "size=64k") -> Iterator[Path]:
+    """A real tmpfs mounted at `mount` (root only); the test is skipped, loudly, elsewhere."""
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount a small tmpfs here ({proc.stderr.strip()}); "
-                    "the full-disk cases were not run")
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here ({proc.stderr.strip()}); "
+                    "this full-disk / read-only case was not run")
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a Mixer checkpoint (hundreds of KiB) cannot fit."""
+    with small_tmpfs(tmp_path / "full") as mount:
+        yield mount
 
 
 def test_a_full_disk_names_the_checkpoint_and_leaves_no_partial_file(full_disk: Path) -> None:
@@ -196,13 +203,13 @@ def test_an_unwritable_cache_only_costs_time(fake_mnist: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              cache_kind: str) -> None:
     cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     if cache_kind == "a-file":
         cache.write_text("not a folder")
-    else:  # root ignores permissions, so make the folder a read-only mount's stand-in
-        cache.mkdir()
-        monkeypatch.setattr(data_mod.os, "access", lambda *a: False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    images, labels = load_raw("fashion-mnist", str(fake_mnist), train=True)
+        images, labels = load_raw("fashion-mnist", str(fake_mnist), train=True)
+    else:  # a read-only mount: root ignores permission bits, not a read-only file system
+        with small_tmpfs(cache, "ro,size=64k"):
+            images, labels = load_raw("fashion-mnist", str(fake_mnist), train=True)
     assert images.shape[1:] == (1, 28, 28) and len(images) == len(labels)
     # the temporary unpack folder is gone (torch keeps folders of its own there)
     assert list((tmp_path / "tmp").glob("hpsearch-*")) == []
