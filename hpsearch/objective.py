@@ -60,7 +60,7 @@ class Objective:
         original = history[0] if history else trial.number
         resume_from, resumed_number, done, note = self._latest_checkpoint(history)
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
-                                        sampled, self.worker,
+                                        params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None)
         started = time.monotonic()
         n_params: int | None = None

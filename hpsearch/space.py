@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
 
 from hpsearch.config import Categorical, Range, StudyConfig, grid_values
+
+
+def distribution(dim: Categorical | Range) -> BaseDistribution:
+    """The Optuna distribution of one dimension: what is sampled and what the study row stores."""
+    if isinstance(dim, Categorical):
+        return CategoricalDistribution(list(dim.choices))
+    if dim.is_int:
+        return IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+    return FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+
+
+def space_json(space: dict[str, Categorical | Range]) -> dict[str, Any]:
+    """The space as stored on the study row: name -> Optuna's JSON form of its distribution, so
+    readers (reports, other tools) never parse the study file again."""
+    return {name: json.loads(distribution_to_json(distribution(dim)))
+            for name, dim in space.items()}
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Categorical | Range]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_u
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder, one_line, transient_cause, with_retry
 from hpsearch.errors import HpsearchError
+from hpsearch.space import space_json
 
 log = logging.getLogger(__name__)
 
@@ -101,5 +102,5 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
     finally:
         storage.remove_session()
     return Recorder(make_engine(url)).ensure_study(
-        config.name, study._study_id, config.raw, config.data.dataset,
+        config.name, study._study_id, config.raw, space_json(config.space), config.data.dataset,
         n_trials if n_trials is not None else config.n_trials)

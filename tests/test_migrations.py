@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -233,3 +234,55 @@ def test_db_commands_do_not_import_torch(sqlite_url: str, tmp_path: Path) -> Non
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+FIXTURE_0002 = Path(__file__).parent / "fixtures" / "release-0002.db"
+
+
+def test_full_records_migration_fills_a_database_of_the_previous_release(tmp_path: Path) -> None:
+    """tests/fixtures/release-0002.db was written by the release before 0003 (trial rows held
+    only the sampled values). Upgrading fills every row from its study's stored TOML, keeps every
+    epoch (a batch rebuild of hps_study with foreign keys on would cascade-delete them), and
+    downgrading gives back the old rows."""
+    path = tmp_path / "old.db"
+    path.write_bytes(FIXTURE_0002.read_bytes())
+    url = f"sqlite:///{path}"
+    before = {r[0]: json_value(r[1]) for r in rows(url, "SELECT number, params FROM hps_trial")}
+    epochs = scalar(url, "SELECT count(*) FROM hps_epoch")
+    assert before and epochs and current_revision(url) == "0002"
+
+    upgrade(url)
+    assert current_revision(url) == head_revision() and schema_drift(url) == []
+    assert scalar(url, "SELECT count(*) FROM hps_epoch") == epochs
+    assert scalar(url, "SELECT count(*) FROM hps_evaluation") == 1
+    for number, params, sampled in rows(url, "SELECT number, params, sampled FROM hps_trial"):
+        params, sampled = json_value(params), json_value(sampled)
+        assert sampled == list(before[number])
+        assert {k: params[k] for k in sampled} == before[number]
+        # fixed in the study's [space] or [budget], and defaults: all on the row now
+        assert params["token_mlp_dim"] == 16 and params["channel_mlp_dim"] == 32
+        assert params["batch_size"] == 64 and params["epochs"] == 3
+        assert params["weight_decay"] == 0.0
+    space = json_value(scalar(url, "SELECT space FROM hps_study"))
+    assert space["lr"] == {"name": "FloatDistribution",
+                           "attributes": {"low": 0.001, "high": 0.01, "log": True, "step": None}}
+    assert space["patch_size"]["attributes"]["choices"] == [7, 14]
+    assert "token_mlp_dim" not in space
+
+    downgrade(url, "0002")
+    after = {r[0]: json_value(r[1]) for r in rows(url, "SELECT number, params FROM hps_trial")}
+    assert after == before
+    assert scalar(url, "SELECT count(*) FROM hps_epoch") == epochs
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def json_value(value: object) -> object:
+    return json.loads(value) if isinstance(value, str) else value

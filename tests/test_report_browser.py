@@ -61,6 +61,9 @@ def figure_blocks(dom: str) -> dict[str, str]:
     return out
 
 
+NO_WEBGL = re.compile(r"<p[^>]*>WebGL is not supported")  # the box Plotly draws instead
+
+
 def assert_all_drawn(html_source: str, dom: str) -> None:
     expected = re.findall(r'data-target="([^"]+)"', html_source)
     assert expected, "the page has no figures"
@@ -70,9 +73,13 @@ def assert_all_drawn(html_source: str, dom: str) -> None:
         block = blocks[key]
         assert "js-plotly-plot" in block, f"{key}: Plotly did not take the div"
         assert 'class="main-svg"' in block, f"{key}: no SVG"
-        # SVG traces, or for parallel coordinates the WebGL canvases
-        drawn = "<canvas" in block if key.endswith("parameters") else 'class="trace' in block
-        assert drawn, f"{key}: empty plot"
+        assert not NO_WEBGL.search(block), f"{key}: Plotly's 'WebGL is not supported' box"
+        if key.endswith("parameters"):
+            # parallel coordinates: WebGL canvases and one drawn axis per dimension
+            assert "<canvas" in block and block.count('class="axis-title') >= 2, \
+                f"{key}: empty parallel coordinates"
+        else:
+            assert 'class="trace' in block, f"{key}: empty plot"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +128,7 @@ def test_split_pages_render_offline(hostile_db: str, tmp_path: Path) -> None:
         assert_all_drawn((folder / name).read_text(), dom)
     dom, console = render(folder / "index.html", tmp_path / "profile-index")
     assert console == [] and "<title>pwned</title>" not in dom
+    # the tightest policy per page: eval only where a WebGL figure needs it
+    assert "'unsafe-eval'" in (folder / "s1-parameters.html").read_text()
+    for name in ("s1-accuracy.html", "index.html"):
+        assert "'unsafe-eval'" not in (folder / name).read_text()

@@ -6,7 +6,9 @@ import os
 import sys
 
 from hpsearch.cli import (  # noqa: F401  (registers commands)
+    dashboard_cmd,
     db_cmds,
+    enqueue_cmd,
     evaluate_cmd,
     query_cmds,
     run_cmds,

@@ -119,6 +119,10 @@ def _lock_for_migration(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
     elif conn.dialect.name == "sqlite":
+        # Batch migrations rebuild a table (copy, drop, rename); with foreign keys on, dropping
+        # the old hps_study would CASCADE-delete every trial and epoch. The pragma only takes
+        # effect outside a transaction, so it comes first.
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         # pysqlite runs DDL outside transactions; an explicit write transaction makes the
         # migration atomic and makes other writers wait (busy_timeout) instead of racing
         conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -49,8 +49,12 @@ class Study(Base):
     name: Mapped[str] = mapped_column(String(512), unique=True)
     optuna_study_id: Mapped[int] = mapped_column(Integer)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole study TOML, as loaded
+    # the parsed search space: parameter name -> Optuna's distribution as JSON
+    # ({"name": "FloatDistribution", "attributes": {...}}, as optuna.distributions writes it)
+    space: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     dataset: Mapped[str] = mapped_column(String(64))
     n_trials: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)  # `hpsearch study note`
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     trials: Mapped[list[Trial]] = relationship(back_populates="study")
@@ -69,7 +73,9 @@ class Trial(Base):
     number: Mapped[int] = mapped_column(Integer)  # Optuna's trial number within the study
     optuna_trial_id: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # one of TRIAL_STATES
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # the sampled values only
+    # every parameter of the run, sampled and fixed, resolved (TrialParams.to_dict())
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sampled: Mapped[list[str]] = mapped_column(JSON, default=list)  # which of them were sampled
     value: Mapped[float | None] = mapped_column(Float)  # best validation accuracy so far
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     epochs_run: Mapped[int] = mapped_column(Integer, default=0)
@@ -80,6 +86,10 @@ class Trial(Base):
     worker: Mapped[str] = mapped_column(String(255))  # host:pid
     reason: Mapped[str | None] = mapped_column(Text)  # why it was pruned or failed
     retried_from: Mapped[int | None] = mapped_column(Integer)  # trial number it resumes
+    precision: Mapped[str | None] = mapped_column(String(16))  # what it ran with: fp32 | bf16
+    device: Mapped[str | None] = mapped_column(String(64))  # e.g. cpu, cuda:0
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)  # `hpsearch tag`
+    note: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="trials")
     epochs: Mapped[list[Epoch]] = relationship(back_populates="trial", order_by="Epoch.epoch")

@@ -52,6 +52,7 @@ class StudyInfo:
     config: dict[str, Any]
     planned_trials: int
     created_at: datetime | None
+    space: dict[str, Any] = field(default_factory=dict)  # name -> Optuna distribution JSON
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,16 @@ class TrialRecord:
     reason: str | None
     retried_from: int | None
     optuna_trial_id: int
-    params: dict[str, Any] = field(default_factory=dict)  # the sampled values only
+    params: dict[str, Any] = field(default_factory=dict)  # every parameter, resolved
+    sampled: tuple[str, ...] = ()  # the names in params that the sampler chose
+    tags: tuple[str, ...] = ()
+    note: str | None = None
+    precision: str | None = None
+    device: str | None = None
+
+    @property
+    def sampled_params(self) -> dict[str, Any]:
+        return {name: self.params[name] for name in self.sampled if name in self.params}
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,7 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
             hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
         raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
     return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset, study.config,
-                     study.n_trials, utc(study.created_at))
+                     study.n_trials, utc(study.created_at), dict(study.space or {}))
 
 
 def _count_by_state() -> list[ColumnElement[int]]:
@@ -260,7 +270,9 @@ def _trial_record(trial: Row[Any]) -> TrialRecord:
         seconds=trial.seconds, started_at=utc(trial.started_at),
         finished_at=utc(trial.finished_at), worker=trial.worker, reason=trial.reason,
         retried_from=trial.retried_from, optuna_trial_id=trial.optuna_trial_id,
-        params=dict(trial.params or {}),
+        params=dict(trial.params or {}), sampled=tuple(trial.sampled or ()),
+        tags=tuple(trial.tags or ()), note=trial.note, precision=trial.precision,
+        device=trial.device,
     )
 
 

@@ -60,14 +60,14 @@ class Recorder:
         self.engine = engine
 
     def ensure_study(self, name: str, optuna_study_id: int, config: dict[str, Any],
-                     dataset: str, n_trials: int) -> int:
+                     space: dict[str, Any], dataset: str, n_trials: int) -> int:
         """The study's row id, creating the row or updating its trial target."""
         def write() -> int:
             with Session(self.engine) as session, session.begin():
                 study = session.scalar(select(Study).where(Study.name == name))
                 if study is None:
                     study = Study(name=name, optuna_study_id=optuna_study_id, config=config,
-                                  dataset=dataset, n_trials=n_trials)
+                                  space=space, dataset=dataset, n_trials=n_trials)
                     session.add(study)
                 else:
                     study.n_trials = n_trials
@@ -76,7 +76,10 @@ class Recorder:
         return with_retry(write, "recording the study")
 
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
-                    params: dict[str, Any], worker: str, retried_from: int | None) -> int:
+                    params: dict[str, Any], sampled: list[str], worker: str,
+                    retried_from: int | None) -> int:
+        """The trial's row: `params` is every parameter of the run (sampled and fixed),
+        `sampled` names the ones the sampler chose."""
         def write() -> int:
             with Session(self.engine) as session, session.begin():
                 existing = session.scalar(select(Trial).where(
@@ -84,7 +87,7 @@ class Recorder:
                 if existing is not None:  # a write whose commit we did not see: reuse it
                     return existing.id
                 trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
-                              state="running", params=params, worker=worker,
+                              state="running", params=params, sampled=sampled, worker=worker,
                               retried_from=retried_from, epochs_run=0)
                 session.add(trial)
                 session.flush()

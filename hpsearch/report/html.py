@@ -3,7 +3,9 @@
 plotly.js is inlined once (from the plotly package, never a CDN). Each figure's JSON sits in a
 `<script type="application/json">` block with `<`, `>` and `&` written as \\u escapes, so no
 user string can close the block; one small script draws them all. A Content-Security-Policy
-allows only those two scripts (by hash) and no network at all, as a second line of defence.
+allows only those two scripts (by hash) and no network at all, as a second line of defence;
+pages with a WebGL figure also allow eval, which Plotly's WebGL code (regl) needs to compile its
+shaders (without it, the figure shows "WebGL is not supported").
 
 Studies of any size stay small: the best `curves` trials are drawn one by one and the rest as a
 per-epoch percentile band computed in SQL.
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 LEADERBOARD_ROWS = 25
+# Plotly trace types drawn with WebGL (regl): their pages need 'unsafe-eval'
+WEBGL_TRACES = frozenset({"parcoords", "scattergl", "splom", "heatmapgl", "pointcloud",
+                          "scatterpolargl", "parcats_gl"})
 CURVE_METRICS = ("val_acc", "train_loss", "val_loss")
 DRAW = """\
 document.querySelectorAll("script.hps-figure").forEach(function (data) {
@@ -184,10 +189,21 @@ def _sha256(script: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
 
 
-def _page(title: str, body: str, plotly_tag: str, script_sources: list[str]) -> str:
+def uses_webgl(figures: list[Figure]) -> bool:
+    return any(trace.type in WEBGL_TRACES for figure in figures for trace in figure.fig.data)
+
+
+def _page(title: str, body: str, plotly_tag: str, script_sources: list[str],
+          webgl: bool = False) -> str:
     """A whole page. The CSP permits the listed script sources and the drawing script only,
-    and no connections: an injected script would not run, and nothing can be fetched."""
-    csp = ("default-src 'none'; script-src " + " ".join([*script_sources, _sha256(DRAW)])
+    and no connections: an injected script would not run, and nothing can be fetched.
+
+    `webgl` adds 'unsafe-eval' (regl builds its shader code with `new Function`). It stays
+    safe: eval is only reachable from the two hashed scripts, every user string arrives as
+    escaped JSON data that nothing evaluates, and no network source is allowed.
+    """
+    sources = [*script_sources, _sha256(DRAW), *(["'unsafe-eval'"] if webgl else [])]
+    csp = ("default-src 'none'; script-src " + " ".join(sources)
            + "; style-src 'unsafe-inline'; img-src data: blob:; font-src data:")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -229,7 +245,9 @@ def write_report(doc: ReportDoc, path: Path) -> Path:
     plotly_js = get_plotlyjs()
     title, heading = _heading(doc)
     body = "\n".join([heading, *(_section_html(s, _figure_html) for s in doc.sections)])
-    page = _page(title, body, f"<script>{plotly_js}</script>", [_sha256(plotly_js)])
+    figures = [f for s in doc.sections for f in s.figures]
+    page = _page(title, body, f"<script>{plotly_js}</script>", [_sha256(plotly_js)],
+                 webgl=uses_webgl(figures))
     with atomic_text(path) as out:
         out.write(page)
     return path
@@ -256,7 +274,8 @@ def write_split(doc: ReportDoc, folder: Path) -> Path:
     for section in doc.sections:
         for figure in section.figures:
             with atomic_text(folder / f"{figure.key}.html") as out:
-                out.write(_page(figure.title, _figure_html(figure), tag, sources))
+                out.write(_page(figure.title, _figure_html(figure), tag, sources,
+                                webgl=uses_webgl([figure])))
 
     def link(figure: Figure) -> str:
         return f'<p><a href="{figure.key}.html">{html.escape(figure.title)}</a></p>'

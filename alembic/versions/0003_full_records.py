@@ -1,0 +1,97 @@
+"""Full records: every trial holds its resolved parameters, every study its search space.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-30
+
+Before this revision a trial row held only its *sampled* values, and the fixed ones lived in the
+study's TOML, which every reader parsed again. Upgrading fills the new columns from each study's
+stored TOML (parsed with today's hpsearch.config); downgrading keeps only the sampled values again.
+Also adds notes, tags and the precision/device a trial ran with (unknown for older rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+study = sa.table("hps_study", sa.column("id", sa.Integer), sa.column("config", sa.JSON),
+                 sa.column("space", sa.JSON))
+trial = sa.table("hps_trial", sa.column("id", sa.Integer), sa.column("study_id", sa.Integer),
+                 sa.column("params", sa.JSON), sa.column("sampled", sa.JSON),
+                 sa.column("tags", sa.JSON))
+
+
+def _parsed(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fixed values, space as Optuna JSON) of a stored study TOML; a config today's parser
+    rejects keeps its rows as they were (sampled values only, no space)."""
+    from hpsearch.config import parse_study
+    from hpsearch.errors import ConfigError
+    from hpsearch.space import space_json
+
+    try:
+        parsed = parse_study(config)
+    except ConfigError:
+        return {}, {}
+    return parsed.fixed, space_json(parsed.space)
+
+
+def _resolved(fixed: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    from hpsearch.errors import ConfigError
+    from hpsearch.params import TrialParams
+
+    try:
+        return TrialParams.from_dict({**fixed, **sampled}).to_dict()
+    except ConfigError:
+        return {**fixed, **sampled}
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("hps_study") as batch:
+        batch.add_column(sa.Column("space", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+    with op.batch_alter_table("hps_trial") as batch:
+        batch.add_column(sa.Column("sampled", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("precision", sa.String(16), nullable=True))
+        batch.add_column(sa.Column("device", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("tags", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+
+    conn = op.get_bind()
+    for study_id, config in conn.execute(sa.select(study.c.id, study.c.config)).all():
+        fixed, space = _parsed(config or {})
+        conn.execute(study.update().where(study.c.id == study_id).values(space=space))
+        rows = conn.execute(sa.select(trial.c.id, trial.c.params)
+                            .where(trial.c.study_id == study_id)).all()
+        for trial_id, params in rows:
+            sampled = dict(params or {})
+            conn.execute(trial.update().where(trial.c.id == trial_id).values(
+                params=_resolved(fixed, sampled), sampled=list(sampled), tags=[]))
+
+    with op.batch_alter_table("hps_study") as batch:
+        batch.alter_column("space", existing_type=sa.JSON(), nullable=False)
+    with op.batch_alter_table("hps_trial") as batch:
+        batch.alter_column("sampled", existing_type=sa.JSON(), nullable=False)
+        batch.alter_column("tags", existing_type=sa.JSON(), nullable=False)
+
+
+def downgrade() -> None:
+    conn = op.get_bind()
+    for trial_id, params, sampled in conn.execute(
+            sa.select(trial.c.id, trial.c.params, trial.c.sampled)).all():
+        params = params or {}
+        conn.execute(trial.update().where(trial.c.id == trial_id).values(
+            params={name: params[name] for name in (sampled or []) if name in params}))
+    with op.batch_alter_table("hps_trial") as batch:
+        for column in ("note", "tags", "device", "precision", "sampled"):
+            batch.drop_column(column)
+    with op.batch_alter_table("hps_study") as batch:
+        batch.drop_column("note")
+        batch.drop_column("space")

@@ -1,0 +1,118 @@
+"""The Python API: what the CLI does, for notebooks and scripts.
+
+    from hpsearch import api
+
+    name = api.create_study("studies/quick.toml")   # or a dict in the study-file form
+    api.run_worker(name)                            # run trials in this process
+    best = api.best_trial(name)                     # a plain record; best.params has them all
+    frame = api.trials_dataframe(name)              # pandas, when it is installed
+
+Every function takes `db` (a SQLAlchemy URL; default: $HPSEARCH_DB, else sqlite:///hpsearch.db)
+and raises `hpsearch.errors.HpsearchError` (ConfigError for bad input) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.db import queries
+from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.queries import EpochRecord, TrialRecord
+from hpsearch.errors import HpsearchError
+
+if TYPE_CHECKING:
+    import pandas
+    from sqlalchemy import Connection
+
+    from hpsearch.runner import WorkerSummary
+
+__all__ = ["EpochRecord", "TrialRecord", "best_trial", "create_study", "epochs", "run_worker",
+           "trials", "trials_dataframe"]
+
+
+def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
+                 trials: int | None = None) -> str:
+    """Create a study (or find it again: same name, same database) without training anything.
+
+    Args:
+        study: a study file (TOML) or the same content as a dict.
+        db: results database URL.
+        trials: finished trials the study should reach (overrides the file's n_trials).
+
+    Returns:
+        The study's name, for `run_worker` and the readers.
+    """
+    from hpsearch.config import load_study, parse_study
+    from hpsearch.storage import prepare_study
+
+    config = parse_study(study, "study") if isinstance(study, dict) else load_study(study)
+    prepare_study(config, _url(db), trials)
+    return config.name
+
+
+def run_worker(name: str, db: str | None = None, *, device: str = "auto",
+               timeout: float | None = None) -> WorkerSummary:
+    """Run trials of study `name` in this process until it has its n_trials finished trials
+    (or `timeout` seconds have passed). Other workers may join from anywhere.
+
+    Returns:
+        How many trials this worker completed, pruned and failed.
+    """
+    from hpsearch.runner import run_worker as run
+
+    return run(name, _url(db), device=device, timeout=timeout)
+
+
+def trials(name: str, db: str | None = None) -> list[TrialRecord]:
+    """Every trial of the study in number order, each with its full parameters."""
+    with _reading(db) as conn:
+        return list(queries.iter_trials(conn, queries.find_study(conn, name)))
+
+
+def best_trial(name: str, db: str | None = None) -> TrialRecord | None:
+    """The study's best trial, by the same rule as `hpsearch best`; None before any finished."""
+    with _reading(db) as conn:
+        return queries.best_trial(conn, queries.find_study(conn, name))
+
+
+def epochs(name: str, db: str | None = None) -> list[EpochRecord]:
+    """Every epoch row of every trial of the study, ordered by trial number and epoch."""
+    with _reading(db) as conn:
+        return list(queries.iter_epochs(conn, queries.find_study(conn, name)))
+
+
+def trials_dataframe(name: str, db: str | None = None) -> pandas.DataFrame:
+    """The study's trials as a pandas DataFrame, one column per field and `params.NAME` per
+    parameter. Needs pandas (pip install pandas)."""
+    try:
+        import pandas
+    except ImportError:
+        raise HpsearchError("trials_dataframe needs pandas: pip install pandas") from None
+    rows = []
+    for trial in trials(name, db):
+        row = {k: v for k, v in dataclasses.asdict(trial).items() if k != "params"}
+        row.update({f"params.{k}": v for k, v in trial.params.items()})
+        rows.append(row)
+    return pandas.DataFrame(rows)
+
+
+def _url(db: str | None) -> str:
+    return normalise_url(database_url(db))
+
+
+@contextmanager
+def _reading(db: str | None) -> Iterator[Connection]:
+    from hpsearch.db.migrate import require_schema
+
+    url = _url(db)
+    require_schema(url)  # reading never creates a database or a table
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
