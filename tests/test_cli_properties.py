@@ -169,7 +169,8 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
     name = draw(st.one_of(st.just("demo"), NASTY_TEXT, TEXT))
     command = draw(st.sampled_from(["run", "worker", "studies", "trials", "best", "show",
                                     "compare", "export", "report", "evaluate", "train",
-                                    "db upgrade", "db downgrade", "db current", "db check"]))
+                                    "enqueue", "dashboard", "db upgrade", "db downgrade",
+                                    "db current", "db check"]))
     fmt = ["--format", draw(st.sampled_from(["table", "md", "csv", "json", "toml", "xml"]))]
     if command == "run":
         (tmp / "study.toml").write_bytes(draw(study_files()))
@@ -209,6 +210,15 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
         # last, so it wins: synthetic training that passes every check ends after 20 images
         return [*args, "--epochs", "1", "--subset", "20", "--set", "hidden_dim=8",
                 "--set", "channel_mlp_dim=8", "--set", "token_mlp_dim=8"]
+    if command == "enqueue":
+        if draw(st.booleans()):
+            (tmp / "best.toml").write_bytes(draw(study_files()).replace(b"[space]", b"[params]"))
+            return ["enqueue", name, "--params", str(tmp / "best.toml"), *db]
+        return ["enqueue", name, "--from", draw(st.one_of(st.just("demo"), TEXT)), "--top",
+                draw(int_text()), *db]
+    if command == "dashboard":  # a database that works would serve until stopped: only others
+        return ["dashboard", "--db", draw(urls(recorded, tmp).filter(lambda u: u != recorded)),
+                "--port", draw(int_text())]
     if command == "db downgrade":
         return ["db", "downgrade", draw(st.sampled_from(["-1", "-2", "base", "0001", "zzz", "+1",
                                                          "--bogus", "head", "-99"])), *db]
