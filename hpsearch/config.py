@@ -35,6 +35,7 @@ METRICS = ("val_acc",)
 NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
 MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
 MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
+MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,16 @@ def _table(doc: dict[str, Any], key: str, allowed: set[str], where: str) -> dict
     return value
 
 
-def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None) -> Any:
+def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None,
+           maximum: float | None = None) -> Any:
     try:
         out = coerce(key, value, kind)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if minimum is not None and out < minimum:
         raise ConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
+    if maximum is not None and out > maximum:
+        raise ConfigError(f"{where}: {key} must be at most {maximum:,}, got {value!r}")
     return out
 
 
@@ -128,7 +132,7 @@ def parse_data(table: dict[str, Any], where: str) -> DataOptions:
             val_fraction=_typed(where, "val_fraction", table.get("val_fraction", 0.1), float),
             subset=(_typed(where, "subset", table["subset"], int) if "subset" in table else None),
             synthetic_size=_typed(where, "synthetic_size", table.get("synthetic_size", 1200), int,
-                                  minimum=50),
+                                  minimum=50, maximum=MAX_SYNTHETIC_SIZE),
         )
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None

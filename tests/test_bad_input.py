@@ -159,6 +159,8 @@ CASES = [
     Case("run-huge-space-int", RUN, "space.hidden_dim: high must be between",
          toml=study("hidden_dim = { low = 16, high = 32 }",
                     "hidden_dim = { low = 16, high = 99999999999999999999 }")),
+    Case("run-synthetic-size-too-big", RUN, "synthetic_size must be at most 1,000,000",
+         toml=study("synthetic_size = 300", "synthetic_size = 2000000000")),
     Case("train-set-lr-nan", (*TRAIN, "--set", "lr=nan"), "lr must be a finite number"),
     Case("train-set-overflowing-float", (*TRAIN, "--set", "weight_decay=1e400"),
          "weight_decay must be a finite number"),

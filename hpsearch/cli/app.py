@@ -31,12 +31,12 @@ class OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
-        except typer.Abort:
-            code = 130
         except NoArgsIsHelpError as exc:  # `hpsearch` alone: the help, not an error
             exc.show()
             code = exc.exit_code
         except Exception as exc:  # noqa: BLE001 - the one place that shows errors to the user
+            if isinstance(exc, typer.Abort) and isinstance(exc.__cause__, EOFError):
+                exc = exc.__cause__  # typer turns any EOFError into a bare "Aborted!"
             if self.debug and not isinstance(exc, ClickException):
                 raise
             print(f"hpsearch: error: {error_line(exc)}", file=sys.stderr)

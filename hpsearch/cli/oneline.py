@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import typer
 from typer._click.exceptions import ClickException, UsageError  # typer vendors click
 
 from hpsearch.errors import HpsearchError
@@ -27,6 +28,8 @@ def error_line(exc: BaseException) -> str:
         text = f"{exc.format_message()} (see `{where} --help`)"
     elif isinstance(exc, ClickException):
         text = exc.format_message()
+    elif isinstance(exc, typer.Abort):
+        text = "aborted"
     elif isinstance(exc, MemoryError):
         text = "out of memory"
     elif isinstance(exc, OSError) and exc.strerror:
