@@ -24,6 +24,7 @@ The results go to stdout and, as Markdown, to bench/results/queries-<backend>.md
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -51,12 +52,14 @@ from sqlalchemy import Connection, func, insert, select
 from hpsearch.db.engine import make_engine, mask_url
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.params import TrialParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
 STUDY = "bench-10k"
 CHUNK = 500  # trials per transaction: the unit of resumption
 START = datetime(2025, 1, 1, tzinfo=UTC)
+DEFAULTS = TrialParams().to_dict()  # every trial row holds all params, the fixed ones too
 SPACE: dict[str, BaseDistribution] = {
     "patch_size": CategoricalDistribution([2, 4, 7, 14]),
     "hidden_dim": IntDistribution(32, 512, log=True),
@@ -142,7 +145,8 @@ def _insert_chunk(conn: Connection, ids: dict[str, int], trials: list[dict[str, 
          "datetime_complete": t["finished"].replace(tzinfo=None)} for t in trials])
     our_ids = _insert_returning(conn, Trial, Trial.id, [
         {"study_id": ids["ours"], "number": t["number"], "optuna_trial_id": oid,
-         "state": t["state"], "params": t["params"], "value": t["peak"]["val_acc"],
+         "state": t["state"], "params": {**DEFAULTS, "epochs": len(t["curve"]), **t["params"]},
+         "sampled": list(t["params"]), "value": t["peak"]["val_acc"],
          "best_epoch": t["peak"]["epoch"], "epochs_run": len(t["curve"]),
          "n_params": 100_000 + 500 * t["params"]["hidden_dim"], "started_at": t["started"],
          "finished_at": t["finished"], "seconds": t["seconds"],
@@ -180,7 +184,10 @@ def build(url: str, n_trials: int, epochs: int) -> None:
         if ours is None:
             ours = conn.scalar(insert(Study).returning(Study.id), {
                 "name": STUDY, "optuna_study_id": ostudy._study_id, "dataset": "fashion-mnist",
-                "config": study_config(epochs), "n_trials": n_trials, "created_at": START})
+                "config": study_config(epochs), "n_trials": n_trials, "created_at": START,
+                # as the runner stores it: each parameter's Optuna distribution as JSON
+                "space": {name: json.loads(distribution_to_json(dist))
+                          for name, dist in SPACE.items()}})
     ids = {"ours": ours, "optuna": ostudy._study_id}
     with engine.connect() as conn:
         done = conn.scalar(select(func.count()).where(Trial.study_id == ours)) or 0

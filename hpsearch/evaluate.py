@@ -26,15 +26,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpsearch import data as data_mod
-from hpsearch.config import StudyConfig, parse_study
+from hpsearch.config import StudyConfig, WorkerOptions, parse_data
 from hpsearch.db import queries
 from hpsearch.db.engine import database_url, make_engine, normalise_url
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.models import Evaluation
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
-from hpsearch.params import TrialParams
+from hpsearch.params import DataOptions, TrialParams
 from hpsearch.paths import study_slug
+from hpsearch.storage import publish_test_accuracy
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
 
@@ -44,7 +45,8 @@ class EvaluationPlan:
     """What `run_evaluation` will do, resolved (and checked) before anything trains."""
 
     study: queries.StudyInfo
-    config: StudyConfig
+    data: DataOptions  # the study's stored [data] table
+    checkpoint_dir: str  # where the final weights go ([workers] checkpoint_dir)
     trial: queries.TrialRecord
     params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
     seeds: tuple[int, ...]
@@ -103,14 +105,18 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
     if epochs is None and record.best_epoch is None:
         raise HpsearchError(f"trial {record.number} of study {name!r} finished no epoch; "
                             "pass --epochs to choose the retraining length")
-    config = parse_study(study.config, f"stored config of study {name!r}")
-    # the same epoch rule as `hpsearch best --format toml`: the peak epoch, except that a
-    # cosine schedule keeps its full length (a shorter run would follow another LR curve)
-    resolved, _data = retrain_config(study, record)
+    # the same params and epoch rule as `hpsearch best --format toml`: the trial row's full
+    # params, at the peak epoch except that a cosine schedule keeps its full length
+    resolved, data_table = retrain_config(study, record)
+    data = parse_data(data_table, f"stored [data] of study {name!r}")
     params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
-    params.check_image(config.data.dataset)
-    return EvaluationPlan(study, config, record, params,
-                          tuple(config.seed + k for k in range(seeds)))
+    params.check_image(data.dataset)
+    # seed and checkpoint folder: the stored study file's values, else the defaults it had
+    study_table, workers = study.config.get("study", {}), study.config.get("workers", {})
+    seed = int(study_table.get("seed", StudyConfig.seed))
+    checkpoint_dir = str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
+    return EvaluationPlan(study, data, checkpoint_dir, record, params,
+                          tuple(seed + k for k in range(seeds)))
 
 
 def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
@@ -148,7 +154,7 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
         raise ConfigError(str(exc)) from None
     stored = _stored(full_url, plan)
     results: list[FinalResult] = []
-    options = plan.config.data
+    options = plan.data
     data: data_mod.TrainValData | None = None
     for seed in plan.seeds:
         if seed in stored:
@@ -170,7 +176,7 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
         test = data_mod.load_test_split(options, data.mean, data.std)
         test_loss, test_acc = score(trained.model, test, dev,
                                     resolve_precision(plan.params.precision, dev))
-        path = final_checkpoint_path(plan.config.workers.checkpoint_dir, plan.study.name,
+        path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
                                      plan.trial.number, seed)
         save_checkpoint(path, {k: v.detach().cpu() for k, v in
                                trained.model.state_dict().items()})
@@ -181,6 +187,8 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
         results.append(result)
         if on_result is not None:
             on_result(result)
+    publish_test_accuracy(full_url, plan.study.optuna_study_id, plan.trial.number,
+                          summarise(plan, results).to_dict())
     return results
 
 

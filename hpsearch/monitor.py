@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from hpsearch.config import StudyConfig
 from hpsearch.db.models import Study, Trial
+from hpsearch.db.queries import best_query
 
 
 @dataclass
@@ -44,11 +45,8 @@ def read_progress(engine: Engine, name: str) -> StudyProgress:
                 select(Trial.state, func.count()).where(Trial.study_id == study_id)
                 .group_by(Trial.state)):
             progress.counts[state] = count
-        best = session.execute(
-            select(Trial.number, Trial.value).where(
-                Trial.study_id == study_id, Trial.state.in_(("complete", "pruned")),
-                Trial.value.is_not(None))
-            .order_by(Trial.value.desc()).limit(1)).first()
+        # the same rule as `hpsearch best`: pruned trials do not count
+        best = session.execute(best_query(study_id, Trial.number, Trial.value)).first()
         if best is not None:
             progress.best_number, progress.best_value = best
         progress.running = [

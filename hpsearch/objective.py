@@ -10,6 +10,7 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -22,13 +23,39 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
-from hpsearch.train import CheckpointError, TrainingDiverged, load_checkpoint, train
+from hpsearch.train import (
+    CheckpointError,
+    TrainingDiverged,
+    load_checkpoint,
+    resolve_device,
+    resolve_precision,
+    train,
+)
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.RUNNING, TrialState.WAITING)
 # how torch's CPU and CUDA allocators word a failed allocation
 OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def _track_peak(peak: dict[str, Any], val_acc: float, epoch: int) -> None:
+    """Keep the best epoch (the earliest of equal ones), as the trial row's best_epoch."""
+    if not peak or val_acc > peak["val_acc"]:
+        peak.update(val_acc=val_acc, epoch=epoch)
+
+
+def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Optuna user attributes (shown by optuna-dashboard and `optuna trials`); None values are
+    skipped. They copy what our tables hold, so a write that fails costs only the copy: it is
+    logged, never allowed to fail the trial or hide the error that is ending it."""
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        try:
+            trial.set_user_attr(key, value)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("trial %d: user attribute %s not set (%s)", trial.number, key, exc)
 
 
 class SurplusTrial(Exception):
@@ -50,7 +77,7 @@ class Objective:
         self.data = data
         self.recorder = recorder
         self.worker = worker
-        self.device = device
+        self.device = resolve_device(device)  # once per worker: "auto" -> cpu or cuda
 
     def __call__(self, trial: optuna.Trial) -> float:
         self._check_not_surplus(trial)
@@ -58,10 +85,13 @@ class Objective:
         params = self.config.params_for(sampled)
         history = retry_history(trial)
         original = history[0] if history else trial.number
-        resume_from, resumed_number, done, note = self._latest_checkpoint(history)
+        resume_from, resumed_number, state, note = self._latest_checkpoint(history)
+        precision = "fp32" if resolve_precision(params.precision, self.device) is None else "bf16"
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         params.to_dict(), list(sampled), self.worker,
-                                        retried_from=history[-1] if history else None)
+                                        retried_from=history[-1] if history else None,
+                                        precision=precision, device=str(self.device))
+        peak: dict[str, Any] = {}  # the best epoch so far: {"val_acc": ..., "epoch": ...}
         started = time.monotonic()
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
@@ -69,6 +99,7 @@ class Objective:
 
         def on_epoch(metrics: EpochMetrics) -> None:
             self.recorder.record_epoch(row, metrics)
+            _track_peak(peak, metrics.val_acc, metrics.epoch)
             trial.report(metrics.val_acc, metrics.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(
@@ -77,47 +108,58 @@ class Objective:
         # from here on every way out records the trial's end with its reason; an exception
         # that escaped would leave the row "running" until another worker called it dead
         try:
-            if resume_from is not None:
+            if resume_from is not None and state is not None:
+                done = int(state["epoch"])
                 log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
                          resume_from, done, resumed_number)
                 previous = self.recorder.trial_id(self.study_row_id, resumed_number)
                 if previous is not None:
                     self.recorder.copy_epochs(previous, row, done)
+                for done_epoch in state.get("history", []):
+                    _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
             # counted up front (building the model takes milliseconds) so pruned and failed
             # trials have their size too
             n_params = count_parameters(build_model(params, self.data.image_shape))
+            # for optuna-dashboard and `optuna trials`: what is known now, in one go
+            _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
+                                    "precision": precision, "device": str(self.device)})
             # the seed follows the original trial, so a resumed retry continues the same run
             result = train(params, self.data, seed=self.config.seed + original,
-                           device=self.device, on_epoch=on_epoch, checkpoint=checkpoint,
+                           device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
                            resume_from=resume_from)
         except optuna.TrialPruned as exc:
-            self._finish(row, "pruned", started, n_params, _noted(note, str(exc)), checkpoint)
+            self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
+                         checkpoint, peak)
             raise
         except TrainingDiverged as exc:
-            self._finish(row, "pruned", started, n_params, _noted(note, f"diverged: {exc}"),
-                         checkpoint)
+            self._finish(trial, row, "pruned", started, n_params,
+                         _noted(note, f"diverged: {exc}"), checkpoint, peak)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except KeyboardInterrupt:
-            self._finish(row, "failed", started, n_params, "interrupted (Ctrl-C)", None)
+            self._finish(trial, row, "failed", started, n_params, "interrupted (Ctrl-C)", None,
+                         peak)
             raise
         except Exception as exc:
-            self._finish(row, "failed", started, n_params, _noted(note, failure_reason(exc)),
-                         None)
+            self._finish(trial, row, "failed", started, n_params,
+                         _noted(note, failure_reason(exc)), None, peak)
             raise
-        self._finish(row, "complete", started, n_params, note, checkpoint)
+        self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
         best = result.best
         return best.val_acc if best else 0.0
 
-    def _finish(self, row: int, state: str, started: float, n_params: int | None,
-                reason: str | None, checkpoint: Path | None) -> None:
+    def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
+                n_params: int | None, reason: str | None, checkpoint: Path | None,
+                peak: dict[str, Any]) -> None:
         self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
+        # the rest of the dashboard's metadata, once at the end (each attribute is a write)
+        _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})
         if checkpoint is not None:  # finished trials need no resume point
             checkpoint.unlink(missing_ok=True)
 
     def _latest_checkpoint(self, history: list[int]
-                           ) -> tuple[Path | None, int, int, str | None]:
+                           ) -> tuple[Path | None, int, dict[str, Any] | None, str | None]:
         """The newest readable checkpoint left by the trials this one retries: its path, the
-        trial that wrote it, its last epoch, and a note (stored as the trial's reason) when a
+        trial that wrote it, its state, and a note (stored as the trial's reason) when a
         newer one was unreadable and an older one, or none (from scratch), was used instead."""
         unreadable: list[str] = []
         for number in reversed(history):
@@ -125,19 +167,20 @@ class Objective:
             if not path.exists():
                 continue
             try:
-                done = int(load_checkpoint(path)["epoch"])
+                state = load_checkpoint(path)
+                done = int(state["epoch"])
             except (CheckpointError, KeyError, TypeError, ValueError) as exc:
                 log.warning("skipping checkpoint of trial %d: %s", number, exc)
                 unreadable.append(f"trial {number}'s checkpoint {path.name} is unreadable")
                 continue
             note = (f"{'; '.join(unreadable)}: resumed from trial {number}'s checkpoint "
                     f"(epoch {done})") if unreadable else None
-            return path, number, done, note
+            return path, number, state, note
         if unreadable:
             note = f"{'; '.join(unreadable)}: trained from scratch"
             log.warning("%s", note)
-            return None, -1, 0, note
-        return None, -1, 0, None
+            return None, -1, None, note
+        return None, -1, None, None
 
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
         """Close the race in which several workers start the last trial together: a trial whose

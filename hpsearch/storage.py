@@ -25,6 +25,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.space import space_json
 
 log = logging.getLogger(__name__)
+METRIC_NAMES = ["val_acc"]  # what the objective returns: the trial's best validation accuracy
 
 
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,8 +100,25 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
     try:
         study = optuna.create_study(study_name=config.name, storage=storage,
                                     direction="maximize", load_if_exists=True)
+        if study.metric_names != METRIC_NAMES:  # named once; optuna-dashboard shows it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(METRIC_NAMES)
     finally:
         storage.remove_session()
     return Recorder(make_engine(url)).ensure_study(
         config.name, study._study_id, config.raw, space_json(config.space), config.data.dataset,
         n_trials if n_trials is not None else config.n_trials)
+
+
+def publish_test_accuracy(url: str, optuna_study_id: int, number: int,
+                          summary: dict[str, Any]) -> None:
+    """Show a trial's final test accuracy (`hpsearch evaluate`) in optuna-dashboard and
+    `optuna` tools. Optuna refuses attribute writes to a finished trial, so it goes on the
+    study: user attribute `test_acc_final.trial_N` = {mean, std, seeds, epochs, trial}."""
+    storage = open_storage(url, WorkerOptions())
+    try:
+        storage.set_study_user_attr(optuna_study_id, f"test_acc_final.trial_{number}", summary)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()

@@ -16,10 +16,11 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session
 
-from hpsearch.config import NAME_PATTERN
+from hpsearch.config import NAME_PATTERN, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.space import space_json
 
 MAX_EPOCHS = 4
 START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -106,9 +107,11 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
     ostudy = optuna.create_study(study_name=name, storage=url, direction="maximize")
     engine = make_engine(url)
     best: tuple[float, int] | None = None
+    config = study_config(name, len(plan))
+    parsed = parse_study(config)  # rows as the runner writes them: full params, stored space
     with Session(engine) as session, session.begin():
         study = Study(name=name, optuna_study_id=ostudy._study_id, dataset="fashion-mnist",
-                      config=study_config(name, len(plan)), n_trials=len(plan),
+                      config=config, space=space_json(parsed.space), n_trials=len(plan),
                       created_at=START - timedelta(minutes=1))
         session.add(study)
         clock = START
@@ -123,7 +126,8 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
             optuna_id = _add_optuna_trial(ostudy, state, params, curve, clock, finished)
             trial = Trial(
                 study=study, number=number, optuna_trial_id=optuna_id, state=state,
-                params=params, value=peak.get("val_acc"), best_epoch=peak.get("epoch"),
+                params=parsed.params_for(params).to_dict(), sampled=list(params),
+                value=peak.get("val_acc"), best_epoch=peak.get("epoch"),
                 epochs_run=epochs, n_params=50_000 + 1000 * params["hidden_dim"],
                 started_at=clock, finished_at=finished,
                 seconds=seconds if finished else None, worker=f"host-a:{1000 + number % 2}",

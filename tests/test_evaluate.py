@@ -110,7 +110,7 @@ def test_evaluate_the_best_trial_stores_one_row(url: str, monkeypatch: pytest.Mo
 
     # the final weights: a plain state dict that loads into the trial's model
     path = Path(row.checkpoint_path)
-    assert path == final_checkpoint_path(plan.config.workers.checkpoint_dir, "tiny",
+    assert path == final_checkpoint_path(plan.checkpoint_dir, "tiny",
                                          best.number, 0)
     assert path.name == f"final-trial-{best.number}-seed-0.pt" and path.parent.name == "tiny"
     state = torch.load(path, weights_only=True)

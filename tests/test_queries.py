@@ -137,7 +137,7 @@ def test_trial_epochs_and_iterators(conn: Connection, study: queries.StudyInfo) 
     assert [(e.trial_number, e.epoch) for e in every] == sorted(
         (e.trial_number, e.epoch) for e in every)
     assert [t.number for t in queries.iter_trials(conn, study)] == list(range(len(PLAN)))
-    assert queries.param_keys(conn, study) == ["lr", "hidden_dim", "optimizer", "patch_size",
+    assert queries.sampled_names(conn, study) == ["lr", "hidden_dim", "optimizer", "patch_size",
                                                "dropout"]
 
 

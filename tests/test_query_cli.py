@@ -64,6 +64,11 @@ def db_epochs(recorded: RecordedStudy) -> dict[tuple[int, int], tuple[float, ...
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
 
 
+def sampled(trial: Trial) -> dict:
+    """The params the sampler chose, from a trial row that holds every param."""
+    return {k: trial.params[k] for k in trial.sampled}
+
+
 def _num(text: str) -> float | int | None:
     if text == "":
         return None
@@ -99,7 +104,11 @@ def test_trials_leaderboard(run, recorded: RecordedStudy, fmt: str) -> None:
         for row in rows:
             trial = stored[row["number"]]
             assert row["best_val_acc"] == trial.value
-            assert row["params"] == trial.params
+            # the sampled params, in the stored search space's order
+            assert list(row["params"].items()) == [(k, trial.params[k]) for k in
+                                                   ("lr", "hidden_dim", "optimizer",
+                                                    "patch_size", "dropout")]
+            assert row["is_best"] == (trial.number == recorded.best_number)
             assert (row["best_epoch"], row["epochs_run"], row["seconds"], row["n_params"]) == \
                 (trial.best_epoch, trial.epochs_run, trial.seconds, trial.n_params)
     elif fmt == "csv":
@@ -130,8 +139,8 @@ def test_best(run, recorded: RecordedStudy, fmt: str) -> None:
     if fmt == "json":
         doc = json.loads(out)
         assert (doc["number"], doc["best_val_acc"], doc["params"]) == \
-            (best.number, best.value, best.params)
-        assert doc["resolved_params"]["lr"] == best.params["lr"]
+            (best.number, best.value, sampled(best))
+        assert doc["resolved_params"] == best.params  # cosine: the full length is kept
     elif fmt == "csv":
         (row,) = csv.DictReader(io.StringIO(out))
         assert int(row["number"]) == best.number and float(row["best_val_acc"]) == best.value
@@ -193,7 +202,7 @@ def test_compare(run, recorded: RecordedStudy, fmt: str) -> None:
                        key=lambda t: t.value)
             first = min(t.started_at for t in stored.values())
             assert doc[name]["best_val_acc"] == best.value
-            assert doc[name]["params"] == best.params
+            assert doc[name]["params"] == sampled(best)
             assert doc[name]["pruned_share"] == 2 / len(PLAN)
             assert doc[name]["time_to_best_s"] == (best.finished_at - first).total_seconds()
             assert doc[name]["compute_seconds"] == pytest.approx(
@@ -218,7 +227,7 @@ def test_export_trials_csv_round_trips(run, recorded: RecordedStudy, tmp_path: P
                             ("n_params", "n_params")):
             assert _num(row[key]) == getattr(trial, column)
         assert {k[7:]: row[k] for k in row if k.startswith("params.")} == \
-            {k: str(v) for k, v in trial.params.items()}
+            {k: str(v) for k, v in sampled(trial).items()}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
@@ -296,16 +305,17 @@ def test_report_with_one_complete_trial_explains_missing_importances(
 
 def test_importances_never_raise() -> None:
     from hpsearch.report.figures import param_importances
+    from hpsearch.space import space_json
     from tests.recorded_study import study_config
 
-    config = study_config("x", 6)
-    rows = [(i, 0.1 * i, {"lr": 10.0 ** -i, "optimizer": ["adam", "sgd"][i % 2],
+    space = space_json(parse_study(study_config("x", 6)).space)
+    rows = [(i, 0.1 * i, {"lr": 10.0 ** -(1 + i / 2), "optimizer": ["adam", "sgd"][i % 2],
                           "patch_size": [4, 7][i % 2], "extra": i}) for i in range(1, 6)]
-    found, how = param_importances(config, rows)  # "extra" is not in the config's space
-    assert found is not None and set(found) == {"lr", "optimizer", "patch_size", "extra"}
-    assert how.startswith("PED-ANOVA")
-    found, how = param_importances({"space": "garbage"}, [(i, 0.1 * i, {"odd": [i]})
-                                                          for i in range(3)])
+    found, how = param_importances(space, rows)  # "extra" is not in the stored space
+    assert found is not None and set(found) == {"lr", "optimizer", "patch_size"}
+    assert how.startswith("PED-ANOVA") and how.endswith("left out: extra")
+    found, how = param_importances({"odd": {"name": "garbage"}},
+                                   [(i, 0.1 * i, {"odd": [i]}) for i in range(3)])
     assert found is None and how.startswith("parameter importances unavailable")
 
 

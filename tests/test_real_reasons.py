@@ -94,14 +94,14 @@ def test_a_corrupt_checkpoint_falls_back_to_an_older_one_then_to_scratch(tmp_pat
     save_checkpoint(newest, {"epoch": 3, "model": {"w": torch.ones(3)}})
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a crash mid-copy
 
-    path, number, done, note = objective._latest_checkpoint([0, 1])
-    assert (path, number, done) == (good, 0, 2)
+    path, number, state, note = objective._latest_checkpoint([0, 1])
+    assert (path, number, state and state["epoch"]) == (good, 0, 2)
     assert note == (f"trial 1's checkpoint {newest.name} is unreadable: resumed from trial 0's "
                     "checkpoint (epoch 2)")
 
     good.write_bytes(b"\x00" * 64)  # now the older one is garbage too
-    path, number, done, note = objective._latest_checkpoint([0, 1])
-    assert path is None and done == 0
+    path, number, state, note = objective._latest_checkpoint([0, 1])
+    assert path is None and state is None
     assert note is not None and note.endswith("trained from scratch")
     assert "trial 0's checkpoint" in note and "trial 1's checkpoint" in note
 

@@ -98,10 +98,14 @@ def emit(sheet: Sheet, fmt: str) -> None:
         tables.write(sheet, fmt, sys.stdout)
 
 
-@app.command()
+BEST_HELP = ("Best means the complete trial with the highest finite validation accuracy (ties: the "
+             "lowest trial number), as Optuna's best_trial: pruned trials never count, because "
+             "a pruned trial's value was measured at the smaller budget it was stopped at.")
+
+
+@app.command(help="List every study: trial counts by state, best validation accuracy, dataset, "
+             "created, last activity.\n\n" + BEST_HELP)
 def studies(db: DbOption = None, fmt: FormatOption = Format.table) -> None:
-    """List every study: trial counts by state, best validation accuracy, dataset, created,
-    last activity."""
     from hpsearch.db import queries
     from hpsearch.report.tables import studies_sheet
 
@@ -109,7 +113,11 @@ def studies(db: DbOption = None, fmt: FormatOption = Format.table) -> None:
         emit(studies_sheet(queries.list_studies(conn)), fmt.value)
 
 
-@app.command()
+@app.command(help="Leaderboard of a study's trials: number, state, best validation accuracy "
+             "and its epoch, epochs run, time, parameter count, a mark on the study's best "
+             "trial, and the sampled parameters as columns (in the search space's order). "
+             "The default order is by value, so a pruned trial can rank above the best."
+             "\n\n" + BEST_HELP)
 def trials(
     name: StudyArg,
     top: Annotated[int | None, typer.Option(
@@ -124,8 +132,6 @@ def trials(
     fmt: FormatOption = Format.table,
     db: DbOption = None,
 ) -> None:
-    """Leaderboard of a study's trials: number, state, best validation accuracy and its epoch,
-    epochs run, time, parameter count, and the sampled parameters as columns."""
     from hpsearch.db import queries
     from hpsearch.report.tables import param_names, trials_sheet
 
@@ -133,8 +139,10 @@ def trials(
         study = queries.find_study(conn, name)
         rows = queries.leaderboard(conn, study, top=top, states=[s.value for s in state or []],
                                    sort=sort)
-        sheet = trials_sheet(study, rows, param_names(study.config, [r.params for r in rows]),
-                             tests=queries.study_evaluations(conn, study))
+        best = queries.best_trial(conn, study)
+        sheet = trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
+                             tests=queries.study_evaluations(conn, study),
+                             best=best.number if best else None)
         if not rows:
             sheet.notes.append("no trials match")
         emit(sheet, fmt.value)
@@ -148,11 +156,13 @@ def print_leaderboard(url: str, name: str, top: int) -> None:
     with connect(url) as conn:
         study = queries.find_study(conn, name)
         rows = queries.leaderboard(conn, study, top=top)
-        emit(trials_sheet(study, rows, param_names(study.config, [r.params for r in rows])),
-             "table")
+        best = queries.best_trial(conn, study)
+        emit(trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
+                          best=best.number if best else None), "table")
 
 
-@app.command()
+@app.command(help="The best trial of a study and its full parameters (fixed and sampled, as "
+             "its trial row holds them).\n\n" + BEST_HELP)
 def best(
     name: StudyArg,
     fmt: Annotated[BestFormat, typer.Option(
@@ -161,7 +171,6 @@ def best(
     )] = BestFormat.table,
     db: DbOption = None,
 ) -> None:
-    """The best complete trial of a study and its full parameters (fixed and sampled)."""
     from hpsearch.db import queries
     from hpsearch.errors import HpsearchError
     from hpsearch.report import tables
@@ -179,7 +188,7 @@ def best(
         sys.stdout.write(tables.best_toml(study, trial, params, data))
     elif fmt is BestFormat.json:
         record = {"study": study.name, **next(iter(tables.trials_sheet(
-            study, [trial], list(trial.params),
+            study, [trial], list(trial.sampled),
             tests={trial.number: test} if test else None).records())),
             "resolved_params": params, "data": data}
         sys.stdout.write(tables.json_text(record) + "\n")
@@ -196,8 +205,8 @@ def show(
                                         "epoch rows only.")] = Format.table,
     db: DbOption = None,
 ) -> None:
-    """One trial: its summary, every stored metric of every epoch, and why it was pruned or
-    failed."""
+    """One trial: its summary, every parameter (the sampled ones marked), every stored metric
+    of every epoch, and why it was pruned or failed."""
     from hpsearch.db import queries
     from hpsearch.report import tables
 
@@ -209,7 +218,8 @@ def show(
     epoch_sheet = tables.epochs_sheet(title, epochs, with_trial=False)
     if fmt is Format.json:
         summary = next(iter(tables.trial_sheet(study, trial).records()))
-        doc = {"study": study.name, "trial": summary, "epochs": list(epoch_sheet.records())}
+        doc = {"study": study.name, "trial": summary, "sampled": list(trial.sampled),
+               "epochs": list(epoch_sheet.records())}
         sys.stdout.write(tables.json_text(doc) + "\n")
         return
     if fmt is Format.csv:
@@ -235,7 +245,7 @@ def compare(
 ) -> None:
     """Studies side by side: best value, trials, pruned share, total compute time, time to
     reach the best (first trial's start to the best trial's finish), and each study's best
-    params."""
+    params. Best: the complete trial with the highest value (see `hpsearch best --help`)."""
     from hpsearch.db import queries
     from hpsearch.report.tables import compare_sheet, param_names
 
@@ -243,9 +253,8 @@ def compare(
         stats = [queries.study_stats(conn, queries.find_study(conn, n)) for n in names]
     names_union: list[str] = []
     for s in stats:
-        best_params = [s.best.params] if s.best else []
-        names_union += [n for n in param_names(s.study.config, best_params)
-                        if n not in names_union]
+        sampled = [s.best.sampled] if s.best else []
+        names_union += [n for n in param_names(s.study.space, sampled) if n not in names_union]
     emit(compare_sheet(stats, names_union), fmt.value)
 
 
@@ -270,7 +279,7 @@ def export(
     with connect(db) as conn:
         study = queries.find_study(conn, name)
         if what is What.trials:
-            names = param_names(study.config, [queries.param_keys(conn, study)])
+            names = param_names(study.space, [queries.sampled_names(conn, study)])
             sheet = trials_sheet(study, queries.iter_trials(conn, study), names, full=True)
         else:
             sheet = epochs_sheet(f"{study.name}: epochs", queries.iter_epochs(conn, study),

@@ -7,6 +7,7 @@ nothing here loads a whole study into Python unless the caller asks for every ro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Row,
+    Select,
     case,
     func,
     inspect,
@@ -49,10 +51,19 @@ class StudyInfo:
     name: str
     optuna_study_id: int
     dataset: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # the study file as loaded, kept for the record; never re-parsed
     planned_trials: int
     created_at: datetime | None
-    space: dict[str, Any] = field(default_factory=dict)  # name -> Optuna distribution JSON
+    # parameter name -> Optuna distribution JSON ({"name": ..., "attributes": {...}}), in the
+    # study file's order: what reports draw axes and importances from
+    space: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The stored [data] table (dataset, subset, ...) that retraining needs."""
+        data = self.config.get("data", {}) if isinstance(self.config, dict) else {}
+        return dict(data) if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -222,8 +233,43 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
             more = ", ..." if len(known) > KNOWN_NAMES_SHOWN else ""
             hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
         raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
-    return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset, study.config,
-                     study.n_trials, utc(study.created_at), dict(study.space or {}))
+    return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset,
+                     study.config or {}, study.n_trials, utc(study.created_at),
+                     dict(study.space or {}), study.note)
+
+
+# --- the one definition of "best" --------------------------------------------------------
+
+BEST_STATES = ("complete",)
+
+
+def best_query(study_id: Any, *columns: Any) -> Select[Any]:
+    """THE definition of a study's best trial, used by every view (`studies`, `trials`, `best`,
+    `compare`, `report`, `evaluate` and the live view of `hpsearch run`).
+
+    Like Optuna's `study.best_trial`: only COMPLETE trials count. A pruned trial's value is an
+    intermediate result at a smaller budget (the epoch it was stopped at), so it is not
+    comparable with a finished trial's, and a trial Optuna stopped for looking bad must never be
+    handed out as the one to retrain. The value must be present and finite (NULL, NaN and
+    infinities are not accuracies; PostgreSQL would sort NaN above every number). Ties go to
+    the earliest trial number, as in Optuna. `ORDER BY value DESC LIMIT 1` walks the
+    (study_id, value) index backwards instead of reading every trial.
+
+    `study_id` may be a column (a correlated subquery, as `list_studies` uses it).
+    """
+    return (select(*columns).where(Trial.study_id == study_id, *_eligible())
+            .order_by(Trial.value.desc(), Trial.number).limit(1))
+
+
+def _eligible() -> tuple[ColumnElement[bool], ...]:
+    """`best_query`'s filter: the trials that may be best (NULL fails both comparisons)."""
+    return (Trial.state.in_(BEST_STATES), Trial.value > float("-inf"),
+            Trial.value < float("inf"))
+
+
+def counts_for_best(state: str, value: float | None) -> bool:
+    """`_eligible` for one trial already in memory (best-so-far curves)."""
+    return state in BEST_STATES and value is not None and math.isfinite(value)
 
 
 def _count_by_state() -> list[ColumnElement[int]]:
@@ -233,7 +279,7 @@ def _count_by_state() -> list[ColumnElement[int]]:
 
 def list_studies(conn: Connection) -> list[StudySummary]:
     """Every study with its trial counts by state, best value and last activity (one query)."""
-    best = func.max(case((Trial.state == "complete", Trial.value)))
+    best = best_query(Study.id, Trial.value).correlate_except(Trial).scalar_subquery()
     last = func.max(func.coalesce(Trial.finished_at, Trial.started_at))
     query = (
         select(Study.name, Study.dataset, Study.created_at, last.label("last"),
@@ -308,16 +354,8 @@ def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
 
 
 def best_trial(conn: Connection, study: StudyInfo) -> TrialRecord | None:
-    """The complete trial with the highest value (ties: the earliest), like Optuna's best_trial.
-
-    WHERE study_id = ? ... ORDER BY value DESC LIMIT 1 walks the (study_id, value) index
-    backwards instead of reading every trial.
-    """
-    query = (select(Trial.__table__)
-             .where(Trial.study_id == study.id, Trial.state == "complete",
-                    Trial.value.is_not(None))
-             .order_by(Trial.value.desc(), Trial.number).limit(1))
-    trial = conn.execute(query).first()
+    """The study's best trial by `best_query`'s rule, or None before any trial completes."""
+    trial = conn.execute(best_query(study.id, Trial.__table__)).first()
     return _trial_record(trial) if trial is not None else None
 
 
@@ -340,13 +378,13 @@ def iter_trials(conn: Connection, study: StudyInfo) -> Iterator[TrialRecord]:
         yield _trial_record(trial)
 
 
-def param_keys(conn: Connection, study: StudyInfo) -> list[str]:
-    """Every sampled parameter name used by the study's trials, in order of first use."""
+def sampled_names(conn: Connection, study: StudyInfo) -> list[str]:
+    """Every parameter name the study's trials sampled, in order of first use."""
     keys: dict[str, None] = {}
-    query = (select(Trial.params).where(Trial.study_id == study.id).order_by(Trial.number)
+    query = (select(Trial.sampled).where(Trial.study_id == study.id).order_by(Trial.number)
              .execution_options(yield_per=5000))
-    for params in conn.scalars(query):
-        keys.update(dict.fromkeys(params or {}))
+    for sampled in conn.scalars(query):
+        keys.update(dict.fromkeys(sampled or ()))
     return list(keys)
 
 
@@ -416,12 +454,13 @@ def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:
 
 
 def complete_params(conn: Connection, study: StudyInfo) -> list[tuple[int, float, dict]]:
-    """(number, value, sampled params) of every complete trial, for parallel coordinates."""
-    query = (select(Trial.number, Trial.value, Trial.params)
-             .where(Trial.study_id == study.id, Trial.state == "complete",
-                    Trial.value.is_not(None))
-             .order_by(Trial.number))
-    return [(r.number, r.value, dict(r.params or {})) for r in conn.execute(query)]
+    """(number, value, sampled params) of every trial that counts for best (`best_query`'s
+    rule), for parallel coordinates and importances."""
+    query = (select(Trial.number, Trial.value, Trial.params, Trial.sampled)
+             .where(Trial.study_id == study.id, *_eligible()).order_by(Trial.number))
+    return [(r.number, r.value, {k: (r.params or {})[k] for k in r.sampled or ()
+                                 if k in (r.params or {})})
+            for r in conn.execute(query)]
 
 
 def top_curves(conn: Connection, study: StudyInfo, metrics: Sequence[str],

@@ -77,9 +77,11 @@ class Recorder:
 
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
                     params: dict[str, Any], sampled: list[str], worker: str,
-                    retried_from: int | None) -> int:
+                    retried_from: int | None, precision: str | None = None,
+                    device: str | None = None) -> int:
         """The trial's row: `params` is every parameter of the run (sampled and fixed),
-        `sampled` names the ones the sampler chose."""
+        `sampled` names the ones the sampler chose; `precision` and `device` are what the run
+        resolved "auto" to."""
         def write() -> int:
             with Session(self.engine) as session, session.begin():
                 existing = session.scalar(select(Trial).where(
@@ -88,7 +90,8 @@ class Recorder:
                     return existing.id
                 trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
                               state="running", params=params, sampled=sampled, worker=worker,
-                              retried_from=retried_from, epochs_run=0)
+                              retried_from=retried_from, epochs_run=0, precision=precision,
+                              device=device)
                 session.add(trial)
                 session.flush()
                 return trial.id

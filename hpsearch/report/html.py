@@ -104,8 +104,7 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
              for m in CURVE_METRICS}
     points = queries.trial_points(conn, info)
     rows = queries.complete_params(conn, info)
-    space = info.config.get("space", {}) if isinstance(info.config, dict) else {}
-    names = tables.param_names(info.config, [p for _, _, p in rows])
+    names = tables.param_names(info.space, [p for _, _, p in rows])
 
     section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
     if many:
@@ -122,16 +121,18 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     ]
     if rows:
         section.items.append(Figure(f"{key}-parameters", f"{info.name}: parameters",
-                                    figures.parallel_coordinates(info.name, rows, names, space)))
+                                    figures.parallel_coordinates(info.name, rows, names,
+                                                                 info.space)))
     else:
         section.items.append(_note("parallel coordinates need at least one complete trial"))
-    found, how = figures.param_importances(info.config, rows)
+    found, how = figures.param_importances(info.space, rows)
     section.items.append(Figure(f"{key}-importances", f"{info.name}: importances",
                                 figures.importance_figure(info.name, found, how))
                          if found else _note(how))
     leaders = queries.leaderboard(conn, info, top=LEADERBOARD_ROWS)
     section.items.append(sheet_html(tables.trials_sheet(
         info, leaders, names, tests=queries.study_evaluations(conn, info),
+        best=stats.best.number if stats.best else None,
         title=f"leaderboard (best {min(LEADERBOARD_ROWS, stats.total)} of {stats.total:,} "
               "trials)")))
     best_curve = next((c for c in top if stats.best and c.trial_number == stats.best.number),
@@ -144,8 +145,8 @@ def _comparison_section(stats: list[queries.StudyStats],
                         best_curves: list[tuple[str, queries.Curve]]) -> Section:
     names: list[str] = []
     for s in stats:
-        found = [s.best.params] if s.best else []
-        names += [n for n in tables.param_names(s.study.config, found) if n not in names]
+        found = [s.best.sampled] if s.best else []
+        names += [n for n in tables.param_names(s.study.space, found) if n not in names]
     section = Section("Studies compared", [sheet_html(tables.compare_sheet(stats, names)),
                                            Figure("compare-best", "best so far, overlaid",
                                                   figures.overlay_best(points))])

@@ -219,11 +219,10 @@ def write_json(sheet: Sheet, out: TextIO) -> None:
 
 # --- sheets for each command ---------------------------------------------------------------
 
-def param_names(config: dict[str, Any], found: Iterable[Iterable[str]]) -> list[str]:
-    """Sampled parameter names: the study's [space] order, then any other keys `found` in the
-    trials' params (a study whose space changed between runs)."""
-    space = config.get("space", {}) if isinstance(config, dict) else {}
-    names = [k for k, v in space.items() if isinstance(v, list | dict)]
+def param_names(space: Mapping[str, Any], found: Iterable[Iterable[str]]) -> list[str]:
+    """Sampled parameter names: the stored search space's order, then any other names `found`
+    among the trials' sampled ones (a study whose space changed between runs)."""
+    names = list(space)
     for keys in found:
         names.extend(k for k in keys if k not in names)
     return names
@@ -257,6 +256,7 @@ LEADERBOARD = [
 # The test set is scored only by `hpsearch evaluate` (a retraining on train + validation), so this
 # column stays apart from the validation accuracy the search optimised.
 TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test)
+BEST_COLUMN = Column("is_best", "best", lambda v: "*" if v else "")  # `queries.best_query`
 TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
     Column("worker", "worker"), Column("reason", "reason"),
@@ -269,9 +269,12 @@ def _test_value(test: EvaluationSummary | None) -> dict[str, Any] | None:
 
 
 def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
-               tests: Mapping[int, EvaluationSummary] | None = None) -> tuple[Any, ...]:
+               tests: Mapping[int, EvaluationSummary] | None = None,
+               best: int | None = None) -> tuple[Any, ...]:
     row: tuple[Any, ...] = (t.number, t.state, t.value, t.best_epoch, t.epochs_run, t.seconds,
                             t.n_params)
+    if best is not None:
+        row += (t.number == best,)
     if tests:
         row += (_test_value(tests.get(t.number)),)
     if full:
@@ -282,13 +285,16 @@ def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
 
 def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequence[str], *,
                  full: bool = False, title: str = "",
-                 tests: Mapping[int, EvaluationSummary] | None = None) -> Sheet:
+                 tests: Mapping[int, EvaluationSummary] | None = None,
+                 best: int | None = None) -> Sheet:
     """The leaderboard; `full` adds times, worker, reason and ids (for exports); `tests` (by
-    trial number) adds the final test accuracy column when any trial has one."""
-    columns = (LEADERBOARD + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else [])
+    trial number) adds the final test accuracy column when any trial has one; `best` (the
+    study's best trial number, by `queries.best_query`) adds a column marking it."""
+    columns = (LEADERBOARD + ([BEST_COLUMN] if best is not None else [])
+               + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else [])
                + _param_columns(names))
     return Sheet(title or f"{study.name}: trials", columns,
-                 (_trial_row(t, names, full, tests) for t in records))
+                 (_trial_row(t, names, full, tests, best) for t in records))
 
 
 EPOCH_COLUMNS = [
@@ -308,13 +314,25 @@ def epochs_sheet(title: str, epochs: Iterable[EpochRecord], *, with_trial: bool)
 
 
 def trial_sheet(study: StudyInfo, trial: TrialRecord) -> Sheet:
-    """One trial, every stored column, shown vertically."""
-    names = param_names(study.config, [trial.params])
+    """One trial, every stored column and every parameter (sampled ones first, in the space's
+    order, and marked), shown vertically."""
+    sampled = param_names(study.space, [trial.sampled])
+    names = [n for n in sampled if n in trial.sampled and n in trial.params]
+    names += [n for n in trial.params if n not in names]
     sheet = trials_sheet(study, [trial], names, full=True,
                          title=f"{study.name}: trial {trial.number}")
+    sheet.columns = [_marked(c, trial.sampled) for c in sheet.columns]
     sheet.rows = list(sheet.rows)
     sheet.vertical = True
     return sheet
+
+
+def _marked(column: Column, sampled: Sequence[str]) -> Column:
+    """A parameter column titled "name (sampled)" when the sampler chose its value."""
+    head, _, name = column.key.partition(".")
+    if head == "params" and name in sampled:
+        return Column(column.key, f"{name} (sampled)", column.fmt)
+    return column
 
 
 def reason_line(trial: TrialRecord) -> str | None:
@@ -331,8 +349,7 @@ def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any],
     accuracy when it was evaluated."""
     tests = {trial.number: test} if test is not None else None
     columns = [Column("study", "study"), *LEADERBOARD, *([TEST_COLUMN] if tests else []),
-               *(Column(f"params.{k}", k + (" (sampled)" if k in trial.params else ""))
-                 for k in resolved)]
+               *(_marked(Column(f"params.{k}", k), trial.sampled) for k in resolved)]
     row = (study.name, *_trial_row(trial, [], full=False, tests=tests), *resolved.values())
     return Sheet(f"{study.name}: best trial", columns, [row], vertical=True)
 
@@ -364,21 +381,22 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
 # --- a retrainable config ------------------------------------------------------------------
 
 def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Full params (fixed + sampled) and the [data] table that retrain `trial` on its own.
+    """Full params (fixed + sampled, as the trial row holds them) and the study's stored
+    [data] table, which retrain `trial` on its own.
 
     epochs becomes the epoch where the trial peaked, except with a cosine schedule: that one
     stretches over all epochs, so a shorter run would follow a different learning-rate curve.
     """
-    from hpsearch.config import parse_study
+    from hpsearch.params import TrialParams
 
     try:
-        config = parse_study(study.config, f"stored config of study {study.name!r}")
-        params = config.params_for(trial.params).to_dict()
+        params = TrialParams.from_dict(trial.params).to_dict()  # checks the stored row
     except ConfigError as exc:
-        raise ConfigError(f"cannot resolve the params of trial {trial.number}: {exc}") from None
+        raise ConfigError(f"cannot resolve the params of trial {trial.number} of study "
+                          f"{study.name!r}: {exc}") from None
     if trial.best_epoch is not None and params["scheduler"] != "cosine":
         params["epochs"] = trial.best_epoch
-    return params, dict(study.config.get("data", {}))
+    return params, study.data
 
 
 def toml_value(value: Any) -> str:
