@@ -27,7 +27,15 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
     "hyperband": {"reduction_factor": (3, 2)},
 }
 METRICS = ("val_acc",)
-NAME_PATTERN = re.compile(r"^[\w.\- ]{1,200}$")  # shown in HTML and used in paths: keep it tame
+# Study names are typed on command lines, shown in HTML and used in paths, so they are tame:
+# letters, digits, spaces, '.', '-', '_'; no control characters (\w is Unicode-aware, so the
+# printable check is explicit); not starting with '-' (`hpsearch worker --help` would be an
+# option) nor with or ending in a space. Names recorded by other means are still found by the
+# read commands, which only compare them.
+NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
+MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
+MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
+MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
 
 
 @dataclass(frozen=True)
@@ -96,13 +104,16 @@ def _table(doc: dict[str, Any], key: str, allowed: set[str], where: str) -> dict
     return value
 
 
-def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None) -> Any:
+def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None,
+           maximum: float | None = None) -> Any:
     try:
         out = coerce(key, value, kind)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if minimum is not None and out < minimum:
         raise ConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
+    if maximum is not None and out > maximum:
+        raise ConfigError(f"{where}: {key} must be at most {maximum:,}, got {value!r}")
     return out
 
 
@@ -115,12 +126,13 @@ def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
 def parse_data(table: dict[str, Any], where: str) -> DataOptions:
     try:
         return DataOptions(
-            dataset=str(table.get("dataset", "fashion-mnist")),
-            data_dir=table.get("data_dir"),
+            dataset=_typed(where, "dataset", table.get("dataset", "fashion-mnist"), str),
+            data_dir=(_typed(where, "data_dir", table["data_dir"], str)
+                      if table.get("data_dir") is not None else None),
             val_fraction=_typed(where, "val_fraction", table.get("val_fraction", 0.1), float),
             subset=(_typed(where, "subset", table["subset"], int) if "subset" in table else None),
             synthetic_size=_typed(where, "synthetic_size", table.get("synthetic_size", 1200), int,
-                                  minimum=50),
+                                  minimum=50, maximum=MAX_SYNTHETIC_SIZE),
         )
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
@@ -178,17 +190,47 @@ def _check_value(label: str, name: str, value: Any) -> None:
         raise ConfigError(f"{label}: {exc}") from None
 
 
-def load_study(path: str | Path) -> StudyConfig:
-    path = Path(path)
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's document; any reason it cannot be read or parsed is one ConfigError."""
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read study file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_STUDY_FILE_BYTES:
+        raise ConfigError(f"{path}: not a {what} (larger than {MAX_STUDY_FILE_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {exc.start})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
-    return parse_study(doc, str(path))
+        raise ConfigError(f"{path}: malformed TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
+    _check_strings(doc, str(path))
+    return doc
+
+
+def _check_strings(value: Any, where: str, key: str = "") -> None:
+    """No control characters in any key or string: they end up in paths, logs, one-line
+    errors and database text (PostgreSQL cannot store NUL at all)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, where, key)
+            _check_strings(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, where, key)
+    elif isinstance(value, str) and not value.isprintable():
+        raise ConfigError(f"{where}: {key or 'a key'}: control characters are not allowed "
+                          f"(got {value[:60]!r})")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    return parse_study(read_toml(path, "study file"), str(path))
 
 
 def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
@@ -207,11 +249,16 @@ def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[s
             for key, (default, minimum) in options.items()}
 
 
-def check_study_name(name: Any, where: str = "study") -> None:
-    """The rule for every study name: in files, and for `hpsearch study rename/copy`."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(f"{where}: study name {name!r} must be 1-200 letters, digits, spaces, "
-                          "'.', '-' or '_'")
+def check_study_name(name: Any, where: str = "study") -> str:
+    """The rule for every new study name, in files and for `hpsearch study rename/copy`: it is
+    shown in HTML and terminals and used in paths (see NAME_PATTERN); nothing that reads as an
+    option, no control characters, no stray spaces at the ends."""
+    if (not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not name.isprintable()
+            or name.startswith("-") or name != name.strip()):
+        shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
+        raise ConfigError(f"{where}: study name {shown} must be 1-200 letters, digits, spaces, "
+                          "'.', '-' or '_', not start with '-' nor start or end with a space")
+    return name
 
 
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
@@ -223,8 +270,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                                   "seed"}, where)
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
-    name = study["name"]
-    check_study_name(name, where)
+    name = check_study_name(study["name"], where)
     budget = _table(doc, "budget", {"max_epochs", "min_epochs"}, where)
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir"}, where)
@@ -246,7 +292,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
         timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
                  if "timeout" in study else None),
-        seed=_typed(where, "seed", study.get("seed", 0), int),
+        seed=_typed(where, "seed", study.get("seed", 0), int, minimum=0),
         min_epochs=min_epochs,
         data=parse_data(_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
                                              "synthetic_size"}, where), where),
@@ -256,7 +302,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             grace_period=_typed(where, "grace_period", workers.get("grace_period", 120), int,
                                 minimum=2),
             max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
-            checkpoint_dir=str(workers.get("checkpoint_dir", "hpsearch-checkpoints")),
+            checkpoint_dir=_typed(where, "checkpoint_dir",
+                                  workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
         ),
         raw=doc,
     )
@@ -271,7 +318,10 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             config.fixed[key] = dim
     _check_constraints(config, where)
     if config.sampler == "grid":
-        grid_values(config)  # raises if the space has no grid
+        try:
+            grid_values(config)  # raises if the space has no grid
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return config
 
 
@@ -291,14 +341,20 @@ def _check_constraints(config: StudyConfig, where: str) -> None:
 def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
     """The grid sampler's search space: categorical choices and stepped ranges, expanded."""
     grid: dict[str, list[Any]] = {}
+    total = 1
     for name, dim in config.space.items():
         if isinstance(dim, Categorical):
-            grid[name] = list(dim.choices)
+            count = len(dim.choices)
         elif dim.step is not None and not dim.log:
             count = math.floor((dim.high - dim.low) / dim.step + 1e-9) + 1
-            grid[name] = [dim.low + i * dim.step for i in range(count)]
         else:
             raise ConfigError(f"grid sampler: space.{name} must be a list or a range with step")
+        total *= count
+        if total > MAX_GRID_POINTS:  # checked before listing: a tiny step would never finish
+            raise ConfigError(f"grid sampler: the grid has more than {MAX_GRID_POINTS:,} points "
+                              f"(at space.{name}); use larger steps or another sampler")
+        grid[name] = (list(dim.choices) if isinstance(dim, Categorical)
+                      else [dim.low + i * dim.step for i in range(count)])
     return grid
 
 
@@ -316,12 +372,7 @@ def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], R
     """A single-run file for `hpsearch train --config`: [params] (or [fixed]), [data], and the
     top-level `seed` and `split_seed`."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    doc = read_toml(path, "config file")
     allowed = {"params", "fixed", "data", "seed", "split_seed"}
     unknown = sorted(set(doc) - allowed)
     if unknown:

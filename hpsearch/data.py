@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,14 @@ log = logging.getLogger(__name__)
 
 class DataNotFoundError(ConfigError):
     """No copy of the dataset could be found or downloaded."""
+
+
+class DataError(ConfigError):
+    """Dataset files that are there but cannot be read (truncated, corrupt)."""
+
+
+class _CacheUnwritable(Exception):
+    """Our cache folder cannot be created or written."""
 
 
 @dataclass
@@ -108,29 +118,63 @@ def _idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Pat
     return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
 
 
-def _torchvision_root(dataset: str, folder: Path) -> Path:
-    """torchvision reads only uncompressed files at ROOT/<Name>/raw; build that layout in our
-    cache (gunzipping .gz files, once per version of the source files) unless `folder` already
-    is it."""
+def _torchvision_root(dataset: str, folder: Path, cache: Path) -> Path:
+    """torchvision reads only uncompressed files at ROOT/<Name>/raw; build that layout under
+    `cache` (gunzipping .gz files, once per version of the source files) unless `folder` already
+    is it. A damaged source (a truncated .gz) is a DataError naming it, and leaves no
+    temporary file behind."""
     name = TORCHVISION_NAMES[dataset]
     if folder.name == "raw" and folder.parent.name == name and all(
         (folder / n).exists() for n in MNIST_FILES
     ):
         return folder.parent.parent
     sources = _idx_sources(folder)
-    root = cache_dir() / "torchvision" / f"{dataset}-{_source_key((dataset,), sources)}"
+    root = cache / f"{dataset}-{_source_key((dataset,), sources)}"
     raw = root / name / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        if not os.access(raw, os.W_OK):
+            raise PermissionError(f"{raw} is read-only")
+    except OSError as exc:
+        raise _CacheUnwritable(str(exc)) from exc
     for n, source in zip(MNIST_FILES, sources, strict=True):
         target = raw / n
         if target.exists():
             continue
-        # atomic: a concurrent worker never sees a half-written file
-        with atomic_write(target, "wb") as dst, (
-                gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")
-        ) as src:
-            shutil.copyfileobj(src, dst)
+        try:
+            # atomic: a concurrent worker never sees a half-written file, and a failed unpack
+            # leaves no temporary file behind
+            with atomic_write(target, "wb") as dst, (
+                    gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")
+            ) as src:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError, zlib.error) as exc:  # truncated/corrupt .gz, full disk
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise DataError(f"cannot unpack dataset file {source} into {raw}: {reason}"
+                            ) from exc
     return root
+
+
+def _parse_idx_folder(dataset: str, folder: Path, train: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST-format files in `folder`, parsed by torchvision. Unpacked .gz files are kept
+    in our cache; where the cache cannot be written (a read-only home, XDG_CACHE_HOME naming a
+    file) they are unpacked into a temporary folder that is removed afterwards."""
+    try:
+        try:
+            root = _torchvision_root(dataset, folder, cache_dir() / "torchvision")
+        except _CacheUnwritable as exc:
+            log.warning("dataset cache cannot be written (%s); unpacking into a temporary "
+                        "folder", exc)
+            with tempfile.TemporaryDirectory(prefix="hpsearch-data-") as tmp:
+                return _load_torchvision(dataset, _torchvision_root(dataset, folder, Path(tmp)),
+                                         train)
+        return _load_torchvision(dataset, root, train)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torchvision's checks of a damaged file vary
+        raise DataError(f"cannot read the {dataset} files in {folder}: "
+                        f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
 
 
 def _load_torchvision(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,8 +270,7 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
             split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
             return _cached_tensors(
                 dataset, train, _idx_sources(folder, split_files),
-                lambda folder=folder: _load_torchvision(
-                    dataset, _torchvision_root(dataset, folder), train))
+                lambda folder=folder: _parse_idx_folder(dataset, folder, train))
     download_root = cache_dir() / "downloads"
     if download and _try_download(dataset, download_root):
         return load_raw(dataset, str(download_root), train, download=False)

@@ -7,6 +7,7 @@ recorder. Divergent runs end as pruned trials with their reason stored.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
 from hpsearch.db.engine import mask_secrets
 from hpsearch.db.recorder import Recorder
+from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
 from hpsearch.stop import interrupted_reason
 from hpsearch.train import (
+    CheckpointError,
     TrainingDiverged,
     load_checkpoint,
     resolve_device,
@@ -33,6 +36,8 @@ from hpsearch.train import (
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# how torch's CPU and CUDA allocators word a failed allocation
+OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 def _track_peak(peak: dict[str, Any], val_acc: float, epoch: int) -> None:
@@ -77,30 +82,17 @@ class Objective:
         params = self.config.params_for(sampled)
         history = retry_history(trial)
         original = history[0] if history else trial.number
-        resume_from, resumed_number = self._latest_checkpoint(history)
+        resume_from, resumed_number, state, note = self._latest_checkpoint(history)
         precision = "fp32" if resolve_precision(params.precision, self.device) is None else "bf16"
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None,
                                         precision=precision, device=str(self.device))
         peak: dict[str, Any] = {}  # the best epoch so far: {"val_acc": ..., "epoch": ...}
-        if resume_from is not None:
-            state = load_checkpoint(resume_from)
-            done = int(state["epoch"])
-            log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
-                     resume_from, done, resumed_number)
-            previous = self.recorder.trial_id(self.study_row_id, resumed_number)
-            if previous is not None:
-                self.recorder.copy_epochs(previous, row, done)
-            for done_epoch in state.get("history", []):
-                _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
         started = time.monotonic()
-        # counted up front (building the model takes milliseconds) so pruned and failed
-        # trials have their size too
-        n_params: int | None = count_parameters(build_model(params, self.data.image_shape))
-        # for optuna-dashboard and `optuna trials`: what is known now, in one go
-        _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
-                                "precision": precision, "device": str(self.device)})
+        n_params: int | None = None
+        checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
+                                     trial.number)
 
         def on_epoch(metrics: EpochMetrics) -> None:
             self.recorder.record_epoch(row, metrics)
@@ -110,19 +102,35 @@ class Objective:
                 raise optuna.TrialPruned(
                     f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})")
 
-        checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
-                                     trial.number)
+        # from here on every way out records the trial's end with its reason; an exception
+        # that escaped would leave the row "running" until another worker called it dead
         try:
+            if resume_from is not None and state is not None:
+                done = int(state["epoch"])
+                log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
+                         resume_from, done, resumed_number)
+                previous = self.recorder.trial_id(self.study_row_id, resumed_number)
+                if previous is not None:
+                    self.recorder.copy_epochs(previous, row, done)
+                for done_epoch in state.get("history", []):
+                    _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
+            # counted up front (building the model takes milliseconds) so pruned and failed
+            # trials have their size too
+            n_params = count_parameters(build_model(params, self.data.image_shape))
+            # for optuna-dashboard and `optuna trials`: what is known now, in one go
+            _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
+                                    "precision": precision, "device": str(self.device)})
             # the seed follows the original trial, so a resumed retry continues the same run
             result = train(params, self.data, seed=self.config.seed + original,
                            device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
                            resume_from=resume_from)
         except optuna.TrialPruned as exc:
-            self._finish(trial, row, "pruned", started, n_params, str(exc), checkpoint, peak)
+            self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
+                         checkpoint, peak)
             raise
         except TrainingDiverged as exc:
-            self._finish(trial, row, "pruned", started, n_params, f"diverged: {exc}",
-                         checkpoint, peak)
+            self._finish(trial, row, "pruned", started, n_params,
+                         _noted(note, f"diverged: {exc}"), checkpoint, peak)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
             self.interrupted = trial._trial_id  # its checkpoint is kept: the worker requeues it
@@ -131,9 +139,9 @@ class Objective:
             raise
         except Exception as exc:
             self._finish(trial, row, "failed", started, n_params,
-                         f"{type(exc).__name__}: {exc}", None, peak)
+                         _noted(note, failure_reason(exc)), None, peak)
             raise
-        self._finish(trial, row, "complete", started, n_params, None, checkpoint, peak)
+        self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
         best = result.best
         return best.val_acc if best else 0.0
 
@@ -148,10 +156,46 @@ class Objective:
         if checkpoint is not None:  # finished trials need no resume point
             checkpoint.unlink(missing_ok=True)
 
-    def _latest_checkpoint(self, history: list[int]) -> tuple[Path | None, int]:
-        """The newest checkpoint left by the trials this one retries."""
+    def _latest_checkpoint(self, history: list[int]
+                           ) -> tuple[Path | None, int, dict[str, Any] | None, str | None]:
+        """The newest readable checkpoint left by the trials this one retries: its path, the
+        trial that wrote it, its state, and a note (stored as the trial's reason) when a
+        newer one was unreadable and an older one, or none (from scratch), was used instead."""
+        unreadable: list[str] = []
         for number in reversed(history):
             path = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name, number)
-            if path.exists():
-                return path, number
-        return None, -1
+            if not path.exists():
+                continue
+            try:
+                state = load_checkpoint(path)
+                done = int(state["epoch"])
+            except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping checkpoint of trial %d: %s", number, exc)
+                unreadable.append(f"trial {number}'s checkpoint {path.name} is unreadable")
+                continue
+            note = (f"{'; '.join(unreadable)}: resumed from trial {number}'s checkpoint "
+                    f"(epoch {done})") if unreadable else None
+            return path, number, state, note
+        if unreadable:
+            note = f"{'; '.join(unreadable)}: trained from scratch"
+            log.warning("%s", note)
+            return None, -1, None, note
+        return None, -1, None, None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason stored for a trial that failed with `exc`, on one line; running out of
+    memory is said plainly (torch reports it as a RuntimeError from its allocator)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+            sign in text for sign in OOM_SIGNS)):
+        # "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't ..."
+        allocator = re.search(r"\w*Allocator: .*", text)
+        return f"out of memory: {allocator.group(0) if allocator else text or 'MemoryError'}"
+    if isinstance(exc, HpsearchError):  # our own messages are already sentences
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def _noted(note: str | None, reason: str) -> str:
+    return f"{reason} ({note})" if note else reason

@@ -7,7 +7,9 @@ module, so it must stay free of heavy dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -32,6 +34,10 @@ DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
     "synthetic": (1, 28, 28),
 }
 NUM_CLASSES = 10
+# Every integer a study file or option holds must fit a 32-bit signed INTEGER column (PostgreSQL's
+# `integer`, the widest that every database we support stores without overflow) and a seed that
+# torch and numpy accept even after offsets are added.
+INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -176,26 +182,43 @@ def coerce(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
     elif kind is int:
+        number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = int(value)
+        if number is not None:
+            if abs(number) > INT_MAX:
+                raise ConfigError(f"{name} must be between -{INT_MAX} and {INT_MAX}, "
+                                  f"got {_short(value)}")
+            return number
     elif kind is float:
+        real: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)
-            except ValueError:
-                pass
+                real = float(value)
+            except OverflowError:  # an int beyond float's range
+                real = math.inf
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                real = float(value)
+        if real is not None:
+            # nan passes every comparison-based range check, and inf is no learning rate
+            if not math.isfinite(real):
+                raise ConfigError(f"{name} must be a finite number, got {_short(value)}")
+            return real
     elif kind is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{name} must be {kind.__name__}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """repr() of a value for an error line, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def dataset_shape(dataset: str) -> tuple[int, int, int]:

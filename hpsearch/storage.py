@@ -18,9 +18,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.exc import DBAPIError
 
 from hpsearch.config import StudyConfig, WorkerOptions
-from hpsearch.db.engine import engine_kwargs, make_engine, normalise_url
+from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder, one_line, transient_cause, with_retry
+from hpsearch.errors import HpsearchError
 from hpsearch.space import space_json
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,20 @@ for _name in ("create_new_study", "get_study_id_from_name", "get_study_name_from
 def open_storage(url: str, workers: WorkerOptions) -> RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return ResilientRDBStorage(
-            url,
-            engine_kwargs=engine_kwargs(url),
-            heartbeat_interval=workers.heartbeat_interval,
-            grace_period=workers.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=workers.max_retry, inherit_intermediate_values=True),
-        )
+        try:
+            return ResilientRDBStorage(
+                url,
+                engine_kwargs=engine_kwargs(url),
+                heartbeat_interval=workers.heartbeat_interval,
+                grace_period=workers.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=workers.max_retry, inherit_intermediate_values=True),
+            )
+        except RuntimeError as exc:  # Optuna's tables written by a newer (or older) Optuna
+            if "compatible with the table schema" not in str(exc):
+                raise
+            raise HpsearchError(f"database {mask_url(url)}: {' '.join(str(exc).split())}"
+                                ) from None
 
 
 def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) -> int:

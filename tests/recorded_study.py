@@ -42,7 +42,7 @@ PATCHES = (4, 7)
 def study_config(name: str, n_trials: int) -> dict[str, Any]:
     """A valid study TOML (as a dict); a hostile name is stored only in hps_study.name."""
     return {
-        "study": {"name": name if NAME_PATTERN.match(name) else "recorded", "sampler": "tpe",
+        "study": {"name": name if NAME_PATTERN.fullmatch(name) else "recorded", "sampler": "tpe",
                   "pruner": "median", "n_trials": n_trials, "seed": 0},
         "data": {"dataset": "fashion-mnist", "val_fraction": 0.1, "subset": 2000},
         "budget": {"max_epochs": MAX_EPOCHS},

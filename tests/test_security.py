@@ -26,7 +26,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Study, Trial
 from hpsearch.paths import checkpoint_path, study_slug
 from hpsearch.report.html import build_report, write_report, write_split
-from hpsearch.train import load_checkpoint
+from hpsearch.train import CheckpointError, load_checkpoint
 from tests.recorded_study import build_recorded_study
 from tests.study_files import write_tiny_study
 
@@ -255,8 +255,9 @@ def test_a_malicious_checkpoint_is_refused_not_executed(tmp_path: Path, form: st
     pickle.loads(pickle.dumps(Payload(probe)))
     assert probe.is_dir()
 
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="is unreadable") as refused:
         load_checkpoint(path)
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists()
 
 

@@ -1,4 +1,4 @@
-"""Trial rows say what the trainer before this revision ran with, now that those options are parameters.
+"""Trial rows say what the old trainer ran with, now that its hard-coded options are parameters.
 
 Revision ID: 0005
 Revises: 0004

@@ -1,4 +1,4 @@
-"""Command-line entry point: registers the commands and turns user errors into one line."""
+"""Command-line entry point: registers the commands; errors become one line (see app.py)."""
 
 from __future__ import annotations
 
@@ -19,25 +19,18 @@ from hpsearch.cli import (  # noqa: F401  (registers commands)
     study_cmds,
     train_cmd,
 )
-from hpsearch.cli.app import app
-from hpsearch.errors import HpsearchError
+from hpsearch.cli.app import OneLineErrors, app
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
     """Run the CLI. `--debug` (anywhere) or HPSEARCH_DEBUG=1 shows tracebacks."""
-    debug = "--debug" in sys.argv or os.environ.get("HPSEARCH_DEBUG") == "1"
+    OneLineErrors.debug = "--debug" in sys.argv or os.environ.get("HPSEARCH_DEBUG") == "1"
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     _mask_secrets_everywhere()
-    try:
-        app()
-    except HpsearchError as exc:
-        if debug:
-            raise
-        print(f"hpsearch: error: {_masked(str(exc))}", file=sys.stderr)
-        sys.exit(2)
+    app()
 
 
 def _mask_secrets_everywhere() -> None:

@@ -2,10 +2,51 @@
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+from typer.core import TyperGroup
+
+from hpsearch.cli.oneline import error_line
+from hpsearch.params import INT_MAX
+
+__all__ = ["INT_MAX", "OneLineErrors", "app", "finite"]
+
+
+class OneLineErrors(TyperGroup):
+    """Runs a command and turns whatever it raises into one line `hpsearch: error: ...` and a
+    non-zero exit (2), unless `debug` is set; click's usage errors too. In the group rather than
+    in `main()`, so that in-process callers (typer.testing.CliRunner) see the same behaviour."""
+
+    debug = False  # set by hpsearch.cli.main for --debug / HPSEARCH_DEBUG=1
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:  # `hpsearch` alone: the help, not an error
+            exc.show()
+            code = exc.exit_code
+        except Exception as exc:  # noqa: BLE001 - the one place that shows errors to the user
+            if isinstance(exc, typer.Abort) and isinstance(exc.__cause__, EOFError):
+                exc = exc.__cause__  # typer turns any EOFError into a bare "Aborted!"
+            if self.debug and not isinstance(exc, ClickException):
+                raise
+            print(f"hpsearch: error: {error_line(exc)}", file=sys.stderr)
+            code = exc.exit_code if isinstance(exc, ClickException) else 2
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="hpsearch",
+    cls=OneLineErrors,
     help="Hyperparameter search for small image classifiers (MLP-Mixer) with Optuna.\n\n"
     "Studies are defined in TOML files (see studies/); every epoch of every trial is stored in "
     "the results database (--db URL, $HPSEARCH_DB, default sqlite:///hpsearch.db).",
@@ -20,6 +61,17 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Hyperparameter search for small image classifiers."""
+
+def finite(value: float | None) -> float | None:
+    """Callback of float options: nan passes every range check, inf is no number of seconds."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+# Bounds of options that start processes or threads: past these a typo, not a plan.
+MAX_WORKERS = 256
+MAX_THREADS = 1024
 
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "
            "postgresql+psycopg://user:pw@host:5432/db). Default: $HPSEARCH_DB, else "

@@ -59,7 +59,8 @@ def upgrade_cmd(
     typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}")
 
 
-@db_app.command("downgrade")
+# "-1" (one step back, as Alembic writes it) is a revision, not an option
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def downgrade_cmd(
     revision: Annotated[str, typer.Argument(
         help="Revision to migrate back to: a revision id, -1 for one step, or base to drop "

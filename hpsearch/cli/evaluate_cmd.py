@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, app
+
+MAX_SEEDS = 1000  # each seed is one full retraining
 
 
 @app.command()
@@ -15,18 +17,19 @@ def evaluate(
                                         metavar="NAME")],
     trial: Annotated[int | None, typer.Option(
         help="Trial number to evaluate (default: the best complete trial by validation "
-        "accuracy).", min=0)] = None,
+        "accuracy).", min=0, max=INT_MAX)] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs of the retraining (default: the epoch at which the trial's validation "
-        "accuracy peaked; with a cosine schedule, the trial's full length).", min=1)] = None,
+        "accuracy peaked; with a cosine schedule, the trial's full length).", min=1,
+        max=INT_MAX)] = None,
     seeds: Annotated[int, typer.Option(
         help="Retrain this many times (seeds: the study seed + 0..K-1) and report mean ± std. "
         "Results already stored for a seed and epoch count are reused, not retrained.",
-        min=1)] = 1,
+        min=1, max=MAX_SEEDS)] = 1,
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1)] = None,
+        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
 ) -> None:
     """Retrain a trial's configuration on the FULL training set (train + validation) and score
     it once on the test set; the result is stored and shown by trials, best, compare and report

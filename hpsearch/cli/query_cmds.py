@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DB_HELP, INT_MAX, app
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -68,7 +68,7 @@ StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies
 def connect(db: str | None) -> Iterator[Connection]:
     """A read connection to the results database; one-line errors for missing schema or
     an unreachable server."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     from hpsearch.db.engine import database_url, make_engine, mask_url
     from hpsearch.db.migrate import require_schema
@@ -80,7 +80,7 @@ def connect(db: str | None) -> Iterator[Connection]:
     try:
         with engine.connect() as conn:
             yield conn
-    except (OperationalError, InterfaceError) as exc:
+    except DBAPIError as exc:
         reason = " ".join(str(exc.orig or exc).split())
         raise HpsearchError(f"cannot read {mask_url(url)}: {reason}") from exc
     finally:
@@ -121,7 +121,8 @@ def studies(db: DbOption = None, fmt: FormatOption = Format.table) -> None:
 def trials(
     name: StudyArg,
     top: Annotated[int | None, typer.Option(
-        help="Show only the first N trials in the sort order (default: all).", min=1)] = None,
+        help="Show only the first N trials in the sort order (default: all).", min=1,
+        max=INT_MAX)] = None,
     state: Annotated[list[State] | None, typer.Option(
         help="Only trials in this state (repeatable).")] = None,
     sort: Annotated[str, typer.Option(
@@ -206,7 +207,7 @@ def best(
 def show(
     name: StudyArg,
     number: Annotated[int, typer.Argument(help="Trial number within the study.",
-                                          metavar="NUMBER")],
+                                          metavar="NUMBER", min=0, max=INT_MAX)],
     fmt: Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP + " csv holds the "
                                         "epoch rows only.")] = Format.table,
     db: DbOption = None,
@@ -309,7 +310,7 @@ def report(
         "index.html.")] = False,
     curves: Annotated[int, typer.Option(
         help="Trials drawn as individual curves (the best first); the others are summarised "
-        "as a per-epoch percentile band.", min=1)] = 50,
+        "as a per-epoch percentile band.", min=1, max=INT_MAX)] = 50,
     db: DbOption = None,
 ) -> None:
     """A self-contained HTML report that works offline: learning curves, best-so-far over

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, MAX_WORKERS, app, finite
 from hpsearch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,18 +25,20 @@ def run(
         help="Study definition (TOML), e.g. studies/quick.toml.", metavar="STUDY.toml")],
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
     workers: Annotated[int, typer.Option(
-        help="Local worker processes; the CPU cores are divided between them.", min=1)] = 1,
+        help="Local worker processes; the CPU cores are divided between them.", min=1,
+        max=MAX_WORKERS)] = 1,
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads per worker (default: cores / workers).", min=1)] = None,
+        help="CPU threads per worker (default: cores / workers).", min=1, max=MAX_THREADS)] = None,
     trials: Annotated[int | None, typer.Option(
         help="Total finished trials the study should reach (overrides n_trials; counts trials "
-        "from earlier runs).", min=1)] = None,
+        "from earlier runs).", min=1, max=INT_MAX)] = None,
     timeout: Annotated[float | None, typer.Option(
         help="Each worker stops starting new trials after this many seconds (default: the "
-        "study file's [study] timeout, if any); a running trial finishes.", min=1)] = None,
+        "study file's [study] timeout, if any); a running trial finishes.", min=1,
+        callback=finite)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     top: Annotated[int, typer.Option(help="Rows of the leaderboard printed at the end.",
-                                     min=0)] = 10,
+                                     min=0, max=INT_MAX)] = 10,
     log_dir: Annotated[Path, typer.Option(
         help="Folder for the workers' logs (one file per worker).")] = Path("hpsearch-logs"),
     update: Annotated[bool, typer.Option(
@@ -136,14 +138,15 @@ def worker(
     name: Annotated[str, typer.Argument(help="Name of an existing study in the database.")],
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1)] = None,
+        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     timeout: Annotated[float | None, typer.Option(
         help="Each worker stops starting new trials after this many seconds (default: the "
-        "study file's [study] timeout, if any); a running trial finishes.", min=1)] = None,
+        "study file's [study] timeout, if any); a running trial finishes.", min=1,
+        callback=finite)] = None,
     worker_index: Annotated[int, typer.Option(
         help="Offsets the sampler seed so parallel workers draw different start-up points.",
-        min=0)] = 0,
+        min=0, max=MAX_WORKERS)] = 0,
 ) -> None:
     """Join an existing study from any machine that reaches its database, and run trials
     until the study has its n_trials finished trials.

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import app
+from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, finite
 from hpsearch.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def train(
         "--set", "-s", help="Override one parameter, key=value (repeatable), e.g. "
         "--set optimizer=adamw --set lr=3e-3.")] = None,
     epochs: Annotated[int | None, typer.Option(
-        help="Number of epochs (overrides the config).", min=1)] = None,
+        help="Number of epochs (overrides the config).", min=1, max=INT_MAX)] = None,
     dataset: Annotated[str | None, typer.Option(
         help="fashion-mnist (default), mnist, cifar10, or synthetic (a tiny learnable toy set).")
     ] = None,
@@ -29,15 +29,17 @@ def train(
         help="Folder holding the dataset files (else $HPSEARCH_DATA, Debian's package, download)."
     )] = None,
     subset: Annotated[int | None, typer.Option(
-        help="Use only this many training images (before the validation split).", min=20)] = None,
+        help="Use only this many training images (before the validation split).", min=20,
+        max=INT_MAX)] = None,
     val_fraction: Annotated[float | None, typer.Option(
-        help="Share of the training set held out for validation (default 0.1).")] = None,
+        help="Share of the training set held out for validation (default 0.1).", min=0, max=1,
+        callback=finite)] = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed for the split, init, shuffling (default: the config's seed and split_seed, "
-        "else 0).")] = None,
+        "else 0).", min=0, max=INT_MAX)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1)] = None,
+        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Write a checkpoint here after every epoch (atomically; a regular file: a device, "
         "folder or symlink out of its folder is refused); if it exists, resume from it.")
@@ -56,6 +58,7 @@ def train(
     from hpsearch.train import (
         TrainingDiverged,
         configure_threads,
+        load_checkpoint,
         resolve_device,
     )
     from hpsearch.train import train as run_training
@@ -84,12 +87,15 @@ def train(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
+    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
+    if resume is not None:
+        load_checkpoint(resume)  # a damaged one is refused before anything starts
+
     console = Console(stderr=True)
     n_threads = configure_threads(threads)
     data = data_mod.load_train_val(options, split_seed)
     console.print(f"[bold]{options.dataset}[/]: {len(data.train)} train / {len(data.val)} val "
                   f"images, {n_threads} thread(s)")
-    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
 
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:

@@ -7,13 +7,16 @@ import re
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
 from hpsearch.errors import ConfigError
 
 DEFAULT_URL = "sqlite:///hpsearch.db"
+# the query options SQLAlchemy's pysqlite driver reads from a sqlite:/// URL (without uri=true)
+SQLITE_URL_OPTIONS = frozenset({"uri", "timeout", "isolation_level", "detect_types",
+                                "check_same_thread", "cached_statements"})
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes share one file; writers wait, never fail
 
 
@@ -36,7 +39,33 @@ def normalise_url(url: str) -> str:
             f"unsupported database {parsed.drivername!r}: use sqlite:///FILE or "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB"
         )
+    _check_driver_and_options(parsed)
     return parsed.render_as_string(hide_password=False)
+
+
+def _check_driver_and_options(parsed: URL) -> None:
+    """A missing driver or a bad URL option is a setup problem to name in one line, not a
+    traceback at the first connection. (PostgreSQL's own options are checked by libpq when
+    connecting, and reported then.)"""
+    if parsed.get_backend_name() == "sqlite" and parsed.query.get("uri") not in ("true", "1"):
+        # SQLAlchemy would only warn and drop them: a mistyped timeout would silently not apply
+        unknown = sorted(set(parsed.query) - SQLITE_URL_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in database URL "
+                              f"{mask_url(str(parsed))!r} (SQLite takes: "
+                              f"{', '.join(sorted(SQLITE_URL_OPTIONS))})")
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+        dialect().create_connect_args(parsed)  # converts the URL's options: timeout=abc fails
+    except ImportError as exc:
+        raise ConfigError(f"database driver for {parsed.drivername!r} is not installed "
+                          f"({exc}); use postgresql+psycopg:// or sqlite:///") from None
+    except ArgumentError as exc:  # an unknown dialect name such as sqlite+nosuch
+        raise ConfigError(f"unsupported database {parsed.drivername!r}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"bad option in database URL {mask_url(str(parsed))!r}: "
+                          f"{exc}") from None
 
 
 # Credentials come in several forms, all accepted by libpq and psycopg:

@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from hpsearch.db.engine import database_url, make_engine, mask_secrets, mask_url, normalise_url
 from hpsearch.db.models import Base
@@ -117,7 +117,7 @@ def _connection(url: str, *, write: bool = False) -> Iterator[Connection]:
             if write:
                 _lock_for_migration(conn)
             yield conn
-    except (OperationalError, InterfaceError) as exc:
+    except DBAPIError as exc:  # unreachable, refused, corrupt file, unknown connect option...
         raise HpsearchError(f"cannot use database {mask_url(url)}: {_reason(exc, url)}") from exc
     except CommandError as exc:
         raise HpsearchError(f"database {mask_url(url)}: {exc}") from exc
