@@ -39,7 +39,7 @@ class Candidate:
 
 def candidates_from_file(path: Path) -> list[Candidate]:
     """The [params] of a `best --format toml` (or `train --config`) file."""
-    params, _data = load_run_config(path)
+    params, _data, _seeds = load_run_config(path)
     if not params:
         raise ConfigError(f"{path}: no [params] table to queue")
     return [Candidate(params, f"file {path.name}")]
