@@ -63,6 +63,14 @@ class StudyInfo:
     note: str | None = None
 
     @property
+    def seed(self) -> int:
+        """The study's stored seed ([study] seed, default 0): trials train with it plus their
+        original number, and split train/validation with it."""
+        study = self.config.get("study", {}) if isinstance(self.config, dict) else {}
+        seed = study.get("seed", 0) if isinstance(study, dict) else 0
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+    @property
     def data(self) -> dict[str, Any]:
         """The stored [data] table (dataset, subset, ...) that retraining needs."""
         data = self.config.get("data", {}) if isinstance(self.config, dict) else {}

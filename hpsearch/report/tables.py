@@ -388,10 +388,7 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
 def trial_seeds(study: StudyInfo, original_number: int) -> tuple[int, int]:
     """(seed, split_seed) a trial trained with: the objective seeds training with the study's
     seed plus the number of the trial's first attempt, and the split with the study's seed."""
-    from hpsearch.config import parse_study
-
-    seed = parse_study(study.config, f"stored config of study {study.name!r}").seed
-    return seed + original_number, seed
+    return study.seed + original_number, study.seed
 
 
 def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], dict[str, Any]]:
