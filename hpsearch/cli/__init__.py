@@ -8,6 +8,7 @@ import sys
 from hpsearch.cli import (  # noqa: F401  (registers commands)
     db_cmds,
     evaluate_cmd,
+    info_cmd,
     query_cmds,
     run_cmds,
     train_cmd,

@@ -263,7 +263,7 @@ def export(
 ) -> None:
     """Dump a study's trials or epochs in full precision, for scripts and notebooks."""
     from hpsearch.db import queries
-    from hpsearch.report import atomic_text
+    from hpsearch.paths import atomic_text
     from hpsearch.report.tables import epochs_sheet, param_names, trials_sheet, write
 
     with connect(db) as conn:

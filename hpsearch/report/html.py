@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.db import queries
-from hpsearch.report import atomic_text, figures, tables
+from hpsearch.paths import atomic_text
+from hpsearch.report import figures, tables
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
