@@ -42,7 +42,7 @@ from sqlalchemy import select
 from hpsearch import api
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Evaluation, Study, Trial
-from hpsearch.report import atomic_text
+from hpsearch.files import atomic_write
 from hpsearch.report.tables import toml_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def run_one(repro: Reproduction, out: Path, common: list[str]) -> None:
     hpsearch("run", str(repro.path), "--db", url, "--log-dir", str(out / "hpsearch-logs"),
              "--top", "0", *common, cwd=out)
     hpsearch("evaluate", repro.name, "--db", url, "--seeds", "1", *common, cwd=out)
-    with atomic_text(marker) as f:
+    with atomic_write(marker) as f:
         json.dump({"study": repro.name, "commit": commit(),
                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                    "this_invocation_minutes": (time.monotonic() - started) / 60}, f)
@@ -209,7 +209,7 @@ def write_table(doc: Path, text: str) -> None:
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + (
             "## Reproductions (bench/reproductions.py)\n\n" + block + "\n")
-    with atomic_text(doc) as f:
+    with atomic_write(doc) as f:
         f.write(new)
     print(f"wrote the table to {doc}")
 

@@ -7,10 +7,14 @@ batch 256, Adam lr 1e-3, MLP-Mixer patch 4 / hidden 128 / token 64 / channel 512
   (a) coursework: torchvision FashionMNIST + ToTensor() + DataLoader(shuffle=True), fp32,
       written inline below as a notebook would;
   (b) our trainer, precision="fp32";
-  (c) our trainer with its automatic defaults (precision="auto": bf16 autocast on AVX-512 CPUs;
-      compile="off" is the default);
-  (d) only with --compile: (c) with compile="on", compile time counted in the epoch (the
+  (c) our trainer, precision="bf16" (autocast);
+  (d) our trainer with its automatic defaults (precision="auto": whichever of fp32 and bf16
+      hpsearch.runtime measured to be faster on this machine; compile="off" is the default);
+  (e) only with --compile: (d) with compile="on", compile time counted in the epoch (the
       worker starts with an empty compile cache, so this is a cold compile).
+
+It prints the CPU's flags that decide bf16 speed and the automatic choice, and checks the
+targets of issue 17: the defaults within 5% of the faster of (b) and (c), for each model.
 
 How it is timed, on a machine that other people use at the same time: every configuration
 runs in its own worker process, and the workers take turns in slices of about --slice seconds
@@ -23,8 +27,10 @@ seed, no augmentation, the usual 54k/6k train/validation split, both runs interl
 way), and the training step's achieved FLOP/s (matmul FLOPs x 3 for forward + backward x
 images/s) as a share of a large torch.matmul's rate in the same precision, measured in this run.
 
-    .venv/bin/python bench/throughput.py             # ~15 min on 2 idle cores
+    .venv/bin/python bench/throughput.py             # ~15 min on 2 idle cores (fast bf16)
     .venv/bin/python bench/throughput.py --quick     # smoke test on 4096 images, ~2 min
+    .venv/bin/python bench/throughput.py --subset 1024 --rounds 2 --rounds-4 1 --acc-epochs 1
+        # where bf16 is slow (a bf16 epoch costs 5-10x an fp32 one): 15 min on 2 busy cores
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ from hpsearch.data import (
 )
 from hpsearch.model import MLPMixer, matmul_flops_per_image
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.train import configure_threads, resolve_precision
+from hpsearch.runtime import cpu_info, cpu_precision, resolve_precision
+from hpsearch.train import configure_threads
 from hpsearch.train import train as hp_train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -216,12 +223,14 @@ def trainer_epochs(turns: Turns, params: TrialParams, data: TrainValData, seed: 
     turns.wait()  # ---- timing starts (model construction included, as in any run)
     result = hp_train(params, data, seed=seed, device="cpu", on_step=on_step)
     seconds = turns.elapsed()  # ---- timing ends
+    assert result.setup is not None
     n = len(result.history)
     steps_per_epoch = len(step_times) // n
     # training time of the last epoch: from the end of the previous epoch's last step (or the
     # start) to the end of this epoch's last step; includes the previous epoch's evaluation
     # when n > 1, so it is reported for n == 1 only
     return {"seconds": seconds, "epochs": n, "steps_per_epoch": steps_per_epoch,
+            "precision": result.setup.precision,  # what this worker actually ran
             "train_seconds": step_times[-1] if n == 1 else None,
             "images_per_s": len(data.train) / step_times[-1] if n == 1 else None,
             "history": [m.to_dict() for m in result.history],
@@ -237,7 +246,8 @@ def _head(split: Split, n: int) -> Split:
 
 
 def timing_data(subset: int | None) -> TrainValData:
-    """Full training set, with the test set as the once-per-epoch evaluation set."""
+    """Full training set (or its first `subset` images), with the test set (or its first
+    subset/6 images) as the once-per-epoch evaluation set."""
     options = DataOptions(dataset="fashion-mnist")
     whole = load_full_train(options)
     full = whole.train
@@ -339,18 +349,25 @@ def run_interleaved(jobs: dict[str, dict], gap_s: float = 0.05) -> tuple[dict[st
     return results, others
 
 
-def matmul_rate(dtype: torch.dtype, n: int, repeats: int) -> float:
-    """FLOP/s of an n x n x n torch.matmul in `dtype` (best of `repeats`)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+def matmul_rate(dtype: torch.dtype, n_max: int, repeats: int,
+                budget_s: float = 0.5) -> tuple[float, int]:
+    """FLOP/s of an n x n x n torch.matmul in `dtype` (best of `repeats`) and the n used: n_max,
+    or less where one matmul would take over `budget_s` (a 2048^3 bf16 matmul took ~60 s on an
+    AVX2-only CPU, which has no bf16 kernels worth the name)."""
+    def once(n: int) -> float:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        torch.matmul(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(repeats if n > 256 else 1):
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t)
+        return 2 * n**3 / best
+
+    rate, n = once(256), 256
+    while n < n_max and 2 * (2 * n) ** 3 / rate <= budget_s:
+        n *= 2
+    return (once(n) if n > 256 else rate), n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,10 +377,15 @@ def matmul_rate(dtype: torch.dtype, n: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 4096 training images, one round, 1-epoch accuracy")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the 1-block configs")
-    parser.add_argument("--rounds-4", type=int, default=2, help="rounds of the 4-block configs")
-    parser.add_argument("--acc-epochs", type=int, default=5)
+                        help="smoke test: 4096 training images, one round, 1-epoch accuracy "
+                        "(options given explicitly win)")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="time epochs of the first N training images (default: all 60,000)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of the 1-block configs (default 3)")
+    parser.add_argument("--rounds-4", type=int, default=None,
+                        help="rounds of the 4-block configs (default 2)")
+    parser.add_argument("--acc-epochs", type=int, default=None, help="default 5")
     parser.add_argument("--compile", action="store_true", help="also time compile='on'")
     parser.add_argument("--slice", type=float, default=2.0,
                         help="seconds per turn when the configurations take turns")
@@ -375,15 +397,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     args = parser.parse_args()
-    subset = 4096 if args.quick else None
-    if args.quick:
-        args.rounds, args.rounds_4, args.acc_epochs = 1, 1, 1
+    defaults = {"subset": 4096, "rounds": 1, "rounds_4": 1, "acc_epochs": 1} if args.quick \
+        else {"subset": None, "rounds": 3, "rounds_4": 2, "acc_epochs": 5}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    subset = args.subset
 
     threads = configure_threads(args.threads)
-    autocast = resolve_precision("auto", torch.device("cpu"))
-    default_dtype = "bf16" if autocast == torch.bfloat16 else "fp32"
+    cpu = cpu_info()
+    log(f"CPU {cpu.model!r}: " + ", ".join(
+        f"{flag} {'yes' if has else 'no'}" for flag, has in cpu.relevant_flags.items()))
+    # the trainer workers read this decision from the cache (same CPU, torch, threads)
+    decision = cpu_precision()
+    default_dtype = resolve_precision("auto", torch.device("cpu")).precision
+    m = decision.measurement
     log(f"torch {torch.__version__}, {threads} threads, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, default precision -> {default_dtype}")
+        f"{torch.backends.cpu.get_cpu_capability()}; probe: fp32 {1 / m.fp32_step_s:.1f} "
+        f"steps/s, bf16 {1 / m.bf16_step_s:.1f} steps/s -> precision auto = {default_dtype} "
+        f"({decision.reason}; {'cached' if decision.from_cache else 'measured now'})")
     folder = next(f for f in (_find_idx_files("fashion-mnist", d)
                               for d in candidate_dirs("fashion-mnist", None)) if f is not None)
     tv_root = _torchvision_root("fashion-mnist", folder)
@@ -394,10 +426,12 @@ def main() -> None:
     n_mm = 1024 if args.quick else 2048
 
     def measure_matmul() -> None:
+        sizes = {}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            matmul[name].append(matmul_rate(dtype, n_mm, 5))
-        log(f"matmul {n_mm}^3: fp32 {matmul['fp32'][-1] / 1e9:.0f} GFLOP/s, "
-            f"bf16 {matmul['bf16'][-1] / 1e9:.0f} GFLOP/s")
+            rate, sizes[name] = matmul_rate(dtype, n_mm, 5)
+            matmul[name].append(rate)
+        log(f"matmul: fp32 {matmul['fp32'][-1] / 1e9:.1f} GFLOP/s ({sizes['fp32']}^3), "
+            f"bf16 {matmul['bf16'][-1] / 1e9:.1f} GFLOP/s ({sizes['bf16']}^3)")
 
     trainer_env = {}
     for item in args.trainer_env:
@@ -417,6 +451,7 @@ def main() -> None:
                 # separates what those do on a shared machine from the trainer's code
                 "coursework_hpsearch_omp": {**coursework, "env": dict(OPENMP_SETTINGS)},
                 "trainer_fp32": trainer(precision="fp32"),
+                "trainer_bf16": trainer(precision="bf16"),
                 "trainer_default": trainer()}
         if args.compile:
             # an empty compile cache, so the epoch pays the full (cold) compile time
@@ -460,6 +495,10 @@ def main() -> None:
     measure_matmul()
 
     report = summarise(runs, matmul, accuracy, acc_others, threads, default_dtype, args)
+    report["cpu"] = {"model": cpu.model, "flags": cpu.relevant_flags,
+                     "probe": {"fp32_steps_per_s": 1 / m.fp32_step_s,
+                               "bf16_steps_per_s": 1 / m.bf16_step_s,
+                               "batch": m.batch, "reason": decision.reason}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -470,14 +509,14 @@ def main() -> None:
 def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threads: int,
               default_dtype: str, args: argparse.Namespace) -> dict:
     mm = {k: max(v) for k, v in matmul.items()}  # best of the samples: the attainable rate
-    table, ratios, omp_ratios = [], {}, {}
+    table, ratios, omp_ratios, vs_best = [], {}, {}, {}
     for blocks, by_config in runs.items():
         flops_per_image = 3 * matmul_flops_per_image(mixer_params(int(blocks)), IMAGE_SHAPE)
         base = statistics.median(o["seconds"] for o in by_config["coursework"])
         for name, outs in by_config.items():
             sec = statistics.median(o["seconds"] for o in outs)
             ips = statistics.median(o["images_per_s"] for o in outs)
-            dtype = default_dtype if name.startswith("trainer_default") else "fp32"
+            dtype = outs[0].get("precision", "fp32")  # the coursework loop runs fp32
             achieved = flops_per_image * ips
             table.append({
                 "blocks": int(blocks), "config": name, "precision": dtype, "rounds": len(outs),
@@ -494,6 +533,9 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
             })
             if name == "trainer_default":
                 ratios[blocks] = base / sec
+                best = min(statistics.median(o["seconds"] for o in by_config[n])
+                           for n in ("trainer_fp32", "trainer_bf16"))
+                vs_best[blocks] = sec / best  # target: <= 1.05
                 if "coursework_hpsearch_omp" in by_config:
                     omp_ratios[blocks] = statistics.median(
                         o["seconds"] for o in by_config["coursework_hpsearch_omp"]) / sec
@@ -506,6 +548,8 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
     line = "speed-up vs coursework loop: " + ratio_text(ratios)
     if omp_ratios:
         line += f" (vs that loop with hpsearch's OpenMP settings: {ratio_text(omp_ratios)})"
+    line += "; defaults vs the faster of fp32/bf16: " + ", ".join(
+        f"{r:.2f}x its time ({b} block{'s' if b != '1' else ''})" for b, r in vs_best.items())
     return {
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -514,13 +558,14 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
         "cpu_count": os.cpu_count(), "default_precision": default_dtype,
         "method": f"configurations interleaved in turns of ~{args.slice} s, each in its own "
                   "process; epoch time = sum of its own turns; median over rounds",
-        "timing_data": {"train_images": 4096 if args.quick else 60000,
-                        "eval_images": 682 if args.quick else 10000,
-                        "note": "full training set; each epoch also evaluates the test set once"},
+        "timing_data": {"train_images": args.subset or 60000,
+                        "eval_images": max(256, args.subset // 6) if args.subset else 10000,
+                        "note": "each epoch also evaluates (part of) the test set once"},
         "matmul_gflops": {k: v / 1e9 for k, v in mm.items()},
         "matmul_all_gflops": {k: [round(x / 1e9, 1) for x in v] for k, v in matmul.items()},
         "table": table,
         "speedup_vs_coursework": ratios,
+        "default_time_vs_best_precision": vs_best,
         "speedup_vs_coursework_hpsearch_omp": omp_ratios,
         "accuracy": {
             "epochs": args.acc_epochs, "split": "load_train_val, val_fraction 0.1, seed "
@@ -537,8 +582,9 @@ def summarise(runs: dict, matmul: dict, accuracy: dict, acc_others: float, threa
 
 def print_table(report: dict) -> None:
     print()
-    print("s/epoch: 60k training images + 10k evaluation images, median over rounds; img/s and "
-          "GFLOP/s: training steps only")
+    data = report["timing_data"]
+    print(f"s/epoch: {data['train_images']:,} training images + {data['eval_images']:,} "
+          "evaluation images, median over rounds; img/s and GFLOP/s: training steps only")
     print(f"{'blocks':>6} {'config':<24} {'prec':<5} {'s/epoch':>8} {'rounds':>6} {'img/s':>7} "
           f"{'GFLOP/s':>8} {'% matmul':>8} {'speed-up':>8}")
     for r in report["table"]:

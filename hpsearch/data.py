@@ -24,6 +24,7 @@ import torch
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.files import atomic_write
 from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape
+from hpsearch.paths import cache_dir
 
 DEBIAN_DIRS = {
     "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
@@ -78,11 +79,6 @@ class TrainValData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hpsearch"
 
 
 def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:

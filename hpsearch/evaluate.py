@@ -138,13 +138,8 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
     """Retrain once per seed of the plan (reusing stored results), score each final model once
     on the test set, store each result as it comes. `on_epoch(seed, metrics)` follows the
     retraining; its val_loss/val_acc are nan (there is no validation split)."""
-    from hpsearch.train import (
-        TrainingDiverged,
-        resolve_device,
-        resolve_precision,
-        save_checkpoint,
-        train,
-    )
+    from hpsearch.runtime import resolve_device
+    from hpsearch.train import TrainingDiverged, save_checkpoint, train
     from hpsearch.train import evaluate as score
 
     full_url = normalise_url(database_url(url))
@@ -171,11 +166,10 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
         except TrainingDiverged as exc:
             raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
                                 f"diverged: {exc}") from None
-        assert trained.model is not None
-        # the one look at the test set, after training is over
+        assert trained.model is not None and trained.setup is not None
+        # the one look at the test set, after training is over, in the training's precision
         test = data_mod.load_test_split(options, data.mean, data.std)
-        test_loss, test_acc = score(trained.model, test, dev,
-                                    resolve_precision(plan.params.precision, dev))
+        test_loss, test_acc = score(trained.model, test, dev, trained.setup.autocast_dtype)
         path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
                                      plan.trial.number, seed)
         save_checkpoint(path, {k: v.detach().cpu() for k, v in

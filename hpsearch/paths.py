@@ -1,4 +1,4 @@
-"""Where a study's files go: one folder per study, named safely after it.
+"""Where our files go: a study's folder (named safely after it) and the user's cache folder.
 
 No torch here: `hpsearch run` needs these names before its workers start, and importing torch
 would delay them by a second.
@@ -7,8 +7,15 @@ would delay them by a second.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Our folder in the user's cache: $XDG_CACHE_HOME/hpsearch, else ~/.cache/hpsearch."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hpsearch"
 
 
 def study_slug(name: str) -> str:

@@ -27,6 +27,7 @@ from hpsearch.files import atomic_write
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import NUM_CLASSES, TrialParams
+from hpsearch.runtime import RunSetup, resolve_device, resolve_precision
 
 CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
 CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
@@ -43,20 +44,11 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     n_params: int = 0
     model: nn.Module | None = None
+    setup: RunSetup | None = None  # the device, precision and threads the run used
 
     @property
     def best(self) -> EpochMetrics | None:
         return max(self.history, key=lambda m: m.val_acc, default=None)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r} (choose from: auto, cpu, cuda)")
-    return torch.device(name)
 
 
 def configure_threads(threads: int | None) -> int:
@@ -95,19 +87,6 @@ def tune_malloc() -> bool:
         return False
     _MALLOC_TUNED = ok
     return ok
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. "auto" picks bf16 where the hardware runs it
-    fast (AVX-512 CPUs, Ampere+ GPUs): measured ~2x faster per epoch with the same accuracy."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    fast_bf16 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
-    return torch.bfloat16 if fast_bf16 else None
 
 
 def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -240,22 +219,30 @@ def load_checkpoint(path: Path) -> dict:
 def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
           on_epoch: Callable[[EpochMetrics], None] | None = None,
           on_step: Callable[[int, int], None] | None = None,
+          on_setup: Callable[[RunSetup], None] | None = None,
           checkpoint: Path | None = None, resume_from: Path | None = None) -> TrainResult:
     """Train `params` on `data` for `params.epochs` epochs.
 
     `checkpoint`: written after every epoch (after `on_epoch` returns). `resume_from`: a checkpoint
     to continue from; its finished epochs are not redone and `on_epoch` is not called for them.
     `on_step(done, total)` is called after each training batch (for progress bars).
+    `on_setup(setup)` is called once, before the first epoch, with the device, precision and
+    threads this run uses (also `TrainResult.setup`), so a caller can record them even for a run
+    that an exception ends early.
     """
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_malloc()
+    # before seeding: on a machine's first run this measures fp32 against bf16
+    setup = resolve_precision(params.precision, dev)
+    autocast_dtype = setup.autocast_dtype
+    if on_setup is not None:
+        on_setup(setup)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
     model = build_model(params, data.image_shape).to(dev)
     n_params = count_parameters(model)
     optimizer = make_optimizer(params, model)
-    autocast_dtype = resolve_precision(params.precision, dev)
     total_images = params.epochs * len(data.train)
     compiled = params.compile == "on" or (
         params.compile == "auto" and total_images >= COMPILE_MIN_IMAGES)
@@ -269,7 +256,7 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
                            fill=-data.mean / data.std) if params.augment else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
 
-    result = TrainResult(n_params=n_params, model=model)
+    result = TrainResult(n_params=n_params, model=model, setup=setup)
     first_epoch = 1
     if resume_from is not None:
         state = load_checkpoint(resume_from)

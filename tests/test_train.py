@@ -14,6 +14,7 @@ from hpsearch.data import Split, TrainValData, load_train_val
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model
 from hpsearch.params import DataOptions, TrialParams
+from hpsearch.runtime import resolve_device
 from hpsearch.train import (
     CHANCE_PATIENCE,
     Schedule,
@@ -23,8 +24,6 @@ from hpsearch.train import (
     evaluate,
     load_checkpoint,
     make_optimizer,
-    resolve_device,
-    resolve_precision,
     save_checkpoint,
     train,
     tune_malloc,
@@ -417,12 +416,8 @@ def test_evaluate(data: TrainValData) -> None:
     assert not model.training
 
 
-def test_resolve_precision_and_device() -> None:
+def test_resolve_device() -> None:  # precision: tests/test_runtime.py
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) is None
-    assert resolve_precision("bf16", cpu) is torch.bfloat16
-    fast = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
-    assert resolve_precision("auto", cpu) is (torch.bfloat16 if fast else None)
     assert resolve_device("cpu") == cpu
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")

@@ -33,6 +33,16 @@ def test_train_synthetic_prints_one_line_per_epoch(tmp_path: Path) -> None:
     assert epochs == [1, 2]
     assert len(lines) == 3 and lines[-1].startswith("best val acc ")
     assert "Traceback" not in proc.stderr
+    # one line says what the run uses; "auto" was decided for this machine
+    assert re.search(r"^running on cpu, (fp32|bf16) \(auto: .*\), 1 thread$", proc.stderr,
+                     re.MULTILINE), proc.stderr
+
+
+def test_train_keeps_a_forced_precision(tmp_path: Path) -> None:
+    proc = hpsearch("train", "--dataset", "synthetic", "--epochs", "1", "--threads", "1",
+                    "--set", "precision=bf16", *SMALL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "running on cpu, bf16 (set explicitly), 1 thread\n" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no database or other files for a plain run
 
 

@@ -55,12 +55,8 @@ def train(
     from hpsearch import data as data_mod
     from hpsearch.config import RunSeeds, load_run_config, parse_assignments, parse_data
     from hpsearch.params import TrialParams
-    from hpsearch.train import (
-        TrainingDiverged,
-        configure_threads,
-        load_checkpoint,
-        resolve_device,
-    )
+    from hpsearch.runtime import RunSetup, resolve_device
+    from hpsearch.train import TrainingDiverged, configure_threads, load_checkpoint
     from hpsearch.train import train as run_training
 
     values, data_table, seeds = load_run_config(config) if config else ({}, {}, RunSeeds())
@@ -104,13 +100,18 @@ def train(
         def on_step(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
+        def on_setup(setup: RunSetup) -> None:
+            console.print(f"running on {setup.line()}", markup=False, highlight=False,
+                          soft_wrap=True)
+
         def on_epoch(metrics) -> None:  # noqa: ANN001 - EpochMetrics
             typer.echo(metrics.line())  # stdout; rich prints it above the live bar
             progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
 
         try:
             result = run_training(params, data, seed=train_seed, device=device, on_epoch=on_epoch,
-                                  on_step=on_step, checkpoint=checkpoint, resume_from=resume)
+                                  on_step=on_step, on_setup=on_setup, checkpoint=checkpoint,
+                                  resume_from=resume)
         except TrainingDiverged as exc:
             console.print(f"[red]stopped: {exc}[/]")
             raise typer.Exit(3) from None

@@ -1,0 +1,68 @@
+"""`hpsearch info`: the device, the CPU features that matter, and what precision "auto" picks."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from hpsearch.cli.app import app
+from hpsearch.errors import ConfigError
+
+
+class InfoFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def info(
+    device: Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads to measure with (default: every available core, as `train` uses; "
+        "each of `run --workers N` gets cores/N).", min=1)] = None,
+    remeasure: Annotated[bool, typer.Option(
+        "--remeasure", help="Time fp32 against bf16 again instead of using the cached "
+        "decision, and cache the new one.")] = False,
+    fmt: Annotated[InfoFormat, typer.Option(
+        "--format", "-f", help="text, or json (for scripts).")] = InfoFormat.text,
+) -> None:
+    """Show the device, the CPU's flags that decide bf16 speed, torch, the measured fp32/bf16
+    training-step rates, and the precision `precision = "auto"` uses here.
+
+    On a CPU, "auto" is decided by timing a few training steps in both precisions on the first
+    run per machine (CPU, torch version, thread count); the decision is cached in the user's
+    cache folder ($XDG_CACHE_HOME/hpsearch, else ~/.cache/hpsearch) and shown with its path.
+    """
+    from hpsearch.runtime import machine_report, resolve_device
+    from hpsearch.train import configure_threads
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    configure_threads(threads)
+    report = machine_report(dev, remeasure=remeasure)
+    if fmt == InfoFormat.json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    flags = report["cpu_flags"]
+    assert isinstance(flags, dict)
+    lines = [
+        f"device:      {report['device']}" + (f" ({report['gpu']})" if "gpu" in report else ""),
+        f"CPU:         {report['cpu']}",
+        "CPU flags:   " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()),
+        f"torch:       {report['torch']}, CPU capability {report['cpu_capability']}",
+        f"threads:     {report['threads']}",
+    ]
+    m = report.get("measurement")
+    if isinstance(m, dict):
+        how = "cached" if m["from_cache"] else "measured now"
+        lines.append(f"measured:    fp32 {m['fp32_steps_per_s']:.1f} steps/s, bf16 "
+                     f"{m['bf16_steps_per_s']:.1f} steps/s (default Mixer, batch {m['batch']}; "
+                     f"{how}, {m['measured_at']})")
+        lines.append(f"cached in:   {report['cache']}")
+    lines.append(f"precision:   {report['precision']} ({report['reason']})")
+    typer.echo("\n".join(lines))
