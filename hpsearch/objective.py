@@ -25,14 +25,8 @@ from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.space import suggest
 from hpsearch.stop import interrupted_reason
-from hpsearch.train import (
-    CheckpointError,
-    TrainingDiverged,
-    load_checkpoint,
-    resolve_device,
-    resolve_precision,
-    train,
-)
+from hpsearch.runtime import resolve_device, resolve_precision
+from hpsearch.train import CheckpointError, TrainingDiverged, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -83,7 +77,8 @@ class Objective:
         history = retry_history(trial)
         original = history[0] if history else trial.number
         resume_from, resumed_number, state, note = self._latest_checkpoint(history)
-        precision = "fp32" if resolve_precision(params.precision, self.device) is None else "bf16"
+        # what it runs with ("auto" resolved), recorded so trials from other machines compare
+        precision = resolve_precision(params.precision, self.device).precision
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None,

@@ -64,6 +64,7 @@ def test_every_epoch_of_every_trial_is_stored_and_optuna_agrees(db_url: str,
         # the fixed values are on the row too, resolved: no reader needs the study file
         assert ours.params["token_mlp_dim"] == 16 and ours.params["precision"] == "fp32"
         assert ours.params["epochs"] == 3 and ours.params["dropout"] == 0.0
+        assert (ours.precision, ours.device) == ("fp32", "cpu")  # what it ran with
         assert max(theirs.intermediate_values.values()) == pytest.approx(ours.value)
 
 
