@@ -23,9 +23,9 @@ from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
+from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.space import suggest
 from hpsearch.stop import interrupted_reason
-from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.train import CheckpointError, TrainingDiverged, load_checkpoint, train
 
 log = logging.getLogger(__name__)
