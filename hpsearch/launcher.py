@@ -19,12 +19,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
 from hpsearch.config import StudyConfig
 from hpsearch.cores import available_cores
 from hpsearch.db.engine import make_engine
-from hpsearch.monitor import StudyProgress, read_progress, render_progress, summary_line
+from hpsearch.db.errors import DatabaseError
+from hpsearch.db.queries import StudyProgress, read_progress
+from hpsearch.db.session import connection_scope
+from hpsearch.monitor import render_progress, summary_line
 from hpsearch.paths import study_slug
 
 STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
@@ -135,8 +137,9 @@ def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgr
     """The study's progress; while the database is unreachable (a restart) the last one seen:
     the workers wait for the database, and so does the view."""
     try:
-        return read_progress(engine, name)
-    except DBAPIError:
+        with connection_scope(engine) as conn:
+            return read_progress(conn, name)
+    except DatabaseError:
         return last
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
+from hpsearch.db.errors import DatabaseError
 from hpsearch.db.recorder import Recorder
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
@@ -47,8 +48,19 @@ class Objective:
         self.recorder = recorder
         self.worker = worker
         self.device = device
+        # a permanent database error met by the last trial: the worker stops on it (Optuna
+        # catches every exception of an objective and would go on to the next trial)
+        self.fatal: DatabaseError | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.fatal = None
+        try:
+            return self._run(trial)
+        except DatabaseError as exc:
+            self.fatal = exc
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         self._check_not_surplus(trial)
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)

@@ -101,6 +101,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
             last.clear()
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                            callbacks=[lambda _s, t: last.append(t)])
+            if objective.fatal is not None:  # retrying cannot fix it: stop with its reason
+                raise objective.fatal
             state = last[0].state if last else TrialState.FAIL
             if state == TrialState.COMPLETE:
                 summary.complete += 1
