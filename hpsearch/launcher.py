@@ -8,6 +8,7 @@ interrupts each worker exactly once and waits for it to mark its trial.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -125,7 +126,9 @@ class LogView:
         pass
 
     def update(self, progress: StudyProgress) -> None:
-        finished = {k: v for k, v in progress.counts.items() if k != "running"}
+        finished: dict[str, int] = {k: v for k, v in progress.counts.items() if k != "running"}
+        if progress.unavailable_since is not None:  # one line per 30 s of an outage
+            finished["outage"] = int(time.monotonic() - progress.unavailable_since) // 30
         if finished != self.last:
             self.last = finished
             self.console.print(f"{time.strftime('%H:%M:%S')} "
@@ -134,12 +137,15 @@ class LogView:
 
 
 def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgress:
-    """The study's progress; while the database is unreachable (a restart) the last one seen:
-    the workers wait for the database, and so does the view."""
+    """The study's progress; while the database cannot be read (an outage) the last one seen,
+    marked with when an outage began: the workers wait for the database, and so does the
+    view, saying for how long. (A permanent error ends the workers, who report it.)"""
     try:
         with connection_scope(engine) as conn:
             return read_progress(conn, name)
-    except DatabaseError:
+    except DatabaseError as exc:
+        if exc.transient and last.unavailable_since is None:
+            last = dataclasses.replace(last, unavailable_since=time.monotonic())
         return last
 
 
@@ -163,6 +169,9 @@ def failed_workers(workers: list[WorkerProcess]) -> list[tuple[WorkerProcess, st
     for worker in workers:
         code = worker.process.returncode
         if code not in (0, 130, -signal.SIGINT):
+            if code < 0:  # killed: its log ends wherever it was
+                failures.append((worker, f"killed by {signal.Signals(-code).name}"))
+                continue
             lines = worker.log_path.read_text(errors="replace").strip().splitlines()
             failures.append((worker, lines[-1] if lines else f"exit code {code}"))
     return failures

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -17,8 +19,12 @@ def summary_line(progress: StudyProgress, config: StudyConfig) -> str:
     c = progress.counts
     best = (f"{progress.best_value:.4f} (trial {progress.best_number})"
             if progress.best_value is not None else "–")
-    return (f"finished {progress.finished}/{config.n_trials}  (complete {c.get('complete', 0)}, "
+    line = (f"finished {progress.finished}/{config.n_trials}  (complete {c.get('complete', 0)}, "
             f"pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)})  best val acc {best}")
+    if progress.unavailable_since is not None:
+        waited = time.monotonic() - progress.unavailable_since
+        line += f"  database unavailable for {waited:.0f} s, workers waiting"
+    return line
 
 
 def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
+from hpsearch.db.errors import DatabaseError
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
@@ -99,10 +100,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                 time.sleep(WAIT_POLL_S)
                 continue
             last.clear()
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                           callbacks=[lambda _s, t: last.append(t)])
-            if objective.fatal is not None:  # retrying cannot fix it: stop with its reason
-                raise objective.fatal
+            _optimize_one(study, objective, last)
             state = last[0].state if last else TrialState.FAIL
             if state == TrialState.COMPLETE:
                 summary.complete += 1
@@ -160,6 +158,33 @@ def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: i
     for row, optuna_trial_id in recorder.running_trials(study_row_id):
         if storage.get_trial(optuna_trial_id).state == TrialState.FAIL:
             recorder.mark_failed(row, "worker died: no heartbeat within the grace period")
+
+
+def _optimize_one(study: optuna.Study, objective: Objective, last: list[FrozenTrial]) -> None:
+    """One trial. A permanent database error stops the worker with its reason: Optuna catches
+    every error of an objective and would go on, and its own bookkeeping after the trial,
+    failing on the same broken database, can hide the reason behind an UnboundLocalError."""
+    try:
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                       callbacks=[lambda _s, t: last.append(t)])
+    except Exception as exc:
+        if objective.fatal is not None:
+            raise objective.fatal from exc
+        raise
+    if objective.fatal is not None:
+        raise objective.fatal
+
+
+def _database_errors_on_one_line(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback; for a database error the one line that
+    the worker ends with says everything."""
+    if record.exc_info and isinstance(record.exc_info[1], DatabaseError):
+        record.exc_info = None
+    return True
+
+
+# the logger of optuna.study._optimize, which reports failed trials
+logging.getLogger("optuna.study._optimize").addFilter(_database_errors_on_one_line)
 
 
 def _was_surplus(last: list[FrozenTrial]) -> bool:

@@ -198,6 +198,8 @@ class StudyProgress:
     best_value: float | None = None
     best_number: int | None = None
     running: list[RunningTrial] = field(default_factory=list)
+    # set by the live view while the database cannot be read: since when (monotonic seconds)
+    unavailable_since: float | None = None
 
     @property
     def finished(self) -> int:
