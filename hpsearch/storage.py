@@ -26,6 +26,9 @@ from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import health, retrying, translating
 
 log = logging.getLogger(__name__)
+# A write lock that took longer than this to get was held by someone (normally milliseconds,
+# even with several workers writing epochs): heartbeats were held up too.
+LOCK_WAIT_S = 0.25
 
 
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,12 +87,36 @@ class ResilientRDBStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        self._probe_write_lock()
         if health.steady_for() < grace:
             return []
         stale = retrying(lambda: RDBStorage._get_stale_trial_ids(self, study_id),
                          "Optuna storage: _get_stale_trial_ids", url=self.url)
         with self._own_lock:
             return [trial_id for trial_id in stale if trial_id not in self._own_trials]
+
+
+    def _probe_write_lock(self) -> None:
+        """On SQLite, wait for the write lock once and count a wait as a disturbance.
+
+        A lock held by another client blocks heartbeat writes but not reads (WAL): without
+        this, a worker whose own calls are all reads would see every live trial as stale the
+        moment the lock is released, before their heartbeat threads beat again.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+        started = time.monotonic()
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.rollback()
+        except Exception as exc:
+            if as_database_error(exc, self.url) is None:
+                raise
+            health.disturbed()  # locked even past the busy timeout
+            return
+        if time.monotonic() - started > LOCK_WAIT_S:
+            health.disturbed()
 
 
 # RDBStorage's other methods that open a database session themselves (the rest call these).
