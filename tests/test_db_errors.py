@@ -54,12 +54,18 @@ def test_sqlite_errors_are_classified(tmp_path: Path) -> None:
     read_only = error_of(f"sqlite:///file:{path}?mode=ro&uri=true", "INSERT INTO t VALUES (1)")
     assert not read_only.transient and "readonly" in str(read_only)
 
+    with pytest.raises(DatabaseError) as caught, connection_scope(make_engine(url)) as conn:
+        conn.exec_driver_sql("PRAGMA max_page_count = 2")  # the file may not grow: SQLITE_FULL
+        conn.exec_driver_sql("INSERT INTO t VALUES (zeroblob(100000))")
+    full = caught.value
+    assert full.transient and "full" in str(full)  # freeing space heals it: waited out
+
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database" * 400)
     corrupt = error_of(f"sqlite:///{junk}", "SELECT 1 FROM t")
     assert not corrupt.transient and "file is not a database" in str(corrupt)
     # one line, URL named
-    for error in (missing, locked, read_only, corrupt):
+    for error in (missing, locked, read_only, full, corrupt):
         assert "\n" not in str(error) and str(error).startswith("cannot use database sqlite")
 
 

@@ -5,6 +5,7 @@ that never answers (the connect timeout), and two runs starting together on a fr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -110,6 +111,38 @@ def test_sqlite_locked_longer_than_the_grace_period(tmp_path: Path) -> None:
     assert run.returncode == 0, output + logs_of(tmp_path)
     assert "Traceback" not in output + logs_of(tmp_path)
     assert_nothing_lost(url, "locked", 3, 8)
+
+
+def test_sqlite_disk_full_for_longer_than_the_grace_period(tmp_path: Path) -> None:
+    """The database lives on a small tmpfs that a filler file fills up for 8 s mid-trial
+    (grace period 3 s): writes and heartbeats fail with "database or disk is full", the
+    workers wait, and once space is freed every trial completes with every epoch once."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        url = f"sqlite:///{disk / 'full.db'}"
+        path = study_file(tmp_path, "full", n_trials=2, epochs=8, heartbeat=(1, 3))
+        run = start_run(path, url, tmp_path)
+        try:
+            wait_for(lambda: epochs_stored(url) >= 1, 180, "a stored epoch")
+            filler = disk / "filler"
+            with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+                while True:  # until ENOSPC
+                    out.write(b"\0" * 65536)
+            time.sleep(8)
+            filler.unlink()
+        finally:
+            output = finish(run, 300)
+        everything = output + logs_of(tmp_path)
+        assert run.returncode == 0, everything
+        assert "database or disk is full" in everything and "Traceback" not in everything
+        assert_nothing_lost(url, "full", 2, 8)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_postgres_unreachable_longer_than_the_grace_period(
