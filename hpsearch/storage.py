@@ -97,23 +97,26 @@ class ResilientRDBStorage(RDBStorage):
 
 
     def _probe_write_lock(self) -> None:
-        """On SQLite, wait for the write lock once and count a wait as a disturbance.
+        """Take, and give back at once, the lock a heartbeat write needs; a wait for it counts
+        as a disturbance.
 
-        A lock held by another client blocks heartbeat writes but not reads (WAL): without
-        this, a worker whose own calls are all reads would see every live trial as stale the
-        moment the lock is released, before their heartbeat threads beat again.
+        A lock held by another client (SQLite's write lock, a PostgreSQL table lock) blocks
+        heartbeat writes but not reads: without this, a worker whose own calls are all reads
+        would see every live trial as stale the moment the lock is released, before their
+        heartbeat threads beat again.
         """
-        if self.engine.dialect.name != "sqlite":
-            return
         started = time.monotonic()
         try:
             with self.engine.connect() as conn:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if self.engine.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    conn.exec_driver_sql("LOCK TABLE trial_heartbeats IN ROW EXCLUSIVE MODE")
                 conn.rollback()
         except Exception as exc:
             if as_database_error(exc, self.url) is None:
                 raise
-            health.disturbed()  # locked even past the busy timeout
+            health.disturbed()  # cannot even tell: as good as an outage
             return
         if time.monotonic() - started > LOCK_WAIT_S:
             health.disturbed()

@@ -128,7 +128,11 @@ def test_sqlite_disk_full_for_longer_than_the_grace_period(tmp_path: Path) -> No
         path = study_file(tmp_path, "full", n_trials=2, epochs=8, heartbeat=(1, 3))
         run = start_run(path, url, tmp_path)
         try:
-            wait_for(lambda: epochs_stored(url) >= 1, 180, "a stored epoch")
+            try:
+                wait_for(lambda: epochs_stored(url) >= 1, 180, "a stored epoch")
+            except AssertionError:
+                run.kill()
+                raise AssertionError(finish(run, 10) + logs_of(tmp_path)) from None
             filler = disk / "filler"
             with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
                 while True:  # until ENOSPC
@@ -143,6 +147,27 @@ def test_sqlite_disk_full_for_longer_than_the_grace_period(tmp_path: Path) -> No
         assert_nothing_lost(url, "full", 2, 8)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_postgres_heartbeats_blocked_longer_than_the_grace_period(pg_url: str,
+                                                                  tmp_path: Path) -> None:
+    """A second connection locks Optuna's heartbeat table for 10 s (grace period 4 s): reads
+    go on, heartbeat writes wait. No worker fails its own or the other's live trial."""
+    path = study_file(tmp_path, "blocked", n_trials=3, epochs=10, heartbeat=(1, 4))
+    run = start_run(path, pg_url, tmp_path, workers=2)
+    try:
+        wait_for(lambda: epochs_stored(pg_url) >= 2, 180, "two stored epochs")
+        engine = make_engine(pg_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("LOCK TABLE trial_heartbeats IN EXCLUSIVE MODE")
+            time.sleep(10)
+        engine.dispose()
+    finally:
+        output = finish(run, 300)
+    everything = output + logs_of(tmp_path)
+    assert run.returncode == 0, everything
+    assert "Traceback" not in everything
+    assert_nothing_lost(pg_url, "blocked", 3, 10)
 
 
 def test_postgres_unreachable_longer_than_the_grace_period(

@@ -9,6 +9,7 @@ authentication, a unique-key clash. Retrying cannot help: they are reported at o
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from sqlalchemy.engine import make_url
@@ -22,6 +23,8 @@ from hpsearch.errors import HpsearchError
 # lock), NOMEM, INTERRUPT, FULL (freeing disk space heals it), PROTOCOL (a WAL lock race).
 # Everything else (READONLY, CORRUPT, NOTADB, CANTOPEN, "no such table", IOERR...) is permanent.
 _SQLITE_TRANSIENT = {5, 6, 7, 9, 13, 15}
+_SQLITE_IOERR = 10  # transient only on a full disk (see _sqlite_disk_full)
+DISK_FULL_BYTES = 64 * 2**20  # less free space than this counts as a full disk
 # PostgreSQL SQLSTATE classes/codes that waiting heals: connection exceptions (08), the server
 # shutting down or starting (57P01-57P03), insufficient resources (53: disk full, out of memory,
 # too many connections), serialisation failures and deadlocks (40001, 40P01), a lock not
@@ -75,6 +78,9 @@ def _from_sqlalchemy(exc: SQLAlchemyError, url: str | None) -> DatabaseError:
         reason = _one_line(str(exc.orig or exc), url)
         if isinstance(exc, IntegrityError):
             return DuplicateRowError(reason, transient=False, url=url)
+        full = _sqlite_disk_full(exc, url)
+        if full is not None:
+            return DatabaseError(f"{reason} (no space left in {full})", transient=True, url=url)
         return DatabaseError(reason, transient=is_transient(exc), url=url)
     # not from the driver: a pool checkout that timed out waits; SQLAlchemy misuse does not
     return DatabaseError(_one_line(str(exc), url), transient=isinstance(exc, PoolTimeoutError),
@@ -95,6 +101,26 @@ def is_transient(exc: DBAPIError) -> bool:
         return sqlstate[:2] in _PG_TRANSIENT_CLASSES or sqlstate in _PG_TRANSIENT_CODES
     message = str(orig).lower()
     return not any(marker in message for marker in _PG_PERMANENT_CONNECT)
+
+
+def _sqlite_disk_full(exc: DBAPIError, url: str | None) -> str | None:
+    """The folder of a SQLite database whose disk is full, when that is behind `exc`.
+
+    SQLite reports ENOSPC as SQLITE_FULL on most writes but as a plain "disk I/O error" on
+    others (growing the WAL index, for one); an I/O error on a full disk is waited out like
+    SQLITE_FULL, any other I/O error is permanent.
+    """
+    orig = exc.orig
+    if not (isinstance(orig, sqlite3.Error) and url
+            and (getattr(orig, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_IOERR):
+        return None
+    try:
+        database = make_url(url).database
+        folder = os.path.dirname(os.path.abspath(database or "."))
+        stats = os.statvfs(folder)
+    except (OSError, ValueError):
+        return None
+    return folder if stats.f_bavail * stats.f_frsize < DISK_FULL_BYTES else None
 
 
 def _one_line(message: str, url: str | None) -> str:
