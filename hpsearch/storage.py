@@ -23,7 +23,7 @@ from hpsearch.db.engine import engine_kwargs, make_engine, normalise_url
 from hpsearch.db.errors import as_database_error
 from hpsearch.db.migrate import ensure_schema, optuna_schema_lock
 from hpsearch.db.recorder import Recorder
-from hpsearch.db.session import health, retrying, translating
+from hpsearch.db.session import health, heartbeat_lock_wait, retrying, translating
 
 log = logging.getLogger(__name__)
 # A write lock that took longer than this to get was held by someone (normally milliseconds,
@@ -105,20 +105,14 @@ class ResilientRDBStorage(RDBStorage):
         would see every live trial as stale the moment the lock is released, before their
         heartbeat threads beat again.
         """
-        started = time.monotonic()
         try:
-            with self.engine.connect() as conn:
-                if self.engine.dialect.name == "sqlite":
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
-                    conn.exec_driver_sql("LOCK TABLE trial_heartbeats IN ROW EXCLUSIVE MODE")
-                conn.rollback()
+            waited = heartbeat_lock_wait(self.engine)
         except Exception as exc:
             if as_database_error(exc, self.url) is None:
                 raise
             health.disturbed()  # cannot even tell: as good as an outage
             return
-        if time.monotonic() - started > LOCK_WAIT_S:
+        if waited > LOCK_WAIT_S:
             health.disturbed()
 
 

@@ -23,4 +23,5 @@ def _root() -> None:
 
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "
            "postgresql+psycopg://user:pw@host:5432/db). Default: $HPSEARCH_DB, else "
-           "sqlite:///hpsearch.db.")
+           "sqlite:///hpsearch.db. Timeouts go in the URL: ?connect_timeout=SECONDS "
+           "(PostgreSQL, default 10), ?timeout=SECONDS (SQLite lock wait, default 60).")

@@ -105,6 +105,19 @@ class DatabaseHealth:
 health = DatabaseHealth()
 
 
+def heartbeat_lock_wait(engine: Engine) -> float:
+    """Seconds spent taking, and at once giving back, the lock that writing a heartbeat to
+    Optuna's `trial_heartbeats` needs (SQLite: the write lock; PostgreSQL: the table lock)."""
+    started = time.monotonic()
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("LOCK TABLE trial_heartbeats IN ROW EXCLUSIVE MODE")
+        conn.rollback()
+    return time.monotonic() - started
+
+
 def retrying(action: Callable[[], T], what: str, *, url: str | None = None,
              give_up_after: float | None = None) -> T:
     """Run `action`, waiting out transient database errors (the module's retry policy).
