@@ -89,6 +89,14 @@ def assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None
     assert states == [optuna.trial.TrialState.COMPLETE] * n_trials, states
 
 
+def assert_no_crash(output: str, logs: str) -> None:
+    """No traceback from the run itself, and no worker thread or trial crashed in the logs
+    (a worker log may hold Optuna's traceback of a trial that gave way as surplus)."""
+    assert "Traceback" not in output, output
+    for crash in ("Exception in thread", "Cannot tell a", "UnboundLocalError"):
+        assert crash not in logs, logs
+
+
 # --- class 1: outages longer than the grace period ---------------------------------------------
 
 def test_sqlite_locked_longer_than_the_grace_period(tmp_path: Path) -> None:
@@ -109,7 +117,7 @@ def test_sqlite_locked_longer_than_the_grace_period(tmp_path: Path) -> None:
     finally:
         output = finish(run, 300)
     assert run.returncode == 0, output + logs_of(tmp_path)
-    assert "Traceback" not in output + logs_of(tmp_path)
+    assert_no_crash(output, logs_of(tmp_path))
     assert_nothing_lost(url, "locked", 3, 8)
 
 
@@ -143,7 +151,8 @@ def test_sqlite_disk_full_for_longer_than_the_grace_period(tmp_path: Path) -> No
             output = finish(run, 300)
         everything = output + logs_of(tmp_path)
         assert run.returncode == 0, everything
-        assert "database or disk is full" in everything and "Traceback" not in everything
+        assert "database or disk is full" in everything
+        assert_no_crash(output, everything)
         assert_nothing_lost(url, "full", 2, 8)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -166,7 +175,7 @@ def test_postgres_heartbeats_blocked_longer_than_the_grace_period(pg_url: str,
         output = finish(run, 300)
     everything = output + logs_of(tmp_path)
     assert run.returncode == 0, everything
-    assert "Traceback" not in everything
+    assert_no_crash(output, everything)
     assert_nothing_lost(pg_url, "blocked", 3, 10)
 
 
@@ -189,7 +198,7 @@ def test_postgres_unreachable_longer_than_the_grace_period(
     everything = output + logs_of(tmp_path)
     assert run.returncode == 0, everything
     assert "retrying" in everything and "database back after" in everything
-    assert "Traceback" not in everything
+    assert_no_crash(output, everything)
     assert_nothing_lost(pg_url, "outage", 3, 10)
 
 
