@@ -21,16 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
 from hpsearch import data as data_mod
 from hpsearch.config import StudyConfig, WorkerOptions, parse_data
 from hpsearch.db import queries
 from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.errors import DuplicateRowError
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.models import Evaluation
+from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
@@ -90,7 +88,7 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
     ensure_schema(full_url)
     engine = make_engine(full_url)
     try:
-        with engine.connect() as conn:
+        with connection_scope(engine) as conn:
             study = queries.find_study(conn, name)
             if trial is None:
                 record = queries.best_trial(conn, study)
@@ -122,14 +120,12 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
 def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
     engine = make_engine(url)
     try:
-        with Session(engine) as session:
-            rows = session.scalars(select(Evaluation).where(
-                Evaluation.trial_id == plan.trial.id, Evaluation.epochs == plan.epochs,
-                Evaluation.seed.in_(plan.seeds)))
-            return {r.seed: FinalResult(r.seed, r.epochs, r.test_acc, r.test_loss, r.seconds,
-                                        r.checkpoint_path, stored=True) for r in rows}
+        with connection_scope(engine) as conn:
+            rows = queries.stored_evaluations(conn, plan.trial.id, plan.epochs, plan.seeds)
     finally:
         engine.dispose()
+    return {seed: FinalResult(r.seed, r.epochs, r.test_acc, r.test_loss, r.seconds,
+                              r.checkpoint_path, stored=True) for seed, r in rows.items()}
 
 
 def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str = "auto",
@@ -189,12 +185,10 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
 def _store(url: str, plan: EvaluationPlan, result: FinalResult, curve: list[dict]) -> None:
     engine = make_engine(url)
     try:
-        with Session(engine) as session, session.begin():
-            session.add(Evaluation(
-                trial_id=plan.trial.id, seed=result.seed, epochs=result.epochs,
-                test_acc=result.test_acc, test_loss=result.test_loss, curve=curve,
-                checkpoint_path=result.checkpoint_path, seconds=result.seconds))
-    except IntegrityError:
+        Recorder(engine).store_evaluation(
+            plan.trial.id, result.seed, result.epochs, result.test_acc, result.test_loss,
+            curve, result.checkpoint_path, result.seconds)
+    except DuplicateRowError:
         raise HpsearchError(
             f"trial {plan.trial.number} was evaluated with seed {result.seed} and "
             f"{result.epochs} epochs by another process meanwhile; run again to see it"

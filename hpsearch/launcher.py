@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import signal
 import subprocess
@@ -28,12 +29,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
 from hpsearch.config import StudyConfig
 from hpsearch.cores import available_cores
 from hpsearch.db.engine import make_engine
-from hpsearch.monitor import StudyProgress, read_progress, render_progress, summary_line
+from hpsearch.db.errors import DatabaseError
+from hpsearch.db.queries import StudyProgress, read_progress
+from hpsearch.db.session import connection_scope
+from hpsearch.monitor import render_progress, summary_line
 from hpsearch.paths import study_slug
 from hpsearch.stop import signal_name, signum_of
 
@@ -158,7 +161,9 @@ class LogView:
         pass
 
     def update(self, progress: StudyProgress) -> None:
-        finished = {k: v for k, v in progress.counts.items() if k != "running"}
+        finished: dict[str, int] = {k: v for k, v in progress.counts.items() if k != "running"}
+        if progress.unavailable_since is not None:  # one line per 30 s of an outage
+            finished["outage"] = int(time.monotonic() - progress.unavailable_since) // 30
         if finished != self.last:
             self.last = finished
             self.console.print(f"{time.strftime('%H:%M:%S')} "
@@ -167,11 +172,15 @@ class LogView:
 
 
 def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgress:
-    """The study's progress; while the database is unreachable (a restart) the last one seen:
-    the workers wait for the database, and so does the view."""
+    """The study's progress; while the database cannot be read (an outage) the last one seen,
+    marked with when an outage began: the workers wait for the database, and so does the
+    view, saying for how long. (A permanent error ends the workers, who report it.)"""
     try:
-        return read_progress(engine, name)
-    except DBAPIError:
+        with connection_scope(engine) as conn:
+            return read_progress(conn, name)
+    except DatabaseError as exc:
+        if exc.transient and last.unavailable_since is None:
+            last = dataclasses.replace(last, unavailable_since=time.monotonic())
         return last
 
 
@@ -197,6 +206,9 @@ def failed_workers(workers: list[WorkerProcess]) -> list[tuple[WorkerProcess, st
     for worker in workers:
         code = worker.process.returncode
         if code not in STOPPED_CODES:
+            if code < 0:  # killed: its log ends wherever it was
+                failures.append((worker, f"killed by {signal.Signals(-code).name}"))
+                continue
             lines = worker.log_path.read_text(errors="replace").strip().splitlines()
             failures.append((worker, lines[-1] if lines else f"exit code {code}"))
     return failures

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
 from hpsearch.db.engine import mask_secrets
+from hpsearch.db.errors import DatabaseError
 from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
@@ -70,8 +71,19 @@ class Objective:
         self.worker = worker
         self.device = resolve_device(device)  # once per worker: "auto" -> cpu or cuda
         self.interrupted: int | None = None  # Optuna id of a trial a stop request cut short
+        # a permanent database error met by the last trial: the worker stops on it (Optuna
+        # catches every exception of an objective and would go on to the next trial)
+        self.fatal: DatabaseError | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.fatal = None
+        try:
+            return self._run(trial)
+        except DatabaseError as exc:
+            self.fatal = exc
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
         history = retry_history(trial)

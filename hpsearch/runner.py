@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -21,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
+from hpsearch.db.errors import DatabaseError
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.trial_slot import TrialSlotLock
@@ -112,8 +114,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                     time.sleep(WAIT_POLL_S)
                     continue
                 last.clear()
-                study.optimize(run_trial, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                               callbacks=[lambda _s, t: last.append(t)])
+                _optimize_one(study, run_trial, objective, last)
             finally:
                 slot.release()  # also when Optuna failed before running the objective
             state = last[0].state if last else TrialState.FAIL
@@ -186,6 +187,36 @@ def _requeue(study: optuna.Study, trial_id: int) -> None:
     frozen = study._storage.get_trial(trial_id)
     if frozen.state == TrialState.FAIL:  # Optuna recorded the stop; anything else: leave it
         RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+
+
+def _optimize_one(study: optuna.Study, run_trial: Callable[[optuna.Trial], float],
+                  objective: Objective, last: list[FrozenTrial]) -> None:
+    """One trial. A permanent database error stops the worker with its reason: Optuna catches
+    every error of an objective and would go on, and its own bookkeeping after the trial,
+    failing on the same broken database, can hide the reason behind an UnboundLocalError."""
+    try:
+        study.optimize(run_trial, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                       callbacks=[lambda _s, t: last.append(t)])
+    except Exception as exc:
+        if objective.fatal is not None:
+            raise objective.fatal from exc
+        raise
+    if objective.fatal is not None:
+        raise objective.fatal
+
+
+def _database_errors_on_one_line(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback; for a database error the one line that
+    the worker ends with says everything."""
+    if record.exc_info and isinstance(record.exc_info[1], DatabaseError):
+        record.exc_info = None
+    return True
+
+
+# the logger of optuna.study._optimize, which reports failed trials
+logging.getLogger("optuna.study._optimize").addFilter(_database_errors_on_one_line)
+
+
 
 
 def _fail_stale(study: optuna.Study) -> None:

@@ -8,71 +8,136 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy.exc import DBAPIError
+from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig, WorkerOptions
 from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
-from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.recorder import Recorder, one_line, transient_cause, with_retry
+from hpsearch.db.errors import as_database_error
+from hpsearch.db.migrate import ensure_schema, optuna_schema_lock
+from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import health, heartbeat_lock_wait, retrying, translating
 from hpsearch.errors import HpsearchError
 from hpsearch.space import space_json
 
 log = logging.getLogger(__name__)
 METRIC_NAMES = ["val_acc"]  # what the objective returns: the trial's best validation accuracy
+# A write lock that took longer than this to get was held by someone (normally milliseconds,
+# even with several workers writing epochs): heartbeats were held up too.
+LOCK_WAIT_S = 0.25
 
 
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
-    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return with_retry(lambda: method(self, *args, **kwargs),
-                          f"Optuna storage: {method.__name__}")
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: method(self, *args, **kwargs),
+                        f"Optuna storage: {method.__name__}", url=self.url)
     return call
 
 
 class ResilientRDBStorage(RDBStorage):
-    """Optuna's RDBStorage that waits out a database restart, as our Recorder does.
+    """Optuna's RDBStorage under our retry policy and error classification.
 
     Plain RDBStorage raises at the first lost connection: a worker between trials dies, a
-    trial whose report() fails is failed, and Optuna's heartbeat thread ends for good, so the
-    live trial is later failed as stale by another worker. Here every storage call that reaches
-    the database retries transient errors for RETRY_FOR_S, and a heartbeat that cannot be
-    written is skipped (the next one, heartbeat_interval later, tries again).
+    trial whose report() fails is failed, and Optuna's heartbeat thread ends for good. Here
+    every storage call that reaches the database waits out transient errors and raises
+    permanent ones at once as one-line DatabaseErrors (`hpsearch.db.session.retrying`); a
+    heartbeat that cannot be written is skipped (the next one tries again).
+
+    Stale-trial checks (Optuna's before each trial, and our StaleTrialWatcher's) never fail a
+    trial this process is running, however old its heartbeat looks after an outage, and
+    report nothing until this process's own database access has been steady for a grace
+    period: the other workers' live trials need that long to beat again after an outage.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._own_lock = threading.Lock()
+        self._own_trials: set[int] = set()
+
     def record_heartbeat(self, trial_id: int) -> None:
+        with self._own_lock:  # Optuna's heartbeat thread beats only for this process's trials
+            self._own_trials.add(trial_id)
+        started = time.monotonic()
         try:
             super().record_heartbeat(trial_id)
-        except (StorageInternalError, DBAPIError) as exc:
-            cause = transient_cause(exc)
-            if cause is None:
+        except Exception as exc:
+            error = as_database_error(exc, self.url)
+            if error is None:
                 raise
+            health.disturbed()
+            # logged, never raised: an exception would end Optuna's heartbeat thread for good
             log.warning("heartbeat of trial id %d not recorded (%s); the next one retries",
-                        trial_id, one_line(cause))
+                        trial_id, error.reason)
+            return
+        health.observe(started)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Any = None) -> bool:
+        done = retrying(lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
+                        "Optuna storage: set_trial_state_values", url=self.url)
+        if state.is_finished():
+            with self._own_lock:
+                self._own_trials.discard(trial_id)
+        return done
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        self._probe_write_lock()
+        if health.steady_for() < grace:
+            return []
+        stale = retrying(lambda: RDBStorage._get_stale_trial_ids(self, study_id),
+                         "Optuna storage: _get_stale_trial_ids", url=self.url)
+        with self._own_lock:
+            return [trial_id for trial_id in stale if trial_id not in self._own_trials]
 
 
-# RDBStorage's methods that open a database session themselves (the others call these).
+    def _probe_write_lock(self) -> None:
+        """Take, and give back at once, the lock a heartbeat write needs; a wait for it counts
+        as a disturbance.
+
+        A lock held by another client (SQLite's write lock, a PostgreSQL table lock) blocks
+        heartbeat writes but not reads: without this, a worker whose own calls are all reads
+        would see every live trial as stale the moment the lock is released, before their
+        heartbeat threads beat again.
+        """
+        try:
+            waited = heartbeat_lock_wait(self.engine)
+        except Exception as exc:
+            if as_database_error(exc, self.url) is None:
+                raise
+            health.disturbed()  # cannot even tell: as good as an outage
+            return
+        if waited > LOCK_WAIT_S:
+            health.disturbed()
+
+
+# RDBStorage's other methods that open a database session themselves (the rest call these).
 for _name in ("create_new_study", "get_study_id_from_name", "get_study_name_from_id",
               "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
               "set_study_user_attr", "set_study_system_attr", "get_all_studies",
               "_create_new_trial", "_set_trial_param", "get_trial_param",
-              "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+              "set_trial_intermediate_value", "set_trial_user_attr",
               "set_trial_system_attr", "get_trial_user_attrs", "get_trial_system_attrs",
               "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials",
-              "_get_best_trial_id", "_get_stale_trial_ids"):
+              "_get_best_trial_id"):
     setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
 
 
 def open_storage(url: str, workers: WorkerOptions) -> RDBStorage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
+    """Optuna's storage for `url`. Its constructor creates Optuna's tables when missing; under
+    the migration lock, so that processes starting together on a fresh PostgreSQL database do
+    not race (a UniqueViolation otherwise)."""
+    def construct() -> RDBStorage:
+        with warnings.catch_warnings(), optuna_schema_lock(url):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return ResilientRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs(url),
@@ -81,6 +146,10 @@ def open_storage(url: str, workers: WorkerOptions) -> RDBStorage:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                     max_retry=workers.max_retry, inherit_intermediate_values=True),
             )
+    # a failure here is at start-up: reported at once (no waiting), like every other start-up
+    with translating(url):
+        try:
+            return construct()
         except RuntimeError as exc:  # Optuna's tables written by a newer (or older) Optuna
             if "compatible with the table schema" not in str(exc):
                 raise

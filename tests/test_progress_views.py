@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 
 from hpsearch.config import StudyConfig, load_study
+from hpsearch.db.queries import RunningTrial, StudyProgress
 from hpsearch.launcher import LiveView, LogView
-from hpsearch.monitor import RunningTrial, StudyProgress
 from tests.study_files import write_tiny_study
 
 

@@ -214,7 +214,7 @@ def test_hostile_study_names_are_bound_parameters(hostile_url: str,
 def test_no_sql_is_built_from_strings() -> None:
     """Every statement is SQLAlchemy Core/ORM or text() with bound parameters: no f-string,
     %-format or concatenation inside text(), execute() or exec_driver_sql()."""
-    allowed = {"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}"}  # a constant
+    allowed = {"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"}  # a number
     built = re.compile(r"""(?<!\w)(?:text|execute|exec_driver_sql)\("""
                        r"""\s*(?:f["']|["'][^"']*["']\s*[%+]|[\w.]+\s*\+)""")
     offenders = []

@@ -75,4 +75,5 @@ MAX_THREADS = 1024
 
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "
            "postgresql+psycopg://user:pw@host:5432/db). Default: $HPSEARCH_DB, else "
-           "sqlite:///hpsearch.db.")
+           "sqlite:///hpsearch.db. Timeouts go in the URL: ?connect_timeout=SECONDS "
+           "(PostgreSQL, default 10), ?timeout=SECONDS (SQLite lock wait, default 60).")

@@ -67,22 +67,17 @@ StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies
 @contextmanager
 def connect(db: str | None) -> Iterator[Connection]:
     """A read connection to the results database; one-line errors for missing schema or
-    an unreachable server."""
-    from sqlalchemy.exc import DBAPIError
-
-    from hpsearch.db.engine import database_url, make_engine, mask_url
+    an unreachable server (DatabaseError, from connection_scope)."""
+    from hpsearch.db.engine import database_url, make_engine
     from hpsearch.db.migrate import require_schema
-    from hpsearch.errors import HpsearchError
+    from hpsearch.db.session import connection_scope
 
     url = database_url(db)
     require_schema(url)  # never creates a file or a table
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
+        with connection_scope(engine) as conn:
             yield conn
-    except DBAPIError as exc:
-        reason = " ".join(str(exc.orig or exc).split())
-        raise HpsearchError(f"cannot read {mask_url(url)}: {reason}") from exc
     finally:
         engine.dispose()
 

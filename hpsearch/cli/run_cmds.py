@@ -118,12 +118,18 @@ def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
     failures = failed_workers(started)
     for worker, last_line in failures:
         console.print(f"worker {worker.index} failed ({worker.log_path}): {last_line}",
-                      style="red", highlight=False, markup=False)
+                      style="red", highlight=False, markup=False, soft_wrap=True)
     if top:
         from hpsearch.cli.query_cmds import print_leaderboard
+        from hpsearch.errors import HpsearchError
 
         console.print()
-        print_leaderboard(url, config.name, top)
+        try:
+            print_leaderboard(url, config.name, top)
+        except HpsearchError:
+            if not failures:
+                raise
+            # the database broke under the workers: their lines above already say why
     if stopped_by is not None:
         console.print(f"Stopped by {signal_name(stopped_by)} with {progress.finished}/"
                       f"{config.n_trials} trials finished; run the same command to continue.",

@@ -22,10 +22,10 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
-from hpsearch.db.engine import database_url, make_engine, mask_secrets, mask_url, normalise_url
+from hpsearch.db.engine import database_url, make_engine, mask_url, normalise_url
 from hpsearch.db.models import Base
+from hpsearch.db.session import connection_scope
 from hpsearch.errors import HpsearchError
 
 
@@ -97,28 +97,21 @@ def _known_revisions() -> set[str]:
     return {script.revision for script in _script().walk_revisions()}
 
 
-def _reason(exc: DBAPIError, url: str) -> str:
-    """The driver's message on one line, with the credentials scrubbed should it echo them."""
-    message = " ".join(line.strip() for line in str(exc.orig or exc).splitlines() if line.strip())
-    return mask_secrets(message, url)
-
-
 @contextmanager
 def _connection(url: str, *, write: bool = False) -> Iterator[Connection]:
     """A connection in one transaction, committed at the end.
 
     `write` takes the database-wide migration lock first, so concurrent upgrades run one after
-    the other and the later ones find the schema already at head. Unreachable servers, bad
-    credentials and Alembic errors become one-line HpsearchErrors with the URL masked.
+    the other and the later ones find the schema already at head. Database errors leave as
+    one-line DatabaseErrors (from connection_scope), Alembic's as HpsearchErrors; no retrying:
+    a command that cannot reach its database at start says so at once.
     """
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
+        with connection_scope(engine) as conn:
             if write:
                 _lock_for_migration(conn)
             yield conn
-    except DBAPIError as exc:  # unreachable, refused, corrupt file, unknown connect option...
-        raise HpsearchError(f"cannot use database {mask_url(url)}: {_reason(exc, url)}") from exc
     except CommandError as exc:
         raise HpsearchError(f"database {mask_url(url)}: {exc}") from exc
     finally:
@@ -136,6 +129,32 @@ def _lock_for_migration(conn: Connection) -> None:
         # pysqlite runs DDL outside transactions; an explicit write transaction makes the
         # migration atomic and makes other writers wait (busy_timeout) instead of racing
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def optuna_schema_lock(url: str) -> Iterator[None]:
+    """Hold the migration lock while Optuna creates its own tables (RDBStorage's constructor).
+
+    Optuna's schema creation is not locked: two processes starting on a fresh PostgreSQL
+    database both create its tables and one fails with a UniqueViolation. On PostgreSQL this
+    holds the same advisory lock as our migrations (session-level, on a connection of its
+    own, taken after our migration released it). SQLite needs nothing: `hpsearch run` creates
+    the schema before its workers start, and its DDL waits on the file lock.
+    """
+    if make_url(url).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = make_engine(url)
+    try:
+        with connection_scope(engine) as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": _PG_MIGRATION_LOCK})
+    finally:
+        engine.dispose()
 
 
 def _full_url(url: str | None) -> str:

@@ -217,6 +217,40 @@ class Band:
     percentiles: dict[int, list[float]]  # e.g. 10 → the 10th percentile at each epoch
 
 
+@dataclass
+class RunningTrial:
+    worker: str
+    number: int
+    epochs_run: int
+    value: float | None
+
+
+@dataclass
+class StudyProgress:
+    """What the live view of `hpsearch run` shows."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    best_value: float | None = None
+    best_number: int | None = None
+    running: list[RunningTrial] = field(default_factory=list)
+    # set by the live view while the database cannot be read: since when (monotonic seconds)
+    unavailable_since: float | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    seed: int
+    epochs: int
+    test_acc: float
+    test_loss: float
+    seconds: float
+    checkpoint_path: str
+
+
 def utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything we store is UTC."""
     if value is not None and value.tzinfo is None:
@@ -539,3 +573,36 @@ def _check_metrics(metrics: Sequence[str]) -> None:
     unknown = [m for m in metrics if m not in EPOCH_METRICS]
     if unknown:
         raise ValueError(f"unknown epoch metric(s): {', '.join(unknown)}")
+
+
+def read_progress(conn: Connection, name: str) -> StudyProgress:
+    """Counts by state, the best so far and every running trial (the live view)."""
+    study_id = conn.scalar(select(Study.id).where(Study.name == name))
+    progress = StudyProgress()
+    if study_id is None:
+        return progress
+    for state, count in conn.execute(
+            select(Trial.state, func.count()).where(Trial.study_id == study_id)
+            .group_by(Trial.state)):
+        progress.counts[state] = count
+    # the same rule as `hpsearch best`: pruned trials do not count
+    best = conn.execute(best_query(study_id, Trial.number, Trial.value)).first()
+    if best is not None:
+        progress.best_number, progress.best_value = best
+    progress.running = [
+        RunningTrial(w, n, e, v) for w, n, e, v in conn.execute(
+            select(Trial.worker, Trial.number, Trial.epochs_run, Trial.value)
+            .where(Trial.study_id == study_id, Trial.state == "running")
+            .order_by(Trial.worker))]
+    return progress
+
+
+def stored_evaluations(conn: Connection, trial_id: int, epochs: int,
+                       seeds: Sequence[int]) -> dict[int, StoredEvaluation]:
+    """The trial's stored retrainings of `epochs` epochs with these seeds, by seed."""
+    rows = conn.execute(select(
+        Evaluation.seed, Evaluation.epochs, Evaluation.test_acc, Evaluation.test_loss,
+        Evaluation.seconds, Evaluation.checkpoint_path).where(
+        Evaluation.trial_id == trial_id, Evaluation.epochs == epochs,
+        Evaluation.seed.in_(seeds)))
+    return {row.seed: StoredEvaluation(*row) for row in rows}

@@ -1,60 +1,28 @@
 """Writes of the runner: study rows, trial rows, and one row per finished epoch.
 
-Every write is one short transaction, retried while the database is unreachable (a PostgreSQL
-restart, a locked SQLite file), so an epoch is never silently dropped.
+Every write is one short transaction (`session_scope`), retried under the one retry policy
+(`retrying`: transient errors are waited out, permanent ones raised at once), so an epoch is
+never silently dropped.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from hpsearch.db.models import Epoch, Study, Trial, utcnow
+from hpsearch.db.errors import DuplicateRowError
+from hpsearch.db.models import Epoch, Evaluation, Study, Trial, utcnow
 from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
 from hpsearch.db.optuna_tables import set_marker
+from hpsearch.db.session import retrying, session_scope
 from hpsearch.metrics import EpochMetrics
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-RETRY_FOR_S = 120.0  # how long a write keeps retrying before the trial fails
-
-
-def transient_cause(exc: BaseException) -> DBAPIError | None:
-    """The database error behind `exc` when reconnecting or waiting can fix it (a server
-    restart, a dropped connection, a locked SQLite file); None for real errors. Optuna wraps
-    such errors in its StorageInternalError, so the cause chain is followed."""
-    while exc is not None and not isinstance(exc, DBAPIError):
-        exc = exc.__cause__  # type: ignore[assignment]
-    if exc is not None and (exc.connection_invalidated or isinstance(exc, OperationalError)):
-        return exc
-    return None
-
-
-def one_line(exc: DBAPIError) -> str:
-    return " ".join(str(exc.orig or exc).split())
-
-
-def with_retry(action: Callable[[], T], what: str, retry_for: float = RETRY_FOR_S) -> T:
-    """Run `action`, retrying with back-off while the database is unreachable."""
-    deadline = time.monotonic() + retry_for
-    delay = 0.2
-    while True:
-        try:
-            return action()
-        except Exception as exc:
-            cause = transient_cause(exc)
-            if cause is None or time.monotonic() > deadline:
-                raise
-            log.warning("%s failed (%s); retrying in %.1fs", what, one_line(cause), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+# How long marking trials may wait for the database while the worker is being interrupted:
+# a stop must not hang on an outage (the trials are then failed by the heartbeat check).
+STOP_WAIT_S = 10.0
 
 
 class Recorder:
@@ -65,7 +33,7 @@ class Recorder:
                      space: dict[str, Any], dataset: str, n_trials: int) -> int:
         """The study's row id, creating the row or updating its trial target."""
         def write() -> int:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 study = session.scalar(select(Study).where(Study.name == name))
                 if study is None:
                     study = Study(name=name, optuna_study_id=optuna_study_id, config=config,
@@ -84,14 +52,17 @@ class Recorder:
                                      f"{study.optuna_study_id}")
                 study.n_trials = n_trials
                 return study.id
-        return with_retry(write, "recording the study")
+        try:
+            return retrying(write, "recording the study")
+        except DuplicateRowError:  # another process created the row meanwhile: now it is found
+            return retrying(write, "recording the study")
 
     def replace_config(self, name: str, config: dict[str, Any]) -> None:
         """Store an edited study file (`hpsearch run --update`) as the study's config."""
         def write() -> None:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 session.execute(update(Study).where(Study.name == name).values(config=config))
-        with_retry(write, "recording the study's new config")
+        retrying(write, "recording the study's new config")
 
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
                     params: dict[str, Any], sampled: list[str], worker: str,
@@ -101,7 +72,7 @@ class Recorder:
         `sampled` names the ones the sampler chose; `precision` and `device` are what the run
         resolved "auto" to."""
         def write() -> int:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 existing = session.scalar(select(Trial).where(
                     Trial.study_id == study_id, Trial.number == number))
                 if existing is not None:
@@ -118,12 +89,12 @@ class Recorder:
                 session.add(trial)
                 session.flush()
                 return trial.id
-        return with_retry(write, f"recording the start of trial {number}")
+        return retrying(write, f"recording the start of trial {number}")
 
     def copy_epochs(self, from_trial_id: int, to_trial_id: int, up_to_epoch: int) -> None:
         """Carry a retried trial's finished epochs over to the trial that resumes it."""
         def write() -> None:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 rows = session.scalars(select(Epoch).where(
                     Epoch.trial_id == from_trial_id, Epoch.epoch <= up_to_epoch)).all()
                 for row in rows:
@@ -132,16 +103,16 @@ class Recorder:
                         val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
                         seconds=row.seconds, images_per_s=row.images_per_s))
                 self._refresh_summary(session, to_trial_id)
-        with_retry(write, "copying epochs of a retried trial")
+        retrying(write, "copying epochs of a retried trial")
 
     def record_epoch(self, trial_id: int, metrics: EpochMetrics) -> None:
         """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
         update the trial's summary, in one transaction."""
         def write() -> None:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 self._upsert_epoch(session, trial_id, metrics)
                 self._refresh_summary(session, trial_id)
-        with_retry(write, f"recording epoch {metrics.epoch}")
+        retrying(write, f"recording epoch {metrics.epoch}")
 
     def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics) -> None:
         values = {"trial_id": trial_id, **metrics.to_dict()}
@@ -166,55 +137,68 @@ class Recorder:
     def finish_trial(self, trial_id: int, state: str, seconds: float, n_params: int | None,
                      reason: str | None = None) -> None:
         def write() -> None:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 session.execute(update(Trial).where(Trial.id == trial_id).values(
                     state=state, seconds=seconds, n_params=n_params, reason=reason,
                     finished_at=utcnow()))
-        with_retry(write, f"recording the end of trial row {trial_id}")
+        retrying(write, f"recording the end of trial row {trial_id}")
 
     def trial_id(self, study_id: int, number: int) -> int | None:
-        return with_retry(lambda: self._trial_id(study_id, number), "reading a trial")
+        return retrying(lambda: self._trial_id(study_id, number), "reading a trial")
 
     def _trial_id(self, study_id: int, number: int) -> int | None:
-        with Session(self.engine) as session:
+        with session_scope(self.engine) as session:
             return session.scalar(select(Trial.id).where(
                 Trial.study_id == study_id, Trial.number == number))
 
     def running_trials(self, study_id: int) -> list[tuple[int, int]]:
         """(row id, Optuna trial id) of every trial the table shows as running."""
         def read() -> list[tuple[int, int]]:
-            with Session(self.engine) as session:
+            with session_scope(self.engine) as session:
                 return [(r.id, r.optuna_trial_id) for r in session.execute(
                     select(Trial.id, Trial.optuna_trial_id).where(
                         Trial.study_id == study_id, Trial.state == "running"))]
-        return with_retry(read, "reading running trials")
+        return retrying(read, "reading running trials")
 
     def mark_failed(self, trial_id: int, reason: str) -> None:
         def write() -> None:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 session.execute(update(Trial).where(
                     Trial.id == trial_id, Trial.state == "running").values(
                     state="failed", reason=reason, finished_at=utcnow()))
-        with_retry(write, "marking a dead trial failed")
+        retrying(write, "marking a dead trial failed")
 
     def mark_running_as(self, study_id: int, worker: str, state: str, reason: str) -> int:
         """End every trial this worker still has running (after Ctrl-C). Returns how many."""
         def write() -> int:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine) as session:
                 result = session.execute(update(Trial).where(
                     Trial.study_id == study_id, Trial.worker == worker,
                     Trial.state == "running").values(state=state, reason=reason,
                                                      finished_at=utcnow()))
                 return result.rowcount or 0
-        return with_retry(write, "marking running trials", retry_for=10.0)
+        return retrying(write, "marking running trials", give_up_after=STOP_WAIT_S)
 
     def study_row(self, name: str) -> Study | None:
         """Our row of study `name`, None if there is none; BrokenLink when Optuna no longer
         has the study the row was recorded for under that name."""
         def read() -> Study | None:
-            with Session(self.engine, expire_on_commit=False) as session:
+            with session_scope(self.engine, expire_on_commit=False) as session:
                 study = session.scalar(select(Study).where(Study.name == name))
                 if study is not None:
                     check_link(session.connection(), study)
                 return study
-        return with_retry(read, "reading the study")
+        return retrying(read, "reading the study")
+
+    def store_evaluation(self, trial_id: int, seed: int, epochs: int, test_acc: float,
+                         test_loss: float, curve: list[dict[str, float]], checkpoint_path: str,
+                         seconds: float) -> None:
+        """One final retraining's result; DuplicateRowError if that (trial, seed, epochs) was
+        stored meanwhile by another process."""
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                session.add(Evaluation(
+                    trial_id=trial_id, seed=seed, epochs=epochs, test_acc=test_acc,
+                    test_loss=test_loss, curve=curve, checkpoint_path=checkpoint_path,
+                    seconds=seconds))
+        retrying(write, "recording an evaluation")

@@ -1,0 +1,150 @@
+"""The one classification of database errors and the one retry policy, on real faults: a lock
+held by a second connection, a dropped table, a read-only or corrupt file, a refused or
+silent server."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from hpsearch.db.engine import engine_kwargs, make_engine
+from hpsearch.db.errors import DatabaseError, DuplicateRowError
+from hpsearch.db.migrate import upgrade
+from hpsearch.db.models import Study
+from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import connection_scope, session_scope
+from hpsearch.metrics import EpochMetrics
+from tests.net_faults import BlackHole
+
+
+def error_of(url: str, sql: str) -> DatabaseError:
+    engine = make_engine(url)
+    try:
+        with pytest.raises(DatabaseError) as caught, connection_scope(engine) as conn:
+            conn.execute(text(sql))
+    finally:
+        engine.dispose()
+    return caught.value
+
+
+def test_sqlite_errors_are_classified(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    url = f"sqlite:///{path}"
+    with connection_scope(make_engine(url)) as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+
+    missing = error_of(url, "SELECT * FROM hps_epoch")
+    assert not missing.transient and "no such table: hps_epoch" in str(missing)
+
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = error_of(f"{url}?timeout=0.1", "INSERT INTO t VALUES (1)")
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert locked.transient and "database is locked" in str(locked)
+
+    read_only = error_of(f"sqlite:///file:{path}?mode=ro&uri=true", "INSERT INTO t VALUES (1)")
+    assert not read_only.transient and "readonly" in str(read_only)
+
+    with pytest.raises(DatabaseError) as caught, connection_scope(make_engine(url)) as conn:
+        conn.exec_driver_sql("PRAGMA max_page_count = 2")  # the file may not grow: SQLITE_FULL
+        conn.exec_driver_sql("INSERT INTO t VALUES (zeroblob(100000))")
+    full = caught.value
+    assert full.transient and "full" in str(full)  # freeing space heals it: waited out
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 400)
+    corrupt = error_of(f"sqlite:///{junk}", "SELECT 1 FROM t")
+    assert not corrupt.transient and "file is not a database" in str(corrupt)
+    # one line, URL named
+    for error in (missing, locked, read_only, full, corrupt):
+        assert "\n" not in str(error) and str(error).startswith("cannot use database sqlite")
+
+
+def test_postgres_errors_are_classified(pg_url: str) -> None:
+    undefined = error_of(pg_url, "SELECT * FROM hps_epoch")
+    assert not undefined.transient and "hps_epoch" in str(undefined)
+    no_database = error_of(pg_url.rsplit("/", 1)[0] + "/no_such_db", "SELECT 1")
+    assert not no_database.transient and "does not exist" in str(no_database)
+    with BlackHole() as hole:
+        refused_port = hole.port
+    refused = error_of(f"postgresql+psycopg://u:secret@127.0.0.1:{refused_port}/x", "SELECT 1")
+    assert refused.transient and "secret" not in str(refused)
+
+
+def test_a_silent_server_times_out_and_counts_as_transient() -> None:
+    with BlackHole() as hole:
+        started = time.monotonic()
+        silent = error_of(f"postgresql://u@127.0.0.1:{hole.port}/x?connect_timeout=2",
+                          "SELECT 1")
+        waited = time.monotonic() - started
+    assert silent.transient and "timeout" in str(silent).lower()
+    assert 1.5 < waited < 8
+
+
+def test_timeouts_default_on_and_the_url_wins() -> None:
+    args = engine_kwargs("postgresql+psycopg://h/d")["connect_args"]
+    assert args["connect_timeout"] == 10 and args["keepalives"] == 1
+    assert "statement_timeout=300000" in args["options"]
+    mine = engine_kwargs("postgresql+psycopg://h/d?connect_timeout=3"
+                         "&options=-c%20statement_timeout%3D5")["connect_args"]
+    assert "connect_timeout" not in mine and "options" not in mine  # the URL's values apply
+    assert engine_kwargs("sqlite:///x.db?timeout=2")["connect_args"]["timeout"] == 2.0
+
+
+def test_writes_wait_out_a_lock_and_fail_fast_on_a_permanent_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "r.db"
+    url = f"sqlite:///{path}?timeout=0.2"  # each attempt gives up quickly: the retries show
+    upgrade(url)
+    recorder = Recorder(make_engine(url))
+    study = recorder.ensure_study("s", 1, {}, "synthetic", 2)
+    trial = recorder.start_trial(study, 0, 1, {}, "w", None)
+    metrics = EpochMetrics(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
+                           lr=0.01, seconds=1.0, images_per_s=10.0)
+
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(2.0, lambda: locker.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        recorder.record_epoch(trial, metrics)  # waits for the lock instead of failing
+    release.join()
+    locker.close()
+    assert time.monotonic() - started >= 1.5
+    assert "retrying" in caplog.text and "database is locked" in caplog.text
+    assert "database back after" in caplog.text
+
+    with connection_scope(make_engine(url)) as conn:
+        conn.execute(text("DROP TABLE hps_epoch"))
+    started = time.monotonic()
+    with pytest.raises(DatabaseError, match="no such table: hps_epoch") as caught:
+        recorder.record_epoch(trial, metrics)
+    assert not caught.value.transient and time.monotonic() - started < 1.0
+
+
+def test_session_scope_rolls_back_and_names_duplicates(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    row = {"name": "s", "optuna_study_id": 1, "config": {}, "dataset": "synthetic",
+           "n_trials": 1}
+    with session_scope(engine) as session:
+        session.add(Study(**row))
+    with pytest.raises(DuplicateRowError), session_scope(engine) as session:
+        session.add(Study(**{**row, "optuna_study_id": 2}))
+    with pytest.raises(ZeroDivisionError), session_scope(engine) as session:
+        session.add(Study(**{**row, "name": "t"}))
+        session.flush()
+        _ = 1 / 0  # not a database error: raised as it is, and the insert is rolled back
+    with connection_scope(engine) as conn:
+        assert conn.scalar(text("SELECT count(*) FROM hps_study")) == 1
