@@ -32,9 +32,10 @@ def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:
     if not progress.running:
         return Group(header)
     table = Table(box=None, pad_edge=False)
-    for column in ("worker", "trial", "epoch", "best val acc"):
+    for column in ("worker", "trial", "epoch", "best val acc", "runs on"):
         table.add_column(column)
     for run in progress.running:
+        runs_on = " ".join(filter(None, (run.device, run.precision))) or "–"
         table.add_row(run.worker, str(run.number), f"{run.epochs_run}/{config.max_epochs}",
-                      f"{run.value:.4f}" if run.value is not None else "–")
+                      f"{run.value:.4f}" if run.value is not None else "–", runs_on)
     return Group(header, table)

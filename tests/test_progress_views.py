@@ -22,7 +22,8 @@ def progress(complete: int, running: int, best: float | None) -> StudyProgress:
     return StudyProgress(
         counts={"complete": complete, "running": running}, best_value=best,
         best_number=0 if best is not None else None,
-        running=[RunningTrial(f"host:{pid}", complete + pid, 1, None) for pid in range(running)])
+        running=[RunningTrial(f"host:{pid}", complete + pid, 1, None, "fp32", "cpu")
+                 for pid in range(running)])
 
 
 def test_log_view_writes_one_line_per_finished_trial_and_never_wraps(tmp_path: Path) -> None:
@@ -51,3 +52,4 @@ def test_live_view_shows_each_running_trial(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "finished 1/3" in text and "best val acc 0.7500 (trial 0)" in text
     assert "host:0" in text and "host:1" in text
+    assert "cpu fp32" in text  # the precision each trial really runs with

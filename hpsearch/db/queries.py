@@ -223,6 +223,8 @@ class RunningTrial:
     number: int
     epochs_run: int
     value: float | None
+    precision: str | None = None  # what it runs with, "auto" resolved
+    device: str | None = None
 
 
 @dataclass
@@ -590,8 +592,9 @@ def read_progress(conn: Connection, name: str) -> StudyProgress:
     if best is not None:
         progress.best_number, progress.best_value = best
     progress.running = [
-        RunningTrial(w, n, e, v) for w, n, e, v in conn.execute(
-            select(Trial.worker, Trial.number, Trial.epochs_run, Trial.value)
+        RunningTrial(*row) for row in conn.execute(
+            select(Trial.worker, Trial.number, Trial.epochs_run, Trial.value, Trial.precision,
+                   Trial.device)
             .where(Trial.study_id == study_id, Trial.state == "running")
             .order_by(Trial.worker))]
     return progress
