@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.runner import run_worker
 from hpsearch.storage import prepare_study
+from tests.helpers import hps
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +196,18 @@ def test_run_starts_its_workers_without_importing_torch(tmp_path: Path) -> None:
     output = done.stdout + done.stderr
     assert "torch imported before the workers start: False" in done.stdout, output
     assert "exit code: 0" in done.stdout, output
+
+
+def test_exports_say_what_each_trial_ran_with(sqlite_url: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials from machines with other precisions compare honestly: `show` and exports carry
+    the device and the precision actually used ("auto" resolved)."""
+    run_in_process(write_tiny_study(tmp_path, n_trials=1, epochs=1), sqlite_url)
+    code, out, err = hps(capsys, monkeypatch, "export", "tiny", "--format", "json",
+                         "--db", sqlite_url)
+    assert code == 0, err
+    (record,) = json.loads(out)
+    assert (record["device"], record["precision"]) == ("cpu", "fp32")
+    code, out, _ = hps(capsys, monkeypatch, "show", "tiny", "0", "--db", sqlite_url)
+    assert code == 0 and "precision used" in out

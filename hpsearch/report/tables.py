@@ -263,7 +263,9 @@ TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test)
 BEST_COLUMN = Column("is_best", "best", lambda v: "*" if v else "")  # `queries.best_query`
 TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
-    Column("worker", "worker"), Column("reason", "reason"),
+    Column("worker", "worker"), Column("device", "device"),
+    # what the run really used ("auto" resolved), beside the params.precision it was given
+    Column("precision", "precision used"), Column("reason", "reason"),
     Column("retried_from", "retried from"), Column("optuna_trial_id", "optuna trial id"),
     Column("tags", "tags", lambda tags: ", ".join(tags)), Column("note", "note"),
 ]
@@ -283,8 +285,8 @@ def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
     if tests:
         row += (_test_value(tests.get(t.number)),)
     if full:
-        row += (t.started_at, t.finished_at, t.worker, t.reason, t.retried_from,
-                t.optuna_trial_id, list(t.tags), t.note)
+        row += (t.started_at, t.finished_at, t.worker, t.device, t.precision, t.reason,
+                t.retried_from, t.optuna_trial_id, list(t.tags), t.note)
     return row + tuple(t.params.get(n) for n in names)
 
 
