@@ -23,8 +23,9 @@ from hpsearch.config import load_study
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Evaluation, Study, Trial
+from hpsearch.db.queries import read_progress
 from hpsearch.evaluate import plan_evaluation
-from hpsearch.monitor import read_progress, summary_line
+from hpsearch.monitor import summary_line
 from hpsearch.report.html import build_report
 from hpsearch.runner import run_worker
 from hpsearch.storage import prepare_study
@@ -140,7 +141,8 @@ def test_every_view_names_the_same_best_trial(tmp_path: Path,
         with engine.begin() as conn:
             for number, value in changes.items():
                 conn.execute(update(Trial).where(Trial.number == number).values(value=value))
-        progress = read_progress(engine, recorded.name)
+        with engine.connect() as conn:
+            progress = read_progress(conn, recorded.name)
         assert (progress.best_number, progress.best_value) == (0, 0.95)
         assert summary_line(progress, config).endswith("best val acc 0.9500 (trial 0)")
         assert run("best", recorded.name)["number"] == 0
