@@ -27,6 +27,7 @@ class Format(StrEnum):
     table = "table"
     md = "md"
     csv = "csv"
+    tsv = "tsv"
     json = "json"
 
 
@@ -57,8 +58,8 @@ class State(StrEnum):
 
 
 DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
-FORMAT_HELP = ("Output: table (terminal), md (Markdown), csv or json (full precision, for "
-               "scripts).")
+FORMAT_HELP = ("Output: table (terminal; cut to its width), md (Markdown), csv, tsv (for cut, "
+               "awk, sort) or json (full precision, every column, for scripts).")
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP)]
 StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
                                          metavar="NAME")]
@@ -82,15 +83,28 @@ def connect(db: str | None) -> Iterator[Connection]:
         engine.dispose()
 
 
-def emit(sheet: Sheet, fmt: str) -> None:
+def emit(sheet: Sheet, fmt: str, *, columns: str | None = None, fit: bool = True) -> None:
+    """Print `sheet` in `fmt`; `columns` (comma-separated) picks and orders its columns; a
+    terminal table drops the columns that do not fit unless `fit` is off."""
     from hpsearch.report import tables
 
+    if columns is not None:
+        sheet = tables.select_columns(sheet, [c.strip() for c in columns.split(",") if c.strip()])
     if fmt == "table":
         from rich.console import Console
 
-        tables.print_table(sheet, Console())
+        tables.print_table(sheet, Console(), fit=fit and columns is None)
     else:
         tables.write(sheet, fmt, sys.stdout)
+
+
+ColumnsOption = Annotated[str | None, typer.Option(
+    "--columns", help="Comma-separated columns to show, in this order: a column's key (as in "
+    "-f csv), its title, or a parameter's name, e.g. --columns number,state,best_val_acc,lr.")]
+AllOption = Annotated[bool, typer.Option(
+    "--all", help="On a terminal, show every column even if lines get wider than it (by "
+    "default the columns that do not fit are left out and named below the table; files and "
+    "pipes always get every column).")]
 
 
 BEST_HELP = ("Best means the complete trial with the highest finite validation accuracy (ties: the "
@@ -100,12 +114,14 @@ BEST_HELP = ("Best means the complete trial with the highest finite validation a
 
 @app.command(help="List every study: trial counts by state, best validation accuracy, dataset, "
              "created, last activity.\n\n" + BEST_HELP)
-def studies(db: DbOption = None, fmt: FormatOption = Format.table) -> None:
+def studies(db: DbOption = None, fmt: FormatOption = Format.table,
+            columns: ColumnsOption = None, show_all: AllOption = False) -> None:
     from hpsearch.db import queries
     from hpsearch.report.tables import studies_sheet
 
     with connect(db) as conn:
-        emit(studies_sheet(queries.list_studies(conn)), fmt.value)
+        emit(studies_sheet(queries.list_studies(conn)), fmt.value, columns=columns,
+             fit=not show_all)
 
 
 @app.command(help="Leaderboard of a study's trials: number, state, best validation accuracy "
@@ -125,6 +141,8 @@ def trials(
         "epochs_run, seconds, n_params, started_at, finished_at, or a parameter name such as lr "
         "(ascending). Prefix with '-' to reverse, e.g. --sort=-seconds.")] = "best_val_acc",
     fmt: FormatOption = Format.table,
+    columns: ColumnsOption = None,
+    show_all: AllOption = False,
     db: DbOption = None,
 ) -> None:
     from hpsearch.db import queries
@@ -137,10 +155,10 @@ def trials(
         best = queries.best_trial(conn, study)
         sheet = trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
                              tests=queries.study_evaluations(conn, study),
-                             best=best.number if best else None)
+                             best=best.number if best else None, reasons=True)
         if not rows:
             sheet.notes.append("no trials match")
-        emit(sheet, fmt.value)
+        emit(sheet, fmt.value, columns=columns, fit=not show_all)
 
 
 def print_leaderboard(url: str, name: str, top: int) -> None:

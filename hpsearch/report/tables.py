@@ -108,19 +108,37 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 # --- writers -------------------------------------------------------------------------------
 
 def write(sheet: Sheet, fmt: str, out: TextIO) -> None:
-    """Write the sheet as md, csv or json (the terminal table has `print_table`)."""
-    writers = {"md": write_markdown, "csv": write_csv, "json": write_json}
+    """Write the sheet as md, csv, tsv or json (the terminal table has `print_table`)."""
+    writers = {"md": write_markdown, "csv": write_csv, "tsv": write_tsv, "json": write_json}
     if fmt not in writers:
         raise ConfigError(f"unknown format {fmt!r} here (choose from: {', '.join(writers)})")
     writers[fmt](sheet, out)
 
 
-def print_table(sheet: Sheet, console: Any) -> None:
-    """A rich table; cells are Text, so brackets in names are never read as rich markup."""
+# On a terminal a table is cut to fit: its first columns always stay, the others are kept in
+# order while they fit, and a cell longer than this is shortened (the full text is in -f csv/json).
+KEPT_COLUMNS = 3
+CELL_MAX = 40
+
+
+def print_table(sheet: Sheet, console: Any, *, fit: bool = True) -> None:
+    """A rich table; cells are Text, so brackets in names are never read as rich markup.
+
+    On a terminal (and with `fit`) a wide sheet drops the columns that do not fit its width,
+    naming them in a note; otherwise every column is printed at its natural width (a file gets
+    whole lines, never rows folded into letter-wide columns)."""
     from rich.table import Table
     from rich.text import Text
 
     headers, body = formatted(sheet)
+    notes = list(sheet.notes)
+    if fit and not sheet.vertical and console.is_terminal:
+        headers, body, dropped = _fit(headers, [[_short(c) for c in row] for row in body],
+                                      console.width)
+        if dropped:
+            notes.append(f"{len(dropped)} column(s) left out to fit {console.width} columns: "
+                         f"{', '.join(dropped)} (choose with --columns, or --all; -f csv, tsv "
+                         "and json keep every column)")
     table = Table(title=Text(sheet.title) if sheet.title else None, title_justify="left")
     for i, header in enumerate(headers):
         table.add_column(Text(header), justify="left" if i == 0 or sheet.vertical else "right",
@@ -129,13 +147,50 @@ def print_table(sheet: Sheet, console: Any) -> None:
         table.add_row(*(Text(cell) for cell in row))
     from rich.measure import Measurement
 
-    # a leaderboard has a column per parameter: print it at its natural width rather than
-    # folding every cell into a letter-wide column (the terminal wraps long lines instead)
     natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    console.width = max(console.width, natural)
+    if not (fit and console.is_terminal):
+        console.width = max(console.width, natural)
     console.print(table)
-    for note in sheet.notes:
-        console.print(Text(note))
+    for note in notes:
+        console.print(Text(note), soft_wrap=not console.is_terminal)
+
+
+def _short(cell: str) -> str:
+    return cell if len(cell) <= CELL_MAX else cell[:CELL_MAX - 1] + "…"
+
+
+def _fit(headers: list[str], body: list[list[str]], width: int
+         ) -> tuple[list[str], list[list[str]], list[str]]:
+    """The columns that fit `width` (rich's default box: a border and one space of padding on
+    each side of every cell), and the titles of those left out."""
+    needs = [max([len(h), *(len(row[i]) for row in body)]) + 3 for i, h in enumerate(headers)]
+    used = 1 + sum(needs[:KEPT_COLUMNS])
+    keep = list(range(min(KEPT_COLUMNS, len(headers))))
+    for i in range(KEPT_COLUMNS, len(headers)):
+        if used + needs[i] <= width:
+            keep.append(i)
+            used += needs[i]
+    dropped = [h for i, h in enumerate(headers) if i not in keep]
+    return [headers[i] for i in keep], [[row[i] for i in keep] for row in body], dropped
+
+
+def select_columns(sheet: Sheet, wanted: Sequence[str]) -> Sheet:
+    """The sheet with only the columns named in `wanted`, in that order: a column's key
+    (best_val_acc), its title (best val acc) or a parameter's name (lr for params.lr)."""
+    index: dict[str, int] = {}
+    for i, column in enumerate(sheet.columns):
+        head, _, param = column.key.partition(".")
+        for name in (column.key, column.title, param if head == "params" else ""):
+            if name:
+                index.setdefault(name, i)
+    unknown = [w for w in wanted if w not in index]
+    if unknown:
+        raise ConfigError(f"unknown column(s) {', '.join(unknown)} (choose from: "
+                          f"{', '.join(c.key for c in sheet.columns)})")
+    picked = [index[w] for w in wanted]
+    rows = ([row[i] for i in picked] for row in sheet.rows)
+    return Sheet(sheet.title, [sheet.columns[i] for i in picked], rows, sheet.notes,
+                 sheet.vertical)
 
 
 def formatted(sheet: Sheet) -> tuple[list[str], Iterable[list[str]]]:
@@ -182,6 +237,19 @@ def write_csv(sheet: Sheet, out: TextIO) -> None:
         # repr() of a float round-trips exactly; csv writes floats with repr already
         writer.writerow(["" if v is None else v.isoformat() if isinstance(v, datetime)
                          else json.dumps(v) if isinstance(v, dict | list) else v for v in row])
+
+
+def write_tsv(sheet: Sheet, out: TextIO) -> None:
+    """Tab-separated, one line per row, for `cut`/`awk`/`sort`: tabs and line breaks inside a
+    value become spaces."""
+    def cell(value: Any) -> str:
+        text = ("" if value is None else value.isoformat() if isinstance(value, datetime)
+                else json.dumps(value) if isinstance(value, dict | list) else str(value))
+        return " ".join(text.replace("\t", " ").splitlines())
+
+    out.write("\t".join(c.key for c in sheet.columns) + "\n")
+    for row in sheet.rows:
+        out.write("\t".join(cell(v) for v in row) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -261,6 +329,7 @@ LEADERBOARD = [
 # column stays apart from the validation accuracy the search optimised.
 TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test)
 BEST_COLUMN = Column("is_best", "best", lambda v: "*" if v else "")  # `queries.best_query`
+REASON_COLUMN = Column("reason", "reason")  # why a pruned or failed trial ended
 TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
     Column("worker", "worker"), Column("device", "device"),
@@ -277,7 +346,7 @@ def _test_value(test: EvaluationSummary | None) -> dict[str, Any] | None:
 
 def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
                tests: Mapping[int, EvaluationSummary] | None = None,
-               best: int | None = None) -> tuple[Any, ...]:
+               best: int | None = None, reason: bool = False) -> tuple[Any, ...]:
     row: tuple[Any, ...] = (t.number, t.state, t.value, t.best_epoch, t.epochs_run, t.seconds,
                             t.n_params)
     if best is not None:
@@ -287,21 +356,25 @@ def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
     if full:
         row += (t.started_at, t.finished_at, t.worker, t.device, t.precision, t.reason,
                 t.retried_from, t.optuna_trial_id, list(t.tags), t.note)
+    if reason:
+        row += (t.reason,)
     return row + tuple(t.params.get(n) for n in names)
 
 
 def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequence[str], *,
                  full: bool = False, title: str = "",
                  tests: Mapping[int, EvaluationSummary] | None = None,
-                 best: int | None = None) -> Sheet:
+                 best: int | None = None, reasons: bool = False) -> Sheet:
     """The leaderboard; `full` adds times, worker, reason and ids (for exports); `tests` (by
     trial number) adds the final test accuracy column when any trial has one; `best` (the
-    study's best trial number, by `queries.best_query`) adds a column marking it."""
+    study's best trial number, by `queries.best_query`) adds a column marking it; `reasons`
+    adds why each pruned or failed trial ended (after the fixed columns, before the params)."""
+    reason = [REASON_COLUMN] if reasons and not full else []
     columns = (LEADERBOARD + ([BEST_COLUMN] if best is not None else [])
-               + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else [])
+               + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else []) + reason
                + _param_columns(names))
     return Sheet(title or f"{study.name}: trials", columns,
-                 (_trial_row(t, names, full, tests, best) for t in records))
+                 (_trial_row(t, names, full, tests, best, bool(reason)) for t in records))
 
 
 EPOCH_COLUMNS = [
