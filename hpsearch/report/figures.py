@@ -38,9 +38,38 @@ def esc(value: Any) -> str:
     return html.escape(str(value))
 
 
+INTEGER_AXES = ("epoch", "trial number")  # x axes that count: no tick at 1.5
+
+
 def _layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
     fig.update_layout(**{**LAYOUT, "title": {"text": title}, **extra})
+    _integer_ticks(fig)
     return fig
+
+
+def _integer_ticks(fig: go.Figure) -> None:
+    """Whole-number ticks on counting axes: Plotly's automatic ticks put 1.5 between epochs 1
+    and 2. The step is the smallest of 1, 2, 5, 10, 20, 50, ... giving at most 10 ticks."""
+    for key in [k for k in fig.layout if k.startswith("xaxis")]:
+        axis = fig.layout[key]
+        if axis.title.text not in INTEGER_AXES:
+            continue
+        name = "x" + key.removeprefix("xaxis")
+        values = [v for trace in fig.data if (trace.xaxis or "x") == name
+                  for v in (trace.x if trace.x is not None else ()) if isinstance(v, int | float)]
+        if not values:
+            continue
+        axis.update(tick0=0, dtick=_whole_step(max(values) - min(values)), tickformat="d")
+
+
+def _whole_step(span: float) -> int:
+    """1, 2, 5, 10, 20, 50, ...: the first that cuts `span` into at most 10 steps."""
+    magnitude = 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if span <= 10 * mantissa * magnitude:
+                return mantissa * magnitude
+        magnitude *= 10
 
 
 def _line(state: str, color: str) -> dict[str, Any]:

@@ -455,7 +455,9 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
                      s.total,
                      s.counts["complete"], s.pruned_share, s.compute_seconds, s.time_to_best_s,
                      *((best.params.get(n) if best else None) for n in names)))
-    return Sheet("studies compared", columns, rows, vertical=True)
+    title = ("studies compared" if len(rows) != 1
+             else f"{rows[0][0]}: summary (best trial, counts, compute time)")
+    return Sheet(title, columns, rows, vertical=True)
 
 
 # --- a retrainable config ------------------------------------------------------------------
