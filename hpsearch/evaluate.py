@@ -27,6 +27,7 @@ from hpsearch.db import queries
 from hpsearch.db.engine import database_url, make_engine, normalise_url
 from hpsearch.db.errors import DuplicateRowError
 from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.queries import StoredEvaluation
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError, HpsearchError
@@ -55,13 +56,9 @@ class EvaluationPlan:
 
 
 @dataclass(frozen=True)
-class FinalResult:
-    seed: int
-    epochs: int
-    test_acc: float
-    test_loss: float
-    seconds: float
-    checkpoint_path: str
+class FinalResult(StoredEvaluation):
+    """One retraining's result, as stored."""
+
     stored: bool = False  # True: found in the database from an earlier run, not retrained
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
@@ -77,3 +77,4 @@ DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or
            "postgresql+psycopg://user:pw@host:5432/db). Default: $HPSEARCH_DB, else "
            "sqlite:///hpsearch.db. Timeouts go in the URL: ?connect_timeout=SECONDS "
            "(PostgreSQL, default 10), ?timeout=SECONDS (SQLite lock wait, default 60).")
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DbOption, app
 
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
@@ -18,7 +18,6 @@ app.add_typer(
     "tables in the same database are never touched.",
 )
 
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
 
 
 def _describe(revision: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, INT_MAX, app
+from hpsearch.cli.app import INT_MAX, DbOption, app
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -57,7 +57,6 @@ class State(StrEnum):
     failed = "failed"
 
 
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
 FORMAT_HELP = ("Output: table (terminal; cut to its width), md (Markdown), csv, tsv (for cut, "
                "awk, sort) or json (full precision, every column, for scripts).")
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP)]

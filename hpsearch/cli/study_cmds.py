@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DbOption, app
 
 study_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
@@ -17,7 +17,6 @@ app.add_typer(
     "together. Deleting or renaming a study whose workers are still running is refused.",
 )
 
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
 NameArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
                                         metavar="NAME", show_default=False)]
 
