@@ -209,7 +209,7 @@ def _database_errors_on_one_line(record: logging.LogRecord) -> bool:
     """Optuna logs a failed trial with its traceback; for a database error the one line that
     the worker ends with says everything."""
     if record.exc_info and isinstance(record.exc_info[1], DatabaseError):
-        record.exc_info = None
+        record.exc_info = record.exc_text = None  # the text too: it may be formatted already
     return True
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from sqlalchemy import text
 
@@ -106,8 +107,9 @@ def test_writes_wait_out_a_lock_and_fail_fast_on_a_permanent_error(
     url = f"sqlite:///{path}?timeout=0.2"  # each attempt gives up quickly: the retries show
     upgrade(url)
     recorder = Recorder(make_engine(url))
-    study = recorder.ensure_study("s", 1, {}, "synthetic", 2)
-    trial = recorder.start_trial(study, 0, 1, {}, "w", None)
+    optuna_id = optuna.create_study(study_name="s", storage=url)._study_id  # our row links to it
+    study = recorder.ensure_study("s", optuna_id, {}, {}, "synthetic", 2)
+    trial = recorder.start_trial(study, 0, 1, {}, [], "w", None)
     metrics = EpochMetrics(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
                            lr=0.01, seconds=1.0, images_per_s=10.0)
 

@@ -78,13 +78,15 @@ def test_signal_stops_run_like_ctrl_c_and_the_same_command_resumes(
     trials = trials_of(sqlite_url, "tiny")
     assert len([t for t in trials if t.state in ("complete", "pruned")]) == 3
     # each stopped trial was queued again and resumed from its checkpoint (if it had one): its
-    # epochs carried over, not redone
+    # epochs carried over, not redone. The last recorded epoch may be redone: an epoch is
+    # recorded, then checkpointed, and the stop can land between the two (its row is then
+    # replaced by the redone epoch's, never duplicated)
     for number, epochs in stopped.items():
         (retry,) = [t for t in trials if t.retried_from == number]
         assert retry.state == "complete"
-        assert [e.seconds for e in epochs_of(sqlite_url, retry.id)][:epochs] == [
+        assert [e.seconds for e in epochs_of(sqlite_url, retry.id)][:epochs - 1] == [
             e.seconds for e in epochs_of(sqlite_url, next(
-                t.id for t in trials if t.number == number))][:epochs]
+                t.id for t in trials if t.number == number))][:epochs - 1]
 
 
 def test_workers_stop_when_their_launcher_is_killed(sqlite_url: str, tmp_path: Path) -> None:

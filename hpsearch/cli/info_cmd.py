@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import app
+from hpsearch.cli.app import MAX_THREADS, app
 from hpsearch.errors import ConfigError
 
 
@@ -22,7 +22,7 @@ def info(
     device: Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         help="CPU threads to measure with (default: every available core, as `train` uses; "
-        "each of `run --workers N` gets cores/N).", min=1)] = None,
+        "each of `run --workers N` gets cores/N).", min=1, max=MAX_THREADS)] = None,
     remeasure: Annotated[bool, typer.Option(
         "--remeasure", help="Time fp32 against bf16 again instead of using the cached "
         "decision, and cache the new one.")] = False,

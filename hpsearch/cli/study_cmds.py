@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import DbOption, app
+from hpsearch.cli.app import INT_MAX, DbOption, app
 
 study_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
@@ -105,8 +105,8 @@ def note_cmd(
 @app.command()
 def tag(
     name: NameArg,
-    number: Annotated[int, typer.Argument(help="Trial number.", metavar="NUMBER",
-                                          show_default=False)],
+    number: Annotated[int, typer.Argument(help="Trial number.", metavar="NUMBER", min=0,
+                                          max=INT_MAX, show_default=False)],
     tags: Annotated[list[str] | None, typer.Argument(
         help="Tags to add (or with --remove, to remove).", metavar="TAG",
         show_default=False)] = None,
