@@ -151,7 +151,8 @@ def test_sqlite_disk_full_for_longer_than_the_grace_period(tmp_path: Path) -> No
             output = finish(run, 300)
         everything = output + logs_of(tmp_path)
         assert run.returncode == 0, everything
-        assert "database or disk is full" in everything
+        # SQLite says one or the other, depending on which write meets the full disk
+        assert "database or disk is full" in everything or "no space left in" in everything
         assert_no_crash(output, everything)
         assert_nothing_lost(url, "full", 2, 8)
     finally:
