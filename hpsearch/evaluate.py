@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpsearch import data as data_mod
-from hpsearch.config import StudyConfig, WorkerOptions, parse_data
+from hpsearch.config import WorkerOptions, parse_data
 from hpsearch.db import queries
 from hpsearch.db.engine import database_url, make_engine, normalise_url
 from hpsearch.db.errors import DuplicateRowError
@@ -107,11 +107,10 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
     params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
     params.check_image(data.dataset)
     # seed and checkpoint folder: the stored study file's values, else the defaults it had
-    study_table, workers = study.config.get("study", {}), study.config.get("workers", {})
-    seed = int(study_table.get("seed", StudyConfig.seed))
+    workers = study.config.get("workers", {})
     checkpoint_dir = str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
     return EvaluationPlan(study, data, checkpoint_dir, record, params,
-                          tuple(seed + k for k in range(seeds)))
+                          tuple(study.seed + k for k in range(seeds)))
 
 
 def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:

@@ -133,9 +133,17 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
             consecutive_failures = 0
         _record_dead_trials(recorder, storage, row_id)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as hpsearch.stop.Stopped
-        recorder.mark_running_as(row_id, me, "failed", interrupted_reason(exc))
+        # each step on its own: a database that fails one must not cost the other, nor turn
+        # the stop (and its exit code) into a database error
+        try:
+            recorder.mark_running_as(row_id, me, "failed", interrupted_reason(exc))
+        except Exception as error:  # noqa: BLE001 - the heartbeat check fails them later
+            log.warning("running trials not marked (%s)", error)
         if objective.interrupted is not None:
-            _requeue(study, objective.interrupted)
+            try:
+                _requeue(study, objective.interrupted)
+            except Exception as error:  # noqa: BLE001 - the heartbeat retry queues it later
+                log.warning("stopped trial not queued again (%s)", error)
         raise
     finally:
         slot.close()
@@ -186,7 +194,9 @@ def _requeue(study: optuna.Study, trial_id: int) -> None:
     copy is queued whatever max_retry says."""
     frozen = study._storage.get_trial(trial_id)
     if frozen.state == TrialState.FAIL:  # Optuna recorded the stop; anything else: leave it
-        RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
 
 
 def _optimize_one(study: optuna.Study, run_trial: Callable[[optuna.Trial], float],
@@ -215,8 +225,6 @@ def _database_errors_on_one_line(record: logging.LogRecord) -> bool:
 
 # the logger of optuna.study._optimize, which reports failed trials
 logging.getLogger("optuna.study._optimize").addFilter(_database_errors_on_one_line)
-
-
 
 
 def _fail_stale(study: optuna.Study) -> None:

@@ -21,6 +21,7 @@ from hpsearch.config import StudyConfig, load_run_config, parse_study
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine, normalise_url
 from hpsearch.db.migrate import require_schema
+from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, TrialParams, coerce, param_type
 from hpsearch.space import space_json
@@ -47,16 +48,20 @@ def candidates_from_file(path: Path) -> list[Candidate]:
 
 def candidates_from_study(url: str, name: str, top: int) -> list[Candidate]:
     """The `top` best complete trials of study `name` (the same order as `hpsearch best`)."""
+    url = normalise_url(url)
+    require_schema(url)  # reading never creates a database or a table
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
+        with connection_scope(engine) as conn:
             study = queries.find_study(conn, name)
             trials = queries.leaderboard(conn, study, top=top, states=("complete",))
     finally:
         engine.dispose()
     if not trials:
         raise HpsearchError(f"study {name!r} has no complete trial to start from")
-    return [Candidate(t.params, f"study {name} trial {t.number}") for t in trials]
+    # the sampled values only: the other study's fixed values are its own choices, and the
+    # target study fixes its own
+    return [Candidate(t.sampled_params, f"study {name} trial {t.number}") for t in trials]
 
 
 def fit_to_space(candidate: Candidate, space: dict[str, BaseDistribution],
@@ -122,7 +127,7 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
         require_schema(url)
         engine = make_engine(url)
         try:
-            with engine.connect() as conn:
+            with connection_scope(engine) as conn:
                 info = queries.find_study(conn, study)
         finally:
             engine.dispose()

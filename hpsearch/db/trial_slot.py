@@ -17,6 +17,7 @@ the worker dies; a SQLite file is only ever shared by processes of one machine).
 from __future__ import annotations
 
 import fcntl
+import logging
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +25,10 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import make_engine
+from hpsearch.db.errors import as_database_error
+from hpsearch.db.session import retrying
+
+log = logging.getLogger(__name__)
 
 # First key of PostgreSQL's two-key advisory lock: "hps" + 1; the second is the study's id.
 _PG_NAMESPACE = 0x687073_01
@@ -46,12 +51,23 @@ class TrialSlotLock:
 
     def acquire(self) -> None:
         if self._engine is not None:
-            self._conn = self._engine.connect()
-            self._conn.execute(select(func.pg_advisory_lock(_PG_NAMESPACE, self.study_id)))
-            self._conn.commit()  # the lock belongs to the session, not to a transaction
+            # through the retry policy: a worker between trials waits out an outage like
+            # every other write, instead of dying of the first refused connection
+            retrying(self._lock, "taking the study's trial-slot lock", url=self.url)
         elif self._file is not None:
             self._handle = open(self._file, "ab")  # noqa: SIM115 - held until release()
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+
+    def _lock(self) -> None:
+        assert self._engine is not None
+        conn = self._engine.connect()
+        try:
+            conn.execute(select(func.pg_advisory_lock(_PG_NAMESPACE, self.study_id)))
+            conn.commit()  # the lock belongs to the session, not to a transaction
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
 
     def release(self) -> None:
         if self._conn is not None:
@@ -59,6 +75,10 @@ class TrialSlotLock:
             try:
                 conn.execute(select(func.pg_advisory_unlock(_PG_NAMESPACE, self.study_id)))
                 conn.commit()
+            except Exception as exc:  # noqa: BLE001 - a lost session took its lock with it
+                error = as_database_error(exc, self.url)
+                log.warning("trial-slot lock not released (%s); the server drops it with "
+                            "the connection", error.reason if error else exc)
             finally:
                 conn.close()  # a broken connection ends the session, and its lock with it
         if self._handle is not None:
