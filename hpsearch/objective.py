@@ -82,9 +82,6 @@ class Objective:
         except DatabaseError as exc:
             self.fatal = exc
             raise
-        except KeyboardInterrupt:  # also a stop before training began: queued again too
-            self.interrupted = trial._trial_id
-            raise
 
     def _run(self, trial: optuna.Trial) -> float:
         sampled = suggest(trial, self.config.space)
