@@ -101,11 +101,14 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
             _record_dead_trials(recorder, storage, row_id)
             slot.acquire()
             try:
+                # Running before finished: another worker's trial may finish between the two
+                # counts. Read in this order it is counted twice (harmless: wait, look again);
+                # in the other order it was counted in neither, and a trial too many started.
+                running = storage.get_n_trials(study._study_id, TrialState.RUNNING)
+                waiting = storage.get_n_trials(study._study_id, TrialState.WAITING)
                 finished = storage.get_n_trials(study._study_id, COUNTED_STATES)
                 if finished >= config.n_trials:
                     break
-                waiting = storage.get_n_trials(study._study_id, TrialState.WAITING)
-                running = storage.get_n_trials(study._study_id, TrialState.RUNNING)
                 if not waiting and finished + running >= config.n_trials:
                     # the last trials run elsewhere; if their worker died, the heartbeat check
                     # fails them and queues a retry, which this loop then picks up
