@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.db import queries
-from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.engine import database_url, normalise_url
 from hpsearch.db.queries import EpochRecord, TrialRecord
 from hpsearch.errors import HpsearchError
 
@@ -106,13 +106,7 @@ def _url(db: str | None) -> str:
 
 @contextmanager
 def _reading(db: str | None) -> Iterator[Connection]:
-    from hpsearch.db.migrate import require_schema
+    from hpsearch.db.migrate import reading
 
-    url = _url(db)
-    require_schema(url)  # reading never creates a database or a table
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
+    with reading(_url(db)) as conn:
+        yield conn

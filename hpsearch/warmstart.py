@@ -19,9 +19,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, json
 
 from hpsearch.config import StudyConfig, load_run_config, parse_study
 from hpsearch.db import queries
-from hpsearch.db.engine import make_engine, normalise_url
-from hpsearch.db.migrate import require_schema
-from hpsearch.db.session import connection_scope
+from hpsearch.db.engine import normalise_url
+from hpsearch.db.migrate import reading
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, TrialParams, coerce, param_type
 from hpsearch.space import space_json
@@ -48,15 +47,9 @@ def candidates_from_file(path: Path) -> list[Candidate]:
 
 def candidates_from_study(url: str, name: str, top: int) -> list[Candidate]:
     """The `top` best complete trials of study `name` (the same order as `hpsearch best`)."""
-    url = normalise_url(url)
-    require_schema(url)  # reading never creates a database or a table
-    engine = make_engine(url)
-    try:
-        with connection_scope(engine) as conn:
-            study = queries.find_study(conn, name)
-            trials = queries.leaderboard(conn, study, top=top, states=("complete",))
-    finally:
-        engine.dispose()
+    with reading(url) as conn:
+        study = queries.find_study(conn, name)
+        trials = queries.leaderboard(conn, study, top=top, states=("complete",))
     if not trials:
         raise HpsearchError(f"study {name!r} has no complete trial to start from")
     # the sampled values only: the other study's fixed values are its own choices, and the
@@ -124,13 +117,8 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
         queued = _fit_all(candidates, space_json(config.space), config.base_params())
         prepare_study(config, url)
     else:
-        require_schema(url)
-        engine = make_engine(url)
-        try:
-            with connection_scope(engine) as conn:
-                info = queries.find_study(conn, study)
-        finally:
-            engine.dispose()
+        with reading(url) as conn:
+            info = queries.find_study(conn, study)
         config = parse_study(info.config, f"study {study!r}")
         queued = _fit_all(candidates, info.space, config.base_params())
     storage = open_storage(url, config.workers)

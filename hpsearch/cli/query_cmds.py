@@ -66,20 +66,11 @@ StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies
 
 @contextmanager
 def connect(db: str | None) -> Iterator[Connection]:
-    """A read connection to the results database; one-line errors for missing schema or
-    an unreachable server (DatabaseError, from connection_scope)."""
-    from hpsearch.db.engine import database_url, make_engine
-    from hpsearch.db.migrate import require_schema
-    from hpsearch.db.session import connection_scope
+    """A read connection to the results database (hpsearch.db.migrate.reading)."""
+    from hpsearch.db.migrate import reading
 
-    url = database_url(db)
-    require_schema(url)  # never creates a file or a table
-    engine = make_engine(url)
-    try:
-        with connection_scope(engine) as conn:
-            yield conn
-    finally:
-        engine.dispose()
+    with reading(db) as conn:
+        yield conn
 
 
 def emit(sheet: Sheet, fmt: str, *, columns: str | None = None, fit: bool = True) -> None:

@@ -244,3 +244,18 @@ def schema_drift(url: str | None) -> list[Any]:
     with _connection(_full_url(url)) as conn:
         context = MigrationContext.configure(conn, opts=context_options())
         return list(compare_metadata(context, Base.metadata))
+
+
+@contextmanager
+def reading(url: str | None) -> Iterator[Connection]:
+    """The one way to read the results: a connection (through the session module's scope, so
+    driver errors become one-line DatabaseErrors) to a database whose schema is at head;
+    never creates a file or a table."""
+    full = _full_url(url)
+    require_schema(full)
+    engine = make_engine(full)
+    try:
+        with connection_scope(engine) as conn:
+            yield conn
+    finally:
+        engine.dispose()
