@@ -75,8 +75,6 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                     epochs: int | None = None, seeds: int = 1) -> EvaluationPlan:
     """Resolve the study, the trial (default: the best complete one by validation accuracy),
     its full params and the epoch count (default: the epoch where the trial peaked)."""
-    from hpsearch.report.tables import retrain_config
-
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if epochs is not None and epochs < 1:
@@ -95,22 +93,41 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                 record = queries.get_trial(conn, study, trial)
     finally:
         engine.dispose()
+    params, data = retrain_params(study, record, epochs)
+    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, params,
+                          evaluation_seeds(study, seeds))
+
+
+def retrain_params(study: queries.StudyInfo, record: queries.TrialRecord,
+                   epochs: int | None) -> tuple[TrialParams, DataOptions]:
+    """A trial's full params for its final retraining (epochs: `epochs`, else the trial's
+    own rule) and the study's stored [data] options, checked."""
+    from hpsearch.report.tables import retrain_config
+
     if record.state == "running":
-        raise HpsearchError(f"trial {record.number} of study {name!r} is still running")
+        raise HpsearchError(f"trial {record.number} of study {study.name!r} is still running")
     if epochs is None and record.best_epoch is None:
-        raise HpsearchError(f"trial {record.number} of study {name!r} finished no epoch; "
+        raise HpsearchError(f"trial {record.number} of study {study.name!r} finished no epoch; "
                             "pass --epochs to choose the retraining length")
     # the same params and epoch rule as `hpsearch best --format toml`: the trial row's full
     # params, at the peak epoch except that a cosine schedule keeps its full length
     resolved, data_table = retrain_config(study, record)
-    data = parse_data(data_table, f"stored [data] of study {name!r}")
+    data = parse_data(data_table, f"stored [data] of study {study.name!r}")
     params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
     params.check_image(data.dataset)
-    # seed and checkpoint folder: the stored study file's values, else the defaults it had
+    return params, data
+
+
+def study_checkpoint_dir(study: queries.StudyInfo) -> str:
+    """Where final weights go: the stored study file's [workers] checkpoint_dir, else the
+    default it had."""
     workers = study.config.get("workers", {})
-    checkpoint_dir = str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
-    return EvaluationPlan(study, data, checkpoint_dir, record, params,
-                          tuple(study.seed + k for k in range(seeds)))
+    return str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
+
+
+def evaluation_seeds(study: queries.StudyInfo, seeds: int) -> tuple[int, ...]:
+    """The seeds of `seeds` retrainings: the study's seed + 0..seeds-1."""
+    return tuple(study.seed + k for k in range(seeds))
 
 
 def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:

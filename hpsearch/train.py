@@ -176,6 +176,23 @@ def evaluate(model: nn.Module, split: Split, device: torch.device,
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
+def predict_probs(model: nn.Module, split: Split, device: torch.device,
+                  autocast_dtype: torch.dtype | None, *, flip: bool = False) -> torch.Tensor:
+    """Softmax outputs (N, classes) over a split, in inference mode, float32 on the CPU (what
+    an ensemble averages). `flip`: the mean of each image's outputs and its mirror image's
+    (horizontal-flip test-time augmentation)."""
+    model.eval()
+    out = []
+    with torch.inference_mode(), _autocast(device, autocast_dtype):
+        for images, _ in iterate_batches(split, EVAL_BATCH):
+            images = images.to(device)
+            probs = model(images).float().softmax(1)
+            if flip:
+                probs = (probs + model(images.flip(-1)).float().softmax(1)) / 2
+            out.append(probs.cpu())
+    return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 

@@ -15,11 +15,13 @@ from sqlalchemy import delete, func, inspect, select
 from sqlalchemy.orm import Session
 
 from hpsearch import data as data_mod
+from hpsearch import train as train_mod
 from hpsearch.config import load_study
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import downgrade, schema_drift, upgrade
-from hpsearch.db.models import Evaluation, Study, Trial
+from hpsearch.db.models import EnsembleEvaluation, Evaluation, Study, Trial
+from hpsearch.ensemble import plan_ensemble, run_ensemble
 from hpsearch.errors import HpsearchError
 from hpsearch.evaluate import final_checkpoint_path, plan_evaluation, run_evaluation
 from hpsearch.model import build_model, count_parameters
@@ -59,6 +61,16 @@ def evaluations(url: str) -> list[Evaluation]:
     try:
         with Session(engine, expire_on_commit=False) as session:
             return list(session.scalars(select(Evaluation).order_by(Evaluation.id)))
+    finally:
+        engine.dispose()
+
+
+def ensemble_rows(url: str) -> list[EnsembleEvaluation]:
+    engine = make_engine(url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(EnsembleEvaluation)
+                                        .order_by(EnsembleEvaluation.id)))
     finally:
         engine.dispose()
 
@@ -181,7 +193,8 @@ def test_best_and_report_show_the_test_accuracy(url: str, tmp_path: Path,
 def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise AssertionError("the test split was read during a study")
+        raise AssertionError("the test split was read during a study or before every choice "
+                             "was fixed")
 
     real_synthetic = data_mod.synthetic_raw
 
@@ -198,11 +211,37 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     assert [t.state for t in trials] == ["complete", "complete"]  # a read would fail a trial
     assert all(t.reason is None for t in trials)
 
+    # every choice of an ensemble (members, weights by greedy selection on validation
+    # predictions, lengths) is made while reading the test split still fails, and frozen
+    plan = plan_ensemble("guarded", url, k=2, selection="greedy", epochs=1, seeds=2,
+                         device="cpu")
+    assert plan.val_acc is not None and plan.members
+    with pytest.raises(AttributeError):
+        plan.members = ()  # type: ignore[misc]
+
     # the same patching point does see evaluate's reads: exactly one per seed
     monkeypatch.undo()
     calls = count_test_loads(monkeypatch)
     run_evaluation(plan_evaluation("guarded", url, epochs=1, seeds=2), url, device="cpu")
     assert len(calls) == 2
+
+    # running the plan reads the test split once per seed, after that seed's retrainings,
+    # and stores exactly the planned ensemble
+    events: list[str] = []
+    real_train, real_test = train_mod.train, data_mod.load_test_split
+    monkeypatch.setattr(train_mod, "train",
+                        lambda *a, **k: events.append("train") or real_train(*a, **k))
+    monkeypatch.setattr(data_mod, "load_test_split",
+                        lambda *a, **k: events.append("test") or real_test(*a, **k))
+    run_ensemble(plan, url, device="cpu")
+    # per seed: the retrainings (the best trial's weights for both seeds were stored by the
+    # evaluation above, so it is reloaded), then one test read
+    per_seed = ["train"] * (len(plan.retrained) - 1) + ["test"]
+    assert events == per_seed * 2
+    ensembles = ensemble_rows(url)
+    assert [r.seed for r in ensembles] == [0, 1]
+    assert {tuple(m["trial"] for m in r.members) for r in ensembles} == {
+        tuple(m.trial.number for m in plan.members)}
 
 
 def test_mlp_baseline_trains_in_a_study(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from typing import Any
 
 import optuna
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import downgrade, upgrade
-from hpsearch.db.models import Epoch, Evaluation, Study, Trial
+from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import BrokenLink
 from hpsearch.db.recorder import Recorder
 from tests.helpers import hps
@@ -26,15 +26,16 @@ OPTUNA_TABLES = ("studies", "study_directions", "study_user_attributes",
                  "study_system_attributes", "trials", "trial_params", "trial_values",
                  "trial_intermediate_values", "trial_user_attributes",
                  "trial_system_attributes", "trial_heartbeats")
-OUR_TABLES = ("hps_study", "hps_trial", "hps_epoch", "hps_evaluation")
+OUR_TABLES = ("hps_study", "hps_trial", "hps_epoch", "hps_evaluation", "hps_ensemble")
 
 
 def row_counts(url: str) -> dict[str, int]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())  # an older schema has fewer
             return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                    for t in OPTUNA_TABLES + OUR_TABLES}
+                    for t in OPTUNA_TABLES + OUR_TABLES if t in present}
     finally:
         engine.dispose()
 
@@ -158,6 +159,11 @@ def test_delete_and_rename_change_both_halves(
         monkeypatch: pytest.MonkeyPatch) -> None:
     build_recorded_study(db_url, "keep")
     build_recorded_study(db_url, "old")
+    engine = make_engine(db_url)
+    with Session(engine) as session, session.begin():
+        for study in session.scalars(select(Study)):
+            session.add(add_ensemble(study.id, 0))
+    engine.dispose()
     keep = row_counts(db_url)
 
     code, out, _ = hps(capsys, monkeypatch, "study", "rename", "old", "bad/name",
@@ -222,6 +228,14 @@ def as_utc(value: Any) -> Any:
     return value
 
 
+def add_ensemble(study_id: int, number: int) -> EnsembleEvaluation:
+    """An ensemble row of the study (its members named by trial number)."""
+    return EnsembleEvaluation(study_id=study_id, seed=0, selection="top",
+                              members=[{"trial": number, "epochs": 3, "weight": 1.0}],
+                              members_key=f"top/{number}:3:1.0", test_acc=0.9, test_loss=0.3,
+                              seconds=5.0)
+
+
 def _rows(url: str, name: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of a study in our tables, without ids that a copy renumbers."""
     engine = make_engine(url)
@@ -243,6 +257,9 @@ def _rows(url: str, name: str) -> dict[str, list[tuple[Any, ...]]]:
                 out["evaluation"] += [(trial.number, *values(e)) for e in session.scalars(
                     select(Evaluation).where(Evaluation.trial_id == trial.id)
                     .order_by(Evaluation.seed))]
+            out["ensemble"] = [values(e) for e in session.scalars(
+                select(EnsembleEvaluation).where(EnsembleEvaluation.study_id == study.id)
+                .order_by(EnsembleEvaluation.seed))]
             return out
     finally:
         engine.dispose()
@@ -260,6 +277,7 @@ def test_copy_to_a_second_database_round_trips_every_row(
                                    test_loss=0.5, curve=[{"epoch": 1, "train_loss": 1.0}],
                                    checkpoint_path="final.pt", seconds=2.0))
         best.tags, best.note = ["keeper"], "the one"
+        session.add(add_ensemble(best.study_id, recorded.best_number))
     engine.dispose()
     target = f"sqlite:///{tmp_path / 'copy.db'}"
     code, out, _ = hps(capsys, monkeypatch, "study", "copy", "src", "dst", "--to-db", target,
@@ -267,6 +285,7 @@ def test_copy_to_a_second_database_round_trips_every_row(
     assert code == 0 and "8 trials" in out, out
     source, copied = _rows(db_url, "src"), _rows(target, "dst")
     assert len(copied["epoch"]) == 21 and len(copied["evaluation"]) == 2
+    assert len(copied["ensemble"]) == 1
     assert copied == source
     # a real Optuna study, and each of our rows tied to the copy's own trial
     theirs = optuna.load_study(study_name="dst", storage=target).get_trials(deepcopy=False)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, app
+from hpsearch.errors import ConfigError
 
 MAX_SEEDS = 1000  # each seed is one full retraining
+MAX_ENSEMBLE = 100  # members are retrained once per seed each
+
+
+class Selection(StrEnum):
+    top = "top"
+    greedy = "greedy"
+
+
+class Tta(StrEnum):
+    flip = "flip"
 
 
 @app.command()
@@ -26,6 +38,19 @@ def evaluate(
         help="Retrain this many times (seeds: the study seed + 0..K-1) and report mean ± std. "
         "Results already stored for a seed and epoch count are reused, not retrained.",
         min=1, max=MAX_SEEDS)] = 1,
+    ensemble: Annotated[int | None, typer.Option(
+        help="Evaluate an ensemble of the K best trials (by validation accuracy, the rule of "
+        "`hpsearch best`) beside the single best: each retrained on train + validation per "
+        "seed, their softmax outputs averaged, the test set read once per seed.", min=2,
+        max=MAX_ENSEMBLE, metavar="K")] = None,
+    select: Annotated[Selection, typer.Option(
+        help="With --ensemble: 'top' weighs the K trials equally; 'greedy' picks weights by "
+        "greedy selection with replacement (Caruana et al. 2004) on validation predictions, "
+        "retraining each candidate once on the study's train split first.")] = Selection.top,
+    tta: Annotated[Tta | None, typer.Option(
+        help="With --ensemble: also score the ensemble with test-time augmentation ('flip': "
+        "outputs averaged with those of the mirrored test images), reported separately.")
+    ] = None,
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
@@ -33,7 +58,8 @@ def evaluate(
 ) -> None:
     """Retrain a trial's configuration on the FULL training set (train + validation) and score
     it once on the test set; the result is stored and shown by trials, best, compare and report
-    as "test acc (final)".
+    as "test acc (final)". With --ensemble K, the same for an ensemble of the K best trials,
+    shown beside the single best by compare and report.
 
     The final weights are saved as CHECKPOINT_DIR/<study>/final-trial-N-seed-S.pt ([workers]
     checkpoint_dir of the study). Searching never reads the test set; only this command does.
@@ -43,6 +69,15 @@ def evaluate(
     from hpsearch.evaluate import plan_evaluation, run_evaluation, summarise
     from hpsearch.train import configure_threads
 
+    if ensemble is not None:
+        if trial is not None:
+            raise ConfigError("--trial and --ensemble exclude each other (an ensemble is made "
+                              "of the K best trials)")
+        _evaluate_ensemble(name, db, ensemble, select.value, epochs, seeds,
+                           tta.value if tta else None, device, threads)
+        return
+    if tta is not None or select is not Selection.top:
+        raise ConfigError("--select and --tta apply to --ensemble only")
     plan = plan_evaluation(name, db, trial=trial, epochs=epochs, seeds=seeds)
     console = Console(stderr=True, highlight=False)
     n_threads = configure_threads(threads)
@@ -68,3 +103,53 @@ def evaluate(
     else:
         typer.echo(f"test acc (final): {summary.mean:.4f} ± {summary.std:.4f} "
                    f"(mean ± std over {summary.seeds} seeds, {plan.epochs} epoch(s))")
+
+
+def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str, epochs: int | None,
+                       seeds: int, tta: str | None, device: str, threads: int | None) -> None:
+    from rich.console import Console
+
+    from hpsearch.db.queries import EvaluationSummary
+    from hpsearch.ensemble import plan_ensemble, run_ensemble
+    from hpsearch.train import configure_threads
+
+    console = Console(stderr=True, highlight=False)
+    n_threads = configure_threads(threads)
+
+    def on_select_epoch(number: int, m) -> None:  # noqa: ANN001 - EpochMetrics
+        console.print(f"selection: trial {number} epoch {m.epoch:3d}  val acc {m.val_acc:.4f}",
+                      markup=False)
+
+    plan = plan_ensemble(name, db, k=k, selection=selection, epochs=epochs, seeds=seeds,
+                         tta=tta, device=device, on_epoch=on_select_epoch)
+    members = ", ".join(f"trial {m.trial.number} ({m.params.epochs} ep, weight {m.weight:.2f})"
+                        for m in plan.members)
+    chosen = (f"; greedy selection's validation accuracy {plan.val_acc:.4f}"
+              if plan.val_acc is not None else "")
+    typer.echo(f"study {plan.study.name!r}: ensemble of {len(plan.members)} of the "
+               f"{plan.candidates} best trials ({selection}): {members}{chosen}; "
+               f"{len(plan.seeds)} seed(s), {n_threads} thread(s)")
+
+    def on_epoch(seed: int, number: int, m) -> None:  # noqa: ANN001 - EpochMetrics
+        console.print(f"seed {seed} trial {number} epoch {m.epoch:3d}  train loss "
+                      f"{m.train_loss:.4f} acc {m.train_acc:.4f}  {m.seconds:.1f}s", markup=False)
+
+    def on_result(r) -> None:  # noqa: ANN001 - EnsembleResult
+        how = "stored earlier" if r.stored else f"{r.seconds:.1f}s"
+        tta_part = f", with {tta} {r.test_acc_tta:.4f}" if r.test_acc_tta is not None else ""
+        single = f"{r.baseline_acc:.4f}" if r.baseline_acc is not None else "-"
+        typer.echo(f"seed {r.seed}: single best {single}, ensemble test acc {r.test_acc:.4f}"
+                   f"{tta_part} ({how})")
+
+    results = run_ensemble(plan, db, device=device, on_epoch=on_epoch, on_result=on_result)
+    lines = [(f"single best (trial {plan.baseline.trial.number})",
+              [r.baseline_acc for r in results]),
+             (f"ensemble ({len(plan.members)} trials)", [r.test_acc for r in results])]
+    if tta:
+        lines.append((f"ensemble + {tta}", [r.test_acc_tta for r in results]))
+    for label, accs in lines:
+        if any(a is None for a in accs):
+            continue
+        s = EvaluationSummary(0, 0, tuple(accs))
+        spread = f" ± {s.std:.4f}" if s.std is not None else ""
+        typer.echo(f"test acc {label}: {s.mean:.4f}{spread} ({s.seeds} seed(s))")

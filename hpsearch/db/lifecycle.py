@@ -22,7 +22,7 @@ from sqlalchemy import Connection, String, cast, delete, func, insert, select, u
 from hpsearch.db import optuna_tables as ot
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema, require_schema
-from hpsearch.db.models import Epoch, Evaluation, Study, Trial
+from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.errors import HpsearchError
@@ -130,10 +130,12 @@ def _delete_optuna_study(conn: Connection, optuna_id: int) -> int:
 
 
 def _delete_our_study(conn: Connection, study_id: int) -> int:
-    """Delete our study row and its trials, epochs and evaluations; returns its trial count.
+    """Delete our study row and its trials, epochs, evaluations and ensembles; returns its
+    trial count.
     Explicit, children first, rather than trusting ON DELETE CASCADE: SQLite honours it only
     on connections that enabled foreign keys."""
     trial_ids = select(Trial.id).where(Trial.study_id == study_id)
+    conn.execute(delete(EnsembleEvaluation).where(EnsembleEvaluation.study_id == study_id))
     conn.execute(delete(Evaluation).where(Evaluation.trial_id.in_(trial_ids)))
     conn.execute(delete(Epoch).where(Epoch.trial_id.in_(trial_ids)))
     deleted = conn.execute(delete(Trial).where(Trial.study_id == study_id)).rowcount
@@ -261,6 +263,12 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
             if children:
                 dst.execute(insert(model), children)
         count += 1
+    # ensembles name their members by trial number, which the copy keeps
+    ensembles = [{c: v for c, v in r._mapping.items() if c != "id"} | {"study_id": study_id}
+                 for r in src.execute(select(EnsembleEvaluation.__table__)
+                                      .where(EnsembleEvaluation.study_id == ours.id))]
+    if ensembles:
+        dst.execute(insert(EnsembleEvaluation), ensembles)
     return count
 
 

@@ -138,3 +138,32 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     trial: Mapped[Trial] = relationship()
+
+
+class EnsembleEvaluation(Base):
+    """One ensemble of a study's trials (`hpsearch evaluate --ensemble K`) for one seed: each
+    member retrained on train + validation (its own result is an ordinary hps_evaluation row),
+    their softmax outputs averaged with the member weights, scored ONCE on the test set.
+
+    An ensemble belongs to the study rather than to one trial; its members are named by trial
+    number in `members`, so the row survives `study copy` unchanged."""
+
+    __tablename__ = "hps_ensemble"
+    __table_args__ = (UniqueConstraint("study_id", "seed", "members_key",
+                                       name="uq_hps_ensemble_study_seed_members_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("hps_study.id", ondelete="CASCADE"))
+    seed: Mapped[int] = mapped_column(Integer)
+    selection: Mapped[str] = mapped_column(String(16))  # "top" (equal weights) or "greedy"
+    # [{"trial": number, "epochs": n, "weight": w}, ...] in rank order; weights sum to 1
+    members: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # the members (and test-time augmentation) as one string: what the unique key compares
+    members_key: Mapped[str] = mapped_column(String(1000))
+    test_acc: Mapped[float] = mapped_column(Float)
+    test_loss: Mapped[float] = mapped_column(Float)
+    tta: Mapped[str | None] = mapped_column(String(16))  # "flip" or None
+    test_acc_tta: Mapped[float | None] = mapped_column(Float)  # with the outputs of flipped
+    test_loss_tta: Mapped[float | None] = mapped_column(Float)  # test images averaged in
+    seconds: Mapped[float] = mapped_column(Float)  # retrainings plus the test pass
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

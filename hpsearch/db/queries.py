@@ -26,7 +26,15 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from hpsearch.db import optuna_tables
 from hpsearch.db.engine import mask_url
-from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Evaluation, Study, Trial
+from hpsearch.db.models import (
+    EPOCH_METRICS,
+    TRIAL_STATES,
+    EnsembleEvaluation,
+    Epoch,
+    Evaluation,
+    Study,
+    Trial,
+)
 from hpsearch.db.optuna_link import check_link, link_problem
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, param_type
@@ -148,6 +156,8 @@ class StudyStats:
     # the final test accuracy (`hpsearch evaluate`) of the best trial, else of the trial
     # evaluated last; None when nothing was evaluated
     test: EvaluationSummary | None = None
+    # the study's latest ensemble (`hpsearch evaluate --ensemble K`); None when there is none
+    ensemble: EnsembleSummary | None = None
 
     @property
     def total(self) -> int:
@@ -186,6 +196,30 @@ class EvaluationSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "seeds": self.seeds, "epochs": self.epochs,
                 "trial": self.trial_number}
+
+
+@dataclass(frozen=True)
+class EnsembleSummary:
+    """One ensemble's test accuracy over seeds (its rows with the same members and weights)."""
+
+    selection: str
+    members: tuple[dict[str, Any], ...]  # {"trial", "epochs", "weight"}, in rank order
+    test_accs: tuple[float, ...]
+    tta: str | None = None
+    tta_accs: tuple[float, ...] = ()  # with test-time augmentation, when `tta` is set
+
+    @property
+    def accuracy(self) -> EvaluationSummary:
+        """Mean ± std over seeds, as for one trial (trial_number: the top member)."""
+        return EvaluationSummary(self.members[0]["trial"], self.members[0]["epochs"],
+                                 self.test_accs)
+
+    def to_dict(self) -> dict[str, Any]:
+        tta = EvaluationSummary(0, 0, self.tta_accs) if self.tta_accs else None
+        return {"mean": self.accuracy.mean, "std": self.accuracy.std, "seeds": len(self.test_accs),
+                "selection": self.selection, "members": list(self.members),
+                "tta": self.tta, "tta_mean": tta.mean if tta else None,
+                "tta_std": tta.std if tta else None}
 
 
 @dataclass(frozen=True)
@@ -309,8 +343,14 @@ def best_query(study_id: Any, *columns: Any) -> Select[Any]:
 
     `study_id` may be a column (a correlated subquery, as `list_studies` uses it).
     """
+    return ranked_query(study_id, *columns).limit(1)
+
+
+def ranked_query(study_id: Any, *columns: Any) -> Select[Any]:
+    """`best_query` without its LIMIT: the trials that may be best, best first. The top K of
+    it are the study's K best trials (`evaluate --ensemble K`)."""
     return (select(*columns).where(Trial.study_id == study_id, *_eligible())
-            .order_by(Trial.value.desc(), Trial.number).limit(1))
+            .order_by(Trial.value.desc(), Trial.number))
 
 
 def _eligible() -> tuple[ColumnElement[bool], ...]:
@@ -416,6 +456,12 @@ def best_trial(conn: Connection, study: StudyInfo) -> TrialRecord | None:
     return _trial_record(trial) if trial is not None else None
 
 
+def top_trials(conn: Connection, study: StudyInfo, k: int) -> list[TrialRecord]:
+    """The study's `k` best trials by `best_query`'s rule, best first (fewer if fewer count)."""
+    return [_trial_record(t) for t in conn.execute(ranked_query(study.id, Trial.__table__)
+                                                   .limit(k))]
+
+
 def get_trial(conn: Connection, study: StudyInfo, number: int) -> TrialRecord:
     trial = conn.execute(select(Trial.__table__).where(Trial.study_id == study.id,
                                                        Trial.number == number)).first()
@@ -481,7 +527,34 @@ def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
     test = tests.get(best.number) if best is not None else None
     if test is None and tests:
         test = list(tests.values())[-1]
-    return StudyStats(study, counts, float(row.compute), first, best, to_best, test)
+    return StudyStats(study, counts, float(row.compute), first, best, to_best, test,
+                      latest_ensemble(conn, study))
+
+
+def latest_ensemble(conn: Connection, study: StudyInfo) -> EnsembleSummary | None:
+    """The study's most recently stored ensemble, over the seeds it was scored with."""
+    latest = conn.execute(
+        select(EnsembleEvaluation.members_key).where(EnsembleEvaluation.study_id == study.id)
+        .order_by(EnsembleEvaluation.created_at.desc(), EnsembleEvaluation.id.desc()).limit(1)
+    ).scalar()
+    if latest is None:
+        return None
+    rows = conn.execute(
+        select(EnsembleEvaluation.__table__).where(EnsembleEvaluation.study_id == study.id,
+                                                   EnsembleEvaluation.members_key == latest)
+        .order_by(EnsembleEvaluation.seed)).all()
+    return EnsembleSummary(rows[0].selection, tuple(rows[0].members),
+                           tuple(r.test_acc for r in rows), rows[0].tta,
+                           tuple(r.test_acc_tta for r in rows if r.test_acc_tta is not None))
+
+
+def stored_ensembles(conn: Connection, study: StudyInfo, members_key: str,
+                     seeds: Sequence[int]) -> dict[int, Any]:
+    """The study's stored results of one ensemble (by `members_key`) for these seeds."""
+    rows = conn.execute(select(EnsembleEvaluation.__table__).where(
+        EnsembleEvaluation.study_id == study.id, EnsembleEvaluation.members_key == members_key,
+        EnsembleEvaluation.seed.in_(seeds))).all()
+    return {row.seed: row for row in rows}
 
 
 def study_evaluations(conn: Connection, study: StudyInfo) -> dict[int, EvaluationSummary]:

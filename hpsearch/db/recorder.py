@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from hpsearch.db.errors import DuplicateRowError
-from hpsearch.db.models import Epoch, Evaluation, Study, Trial, utcnow
+from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial, utcnow
 from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import retrying, session_scope
@@ -202,3 +202,11 @@ class Recorder:
                     test_loss=test_loss, curve=curve, checkpoint_path=checkpoint_path,
                     seconds=seconds))
         retrying(write, "recording an evaluation")
+
+    def store_ensemble(self, row: dict[str, Any]) -> None:
+        """One ensemble's result for one seed (the columns of hps_ensemble); DuplicateRowError
+        if that (study, seed, members_key) was stored meanwhile by another process."""
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                session.add(EnsembleEvaluation(**row))
+        retrying(write, "recording an ensemble")

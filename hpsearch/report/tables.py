@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from hpsearch.db.queries import (
+    EnsembleSummary,
     EpochRecord,
     EvaluationSummary,
     StudyInfo,
@@ -434,9 +435,34 @@ def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any],
     return Sheet(f"{study.name}: best trial", columns, [row], vertical=True)
 
 
+ENSEMBLE_COLUMNS = [
+    Column("ensemble_test_acc", "ensemble test acc", fmt_test),
+    Column("ensemble_members", "ensemble members"),
+    Column("ensemble_tta_test_acc", "ensemble + tta test acc", fmt_test),
+]
+
+
+def _ensemble_cells(ensemble: EnsembleSummary | None) -> tuple[Any, ...]:
+    """The ensemble's test accuracy, its members ("3×0.40, 5×0.60 (greedy)") and its
+    accuracy with test-time augmentation, in the shape fmt_test reads."""
+    if ensemble is None:
+        return None, None, None
+    members = ", ".join(f"{m['trial']}×{m['weight']:.2f}" for m in ensemble.members)
+    tta = None
+    if ensemble.tta_accs:
+        summary = EvaluationSummary(0, 0, ensemble.tta_accs)
+        tta = {"mean": summary.mean, "std": summary.std, "seeds": summary.seeds,
+               "tta": ensemble.tta}
+    return ensemble.to_dict(), f"{members} ({ensemble.selection})", tta
+
+
 def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
-    tested = any(s.test is not None for s in stats)
-    test_columns = [TEST_COLUMN, Column("tested_trial", "tested trial")] if tested else []
+    """Studies side by side; the single best trial's test accuracy and the ensemble's (when
+    `hpsearch evaluate` stored them) stand next to each other."""
+    tested = any(s.test is not None or s.ensemble is not None for s in stats)
+    ensembled = any(s.ensemble is not None for s in stats)
+    test_columns = ([TEST_COLUMN, Column("tested_trial", "tested trial")] if tested else [])
+    test_columns += ENSEMBLE_COLUMNS if ensembled else []
     columns = [
         Column("study", "study"), Column("dataset", "dataset"),
         Column("best_val_acc", "best val acc", fmt_acc), Column("best_trial", "best trial"),
@@ -450,6 +476,7 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
         best = s.best
         test = ((_test_value(s.test), s.test.trial_number if s.test else None) if tested
                 else ())
+        test += _ensemble_cells(s.ensemble) if ensembled else ()
         rows.append((s.study.name, s.study.dataset, best.value if best else None,
                      best.number if best else None, best.best_epoch if best else None, *test,
                      s.total,
