@@ -30,11 +30,16 @@ from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
 from hpsearch.ensemble_select import average, greedy_weights, score_probs
+from hpsearch.epochs_auto import AutoEpochs
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.evaluate import (
+    AUTO,
     CURVE_KEYS,
+    Epochs,
+    check_epochs,
     evaluation_seeds,
     final_checkpoint_path,
+    retrain_length,
     retrain_params,
     study_checkpoint_dir,
 )
@@ -50,6 +55,7 @@ class Member:
     trial: queries.TrialRecord
     params: TrialParams  # epochs: this member's retraining length
     weight: float  # its share of the averaged outputs; 0 for a baseline greedy left out
+    auto: AutoEpochs | None = None  # how --epochs auto chose its length
 
     def to_dict(self) -> dict[str, float | int]:
         return {"trial": self.trial.number, "epochs": self.params.epochs,
@@ -110,7 +116,7 @@ class EnsembleResult:
 
 
 def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str = "top",
-                  epochs: int | None = None, seeds: int = 1, tta: str | None = None,
+                  epochs: Epochs = None, seeds: int = 1, tta: str | None = None,
                   device: str = "auto",
                   on_epoch: Callable[[int, EpochMetrics], None] | None = None) -> EnsemblePlan:
     """Choose the members and their weights; never reads the test set. Greedy selection
@@ -125,8 +131,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
         raise ConfigError(f"unknown --tta {tta!r} (choose from: {', '.join(TTA_MODES)})")
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    check_epochs(epochs)
     full_url = normalise_url(database_url(url))
     ensure_schema(full_url)
     engine = make_engine(full_url)
@@ -139,14 +144,20 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
     if len(top) < 2:
         raise HpsearchError(f"study {name!r} has {len(top)} complete trial(s); an ensemble "
                             "needs at least 2")
-    resolved = [retrain_params(study, record, epochs) for record in top]
+    # checked for every candidate before any training starts
+    for record in top:
+        retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
+    resolved = [retrain_length(study, record, epochs, device=device,
+                               on_epoch=(lambda m, n=record.number: on_epoch(n, m))
+                               if on_epoch else None) for record in top]
     data = resolved[0][1]
     weights = [1 / len(top)] * len(top)
     val_acc = None
     if selection == "greedy":
-        weights, val_acc = _greedy(study, data, top, [p for p, _ in resolved], device, on_epoch)
-    candidates = [Member(record, params, w)
-                  for record, (params, _), w in zip(top, resolved, weights, strict=True)]
+        weights, val_acc = _greedy(study, data, top, [p for p, _, _ in resolved], device,
+                                   on_epoch)
+    candidates = [Member(record, params, w, auto)
+                  for record, (params, _, auto), w in zip(top, resolved, weights, strict=True)]
     return EnsemblePlan(study, data, study_checkpoint_dir(study), selection, len(top),
                         tuple(m for m in candidates if m.weight > 0), candidates[0],
                         evaluation_seeds(study, seeds), tta, val_acc)

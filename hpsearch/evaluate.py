@@ -30,6 +30,7 @@ from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.queries import StoredEvaluation
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
+from hpsearch.epochs_auto import AutoEpochs, choose_epochs
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
@@ -37,6 +38,8 @@ from hpsearch.paths import study_slug
 from hpsearch.storage import publish_test_accuracy
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
+AUTO = "auto"  # --epochs auto
+Epochs = int | str | None  # a count, AUTO, or None: the trial's own rule
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class EvaluationPlan:
     trial: queries.TrialRecord
     params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
     seeds: tuple[int, ...]
+    auto: AutoEpochs | None = None  # how --epochs auto chose the length
 
     @property
     def epochs(self) -> int:
@@ -71,14 +75,24 @@ def final_checkpoint_path(root: str | Path, study_name: str, number: int, seed: 
     return path
 
 
+def check_epochs(epochs: Epochs) -> None:
+    """--epochs: a positive count, AUTO or None (the trial's own rule)."""
+    if isinstance(epochs, str):
+        if epochs != AUTO:
+            raise ConfigError(f"--epochs must be a number or {AUTO!r}, got {epochs!r}")
+    elif epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+
+
 def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = None,
-                    epochs: int | None = None, seeds: int = 1) -> EvaluationPlan:
+                    epochs: Epochs = None, seeds: int = 1, device: str = "auto",
+                    on_epoch: Callable[[EpochMetrics], None] | None = None) -> EvaluationPlan:
     """Resolve the study, the trial (default: the best complete one by validation accuracy),
-    its full params and the epoch count (default: the epoch where the trial peaked)."""
+    its full params and the epoch count (default: the epoch where the trial peaked; AUTO:
+    chosen on a held-out slice, `on_epoch` following those runs). Never reads the test set."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    check_epochs(epochs)
     full_url = normalise_url(database_url(url))
     ensure_schema(full_url)
     engine = make_engine(full_url)
@@ -93,9 +107,23 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                 record = queries.get_trial(conn, study, trial)
     finally:
         engine.dispose()
-    params, data = retrain_params(study, record, epochs)
+    params, data, auto = retrain_length(study, record, epochs, device=device,
+                                        on_epoch=on_epoch)
     return EvaluationPlan(study, data, study_checkpoint_dir(study), record, params,
-                          evaluation_seeds(study, seeds))
+                          evaluation_seeds(study, seeds), auto)
+
+
+def retrain_length(study: queries.StudyInfo, record: queries.TrialRecord, epochs: Epochs, *,
+                   device: str = "auto", on_epoch: Callable[[EpochMetrics], None] | None = None
+                   ) -> tuple[TrialParams, DataOptions, AutoEpochs | None]:
+    """`retrain_params`, with AUTO resolved by `epochs_auto.choose_epochs` (the runs train with
+    the study's seed, the first seed of the evaluation)."""
+    params, data = retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
+    if epochs != AUTO:
+        return params, data, None
+    auto = choose_epochs(params, data, split_seed=study.seed + 1, seed=study.seed,
+                         device=device, on_epoch=on_epoch)
+    return params.replace(epochs=auto.epochs), data, auto
 
 
 def retrain_params(study: queries.StudyInfo, record: queries.TrialRecord,

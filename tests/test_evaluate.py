@@ -211,6 +211,10 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     assert [t.state for t in trials] == ["complete", "complete"]  # a read would fail a trial
     assert all(t.reason is None for t in trials)
 
+    # --epochs auto chooses the length on a held-out slice of the training set, no test read
+    auto = plan_evaluation("guarded", url, epochs="auto", device="cpu")
+    assert auto.auto is not None and auto.epochs == auto.auto.epochs
+
     # every choice of an ensemble (members, weights by greedy selection on validation
     # predictions, lengths) is made while reading the test split still fails, and frozen
     plan = plan_ensemble("guarded", url, k=2, selection="greedy", epochs=1, seeds=2,

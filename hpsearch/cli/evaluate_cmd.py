@@ -14,6 +14,19 @@ MAX_SEEDS = 1000  # each seed is one full retraining
 MAX_ENSEMBLE = 100  # members are retrained once per seed each
 
 
+def epochs_option(value: str | None) -> int | str | None:
+    """--epochs: a count from 1 to INT_MAX, or 'auto'."""
+    if value is None or value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"must be a number or 'auto', got {value!r}") from None
+    if not 1 <= count <= INT_MAX:
+        raise typer.BadParameter(f"must be between 1 and {INT_MAX}, got {count}")
+    return count
+
+
 class Selection(StrEnum):
     top = "top"
     greedy = "greedy"
@@ -30,10 +43,13 @@ def evaluate(
     trial: Annotated[int | None, typer.Option(
         help="Trial number to evaluate (default: the best complete trial by validation "
         "accuracy).", min=0, max=INT_MAX)] = None,
-    epochs: Annotated[int | None, typer.Option(
+    epochs: Annotated[str | None, typer.Option(
         help="Epochs of the retraining (default: the epoch at which the trial's validation "
-        "accuracy peaked; with a cosine schedule, the trial's full length).", min=1,
-        max=INT_MAX)] = None,
+        "accuracy peaked; with a cosine schedule, the trial's full length), or 'auto': the "
+        "length at which the configuration, retrained on the training set less a held-out "
+        "slice, scores best on that slice (up to twice the trial's length; see README), "
+        "chosen before the test set is read.", callback=epochs_option,
+        metavar="N|auto")] = None,
     seeds: Annotated[int, typer.Option(
         help="Retrain this many times (seeds: the study seed + 0..K-1) and report mean ± std. "
         "Results already stored for a seed and epoch count are reused, not retrained.",
@@ -78,9 +94,12 @@ def evaluate(
         return
     if tta is not None or select is not Selection.top:
         raise ConfigError("--select and --tta apply to --ensemble only")
-    plan = plan_evaluation(name, db, trial=trial, epochs=epochs, seeds=seeds)
     console = Console(stderr=True, highlight=False)
     n_threads = configure_threads(threads)
+    plan = plan_evaluation(name, db, trial=trial, epochs=epochs, seeds=seeds, device=device,
+                           on_epoch=lambda m: _print_auto_epoch(console, m))
+    if plan.auto is not None:
+        typer.echo(f"--epochs auto: {plan.epochs} epoch(s) ({_auto_scores(plan.auto)})")
     value = "-" if plan.trial.value is None else f"{plan.trial.value:.4f}"
     typer.echo(f"study {plan.study.name!r}, trial {plan.trial.number} (best val acc {value} at "
                f"epoch {plan.trial.best_epoch}): retraining on train + validation for "
@@ -105,7 +124,19 @@ def evaluate(
                    f"(mean ± std over {summary.seeds} seeds, {plan.epochs} epoch(s))")
 
 
-def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str, epochs: int | None,
+def _print_auto_epoch(console, m) -> None:  # noqa: ANN001 - rich Console, EpochMetrics
+    console.print(f"held-out run: epoch {m.epoch:3d}  val acc {m.val_acc:.4f}  "
+                  f"{m.seconds:.1f}s", markup=False)
+
+
+def _auto_scores(auto) -> str:  # noqa: ANN001 - AutoEpochs
+    """'held-out acc by length: 3: 0.81, 5: 0.84, ...; 12.3s'"""
+    scores = ", ".join(f"{e}: {a:.4f}" for e, a in sorted(auto.scores.items()))
+    return f"held-out acc by length: {scores}; {auto.seconds:.1f}s"
+
+
+def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str,
+                       epochs: int | str | None,
                        seeds: int, tta: str | None, device: str, threads: int | None) -> None:
     from rich.console import Console
 
@@ -117,7 +148,7 @@ def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str, epochs
     n_threads = configure_threads(threads)
 
     def on_select_epoch(number: int, m) -> None:  # noqa: ANN001 - EpochMetrics
-        console.print(f"selection: trial {number} epoch {m.epoch:3d}  val acc {m.val_acc:.4f}",
+        console.print(f"choosing: trial {number} epoch {m.epoch:3d}  val acc {m.val_acc:.4f}",
                       markup=False)
 
     plan = plan_ensemble(name, db, k=k, selection=selection, epochs=epochs, seeds=seeds,
@@ -126,6 +157,10 @@ def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str, epochs
                         for m in plan.members)
     chosen = (f"; greedy selection's validation accuracy {plan.val_acc:.4f}"
               if plan.val_acc is not None else "")
+    for m in plan.members:
+        if m.auto is not None:
+            typer.echo(f"--epochs auto: trial {m.trial.number}: {m.params.epochs} epoch(s) "
+                       f"({_auto_scores(m.auto)})")
     typer.echo(f"study {plan.study.name!r}: ensemble of {len(plan.members)} of the "
                f"{plan.candidates} best trials ({selection}): {members}{chosen}; "
                f"{len(plan.seeds)} seed(s), {n_threads} thread(s)")
