@@ -63,6 +63,18 @@ class WorkerOptions:
     checkpoint_dir: str = "hpsearch-checkpoints"
 
 
+@dataclass(frozen=True)
+class Rung:
+    """One step of a multi-fidelity budget: train on the first `fraction` of the training split
+    until the trial has run `epochs` epochs in all (cumulative)."""
+
+    fraction: float
+    epochs: int
+
+
+RUNG_PRUNERS = ("successive-halving", "hyperband")  # the pruners that promote across rungs
+
+
 @dataclass
 class StudyConfig:
     name: str
@@ -74,6 +86,7 @@ class StudyConfig:
     seed: int = 0
     min_epochs: int = 1
     pruner_options: dict[str, int] = field(default_factory=dict)  # [pruner], defaults filled in
+    rungs: tuple[Rung, ...] = ()  # [budget] rungs: data fractions as a fidelity; () = epochs only
     data: DataOptions = field(default_factory=DataOptions)
     workers: WorkerOptions = field(default_factory=WorkerOptions)
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -249,6 +262,42 @@ def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[s
             for key, (default, minimum) in options.items()}
 
 
+def parse_rungs(budget: dict[str, Any], pruner: str, where: str) -> tuple[Rung, ...]:
+    """[budget] rungs = [{fraction = 0.1, epochs = 3}, ..., {fraction = 1.0, epochs = 15}]:
+    at least two, fractions and cumulative epochs both strictly increasing, the last on the
+    whole training split; promotion between them is the pruner's (successive halving or
+    Hyperband), so min_epochs (their minimum resource in epochs) does not apply."""
+    label = f"{where}: [budget] rungs"
+    value = budget["rungs"]
+    if not isinstance(value, list) or len(value) < 2:
+        raise ConfigError(f"{label} must be a list of at least two tables "
+                          "({fraction = ..., epochs = ...})")
+    if pruner not in RUNG_PRUNERS:
+        raise ConfigError(f"{label} need pruner {' or '.join(map(repr, RUNG_PRUNERS))} to "
+                          f"promote trials between them, not {pruner!r}")
+    if "min_epochs" in budget:
+        raise ConfigError(f"{label}: min_epochs does not apply (trials are compared at the end "
+                          "of each rung)")
+    rungs: list[Rung] = []
+    for i, item in enumerate(value, 1):
+        where_i = f"{label}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"fraction", "epochs"}:
+            raise ConfigError(f"{where_i} must be a table with exactly fraction and epochs")
+        fraction = _typed(where_i, "fraction", item["fraction"], float)
+        epochs = _typed(where_i, "epochs", item["epochs"], int, minimum=1)
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"{where_i}: fraction must be in (0, 1], got {item['fraction']!r}")
+        if rungs and (fraction <= rungs[-1].fraction or epochs <= rungs[-1].epochs):
+            raise ConfigError(f"{where_i}: fraction and epochs must both grow from rung to rung "
+                              f"(previous: fraction {rungs[-1].fraction}, epochs "
+                              f"{rungs[-1].epochs})")
+        rungs.append(Rung(fraction, epochs))
+    if rungs[-1].fraction != 1.0:
+        raise ConfigError(f"{label}: the last rung must train on the whole training split "
+                          f"(fraction = 1.0), got {rungs[-1].fraction}")
+    return tuple(rungs)
+
+
 def check_study_name(name: Any, where: str = "study") -> str:
     """The rule for every new study name, in files and for `hpsearch study rename/copy`: it is
     shown in HTML and terminals and used in paths (see NAME_PATTERN); nothing that reads as an
@@ -271,23 +320,30 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
     name = check_study_name(study["name"], where)
-    budget = _table(doc, "budget", {"max_epochs", "min_epochs"}, where)
+    budget = _table(doc, "budget", {"max_epochs", "min_epochs", "rungs"}, where)
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir"}, where)
     space_doc = _table(doc, "space", set(PARAM_NAMES), where)
     if "epochs" in space_doc:
         raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
 
-    max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", 10), int, minimum=1)
+    pruner = _choice(where, "pruner", study.get("pruner", "hyperband"), PRUNERS)
+    rungs = parse_rungs(budget, pruner, where) if "rungs" in budget else ()
+    default_max = rungs[-1].epochs if rungs else 10
+    max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", default_max), int,
+                        minimum=1)
     min_epochs = _typed(where, "min_epochs", budget.get("min_epochs", 1), int, minimum=1)
     if min_epochs > max_epochs:
         raise ConfigError(f"{where}: min_epochs ({min_epochs}) exceeds max_epochs ({max_epochs})")
-    pruner = _choice(where, "pruner", study.get("pruner", "hyperband"), PRUNERS)
+    if rungs and max_epochs != rungs[-1].epochs:
+        raise ConfigError(f"{where}: max_epochs ({max_epochs}) must equal the last rung's epochs "
+                          f"({rungs[-1].epochs}); leave it out with rungs")
     config = StudyConfig(
         name=name,
         sampler=_choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS),
         pruner=pruner,
         pruner_options=parse_pruner_options(doc, pruner, where),
+        rungs=rungs,
         metric=_choice(where, "metric", study.get("metric", "val_acc"), METRICS),
         n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
         timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)

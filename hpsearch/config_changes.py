@@ -54,6 +54,7 @@ def settings(config: StudyConfig) -> dict[str, Any]:
         "study.timeout": config.timeout, "study.seed": config.seed,
         "budget.max_epochs": config.max_epochs, "budget.min_epochs": config.min_epochs,
     }
+    out["budget.rungs"] = [dataclasses.astuple(r) for r in config.rungs]
     out |= {f"pruner.{k}": v for k, v in config.pruner_options.items()}
     out |= {f"data.{k}": v for k, v in dataclasses.asdict(config.data).items()}
     out |= {f"workers.{k}": v for k, v in dataclasses.asdict(config.workers).items()}

@@ -80,6 +80,15 @@ class TrainValData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
+    def train_fraction(self, fraction: float) -> TrainValData:
+        """The first `fraction` of the training split (at least one image), the same
+        validation split and statistics. The split is already in a seeded random order, so
+        this is a random subset, and a larger fraction contains every smaller one (a rung of a
+        multi-fidelity budget only adds images)."""
+        n = max(1, round(len(self.train) * fraction))
+        train = Split(self.train.images[:n], self.train.labels[:n])  # views, no copy
+        return TrainValData(train, self.val, self.dataset, self.mean, self.std)
+
 
 def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
     """Where to look, in order: --data-dir, $HPSEARCH_DATA, Debian's package, our cache."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.config import StudyConfig
+from hpsearch.config import Rung, StudyConfig
 from hpsearch.data import TrainValData
 from hpsearch.db.engine import mask_secrets
 from hpsearch.db.errors import DatabaseError
@@ -23,6 +24,7 @@ from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
+from hpsearch.params import TrialParams
 from hpsearch.paths import checkpoint_path
 from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.space import suggest
@@ -101,9 +103,15 @@ class Objective:
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
                                      trial.number)
 
+        rungs = self.config.rungs
+        val_at: dict[int, float] = {}  # val acc by epoch, for the comparisons at rung ends
+
         def on_epoch(metrics: EpochMetrics) -> None:
-            self.recorder.record_epoch(row, metrics)
+            self.recorder.record_epoch(row, metrics, _fraction(rungs, metrics.epoch))
             _track_peak(peak, metrics.val_acc, metrics.epoch)
+            val_at[metrics.epoch] = metrics.val_acc
+            if rungs:  # compared at the end of each rung only (_train_rungs)
+                return
             trial.report(metrics.val_acc, metrics.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(
@@ -121,6 +129,7 @@ class Objective:
                     self.recorder.copy_epochs(previous, row, done)
                 for done_epoch in state.get("history", []):
                     _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
+                    val_at[done_epoch["epoch"]] = done_epoch["val_acc"]
             # counted up front (building the model takes milliseconds) so pruned and failed
             # trials have their size too
             n_params = count_parameters(build_model(params, self.data.image_shape))
@@ -128,9 +137,14 @@ class Objective:
             _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
                                     "precision": precision, "device": str(self.device)})
             # the seed follows the original trial, so a resumed retry continues the same run
-            result = train(params, self.data, seed=self.config.seed + original,
-                           device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
-                           resume_from=resume_from)
+            if rungs:
+                value = self._train_rungs(trial, params, self.config.seed + original, on_epoch,
+                                          checkpoint, resume_from, val_at)
+            else:
+                result = train(params, self.data, seed=self.config.seed + original,
+                               device=str(self.device), on_epoch=on_epoch,
+                               checkpoint=checkpoint, resume_from=resume_from)
+                value = result.best.val_acc if result.best else 0.0
         except optuna.TrialPruned as exc:
             self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
                          checkpoint, peak)
@@ -149,8 +163,34 @@ class Objective:
                          _noted(note, failure_reason(exc)), None, peak)
             raise
         self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
-        best = result.best
-        return best.val_acc if best else 0.0
+        return value
+
+    def _train_rungs(self, trial: optuna.Trial, params: TrialParams, seed: int,
+                     on_epoch: Callable[[EpochMetrics], None], checkpoint: Path,
+                     resume_from: Path | None, val_at: dict[int, float]) -> float:
+        """A multi-fidelity budget: each rung trains on its fraction of the training split up
+        to its epoch, RESUMING from the previous rung's checkpoint (weights, optimiser and
+        schedule carry over; only images are added, so nothing restarts). At the end of every
+        rung but the last, its last epoch's val acc is reported as one intermediate value at
+        step reduction_factor**i (the resources of Optuna's successive halving and Hyperband
+        with min_resource 1), and the pruner decides the promotion. Returns the best val acc."""
+        rungs = self.config.rungs
+        factor = self.config.pruner_options["reduction_factor"]
+        done = max(val_at, default=0)  # epochs a retried trial's checkpoint already holds
+        for i, rung in enumerate(rungs):
+            if rung.epochs > done:
+                train(params, self.data.train_fraction(rung.fraction), seed=seed,
+                      device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
+                      resume_from=resume_from if done else None, stop_after=rung.epochs)
+                done, resume_from = rung.epochs, checkpoint
+            if i < len(rungs) - 1:
+                value = val_at[rung.epochs]
+                trial.report(value, factor ** i)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"pruned at the end of rung {i + 1} (fraction {rung.fraction:g}, epoch "
+                        f"{rung.epochs}, val acc {value:.4f})")
+        return max(val_at.values())
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None,
@@ -188,6 +228,12 @@ class Objective:
             log.warning("%s", note)
             return None, -1, None, note
         return None, -1, None, None
+
+
+def _fraction(rungs: tuple[Rung, ...], epoch: int) -> float | None:
+    """The share of the training split epoch `epoch` trains on: its rung's; None without
+    rungs (the whole split)."""
+    return next((r.fraction for r in rungs if epoch <= r.epochs), None)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -68,6 +68,16 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     options = config.pruner_options
+    if config.rungs:
+        # one intermediate value per rung end, at step reduction_factor**i (objective
+        # `_train_rungs`): Optuna's rungs with min_resource 1 are exactly ours
+        factor = options["reduction_factor"]
+        if config.pruner == "successive-halving":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=factor, min_early_stopping_rate=0)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=factor ** (len(config.rungs) - 1),
+            reduction_factor=factor)
     if config.pruner == "none":
         return optuna.pruners.NopPruner()
     if config.pruner == "median":

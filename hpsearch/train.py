@@ -130,6 +130,7 @@ class Schedule:
                 return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            self.factor, self.steps_per_epoch = factor, steps_per_epoch
         elif self.kind == "step":
             self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, params.step_size,
                                                              params.gamma)
@@ -156,9 +157,20 @@ class Schedule:
     def state_dict(self) -> dict:
         return self.scheduler.state_dict() if self.scheduler is not None else {}
 
-    def load_state_dict(self, state: dict) -> None:
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state)
+    def load_state_dict(self, state: dict, epochs_done: int) -> None:
+        """Resume after `epochs_done` epochs. A cosine schedule counts batches; where the
+        training data grew (a rung of a multi-fidelity budget) an epoch has more of them now,
+        so its position is set from the epochs done, which keeps the curve's shape over
+        epochs (with the same data nothing changes)."""
+        if self.scheduler is None:
+            return
+        self.scheduler.load_state_dict(state)
+        if self.kind == "cosine":
+            step = epochs_done * self.steps_per_epoch
+            self.scheduler.last_epoch = step
+            for group, base in zip(self.scheduler.optimizer.param_groups,
+                                   self.scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.factor(step)
 
 
 def evaluate(model: nn.Module, split: Split, device: torch.device,
@@ -237,8 +249,13 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
           on_epoch: Callable[[EpochMetrics], None] | None = None,
           on_step: Callable[[int, int], None] | None = None,
           on_setup: Callable[[RunSetup], None] | None = None,
-          checkpoint: Path | None = None, resume_from: Path | None = None) -> TrainResult:
+          checkpoint: Path | None = None, resume_from: Path | None = None,
+          stop_after: int | None = None) -> TrainResult:
     """Train `params` on `data` for `params.epochs` epochs.
+
+    `stop_after`: stop after this epoch, as if the run went on (the schedule still spans
+    `params.epochs`); a multi-fidelity rung trains up to its epoch, then the next resumes from
+    the checkpoint on more data.
 
     `checkpoint`: written after every epoch (after `on_epoch` returns). `resume_from`: a checkpoint
     to continue from; its finished epochs are not redone and `on_epoch` is not called for them.
@@ -279,14 +296,15 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
         state = load_checkpoint(resume_from)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
+        schedule.load_state_dict(state["scheduler"], state["epoch"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         result.history = [EpochMetrics(**m) for m in state["history"]]
         first_epoch = state["epoch"] + 1
 
     step_model = torch.compile(model) if compiled else model
-    for epoch in range(first_epoch, params.epochs + 1):
+    last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
+    for epoch in range(first_epoch, last_epoch + 1):
         started = time.perf_counter()
         model.train()
         # running sums stay on the device: no host sync per step on a GPU

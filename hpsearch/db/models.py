@@ -109,6 +109,8 @@ class Epoch(Base):
     lr: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     images_per_s: Mapped[float] = mapped_column(Float)
+    # the share of the training split this epoch trained on ([budget] rungs); NULL: all of it
+    fraction: Mapped[float | None] = mapped_column(Float)
 
     trial: Mapped[Trial] = relationship(back_populates="epochs")
 

@@ -576,6 +576,31 @@ def study_evaluations(conn: Connection, study: StudyInfo) -> dict[int, Evaluatio
     return out
 
 
+@dataclass(frozen=True)
+class RungStats:
+    """One rung of a multi-fidelity budget, from the epoch rows that trained on its fraction."""
+
+    fraction: float
+    trials: int  # trials that trained on it
+    last_epoch: int  # the rung ends after this epoch (cumulative)
+    epochs: int  # epoch rows trained on it
+    seconds: float
+    best_val_acc: float | None
+
+
+def rung_stats(conn: Connection, study: StudyInfo) -> list[RungStats]:
+    """Per training fraction (smallest first): trials, epochs, time and best val acc; empty
+    for a study without rungs (its rows have no fraction)."""
+    query = (select(Epoch.fraction, func.count(func.distinct(Epoch.trial_id)),
+                    func.max(Epoch.epoch), func.count(), func.sum(Epoch.seconds),
+                    func.max(Epoch.val_acc))
+             .join(Trial, Trial.id == Epoch.trial_id)
+             .where(Trial.study_id == study.id, Epoch.fraction.is_not(None))
+             .group_by(Epoch.fraction).order_by(Epoch.fraction))
+    return [RungStats(float(f), int(t), int(e), int(n), float(s or 0.0), a)
+            for f, t, e, n, s, a in conn.execute(query)]
+
+
 def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:
     query = (select(Trial.number, Trial.state, Trial.value, Trial.started_at, Trial.finished_at)
              .where(Trial.study_id == study.id).order_by(Trial.number))

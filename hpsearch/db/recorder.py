@@ -101,21 +101,24 @@ class Recorder:
                     self._upsert_epoch(session, to_trial_id, EpochMetrics(
                         epoch=row.epoch, train_loss=row.train_loss, train_acc=row.train_acc,
                         val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
-                        seconds=row.seconds, images_per_s=row.images_per_s))
+                        seconds=row.seconds, images_per_s=row.images_per_s), row.fraction)
                 self._refresh_summary(session, to_trial_id)
         retrying(write, "copying epochs of a retried trial")
 
-    def record_epoch(self, trial_id: int, metrics: EpochMetrics) -> None:
+    def record_epoch(self, trial_id: int, metrics: EpochMetrics,
+                     fraction: float | None = None) -> None:
         """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
-        update the trial's summary, in one transaction."""
+        update the trial's summary, in one transaction. `fraction`: the share of the training
+        split it trained on, for a rung of a multi-fidelity budget."""
         def write() -> None:
             with session_scope(self.engine) as session:
-                self._upsert_epoch(session, trial_id, metrics)
+                self._upsert_epoch(session, trial_id, metrics, fraction)
                 self._refresh_summary(session, trial_id)
         retrying(write, f"recording epoch {metrics.epoch}")
 
-    def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics) -> None:
-        values = {"trial_id": trial_id, **metrics.to_dict()}
+    def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics,
+                      fraction: float | None = None) -> None:
+        values = {"trial_id": trial_id, **metrics.to_dict(), "fraction": fraction}
         dialect = session.bind.dialect.name  # type: ignore[union-attr]
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(Epoch).values(**values)

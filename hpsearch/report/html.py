@@ -109,6 +109,10 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     names = tables.param_names(info.space, [p for _, _, p in rows])
 
     section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
+    rungs = queries.rung_stats(conn, info)
+    if rungs:  # a multi-fidelity budget ([budget] rungs)
+        section.items.append(sheet_html(tables.rungs_sheet("rungs (data fraction × epochs)",
+                                                           rungs)))
     if info.note:
         section.items.append(_note(f"Note: {info.note}"))
     if many:

@@ -21,6 +21,7 @@ from hpsearch.db.queries import (
     EnsembleSummary,
     EpochRecord,
     EvaluationSummary,
+    RungStats,
     StudyInfo,
     StudyStats,
     StudySummary,
@@ -485,6 +486,22 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
     title = ("studies compared" if len(rows) != 1
              else f"{rows[0][0]}: summary (best trial, counts, compute time)")
     return Sheet(title, columns, rows, vertical=True)
+
+
+def rungs_sheet(title: str, rungs: Sequence[RungStats]) -> Sheet:
+    """A multi-fidelity budget's rungs: how many trials trained on each fraction, how many of
+    them went on to the next, and what each cost ("compute" counts an epoch on a fraction f
+    as f of an epoch on the whole split)."""
+    columns = [Column("rung", "rung"), Column("fraction", "fraction", fmt_share),
+               Column("last_epoch", "up to epoch"), Column("trials", "trials", fmt_int),
+               Column("promoted", "promoted", fmt_int), Column("epochs", "epochs", fmt_int),
+               Column("compute_epochs", "compute (full epochs)", lambda v: f"{v:.1f}"),
+               Column("seconds", "time", fmt_seconds),
+               Column("best_val_acc", "best val acc", fmt_acc)]
+    rows = [(i + 1, r.fraction, r.last_epoch, r.trials,
+             rungs[i + 1].trials if i + 1 < len(rungs) else None, r.epochs,
+             r.epochs * r.fraction, r.seconds, r.best_val_acc) for i, r in enumerate(rungs)]
+    return Sheet(title, columns, rows)
 
 
 # --- a retrainable config ------------------------------------------------------------------
