@@ -1,13 +1,18 @@
-"""Pruning benchmark: the same random search with pruner none, median and hyperband.
+"""Pruning benchmark: the same random search with pruner none, median and hyperband, and with a
+multi-fidelity budget (successive halving across rungs of data fraction × epochs).
 
-One study definition (below), run three times, each in its own SQLite database under
-bench/results/ (pruning-none.db, pruning-median.db, pruning-hyperband.db). The configurations are
+One study definition (below), run four times, each in its own SQLite database under
+bench/results/ (pruning-none.db, pruning-median.db, pruning-hyperband.db,
+pruning-multi-fidelity.db). The configurations are
 drawn once by Optuna's random sampler with the study seed and enqueued, in the same order, in all
 three studies; each trial trains with seed study_seed + trial number. So trial k has the same
 configuration and the same first epochs in all three and only the pruner differs (the script
 checks that the configurations agree). Enqueueing rather than sampling in each worker also keeps
 that true across reruns: a fresh worker's sampler starts again from its seed. Data: a
 10,000-image Fashion-MNIST subset (9,000 train / 1,000 validation); 30 trials of up to 12 epochs.
+The multi-fidelity study has [budget] rungs of 1/9, 1/3 and all of the training split, ending at
+about 1/9, 1/3 and all of the epochs (27 epochs: 3, 9, 27), with successive halving (reduction
+factor 3) promoting trials from rung to rung; the validation split is the same for all four.
 
 The three studies advance in rounds (one trial each, in turn), so a change in the machine's load
 falls on all three alike. A study lives in its database: interrupt the script and rerun it, and
@@ -15,11 +20,16 @@ every study continues where it stopped (finished trials are kept; a trial cut of
 marked failed, and that study goes on with the next configuration).
 
 Reported per pruner, from the stored epochs:
-  * total epochs trained, and total training time (sum of the trials' durations);
+  * total epochs trained and their compute in full-data epochs (an epoch on a fraction f of the
+    training split counts f; the same as epochs without rungs), and total training time (sum of
+    the trials' durations);
   * epochs and time until the first epoch whose validation accuracy is within 0.5 points of the
     best that `none` finds ("time to target"). Time counts the trials' own durations in trial
     order (the studies run one trial at a time), so pauses between reruns do not count;
-  * the ratios none / pruner of each: the target is >= 3x less compute with pruning.
+  * the ratios none / pruner of each: the target is >= 3x less compute with pruning, >= 5x with
+    the multi-fidelity budget.
+Studies already finished in the results folder are not run again: to add the multi-fidelity
+setting to an earlier run, copy its three databases into a new folder and pass it as --results.
 Results: stdout and bench/results/pruning.json.
 
     .venv/bin/python bench/pruning.py            # ~20-40 min on 2 cores, by their load
@@ -54,9 +64,22 @@ from hpsearch.space import suggest
 from hpsearch.storage import open_storage, prepare_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "multi-fidelity")
 TARGET_GAP = 0.005  # "within 0.5 points" of none's best validation accuracy
-GOAL = 3.0  # pruning should cost at least this many times fewer epochs
+# each setting should cost at least this many times less compute than none
+GOALS = {"median": 3.0, "hyperband": 3.0, "multi-fidelity": 5.0}
+RUNG_FRACTIONS = (1 / 9, 1 / 3, 1.0)
+RUNG_FACTOR = 3  # successive halving's reduction factor between the rungs
+
+
+def rungs(epochs: int) -> list[dict[str, float | int]]:
+    """The multi-fidelity rungs for an epoch budget: fractions 1/9, 1/3, 1 of the training
+    split, ending at about 1/9, 1/3 and all of the epochs (each rung at least one epoch)."""
+    out: list[dict[str, float | int]] = []
+    for fraction in RUNG_FRACTIONS:
+        end = max(round(epochs * fraction), out[-1]["epochs"] + 1 if out else 1)
+        out.append({"fraction": round(fraction, 4), "epochs": int(end)})
+    return out
 
 
 def study_doc(pruner: str, *, quick: bool, trials: int, epochs: int, subset: int) -> dict:
@@ -64,11 +87,15 @@ def study_doc(pruner: str, *, quick: bool, trials: int, epochs: int, subset: int
     data: dict[str, Any] = ({"dataset": "synthetic", "synthetic_size": 600, "val_fraction": 0.2}
                             if quick else
                             {"dataset": "fashion-mnist", "subset": subset, "val_fraction": 0.1})
+    fidelity = pruner == "multi-fidelity"
     return {
-        "study": {"name": f"pruning-{pruner}", "sampler": "random", "pruner": pruner,
+        "study": {"name": f"pruning-{pruner}", "sampler": "random",
+                  "pruner": "successive-halving" if fidelity else pruner,
                   "n_trials": trials, "seed": 0},
         "data": data,
-        "budget": {"max_epochs": epochs, "min_epochs": 1},
+        "budget": ({"rungs": rungs(epochs)} if fidelity
+                   else {"max_epochs": epochs, "min_epochs": 1}),
+        **({"pruner": {"reduction_factor": RUNG_FACTOR}} if fidelity else {}),
         "workers": {"checkpoint_dir": str(RESULTS / "pruning-checkpoints")},
         "space": {
             "patch_size": [4, 7],
@@ -96,10 +123,12 @@ class PrunerResult:
     pruned: int
     failed: int
     epochs: int  # total epochs trained
+    compute: float  # the same in full-data epochs (an epoch on fraction f counts f)
     seconds: float  # sum of the trials' durations
     best_val_acc: float | None
     best_trial: int | None
     epochs_to_target: int | None
+    compute_to_target: float | None
     seconds_to_target: float | None
     target_trial: int | None
 
@@ -129,23 +158,32 @@ def measure(url: str, name: str, pruner: str, target: float | None) -> PrunerRes
     result = PrunerResult(
         pruner, len(done), states.count("complete"), states.count("pruned"),
         states.count("failed"), sum(len(epochs[t.id]) for t in done),
+        sum(_cost(e) for t in done for e in epochs[t.id]),
         sum(t.seconds or 0.0 for t in done), best.value if best else None,
-        best.number if best else None, None, None, None)
+        best.number if best else None, None, None, None, None)
     if target is None:
         return result
-    spent_epochs, spent_s = 0, 0.0
+    spent_epochs, spent_compute, spent_s = 0, 0.0, 0.0
     for trial in done:  # one worker: trial order is time order
-        elapsed = 0.0
+        elapsed, compute = 0.0, 0.0
         for epoch in epochs[trial.id]:
             elapsed += epoch.seconds
+            compute += _cost(epoch)
             if epoch.val_acc >= target:
                 result.epochs_to_target = spent_epochs + epoch.epoch
+                result.compute_to_target = spent_compute + compute
                 result.seconds_to_target = spent_s + elapsed
                 result.target_trial = trial.number
                 return result
         spent_epochs += len(epochs[trial.id])
+        spent_compute += compute
         spent_s += trial.seconds or elapsed
     return result
+
+
+def _cost(epoch: Epoch) -> float:
+    """One epoch's compute in full-data epochs: its training fraction (NULL: all of it)."""
+    return epoch.fraction if epoch.fraction is not None else 1.0
 
 
 def same_trials(results_dir: Path) -> bool:
@@ -274,35 +312,39 @@ def main() -> None:
     results = {p: measure(db_url(results_dir, p), f"pruning-{p}", p, target) for p in PRUNERS}
     none = results["none"]
     ratios = {p: {"epochs": ratio(none.epochs, r.epochs),
+                  "compute": ratio(none.compute, r.compute),
                   "seconds": ratio(none.seconds, r.seconds),
                   "epochs_to_target": ratio(none.epochs_to_target, r.epochs_to_target),
+                  "compute_to_target": ratio(none.compute_to_target, r.compute_to_target),
                   "seconds_to_target": ratio(none.seconds_to_target, r.seconds_to_target)}
               for p, r in results.items() if p != "none"}
 
     print(f"\ntarget: val acc >= {fmt(target, '.4f')} (best of none "
           f"{fmt(none.best_val_acc, '.4f')} - {100 * TARGET_GAP:.1f} points)")
-    header = (f"{'pruner':<10} {'trials':>6} {'pruned':>6} {'epochs':>7} {'time':>9} "
-              f"{'best val':>8} {'ep→target':>9} {'time→target':>11}")
+    header = (f"{'pruner':<14} {'trials':>6} {'pruned':>6} {'epochs':>7} {'compute':>8} "
+              f"{'time':>9} {'best val':>8} {'ep→target':>9} {'comp→target':>11} "
+              f"{'time→target':>11}")
     print(header)
     for r in results.values():
-        print(f"{r.pruner:<10} {r.trials:>6} {r.pruned:>6} {r.epochs:>7} {r.seconds:>8.0f}s "
-              f"{fmt(r.best_val_acc, '.4f'):>8} {fmt(r.epochs_to_target):>9} "
+        print(f"{r.pruner:<14} {r.trials:>6} {r.pruned:>6} {r.epochs:>7} {r.compute:>8.1f} "
+              f"{r.seconds:>8.0f}s {fmt(r.best_val_acc, '.4f'):>8} "
+              f"{fmt(r.epochs_to_target):>9} {fmt(r.compute_to_target, '.1f'):>11} "
               f"{fmt(r.seconds_to_target, '.0f'):>10}s")
     print()
     for p, q in ratios.items():
-        met = q["epochs"] is not None and q["epochs"] >= GOAL
-        print(f"none / {p}: {fmt(q['epochs'], '.2f')}x fewer epochs, "
-              f"{fmt(q['seconds'], '.2f')}x less time; to target: "
-              f"{fmt(q['epochs_to_target'], '.2f')}x epochs, "
+        met = q["compute"] is not None and q["compute"] >= GOALS[p]
+        print(f"none / {p}: {fmt(q['compute'], '.2f')}x less compute "
+              f"({fmt(q['epochs'], '.2f')}x fewer epochs), {fmt(q['seconds'], '.2f')}x less "
+              f"time; to target: {fmt(q['compute_to_target'], '.2f')}x compute, "
               f"{fmt(q['seconds_to_target'], '.2f')}x time  "
-              f"[goal >= {GOAL:.0f}x compute: {'met' if met else 'NOT met'}]")
+              f"[goal >= {GOALS[p]:.0f}x compute: {'met' if met else 'NOT met'}]")
     agree = same_trials(results_dir)
-    print(f"same sampled configurations in all three studies: {agree}")
+    print(f"same sampled configurations in all {len(PRUNERS)} studies: {agree}")
 
     out = {
         "quick": args.quick, "finished_at": datetime.now(UTC).isoformat(),
         "this_run_s": run_s, "trials": trials, "max_epochs": epochs,
-        "target_gap": TARGET_GAP, "target_val_acc": target, "goal_ratio": GOAL,
+        "target_gap": TARGET_GAP, "target_val_acc": target, "goal_ratios": GOALS,
         "same_trials": agree, "study": study_doc("PRUNER", quick=args.quick, trials=trials,
                                                  epochs=epochs, subset=args.subset),
         "results": {p: asdict(r) for p, r in results.items()}, "ratios": ratios,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
-from hpsearch.config import Rung, load_study
+from hpsearch.config import Rung, load_study, parse_study
 from hpsearch.data import DataOptions, load_train_val
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
@@ -169,3 +169,19 @@ def test_migration_0007_adds_and_drops_the_fraction(sqlite_url: str) -> None:
     finally:
         engine.dispose()
     assert schema_drift(sqlite_url) == []
+
+
+@pytest.mark.parametrize("pruner", ["successive-halving", "hyperband"])
+def test_the_pruners_rungs_are_the_rung_ends(tmp_path: Path, pruner: str) -> None:
+    """Optuna's rungs with min_resource 1 fall on steps rf**i: one per rung end but the last."""
+    from hpsearch.space import make_pruner
+
+    config = load_study(rung_study(tmp_path, pruner=pruner))
+    built = make_pruner(config)
+    if pruner == "hyperband":
+        assert isinstance(built, optuna.pruners.HyperbandPruner)
+        assert (built._min_resource, built._max_resource) == (1, 2 ** (len(config.rungs) - 1))
+    else:
+        assert isinstance(built, optuna.pruners.SuccessiveHalvingPruner)
+        assert (built._min_resource, built._min_early_stopping_rate) == (1, 0)
+    assert parse_study(config.raw).rungs == config.rungs  # the stored copy parses alike
