@@ -34,6 +34,7 @@ Results: stdout and bench/results/pruning.json.
 
     .venv/bin/python bench/pruning.py            # ~20-40 min on 2 cores, by their load
     .venv/bin/python bench/pruning.py --quick    # smoke run: synthetic data, temp folder, ~1 min
+    .venv/bin/python bench/pruning.py --results DIR --measure-only   # report what DIR holds
 """
 
 from __future__ import annotations
@@ -277,6 +278,9 @@ def main() -> None:
                         help="Fashion-MNIST training images used (before the split)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="train nothing: measure what the databases in --results hold "
+                        "(an interrupted run: its unfinished studies are reported as they are)")
     parser.add_argument("--results", type=Path, default=None,
                         help="folder for the databases and pruning.json (default bench/results, "
                         "or a temp folder with --quick)")
@@ -304,7 +308,8 @@ def main() -> None:
           f"{configs['none'].data.dataset}, {threads} thread(s), results in {results_dir}",
           flush=True)
     started = time.monotonic()
-    run(configs, results_dir, trials, args.device)
+    if not args.measure_only:
+        run(configs, results_dir, trials, args.device)
     run_s = time.monotonic() - started
 
     baseline = measure(db_url(results_dir, "none"), "pruning-none", "none", None)
@@ -342,7 +347,8 @@ def main() -> None:
     print(f"same sampled configurations in all {len(PRUNERS)} studies: {agree}")
 
     out = {
-        "quick": args.quick, "finished_at": datetime.now(UTC).isoformat(),
+        "quick": args.quick, "measure_only": args.measure_only,
+        "finished_at": datetime.now(UTC).isoformat(),
         "this_run_s": run_s, "trials": trials, "max_epochs": epochs,
         "target_gap": TARGET_GAP, "target_val_acc": target, "goal_ratios": GOALS,
         "same_trials": agree, "study": study_doc("PRUNER", quick=args.quick, trials=trials,
