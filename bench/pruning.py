@@ -187,14 +187,24 @@ def _cost(epoch: Epoch) -> float:
     return epoch.fraction if epoch.fraction is not None else 1.0
 
 
-def same_trials(results_dir: Path) -> bool:
-    """Trial k sampled the same configuration in every study (where all three have trial k)."""
+def same_trials(results_dir: Path) -> tuple[bool, list[str]]:
+    """Whether trial k sampled the same configuration in every study (where all have trial k),
+    and the fixed (unsampled) params that differ anywhere: a study run with an older hpsearch
+    stores the defaults of its time (round two changed momentum 0.9 -> 0, nesterov, patience)."""
     by_pruner = []
     for pruner in PRUNERS:
         trials, _ = _rows(db_url(results_dir, pruner), f"pruning-{pruner}")
-        by_pruner.append({t.number: t.params for t in trials})
+        by_pruner.append({t.number: t for t in trials})
     common = set.intersection(*(set(p) for p in by_pruner))
-    return all(by_pruner[0][n] == other[n] for other in by_pruner[1:] for n in common)
+    sampled = all({k: by_pruner[0][n].params[k] for k in by_pruner[0][n].sampled}
+                  == {k: other[n].params.get(k) for k in by_pruner[0][n].sampled}
+                  for other in by_pruner[1:] for n in common)
+    fixed = sorted({f"{k}: {by_pruner[0][n].params.get(k)!r} vs {other[n].params.get(k)!r}"
+                    for other in by_pruner[1:] for n in common
+                    for k in set(by_pruner[0][n].params) | set(other[n].params)
+                    if k not in by_pruner[0][n].sampled
+                    and by_pruner[0][n].params.get(k) != other[n].params.get(k)})
+    return sampled, fixed
 
 
 def db_url(results_dir: Path, pruner: str) -> str:
@@ -343,16 +353,19 @@ def main() -> None:
               f"time; to target: {fmt(q['compute_to_target'], '.2f')}x compute, "
               f"{fmt(q['seconds_to_target'], '.2f')}x time  "
               f"[goal >= {GOALS[p]:.0f}x compute: {'met' if met else 'NOT met'}]")
-    agree = same_trials(results_dir)
+    agree, fixed_differ = same_trials(results_dir)
     print(f"same sampled configurations in all {len(PRUNERS)} studies: {agree}")
+    if fixed_differ:
+        print(f"fixed params that differ between studies: {'; '.join(fixed_differ)}")
 
     out = {
         "quick": args.quick, "measure_only": args.measure_only,
         "finished_at": datetime.now(UTC).isoformat(),
         "this_run_s": run_s, "trials": trials, "max_epochs": epochs,
         "target_gap": TARGET_GAP, "target_val_acc": target, "goal_ratios": GOALS,
-        "same_trials": agree, "study": study_doc("PRUNER", quick=args.quick, trials=trials,
-                                                 epochs=epochs, subset=args.subset),
+        "same_trials": agree, "fixed_params_differ": fixed_differ,
+        "study": study_doc("PRUNER", quick=args.quick, trials=trials, epochs=epochs,
+                           subset=args.subset),
         "results": {p: asdict(r) for p, r in results.items()}, "ratios": ratios,
         "machine": {"threads": threads, "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
