@@ -358,14 +358,16 @@ def main() -> None:
     if fixed_differ:
         print(f"fixed params that differ between studies: {'; '.join(fixed_differ)}")
 
+    record_doc = study_doc("PRUNER", quick=args.quick, trials=trials, epochs=epochs,
+                           subset=args.subset)
+    record_doc["workers"]["checkpoint_dir"] = str(results_dir / "pruning-checkpoints")
     out = {
         "quick": args.quick, "measure_only": args.measure_only,
         "finished_at": datetime.now(UTC).isoformat(),
         "this_run_s": run_s, "trials": trials, "max_epochs": epochs,
         "target_gap": TARGET_GAP, "target_val_acc": target, "goal_ratios": GOALS,
         "same_trials": agree, "fixed_params_differ": fixed_differ,
-        "study": study_doc("PRUNER", quick=args.quick, trials=trials, epochs=epochs,
-                           subset=args.subset),
+        "study": record_doc,
         "results": {p: asdict(r) for p, r in results.items()}, "ratios": ratios,
         "machine": {"threads": threads, "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
