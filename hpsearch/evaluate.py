@@ -73,8 +73,8 @@ def final_checkpoint_path(root: str | Path, study_name: str, number: int, seed: 
 
 def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = None,
                     epochs: int | None = None, seeds: int = 1) -> EvaluationPlan:
-    """Resolve the study, the trial (default: the best complete one by validation accuracy),
-    its full params and the epoch count (default: the epoch where the trial peaked)."""
+    """Resolve the study, the trial (default: the best, by `queries.best_query`), its full
+    params and the epoch count (default: the epoch where the trial's first objective peaked)."""
     from hpsearch.report.tables import retrain_config
 
     if seeds < 1:

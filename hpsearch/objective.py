@@ -1,5 +1,8 @@
 """One Optuna trial: sample params → train → record each epoch → report → prune.
 
+The first objective is reported each epoch; a multi-objective study is never pruned (Optuna does
+not prune them) and gets every objective's value at the end (hpsearch.objectives).
+
 The glue between the trainer (which knows nothing of Optuna or the database), Optuna, and the
 recorder. Divergent runs end as pruned trials with their reason stored.
 """
@@ -23,6 +26,7 @@ from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
+from hpsearch.objectives import ObjectiveSpec, epoch_values
 from hpsearch.paths import checkpoint_path
 from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.space import suggest
@@ -35,10 +39,12 @@ COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
-def _track_peak(peak: dict[str, Any], val_acc: float, epoch: int) -> None:
-    """Keep the best epoch (the earliest of equal ones), as the trial row's best_epoch."""
-    if not peak or val_acc > peak["val_acc"]:
-        peak.update(val_acc=val_acc, epoch=epoch)
+def _track_peak(peak: dict[str, Any], primary: ObjectiveSpec, value: float,
+                epoch: int) -> None:
+    """Keep the first objective's best epoch (the earliest of equal ones), as the trial row's
+    best_epoch."""
+    if not peak or primary.better(value, peak["value"]):
+        peak.update(value=value, epoch=epoch)
 
 
 def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -75,7 +81,7 @@ class Objective:
         # catches every exception of an objective and would go on to the next trial)
         self.fatal: DatabaseError | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self.fatal = None
         try:
             return self._run(trial)
@@ -83,7 +89,7 @@ class Objective:
             self.fatal = exc
             raise
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
         history = retry_history(trial)
@@ -95,19 +101,23 @@ class Objective:
                                         params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None,
                                         precision=precision, device=str(self.device))
-        peak: dict[str, Any] = {}  # the best epoch so far: {"val_acc": ..., "epoch": ...}
+        primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
+        peak: dict[str, Any] = {}  # its best epoch so far: {"value": ..., "epoch": ...}
         started = time.monotonic()
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
                                      trial.number)
 
         def on_epoch(metrics: EpochMetrics) -> None:
-            self.recorder.record_epoch(row, metrics)
-            _track_peak(peak, metrics.val_acc, metrics.epoch)
-            trial.report(metrics.val_acc, metrics.epoch)
+            self.recorder.record_epoch(row, metrics, primary)
+            value = getattr(metrics, primary.measure)
+            _track_peak(peak, primary, value, metrics.epoch)
+            if self.config.multi_objective:  # Optuna neither takes reports nor prunes here
+                return
+            trial.report(value, metrics.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})")
+                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} "
+                                         f"({primary.measure} {value:.4f})")
 
         # from here on every way out records the trial's end with its reason; an exception
         # that escaped would leave the row "running" until another worker called it dead
@@ -118,9 +128,9 @@ class Objective:
                          resume_from, done, resumed_number)
                 previous = self.recorder.trial_id(self.study_row_id, resumed_number)
                 if previous is not None:
-                    self.recorder.copy_epochs(previous, row, done)
+                    self.recorder.copy_epochs(previous, row, done, primary)
                 for done_epoch in state.get("history", []):
-                    _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
+                    _track_peak(peak, primary, done_epoch[primary.measure], done_epoch["epoch"])
             # counted up front (building the model takes milliseconds) so pruned and failed
             # trials have their size too
             n_params = count_parameters(build_model(params, self.data.image_shape))
@@ -149,8 +159,10 @@ class Objective:
                          _noted(note, failure_reason(exc)), None, peak)
             raise
         self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
-        best = result.best
-        return best.val_acc if best else 0.0
+        # the history holds a resumed trial's earlier epochs too
+        values = tuple(v if v is not None else float("nan") for v in epoch_values(
+            self.config.objectives, [m.to_dict() for m in result.history], n_params))
+        return values if self.config.multi_objective else values[0]
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None,

@@ -86,7 +86,8 @@ def test_studies(run, recorded: RecordedStudy, fmt: str) -> None:
         assert doc[recorded.name]["trials"] == len(PLAN)
         assert doc[recorded.name]["pruned"] == 2
         best = max(t.value for t in db_trials(recorded).values() if t.state == "complete")
-        assert doc[recorded.name]["best_val_acc"] == best
+        assert doc[recorded.name]["best_value"] == best
+        assert doc[recorded.name]["objective"] == "val_acc:max"
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert {r["name"] for r in rows} == {recorded.name, "other"}
@@ -202,7 +203,8 @@ def test_compare(run, recorded: RecordedStudy, fmt: str) -> None:
             best = max((t for t in stored.values() if t.state == "complete"),
                        key=lambda t: t.value)
             first = min(t.started_at for t in stored.values())
-            assert doc[name]["best_val_acc"] == best.value
+            assert doc[name]["best_value"] == best.value
+            assert doc[name]["objective"] == "val_acc:max"
             assert doc[name]["params"] == sampled(best)
             assert doc[name]["pruned_share"] == 2 / len(PLAN)
             assert doc[name]["time_to_best_s"] == (best.finished_at - first).total_seconds()

@@ -146,7 +146,7 @@ def test_every_view_names_the_same_best_trial(tmp_path: Path,
         assert (progress.best_number, progress.best_value) == (0, 0.95)
         assert summary_line(progress, config).endswith("best val acc 0.9500 (trial 0)")
         assert run("best", recorded.name)["number"] == 0
-        assert run("studies")[0]["best_val_acc"] == 0.95
+        assert run("studies")[0]["best_value"] == 0.95
         assert [r["number"] for r in run("trials", recorded.name) if r["is_best"]] == [0]
         assert run("compare", recorded.name)[0]["best_trial"] == 0
         assert plan_evaluation(recorded.name, url).trial.number == 0

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from sqlalchemy import Connection
 
+    from hpsearch.objectives import ObjectiveSpec
+
 LEADERBOARD_ROWS = 25
 # Plotly trace types drawn with WebGL (regl): their pages need 'unsafe-eval'
 WEBGL_TRACES = frozenset({"parcoords", "scattergl", "splom", "heatmapgl", "pointcloud",
@@ -88,7 +90,7 @@ def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDo
     for index, study in enumerate(stats):
         section, points, best_curve = _study_section(conn, study, curves, f"s{index + 1}")
         sections.append(section)
-        overlay_points.append((study.study.name, points))
+        overlay_points.append((study.study.name, points, study.study.objectives[0]))
         if best_curve is not None:
             overlay_curves.append((study.study.name, best_curve))
     if len(infos) > 1:
@@ -107,6 +109,7 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     points = queries.trial_points(conn, info)
     rows = queries.complete_params(conn, info)
     names = tables.param_names(info.space, [p for _, _, p in rows])
+    first = info.objectives[0]
 
     section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
     if info.note:
@@ -119,17 +122,28 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
                figures.accuracy_curves(info.name, top, bands["val_acc"])),
         Figure(f"{key}-loss", f"{info.name}: losses", figures.loss_curves(info.name, top, bands)),
         Figure(f"{key}-best-by-trial", f"{info.name}: best so far by trial",
-               figures.best_by_trial(info.name, points)),
+               figures.best_by_trial(info.name, points, first)),
         Figure(f"{key}-best-by-time", f"{info.name}: best so far by time",
-               figures.best_by_time(info.name, points)),
+               figures.best_by_time(info.name, points, first)),
     ]
+    values = queries.objective_values(conn, info) if len(info.objectives) > 1 else None
+    if values is not None:
+        front = queries.pareto(conn, info)
+        section.items.append(_note(
+            f"Objectives: {tables.objective_text(info.objectives)}. The chosen trial is the "
+            "front's best in the first objective (see `hpsearch best --help`); pruning is off "
+            "for multi-objective studies."))
+        section.items.append(
+            Figure(f"{key}-pareto", f"{info.name}: Pareto front",
+                   figures.pareto_figure(info.name, front, values)) if front.trials
+            else _note("the Pareto front needs at least one complete trial"))
     if rows:
         section.items.append(Figure(f"{key}-parameters", f"{info.name}: parameters",
                                     figures.parallel_coordinates(info.name, rows, names,
-                                                                 info.space)))
+                                                                 info.space, first)))
     else:
         section.items.append(_note("parallel coordinates need at least one complete trial"))
-    found, how = figures.param_importances(info.space, rows)
+    found, how = figures.param_importances(info.space, rows, first)
     section.items.append(Figure(f"{key}-importances", f"{info.name}: importances",
                                 figures.importance_figure(info.name, found, how))
                          if found else _note(how))
@@ -145,7 +159,7 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
 
 
 def _comparison_section(stats: list[queries.StudyStats],
-                        points: list[tuple[str, list[queries.TrialPoint]]],
+                        points: list[tuple[str, list[queries.TrialPoint], ObjectiveSpec]],
                         best_curves: list[tuple[str, queries.Curve]]) -> Section:
     names: list[str] = []
     for s in stats:
