@@ -565,11 +565,16 @@ def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:
             for r in conn.execute(query)]
 
 
-def complete_params(conn: Connection, study: StudyInfo) -> list[tuple[int, float, dict]]:
+def complete_params(conn: Connection, study: StudyInfo, *, with_pruned: bool = False
+                    ) -> list[tuple[int, float, dict]]:
     """(number, value, sampled params) of every trial that counts for best (`best_query`'s
-    rule), for parallel coordinates and importances."""
+    rule), for parallel coordinates, slices and importances; `with_pruned` adds the pruned
+    trials with a finite value (their best before they were stopped, at a smaller budget)."""
+    eligible = _eligible()
+    if with_pruned:
+        eligible = (Trial.state.in_((*BEST_STATES, "pruned")), *eligible[1:])
     query = (select(Trial.number, Trial.value, Trial.params, Trial.sampled)
-             .where(Trial.study_id == study.id, *_eligible()).order_by(Trial.number))
+             .where(Trial.study_id == study.id, *eligible).order_by(Trial.number))
     return [(r.number, r.value, {k: (r.params or {})[k] for k in r.sampled or ()
                                  if k in (r.params or {})})
             for r in conn.execute(query)]

@@ -282,6 +282,51 @@ def parallel_coordinates(study: str, rows: Sequence[tuple[int, float, dict[str, 
                    margin={"l": 80, "r": 40, "t": 100, "b": 40})
 
 
+SLICE_COLUMNS = 3
+
+
+def slice_plots(study: str, rows: Sequence[tuple[int, float, dict[str, Any]]],
+                names: Sequence[str], space: dict[str, Any],
+                first: ObjectiveSpec = DEFAULT[0]) -> go.Figure:
+    """The first objective against each sampled parameter, one panel per parameter (complete
+    trials, later trials darker): where along each axis the good values lie. Categories keep
+    the space's order; log ranges get a log axis."""
+    cols = max(1, min(SLICE_COLUMNS, len(names)))
+    count = max(1, math.ceil(len(names) / cols))
+    fig = make_subplots(rows=count, cols=cols, shared_yaxes=True, horizontal_spacing=0.05,
+                        vertical_spacing=0.5 / count, subplot_titles=[esc(n) for n in names])
+    last = max((number for number, _, _ in rows), default=0)
+    for i, name in enumerate(names):
+        row, col = divmod(i, cols)
+        shown = [(n, v, p[name]) for n, v, p in rows if p.get(name) is not None]
+        dist = space.get(name) or {}
+        attrs = dist.get("attributes", {})
+        categorical = dist.get("name") == "CategoricalDistribution" or any(
+            isinstance(x, str | bool) for _, _, x in shown)
+        xs = [esc(x) if categorical else x for _, _, x in shown]
+        fig.add_trace(go.Scatter(
+            x=xs, y=[v for _, v, _ in shown], mode="markers", name=esc(name), showlegend=False,
+            customdata=[n for n, _, _ in shown],
+            marker={"size": 6, "color": [n for n, _, _ in shown], "colorscale": "Blues",
+                    "cmin": -last / 3, "cmax": last or 1},
+            hovertemplate=f"trial %{{customdata}}<br>{esc(name)} %{{x}}<br>"
+                          f"{esc(first.title)} %{{y:.4f}}<extra></extra>"),
+            row=row + 1, col=col + 1)
+        axis: dict[str, Any] = {}
+        if categorical:
+            choices = [esc(c) for c in attrs.get("choices", [])]
+            axis = {"type": "category", "categoryorder": "array",
+                    "categoryarray": choices + [x for x in dict.fromkeys(xs)
+                                                if x not in choices]}
+        elif attrs.get("log"):
+            axis = {"type": "log"}
+        fig.update_xaxes(row=row + 1, col=col + 1, **axis)
+    for r in range(count):
+        fig.update_yaxes(title_text=esc(first.title), row=r + 1, col=1)
+    return _layout(fig, f"{esc(study)}: {esc(first.title)} against each parameter "
+                        f"({len(rows):,} complete trials)", height=max(440, 300 * count + 100))
+
+
 def importance_figure(study: str, importances: dict[str, float], method: str) -> go.Figure:
     ordered = sorted(importances.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(x=[v for _, v in ordered], y=[esc(k) for k, _ in ordered],
