@@ -292,7 +292,8 @@ def compare(
 ) -> None:
     """Studies side by side: best value, trials, pruned share, total compute time, time to
     reach the best (first trial's start to the best trial's finish), and each study's best
-    params. Best: the complete trial with the highest value (see `hpsearch best --help`)."""
+    params. Best: the complete trial with the best value of the study's first objective (see
+    `hpsearch best --help`)."""
     from hpsearch.db import queries
     from hpsearch.report.tables import compare_sheet, param_names
 
@@ -357,7 +358,10 @@ def report(
     db: DbOption = None,
 ) -> None:
     """A self-contained HTML report that works offline: learning curves, best-so-far over
-    trials and time, parallel coordinates, parameter importances and the leaderboard."""
+    trials and time, a multi-objective study's Pareto front (the chosen trial marked),
+    parallel coordinates, slices (the first objective against each parameter) and parameter
+    importances (again with the pruned trials included), and every trial in a table sortable
+    by clicking its headers."""
     from hpsearch.report.html import build_report, write_report, write_split
 
     with connect(db) as conn:
