@@ -281,7 +281,9 @@ def test_report_is_one_offline_file(run, recorded: RecordedStudy, tmp_path: Path
     ours = page.replace(get_plotlyjs(), "")
     assert "<script src" not in ours and "http" not in ours.replace("http-equiv", "")
     assert "default-src 'none'" in page  # the CSP: no connections at all
-    assert page.count('class="hps-figure"') == 2 + 2 * 6  # overlays + 6 figures per study
+    # overlays + 9 figures per study: curves (2), best so far (2), parameters, slices,
+    # importances, and parameters and importances with the pruned trials
+    assert page.count('class="hps-figure"') == 2 + 2 * 9
 
 
 def test_report_split_writes_one_page_per_figure(run, recorded: RecordedStudy,
@@ -291,7 +293,7 @@ def test_report_split_writes_one_page_per_figure(run, recorded: RecordedStudy,
     names = sorted(p.name for p in folder.iterdir())
     assert "index.html" in names and "plotly.min.js" in names
     pages = [n for n in names if n.endswith(".html") and n != "index.html"]
-    assert len(pages) == 6
+    assert len(pages) == 9
     index = (folder / "index.html").read_text()
     assert all(f'href="{page}"' in index for page in pages)
 

@@ -332,7 +332,7 @@ def objective_text(objectives: Sequence[ObjectiveSpec]) -> str:
 
 
 def value_column(spec: ObjectiveSpec) -> Column:
-    """A trial's value of one objective: best_val_acc, best_val_loss, params, ..."""
+    """A trial's value of one objective: best_val_acc, best_val_loss, n_params, ..."""
     fmt = (fmt_int if spec.measure == "params" else fmt_seconds
            if spec.measure == "seconds_per_epoch" else fmt_acc)
     return Column(spec.key, spec.title, fmt)
