@@ -107,7 +107,7 @@ def test_readers_use_the_trial_row_with_the_study_file_and_config_gone(
     with engine.connect() as conn:
         doc = build_report(conn, ["tiny"], curves=10)
     engine.dispose()
-    [figure] = [f for s in doc.sections for f in s.figures if f.key.endswith("-parameters")]
+    [figure] = [f for s in doc.sections for f in s.figures if f.key == "s1-parameters"]
     axes = {d.label: d for d in figure.fig.data[0].dimensions}
     assert tuple(axes["lr (log10)"].range) == pytest.approx((-3, -2))
     assert tuple(axes["hidden_dim"].range) == (16, 32)
