@@ -5,6 +5,7 @@
     name = api.create_study("studies/quick.toml")   # or a dict in the study-file form
     api.run_worker(name)                            # run trials in this process
     best = api.best_trial(name)                     # a plain record; best.params has them all
+    front = api.pareto_front(name)                  # several objectives: the Pareto front
     frame = api.trials_dataframe(name)              # pandas, when it is installed
 
 Every function takes `db` (a SQLAlchemy URL; default: $HPSEARCH_DB, else sqlite:///hpsearch.db)
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.db import queries
 from hpsearch.db.engine import database_url, normalise_url
-from hpsearch.db.queries import EpochRecord, TrialRecord
+from hpsearch.db.queries import EpochRecord, ParetoFront, TrialRecord
 from hpsearch.errors import HpsearchError
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 
     from hpsearch.runner import WorkerSummary
 
-__all__ = ["EpochRecord", "TrialRecord", "best_trial", "create_study", "epochs", "run_worker",
-           "trials", "trials_dataframe"]
+__all__ = ["EpochRecord", "ParetoFront", "TrialRecord", "best_trial", "create_study", "epochs",
+           "pareto_front", "run_worker", "trials", "trials_dataframe"]
 
 
 def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
@@ -77,6 +78,14 @@ def best_trial(name: str, db: str | None = None) -> TrialRecord | None:
     """The study's best trial, by the same rule as `hpsearch best`; None before any finished."""
     with _reading(db) as conn:
         return queries.best_trial(conn, queries.find_study(conn, name))
+
+
+def pareto_front(name: str, db: str | None = None) -> ParetoFront:
+    """The study's Pareto front, as `hpsearch best NAME --pareto` prints it: `trials` (best
+    first objective first), `values` (trial number -> one value per objective), `chosen` (the
+    trial `best_trial` returns) and `objectives`. For one objective: the trials tied for best."""
+    with _reading(db) as conn:
+        return queries.pareto(conn, queries.find_study(conn, name))
 
 
 def epochs(name: str, db: str | None = None) -> list[EpochRecord]:

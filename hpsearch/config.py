@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
+from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
 from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, coerce, param_type
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
+SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "qmc", "grid")  # Optuna's CMA-ES: one
 PRUNERS = ("none", "median", "successive-halving", "hyperband")
 # the [pruner] options each pruner takes: (default, smallest allowed value)
 PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
@@ -26,7 +28,6 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
     "successive-halving": {"reduction_factor": (4, 2)},  # Optuna's default
     "hyperband": {"reduction_factor": (3, 2)},
 }
-METRICS = ("val_acc",)
 # Study names are typed on command lines, shown in HTML and used in paths, so they are tame:
 # letters, digits, spaces, '.', '-', '_'; no control characters (\w is Unicode-aware, so the
 # printable check is explicit); not starting with '-' (`hpsearch worker --help` would be an
@@ -80,7 +81,8 @@ class StudyConfig:
     name: str
     sampler: str = "tpe"
     pruner: str = "hyperband"
-    metric: str = "val_acc"
+    # what it optimises: the first objective is reported each epoch (pruning, `value`)
+    objectives: tuple[ObjectiveSpec, ...] = DEFAULT
     n_trials: int = 20
     timeout: float | None = None  # seconds, per worker
     seed: int = 0
@@ -92,6 +94,15 @@ class StudyConfig:
     fixed: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Dimension] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML, stored with the study
+
+    @property
+    def metric(self) -> str:
+        """The first objective's measure: the one reported each epoch."""
+        return self.objectives[0].measure
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def max_epochs(self) -> int:
@@ -315,8 +326,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
                           "(allowed: study, data, budget, workers, pruner, space)")
-    study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "n_trials", "timeout",
-                                  "seed"}, where)
+    study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "objectives",
+                                  "n_trials", "timeout", "seed"}, where)
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
     name = check_study_name(study["name"], where)
@@ -327,7 +338,18 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if "epochs" in space_doc:
         raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
 
-    pruner = _choice(where, "pruner", study.get("pruner", "hyperband"), PRUNERS)
+    objectives = parse_objectives(study, where)
+    multi = len(objectives) > 1
+    # Optuna prunes single-objective studies only: a multi-objective one defaults to no pruner
+    pruner = _choice(where, "pruner", study.get("pruner", "none" if multi else "hyperband"),
+                     PRUNERS)
+    sampler = _choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS)
+    if multi and pruner != "none":
+        raise ConfigError(f"{where}: pruning is off for multi-objective studies (Optuna does "
+                          f"not prune them): remove pruner = {pruner!r} or set it to 'none'")
+    if multi and sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ConfigError(f"{where}: sampler {sampler!r} takes one objective (for several "
+                          f"choose from: {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
     rungs = parse_rungs(budget, pruner, where) if "rungs" in budget else ()
     default_max = rungs[-1].epochs if rungs else 10
     max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", default_max), int,
@@ -340,11 +362,11 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                           f"({rungs[-1].epochs}); leave it out with rungs")
     config = StudyConfig(
         name=name,
-        sampler=_choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS),
+        sampler=sampler,
         pruner=pruner,
         pruner_options=parse_pruner_options(doc, pruner, where),
         rungs=rungs,
-        metric=_choice(where, "metric", study.get("metric", "val_acc"), METRICS),
+        objectives=objectives,
         n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
         timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
                  if "timeout" in study else None),

@@ -11,7 +11,7 @@ the run header) say another, so every difference is named and sorted into one of
   checkpoint folder and data_dir (where files are, not what they hold). Applied only with
   `--update`, which stores the new file as the study's config and records what changed.
 - incompatible: changes what a trial is: the search space and fixed parameters, the epoch
-  budget, the seed (each trial trains with seed + its number), the metric, and the data
+  budget, the seed (each trial trains with seed + its number), the objectives, and the data
   (dataset, validation share, subset, synthetic size). Refused: such a study needs a new name.
 
 Values are compared after parsing, with defaults filled in, so writing out a default that the
@@ -50,7 +50,8 @@ def settings(config: StudyConfig) -> dict[str, Any]:
     """Everything a study file decides, as dotted keys with defaults filled in."""
     out: dict[str, Any] = {
         "study.sampler": config.sampler, "study.pruner": config.pruner,
-        "study.metric": config.metric, "study.n_trials": config.n_trials,
+        "study.objectives": ", ".join(o.label for o in config.objectives),
+        "study.n_trials": config.n_trials,
         "study.timeout": config.timeout, "study.seed": config.seed,
         "budget.max_epochs": config.max_epochs, "budget.min_epochs": config.min_epochs,
     }

@@ -87,8 +87,8 @@ def check_epochs(epochs: Epochs) -> None:
 def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = None,
                     epochs: Epochs = None, seeds: int = 1, device: str = "auto",
                     on_epoch: Callable[[EpochMetrics], None] | None = None) -> EvaluationPlan:
-    """Resolve the study, the trial (default: the best complete one by validation accuracy),
-    its full params and the epoch count (default: the epoch where the trial peaked; AUTO:
+    """Resolve the study, the trial (default: the best, by `queries.best_query`), its full
+    params and the epoch count (default: the epoch where the first objective peaked; AUTO:
     chosen on a held-out slice, `on_epoch` following those runs). Never reads the test set."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")

@@ -19,8 +19,12 @@ def summary_line(progress: StudyProgress, config: StudyConfig) -> str:
     c = progress.counts
     best = (f"{progress.best_value:.4f} (trial {progress.best_number})"
             if progress.best_value is not None else "–")
+    first = config.objectives[0]
     line = (f"finished {progress.finished}/{config.n_trials}  (complete {c.get('complete', 0)}, "
-            f"pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)})  best val acc {best}")
+            f"pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)})  {first.title} {best}")
+    if config.multi_objective:  # the best above is the chosen trial: the front's best first
+        line += (f"  objectives {', '.join(o.label for o in config.objectives)}, "
+                 "pruning off (multi-objective)")
     if progress.unavailable_since is not None:
         waited = time.monotonic() - progress.unavailable_since
         line += f"  database unavailable for {waited:.0f} s, workers waiting"
@@ -32,7 +36,7 @@ def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:
     if not progress.running:
         return Group(header)
     table = Table(box=None, pad_edge=False)
-    for column in ("worker", "trial", "epoch", "best val acc", "runs on"):
+    for column in ("worker", "trial", "epoch", config.objectives[0].title, "runs on"):
         table.add_column(column)
     for run in progress.running:
         runs_on = " ".join(filter(None, (run.device, run.precision))) or "–"

@@ -1,5 +1,8 @@
 """One Optuna trial: sample params → train → record each epoch → report → prune.
 
+The first objective is reported each epoch; a multi-objective study is never pruned (Optuna does
+not prune them) and gets every objective's value at the end (hpsearch.objectives).
+
 The glue between the trainer (which knows nothing of Optuna or the database), Optuna, and the
 recorder. Divergent runs end as pruned trials with their reason stored.
 """
@@ -24,6 +27,7 @@ from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
+from hpsearch.objectives import ObjectiveSpec, epoch_values
 from hpsearch.params import TrialParams
 from hpsearch.paths import checkpoint_path
 from hpsearch.runtime import resolve_device, resolve_precision
@@ -37,10 +41,12 @@ COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
-def _track_peak(peak: dict[str, Any], val_acc: float, epoch: int) -> None:
-    """Keep the best epoch (the earliest of equal ones), as the trial row's best_epoch."""
-    if not peak or val_acc > peak["val_acc"]:
-        peak.update(val_acc=val_acc, epoch=epoch)
+def _track_peak(peak: dict[str, Any], primary: ObjectiveSpec, value: float,
+                epoch: int) -> None:
+    """Keep the first objective's best epoch (the earliest of equal ones), as the trial row's
+    best_epoch."""
+    if not peak or primary.better(value, peak["value"]):
+        peak.update(value=value, epoch=epoch)
 
 
 def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -77,7 +83,7 @@ class Objective:
         # catches every exception of an objective and would go on to the next trial)
         self.fatal: DatabaseError | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self.fatal = None
         try:
             return self._run(trial)
@@ -85,7 +91,7 @@ class Objective:
             self.fatal = exc
             raise
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
         history = retry_history(trial)
@@ -97,25 +103,31 @@ class Objective:
                                         params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None,
                                         precision=precision, device=str(self.device))
-        peak: dict[str, Any] = {}  # the best epoch so far: {"val_acc": ..., "epoch": ...}
+        primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
+        peak: dict[str, Any] = {}  # its best epoch so far: {"value": ..., "epoch": ...}
         started = time.monotonic()
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
                                      trial.number)
 
         rungs = self.config.rungs
-        val_at: dict[int, float] = {}  # val acc by epoch, for the comparisons at rung ends
+        # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
+        # compare them, and the objectives' values are taken from them at the end
+        seen: dict[int, dict[str, Any]] = {}
 
         def on_epoch(metrics: EpochMetrics) -> None:
-            self.recorder.record_epoch(row, metrics, _fraction(rungs, metrics.epoch))
-            _track_peak(peak, metrics.val_acc, metrics.epoch)
-            val_at[metrics.epoch] = metrics.val_acc
-            if rungs:  # compared at the end of each rung only (_train_rungs)
+            self.recorder.record_epoch(row, metrics, primary, _fraction(rungs, metrics.epoch))
+            value = getattr(metrics, primary.measure)
+            _track_peak(peak, primary, value, metrics.epoch)
+            seen[metrics.epoch] = metrics.to_dict()
+            # Optuna neither takes reports nor prunes multi-objective studies; with rungs the
+            # trials are compared at the end of each rung only (_train_rungs)
+            if self.config.multi_objective or rungs:
                 return
-            trial.report(metrics.val_acc, metrics.epoch)
+            trial.report(value, metrics.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})")
+                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} "
+                                         f"({primary.measure} {value:.4f})")
 
         # from here on every way out records the trial's end with its reason; an exception
         # that escaped would leave the row "running" until another worker called it dead
@@ -126,10 +138,10 @@ class Objective:
                          resume_from, done, resumed_number)
                 previous = self.recorder.trial_id(self.study_row_id, resumed_number)
                 if previous is not None:
-                    self.recorder.copy_epochs(previous, row, done)
+                    self.recorder.copy_epochs(previous, row, done, primary)
                 for done_epoch in state.get("history", []):
-                    _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
-                    val_at[done_epoch["epoch"]] = done_epoch["val_acc"]
+                    _track_peak(peak, primary, done_epoch[primary.measure], done_epoch["epoch"])
+                    seen[int(done_epoch["epoch"])] = done_epoch
             # counted up front (building the model takes milliseconds) so pruned and failed
             # trials have their size too
             n_params = count_parameters(build_model(params, self.data.image_shape))
@@ -138,13 +150,12 @@ class Objective:
                                     "precision": precision, "device": str(self.device)})
             # the seed follows the original trial, so a resumed retry continues the same run
             if rungs:
-                value = self._train_rungs(trial, params, self.config.seed + original, on_epoch,
-                                          checkpoint, resume_from, val_at)
+                self._train_rungs(trial, params, self.config.seed + original, on_epoch,
+                                  checkpoint, resume_from, seen)
             else:
-                result = train(params, self.data, seed=self.config.seed + original,
-                               device=str(self.device), on_epoch=on_epoch,
-                               checkpoint=checkpoint, resume_from=resume_from)
-                value = result.best.val_acc if result.best else 0.0
+                train(params, self.data, seed=self.config.seed + original,
+                      device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
+                      resume_from=resume_from)
         except optuna.TrialPruned as exc:
             self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
                          checkpoint, peak)
@@ -163,20 +174,23 @@ class Objective:
                          _noted(note, failure_reason(exc)), None, peak)
             raise
         self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
-        return value
+        values = tuple(v if v is not None else float("nan") for v in epoch_values(
+            self.config.objectives, [seen[e] for e in sorted(seen)], n_params))
+        return values if self.config.multi_objective else values[0]
 
     def _train_rungs(self, trial: optuna.Trial, params: TrialParams, seed: int,
                      on_epoch: Callable[[EpochMetrics], None], checkpoint: Path,
-                     resume_from: Path | None, val_at: dict[int, float]) -> float:
+                     resume_from: Path | None, seen: dict[int, dict[str, Any]]) -> None:
         """A multi-fidelity budget: each rung trains on its fraction of the training split up
         to its epoch, RESUMING from the previous rung's checkpoint (weights, optimiser and
         schedule carry over; only images are added, so nothing restarts). At the end of every
-        rung but the last, its last epoch's val acc is reported as one intermediate value at
-        step reduction_factor**i (the resources of Optuna's successive halving and Hyperband
-        with min_resource 1), and the pruner decides the promotion. Returns the best val acc."""
+        rung but the last, its last epoch's first objective is reported as one intermediate
+        value at step reduction_factor**i (the resources of Optuna's successive halving and
+        Hyperband with min_resource 1), and the pruner decides the promotion."""
         rungs = self.config.rungs
+        primary = self.config.objectives[0]
         factor = self.config.pruner_options["reduction_factor"]
-        done = max(val_at, default=0)  # epochs a retried trial's checkpoint already holds
+        done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
         for i, rung in enumerate(rungs):
             if rung.epochs > done:
                 train(params, self.data.train_fraction(rung.fraction), seed=seed,
@@ -184,13 +198,12 @@ class Objective:
                       resume_from=resume_from if done else None, stop_after=rung.epochs)
                 done, resume_from = rung.epochs, checkpoint
             if i < len(rungs) - 1:
-                value = val_at[rung.epochs]
+                value = float(seen[rung.epochs][primary.measure])
                 trial.report(value, factor ** i)
                 if trial.should_prune():
                     raise optuna.TrialPruned(
                         f"pruned at the end of rung {i + 1} (fraction {rung.fraction:g}, epoch "
-                        f"{rung.epochs}, val acc {value:.4f})")
-        return max(val_at.values())
+                        f"{rung.epochs}, {primary.measure} {value:.4f})")
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None,

@@ -57,6 +57,8 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
     if config.sampler == "tpe":
         # constant_liar: a running trial counts as a bad result, so workers don't pile onto it
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if config.sampler == "nsga2":  # the genetic multi-objective sampler
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "cmaes":

@@ -28,7 +28,6 @@ from hpsearch.errors import HpsearchError
 from hpsearch.space import space_json
 
 log = logging.getLogger(__name__)
-METRIC_NAMES = ["val_acc"]  # what the objective returns: the trial's best validation accuracy
 # A write lock that took longer than this to get was held by someone (normally milliseconds,
 # even with several workers writing epochs): heartbeats were held up too.
 LOCK_WAIT_S = 0.25
@@ -171,12 +170,15 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
     recorder.study_row(config.name)
     storage = open_storage(url, config.workers)
     try:
-        study = optuna.create_study(study_name=config.name, storage=storage,
-                                    direction="maximize", load_if_exists=True)
-        if study.metric_names != METRIC_NAMES:  # named once; optuna-dashboard shows it
+        # a changed objective never reaches here: config_changes refuses it for an old study
+        study = optuna.create_study(
+            study_name=config.name, storage=storage, load_if_exists=True,
+            directions=["maximize" if o.maximize else "minimize" for o in config.objectives])
+        names = [o.measure for o in config.objectives]  # what the objective returns, in order
+        if study.metric_names != names:  # named once; optuna-dashboard shows them
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(METRIC_NAMES)
+                study.set_metric_names(names)
     finally:
         storage.remove_session()
     return recorder.ensure_study(

@@ -54,3 +54,18 @@ def test_reading_a_missing_database_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(HpsearchError, match="no hpsearch tables"):
         api.trials("tiny", f"sqlite:///{missing}")
     assert not missing.exists()
+
+
+def test_pareto_front_of_a_multi_objective_study(sqlite_url: str, tmp_path: Path) -> None:
+    raw = load_study(write_tiny_study(tmp_path, "both", n_trials=3, epochs=1,
+                                      sampler="tpe")).raw
+    raw["study"] |= {"objectives": ["val_acc:max", "params:min"]}
+    api.create_study(raw, sqlite_url)
+    api.run_worker("both", sqlite_url)
+    front = api.pareto_front("both", sqlite_url)
+    best = api.best_trial("both", sqlite_url)
+    assert [o.label for o in front.objectives] == ["val_acc:max", "params:min"]
+    assert best is not None and front.chosen == best.number
+    assert best.number in [t.number for t in front.trials]
+    for trial in front.trials:  # each with its values: best accuracy, parameter count
+        assert front.values[trial.number] == (trial.value, trial.n_params)

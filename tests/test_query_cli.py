@@ -86,7 +86,8 @@ def test_studies(run, recorded: RecordedStudy, fmt: str) -> None:
         assert doc[recorded.name]["trials"] == len(PLAN)
         assert doc[recorded.name]["pruned"] == 2
         best = max(t.value for t in db_trials(recorded).values() if t.state == "complete")
-        assert doc[recorded.name]["best_val_acc"] == best
+        assert doc[recorded.name]["best_value"] == best
+        assert doc[recorded.name]["objective"] == "val_acc:max"
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert {r["name"] for r in rows} == {recorded.name, "other"}
@@ -202,7 +203,8 @@ def test_compare(run, recorded: RecordedStudy, fmt: str) -> None:
             best = max((t for t in stored.values() if t.state == "complete"),
                        key=lambda t: t.value)
             first = min(t.started_at for t in stored.values())
-            assert doc[name]["best_val_acc"] == best.value
+            assert doc[name]["best_value"] == best.value
+            assert doc[name]["objective"] == "val_acc:max"
             assert doc[name]["params"] == sampled(best)
             assert doc[name]["pruned_share"] == 2 / len(PLAN)
             assert doc[name]["time_to_best_s"] == (best.finished_at - first).total_seconds()
@@ -279,7 +281,9 @@ def test_report_is_one_offline_file(run, recorded: RecordedStudy, tmp_path: Path
     ours = page.replace(get_plotlyjs(), "")
     assert "<script src" not in ours and "http" not in ours.replace("http-equiv", "")
     assert "default-src 'none'" in page  # the CSP: no connections at all
-    assert page.count('class="hps-figure"') == 2 + 2 * 6  # overlays + 6 figures per study
+    # overlays + 9 figures per study: curves (2), best so far (2), parameters, slices,
+    # importances, and parameters and importances with the pruned trials
+    assert page.count('class="hps-figure"') == 2 + 2 * 9
 
 
 def test_report_split_writes_one_page_per_figure(run, recorded: RecordedStudy,
@@ -289,7 +293,7 @@ def test_report_split_writes_one_page_per_figure(run, recorded: RecordedStudy,
     names = sorted(p.name for p in folder.iterdir())
     assert "index.html" in names and "plotly.min.js" in names
     pages = [n for n in names if n.endswith(".html") and n != "index.html"]
-    assert len(pages) == 6
+    assert len(pages) == 9
     index = (folder / "index.html").read_text()
     assert all(f'href="{page}"' in index for page in pages)
 

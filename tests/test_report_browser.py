@@ -31,8 +31,9 @@ SVG = "<svg onload=\"document.title='pwned'\">"
 BENIGN = ("GL Driver Message",)
 
 
-def render(page: Path, profile: Path) -> tuple[str, list[str]]:
-    """The DOM after the page has run, and every console message it produced."""
+def render(page: Path, profile: Path, fragment: str = "") -> tuple[str, list[str]]:
+    """The DOM after the page has run (opened at `#fragment` if given), and every console
+    message it produced."""
     command = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -42,7 +43,8 @@ def render(page: Path, profile: Path) -> tuple[str, list[str]]:
         "--proxy-server=127.0.0.1:9",  # and nothing would connect anyway
         "--enable-logging=stderr", "--v=0",  # console messages go to stderr
         "--virtual-time-budget=20000",  # let the plots draw before the DOM is dumped
-        "--window-size=1280,1000", "--dump-dom", page.as_uri(),
+        "--window-size=1280,1000", "--dump-dom",
+        page.as_uri() + (f"#{fragment}" if fragment else ""),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -79,7 +81,11 @@ def assert_all_drawn(html_source: str, dom: str) -> None:
             assert "<canvas" in block and block.count('class="axis-title') >= 2, \
                 f"{key}: empty parallel coordinates"
         else:
-            assert 'class="trace' in block, f"{key}: empty plot"
+            # a drawn trace has drawn markers, bars (class point) or lines (an empty figure
+            # keeps its axes only)
+            assert re.search(r'class="(?:point|js-line)[" ]', block), f"{key}: empty plot"
+    for key in EXPECTED_FIGURES & set(blocks):
+        assert key in expected
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +104,12 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> str:
             params={**trial.params, "optimizer": SCRIPT, SVG: 1.0}))
     engine.dispose()
     return url
+
+
+# every kind of figure a study section can have (the browser must draw each one)
+EXPECTED_FIGURES = {"s1-accuracy", "s1-loss", "s1-best-by-trial", "s1-best-by-time",
+                    "s1-parameters", "s1-slices", "s1-importances", "s1-pruned-parameters",
+                    "s1-pruned-importances", "s1-pareto"}
 
 
 def hpsearch(*args: str) -> None:
@@ -132,3 +144,46 @@ def test_split_pages_render_offline(hostile_db: str, tmp_path: Path) -> None:
     assert "'unsafe-eval'" in (folder / "s1-parameters.html").read_text()
     for name in ("s1-accuracy.html", "index.html"):
         assert "'unsafe-eval'" not in (folder / name).read_text()
+
+
+@pytest.fixture(scope="module")
+def multi_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A recorded study made multi-objective (accuracy up, parameters down)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('multi') / 'results.db'}"
+    plan = tuple(("pruned", 2) if i % 4 == 1 else ("complete", 4) for i in range(12))
+    build_recorded_study(url, "multi", plan=plan)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        config = conn.scalar(select(Study.config).where(Study.name == "multi"))
+        config["study"] |= {"objectives": ["val_acc:max", "params:min"], "pruner": "none"}
+        conn.execute(update(Study).where(Study.name == "multi").values(config=config))
+    engine.dispose()
+    return url
+
+
+def test_every_kind_of_figure_draws_and_the_leaderboard_sorts(multi_db: str,
+                                                              tmp_path: Path) -> None:
+    """The Pareto front, slices and the views with pruned trials draw; the leaderboard holds
+    every trial and sorts by a column (as a click on its header does) when the address asks."""
+    page = tmp_path / "report.html"
+    hpsearch("report", "multi", "-o", str(page), "--db", multi_db)
+    source = page.read_text()
+    assert set(re.findall(r'data-target="([^"]+)"', source)) >= EXPECTED_FIGURES
+    dom, console = render(page, tmp_path / "profile", "sort=s1-trials:6:asc")
+    assert console == []
+    assert_all_drawn(source, dom)
+    table = re.search(r'<table id="s1-trials".*?</table>', dom, re.S)
+    assert table, "no sortable leaderboard"
+    header = re.findall(r"<th[^>]*>(.*?)</th>", table.group(0))
+    body = table.group(0).split("<tbody>")[1]
+    assert header[6] == "parameters" and len(re.findall(r"<tr>", body)) == 12  # every trial
+    counts = [float(v) for v in re.findall(r'<tr><td[^>]*>\d+</td>(?:<td[^>]*>.*?</td>){5}'
+                                         r'<td data-v="([0-9.]+)">', body)]
+    assert len(counts) == 12 and counts == sorted(counts), counts
+    assert 'aria-sort="ascending"' in table.group(0)
+    for name in ("s1-pareto", "s1-slices"):  # and --split pages
+        folder = tmp_path / "split"
+        hpsearch("report", "multi", "--split", "-o", str(folder), "--db", multi_db)
+        dom, console = render(folder / f"{name}.html", tmp_path / f"profile-{name}")
+        assert console == []
+        assert_all_drawn((folder / f"{name}.html").read_text(), dom)

@@ -107,7 +107,7 @@ def test_readers_use_the_trial_row_with_the_study_file_and_config_gone(
     with engine.connect() as conn:
         doc = build_report(conn, ["tiny"], curves=10)
     engine.dispose()
-    [figure] = [f for s in doc.sections for f in s.figures if f.key.endswith("-parameters")]
+    [figure] = [f for s in doc.sections for f in s.figures if f.key == "s1-parameters"]
     axes = {d.label: d for d in figure.fig.data[0].dimensions}
     assert tuple(axes["lr (log10)"].range) == pytest.approx((-3, -2))
     assert tuple(axes["hidden_dim"].range) == (16, 32)
@@ -146,7 +146,7 @@ def test_every_view_names_the_same_best_trial(tmp_path: Path,
         assert (progress.best_number, progress.best_value) == (0, 0.95)
         assert summary_line(progress, config).endswith("best val acc 0.9500 (trial 0)")
         assert run("best", recorded.name)["number"] == 0
-        assert run("studies")[0]["best_val_acc"] == 0.95
+        assert run("studies")[0]["best_value"] == 0.95
         assert [r["number"] for r in run("trials", recorded.name) if r["is_best"]] == [0]
         assert run("compare", recorded.name)[0]["best_trial"] == 0
         assert plan_evaluation(recorded.name, url).trial.number == 0

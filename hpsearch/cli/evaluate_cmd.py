@@ -41,11 +41,11 @@ def evaluate(
     name: Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
                                         metavar="NAME")],
     trial: Annotated[int | None, typer.Option(
-        help="Trial number to evaluate (default: the best complete trial by validation "
-        "accuracy).", min=0, max=INT_MAX)] = None,
+        help="Trial number to evaluate, e.g. one from `hpsearch best NAME --pareto` (default: "
+        "the study's best trial, as `hpsearch best` shows it).", min=0, max=INT_MAX)] = None,
     epochs: Annotated[str | None, typer.Option(
-        help="Epochs of the retraining (default: the epoch at which the trial's validation "
-        "accuracy peaked; with a cosine schedule, the trial's full length), or 'auto': the "
+        help="Epochs of the retraining (default: the epoch at which the trial's first "
+        "objective peaked; with a cosine schedule, the trial's full length), or 'auto': the "
         "length at which the configuration, retrained on the training set less a held-out "
         "slice, scores best on that slice (up to twice the trial's length; see README), "
         "chosen before the test set is read.", callback=epochs_option,
@@ -101,7 +101,8 @@ def evaluate(
     if plan.auto is not None:
         typer.echo(f"--epochs auto: {plan.epochs} epoch(s) ({_auto_scores(plan.auto)})")
     value = "-" if plan.trial.value is None else f"{plan.trial.value:.4f}"
-    typer.echo(f"study {plan.study.name!r}, trial {plan.trial.number} (best val acc {value} at "
+    typer.echo(f"study {plan.study.name!r}, trial {plan.trial.number} "
+               f"({plan.study.objectives[0].title} {value} at "
                f"epoch {plan.trial.best_epoch}): retraining on train + validation for "
                f"{plan.epochs} epoch(s), {len(plan.seeds)} seed(s), {n_threads} thread(s)")
 

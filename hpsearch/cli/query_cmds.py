@@ -97,13 +97,17 @@ AllOption = Annotated[bool, typer.Option(
     "pipes always get every column).")]
 
 
-BEST_HELP = ("Best means the complete trial with the highest finite validation accuracy (ties: the "
-             "lowest trial number), as Optuna's best_trial: pruned trials never count, because "
-             "a pruned trial's value was measured at the smaller budget it was stopped at.")
+BEST_HELP = ("Best means the complete trial with the best finite value of the study's first "
+             "objective ([study] metric or objectives: the highest val_acc by default, the lowest "
+             "val_loss if chosen; ties: the next objectives in turn, then the lowest trial "
+             "number), as Optuna's best_trial: pruned trials never count, because a pruned "
+             "trial's value was measured at the smaller budget it was stopped at. In a "
+             "multi-objective study this chosen trial is the Pareto front's best in the first "
+             "objective (see best --pareto).")
 
 
-@app.command(help="List every study: trial counts by state, best validation accuracy, dataset, "
-             "created, last activity.\n\n" + BEST_HELP)
+@app.command(help="List every study: trial counts by state, best value and the objective it "
+             "belongs to, dataset, created, last activity.\n\n" + BEST_HELP)
 def studies(db: DbOption = None, fmt: FormatOption = Format.table,
             columns: ColumnsOption = None, show_all: AllOption = False) -> None:
     from hpsearch.db import queries
@@ -114,8 +118,9 @@ def studies(db: DbOption = None, fmt: FormatOption = Format.table,
              fit=not show_all)
 
 
-@app.command(help="Leaderboard of a study's trials: number, state, best validation accuracy "
-             "and its epoch, epochs run, time, parameter count, a mark on the study's best "
+@app.command(help="Leaderboard of a study's trials: number, state, the first objective's best "
+             "value (e.g. best_val_acc) and its epoch, epochs run, time, parameter count, a "
+             "multi-objective study's other objectives, a mark on the study's best "
              "trial, and the sampled parameters as columns (in the search space's order). "
              "The default order is by value, so a pruned trial can rank above the best."
              "\n\n" + BEST_HELP)
@@ -127,9 +132,10 @@ def trials(
     state: Annotated[list[State] | None, typer.Option(
         help="Only trials in this state (repeatable).")] = None,
     sort: Annotated[str, typer.Option(
-        help="Sort by a column: best_val_acc (default, best first), number, state, best_epoch, "
+        help="Sort by a column: value (default: the first objective, best first; also called "
+        "by its column, e.g. best_val_acc or best_val_loss), number, state, best_epoch, "
         "epochs_run, seconds, n_params, started_at, finished_at, or a parameter name such as lr "
-        "(ascending). Prefix with '-' to reverse, e.g. --sort=-seconds.")] = "best_val_acc",
+        "(ascending). Prefix with '-' to reverse, e.g. --sort=-seconds.")] = "value",
     fmt: FormatOption = Format.table,
     columns: ColumnsOption = None,
     show_all: AllOption = False,
@@ -143,9 +149,10 @@ def trials(
         rows = queries.leaderboard(conn, study, top=top, states=[s.value for s in state or []],
                                    sort=sort)
         best = queries.best_trial(conn, study)
+        values = queries.objective_values(conn, study) if len(study.objectives) > 1 else None
         sheet = trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
                              tests=queries.study_evaluations(conn, study),
-                             best=best.number if best else None, reasons=True)
+                             best=best.number if best else None, reasons=True, values=values)
         if not rows:
             sheet.notes.append("no trials match")
         emit(sheet, fmt.value, columns=columns, fit=not show_all)
@@ -165,9 +172,15 @@ def print_leaderboard(url: str, name: str, top: int) -> None:
 
 
 @app.command(help="The best trial of a study and its full parameters (fixed and sampled, as "
-             "its trial row holds them).\n\n" + BEST_HELP)
+             "its trial row holds them); with --pareto, the Pareto front.\n\n" + BEST_HELP)
 def best(
     name: StudyArg,
+    pareto: Annotated[bool, typer.Option(
+        "--pareto", help="Print the Pareto front instead: the complete trials that no other "
+        "complete trial beats in every objective, best first objective first, with each "
+        "objective's value and the chosen trial marked (-f table, md, csv or json; json adds "
+        "the objectives and the chosen trial). Evaluate another one with `hpsearch evaluate "
+        "NAME --trial N`.")] = False,
     fmt: Annotated[BestFormat, typer.Option(
         "--format", "-f", help="table, md, csv, json, or toml: the trial's seeds, a [params] "
         "table with the full resolved parameters and a [data] table, for `hpsearch train "
@@ -179,6 +192,9 @@ def best(
     from hpsearch.errors import HpsearchError
     from hpsearch.report import tables
 
+    if pareto:
+        _print_front(name, fmt, db)
+        return
     with connect(db) as conn:
         study = queries.find_study(conn, name)
         trial = queries.best_trial(conn, study)
@@ -204,6 +220,27 @@ def best(
         sys.stdout.write(tables.json_text(record) + "\n")
     else:
         emit(tables.best_sheet(study, trial, params, test), fmt.value)
+
+
+def _print_front(name: str, fmt: BestFormat, db: str | None) -> None:
+    from hpsearch.db import queries
+    from hpsearch.errors import ConfigError
+    from hpsearch.report import tables
+
+    if fmt is BestFormat.toml:
+        raise ConfigError("--pareto prints a table of trials: choose -f table, md, csv or json "
+                          "(toml is one trial's config: `hpsearch best NAME -f toml`)")
+    with connect(db) as conn:
+        study = queries.find_study(conn, name)
+        front = queries.pareto(conn, study)
+    sheet = tables.front_sheet(study, front)
+    if fmt is BestFormat.json:
+        doc = {"study": study.name, "objectives": [o.label for o in front.objectives],
+               "chosen": front.chosen, "candidates": front.candidates,
+               "front": list(sheet.records())}
+        sys.stdout.write(tables.json_text(doc) + "\n")
+        return
+    emit(sheet, fmt.value)
 
 
 @app.command()
@@ -255,7 +292,8 @@ def compare(
 ) -> None:
     """Studies side by side: best value, trials, pruned share, total compute time, time to
     reach the best (first trial's start to the best trial's finish), and each study's best
-    params. Best: the complete trial with the highest value (see `hpsearch best --help`)."""
+    params. Best: the complete trial with the best value of the study's first objective (see
+    `hpsearch best --help`)."""
     from hpsearch.db import queries
     from hpsearch.report.tables import compare_sheet, param_names
 
@@ -291,7 +329,10 @@ def export(
         study = queries.find_study(conn, name)
         if what is What.trials:
             names = param_names(study.space, [queries.sampled_names(conn, study)])
-            sheet = trials_sheet(study, queries.iter_trials(conn, study), names, full=True)
+            values = (queries.objective_values(conn, study) if len(study.objectives) > 1
+                      else None)  # a multi-objective study's other objectives as columns
+            sheet = trials_sheet(study, queries.iter_trials(conn, study), names, full=True,
+                                 values=values)
         else:
             sheet = epochs_sheet(f"{study.name}: epochs", queries.iter_epochs(conn, study),
                                  with_trial=True)
@@ -317,7 +358,10 @@ def report(
     db: DbOption = None,
 ) -> None:
     """A self-contained HTML report that works offline: learning curves, best-so-far over
-    trials and time, parallel coordinates, parameter importances and the leaderboard."""
+    trials and time, a multi-objective study's Pareto front (the chosen trial marked),
+    parallel coordinates, slices (the first objective against each parameter) and parameter
+    importances (again with the pruned trials included), and every trial in a table sortable
+    by clicking its headers."""
     from hpsearch.report.html import build_report, write_report, write_split
 
     with connect(db) as conn:

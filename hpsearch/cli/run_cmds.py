@@ -44,7 +44,7 @@ def run(
     update: Annotated[bool, typer.Option(
         "--update", help="Continue a study whose file was edited since it started, storing the "
         "new file as its config: allowed for n_trials, timeout, sampler, pruner, [pruner], "
-        "[workers] and data_dir. Other changes (space, budget, seed, metric, data) are always "
+        "[workers] and data_dir. Other changes (space, budget, seed, objectives, data) are always "
         "refused.")] = False,
 ) -> None:
     """Start a study (or continue it: same name, same database) and run it to n_trials.

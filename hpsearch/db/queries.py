@@ -37,13 +37,16 @@ from hpsearch.db.models import (
 )
 from hpsearch.db.optuna_link import check_link, link_problem
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.objectives import DEFAULT, EPOCH_MEASURES, ObjectiveSpec, pareto_front
+from hpsearch.objectives import stored_objectives as _stored_objectives
 from hpsearch.params import PARAM_NAMES, param_type
 
-# Sort keys of `trials --sort`; the accuracy sorts best first, every other column ascending.
+# Sort keys of `trials --sort`; `value` (also called best_<first measure>, e.g. best_val_acc)
+# sorts best first in the first objective's direction, every other column ascending.
 SORT_COLUMNS: dict[str, Any] = {
+    "value": Trial.value,
     "number": Trial.number,
     "state": Trial.state,
-    "best_val_acc": Trial.value,
     "best_epoch": Trial.best_epoch,
     "epochs_run": Trial.epochs_run,
     "seconds": Trial.seconds,
@@ -51,7 +54,6 @@ SORT_COLUMNS: dict[str, Any] = {
     "started_at": Trial.started_at,
     "finished_at": Trial.finished_at,
 }
-DESCENDING_BY_DEFAULT = {"best_val_acc"}
 QUANTILES = (10, 50, 90)  # percentiles of the per-epoch band in reports
 KNOWN_NAMES_SHOWN = 10  # an unknown-study error lists at most this many real names
 
@@ -79,6 +81,11 @@ class StudyInfo:
         return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
     @property
+    def objectives(self) -> tuple[ObjectiveSpec, ...]:
+        """What the study optimises, first objective first ([study] metric or objectives)."""
+        return _stored_objectives(self.config)
+
+    @property
     def data(self) -> dict[str, Any]:
         """The stored [data] table (dataset, subset, ...) that retraining needs."""
         data = self.config.get("data", {}) if isinstance(self.config, dict) else {}
@@ -96,6 +103,7 @@ class StudySummary:
     note: str | None = None
     # why Optuna no longer backs this study (deleted, renamed, re-created); None when it does
     problem: str | None = None
+    objectives: tuple[ObjectiveSpec, ...] = DEFAULT  # best_value is the first one's
 
     @property
     def total(self) -> int:
@@ -261,6 +269,18 @@ class RunningTrial:
     device: str | None = None
 
 
+@dataclass(frozen=True)
+class ParetoFront:
+    """The complete trials of a multi-objective study that no other complete trial beats in
+    every objective, best first objective first, with each one's objective values."""
+
+    objectives: tuple[ObjectiveSpec, ...]
+    trials: list[TrialRecord]
+    values: dict[int, tuple[float, ...]]  # trial number -> one value per objective
+    chosen: int | None  # `best_query`'s pick: always on the front
+    candidates: int  # complete trials with every value known (the front is drawn from them)
+
+
 @dataclass
 class StudyProgress:
     """What the live view of `hpsearch run` shows."""
@@ -329,28 +349,52 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
 BEST_STATES = ("complete",)
 
 
-def best_query(study_id: Any, *columns: Any) -> Select[Any]:
+def best_query(study_id: Any, *columns: Any,
+               objectives: tuple[ObjectiveSpec, ...] = DEFAULT) -> Select[Any]:
     """THE definition of a study's best trial, used by every view (`studies`, `trials`, `best`,
     `compare`, `report`, `evaluate` and the live view of `hpsearch run`).
 
     Like Optuna's `study.best_trial`: only COMPLETE trials count. A pruned trial's value is an
     intermediate result at a smaller budget (the epoch it was stopped at), so it is not
     comparable with a finished trial's, and a trial Optuna stopped for looking bad must never be
-    handed out as the one to retrain. The value must be present and finite (NULL, NaN and
-    infinities are not accuracies; PostgreSQL would sort NaN above every number). Ties go to
-    the earliest trial number, as in Optuna. `ORDER BY value DESC LIMIT 1` walks the
-    (study_id, value) index backwards instead of reading every trial.
+    handed out as the one to retrain. The value (the first objective's best epoch) must be
+    present and finite (NULL, NaN and infinities are not results; PostgreSQL would sort NaN
+    above every number); the best is the highest for a maximised objective, the lowest for a
+    minimised one. Ties go to the next objectives in turn (so in a multi-objective study the
+    chosen trial is the front's best in the first objective: no trial dominates it), then to
+    the earliest trial number, as in Optuna. `ORDER BY value LIMIT 1` walks the
+    (study_id, value) index instead of reading every trial.
 
     `study_id` may be a column (a correlated subquery, as `list_studies` uses it).
     """
-    return ranked_query(study_id, *columns).limit(1)
+    return ranked_query(study_id, *columns, objectives=objectives).limit(1)
 
 
-def ranked_query(study_id: Any, *columns: Any) -> Select[Any]:
+def ranked_query(study_id: Any, *columns: Any,
+                 objectives: tuple[ObjectiveSpec, ...] = DEFAULT) -> Select[Any]:
     """`best_query` without its LIMIT: the trials that may be best, best first. The top K of
     it are the study's K best trials (`evaluate --ensemble K`)."""
+    first, *rest = objectives
+    order = [_ordered(Trial.value, first)]
+    order += [_ordered(_measure_column(spec), spec) for spec in rest]
     return (select(*columns).where(Trial.study_id == study_id, *_eligible())
-            .order_by(Trial.value.desc(), Trial.number))
+            .order_by(*order, Trial.number))
+
+
+def _ordered(column: Any, spec: ObjectiveSpec) -> ColumnElement[Any]:
+    return column.desc() if spec.maximize else column.asc()
+
+
+def _measure_column(spec: ObjectiveSpec) -> Any:
+    """One trial's value of an objective in SQL (hpsearch.objectives defines each measure)."""
+    if spec.measure == "params":
+        return Trial.n_params
+    if spec.measure in EPOCH_MEASURES:
+        column = getattr(Epoch, spec.measure)
+        best = func.max(column) if spec.maximize else func.min(column)
+    else:  # seconds_per_epoch
+        best = func.avg(Epoch.seconds)
+    return select(best).where(Epoch.trial_id == Trial.id).scalar_subquery()
 
 
 def _eligible() -> tuple[ColumnElement[bool], ...]:
@@ -370,13 +414,17 @@ def _count_by_state() -> list[ColumnElement[int]]:
 
 
 def list_studies(conn: Connection) -> list[StudySummary]:
-    """Every study with its trial counts by state, best value and last activity (one query)."""
-    best = best_query(Study.id, Trial.value).correlate_except(Trial).scalar_subquery()
+    """Every study with its trial counts by state, best value and last activity (one query,
+    and one for the studies' objectives)."""
+    # each study's best in either direction; its own first objective picks one
+    best_max, best_min = (best_query(Study.id, Trial.value, objectives=(ObjectiveSpec(
+        "val_acc", direction),)).correlate_except(Trial).scalar_subquery()
+        for direction in ("max", "min"))
     last = func.max(func.coalesce(Trial.finished_at, Trial.started_at))
     query = (
         select(Study.id, Study.name, Study.dataset, Study.created_at, Study.note,
-               Study.optuna_study_id, last.label("last"), best.label("best"),
-               *_count_by_state())
+               Study.optuna_study_id, last.label("last"), best_max.label("best_max"),
+               best_min.label("best_min"), *_count_by_state())
         .outerjoin(Trial, Trial.study_id == Study.id)
         .group_by(Study.id, Study.name, Study.dataset, Study.created_at, Study.note,
                   Study.optuna_study_id)
@@ -384,13 +432,16 @@ def list_studies(conn: Connection) -> list[StudySummary]:
     )
     out = []
     optuna = optuna_tables.optuna_studies(conn)
+    configs = dict(conn.execute(select(Study.id, Study.config)).all())
     for row in conn.execute(query).all():
         counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
         created = utc(row.created_at)
         problem = link_problem(conn, optuna, row)
+        objectives = _stored_objectives(configs.get(row.id))
+        best = row.best_max if objectives[0].maximize else row.best_min
         out.append(StudySummary(row.name, row.dataset, created,
-                                _latest(created, _as_datetime(row.last)), counts, row.best,
-                                row.note, problem.message if problem else None))
+                                _latest(created, _as_datetime(row.last)), counts, best,
+                                row.note, problem.message if problem else None, objectives))
     return out
 
 
@@ -419,10 +470,14 @@ def _trial_record(trial: Row[Any]) -> TrialRecord:
     )
 
 
-def _sort_key(sort: str) -> ColumnElement[Any]:
-    """`best_val_acc`, `-seconds`, `lr`: a column or a parameter; '-' reverses the order."""
+def _sort_key(sort: str, study: StudyInfo) -> ColumnElement[Any]:
+    """`value`, `-seconds`, `lr`: a column or a parameter; '-' reverses the order. The value
+    (also named by its column, e.g. best_val_acc) sorts best first."""
     reverse = sort.startswith("-")
     name = sort.lstrip("-+")
+    first = study.objectives[0]
+    if name == first.key:
+        name = "value"
     if name in SORT_COLUMNS:
         key = SORT_COLUMNS[name]
     elif name in PARAM_NAMES:
@@ -431,14 +486,14 @@ def _sort_key(sort: str) -> ColumnElement[Any]:
         key = (item.as_string() if kind is str else item.as_boolean() if kind is bool
                else item.as_float())
     else:
-        raise ConfigError(f"unknown sort column {name!r} (choose from: "
+        raise ConfigError(f"unknown sort column {name!r} (choose from: {first.key}, "
                           f"{', '.join(SORT_COLUMNS)}, or a parameter name)")
-    descending = (name in DESCENDING_BY_DEFAULT) != reverse
+    descending = (name == "value" and first.maximize) != reverse
     return (key.desc() if descending else key.asc()).nulls_last()
 
 
 def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
-                states: Sequence[str] = (), sort: str = "best_val_acc") -> list[TrialRecord]:
+                states: Sequence[str] = (), sort: str = "value") -> list[TrialRecord]:
     """Trials ordered by `sort` (best value first by default), limited in SQL to `top`."""
     bad = sorted(set(states) - set(TRIAL_STATES))
     if bad:
@@ -446,20 +501,21 @@ def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
     query = select(Trial.__table__).where(Trial.study_id == study.id)
     if states:
         query = query.where(Trial.state.in_(list(states)))
-    query = query.order_by(_sort_key(sort), Trial.number).limit(top)
+    query = query.order_by(_sort_key(sort, study), Trial.number).limit(top)
     return [_trial_record(t) for t in conn.execute(query)]
 
 
 def best_trial(conn: Connection, study: StudyInfo) -> TrialRecord | None:
     """The study's best trial by `best_query`'s rule, or None before any trial completes."""
-    trial = conn.execute(best_query(study.id, Trial.__table__)).first()
+    trial = conn.execute(best_query(study.id, Trial.__table__,
+                                    objectives=study.objectives)).first()
     return _trial_record(trial) if trial is not None else None
 
 
 def top_trials(conn: Connection, study: StudyInfo, k: int) -> list[TrialRecord]:
     """The study's `k` best trials by `best_query`'s rule, best first (fewer if fewer count)."""
-    return [_trial_record(t) for t in conn.execute(ranked_query(study.id, Trial.__table__)
-                                                   .limit(k))]
+    return [_trial_record(t) for t in conn.execute(ranked_query(
+        study.id, Trial.__table__, objectives=study.objectives).limit(k))]
 
 
 def get_trial(conn: Connection, study: StudyInfo, number: int) -> TrialRecord:
@@ -608,11 +664,16 @@ def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:
             for r in conn.execute(query)]
 
 
-def complete_params(conn: Connection, study: StudyInfo) -> list[tuple[int, float, dict]]:
+def complete_params(conn: Connection, study: StudyInfo, *, with_pruned: bool = False
+                    ) -> list[tuple[int, float, dict]]:
     """(number, value, sampled params) of every trial that counts for best (`best_query`'s
-    rule), for parallel coordinates and importances."""
+    rule), for parallel coordinates, slices and importances; `with_pruned` adds the pruned
+    trials with a finite value (their best before they were stopped, at a smaller budget)."""
+    eligible = _eligible()
+    if with_pruned:
+        eligible = (Trial.state.in_((*BEST_STATES, "pruned")), *eligible[1:])
     query = (select(Trial.number, Trial.value, Trial.params, Trial.sampled)
-             .where(Trial.study_id == study.id, *_eligible()).order_by(Trial.number))
+             .where(Trial.study_id == study.id, *eligible).order_by(Trial.number))
     return [(r.number, r.value, {k: (r.params or {})[k] for k in r.sampled or ()
                                  if k in (r.params or {})})
             for r in conn.execute(query)]
@@ -623,12 +684,12 @@ def top_curves(conn: Connection, study: StudyInfo, metrics: Sequence[str],
     """Per-epoch curves of the `top` trials by value (trials without a value come last)."""
     _check_metrics(metrics)
     ranked = (select(Trial.id).where(Trial.study_id == study.id)
-              .order_by(Trial.value.desc().nulls_last(), Trial.number).limit(top))
+              .order_by(_best_first(study), Trial.number).limit(top))
     query = (select(Trial.number, Trial.state, Epoch.epoch,
                     *[getattr(Epoch, m) for m in metrics])
              .join(Trial, Trial.id == Epoch.trial_id)
              .where(Epoch.trial_id.in_(ranked.scalar_subquery()))
-             .order_by(Trial.value.desc().nulls_last(), Trial.number, Epoch.epoch))
+             .order_by(_best_first(study), Trial.number, Epoch.epoch))
     curves: dict[int, Curve] = {}
     for row in conn.execute(query):
         curve = curves.get(row.number)
@@ -641,13 +702,18 @@ def top_curves(conn: Connection, study: StudyInfo, metrics: Sequence[str],
     return list(curves.values())
 
 
+def _best_first(study: StudyInfo) -> ColumnElement[Any]:
+    """Trials by value, best first in the first objective's direction, no value last."""
+    return _ordered(Trial.value, study.objectives[0]).nulls_last()
+
+
 def epoch_band(conn: Connection, study: StudyInfo, metric: str, *,
                skip_top: int) -> Band | None:
     """Nearest-rank percentiles of `metric` at every epoch over all trials but the best
     `skip_top`, computed in SQL with window functions (SQLite >= 3.25 and PostgreSQL alike)."""
     _check_metrics([metric])
     top = (select(Trial.id).where(Trial.study_id == study.id)
-           .order_by(Trial.value.desc().nulls_last(), Trial.number).limit(skip_top))
+           .order_by(_best_first(study), Trial.number).limit(skip_top))
     value = getattr(Epoch, metric)
     ranked = (
         select(Epoch.epoch.label("epoch"), value.label("v"),
@@ -677,16 +743,18 @@ def _check_metrics(metrics: Sequence[str]) -> None:
 
 def read_progress(conn: Connection, name: str) -> StudyProgress:
     """Counts by state, the best so far and every running trial (the live view)."""
-    study_id = conn.scalar(select(Study.id).where(Study.name == name))
+    study = conn.execute(select(Study.id, Study.config).where(Study.name == name)).first()
     progress = StudyProgress()
-    if study_id is None:
+    if study is None:
         return progress
+    study_id = study.id
     for state, count in conn.execute(
             select(Trial.state, func.count()).where(Trial.study_id == study_id)
             .group_by(Trial.state)):
         progress.counts[state] = count
     # the same rule as `hpsearch best`: pruned trials do not count
-    best = conn.execute(best_query(study_id, Trial.number, Trial.value)).first()
+    best = conn.execute(best_query(study_id, Trial.number, Trial.value,
+                                   objectives=_stored_objectives(study.config))).first()
     if best is not None:
         progress.best_number, progress.best_value = best
     progress.running = [
@@ -707,3 +775,49 @@ def stored_evaluations(conn: Connection, trial_id: int, epochs: int,
         Evaluation.trial_id == trial_id, Evaluation.epochs == epochs,
         Evaluation.seed.in_(seeds)))
     return {row.seed: StoredEvaluation(*row) for row in rows}
+
+
+def objective_values(conn: Connection, study: StudyInfo, *, eligible: bool = False
+                     ) -> dict[int, tuple[float | None, ...]]:
+    """Each trial's value of every objective, by trial number (one grouped query; the
+    measures as hpsearch.objectives defines them); `eligible`: only the trials that may be
+    best (`best_query`'s filter)."""
+    epochs = [getattr(func, f)(getattr(Epoch, m)).label(f"{f}_{m}")
+              for m in EPOCH_MEASURES for f in ("max", "min")]
+    query = (select(Trial.number, Trial.n_params, func.avg(Epoch.seconds).label("spe"),
+                    *epochs)
+             .outerjoin(Epoch, Epoch.trial_id == Trial.id).where(Trial.study_id == study.id)
+             .group_by(Trial.id, Trial.number, Trial.n_params))
+    if eligible:
+        query = query.where(*_eligible())
+    out: dict[int, tuple[float | None, ...]] = {}
+    for row in conn.execute(query):
+        values: list[float | None] = []
+        for spec in study.objectives:
+            if spec.measure == "params":
+                value = row.n_params
+            elif spec.measure in EPOCH_MEASURES:
+                value = getattr(row, f"{'max' if spec.maximize else 'min'}_{spec.measure}")
+            else:
+                value = row.spe
+            # a parameter count stays a whole number
+            values.append(value if value is None or spec.measure == "params" else float(value))
+        out[row.number] = tuple(values)
+    return out
+
+
+def pareto(conn: Connection, study: StudyInfo) -> ParetoFront:
+    """The study's Pareto front over its complete trials with every objective's value finite
+    (for one objective: the trials tied for best)."""
+    values = {n: v for n, v in objective_values(conn, study, eligible=True).items()
+              if all(x is not None and math.isfinite(x) for x in v)}
+    numbers = pareto_front(list(values.items()), study.objectives)
+    first = study.objectives[0]
+    numbers.sort(key=lambda n: (-values[n][0] if first.maximize else values[n][0], n))
+    trials = {t.number: t for t in conn.execute(
+        select(Trial.__table__).where(Trial.study_id == study.id,
+                                      Trial.number.in_(numbers))).all()}
+    best = best_trial(conn, study)
+    return ParetoFront(study.objectives, [_trial_record(trials[n]) for n in numbers],
+                       {n: values[n] for n in numbers},  # type: ignore[misc]
+                       best.number if best else None, len(values))

@@ -19,6 +19,7 @@ from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import retrying, session_scope
 from hpsearch.metrics import EpochMetrics
+from hpsearch.objectives import DEFAULT, ObjectiveSpec
 
 # How long marking trials may wait for the database while the worker is being interrupted:
 # a stop must not hang on an outage (the trials are then failed by the heartbeat check).
@@ -91,7 +92,8 @@ class Recorder:
                 return trial.id
         return retrying(write, f"recording the start of trial {number}")
 
-    def copy_epochs(self, from_trial_id: int, to_trial_id: int, up_to_epoch: int) -> None:
+    def copy_epochs(self, from_trial_id: int, to_trial_id: int, up_to_epoch: int,
+                    primary: ObjectiveSpec = DEFAULT[0]) -> None:
         """Carry a retried trial's finished epochs over to the trial that resumes it."""
         def write() -> None:
             with session_scope(self.engine) as session:
@@ -102,18 +104,19 @@ class Recorder:
                         epoch=row.epoch, train_loss=row.train_loss, train_acc=row.train_acc,
                         val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
                         seconds=row.seconds, images_per_s=row.images_per_s), row.fraction)
-                self._refresh_summary(session, to_trial_id)
+                self._refresh_summary(session, to_trial_id, primary)
         retrying(write, "copying epochs of a retried trial")
 
     def record_epoch(self, trial_id: int, metrics: EpochMetrics,
-                     fraction: float | None = None) -> None:
+                     primary: ObjectiveSpec = DEFAULT[0], fraction: float | None = None) -> None:
         """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
-        update the trial's summary, in one transaction. `fraction`: the share of the training
-        split it trained on, for a rung of a multi-fidelity budget."""
+        update the trial's summary (its value: the `primary` objective's best epoch), in one
+        transaction. `fraction`: the share of the training split it trained on, for a rung of
+        a multi-fidelity budget."""
         def write() -> None:
             with session_scope(self.engine) as session:
                 self._upsert_epoch(session, trial_id, metrics, fraction)
-                self._refresh_summary(session, trial_id)
+                self._refresh_summary(session, trial_id, primary)
         retrying(write, f"recording epoch {metrics.epoch}")
 
     def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics,
@@ -128,10 +131,12 @@ class Recorder:
         )
         session.execute(stmt)
 
-    def _refresh_summary(self, session: Session, trial_id: int) -> None:
+    def _refresh_summary(self, session: Session, trial_id: int, primary: ObjectiveSpec) -> None:
+        measure = getattr(Epoch, primary.measure)
         best = session.execute(
-            select(Epoch.val_acc, Epoch.epoch).where(Epoch.trial_id == trial_id)
-            .order_by(Epoch.val_acc.desc(), Epoch.epoch).limit(1)).first()
+            select(measure, Epoch.epoch).where(Epoch.trial_id == trial_id, measure.is_not(None))
+            .order_by(measure.desc() if primary.maximize else measure.asc(), Epoch.epoch)
+            .limit(1)).first()
         count = session.scalar(select(func.count()).where(Epoch.trial_id == trial_id))
         session.execute(update(Trial).where(Trial.id == trial_id).values(
             value=best[0] if best else None, best_epoch=best[1] if best else None,

@@ -18,7 +18,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from hpsearch.db.queries import Band, Curve, TrialPoint, counts_for_best
+from hpsearch.db.queries import Band, Curve, ParetoFront, TrialPoint, counts_for_best
+from hpsearch.objectives import DEFAULT, ObjectiveSpec
 
 STATE_STYLE: dict[str, dict[str, Any]] = {
     "complete": {"dash": "solid", "width": 1.6},
@@ -140,17 +141,19 @@ def loss_curves(study: str, curves: Sequence[Curve], bands: dict[str, Band | Non
     return _layout(fig, f"{esc(study)}: train and validation loss per epoch")
 
 
-def _best_so_far(points: Sequence[TrialPoint]) -> list[float | None]:
+def _best_so_far(points: Sequence[TrialPoint], first: ObjectiveSpec) -> list[float | None]:
+    """The best value so far in the first objective's direction (`best_query`'s rule)."""
     best: float | None = None
     out = []
     for p in points:
-        if counts_for_best(p.state, p.value) and (best is None or p.value > best):
+        if counts_for_best(p.state, p.value) and (best is None or first.better(p.value, best)):
             best = p.value
         out.append(best)
     return out
 
 
-def best_by_trial(study: str, points: Sequence[TrialPoint]) -> go.Figure:
+def best_by_trial(study: str, points: Sequence[TrialPoint],
+                  first: ObjectiveSpec = DEFAULT[0]) -> go.Figure:
     """Each trial's value (by state) and the best complete value so far, by trial number."""
     fig = go.Figure()
     for state in ("complete", "pruned", "failed", "running"):
@@ -161,11 +164,11 @@ def best_by_trial(study: str, points: Sequence[TrialPoint]) -> go.Figure:
                 x=[p.number for p in shown], y=[p.value for p in shown], mode="markers",
                 marker={"size": 5, "color": color}, name=state,
                 hovertemplate=f"trial %{{x}} ({state}): %{{y:.4f}}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[p.number for p in points], y=_best_so_far(points),
+    fig.add_trace(go.Scatter(x=[p.number for p in points], y=_best_so_far(points, first),
                              mode="lines", line={"shape": "hv", "color": "black"},
                              name="best so far"))
     return _layout(fig, f"{esc(study)}: best value so far by trial",
-                   xaxis_title="trial number", yaxis_title="best validation accuracy")
+                   xaxis_title="trial number", yaxis_title=first.title)
 
 
 def _finish_order(points: Sequence[TrialPoint]) -> list[TrialPoint]:
@@ -173,15 +176,16 @@ def _finish_order(points: Sequence[TrialPoint]) -> list[TrialPoint]:
                   key=lambda p: p.finished_at or datetime.min)
 
 
-def best_by_time(study: str, points: Sequence[TrialPoint]) -> go.Figure:
+def best_by_time(study: str, points: Sequence[TrialPoint],
+                 first: ObjectiveSpec = DEFAULT[0]) -> go.Figure:
     done = _finish_order(points)
     fig = go.Figure(go.Scatter(
-        x=[p.finished_at for p in done], y=_best_so_far(done), mode="lines",
+        x=[p.finished_at for p in done], y=_best_so_far(done, first), mode="lines",
         line={"shape": "hv", "color": "black"}, name="best so far",
         customdata=[p.number for p in done],
         hovertemplate="%{x}<br>best %{y:.4f} (after trial %{customdata})<extra></extra>"))
     return _layout(fig, f"{esc(study)}: best value so far by wall-clock time (UTC)",
-                   xaxis_title="trial finished at", yaxis_title="best validation accuracy")
+                   xaxis_title="trial finished at", yaxis_title=first.title)
 
 
 def _hours_since_start(points: Sequence[TrialPoint]) -> list[float]:
@@ -193,23 +197,25 @@ def _hours_since_start(points: Sequence[TrialPoint]) -> list[float]:
             for p in _finish_order(points)]
 
 
-def overlay_best(studies: Sequence[tuple[str, Sequence[TrialPoint]]]) -> go.Figure:
+def overlay_best(studies: Sequence[tuple[str, Sequence[TrialPoint], ObjectiveSpec]]
+                 ) -> go.Figure:
     """Several studies' best-so-far curves, by trial number and by hours since their start."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("by trial number", "by hours since the first trial"))
-    for i, (name, points) in enumerate(studies):
+    for i, (name, points, first) in enumerate(studies):
         color = PALETTE[i % len(PALETTE)]
-        label = esc(name)
-        fig.add_trace(go.Scatter(x=[p.number for p in points], y=_best_so_far(points),
+        label = esc(f"{name} ({first.title})")
+        fig.add_trace(go.Scatter(x=[p.number for p in points], y=_best_so_far(points, first),
                                  mode="lines", line={"shape": "hv", "color": color},
                                  name=label, legendgroup=label), row=1, col=1)
         fig.add_trace(go.Scatter(x=_hours_since_start(points),
-                                 y=_best_so_far(_finish_order(points)), mode="lines",
+                                 y=_best_so_far(_finish_order(points), first), mode="lines",
                                  line={"shape": "hv", "color": color}, name=label,
                                  legendgroup=label, showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="hours", row=1, col=2)
-    fig.update_yaxes(title_text="best validation accuracy", row=1, col=1)
+    titles = sorted({first.title for _, _, first in studies})
+    fig.update_yaxes(title_text=" / ".join(titles), row=1, col=1)
     return _layout(fig, "best value so far, studies overlaid")
 
 
@@ -258,18 +264,67 @@ def _axis(name: str, values: list[Any], dist: dict[str, Any] | None) -> dict[str
 
 
 def parallel_coordinates(study: str, rows: Sequence[tuple[int, float, dict[str, Any]]],
-                         names: Sequence[str], space: dict[str, Any]) -> go.Figure:
-    """Complete trials across the sampled parameters, coloured by best validation accuracy;
-    `space` is the study's stored distributions (name -> Optuna distribution JSON)."""
+                         names: Sequence[str], space: dict[str, Any],
+                         first: ObjectiveSpec = DEFAULT[0], what: str = "complete trials"
+                         ) -> go.Figure:
+    """Trials across the sampled parameters, coloured by the first objective's value (the
+    better, the yellower); `space` is the study's stored distributions (name -> Optuna
+    distribution JSON); `what` says which trials `rows` holds."""
     values = [value for _, value, _ in rows]
     dims = [_axis(n, [params.get(n) for _, _, params in rows], space.get(n)) for n in names]
     dims = [d for d in dims if d is not None]
-    dims.append({"label": "best val acc", "values": values})
+    dims.append({"label": esc(first.title), "values": values})
     fig = go.Figure(go.Parcoords(
         dimensions=dims, line={"color": values, "colorscale": "Viridis", "showscale": True,
-                               "colorbar": {"title": {"text": "val acc"}}}))
-    return _layout(fig, f"{esc(study)}: parameters of {len(rows):,} complete trials",
+                               "reversescale": not first.maximize,
+                               "colorbar": {"title": {"text": esc(first.title)}}}))
+    return _layout(fig, f"{esc(study)}: parameters of {len(rows):,} {what}",
                    margin={"l": 80, "r": 40, "t": 100, "b": 40})
+
+
+SLICE_COLUMNS = 3
+
+
+def slice_plots(study: str, rows: Sequence[tuple[int, float, dict[str, Any]]],
+                names: Sequence[str], space: dict[str, Any],
+                first: ObjectiveSpec = DEFAULT[0]) -> go.Figure:
+    """The first objective against each sampled parameter, one panel per parameter (complete
+    trials, later trials darker): where along each axis the good values lie. Categories keep
+    the space's order; log ranges get a log axis."""
+    cols = max(1, min(SLICE_COLUMNS, len(names)))
+    count = max(1, math.ceil(len(names) / cols))
+    fig = make_subplots(rows=count, cols=cols, shared_yaxes=True, horizontal_spacing=0.05,
+                        vertical_spacing=0.5 / count, subplot_titles=[esc(n) for n in names])
+    last = max((number for number, _, _ in rows), default=0)
+    for i, name in enumerate(names):
+        row, col = divmod(i, cols)
+        shown = [(n, v, p[name]) for n, v, p in rows if p.get(name) is not None]
+        dist = space.get(name) or {}
+        attrs = dist.get("attributes", {})
+        categorical = dist.get("name") == "CategoricalDistribution" or any(
+            isinstance(x, str | bool) for _, _, x in shown)
+        xs = [esc(x) if categorical else x for _, _, x in shown]
+        fig.add_trace(go.Scatter(
+            x=xs, y=[v for _, v, _ in shown], mode="markers", name=esc(name), showlegend=False,
+            customdata=[n for n, _, _ in shown],
+            marker={"size": 6, "color": [n for n, _, _ in shown], "colorscale": "Blues",
+                    "cmin": -last / 3, "cmax": last or 1},
+            hovertemplate=f"trial %{{customdata}}<br>{esc(name)} %{{x}}<br>"
+                          f"{esc(first.title)} %{{y:.4f}}<extra></extra>"),
+            row=row + 1, col=col + 1)
+        axis: dict[str, Any] = {}
+        if categorical:
+            choices = [esc(c) for c in attrs.get("choices", [])]
+            axis = {"type": "category", "categoryorder": "array",
+                    "categoryarray": choices + [x for x in dict.fromkeys(xs)
+                                                if x not in choices]}
+        elif attrs.get("log"):
+            axis = {"type": "log"}
+        fig.update_xaxes(row=row + 1, col=col + 1, **axis)
+    for r in range(count):
+        fig.update_yaxes(title_text=esc(first.title), row=r + 1, col=1)
+    return _layout(fig, f"{esc(study)}: {esc(first.title)} against each parameter "
+                        f"({len(rows):,} complete trials)", height=max(440, 300 * count + 100))
 
 
 def importance_figure(study: str, importances: dict[str, float], method: str) -> go.Figure:
@@ -285,24 +340,25 @@ def importance_figure(study: str, importances: dict[str, float], method: str) ->
 MIN_TRIALS_FOR_IMPORTANCE = 2
 
 
-def param_importances(space: dict[str, Any], rows: Sequence[tuple[int, float, dict]]
+def param_importances(space: dict[str, Any], rows: Sequence[tuple[int, float, dict]],
+                      first: ObjectiveSpec = DEFAULT[0], what: str = "complete trials"
                       ) -> tuple[dict[str, float] | None, str]:
     """(importances, how they were computed) or (None, why not); never raises.
 
     optuna.importance's default evaluator (PED-ANOVA, no scikit-learn needed) runs on an
     in-memory Optuna study of our complete trials with the distributions the study sampled
     from, as stored on the study row (`space`). That is the same input as Optuna's stored study
-    (the objective returns the best validation accuracy, our `value`), without loading every
-    trial through Optuna's storage: about 2 s instead of 15 s for 10,000 trials.
+    (for the first objective, in its direction: our `value`), without loading every trial
+    through Optuna's storage: about 2 s instead of 15 s for 10,000 trials.
     """
     if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
         return None, (f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
-                      f"complete trials; this study has {len(rows)}")
+                      f"{what}; this study has {len(rows)}")
     try:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        ostudy, left_out = _study_from_rows(space, rows)
+        ostudy, left_out = _study_from_rows(space, rows, first)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-API and small-sample warnings
             found = optuna.importance.get_param_importances(ostudy)
@@ -310,14 +366,14 @@ def param_importances(space: dict[str, Any], rows: Sequence[tuple[int, float, di
         return None, f"parameter importances unavailable: {type(exc).__name__}: {exc}"
     if not found:
         return None, "parameter importances unavailable: no parameter varies"
-    how = f"PED-ANOVA, {len(rows):,} complete trials"
+    how = f"PED-ANOVA on {first.title}, {len(rows):,} {what}"
     if left_out:  # never guess a distribution: say what could not be weighed
         how += "; not in the stored search space, left out: " + ", ".join(sorted(left_out))
     return found, how
 
 
-def _study_from_rows(space: dict[str, Any], rows: Sequence[tuple[int, float, dict]]
-                     ) -> tuple[Any, set[str]]:
+def _study_from_rows(space: dict[str, Any], rows: Sequence[tuple[int, float, dict]],
+                     first: ObjectiveSpec) -> tuple[Any, set[str]]:
     """An in-memory Optuna study of the complete trials, with the stored distributions, and
     the sampled names left out: those the stored space lacks or whose values fall outside
     it (the study file changed between runs)."""
@@ -331,7 +387,7 @@ def _study_from_rows(space: dict[str, Any], rows: Sequence[tuple[int, float, dic
         if name not in dists or not all(_contains(dists[name], v) for v in seen):
             dists.pop(name, None)
             left_out.add(name)
-    ostudy = optuna.create_study(direction="maximize")
+    ostudy = optuna.create_study(direction="maximize" if first.maximize else "minimize")
     ostudy.add_trials([
         optuna.trial.create_trial(
             value=value, params={k: v for k, v in params.items() if k in dists},
@@ -345,3 +401,38 @@ def _contains(dist: Any, value: Any) -> bool:
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError):
         return False
+
+
+def pareto_figure(study: str, front: ParetoFront,
+                  values: dict[int, tuple[float | None, ...]]) -> go.Figure:
+    """The first objective against each other one: every complete trial (grey), the Pareto
+    front (coloured, joined in the first objective's order) and the chosen trial (a star)."""
+    first, *others = front.objectives
+    fig = make_subplots(rows=1, cols=len(others), horizontal_spacing=0.08,
+                        subplot_titles=[esc(f"{first.title} vs {o.title}") for o in others])
+    numbers = [n for n, v in values.items() if all(x is not None for x in v)]
+    on_front = [t.number for t in front.trials]
+    for col, other in enumerate(others, start=1):
+        j = front.objectives.index(other)
+        groups = (("complete trials", [n for n in numbers if n not in front.values],
+                   {"size": 6, "color": "rgba(120,120,120,0.55)"}, "markers"),
+                  # joined only when it is the whole front: a projection of more is not one
+                  ("Pareto front", on_front, {"size": 9, "color": PALETTE[1]},
+                   "markers+lines" if len(others) == 1 else "markers"),
+                  ("chosen trial", [front.chosen] if front.chosen in values else [],
+                   {"size": 18, "color": PALETTE[3], "symbol": "star"}, "markers"))
+        for name, shown, marker, mode in groups:
+            if not shown:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[values[n][j] for n in shown], y=[values[n][0] for n in shown], mode=mode,
+                marker=marker, line={"dash": "dot", "width": 1}, name=name, customdata=shown,
+                legendgroup=name, showlegend=col == 1,
+                hovertemplate=f"trial %{{customdata}}<br>{esc(other.title)} %{{x:.4g}}<br>"
+                              f"{esc(first.title)} %{{y:.4f}}<extra>{name}</extra>"),
+                row=1, col=col)
+        fig.update_xaxes(title_text=esc(f"{other.title} ({other.direction})"), row=1, col=col,
+                         type="log" if other.measure == "params" else None)
+    fig.update_yaxes(title_text=esc(f"{first.title} ({first.direction})"), row=1, col=1)
+    return _layout(fig, f"{esc(study)}: Pareto front ({len(on_front)} of {front.candidates} "
+                        f"complete trials; chosen: trial {front.chosen})")

@@ -30,17 +30,52 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from sqlalchemy import Connection
 
-LEADERBOARD_ROWS = 25
+    from hpsearch.objectives import ObjectiveSpec
+
 # Plotly trace types drawn with WebGL (regl): their pages need 'unsafe-eval'
 WEBGL_TRACES = frozenset({"parcoords", "scattergl", "splom", "heatmapgl", "pointcloud",
                           "scatterpolargl", "parcats_gl"})
 CURVE_METRICS = ("val_acc", "train_loss", "val_loss")
+# The one inline script (allowed by its hash): draws the figures, and sorts a table.sortable
+# when a header is clicked (numbers by their raw value in data-v, blanks last). The order goes
+# into the address (#sort=TABLE:COLUMN:asc|desc), so a sorted view can be linked to.
 DRAW = """\
 document.querySelectorAll("script.hps-figure").forEach(function (data) {
   var spec = JSON.parse(data.textContent);
   Plotly.newPlot(data.dataset.target, spec.data, spec.layout,
                  {responsive: true, displaylogo: false});
-});"""
+});
+function hpsSort(table, col, desc) {
+  var body = table.tBodies[0];
+  var rows = Array.prototype.slice.call(body.rows);
+  rows.sort(function (a, b) {
+    var x = a.cells[col], y = b.cells[col];
+    var p = x.getAttribute("data-v"), q = y.getAttribute("data-v");
+    var blankX = x.textContent === "-", blankY = y.textContent === "-";
+    if (blankX !== blankY) return blankX ? 1 : -1;
+    var r = (p !== null && q !== null) ? parseFloat(p) - parseFloat(q)
+                                       : x.textContent.localeCompare(y.textContent);
+    return desc ? -r : r;
+  });
+  rows.forEach(function (row) { body.appendChild(row); });
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+    th.setAttribute("aria-sort", i === col ? (desc ? "descending" : "ascending") : "none");
+  });
+}
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+    th.addEventListener("click", function () {
+      var desc = th.getAttribute("aria-sort") === "ascending";
+      hpsSort(table, i, desc);
+      history.replaceState(null, "", "#sort=" + table.id + ":" + i + ":" +
+                           (desc ? "desc" : "asc"));
+    });
+  });
+});
+var hpsWanted = /^#sort=([A-Za-z0-9-]+):([0-9]+):(asc|desc)$/.exec(location.hash);
+if (hpsWanted && document.getElementById(hpsWanted[1])) {
+  hpsSort(document.getElementById(hpsWanted[1]), +hpsWanted[2], hpsWanted[3] === "desc");
+}"""
 STYLE = """\
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em;
        color: #222; }
@@ -48,6 +83,9 @@ h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+table.sortable th { cursor: pointer; } th[aria-sort=ascending]::after { content: " ▲"; }
+th[aria-sort=descending]::after { content: " ▼"; }
+caption { text-align: left; font-weight: bold; padding: 0.3em 0; }
 .figure { min-height: 440px; margin-bottom: 1em; }
 .note { color: #555; font-style: italic; }
 .scroll { overflow-x: auto; }"""
@@ -88,7 +126,7 @@ def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDo
     for index, study in enumerate(stats):
         section, points, best_curve = _study_section(conn, study, curves, f"s{index + 1}")
         sections.append(section)
-        overlay_points.append((study.study.name, points))
+        overlay_points.append((study.study.name, points, study.study.objectives[0]))
         if best_curve is not None:
             overlay_curves.append((study.study.name, best_curve))
     if len(infos) > 1:
@@ -107,6 +145,7 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     points = queries.trial_points(conn, info)
     rows = queries.complete_params(conn, info)
     names = tables.param_names(info.space, [p for _, _, p in rows])
+    first = info.objectives[0]
 
     section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
     rungs = queries.rung_stats(conn, info)
@@ -123,33 +162,70 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
                figures.accuracy_curves(info.name, top, bands["val_acc"])),
         Figure(f"{key}-loss", f"{info.name}: losses", figures.loss_curves(info.name, top, bands)),
         Figure(f"{key}-best-by-trial", f"{info.name}: best so far by trial",
-               figures.best_by_trial(info.name, points)),
+               figures.best_by_trial(info.name, points, first)),
         Figure(f"{key}-best-by-time", f"{info.name}: best so far by time",
-               figures.best_by_time(info.name, points)),
+               figures.best_by_time(info.name, points, first)),
     ]
-    if rows:
-        section.items.append(Figure(f"{key}-parameters", f"{info.name}: parameters",
-                                    figures.parallel_coordinates(info.name, rows, names,
-                                                                 info.space)))
-    else:
-        section.items.append(_note("parallel coordinates need at least one complete trial"))
-    found, how = figures.param_importances(info.space, rows)
-    section.items.append(Figure(f"{key}-importances", f"{info.name}: importances",
-                                figures.importance_figure(info.name, found, how))
-                         if found else _note(how))
-    leaders = queries.leaderboard(conn, info, top=LEADERBOARD_ROWS)
+    values = queries.objective_values(conn, info) if len(info.objectives) > 1 else None
+    if values is not None:
+        front = queries.pareto(conn, info)
+        section.items.append(_note(
+            f"Objectives: {tables.objective_text(info.objectives)}. The chosen trial is the "
+            "front's best in the first objective (see `hpsearch best --help`); pruning is off "
+            "for multi-objective studies."))
+        section.items.append(
+            Figure(f"{key}-pareto", f"{info.name}: Pareto front",
+                   figures.pareto_figure(info.name, front, values)) if front.trials
+            else _note("the Pareto front needs at least one complete trial"))
+    section.items += _parameter_views(conn, info, key, rows, names)
+    everything = queries.leaderboard(conn, info)
     section.items.append(sheet_html(tables.trials_sheet(
-        info, leaders, names, tests=queries.study_evaluations(conn, info),
-        best=stats.best.number if stats.best else None,
-        title=f"leaderboard (best {min(LEADERBOARD_ROWS, stats.total)} of {stats.total:,} "
-              "trials)")))
+        info, everything, names, tests=queries.study_evaluations(conn, info),
+        best=stats.best.number if stats.best else None, values=values, reasons=True,
+        title=f"{info.name}: all {stats.total:,} trials, by {first.title}, best first "
+              "(click a column header to sort)"), table_id=f"{key}-trials"))
     best_curve = next((c for c in top if stats.best and c.trial_number == stats.best.number),
                       None)
     return section, points, best_curve
 
 
+def _parameter_views(conn: Connection, info: queries.StudyInfo, key: str,
+                     rows: list[tuple[int, float, dict]], names: list[str]) -> list[str | Figure]:
+    """Parallel coordinates, slices and importances of the complete trials, then parallel
+    coordinates and importances with the pruned trials too (a pruned trial's value is its
+    best before it was stopped: a smaller budget, so it is shown apart)."""
+    first = info.objectives[0]
+    if not rows:
+        return [_note("parallel coordinates, slices and importances need at least one "
+                      "complete trial")]
+    items: list[str | Figure] = [
+        Figure(f"{key}-parameters", f"{info.name}: parameters",
+               figures.parallel_coordinates(info.name, rows, names, info.space, first)),
+        Figure(f"{key}-slices", f"{info.name}: {first.title} by parameter",
+               figures.slice_plots(info.name, rows, names, info.space, first)),
+    ]
+    found, how = figures.param_importances(info.space, rows, first)
+    items.append(Figure(f"{key}-importances", f"{info.name}: importances",
+                        figures.importance_figure(info.name, found, how)) if found else _note(how))
+    with_pruned = queries.complete_params(conn, info, with_pruned=True)
+    if len(with_pruned) == len(rows):
+        return [*items, _note("no pruned trial has a value: the views above hold every trial")]
+    what = "complete and pruned trials"
+    items.append(_note(f"The same views with the pruned trials included ({len(with_pruned):,} "
+                       "trials): a pruned trial's value is its best before it was stopped, "
+                       "at a smaller budget than a complete one's."))
+    items.append(Figure(f"{key}-pruned-parameters", f"{info.name}: parameters, pruned included",
+                        figures.parallel_coordinates(info.name, with_pruned, names, info.space,
+                                                     first, what)))
+    found, how = figures.param_importances(info.space, with_pruned, first, what)
+    items.append(Figure(f"{key}-pruned-importances",
+                        f"{info.name}: importances, pruned included",
+                        figures.importance_figure(info.name, found, how)) if found else _note(how))
+    return items
+
+
 def _comparison_section(stats: list[queries.StudyStats],
-                        points: list[tuple[str, list[queries.TrialPoint]]],
+                        points: list[tuple[str, list[queries.TrialPoint], ObjectiveSpec]],
                         best_curves: list[tuple[str, queries.Curve]]) -> Section:
     names: list[str] = []
     for s in stats:
@@ -170,15 +246,37 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def sheet_html(sheet: tables.Sheet) -> str:
-    headers, body = tables.formatted(sheet)
+def sheet_html(sheet: tables.Sheet, table_id: str | None = None) -> str:
+    """The sheet as an HTML table captioned by its title; with `table_id` (ours, never user
+    text) it is sortable by clicking a header, numbers by their raw values."""
+    if table_id is None:
+        headers, body = tables.formatted(sheet)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                       for row in body)
+        opening = "<table>"
+    else:
+        headers = [c.title for c in sheet.columns]
+        rows = "".join("<tr>" + "".join(_sortable_cell(c, v) for c, v in zip(
+            sheet.columns, row, strict=True)) + "</tr>" for row in sheet.rows)
+        opening = f'<table id="{table_id}" class="sortable">'
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in body)
     caption = f"<caption>{html.escape(sheet.title)}</caption>" if sheet.title else ""
     notes = "".join(_note(n) for n in sheet.notes)
-    return (f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>'
+    return (f'<div class="scroll">{opening}{caption}<thead><tr>{head}</tr></thead>'
             f"<tbody>{rows}</tbody></table></div>{notes}")
+
+
+def _sortable_cell(column: tables.Column, value: Any) -> str:
+    """A cell; a number or time also carries its raw value (data-v) to sort by."""
+    raw: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        raw = float(value)
+    elif isinstance(value, datetime):
+        raw = value.timestamp()
+    elif isinstance(value, dict) and isinstance(value.get("mean"), float):  # a test accuracy
+        raw = value["mean"]
+    attr = f' data-v="{raw!r}"' if raw is not None and abs(raw) != float("inf") else ""
+    return f"<td{attr}>{html.escape(column.fmt(value))}</td>"
 
 
 def script_json(text: str) -> str:

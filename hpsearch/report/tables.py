@@ -21,6 +21,7 @@ from hpsearch.db.queries import (
     EnsembleSummary,
     EpochRecord,
     EvaluationSummary,
+    ParetoFront,
     RungStats,
     StudyInfo,
     StudyStats,
@@ -28,6 +29,7 @@ from hpsearch.db.queries import (
     TrialRecord,
 )
 from hpsearch.errors import ConfigError
+from hpsearch.objectives import ObjectiveSpec
 
 FORMATS = ("table", "md", "csv", "json")
 
@@ -307,13 +309,14 @@ def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
         Column("name", "study"), Column("dataset", "dataset"), Column("trials", "trials", fmt_int),
         Column("complete", "complete", fmt_int), Column("pruned", "pruned", fmt_int),
         Column("failed", "failed", fmt_int), Column("running", "running", fmt_int),
-        Column("best_val_acc", "best val acc", fmt_acc), Column("created", "created", fmt_time),
+        BEST_VALUE, OBJECTIVE_COLUMN, Column("created", "created", fmt_time),
         Column("last_activity", "last activity", fmt_time),
         Column("optuna", "optuna study"), Column("note", "note"),
     ]
     # a study whose Optuna half is gone is marked, and the line under the table says what to do
     rows = [(s.name, s.dataset, s.total, s.counts["complete"], s.counts["pruned"],
-             s.counts["failed"], s.counts["running"], s.best_value, s.created_at,
+             s.counts["failed"], s.counts["running"], s.best_value,
+             objective_text(s.objectives), s.created_at,
              s.last_activity, "MISSING" if s.problem else "ok", s.note) for s in summaries]
     notes = [s.problem for s in summaries if s.problem]
     if not rows:
@@ -321,12 +324,34 @@ def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
     return Sheet("studies", columns, rows, notes)
 
 
-LEADERBOARD = [
-    Column("number", "trial"), Column("state", "state"),
-    Column("best_val_acc", "best val acc", fmt_acc), Column("best_epoch", "at epoch"),
-    Column("epochs_run", "epochs run"), Column("seconds", "time", fmt_seconds),
-    Column("n_params", "parameters", fmt_int),
-]
+# a study's best value is its first objective's (the objective column says which)
+BEST_VALUE = Column("best_value", "best", fmt_acc)
+OBJECTIVE_COLUMN = Column("objective", "objective")
+
+
+def objective_text(objectives: Sequence[ObjectiveSpec]) -> str:
+    return ", ".join(o.label for o in objectives)
+
+
+def value_column(spec: ObjectiveSpec) -> Column:
+    """A trial's value of one objective: best_val_acc, best_val_loss, n_params, ..."""
+    fmt = (fmt_int if spec.measure == "params" else fmt_seconds
+           if spec.measure == "seconds_per_epoch" else fmt_acc)
+    return Column(spec.key, spec.title, fmt)
+
+
+def leaderboard_columns(study: StudyInfo) -> list[Column]:
+    """The fixed columns of a trial's row; the value is the first objective's best epoch."""
+    return [Column("number", "trial"), Column("state", "state"),
+            value_column(study.objectives[0]), Column("best_epoch", "at epoch"),
+            Column("epochs_run", "epochs run"), Column("seconds", "time", fmt_seconds),
+            Column("n_params", "parameters", fmt_int)]
+
+
+def extra_objectives(study: StudyInfo) -> list[ObjectiveSpec]:
+    """A multi-objective study's other objectives that the fixed columns do not show."""
+    return [o for o in study.objectives[1:] if o.measure != "params"]
+
 # The test set is scored only by `hpsearch evaluate` (a retraining on train + validation), so this
 # column stays apart from the validation accuracy the search optimised.
 TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test)
@@ -348,9 +373,14 @@ def _test_value(test: EvaluationSummary | None) -> dict[str, Any] | None:
 
 def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
                tests: Mapping[int, EvaluationSummary] | None = None,
-               best: int | None = None, reason: bool = False) -> tuple[Any, ...]:
+               best: int | None = None, reason: bool = False,
+               values: Mapping[int, Sequence[float | None]] | None = None,
+               extra: Sequence[int] = ()) -> tuple[Any, ...]:
     row: tuple[Any, ...] = (t.number, t.state, t.value, t.best_epoch, t.epochs_run, t.seconds,
                             t.n_params)
+    if extra:
+        known = (values or {}).get(t.number)
+        row += tuple(known[i] if known else None for i in extra)
     if best is not None:
         row += (t.number == best,)
     if tests:
@@ -366,17 +396,40 @@ def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
 def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequence[str], *,
                  full: bool = False, title: str = "",
                  tests: Mapping[int, EvaluationSummary] | None = None,
-                 best: int | None = None, reasons: bool = False) -> Sheet:
+                 best: int | None = None, reasons: bool = False,
+                 values: Mapping[int, Sequence[float | None]] | None = None) -> Sheet:
     """The leaderboard; `full` adds times, worker, reason and ids (for exports); `tests` (by
     trial number) adds the final test accuracy column when any trial has one; `best` (the
     study's best trial number, by `queries.best_query`) adds a column marking it; `reasons`
-    adds why each pruned or failed trial ended (after the fixed columns, before the params)."""
+    adds why each pruned or failed trial ended (after the fixed columns, before the params);
+    `values` (`queries.objective_values`) adds a multi-objective study's other objectives."""
     reason = [REASON_COLUMN] if reasons and not full else []
-    columns = (LEADERBOARD + ([BEST_COLUMN] if best is not None else [])
+    extra = extra_objectives(study) if values is not None else []
+    indexes = [study.objectives.index(o) for o in extra]
+    columns = (leaderboard_columns(study) + [value_column(o) for o in extra]
+               + ([BEST_COLUMN] if best is not None else [])
                + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else []) + reason
                + _param_columns(names))
     return Sheet(title or f"{study.name}: trials", columns,
-                 (_trial_row(t, names, full, tests, best, bool(reason)) for t in records))
+                 (_trial_row(t, names, full, tests, best, bool(reason), values, indexes)
+                  for t in records))
+
+
+def front_sheet(study: StudyInfo, front: ParetoFront) -> Sheet:
+    """The Pareto front: each trial's objective values, the chosen one marked, then the
+    sampled parameters."""
+    names = param_names(study.space, [t.sampled for t in front.trials])
+    columns = [Column("number", "trial"), *(value_column(o) for o in front.objectives),
+               Column("is_chosen", "chosen", lambda v: "*" if v else ""),
+               Column("best_epoch", "at epoch"), *_param_columns(names)]
+    rows = [(t.number, *front.values[t.number], t.number == front.chosen, t.best_epoch,
+             *(t.params.get(n) for n in names)) for t in front.trials]
+    notes = [f"{len(rows)} of {front.candidates} complete trials are on the front "
+             f"(objectives {objective_text(front.objectives)}); chosen: the front's best in "
+             "the first objective"]
+    if not rows:
+        notes = ["no complete trial yet"]
+    return Sheet(f"{study.name}: Pareto front", columns, rows, notes)
 
 
 EPOCH_COLUMNS = [
@@ -430,7 +483,8 @@ def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any],
     """The best trial and its FULL resolved params (fixed and sampled), and its final test
     accuracy when it was evaluated."""
     tests = {trial.number: test} if test is not None else None
-    columns = [Column("study", "study"), *LEADERBOARD, *([TEST_COLUMN] if tests else []),
+    columns = [Column("study", "study"), *leaderboard_columns(study),
+               *([TEST_COLUMN] if tests else []),
                *(_marked(Column(f"params.{k}", k), trial.sampled) for k in resolved)]
     row = (study.name, *_trial_row(trial, [], full=False, tests=tests), *resolved.values())
     return Sheet(f"{study.name}: best trial", columns, [row], vertical=True)
@@ -465,8 +519,8 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
     test_columns = ([TEST_COLUMN, Column("tested_trial", "tested trial")] if tested else [])
     test_columns += ENSEMBLE_COLUMNS if ensembled else []
     columns = [
-        Column("study", "study"), Column("dataset", "dataset"),
-        Column("best_val_acc", "best val acc", fmt_acc), Column("best_trial", "best trial"),
+        Column("study", "study"), Column("dataset", "dataset"), BEST_VALUE, OBJECTIVE_COLUMN,
+        Column("best_trial", "best trial"),
         Column("best_epoch", "at epoch"), *test_columns, Column("trials", "trials", fmt_int),
         Column("complete", "complete", fmt_int), Column("pruned_share", "pruned", fmt_share),
         Column("compute_seconds", "compute time", fmt_seconds),
@@ -479,9 +533,9 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
                 else ())
         test += _ensemble_cells(s.ensemble) if ensembled else ()
         rows.append((s.study.name, s.study.dataset, best.value if best else None,
-                     best.number if best else None, best.best_epoch if best else None, *test,
-                     s.total,
-                     s.counts["complete"], s.pruned_share, s.compute_seconds, s.time_to_best_s,
+                     objective_text(s.study.objectives), best.number if best else None,
+                     best.best_epoch if best else None, *test, s.total, s.counts["complete"],
+                     s.pruned_share, s.compute_seconds, s.time_to_best_s,
                      *((best.params.get(n) if best else None) for n in names)))
     title = ("studies compared" if len(rows) != 1
              else f"{rows[0][0]}: summary (best trial, counts, compute time)")
@@ -545,7 +599,7 @@ def best_toml(study: StudyInfo, trial: TrialRecord, params: dict[str, Any],
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     lines = [
         f"# best trial of study {json.dumps(study.name, ensure_ascii=True)}: trial "
-        f"{trial.number}, best val acc {value} at epoch {trial.best_epoch}",
+        f"{trial.number}, {study.objectives[0].title} {value} at epoch {trial.best_epoch}",
         "# retrain it with: hpsearch train --config THIS_FILE",
         f"seed = {seed}  # the trial's: the study's seed plus its (first attempt's) number",
         f"split_seed = {split_seed}  # the study's: which images are held out for validation",
