@@ -1,8 +1,10 @@
 """Study definitions (TOML) and single-run configs, validated before anything is written.
 
-A study file has the tables [study], [data], [budget], [workers] and [space]. In [space] a list is
-a categorical choice, a table with low/high (and optional log, step) is a range, and a scalar is a
-fixed value. Every key is checked; mistakes are ConfigError with a message that names the key.
+A study file has the tables [study], [data], [budget], [workers], [pruner], [space] and, for a
+dry run (a cluster set-up tested without training, see hpsearch/dryrun.py), [dry_run]. In
+[space] a list is a categorical choice, a table with low/high (and optional log, step) is a
+range, and a scalar is a fixed value. Every key is checked; mistakes are ConfigError with a
+message that names the key.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
 MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
 MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
 MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
+MAX_DRY_RUN_EPOCH_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class StudyConfig:
     fixed: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Dimension] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML, stored with the study
+    # [dry_run] seconds_per_epoch: trials sleep this long per epoch and report a synthetic
+    # learning curve instead of training (None: real training)
+    dry_run: float | None = None
 
     @property
     def max_epochs(self) -> int:
@@ -262,10 +268,11 @@ def check_study_name(name: Any, where: str = "study") -> str:
 
 
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
-    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space"})
+    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space",
+                                 "dry_run"})
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
-                          "(allowed: study, data, budget, workers, pruner, space)")
+                          "(allowed: study, data, budget, workers, pruner, space, dry_run)")
     study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "n_trials", "timeout",
                                   "seed"}, where)
     if "name" not in study:
@@ -275,6 +282,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir"}, where)
     space_doc = _table(doc, "space", set(PARAM_NAMES), where)
+    dry_run = _table(doc, "dry_run", {"seconds_per_epoch"}, where)
     if "epochs" in space_doc:
         raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
 
@@ -306,6 +314,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                                   workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
         ),
         raw=doc,
+        dry_run=(_typed(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0), float,
+                        minimum=0, maximum=MAX_DRY_RUN_EPOCH_S) if "dry_run" in doc else None),
     )
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")

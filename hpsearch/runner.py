@@ -26,8 +26,9 @@ from hpsearch.db.errors import DatabaseError
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.trial_slot import TrialSlotLock
+from hpsearch.dryrun import DryRunTrainer
 from hpsearch.errors import HpsearchError
-from hpsearch.objective import COUNTED_STATES, Objective
+from hpsearch.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.stop import interrupted_reason
 from hpsearch.storage import open_storage
 
@@ -59,12 +60,25 @@ class WorkerSummary:
     failed: int = 0
 
 
-def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "auto",
-               timeout: float | None = None) -> WorkerSummary:
-    """Run trials of study `name` until it has n_trials finished trials, or until `timeout`
-    seconds (default: the study's own `timeout`) have passed; a running trial finishes."""
-    from hpsearch.data import load_train_val  # torch: only workers pay for the import
+def make_trainer(config: StudyConfig, device: str, threads: int | None) -> TrialTrainer:
+    """The trainer of this study's trials: a dry run's imports no torch (it is imported here,
+    only by workers that train)."""
+    if config.dry_run is not None:
+        log.info("dry run: %.3g s per epoch, no training", config.dry_run)
+        return DryRunTrainer(config.dry_run)
+    from hpsearch.data import load_train_val
+    from hpsearch.torch_trainer import TorchTrainer
+    from hpsearch.train import configure_threads
 
+    log.info("training with %d thread(s)", configure_threads(threads))
+    return TorchTrainer(load_train_val(config.data, seed=config.seed), device)
+
+
+def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "auto",
+               timeout: float | None = None, threads: int | None = None) -> WorkerSummary:
+    """Run trials of study `name` until it has n_trials finished trials, or until `timeout`
+    seconds (default: the study's own `timeout`) have passed; a running trial finishes.
+    `threads`: torch's CPU threads (default: every core this process may use)."""
     url = normalise_url(url)
     ensure_schema(url)
     recorder = Recorder(make_engine(url))
@@ -78,9 +92,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
-    data = load_train_val(config.data, seed=config.seed)
     me = worker_name()
-    objective = Objective(config, row_id, data, recorder, me, device)
+    objective = Objective(config, row_id, make_trainer(config, device, threads), recorder, me)
     summary = WorkerSummary()
     last: list[FrozenTrial] = []
     timeout = timeout if timeout is not None else config.timeout

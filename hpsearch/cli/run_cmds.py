@@ -181,17 +181,15 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
     from hpsearch.db.engine import database_url
     from hpsearch.runner import run_worker, worker_name
     from hpsearch.stop import quiet_stop_tracebacks
-    from hpsearch.train import configure_threads
 
     _check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_stop_tracebacks(logging.getLogger("optuna"))
-    n = configure_threads(threads)
-    typer.echo(f"worker {worker_name()} joins study {name!r} with {n} thread(s)")
+    typer.echo(f"worker {worker_name()} joins study {name!r}")
     summary = run_worker(name, database_url(db), worker_index=worker_index, device=device,
-                         timeout=timeout)
+                         timeout=timeout, threads=threads)
     typer.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed")
 
