@@ -64,6 +64,31 @@ class WorkerOptions:
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
     max_retry: int = 2  # re-runs of a trial whose worker died
     checkpoint_dir: str = "hpsearch-checkpoints"
+    # `hpsearch run` on a GPU machine: the GPUs its local workers are placed on, round-robin
+    # (CUDA_VISIBLE_DEVICES per worker), and how many workers may share one
+    gpus: tuple[str, ...] = ()
+    workers_per_gpu: int = 1
+
+
+GPU_ID = re.compile(r"[A-Za-z0-9][\w:.-]{0,99}")  # 0, 1, GPU-<uuid>, MIG-<uuid>
+
+
+def parse_gpus(value: Any, where: str) -> tuple[str, ...]:
+    """GPU ids from `--gpus 0,1` or `[workers] gpus = [0, 1]`: numbers as nvidia-smi counts
+    them, or GPU-/MIG- UUIDs; each once."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: gpus must be a list of GPU ids, e.g. [0, 1]")
+    if any(isinstance(item, bool | float) for item in items):
+        raise ConfigError(f"{where}: gpus must be GPU ids such as 0 or \"GPU-<uuid>\"")
+    gpus = tuple(str(item).strip() for item in items if str(item).strip() != "")
+    for gpu in gpus:
+        if not GPU_ID.fullmatch(gpu):
+            raise ConfigError(f"{where}: gpus: {gpu!r} is not a GPU id (a number as "
+                              "nvidia-smi counts them, or a GPU-/MIG- UUID)")
+    if len(set(gpus)) != len(gpus):
+        raise ConfigError(f"{where}: gpus: each GPU once, got {', '.join(gpus)}")
+    return gpus
 
 
 @dataclass
@@ -280,7 +305,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     name = check_study_name(study["name"], where)
     budget = _table(doc, "budget", {"max_epochs", "min_epochs"}, where)
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
-                                      "checkpoint_dir"}, where)
+                                      "checkpoint_dir", "gpus", "workers_per_gpu"}, where)
     space_doc = _table(doc, "space", set(PARAM_NAMES), where)
     dry_run = _table(doc, "dry_run", {"seconds_per_epoch"}, where)
     if "epochs" in space_doc:
@@ -312,6 +337,9 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
             checkpoint_dir=_typed(where, "checkpoint_dir",
                                   workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
+            gpus=parse_gpus(workers.get("gpus", []), where),
+            workers_per_gpu=_typed(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
+                                   int, minimum=1, maximum=64),
         ),
         raw=doc,
         dry_run=(_typed(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0), float,
