@@ -60,7 +60,7 @@ def test_a_dry_run_worker_runs_the_real_path_without_torch(tmp_path: Path) -> No
     create_study(path, url)  # [pruner] startup_trials defaults to 5: trials 6-10 may be pruned
     # the worker command, in a process that reports whether it imported torch
     done = subprocess.run([sys.executable, "-c", WORKER_PROBE, "worker", "tiny", "--db", url],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert "exit None" in done.stdout or "exit 0" in done.stdout, output
     assert "torch imported: False" in done.stdout, output
