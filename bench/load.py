@@ -81,6 +81,11 @@ batch_size = [64, 128, 256]
     return path
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # --- one worker (run as `load.py _worker ...`) ---------------------------------------------------
 
 def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
@@ -123,6 +128,7 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
     optimize._tell_with_warning = timed("tell", optimize._tell_with_warning)
     Recorder.record_epoch = timed("epoch_write", Recorder.record_epoch)
     watcher_start = hpsearch.runner.StaleTrialWatcher.start
+    cpu_at_go = 0.0  # CPU seconds used before the start line (imports, loading the study)
 
     def start_line(watcher: Any) -> None:
         """Started right before the worker's loop: wait here until every worker is ready."""
@@ -130,6 +136,8 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
         while not go.exists():
             time.sleep(0.02)
         marks["go"] = time.time()
+        nonlocal cpu_at_go
+        cpu_at_go = cpu_seconds()
         watcher_start(watcher)
 
     hpsearch.runner.StaleTrialWatcher.start = start_line
@@ -144,6 +152,7 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
             "statements": counts, "times": times, "exit": code, "marks": marks, "events": events,
             "ended": time.time(),
             "seconds": time.monotonic() - started,
+            "cpu_s": cpu_seconds() - cpu_at_go,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -275,6 +284,10 @@ def run_load(n: int, url: str, folder: Path, args: argparse.Namespace,
         "latency": latency, "integrity": integrity,
         "worker_exit_codes": sorted({str(r["exit"]) for r in reports}),
         "max_rss_mb": round(max(r["max_rss_mb"] for r in reports)),
+        # CPU the workers used after the start line, per finished trial: what sizes the cores a
+        # given number of workers needs, whatever else the machine was doing
+        "worker_cpu_s_per_trial": round(sum(r.get("cpu_s", 0) for r in reports)
+                                        / max(1, integrity["finished"]), 3),
     }
 
 
