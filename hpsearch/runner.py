@@ -107,12 +107,15 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     # held from counting the trials until Optuna has created ours (then the objective's first
     # step releases it): no two workers can both take the last slot (see db/trial_slot.py)
     slot = TrialSlotLock(url, study._study_id, engine)
+    # released as soon as the ask has created the trial, before the sampler runs; a queued
+    # retry that the ask picks up instead is released by the objective's first step
+    storage.on_trial_created = (threading.get_ident(), slot.release)
     watcher = StaleTrialWatcher(study, storage, recorder, row_id)
     watcher.start()
     idle_wait = WAIT_POLL_S
 
     def run_trial(trial: optuna.Trial) -> float:
-        slot.release()  # the trial is in Optuna's table now: the next count sees it
+        slot.release()  # a queued trial (a retry) is RUNNING now: the next count sees it
         return objective(trial)
 
     try:

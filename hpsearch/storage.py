@@ -74,6 +74,18 @@ class ResilientRDBStorage(RDBStorage):
         # it every interval made the statements per trial grow with N
         self.stale_check_interval = max(1.0, (self.grace_period or 0) / 4)
         self._checked = threading.Event()  # set when this process made a check
+        # called once an ask of `study.ask()` has created its (running) trial, in the thread
+        # that asked: the worker's trial-slot lock is released there, before the sampler runs
+        # (TPE is the slow part of an ask, and under the lock every worker's ask would wait
+        # for every other's). Not for copies queued by the retry callback (a template trial).
+        self.on_trial_created: tuple[int, Callable[[], None]] | None = None
+
+    def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        hook = self.on_trial_created
+        if hook is not None and template_trial is None and hook[0] == threading.get_ident():
+            hook[1]()
+        return trial_id
 
     def record_heartbeat(self, trial_id: int) -> None:
         with self._own_lock:  # Optuna's heartbeat thread beats only for this process's trials
