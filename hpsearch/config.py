@@ -1,8 +1,10 @@
 """Study definitions (TOML) and single-run configs, validated before anything is written.
 
-A study file has the tables [study], [data], [budget], [workers] and [space]. In [space] a list is
-a categorical choice, a table with low/high (and optional log, step) is a range, and a scalar is a
-fixed value. Every key is checked; mistakes are ConfigError with a message that names the key.
+A study file has the tables [study], [data], [budget], [workers], [pruner], [space] and, for a
+dry run (a cluster set-up tested without training, see hpsearch/dryrun.py), [dry_run]. In
+[space] a list is a categorical choice, a table with low/high (and optional log, step) is a
+range, and a scalar is a fixed value. Every key is checked; mistakes are ConfigError with a
+message that names the key.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
 MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
 MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
 MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
+MAX_DRY_RUN_EPOCH_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,31 @@ class WorkerOptions:
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
     max_retry: int = 2  # re-runs of a trial whose worker died
     checkpoint_dir: str = "hpsearch-checkpoints"
+    # `hpsearch run` on a GPU machine: the GPUs its local workers are placed on, round-robin
+    # (CUDA_VISIBLE_DEVICES per worker), and how many workers may share one
+    gpus: tuple[str, ...] = ()
+    workers_per_gpu: int = 1
+
+
+GPU_ID = re.compile(r"[A-Za-z0-9][\w:.-]{0,99}")  # 0, 1, GPU-<uuid>, MIG-<uuid>
+
+
+def parse_gpus(value: Any, where: str) -> tuple[str, ...]:
+    """GPU ids from `--gpus 0,1` or `[workers] gpus = [0, 1]`: numbers as nvidia-smi counts
+    them, or GPU-/MIG- UUIDs; each once."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: gpus must be a list of GPU ids, e.g. [0, 1]")
+    if any(isinstance(item, bool | float) for item in items):
+        raise ConfigError(f"{where}: gpus must be GPU ids such as 0 or \"GPU-<uuid>\"")
+    gpus = tuple(str(item).strip() for item in items if str(item).strip() != "")
+    for gpu in gpus:
+        if not GPU_ID.fullmatch(gpu):
+            raise ConfigError(f"{where}: gpus: {gpu!r} is not a GPU id (a number as "
+                              "nvidia-smi counts them, or a GPU-/MIG- UUID)")
+    if len(set(gpus)) != len(gpus):
+        raise ConfigError(f"{where}: gpus: each GPU once, got {', '.join(gpus)}")
+    return gpus
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,9 @@ class StudyConfig:
     fixed: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Dimension] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML, stored with the study
+    # [dry_run] seconds_per_epoch: trials sleep this long per epoch and report a synthetic
+    # learning curve instead of training (None: real training)
+    dry_run: float | None = None
 
     @property
     def metric(self) -> str:
@@ -322,10 +353,11 @@ def check_study_name(name: Any, where: str = "study") -> str:
 
 
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
-    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space"})
+    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space",
+                                 "dry_run"})
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
-                          "(allowed: study, data, budget, workers, pruner, space)")
+                          "(allowed: study, data, budget, workers, pruner, space, dry_run)")
     study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "objectives",
                                   "n_trials", "timeout", "seed"}, where)
     if "name" not in study:
@@ -333,8 +365,9 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     name = check_study_name(study["name"], where)
     budget = _table(doc, "budget", {"max_epochs", "min_epochs", "rungs"}, where)
     workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
-                                      "checkpoint_dir"}, where)
+                                      "checkpoint_dir", "gpus", "workers_per_gpu"}, where)
     space_doc = _table(doc, "space", set(PARAM_NAMES), where)
+    dry_run = _table(doc, "dry_run", {"seconds_per_epoch"}, where)
     if "epochs" in space_doc:
         raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
 
@@ -351,6 +384,9 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         raise ConfigError(f"{where}: sampler {sampler!r} takes one objective (for several "
                           f"choose from: {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
     rungs = parse_rungs(budget, pruner, where) if "rungs" in budget else ()
+    if rungs and "dry_run" in doc:
+        raise ConfigError(f"{where}: [budget] rungs do not combine with [dry_run] (dry-run "
+                          "trials keep no checkpoints to promote from)")
     default_max = rungs[-1].epochs if rungs else 10
     max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", default_max), int,
                         minimum=1)
@@ -382,8 +418,13 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
             checkpoint_dir=_typed(where, "checkpoint_dir",
                                   workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
+            gpus=parse_gpus(workers.get("gpus", []), where),
+            workers_per_gpu=_typed(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
+                                   int, minimum=1, maximum=64),
         ),
         raw=doc,
+        dry_run=(_typed(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0), float,
+                        minimum=0, maximum=MAX_DRY_RUN_EPOCH_S) if "dry_run" in doc else None),
     )
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")

@@ -54,6 +54,7 @@ def settings(config: StudyConfig) -> dict[str, Any]:
         "study.n_trials": config.n_trials,
         "study.timeout": config.timeout, "study.seed": config.seed,
         "budget.max_epochs": config.max_epochs, "budget.min_epochs": config.min_epochs,
+        "dry_run.seconds_per_epoch": config.dry_run,
     }
     out["budget.rungs"] = [dataclasses.astuple(r) for r in config.rungs]
     out |= {f"pruner.{k}": v for k, v in config.pruner_options.items()}

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.queries import StudyProgress, read_progress
 from hpsearch.db.session import connection_scope
+from hpsearch.errors import ConfigError
 from hpsearch.monitor import render_progress, summary_line
 from hpsearch.paths import study_slug
 from hpsearch.stop import signal_name, signum_of
@@ -56,26 +57,43 @@ class WorkerProcess:
     log_path: Path
 
 
+def gpu_placement(workers: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
+    """The GPU (a CUDA_VISIBLE_DEVICES value) of each local worker: round-robin over `gpus`,
+    so that fewer workers than slots still spread over every GPU, at most `per_gpu` on one.
+    Without GPUs every worker gets None (its --device decides)."""
+    if not gpus:
+        return [None] * workers
+    if workers > len(gpus) * per_gpu:
+        raise ConfigError(f"{workers} workers do not fit on {len(gpus)} GPU(s) with "
+                          f"{per_gpu} worker(s) per GPU; raise --workers-per-gpu or add GPUs")
+    return [gpus[index % len(gpus)] for index in range(workers)]
+
+
 def start_workers(config: StudyConfig, url: str, workers: int, threads: int | None,
                   device: str, timeout: float | None, log_dir: Path,
-                  started: list[WorkerProcess]) -> None:
+                  started: list[WorkerProcess], gpus: Sequence[str] = (),
+                  workers_per_gpu: int = 1) -> None:
     """Start the workers, appending each to `started` as soon as it runs, so a stop request
-    arriving half-way still reaches those already started."""
+    arriving half-way still reaches those already started. With `gpus`, each worker sees one
+    GPU (CUDA_VISIBLE_DEVICES, see gpu_placement) as its cuda device."""
+    placement = gpu_placement(workers, gpus, workers_per_gpu)
     per_worker = threads or max(1, available_cores() // workers)
     folder = log_dir / study_slug(config.name)
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HPSEARCH_DB": url}  # not on the command line, where ps shows it
     die_with_me = _die_with_parent()
-    for index in range(workers):
+    for index, gpu in enumerate(placement):
         command = [sys.executable, "-m", "hpsearch", "worker", config.name,
                    "--worker-index", str(index), "--threads", str(per_worker),
-                   "--device", device]
+                   "--device", "cuda" if gpu is not None and device == "auto" else device]
         if timeout:
             command += ["--timeout", str(timeout)]
         log_path = folder / f"worker-{index}.log"
+        worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True, preexec_fn=die_with_me)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env=worker_env, start_new_session=True,
+                                       preexec_fn=die_with_me)
         started.append(WorkerProcess(index, process, log_path))
 
 

@@ -4,7 +4,8 @@ The first objective is reported each epoch; a multi-objective study is never pru
 not prune them) and gets every objective's value at the end (hpsearch.objectives).
 
 The glue between the trainer (which knows nothing of Optuna or the database), Optuna, and the
-recorder. Divergent runs end as pruned trials with their reason stored.
+recorder. Divergent runs end as pruned trials with their reason stored. No torch here: the
+trainer is handed in (hpsearch.torch_trainer for real training, hpsearch.dryrun for dry runs).
 """
 
 from __future__ import annotations
@@ -14,26 +15,22 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import Rung, StudyConfig
-from hpsearch.data import TrainValData
 from hpsearch.db.engine import mask_secrets
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.recorder import Recorder
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged
 from hpsearch.metrics import EpochMetrics
-from hpsearch.model import build_model, count_parameters
 from hpsearch.objectives import ObjectiveSpec, epoch_values
 from hpsearch.params import TrialParams
 from hpsearch.paths import checkpoint_path
-from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.space import suggest
 from hpsearch.stop import interrupted_reason
-from hpsearch.train import CheckpointError, TrainingDiverged, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -69,15 +66,34 @@ def retry_history(trial: optuna.Trial) -> list[int]:
     return list(frozen.system_attrs.get("retry_history", []))
 
 
+class TrialTrainer(Protocol):
+    """What the objective needs of a trainer."""
+
+    device: str  # recorded on each trial row, e.g. cpu, cuda:0, dry-run
+    keeps_checkpoints: bool  # False: nothing to resume from, a retry starts from epoch 1
+
+    def precision(self, params: TrialParams) -> str | None: ...
+
+    def count_parameters(self, params: TrialParams) -> int | None: ...
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
+
+    def train(self, params: TrialParams, *, seed: int, on_epoch: Callable[[EpochMetrics], None],
+              checkpoint: Path | None, resume_from: Path | None,
+              fraction: float | None = None, stop_after: int | None = None) -> None:
+        """Train, calling on_epoch after each epoch: on the first `fraction` of the training
+        split (None: all of it), up to epoch `stop_after` (None: params.epochs)."""
+        ...
+
+
 class Objective:
-    def __init__(self, config: StudyConfig, study_row_id: int, data: TrainValData,
-                 recorder: Recorder, worker: str, device: str = "auto") -> None:
+    def __init__(self, config: StudyConfig, study_row_id: int, trainer: TrialTrainer,
+                 recorder: Recorder, worker: str) -> None:
         self.config = config
         self.study_row_id = study_row_id
-        self.data = data
+        self.trainer = trainer
         self.recorder = recorder
         self.worker = worker
-        self.device = resolve_device(device)  # once per worker: "auto" -> cpu or cuda
         self.interrupted: int | None = None  # Optuna id of a trial a stop request cut short
         # a permanent database error met by the last trial: the worker stops on it (Optuna
         # catches every exception of an objective and would go on to the next trial)
@@ -96,19 +112,20 @@ class Objective:
         params = self.config.params_for(sampled)
         history = retry_history(trial)
         original = history[0] if history else trial.number
-        resume_from, resumed_number, state, note = self._latest_checkpoint(history)
-        # what it runs with ("auto" resolved), recorded so trials from other machines compare
-        precision = resolve_precision(params.precision, self.device).precision
+        keeps = self.trainer.keeps_checkpoints
+        resume_from, resumed_number, state, note = (
+            self._latest_checkpoint(history) if keeps else (None, -1, None, None))
+        precision = self.trainer.precision(params)
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         params.to_dict(), list(sampled), self.worker,
                                         retried_from=history[-1] if history else None,
-                                        precision=precision, device=str(self.device))
+                                        precision=precision, device=self.trainer.device)
         primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
         peak: dict[str, Any] = {}  # its best epoch so far: {"value": ..., "epoch": ...}
         started = time.monotonic()
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
-                                     trial.number)
+                                     trial.number) if keeps else None
 
         rungs = self.config.rungs
         # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
@@ -144,18 +161,17 @@ class Objective:
                     seen[int(done_epoch["epoch"])] = done_epoch
             # counted up front (building the model takes milliseconds) so pruned and failed
             # trials have their size too
-            n_params = count_parameters(build_model(params, self.data.image_shape))
+            n_params = self.trainer.count_parameters(params)
             # for optuna-dashboard and `optuna trials`: what is known now, in one go
             _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
-                                    "precision": precision, "device": str(self.device)})
+                                    "precision": precision, "device": self.trainer.device})
             # the seed follows the original trial, so a resumed retry continues the same run
             if rungs:
                 self._train_rungs(trial, params, self.config.seed + original, on_epoch,
                                   checkpoint, resume_from, seen)
             else:
-                train(params, self.data, seed=self.config.seed + original,
-                      device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
-                      resume_from=resume_from)
+                self.trainer.train(params, seed=self.config.seed + original, on_epoch=on_epoch,
+                                   checkpoint=checkpoint, resume_from=resume_from)
         except optuna.TrialPruned as exc:
             self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
                          checkpoint, peak)
@@ -179,7 +195,7 @@ class Objective:
         return values if self.config.multi_objective else values[0]
 
     def _train_rungs(self, trial: optuna.Trial, params: TrialParams, seed: int,
-                     on_epoch: Callable[[EpochMetrics], None], checkpoint: Path,
+                     on_epoch: Callable[[EpochMetrics], None], checkpoint: Path | None,
                      resume_from: Path | None, seen: dict[int, dict[str, Any]]) -> None:
         """A multi-fidelity budget: each rung trains on its fraction of the training split up
         to its epoch, RESUMING from the previous rung's checkpoint (weights, optimiser and
@@ -193,9 +209,9 @@ class Objective:
         done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
         for i, rung in enumerate(rungs):
             if rung.epochs > done:
-                train(params, self.data.train_fraction(rung.fraction), seed=seed,
-                      device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
-                      resume_from=resume_from if done else None, stop_after=rung.epochs)
+                self.trainer.train(params, seed=seed, on_epoch=on_epoch, checkpoint=checkpoint,
+                                   resume_from=resume_from if done else None,
+                                   fraction=rung.fraction, stop_after=rung.epochs)
                 done, resume_from = rung.epochs, checkpoint
             if i < len(rungs) - 1:
                 value = float(seen[rung.epochs][primary.measure])
@@ -227,7 +243,7 @@ class Objective:
             if not path.exists():
                 continue
             try:
-                state = load_checkpoint(path)
+                state = self.trainer.load_checkpoint(path)
                 done = int(state["epoch"])
             except (CheckpointError, KeyError, TypeError, ValueError) as exc:
                 log.warning("skipping checkpoint of trial %d: %s", number, exc)

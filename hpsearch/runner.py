@@ -26,15 +26,18 @@ from hpsearch.db.errors import DatabaseError
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.trial_slot import TrialSlotLock
+from hpsearch.dryrun import DryRunTrainer
 from hpsearch.errors import HpsearchError
-from hpsearch.objective import COUNTED_STATES, Objective
+from hpsearch.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.stop import interrupted_reason
-from hpsearch.storage import open_storage
+from hpsearch.storage import ResilientRDBStorage, open_storage
 
 log = logging.getLogger(__name__)
-# how often an idle worker checks whether the study needs it again; short, because at the end
-# of a study the run waits for it (a check costs a few ms of one query per state)
+# How often an idle worker (the study's last trials run elsewhere) looks again: soon at first,
+# because at the end of a study the run waits for it, then less and less often (doubling up to
+# WAIT_POLL_MAX_S), so that 64 idle workers do not poll the database 256 times a second.
 WAIT_POLL_S = 0.25
+WAIT_POLL_MAX_S = 5.0
 MAX_CONSECUTIVE_FAILURES = 5  # a worker whose every trial fails stops instead of looping
 
 
@@ -59,17 +62,33 @@ class WorkerSummary:
     failed: int = 0
 
 
-def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "auto",
-               timeout: float | None = None) -> WorkerSummary:
-    """Run trials of study `name` until it has n_trials finished trials, or until `timeout`
-    seconds (default: the study's own `timeout`) have passed; a running trial finishes."""
-    from hpsearch.data import load_train_val  # torch: only workers pay for the import
+def make_trainer(config: StudyConfig, device: str, threads: int | None) -> TrialTrainer:
+    """The trainer of this study's trials: a dry run's imports no torch (it is imported here,
+    only by workers that train)."""
+    if config.dry_run is not None:
+        log.info("dry run: %.3g s per epoch, no training", config.dry_run)
+        return DryRunTrainer(config.dry_run)
+    from hpsearch.data import load_train_val
+    from hpsearch.torch_trainer import TorchTrainer
+    from hpsearch.train import configure_threads
 
+    log.info("training with %d thread(s)", configure_threads(threads))
+    return TorchTrainer(load_train_val(config.data, seed=config.seed), device)
+
+
+def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "auto",
+               timeout: float | None = None, threads: int | None = None) -> WorkerSummary:
+    """Run trials of study `name` until it has n_trials finished trials, or until `timeout`
+    seconds (default: the study's own `timeout`) have passed; a running trial finishes.
+    `threads`: torch's CPU threads (default: every core this process may use)."""
     url = normalise_url(url)
     ensure_schema(url)
-    recorder = Recorder(make_engine(url))
+    # one connection pool for the whole worker (our writes, Optuna's storage, the trial-slot
+    # lock): at most engine_kwargs' pool_size + max_overflow connections per worker
+    engine = make_engine(url)
+    recorder = Recorder(engine)
     config, row_id = load_config(recorder, name, url)
-    storage = open_storage(url, config.workers)
+    storage = open_storage(url, config.workers, pool=engine.pool)
     from hpsearch.space import make_pruner, make_sampler
 
     # trials already in the study shift the seed: a resumed study must not redraw the random
@@ -78,9 +97,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
-    data = load_train_val(config.data, seed=config.seed)
     me = worker_name()
-    objective = Objective(config, row_id, data, recorder, me, device)
+    objective = Objective(config, row_id, make_trainer(config, device, threads), recorder, me)
     summary = WorkerSummary()
     last: list[FrozenTrial] = []
     timeout = timeout if timeout is not None else config.timeout
@@ -88,17 +106,21 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     consecutive_failures = 0
     # held from counting the trials until Optuna has created ours (then the objective's first
     # step releases it): no two workers can both take the last slot (see db/trial_slot.py)
-    slot = TrialSlotLock(url, study._study_id)
-    watcher = StaleTrialWatcher(study, recorder, row_id, config.workers.grace_period / 4)
+    slot = TrialSlotLock(url, study._study_id, engine)
+    # released as soon as the ask has created the trial, before the sampler runs; a queued
+    # retry that the ask picks up instead is released by the objective's first step
+    storage.on_trial_created = (threading.get_ident(), slot.release)
+    watcher = StaleTrialWatcher(study, storage, recorder, row_id)
     watcher.start()
+    idle_wait = WAIT_POLL_S
 
     def run_trial(trial: optuna.Trial) -> float:
-        slot.release()  # the trial is in Optuna's table now: the next count sees it
+        slot.release()  # a queued trial (a retry) is RUNNING now: the next count sees it
         return objective(trial)
 
     try:
         while deadline is None or time.monotonic() < deadline:
-            _record_dead_trials(recorder, storage, row_id)
+            _record_checked(recorder, storage, row_id)
             slot.acquire()
             try:
                 # Running before finished: another worker's trial may finish between the two
@@ -114,8 +136,10 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                     # fails them and queues a retry, which this loop then picks up
                     slot.release()
                     _fail_stale(study)
-                    time.sleep(WAIT_POLL_S)
+                    time.sleep(idle_wait)
+                    idle_wait = min(WAIT_POLL_MAX_S, 2 * idle_wait)
                     continue
+                idle_wait = WAIT_POLL_S
                 last.clear()
                 _optimize_one(study, run_trial, objective, last)
             finally:
@@ -152,34 +176,46 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
         slot.close()
         watcher.stop()
         storage.remove_session()
+        engine.dispose()
     return summary
 
 
 class StaleTrialWatcher(threading.Thread):
     """Fails other workers' dead trials (no heartbeat within the grace period) while this
     worker trains, so their retry is queued within the grace period rather than whenever a
-    worker next starts a trial (Optuna only checks then)."""
+    worker next starts a trial (Optuna only checks then). Every worker has one, but the
+    storage lets only one check per study per interval through (claim_stale_check): the
+    others' attempts cost one UPDATE each."""
 
-    def __init__(self, study: optuna.Study, recorder: Recorder, study_row_id: int,
-                 interval: float) -> None:
+    def __init__(self, study: optuna.Study, storage: ResilientRDBStorage, recorder: Recorder,
+                 study_row_id: int) -> None:
         super().__init__(name="stale-trial-watcher", daemon=True)
-        self.study, self.recorder, self.study_row_id = study, recorder, study_row_id
-        self.interval = max(1.0, interval)
+        self.study, self.storage = study, storage
+        self.recorder, self.study_row_id = recorder, study_row_id
+        self.interval = storage.stale_check_interval
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval):
             try:
                 _fail_stale(self.study)
-                _record_dead_trials(self.recorder, self.study._storage, self.study_row_id)
+                _record_checked(self.recorder, self.storage, self.study_row_id)
             except Exception as exc:  # noqa: BLE001 - a missed check is retried next interval
                 log.warning("stale-trial check failed: %s", exc)
             finally:
-                self.study._storage.remove_session()  # type: ignore[attr-defined]
+                self.storage.remove_session()
 
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
+
+
+def _record_checked(recorder: Recorder, storage: ResilientRDBStorage,
+                    study_row_id: int) -> None:
+    """After a stale-trial check made by this process (ours or Optuna's before a trial), and
+    only then, the trials it failed are failed in our table too."""
+    if storage.take_checked():
+        _record_dead_trials(recorder, storage, study_row_id)
 
 
 def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: int) -> None:

@@ -17,13 +17,21 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sqlalchemy.pool import Pool
 
 from hpsearch.config import StudyConfig, WorkerOptions
 from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
-from hpsearch.db.errors import as_database_error
+from hpsearch.db.errors import DuplicateRowError, as_database_error
 from hpsearch.db.migrate import ensure_schema, optuna_schema_lock
+from hpsearch.db.optuna_tables import claim_stale_check
 from hpsearch.db.recorder import Recorder
-from hpsearch.db.session import health, heartbeat_lock_wait, retrying, translating
+from hpsearch.db.session import (
+    connection_scope,
+    health,
+    heartbeat_lock_wait,
+    retrying,
+    translating,
+)
 from hpsearch.errors import HpsearchError
 from hpsearch.space import space_json
 
@@ -60,6 +68,23 @@ class ResilientRDBStorage(RDBStorage):
         super().__init__(*args, **kwargs)
         self._own_lock = threading.Lock()
         self._own_trials: set[int] = set()
+        # one stale-trial check per study per interval, across all workers (see
+        # claim_stale_check): the check loads every running trial, and N workers each doing
+        # it every interval made the statements per trial grow with N
+        self.stale_check_interval = max(1.0, (self.grace_period or 0) / 4)
+        self._checked = threading.Event()  # set when this process made a check
+        # called once an ask of `study.ask()` has created its (running) trial, in the thread
+        # that asked: the worker's trial-slot lock is released there, before the sampler runs
+        # (TPE is the slow part of an ask, and under the lock every worker's ask would wait
+        # for every other's). Not for copies queued by the retry callback (a template trial).
+        self.on_trial_created: tuple[int, Callable[[], None]] | None = None
+
+    def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        hook = self.on_trial_created
+        if hook is not None and template_trial is None and hook[0] == threading.get_ident():
+            hook[1]()
+        return trial_id
 
     def record_heartbeat(self, trial_id: int) -> None:
         with self._own_lock:  # Optuna's heartbeat thread beats only for this process's trials
@@ -89,14 +114,32 @@ class ResilientRDBStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        if not self._claim_stale_check(study_id):
+            return []  # another worker checked the study less than an interval ago
         self._probe_write_lock()
         if health.steady_for() < grace:
             return []
+        self._checked.set()
         stale = retrying(lambda: RDBStorage._get_stale_trial_ids(self, study_id),
                          "Optuna storage: _get_stale_trial_ids", url=self.url)
         with self._own_lock:
             return [trial_id for trial_id in stale if trial_id not in self._own_trials]
 
+
+    def _claim_stale_check(self, study_id: int) -> bool:
+        def claim() -> bool:
+            with connection_scope(self.engine) as conn:
+                return claim_stale_check(conn, study_id, time.time(), self.stale_check_interval)
+        try:
+            return retrying(claim, "Optuna storage: claiming the stale-trial check", url=self.url)
+        except DuplicateRowError:  # another worker made the study's first check just now
+            return False
+
+    def take_checked(self) -> bool:
+        """Whether this process checked for stale trials since the last call."""
+        checked = self._checked.is_set()
+        self._checked.clear()
+        return checked
 
     def _probe_write_lock(self) -> None:
         """Take, and give back at once, the lock a heartbeat write needs; a wait for it counts
@@ -130,16 +173,19 @@ for _name in ("create_new_study", "get_study_id_from_name", "get_study_name_from
     setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
 
 
-def open_storage(url: str, workers: WorkerOptions) -> RDBStorage:
+def open_storage(url: str, workers: WorkerOptions,
+                 pool: Pool | None = None) -> ResilientRDBStorage:
     """Optuna's storage for `url`. Its constructor creates Optuna's tables when missing; under
     the migration lock, so that processes starting together on a fresh PostgreSQL database do
-    not race (a UniqueViolation otherwise)."""
+    not race (a UniqueViolation otherwise). `pool`: an engine's connection pool to share
+    (a worker's one pool), instead of a pool of Optuna's own."""
+    kwargs = {"pool": pool} if pool is not None else engine_kwargs(url)
     def construct() -> RDBStorage:
         with warnings.catch_warnings(), optuna_schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return ResilientRDBStorage(
                 url,
-                engine_kwargs=engine_kwargs(url),
+                engine_kwargs=kwargs,
                 heartbeat_interval=workers.heartbeat_interval,
                 grace_period=workers.grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(

@@ -22,21 +22,19 @@ from torch import nn
 
 from hpsearch.cores import available_cores
 from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged
 from hpsearch.files import atomic_write
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import NUM_CLASSES, TrialParams
 from hpsearch.runtime import RunSetup, resolve_device, resolve_precision
 
+# CheckpointError and TrainingDiverged live in hpsearch.errors (torch-free) so the objective
+# catches them without importing torch; imported here for the trainer and its callers
 CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
 CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
 EVAL_BATCH = 1024
 COMPILE_MIN_IMAGES = 1_000_000  # compile="auto" compiles only runs this long (~20 s to repay)
-
-
-class TrainingDiverged(RuntimeError):
-    """Training stopped early because it cannot produce a useful model; str() is the reason."""
 
 
 @dataclass
@@ -207,10 +205,6 @@ def predict_probs(model: nn.Module, split: Split, device: torch.device,
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-class CheckpointError(HpsearchError):
-    """A checkpoint that cannot be written (full disk, no permission) or read back (corrupt)."""
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 def write_tiny_study(folder: Path, name: str = "tiny", *, n_trials: int = 4, epochs: int = 3,
                      pruner: str = "none", sampler: str = "random", extra_space: str = "",
-                     heartbeat: tuple[int, int] = (1, 4)) -> Path:
-    """A study of small Mixers on the synthetic dataset; checkpoints go under `folder`."""
+                     heartbeat: tuple[int, int] = (1, 4), dry_run: float | None = None) -> Path:
+    """A study of small Mixers on the synthetic dataset; checkpoints go under `folder`.
+    `dry_run`: seconds per epoch of a [dry_run] study (no training)."""
     path = folder / f"{name}.toml"
-    path.write_text(f"""
+    dry = f"[dry_run]\nseconds_per_epoch = {dry_run}\n" if dry_run is not None else ""
+    path.write_text(f"""{dry}
 [study]
 name = "{name}"
 sampler = "{sampler}"

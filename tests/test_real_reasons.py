@@ -21,6 +21,7 @@ from hpsearch.config import parse_study
 from hpsearch.data import DataError, load_raw
 from hpsearch.objective import Objective, failure_reason
 from hpsearch.paths import checkpoint_path
+from hpsearch.torch_trainer import TorchTrainer
 from hpsearch.train import CheckpointError, load_checkpoint, save_checkpoint
 from tests.test_bad_input import clean_env
 
@@ -87,7 +88,7 @@ def test_an_out_of_memory_model_is_recorded_as_out_of_memory(tmp_path: Path) -> 
 
 def test_a_corrupt_checkpoint_falls_back_to_an_older_one_then_to_scratch(tmp_path: Path) -> None:
     config = parse_study(__import__("tomllib").loads(study_doc(tmp_path)), "study")
-    objective = Objective(config, 1, None, None, "w")  # type: ignore[arg-type]
+    objective = Objective(config, 1, TorchTrainer(None, "cpu"), None, "w")  # type: ignore[arg-type]
     good = checkpoint_path(config.workers.checkpoint_dir, config.name, 0)
     save_checkpoint(good, {"epoch": 2, "model": {"w": torch.ones(3)}})
     newest = checkpoint_path(config.workers.checkpoint_dir, config.name, 1)

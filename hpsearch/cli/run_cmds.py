@@ -24,9 +24,10 @@ def run(
     study_file: Annotated[Path, typer.Argument(
         help="Study definition (TOML), e.g. studies/quick.toml.", metavar="STUDY.toml")],
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
-    workers: Annotated[int, typer.Option(
-        help="Local worker processes; the CPU cores are divided between them.", min=1,
-        max=MAX_WORKERS)] = 1,
+    workers: Annotated[int | None, typer.Option(
+        help="Local worker processes; the CPU cores are divided between them (default 1, or "
+        "with GPUs one per GPU slot: GPUs × --workers-per-gpu).", min=1,
+        max=MAX_WORKERS)] = None,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per worker (default: cores / workers).", min=1, max=MAX_THREADS)] = None,
     trials: Annotated[int | None, typer.Option(
@@ -37,6 +38,14 @@ def run(
         "study file's [study] timeout, if any); a running trial finishes.", min=1,
         callback=finite)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    gpus: Annotated[str | None, typer.Option(
+        help="GPUs to place the workers on, round-robin, e.g. 0,1 (numbers as nvidia-smi "
+        "counts them, or GPU-/MIG- UUIDs): each worker sees one GPU through "
+        "CUDA_VISIBLE_DEVICES and trains on it. Default: [workers] gpus of the study file; "
+        "none: every worker uses --device as it is.")] = None,
+    workers_per_gpu: Annotated[int | None, typer.Option(
+        help="Workers sharing one GPU (small models leave most of a GPU idle; default: "
+        "[workers] workers_per_gpu of the study file, else 1).", min=1, max=64)] = None,
     top: Annotated[int, typer.Option(help="Rows of the leaderboard printed at the end.",
                                      min=0, max=INT_MAX)] = 10,
     log_dir: Annotated[Path, typer.Option(
@@ -62,7 +71,7 @@ def run(
     console = Console()
     try:
         _run(study_file, db, workers, threads, trials, timeout, device, top, log_dir, update,
-             console)
+             console, gpus, workers_per_gpu)
     except KeyboardInterrupt as exc:  # a stop outside the workers' run (e.g. while preparing)
         from hpsearch.stop import exit_code, signal_name, signum_of
 
@@ -71,14 +80,16 @@ def run(
         raise typer.Exit(exit_code(signum_of(exc))) from None
 
 
-def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
+def _run(study_file: Path, db: str | None, workers: int | None, threads: int | None,
          trials: int | None, timeout: float | None, device: str, top: int, log_dir: Path,
-         update: bool, console: Console) -> None:
-    from hpsearch.config import load_study
+         update: bool, console: Console, gpus_option: str | None = None,
+         per_gpu_option: int | None = None) -> None:
+    from hpsearch.config import load_study, parse_gpus
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.launcher import (
         WorkerProcess,
         failed_workers,
+        gpu_placement,
         start_workers,
         stop_workers,
         supervise,
@@ -88,6 +99,12 @@ def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
 
     config = load_study(study_file)  # every check runs before anything is written
     _check_device(device)
+    gpus = parse_gpus(gpus_option, "--gpus") if gpus_option is not None else config.workers.gpus
+    per_gpu = per_gpu_option or config.workers.workers_per_gpu
+    if gpus and device == "cpu":
+        raise ConfigError("--device cpu with GPUs to place workers on: drop one of the two")
+    workers = workers or (len(gpus) * per_gpu if gpus else 1)
+    gpu_placement(workers, gpus, per_gpu)  # checked before anything is written
     url = normalise_url(database_url(db))
     import optuna
 
@@ -105,12 +122,14 @@ def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
     if trials is not None:
         config.n_trials = trials
     # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
-    console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s), "
+    on_gpus = f" on GPU(s) {','.join(gpus)}" if gpus else ""
+    console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s){on_gpus}, "
                   f"{config.n_trials} trials, sampler {config.sampler}, pruner {config.pruner}",
                   highlight=False, markup=False, soft_wrap=True)
     started: list[WorkerProcess] = []
     try:
-        start_workers(config, url, workers, threads, device, timeout, log_dir, started)
+        start_workers(config, url, workers, threads, device, timeout, log_dir, started,
+                      gpus, per_gpu)
         progress, stopped_by = supervise(config, url, started, console)
     except KeyboardInterrupt as exc:  # outside supervise's own watch: still stop the workers
         stop_workers(started, signum_of(exc))
@@ -175,23 +194,24 @@ def worker(
 def _worker(name: str, db: str | None, threads: int | None, device: str,
             timeout: float | None, worker_index: int) -> None:
     import logging
+    import os
 
     import optuna
 
     from hpsearch.db.engine import database_url
     from hpsearch.runner import run_worker, worker_name
     from hpsearch.stop import quiet_stop_tracebacks
-    from hpsearch.train import configure_threads
 
     _check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_stop_tracebacks(logging.getLogger("optuna"))
-    n = configure_threads(threads)
-    typer.echo(f"worker {worker_name()} joins study {name!r} with {n} thread(s)")
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    typer.echo(f"worker {worker_name()} joins study {name!r}"
+               + (f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu is not None else ""))
     summary = run_worker(name, database_url(db), worker_index=worker_index, device=device,
-                         timeout=timeout)
+                         timeout=timeout, threads=threads)
     typer.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed")
 

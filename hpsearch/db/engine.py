@@ -157,8 +157,11 @@ def engine_kwargs(url: str) -> dict[str, Any]:
         # NullPool: each use opens a fresh connection, so no connection outlives a fork and
         # writers from several processes never hold the file lock while idle.
         return {"connect_args": {"timeout": sqlite_busy_timeout(url)}, "poolclass": NullPool}
-    # pre_ping: a connection dropped by a server restart is replaced instead of failing a trial
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 1800,
+    # pre_ping: a connection dropped by a server restart is replaced instead of failing a trial.
+    # A worker shares one pool between its writes, Optuna's storage and the trial-slot lock:
+    # 2 connections kept, a 3rd opened only while the lock, a heartbeat and a call overlap
+    # (docs/distributed.md: what that means for one server's max_connections).
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1, "pool_recycle": 1800,
             "connect_args": _postgres_connect_args(dict(parsed.query))}
 
 

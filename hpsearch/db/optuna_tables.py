@@ -10,7 +10,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, column, delete, insert, inspect, select, table
+from sqlalchemy import (
+    Connection,
+    Float,
+    and_,
+    cast,
+    column,
+    delete,
+    insert,
+    inspect,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.sql.expression import TableClause
 
 studies = table("studies", column("study_id"), column("study_name"))
@@ -28,6 +40,9 @@ STUDY_CHILDREN = ("study_directions", "study_user_attributes", "study_system_att
 # SQLite re-uses the id of a deleted study: a study deleted and re-created in Optuna often gets
 # the old id back, so the id alone cannot tell the two apart.
 MARKER_KEY = "hpsearch:study_row"
+# When a worker last checked the study for dead trials (seconds since the epoch, its clock): one
+# check per study per interval, whatever the number of workers (claim_stale_check).
+STALE_CHECK_KEY = "hpsearch:stale_check_at"
 
 
 def by_trial_id(name: str) -> TableClause:
@@ -69,3 +84,26 @@ def set_marker(conn: Connection, optuna_study_id: int, marker: str) -> None:
                                      attrs.c.key == MARKER_KEY))
     conn.execute(insert(attrs).values(study_id=optuna_study_id, key=MARKER_KEY,
                                       value_json=json.dumps(marker)))
+
+
+def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,
+                      interval: float) -> bool:
+    """True for the one caller that may check the study for dead trials now: the last check
+    (by any worker) is `interval` seconds old or more. A compare-and-set on one row, so that of
+    N workers asking at once one wins; the others cost one UPDATE that changes nothing.
+    Workers' clocks only need to agree to within a fraction of the interval."""
+    attrs = study_system_attributes
+    claimed = conn.execute(update(attrs).where(
+        attrs.c.study_id == optuna_study_id, attrs.c.key == STALE_CHECK_KEY,
+        cast(attrs.c.value_json, Float) <= now - interval).values(value_json=json.dumps(now)))
+    if claimed.rowcount:
+        return True
+    exists = conn.scalar(select(attrs.c.key).where(attrs.c.study_id == optuna_study_id,
+                                                   attrs.c.key == STALE_CHECK_KEY))
+    if exists is not None:
+        return False
+    # the study's first check: the insert of the one who gets there first; a second one
+    # fails on Optuna's unique (study_id, key) and is told no by the caller
+    conn.execute(insert(attrs).values(study_id=optuna_study_id, key=STALE_CHECK_KEY,
+                                      value_json=json.dumps(now)))
+    return True

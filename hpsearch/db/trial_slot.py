@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import make_engine
@@ -37,7 +37,9 @@ _PG_NAMESPACE = 0x687073_01
 class TrialSlotLock:
     """A cross-process mutex for one Optuna study; release() may be called more than once."""
 
-    def __init__(self, url: str, optuna_study_id: int) -> None:
+    def __init__(self, url: str, optuna_study_id: int, engine: Engine | None = None) -> None:
+        """`engine`: the worker's engine to take the lock's connection from (PostgreSQL);
+        by default one of its own."""
         self.url = url
         self.study_id = optuna_study_id
         parsed = make_url(url)
@@ -45,7 +47,8 @@ class TrialSlotLock:
         database = parsed.database or ""
         self._file = (Path(f"{database}.trial-lock")
                       if not self._pg and database and database != ":memory:" else None)
-        self._engine = make_engine(url) if self._pg else None
+        self._owns_engine = engine is None
+        self._engine = (engine or make_engine(url)) if self._pg else None
         self._conn: Connection | None = None
         self._handle: IO[bytes] | None = None
 
@@ -88,6 +91,6 @@ class TrialSlotLock:
 
     def close(self) -> None:
         self.release()
-        if self._engine is not None:
+        if self._engine is not None and self._owns_engine:
             self._engine.dispose()
 
