@@ -21,13 +21,11 @@ from hpsearch.db.engine import mask_secrets
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.recorder import Recorder
 from hpsearch.errors import HpsearchError
-from hpsearch.metrics import EpochMetrics
-from hpsearch.model import build_model, count_parameters
 from hpsearch.paths import checkpoint_path
 from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.space import suggest
 from hpsearch.stop import interrupted_reason
-from hpsearch.train import CheckpointError, TrainingDiverged, load_checkpoint, train
+from hpsearch.train import CheckpointError, TrainingDiverged, fit, load_checkpoint
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -101,14 +99,7 @@ class Objective:
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
                                      trial.number)
 
-        def on_epoch(metrics: EpochMetrics) -> None:
-            self.recorder.record_epoch(row, metrics)
-            _track_peak(peak, metrics.val_acc, metrics.epoch)
-            trial.report(metrics.val_acc, metrics.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})")
-
+        pruned: str | None = None  # why the loop was stopped early, if it was
         # from here on every way out records the trial's end with its reason; an exception
         # that escaped would leave the row "running" until another worker called it dead
         try:
@@ -121,20 +112,20 @@ class Objective:
                     self.recorder.copy_epochs(previous, row, done)
                 for done_epoch in state.get("history", []):
                     _track_peak(peak, done_epoch["val_acc"], done_epoch["epoch"])
-            # counted up front (building the model takes milliseconds) so pruned and failed
-            # trials have their size too
-            n_params = count_parameters(build_model(params, self.data.image_shape))
+            # the seed follows the original trial, so a resumed retry continues the same run
+            run = fit(params, self.data, seed=self.config.seed + original,
+                      device=str(self.device), checkpoint=checkpoint, resume_from=resume_from)
+            n_params = run.n_params  # known before the first epoch: pruned trials have it too
             # for optuna-dashboard and `optuna trials`: what is known now, in one go
             _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
                                     "precision": precision, "device": str(self.device)})
-            # the seed follows the original trial, so a resumed retry continues the same run
-            result = train(params, self.data, seed=self.config.seed + original,
-                           device=str(self.device), on_epoch=on_epoch, checkpoint=checkpoint,
-                           resume_from=resume_from)
-        except optuna.TrialPruned as exc:
-            self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
-                         checkpoint, peak)
-            raise
+            for metrics in run:
+                self.recorder.record_epoch(row, metrics)
+                _track_peak(peak, metrics.val_acc, metrics.epoch)
+                trial.report(metrics.val_acc, metrics.epoch)
+                if trial.should_prune():  # stopping the loop stops the training
+                    pruned = f"pruned at epoch {metrics.epoch} (val acc {metrics.val_acc:.4f})"
+                    break
         except TrainingDiverged as exc:
             self._finish(trial, row, "pruned", started, n_params,
                          _noted(note, f"diverged: {exc}"), checkpoint, peak)
@@ -148,8 +139,12 @@ class Objective:
             self._finish(trial, row, "failed", started, n_params,
                          _noted(note, failure_reason(exc)), None, peak)
             raise
+        if pruned is not None:
+            self._finish(trial, row, "pruned", started, n_params, _noted(note, pruned),
+                         checkpoint, peak)
+            raise optuna.TrialPruned(pruned)
         self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
-        best = result.best
+        best = run.best
         return best.val_acc if best else 0.0
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,

@@ -262,9 +262,9 @@ def test_training_without_a_validation_split() -> None:
     assert len(data.val) == 0
     params = TrialParams(patch_size=14, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=16,
                          scheduler="plateau", epochs=4, batch_size=50, precision="fp32")
-    from hpsearch.train import train
+    from hpsearch.train import fit
 
-    result = train(params, data, device="cpu")
+    result = fit(params, data, device="cpu").run_to_end()
     assert [m.epoch for m in result.history] == [1, 2, 3, 4]
     assert all(math.isnan(m.val_acc) and math.isnan(m.val_loss) for m in result.history)
     assert all(math.isfinite(m.train_loss) for m in result.history)

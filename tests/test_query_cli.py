@@ -16,10 +16,11 @@ import pytest
 from sqlalchemy import select
 
 from hpsearch.cli.app import app
-from hpsearch.config import load_run_config, parse_data, parse_study
+from hpsearch.config import parse_data, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import EPOCH_METRICS, Epoch, Study, Trial
 from hpsearch.params import TrialParams
+from hpsearch.run_config import load_run_config
 from tests.helpers import hps
 from tests.recorded_study import PLAN, RecordedStudy, build_recorded_study
 
