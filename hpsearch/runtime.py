@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.files import atomic_write
 from hpsearch.model import build_model
-from hpsearch.params import NUM_CLASSES, TrialParams
+from hpsearch.params import NUM_CLASSES, TrialParams, check_device
 from hpsearch.paths import cache_dir
 
 try:
@@ -61,12 +61,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
+    """The torch device for a --device name; ConfigError for an unknown name or a missing GPU."""
+    if check_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r} (choose from: auto, cpu, cuda)")
+        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
     return torch.device(name)
 
 

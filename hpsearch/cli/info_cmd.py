@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from hpsearch.cli.app import MAX_THREADS, app
-from hpsearch.errors import ConfigError
 
 
 class InfoFormat(StrEnum):
@@ -39,10 +38,7 @@ def info(
     from hpsearch.runtime import machine_report, resolve_device
     from hpsearch.train import configure_threads
 
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    dev = resolve_device(device)
     configure_threads(threads)
     report = machine_report(dev, remeasure=remeasure)
     if fmt == InfoFormat.json:

@@ -9,6 +9,7 @@ import typer
 
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, MAX_WORKERS, app, finite
 from hpsearch.errors import ConfigError
+from hpsearch.params import check_device
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -87,7 +88,7 @@ def _run(study_file: Path, db: str | None, workers: int, threads: int | None,
     from hpsearch.storage import prepare_study
 
     config = load_study(study_file)  # every check runs before anything is written
-    _check_device(device)
+    check_device(device)
     url = normalise_url(database_url(db))
     import optuna
 
@@ -183,7 +184,7 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
     from hpsearch.stop import quiet_stop_tracebacks
     from hpsearch.train import configure_threads
 
-    _check_device(device)
+    check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -224,8 +225,4 @@ def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Ch
         raise
     return changes
 
-
-def _check_device(device: str) -> None:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"unknown device {device!r} (choose from: auto, cpu, cuda)")
 
