@@ -63,8 +63,8 @@ from hpsearch.data import (
 )
 from hpsearch.model import MLPMixer, matmul_flops_per_image
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.runtime import cpu_info, cpu_precision, resolve_precision
-from hpsearch.train import configure_threads, fit
+from hpsearch.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
+from hpsearch.train import fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SHAPE = (1, 28, 28)

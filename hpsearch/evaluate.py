@@ -130,8 +130,9 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
     """Retrain once per seed of the plan (reusing stored results), score each final model once
     on the test set, store each result as it comes. `on_epoch(seed, metrics)` follows the
     retraining; its val_loss/val_acc are nan (there is no validation split)."""
+    from hpsearch.checkpoint import save_checkpoint
     from hpsearch.runtime import resolve_device
-    from hpsearch.train import TrainingDiverged, fit, save_checkpoint
+    from hpsearch.train import TrainingDiverged, fit
     from hpsearch.train import evaluate as score
 
     full_url = normalise_url(database_url(url))

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.checkpoint import CheckpointError, load_checkpoint
 from hpsearch.config import StudyConfig
 from hpsearch.data import TrainValData
 from hpsearch.db.engine import mask_secrets
@@ -25,7 +26,7 @@ from hpsearch.paths import checkpoint_path
 from hpsearch.runtime import resolve_device, resolve_precision
 from hpsearch.space import suggest
 from hpsearch.stop import interrupted_reason
-from hpsearch.train import CheckpointError, TrainingDiverged, fit, load_checkpoint
+from hpsearch.train import TrainingDiverged, fit
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)

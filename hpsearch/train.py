@@ -7,12 +7,7 @@ stopping the loop.
 
 from __future__ import annotations
 
-import ctypes
-import io
 import math
-import os
-import pickle
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,14 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpsearch.cores import available_cores
+from hpsearch.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
-from hpsearch.errors import HpsearchError
-from hpsearch.files import atomic_write
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import NUM_CLASSES, TrialParams
-from hpsearch.runtime import RunSetup, resolve_device, resolve_precision
+from hpsearch.runtime import RunSetup, resolve_device, resolve_precision, tune_malloc
 
 CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
 CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
@@ -37,44 +30,6 @@ COMPILE_MIN_IMAGES = 1_000_000  # compile="auto" compiles only runs this long (~
 
 class TrainingDiverged(RuntimeError):
     """Training stopped early because it cannot produce a useful model; str() is the reason."""
-
-
-def configure_threads(threads: int | None) -> int:
-    """Use `threads` intra-op threads (default: every core this process may run on)."""
-    n = threads or available_cores()
-    torch.set_num_threads(n)
-    return n
-
-
-_MALLOC_TUNED = False
-
-
-def tune_malloc() -> bool:
-    """Keep freed memory in the process instead of handing it back to the OS at once.
-
-    glibc serves large blocks (each activation of a training step is a few MB) with mmap and
-    returns them to the OS when freed, so every step page-faults its activations in afresh:
-    ~6,000 minor faults per step for the default Mixer, 10-15% of a CPU step. Raising the mmap
-    and trim thresholds lets those blocks be reused (the usual advice is jemalloc/tcmalloc via
-    LD_PRELOAD; this gets the same effect in-process). Once per process; glibc on Linux only;
-    set HPSEARCH_MALLOC_TUNING=0 to skip. Returns whether the settings were applied.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    if not sys.platform.startswith("linux") or os.environ.get("HPSEARCH_MALLOC_TUNING") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; blocks below it come
-        # from the heap, and up to 1 GiB of freed heap is kept for reuse rather than trimmed
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
-        ok = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    _MALLOC_TUNED = ok
-    return ok
 
 
 def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -166,42 +121,6 @@ def evaluate(model: nn.Module, split: Split, device: torch.device,
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-class CheckpointError(HpsearchError):
-    """A checkpoint that cannot be written (full disk, no permission) or read back (corrupt)."""
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a crash mid-write never leaves a truncated checkpoint.
-
-    Serialised in memory first: torch.save's own file writer reports a full disk as an opaque
-    `inline_container.cc` RuntimeError, while atomic_write names the file and the reason (and
-    leaves no partial file behind on the full disk)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as out:
-            out.write(buffer.getbuffer())
-    except OSError as exc:  # the folder could not be made
-        raise CheckpointError(f"checkpoint: cannot write {path}: {exc.strerror or exc}") from exc
-    except HpsearchError as exc:
-        raise CheckpointError(f"checkpoint: {exc}") from exc
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's state; CheckpointError (naming the file) if it is missing or corrupt."""
-    try:
-        # weights_only: tensors and plain containers only; loading never executes code
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's text here advises weights_only=False: no
-        raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint, or holds "
-                              "something other than tensors)") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated zip, I/O error, missing file
-        reason = " ".join(str(exc).split())[:120]
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
-                              f"{reason})") from exc
 
 
 def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",

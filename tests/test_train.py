@@ -10,23 +10,20 @@ import pytest
 import torch
 from torch import nn
 
+from hpsearch.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.data import Split, TrainValData, load_train_val
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.runtime import resolve_device
+from hpsearch.runtime import configure_threads, resolve_device, tune_malloc
 from hpsearch.train import (
     CHANCE_PATIENCE,
     Schedule,
     TrainingDiverged,
     _check_chance,
-    configure_threads,
     evaluate,
     fit,
-    load_checkpoint,
     make_optimizer,
-    save_checkpoint,
-    tune_malloc,
 )
 
 TINY = {"patch_size": 7, "hidden_dim": 32, "token_mlp_dim": 16, "channel_mlp_dim": 64,

@@ -41,7 +41,7 @@ def evaluate(
     from rich.console import Console
 
     from hpsearch.evaluate import plan_evaluation, run_evaluation, summarise
-    from hpsearch.train import configure_threads
+    from hpsearch.runtime import configure_threads
 
     plan = plan_evaluation(name, db, trial=trial, epochs=epochs, seeds=seeds)
     console = Console(stderr=True, highlight=False)

@@ -181,8 +181,8 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
 
     from hpsearch.db.engine import database_url
     from hpsearch.runner import run_worker, worker_name
+    from hpsearch.runtime import configure_threads
     from hpsearch.stop import quiet_stop_tracebacks
-    from hpsearch.train import configure_threads
 
     check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -52,9 +52,10 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from hpsearch import data as data_mod
+    from hpsearch.checkpoint import load_checkpoint
     from hpsearch.run_config import resolve_run
-    from hpsearch.runtime import resolve_device
-    from hpsearch.train import TrainingDiverged, configure_threads, fit, load_checkpoint
+    from hpsearch.runtime import configure_threads, resolve_device
+    from hpsearch.train import TrainingDiverged, fit
 
     run_config = resolve_run(config, set_, params={"epochs": epochs}, seed=seed,
                              data={"dataset": dataset, "data_dir": data_dir, "subset": subset,
