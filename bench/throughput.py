@@ -63,6 +63,7 @@ from hpsearch.data import (
 )
 from hpsearch.model import MLPMixer, matmul_flops_per_image
 from hpsearch.params import DataOptions, TrialParams
+from hpsearch.paths import cache_dir
 from hpsearch.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
 from hpsearch.train import fit
 
@@ -418,7 +419,7 @@ def main() -> None:
         f"({decision.reason}; {'cached' if decision.from_cache else 'measured now'})")
     folder = next(f for f in (_find_idx_files("fashion-mnist", d)
                               for d in candidate_dirs("fashion-mnist", None)) if f is not None)
-    tv_root = _torchvision_root("fashion-mnist", folder)
+    tv_root = _torchvision_root("fashion-mnist", folder, cache_dir() / "torchvision")
     common = {"threads": threads, "slice_s": args.slice, "subset": subset, "seed": args.seed,
               "tv_root": str(tv_root)}
 
