@@ -382,8 +382,8 @@ for args in (["studies"], ["trials", "fmnist-demo", "--top", "3"], ["best", "fmn
         main()
     except SystemExit as exc:
         assert not exc.code, (args, exc.code)
-heavy = sorted(m for m in ("torch", "torchvision", "hpsearch.data", "hpsearch.model",
-                           "hpsearch.train") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "torchvision", "hpsearch.data",
+                           "hpsearch.model", "hpsearch.train") if m in sys.modules)
 print("HEAVY", heavy)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
