@@ -110,7 +110,7 @@ def trainer_epochs(train_split: Tensors, test_split: Tensors, blocks: int,
     measures precision, warms up) and the precision it chose."""
     from hpsearch.data import Split, TrainValData
     from hpsearch.params import TrialParams
-    from hpsearch.train import train
+    from hpsearch.train import fit
 
     mean, std = 0.286, 0.353  # Fashion-MNIST's; only scales the inputs
 
@@ -122,7 +122,7 @@ def trainer_epochs(train_split: Tensors, test_split: Tensors, blocks: int,
     params = TrialParams(model="mixer", patch_size=4, hidden_dim=128, token_mlp_dim=64,
                          channel_mlp_dim=512, num_blocks=blocks, batch_size=256,
                          optimizer="adam", lr=1e-3, epochs=2)
-    result = train(params, data, seed=0, device=device)
+    result = fit(params, data, seed=0, device=device).run_to_end()
     return result.history[-1].seconds, result.setup.precision if result.setup else None
 
 

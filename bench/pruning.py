@@ -303,7 +303,7 @@ def main() -> None:
 
     import torch
 
-    from hpsearch.train import configure_threads
+    from hpsearch.runtime import configure_threads
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)

@@ -52,6 +52,8 @@ from sqlalchemy import Connection, func, insert, select
 from hpsearch.db.engine import make_engine, mask_url
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.db.optuna_link import row_marker
+from hpsearch.db.optuna_tables import set_marker
 from hpsearch.params import TrialParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -188,6 +190,9 @@ def build(url: str, n_trials: int, epochs: int) -> None:
                 # as the runner stores it: each parameter's Optuna distribution as JSON
                 "space": {name: json.loads(distribution_to_json(dist))
                           for name, dist in SPACE.items()}})
+            # tie Optuna's study to our row, as the runner does (else every command refuses
+            # the study as re-created in Optuna: hpsearch.db.optuna_link)
+            set_marker(conn, ostudy._study_id, row_marker(ours, START))
     ids = {"ours": ours, "optuna": ostudy._study_id}
     with engine.connect() as conn:
         done = conn.scalar(select(func.count()).where(Trial.study_id == ours)) or 0

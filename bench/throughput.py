@@ -1,4 +1,4 @@
-"""Trainer throughput: the coursework loop vs `hpsearch.train.train`, same model, same run.
+"""Trainer throughput: the coursework loop vs `hpsearch.train.fit`, same model, same run.
 
 Seconds per epoch on the FULL Fashion-MNIST training set (60,000 images) plus one evaluation
 pass over the 10,000 test images (both loops evaluate once per epoch, as a notebook would),
@@ -63,9 +63,9 @@ from hpsearch.data import (
 )
 from hpsearch.model import MLPMixer, matmul_flops_per_image
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.runtime import cpu_info, cpu_precision, resolve_precision
-from hpsearch.train import configure_threads
-from hpsearch.train import train as hp_train
+from hpsearch.paths import cache_dir
+from hpsearch.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
+from hpsearch.train import fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SHAPE = (1, 28, 28)
@@ -176,8 +176,8 @@ def coursework_epoch(turns: Turns, blocks: int, root: Path, subset: int | None,
     test_loader = DataLoader(test_set, batch_size=256)
 
     torch.manual_seed(seed)
-    model = MLPMixer(IMAGE_SHAPE, patch_size=4, hidden_dim=128, token_mlp_dim=64,
-                     channel_mlp_dim=512, num_blocks=blocks, dropout=0.0, activation="gelu")
+    model = MLPMixer(image_shape=IMAGE_SHAPE, patch_size=4, hidden_dim=128, token_mlp_dim=64,
+                     channel_mlp_dim=512, num_blocks=blocks)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
 
@@ -221,7 +221,7 @@ def trainer_epochs(turns: Turns, params: TrialParams, data: TrainValData, seed: 
         turns.tick()
 
     turns.wait()  # ---- timing starts (model construction included, as in any run)
-    result = hp_train(params, data, seed=seed, device="cpu", on_step=on_step)
+    result = fit(params, data, seed=seed, device="cpu", on_step=on_step).run_to_end()
     seconds = turns.elapsed()  # ---- timing ends
     assert result.setup is not None
     n = len(result.history)
@@ -262,7 +262,7 @@ def warm_up(data: TrainValData, precision: str) -> None:
     """A tiny run, so one-time costs (thread pools, oneDNN kernel generation) are not timed."""
     small = TrainValData(train=_head(data.train, 1024), val=_head(data.val, 256),
                          dataset=data.dataset, mean=data.mean, std=data.std)
-    hp_train(mixer_params(1, epochs=1, precision=precision), small, device="cpu")
+    fit(mixer_params(1, epochs=1, precision=precision), small, device="cpu").run_to_end()
 
 
 def worker(conn, job: dict) -> None:  # noqa: ANN001
@@ -281,7 +281,8 @@ def _work(conn, job: dict) -> None:  # noqa: ANN001
         # warm up with a plain loop: this process must not run our trainer (which tunes the
         # allocator), so the notebook loop runs exactly as it would on its own
         torch.manual_seed(0)
-        model = MLPMixer(IMAGE_SHAPE, 4, 128, 64, 512, job["blocks"], 0.0, "gelu")
+        model = MLPMixer(image_shape=IMAGE_SHAPE, patch_size=4, hidden_dim=128,
+                         token_mlp_dim=64, channel_mlp_dim=512, num_blocks=job["blocks"])
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(3):
             optimizer.zero_grad()
@@ -418,7 +419,7 @@ def main() -> None:
         f"({decision.reason}; {'cached' if decision.from_cache else 'measured now'})")
     folder = next(f for f in (_find_idx_files("fashion-mnist", d)
                               for d in candidate_dirs("fashion-mnist", None)) if f is not None)
-    tv_root = _torchvision_root("fashion-mnist", folder)
+    tv_root = _torchvision_root("fashion-mnist", folder, cache_dir() / "torchvision")
     common = {"threads": threads, "slice_s": args.slice, "subset": subset, "seed": args.seed,
               "tv_root": str(tv_root)}
 

@@ -1,4 +1,5 @@
-"""Study definitions (TOML) and single-run configs, validated before anything is written.
+"""Study definitions (TOML), validated before anything is written (single-run files:
+hpsearch.run_config).
 
 A study file has the tables [study], [data], [budget], [workers], [pruner], [space] and, for a
 dry run (a cluster set-up tested without training, see hpsearch/dryrun.py), [dry_run]. In
@@ -475,47 +476,3 @@ def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
         grid[name] = (list(dim.choices) if isinstance(dim, Categorical)
                       else [dim.low + i * dim.step for i in range(count)])
     return grid
-
-
-@dataclass(frozen=True)
-class RunSeeds:
-    """The seeds of one run: `seed` for the weights, shuffling and augmentation, `split_seed`
-    for the train/validation split. A study trial trains with the study's seed plus its number
-    and splits with the study's seed; `best --format toml` writes both."""
-
-    seed: int | None = None
-    split_seed: int | None = None
-
-
-def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], RunSeeds]:
-    """A single-run file for `hpsearch train --config`: [params] (or [fixed]), [data], and the
-    top-level `seed` and `split_seed`."""
-    path = Path(path)
-    doc = read_toml(path, "config file")
-    allowed = {"params", "fixed", "data", "seed", "split_seed"}
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) or table(s) {', '.join(unknown)} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
-    for key in ("params", "fixed", "data"):
-        if not isinstance(doc.get(key, {}), dict):
-            raise ConfigError(f"{path}: [{key}] must be a table")
-    seeds = RunSeeds(*(_typed(str(path), key, doc[key], int) if key in doc else None
-                       for key in ("seed", "split_seed")))
-    params = {**doc.get("fixed", {}), **doc.get("params", {})}
-    return params, doc.get("data", {}), seeds
-
-
-def parse_assignments(pairs: list[str]) -> dict[str, Any]:
-    """--set key=value pairs; values are parsed as TOML scalars where they can be."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        try:
-            out[key] = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = text.strip()  # a bare word such as adamw
-    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +66,28 @@ class DryRunTrainer:
     def precision(self, params: TrialParams) -> str | None:
         return None
 
-    def count_parameters(self, params: TrialParams) -> int | None:
-        return None  # no model is built
-
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: dry-run trials keep no checkpoints")
 
-    def train(self, params: TrialParams, *, seed: int, on_epoch: Callable[[EpochMetrics], None],
-              checkpoint: Path | None, resume_from: Path | None,
-              fraction: float | None = None, stop_after: int | None = None) -> None:
+    def start(self, params: TrialParams, *, seed: int, checkpoint: Path | None,
+              resume_from: Path | None, fraction: float | None = None,
+              stop_after: int | None = None) -> DryRun:
         # no [budget] rungs here (config refuses them with [dry_run]): fraction is never set
-        last = params.epochs if stop_after is None else min(params.epochs, stop_after)
-        for epoch in range(1, last + 1):
+        return DryRun(params, seed, self.seconds_per_epoch, stop_after)
+
+
+class DryRun:
+    """One dry-run trial: iterating it sleeps and yields each synthetic epoch."""
+
+    n_params = None  # no model is built
+
+    def __init__(self, params: TrialParams, seed: int, seconds_per_epoch: float,
+                 stop_after: int | None) -> None:
+        self.params, self.seed, self.seconds_per_epoch = params, seed, seconds_per_epoch
+        self.last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
+
+    def __iter__(self) -> Iterator[EpochMetrics]:
+        for epoch in range(1, self.last_epoch + 1):
             started = time.monotonic()
             time.sleep(self.seconds_per_epoch)  # a stop signal's exception ends it at once
-            metrics = synthetic_epoch(params, epoch, seed, time.monotonic() - started)
-            on_epoch(metrics)  # records, reports, may prune
+            yield synthetic_epoch(self.params, epoch, self.seed, time.monotonic() - started)

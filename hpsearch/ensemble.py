@@ -171,7 +171,7 @@ def _greedy(study: queries.StudyInfo, options: DataOptions, top: list[queries.Tr
     train split (its subset and split seed) with the seed it trained with in the search."""
     from hpsearch.report.tables import trial_seeds
     from hpsearch.runtime import resolve_device
-    from hpsearch.train import TrainingDiverged, predict_probs, train
+    from hpsearch.train import TrainingDiverged, fit, predict_probs
 
     data = data_mod.load_train_val(options, study.seed)
     dev = _device(device, resolve_device)
@@ -179,13 +179,13 @@ def _greedy(study: queries.StudyInfo, options: DataOptions, top: list[queries.Tr
     for record, p in zip(top, params, strict=True):
         seed, _ = trial_seeds(study, record.number)
         try:
-            trained = train(p, data, seed=seed, device=str(dev),
-                            on_epoch=(lambda m, n=record.number: on_epoch(n, m))
-                            if on_epoch else None)
+            trained = fit(p, data, seed=seed, device=str(dev))
+            for metrics in trained:
+                if on_epoch is not None:
+                    on_epoch(record.number, metrics)
         except TrainingDiverged as exc:
             raise HpsearchError(f"retraining trial {record.number} for ensemble selection "
                                 f"diverged: {exc}") from None
-        assert trained.model is not None and trained.setup is not None
         probs.append(predict_probs(trained.model, data.val, dev, trained.setup.autocast_dtype))
     weights = greedy_weights(probs, data.val.labels)
     _, acc = score_probs(average(probs, weights), data.val.labels)
@@ -287,9 +287,10 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
     """(model, autocast dtype, curve, seconds): the stored weights of an earlier retraining
     with this seed and length where they are still on disk (curve None: nothing to store),
     else a retraining on train + validation saved like `hpsearch evaluate`'s."""
+    from hpsearch.checkpoint import load_checkpoint, save_checkpoint
     from hpsearch.model import build_model
     from hpsearch.runtime import resolve_precision
-    from hpsearch.train import TrainingDiverged, load_checkpoint, save_checkpoint, train
+    from hpsearch.train import TrainingDiverged, fit
 
     number = member.trial.number
     if earlier is not None and Path(earlier.checkpoint_path).exists():
@@ -299,12 +300,13 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
         return model.to(dev), dtype, None, earlier.seconds
     started = time.perf_counter()
     try:
-        trained = train(member.params, full, seed=seed, device=str(dev),
-                        on_epoch=(lambda m: on_epoch(seed, number, m)) if on_epoch else None)
+        trained = fit(member.params, full, seed=seed, device=str(dev))
+        for metrics in trained:
+            if on_epoch is not None:
+                on_epoch(seed, number, metrics)
     except TrainingDiverged as exc:
         raise HpsearchError(f"retraining trial {number} with seed {seed} diverged: "
                             f"{exc}") from None
-    assert trained.model is not None and trained.setup is not None
     path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, number, seed)
     save_checkpoint(path, {k: v.detach().cpu() for k, v in trained.model.state_dict().items()})
     curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]

@@ -16,7 +16,6 @@ times as many steps per epoch). Nothing here reads the test set.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -40,16 +39,12 @@ class AutoEpochs:
     seconds: float
 
 
-class _Stop(Exception):
-    """Ends a curve early once it has stopped improving."""
-
-
 def choose_epochs(params: TrialParams, options: DataOptions, *, split_seed: int, seed: int,
                   device: str,
                   on_epoch: Callable[[EpochMetrics], None] | None = None) -> AutoEpochs:
     """The retraining length for `params` (its `epochs`: the trial's own length), chosen on a
     held-out slice of the whole training set."""
-    from hpsearch.train import TrainingDiverged, train
+    from hpsearch.train import TrainingDiverged, fit
 
     data = data_mod.load_train_val(replace(options, subset=None), split_seed)
     started = time.perf_counter()
@@ -60,21 +55,20 @@ def choose_epochs(params: TrialParams, options: DataOptions, *, split_seed: int,
                 length = max(1, round(params.epochs * factor))
                 if length in scores:
                     continue
-                run = train(params.replace(epochs=length), data, seed=seed, device=device,
-                            on_epoch=on_epoch)
-                scores[length] = run.history[-1].val_acc
+                for metrics in fit(params.replace(epochs=length), data, seed=seed,
+                                   device=device):
+                    if on_epoch is not None:
+                        on_epoch(metrics)
+                scores[length] = metrics.val_acc
         else:
-            def watch(metrics: EpochMetrics) -> None:
+            for metrics in fit(params.replace(epochs=AUTO_FACTOR * params.epochs), data,
+                               seed=seed, device=device):
                 if on_epoch is not None:
                     on_epoch(metrics)
                 scores[metrics.epoch] = metrics.val_acc
                 best = max(scores, key=lambda e: (scores[e], -e))
-                if metrics.epoch - best >= PATIENCE:
-                    raise _Stop
-
-            with contextlib.suppress(_Stop):  # the curve stopped improving
-                train(params.replace(epochs=AUTO_FACTOR * params.epochs), data, seed=seed,
-                      device=device, on_epoch=watch)
+                if metrics.epoch - best >= PATIENCE:  # the curve stopped improving
+                    break
     except TrainingDiverged as exc:
         raise HpsearchError(f"choosing the retraining length: the run diverged: {exc}") from None
     finite = {e: a for e, a in scores.items() if math.isfinite(a)}

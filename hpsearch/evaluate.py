@@ -175,15 +175,13 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
     """Retrain once per seed of the plan (reusing stored results), score each final model once
     on the test set, store each result as it comes. `on_epoch(seed, metrics)` follows the
     retraining; its val_loss/val_acc are nan (there is no validation split)."""
+    from hpsearch.checkpoint import save_checkpoint
     from hpsearch.runtime import resolve_device
-    from hpsearch.train import TrainingDiverged, save_checkpoint, train
+    from hpsearch.train import TrainingDiverged, fit
     from hpsearch.train import evaluate as score
 
     full_url = normalise_url(database_url(url))
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    dev = resolve_device(device)
     stored = _stored(full_url, plan)
     results: list[FinalResult] = []
     options = plan.data
@@ -198,12 +196,13 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
             data = data_mod.load_full_train(options)
         started = time.perf_counter()
         try:
-            trained = train(plan.params, data, seed=seed, device=device,
-                            on_epoch=(lambda m, s=seed: on_epoch(s, m)) if on_epoch else None)
+            trained = fit(plan.params, data, seed=seed, device=device)
+            for metrics in trained:
+                if on_epoch is not None:
+                    on_epoch(seed, metrics)
         except TrainingDiverged as exc:
             raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
                                 f"diverged: {exc}") from None
-        assert trained.model is not None and trained.setup is not None
         # the one look at the test set, after training is over, in the training's precision
         test = data_mod.load_test_split(options, data.mean, data.std)
         test_loss, test_acc = score(trained.model, test, dev, trained.setup.autocast_dtype)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
-from hpsearch.params import NUM_CLASSES, TrialParams
+from hpsearch.params import NUM_CLASSES, TrialParams, num_patches
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -48,13 +50,27 @@ class Dropout(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Linear → activation → dropout → linear → dropout, on the last dimension."""
+    """Linear → activation → dropout → linear → dropout, on the last dimension.
 
-    def __init__(self, dim: int, hidden: int, dropout: float, activation: str) -> None:
+    Args:
+        dim: Width of the input and the output.
+        hidden: Width of the hidden layer.
+        dropout: Probability of zeroing an element, after each linear layer's output.
+        act_layer: The activation's class (instantiated here, once per layer).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        hidden: int,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(dim, hidden),
-            ACTIVATIONS[activation](),
+            act_layer(),
             Dropout(dropout),
             nn.Linear(hidden, dim),
             Dropout(dropout),
@@ -65,15 +81,36 @@ class FeedForward(nn.Module):
 
 
 class MixerBlock(nn.Module):
-    """Token mixing across patches, then channel mixing; each pre-normed with a skip."""
+    """Token mixing across patches, then channel mixing; each pre-normed with a skip.
 
-    def __init__(self, num_patches: int, dim: int, token_dim: int, channel_dim: int,
-                 dropout: float, activation: str) -> None:
+    Args:
+        num_patches: Patches per image (the width the token MLP mixes over).
+        dim: Channels per patch (the hidden width of the whole Mixer).
+        token_dim: Hidden width of the token-mixing MLP.
+        channel_dim: Hidden width of the channel-mixing MLP.
+        dropout: Dropout probability inside both MLPs.
+        act_layer: The activation's class.
+        norm_layer: The normalisation's class, called with `dim`.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_patches: int,
+        dim: int,
+        token_dim: int,
+        channel_dim: int,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ) -> None:
         super().__init__()
-        self.token_norm = nn.LayerNorm(dim)
-        self.token_mlp = FeedForward(num_patches, token_dim, dropout, activation)
-        self.channel_norm = nn.LayerNorm(dim)
-        self.channel_mlp = FeedForward(dim, channel_dim, dropout, activation)
+        self.token_norm = norm_layer(dim)
+        self.token_mlp = FeedForward(dim=num_patches, hidden=token_dim, dropout=dropout,
+                                     act_layer=act_layer)
+        self.channel_norm = norm_layer(dim)
+        self.channel_mlp = FeedForward(dim=dim, hidden=channel_dim, dropout=dropout,
+                                       act_layer=act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, patches, dim)
         x = x + self.token_mlp(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
@@ -81,21 +118,47 @@ class MixerBlock(nn.Module):
 
 
 class MLPMixer(nn.Module):
-    def __init__(self, image_shape: tuple[int, int, int], patch_size: int, hidden_dim: int,
-                 token_mlp_dim: int, channel_mlp_dim: int, num_blocks: int, dropout: float,
-                 activation: str, num_classes: int = NUM_CLASSES) -> None:
+    """MLP-Mixer (Tolstikhin et al., 2021): patches → linear stem → mixer blocks → norm →
+    mean over patches → linear head.
+
+    Args:
+        image_shape: (channels, height, width) of the input images.
+        patch_size: Side of the square patches; must divide height and width (ConfigError).
+        hidden_dim: Channels per patch after the stem.
+        token_mlp_dim: Hidden width of every token-mixing MLP.
+        channel_mlp_dim: Hidden width of every channel-mixing MLP.
+        num_blocks: Number of mixer blocks.
+        dropout: Dropout probability inside the MLPs.
+        act_layer: The activation's class, e.g. nn.GELU.
+        norm_layer: The normalisation's class, called with hidden_dim.
+        num_classes: Outputs of the head.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        patch_size: int,
+        hidden_dim: int,
+        token_mlp_dim: int,
+        channel_mlp_dim: int,
+        num_blocks: int = 1,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
-        channels, height, width = image_shape
-        if height % patch_size or width % patch_size:
-            raise ValueError(f"patch_size {patch_size} does not divide {height}x{width} images")
+        dims = mixer_dims(image_shape, patch_size, hidden_dim)
         self.patch_size = patch_size
-        num_patches = (height // patch_size) * (width // patch_size)
-        self.stem = nn.Linear(channels * patch_size * patch_size, hidden_dim)
+        self.stem = nn.Linear(dims.patch_pixels, hidden_dim)
         self.blocks = nn.Sequential(*[
-            MixerBlock(num_patches, hidden_dim, token_mlp_dim, channel_mlp_dim, dropout, activation)
+            MixerBlock(num_patches=dims.patches, dim=hidden_dim, token_dim=token_mlp_dim,
+                       channel_dim=channel_mlp_dim, dropout=dropout, act_layer=act_layer,
+                       norm_layer=norm_layer)
             for _ in range(num_blocks)
         ])
-        self.norm = nn.LayerNorm(hidden_dim)
+        self.norm = norm_layer(hidden_dim)
         self.head = nn.Linear(hidden_dim, num_classes)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
@@ -105,25 +168,64 @@ class MLPMixer(nn.Module):
         x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → normalised patch features (B, patches, hidden_dim)."""
+        return self.norm(self.blocks(self.stem(self.patchify(images))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Patch features → logits (B, num_classes): the mean over patches, then the head."""
+        return self.head(features.mean(dim=1))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(self.patchify(images)))
-        return self.head(self.norm(x).mean(dim=1))
+        return self.forward_head(self.forward_features(images))
 
 
 class MLP(nn.Module):
-    """The classic baseline: flatten, hidden layers of linear → activation → dropout, linear."""
+    """The classic baseline: flatten, hidden layers of linear → activation → dropout, linear.
 
-    def __init__(self, image_shape: tuple[int, int, int], width: int, layers: int,
-                 dropout: float, activation: str, num_classes: int = NUM_CLASSES) -> None:
+    Args:
+        image_shape: (channels, height, width) of the input images.
+        width: Width of every hidden layer.
+        layers: Number of hidden layers.
+        dropout: Dropout probability after each hidden activation.
+        act_layer: The activation's class.
+        num_classes: Outputs of the last layer.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        width: int,
+        layers: int = 1,
+        dropout: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
         dims = [image_shape[0] * image_shape[1] * image_shape[2]] + [width] * layers
         hidden: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-            hidden += [nn.Linear(d_in, d_out), ACTIVATIONS[activation](), Dropout(dropout)]
+            hidden += [nn.Linear(d_in, d_out), act_layer(), Dropout(dropout)]
         self.net = nn.Sequential(nn.Flatten(), *hidden, nn.Linear(dims[-1], num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+class MixerDims(NamedTuple):
+    """The widths a Mixer's layers derive from the images: computed in one place."""
+
+    patches: int  # patches per image
+    patch_pixels: int  # C·P·P, the stem's input width
+    hidden: int
+
+
+def mixer_dims(image_shape: tuple[int, int, int], patch_size: int, hidden_dim: int) -> MixerDims:
+    """ConfigError (via params.num_patches, the one divisibility check) if the patches do not
+    tile the images."""
+    return MixerDims(num_patches(image_shape, patch_size),
+                     image_shape[0] * patch_size * patch_size, hidden_dim)
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -145,13 +247,16 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 
 def build_model(params: TrialParams, image_shape: tuple[int, int, int]) -> nn.Module:
+    act_layer = ACTIVATIONS[params.activation]  # resolved once, handed down as a class
     if params.model == "mlp":
-        model: nn.Module = MLP(image_shape, params.mlp_width, params.mlp_layers, params.dropout,
-                               params.activation)
+        model: nn.Module = MLP(image_shape=image_shape, width=params.mlp_width,
+                               layers=params.mlp_layers, dropout=params.dropout,
+                               act_layer=act_layer)
     else:
-        model = MLPMixer(image_shape, params.patch_size, params.hidden_dim, params.token_mlp_dim,
-                         params.channel_mlp_dim, params.num_blocks, params.dropout,
-                         params.activation)
+        model = MLPMixer(image_shape=image_shape, patch_size=params.patch_size,
+                         hidden_dim=params.hidden_dim, token_mlp_dim=params.token_mlp_dim,
+                         channel_mlp_dim=params.channel_mlp_dim, num_blocks=params.num_blocks,
+                         dropout=params.dropout, act_layer=act_layer)
     init_weights(model, params.init)
     return model
 
@@ -166,9 +271,8 @@ def matmul_flops_per_image(params: TrialParams, image_shape: tuple[int, int, int
     if params.model == "mlp":
         dims = [c * h * w] + [params.mlp_width] * params.mlp_layers + [NUM_CLASSES]
         return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
-    p, d = params.patch_size, params.hidden_dim
-    n = (h // p) * (w // p)
-    stem = 2 * n * (c * p * p) * d
+    n, pixels, d = mixer_dims(image_shape, params.patch_size, params.hidden_dim)
+    stem = 2 * n * pixels * d
     token = 2 * 2 * d * n * params.token_mlp_dim  # two linears over patches, for each channel
     channel = 2 * 2 * n * d * params.channel_mlp_dim
     return stem + params.num_blocks * (token + channel) + 2 * d * NUM_CLASSES

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.config import Rung, StudyConfig
+from hpsearch.config import StudyConfig
 from hpsearch.db.engine import mask_secrets
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.recorder import Recorder
@@ -66,6 +66,15 @@ def retry_history(trial: optuna.Trial) -> list[int]:
     return list(frozen.system_attrs.get("retry_history", []))
 
 
+class TrialRun(Protocol):
+    """One run, built and ready: iterating it trains and yields each epoch's metrics; stopping
+    the loop stops the training (hpsearch.train.Training is one)."""
+
+    n_params: int | None  # known before the first epoch (None: no model, a dry run)
+
+    def __iter__(self) -> Iterator[EpochMetrics]: ...
+
+
 class TrialTrainer(Protocol):
     """What the objective needs of a trainer."""
 
@@ -74,15 +83,13 @@ class TrialTrainer(Protocol):
 
     def precision(self, params: TrialParams) -> str | None: ...
 
-    def count_parameters(self, params: TrialParams) -> int | None: ...
-
     def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
 
-    def train(self, params: TrialParams, *, seed: int, on_epoch: Callable[[EpochMetrics], None],
-              checkpoint: Path | None, resume_from: Path | None,
-              fraction: float | None = None, stop_after: int | None = None) -> None:
-        """Train, calling on_epoch after each epoch: on the first `fraction` of the training
-        split (None: all of it), up to epoch `stop_after` (None: params.epochs)."""
+    def start(self, params: TrialParams, *, seed: int, checkpoint: Path | None,
+              resume_from: Path | None, fraction: float | None = None,
+              stop_after: int | None = None) -> TrialRun:
+        """A run on the first `fraction` of the training split (None: all of it), up to epoch
+        `stop_after` (None: params.epochs); the model is built once, here."""
         ...
 
 
@@ -127,55 +134,58 @@ class Objective:
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
                                      trial.number) if keeps else None
 
-        rungs = self.config.rungs
         # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
         # compare them, and the objectives' values are taken from them at the end
         seen: dict[int, dict[str, Any]] = {}
-
-        def on_epoch(metrics: EpochMetrics) -> None:
-            self.recorder.record_epoch(row, metrics, primary, _fraction(rungs, metrics.epoch))
-            value = getattr(metrics, primary.measure)
-            _track_peak(peak, primary, value, metrics.epoch)
-            seen[metrics.epoch] = metrics.to_dict()
-            # Optuna neither takes reports nor prunes multi-objective studies; with rungs the
-            # trials are compared at the end of each rung only (_train_rungs)
-            if self.config.multi_objective or rungs:
-                return
-            trial.report(value, metrics.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} "
-                                         f"({primary.measure} {value:.4f})")
+        # Optuna neither takes reports nor prunes multi-objective studies; with rungs the trials
+        # are compared at the end of each rung only
+        each_epoch = not (self.config.multi_objective or self.config.rungs)
+        pruned: str | None = None  # why the loop was stopped early, if it was
 
         # from here on every way out records the trial's end with its reason; an exception
         # that escaped would leave the row "running" until another worker called it dead
         try:
             if resume_from is not None and state is not None:
-                done = int(state["epoch"])
                 log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
-                         resume_from, done, resumed_number)
+                         resume_from, int(state["epoch"]), resumed_number)
                 previous = self.recorder.trial_id(self.study_row_id, resumed_number)
                 if previous is not None:
-                    self.recorder.copy_epochs(previous, row, done, primary)
+                    self.recorder.copy_epochs(previous, row, int(state["epoch"]), primary)
                 for done_epoch in state.get("history", []):
                     _track_peak(peak, primary, done_epoch[primary.measure], done_epoch["epoch"])
                     seen[int(done_epoch["epoch"])] = done_epoch
-            # counted up front (building the model takes milliseconds) so pruned and failed
-            # trials have their size too
-            n_params = self.trainer.count_parameters(params)
-            # for optuna-dashboard and `optuna trials`: what is known now, in one go
-            _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
-                                    "precision": precision, "device": self.trainer.device})
-            # the seed follows the original trial, so a resumed retry continues the same run
-            if rungs:
-                self._train_rungs(trial, params, self.config.seed + original, on_epoch,
-                                  checkpoint, resume_from, seen)
-            else:
-                self.trainer.train(params, seed=self.config.seed + original, on_epoch=on_epoch,
-                                   checkpoint=checkpoint, resume_from=resume_from)
-        except optuna.TrialPruned as exc:
-            self._finish(trial, row, "pruned", started, n_params, _noted(note, str(exc)),
-                         checkpoint, peak)
-            raise
+            done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
+            for stage, (fraction, end) in enumerate(self._stages()):
+                if end is None or end > done:
+                    # the seed follows the original trial, so a resumed retry continues the run
+                    run = self.trainer.start(params, seed=self.config.seed + original,
+                                             checkpoint=checkpoint,
+                                             resume_from=resume_from if done else None,
+                                             fraction=fraction, stop_after=end)
+                    if n_params is None:  # known before the first epoch: pruned trials have it
+                        n_params = run.n_params
+                        # for optuna-dashboard and `optuna trials`: what is known now, in one go
+                        _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
+                                                "precision": precision,
+                                                "device": self.trainer.device})
+                    for metrics in run:
+                        self.recorder.record_epoch(row, metrics, primary, fraction)
+                        value = getattr(metrics, primary.measure)
+                        _track_peak(peak, primary, value, metrics.epoch)
+                        seen[metrics.epoch] = metrics.to_dict()
+                        if each_epoch:
+                            trial.report(value, metrics.epoch)
+                            if trial.should_prune():  # stopping the loop stops the training
+                                pruned = (f"pruned at epoch {metrics.epoch} "
+                                          f"({primary.measure} {value:.4f})")
+                                break
+                    if pruned is not None:
+                        break
+                    done, resume_from = max(seen, default=done), checkpoint
+                if end is not None and stage < len(self.config.rungs) - 1:
+                    pruned = self._rung_end(trial, stage, seen)
+                    if pruned is not None:
+                        break
         except TrainingDiverged as exc:
             self._finish(trial, row, "pruned", started, n_params,
                          _noted(note, f"diverged: {exc}"), checkpoint, peak)
@@ -189,37 +199,38 @@ class Objective:
             self._finish(trial, row, "failed", started, n_params,
                          _noted(note, failure_reason(exc)), None, peak)
             raise
+        if pruned is not None:
+            self._finish(trial, row, "pruned", started, n_params, _noted(note, pruned),
+                         checkpoint, peak)
+            raise optuna.TrialPruned(pruned)
         self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
         values = tuple(v if v is not None else float("nan") for v in epoch_values(
             self.config.objectives, [seen[e] for e in sorted(seen)], n_params))
         return values if self.config.multi_objective else values[0]
 
-    def _train_rungs(self, trial: optuna.Trial, params: TrialParams, seed: int,
-                     on_epoch: Callable[[EpochMetrics], None], checkpoint: Path | None,
-                     resume_from: Path | None, seen: dict[int, dict[str, Any]]) -> None:
-        """A multi-fidelity budget: each rung trains on its fraction of the training split up
-        to its epoch, RESUMING from the previous rung's checkpoint (weights, optimiser and
-        schedule carry over; only images are added, so nothing restarts). At the end of every
-        rung but the last, its last epoch's first objective is reported as one intermediate
-        value at step reduction_factor**i (the resources of Optuna's successive halving and
-        Hyperband with min_resource 1), and the pruner decides the promotion."""
-        rungs = self.config.rungs
+    def _stages(self) -> list[tuple[float | None, int | None]]:
+        """(training-data fraction, last epoch) of each stage of a trial: one stage of the whole
+        split and every epoch, or one per rung of a multi-fidelity budget. A rung RESUMES from
+        the previous one's checkpoint (weights, optimiser and schedule carry over; only images
+        are added, so nothing restarts)."""
+        if not self.config.rungs:
+            return [(None, None)]
+        return [(rung.fraction, rung.epochs) for rung in self.config.rungs]
+
+    def _rung_end(self, trial: optuna.Trial, index: int,
+                  seen: dict[int, dict[str, Any]]) -> str | None:
+        """At the end of every rung but the last, its last epoch's first objective is reported
+        as one intermediate value at step reduction_factor**index (the resources of Optuna's
+        successive halving and Hyperband with min_resource 1), and the pruner decides the
+        promotion. Returns why the trial is pruned, or None when it is promoted."""
+        rung = self.config.rungs[index]
         primary = self.config.objectives[0]
-        factor = self.config.pruner_options["reduction_factor"]
-        done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
-        for i, rung in enumerate(rungs):
-            if rung.epochs > done:
-                self.trainer.train(params, seed=seed, on_epoch=on_epoch, checkpoint=checkpoint,
-                                   resume_from=resume_from if done else None,
-                                   fraction=rung.fraction, stop_after=rung.epochs)
-                done, resume_from = rung.epochs, checkpoint
-            if i < len(rungs) - 1:
-                value = float(seen[rung.epochs][primary.measure])
-                trial.report(value, factor ** i)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(
-                        f"pruned at the end of rung {i + 1} (fraction {rung.fraction:g}, epoch "
-                        f"{rung.epochs}, {primary.measure} {value:.4f})")
+        value = float(seen[rung.epochs][primary.measure])
+        trial.report(value, self.config.pruner_options["reduction_factor"] ** index)
+        if not trial.should_prune():
+            return None
+        return (f"pruned at the end of rung {index + 1} (fraction {rung.fraction:g}, epoch "
+                f"{rung.epochs}, {primary.measure} {value:.4f})")
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None,
@@ -257,12 +268,6 @@ class Objective:
             log.warning("%s", note)
             return None, -1, None, note
         return None, -1, None, None
-
-
-def _fraction(rungs: tuple[Rung, ...], epoch: int) -> float | None:
-    """The share of the training split epoch `epoch` trains on: its rung's; None without
-    rungs (the whole split)."""
-    return next((r.fraction for r in rungs if epoch <= r.epochs), None)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
     "synthetic": (1, 28, 28),
 }
 NUM_CLASSES = 10
+DEVICES = ("auto", "cpu", "cuda")  # --device: "auto" is a GPU if there is one
 # Every integer a study file or option holds must fit a 32-bit signed INTEGER column (PostgreSQL's
 # `integer`, the widest that every database we support stores without overflow) and a seed that
 # torch and numpy accept even after offsets are added.
@@ -140,12 +141,8 @@ class TrialParams:
 
     def check_image(self, dataset: str) -> None:
         """Raise ConfigError if the patch size does not tile this dataset's images."""
-        _, height, width = dataset_shape(dataset)
-        if self.model == "mixer" and (height % self.patch_size or width % self.patch_size):
-            raise ConfigError(
-                f"patch_size {self.patch_size} does not divide the {height}x{width} images of "
-                f"{dataset}; choose a divisor of {height}"
-            )
+        if self.model == "mixer":
+            num_patches(dataset_shape(dataset), self.patch_size, f" of {dataset}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,6 +216,24 @@ def _short(value: Any) -> str:
     """repr() of a value for an error line, cut to a readable length."""
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def num_patches(image_shape: tuple[int, int, int], patch_size: int, what: str = "") -> int:
+    """Patches of a patch_size grid over images of this (C, H, W) shape; the one check that
+    the grid tiles them (ConfigError otherwise, naming `what`, e.g. " of fashion-mnist")."""
+    _, height, width = image_shape
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise ConfigError(f"patch_size {patch_size} does not divide the {height}x{width} "
+                          f"images{what}; choose a divisor of {height}")
+    return (height // patch_size) * (width // patch_size)
+
+
+def check_device(name: str) -> str:
+    """The one check of a --device name, torch-free: `run` checks it before anything starts;
+    hpsearch.runtime.resolve_device turns it into a torch device."""
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r} (choose from: {', '.join(DEVICES)})")
+    return name
 
 
 def dataset_shape(dataset: str) -> tuple[int, int, int]:

@@ -69,8 +69,8 @@ def make_trainer(config: StudyConfig, device: str, threads: int | None) -> Trial
         log.info("dry run: %.3g s per epoch, no training", config.dry_run)
         return DryRunTrainer(config.dry_run)
     from hpsearch.data import load_train_val
+    from hpsearch.runtime import configure_threads
     from hpsearch.torch_trainer import TorchTrainer
-    from hpsearch.train import configure_threads
 
     log.info("training with %d thread(s)", configure_threads(threads))
     return TorchTrainer(load_train_val(config.data, seed=config.seed), device)

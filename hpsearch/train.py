@@ -1,90 +1,32 @@
 """The epoch loop: optimisers, schedulers, mixed precision, divergence checks and checkpoints.
 
-The trainer knows nothing of Optuna or the database. It calls `on_epoch(metrics)` after each
-epoch; an exception raised there (a pruning decision, say) stops training and propagates.
+The trainer knows nothing of Optuna or the database. `fit()` builds a run; iterating it yields
+one EpochMetrics per epoch, and the caller stops training (a pruning decision, say) by simply
+stopping the loop.
 """
 
 from __future__ import annotations
 
-import ctypes
-import io
 import math
-import os
-import pickle
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hpsearch.cores import available_cores
+from hpsearch.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.data import Augmentation, Split, TrainValData, iterate_batches
-from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged
-from hpsearch.files import atomic_write
+from hpsearch.errors import TrainingDiverged
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model, count_parameters
 from hpsearch.params import NUM_CLASSES, TrialParams
-from hpsearch.runtime import RunSetup, resolve_device, resolve_precision
+from hpsearch.runtime import RunSetup, resolve_device, resolve_precision, tune_malloc
 
-# CheckpointError and TrainingDiverged live in hpsearch.errors (torch-free) so the objective
-# catches them without importing torch; imported here for the trainer and its callers
 CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
 CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
 EVAL_BATCH = 1024
 COMPILE_MIN_IMAGES = 1_000_000  # compile="auto" compiles only runs this long (~20 s to repay)
-
-
-@dataclass
-class TrainResult:
-    history: list[EpochMetrics] = field(default_factory=list)
-    n_params: int = 0
-    model: nn.Module | None = None
-    setup: RunSetup | None = None  # the device, precision and threads the run used
-
-    @property
-    def best(self) -> EpochMetrics | None:
-        return max(self.history, key=lambda m: m.val_acc, default=None)
-
-
-def configure_threads(threads: int | None) -> int:
-    """Use `threads` intra-op threads (default: every core this process may run on)."""
-    n = threads or available_cores()
-    torch.set_num_threads(n)
-    return n
-
-
-_MALLOC_TUNED = False
-
-
-def tune_malloc() -> bool:
-    """Keep freed memory in the process instead of handing it back to the OS at once.
-
-    glibc serves large blocks (each activation of a training step is a few MB) with mmap and
-    returns them to the OS when freed, so every step page-faults its activations in afresh:
-    ~6,000 minor faults per step for the default Mixer, 10-15% of a CPU step. Raising the mmap
-    and trim thresholds lets those blocks be reused (the usual advice is jemalloc/tcmalloc via
-    LD_PRELOAD; this gets the same effect in-process). Once per process; glibc on Linux only;
-    set HPSEARCH_MALLOC_TUNING=0 to skip. Returns whether the settings were applied.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    if not sys.platform.startswith("linux") or os.environ.get("HPSEARCH_MALLOC_TUNING") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; blocks below it come
-        # from the heap, and up to 1 GiB of freed heap is kept for reuse rather than trimmed
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
-        ok = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    _MALLOC_TUNED = ok
-    return ok
 
 
 def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -207,98 +149,103 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a crash mid-write never leaves a truncated checkpoint.
+def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
+        on_step: Callable[[int, int], None] | None = None, checkpoint: Path | None = None,
+        resume_from: Path | None = None, stop_after: int | None = None) -> Training:
+    """Train `params` on `data`: iterate the result for one EpochMetrics per epoch.
 
-    Serialised in memory first: torch.save's own file writer reports a full disk as an opaque
-    `inline_container.cc` RuntimeError, while atomic_write names the file and the reason (and
-    leaves no partial file behind on the full disk)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as out:
-            out.write(buffer.getbuffer())
-    except OSError as exc:  # the folder could not be made
-        raise CheckpointError(f"checkpoint: cannot write {path}: {exc.strerror or exc}") from exc
-    except HpsearchError as exc:
-        raise CheckpointError(f"checkpoint: {exc}") from exc
+        run = fit(params, data, seed=0)
+        for metrics in run:        # stop the loop to stop training (pruning, say)
+            ...
+        run.model, run.history, run.best
 
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's state; CheckpointError (naming the file) if it is missing or corrupt."""
-    try:
-        # weights_only: tensors and plain containers only; loading never executes code
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's text here advises weights_only=False: no
-        raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint, or holds "
-                              "something other than tensors)") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated zip, I/O error, missing file
-        reason = " ".join(str(exc).split())[:120]
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
-                              f"{reason})") from exc
-
-
-def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
-          on_epoch: Callable[[EpochMetrics], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None,
-          on_setup: Callable[[RunSetup], None] | None = None,
-          checkpoint: Path | None = None, resume_from: Path | None = None,
-          stop_after: int | None = None) -> TrainResult:
-    """Train `params` on `data` for `params.epochs` epochs.
-
-    `stop_after`: stop after this epoch, as if the run went on (the schedule still spans
-    `params.epochs`); a multi-fidelity rung trains up to its epoch, then the next resumes from
-    the checkpoint on more data.
-
-    `checkpoint`: written after every epoch (after `on_epoch` returns). `resume_from`: a checkpoint
-    to continue from; its finished epochs are not redone and `on_epoch` is not called for them.
+    The model is built (and `resume_from` loaded) here, before the first epoch, so the caller
+    can read `n_params` and `setup` (device, precision, threads) even for a run that ends early.
+    `checkpoint`: written after every epoch, once the caller asks for the next one (so a
+    checkpoint never holds an epoch the caller has not handled). `resume_from`: a checkpoint to
+    continue from; its finished epochs are neither redone nor yielded again. `stop_after`:
+    stop after this epoch, as if the run went on (the schedule still spans `params.epochs`); a
+    multi-fidelity rung trains up to its epoch, then the next resumes from the checkpoint on
+    more data.
     `on_step(done, total)` is called after each training batch (for progress bars).
-    `on_setup(setup)` is called once, before the first epoch, with the device, precision and
-    threads this run uses (also `TrainResult.setup`), so a caller can record them even for a run
-    that an exception ends early.
+    Raises TrainingDiverged from the loop when a run cannot produce a useful model.
     """
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_malloc()
-    # before seeding: on a machine's first run this measures fp32 against bf16
-    setup = resolve_precision(params.precision, dev)
-    autocast_dtype = setup.autocast_dtype
-    if on_setup is not None:
-        on_setup(setup)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
-    model = build_model(params, data.image_shape).to(dev)
-    n_params = count_parameters(model)
-    optimizer = make_optimizer(params, model)
-    total_images = params.epochs * len(data.train)
-    compiled = params.compile == "on" or (
-        params.compile == "auto" and total_images >= COMPILE_MIN_IMAGES)
-    # one batch shape, so compile traces once (unless there is not even one full batch)
-    drop_last = compiled and len(data.train) >= params.batch_size
-    steps_per_epoch = (len(data.train) // params.batch_size if drop_last
-                       else math.ceil(len(data.train) / params.batch_size))
-    steps_per_epoch = max(1, steps_per_epoch)
-    schedule = Schedule(params, optimizer, steps_per_epoch)
-    augment = Augmentation(params.crop_padding, params.hflip, params.random_erasing,
-                           fill=-data.mean / data.std) if params.augment else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    return Training(params, data, seed=seed, device=device, on_step=on_step,
+                    checkpoint=checkpoint, resume_from=resume_from, stop_after=stop_after)
 
-    result = TrainResult(n_params=n_params, model=model, setup=setup)
-    first_epoch = 1
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"], state["epoch"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        result.history = [EpochMetrics(**m) for m in state["history"]]
-        first_epoch = state["epoch"] + 1
 
-    step_model = torch.compile(model) if compiled else model
-    last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
-    for epoch in range(first_epoch, last_epoch + 1):
+class Training:
+    """One training run, built and ready; iterating it trains (once) and yields each epoch."""
+
+    def __init__(self, params: TrialParams, data: TrainValData, *, seed: int, device: str,
+                 on_step: Callable[[int, int], None] | None, checkpoint: Path | None,
+                 resume_from: Path | None, stop_after: int | None = None) -> None:
+        self.params, self.data, self.on_step, self.checkpoint = params, data, on_step, checkpoint
+        self.last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
+        self.device = dev = resolve_device(device)
+        if dev.type == "cpu":
+            tune_malloc()
+        # before seeding: on a machine's first run this measures fp32 against bf16
+        self.setup: RunSetup = resolve_precision(params.precision, dev)
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+        self.model: nn.Module = build_model(params, data.image_shape).to(dev)
+        self.n_params = count_parameters(self.model)
+        self.optimizer = make_optimizer(params, self.model)
+        total_images = params.epochs * len(data.train)
+        self.compiled = params.compile == "on" or (
+            params.compile == "auto" and total_images >= COMPILE_MIN_IMAGES)
+        # one batch shape, so compile traces once (unless there is not even one full batch)
+        self.drop_last = self.compiled and len(data.train) >= params.batch_size
+        steps = (len(data.train) // params.batch_size if self.drop_last
+                 else math.ceil(len(data.train) / params.batch_size))
+        self.steps_per_epoch = max(1, steps)
+        self.schedule = Schedule(params, self.optimizer, self.steps_per_epoch)
+        self.augment = Augmentation(params.crop_padding, params.hflip, params.random_erasing,
+                                    fill=-data.mean / data.std) if params.augment else None
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+        # compiled lazily by torch on the first step; the same weights as self.model
+        self.step_model = torch.compile(self.model) if self.compiled else self.model
+        self.history: list[EpochMetrics] = []
+        self.first_epoch = 1
+        self._started = False
+        if resume_from is not None:
+            state = load_checkpoint(resume_from)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["scheduler"], state["epoch"])
+            self.gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.history = [EpochMetrics(**m) for m in state["history"]]
+            self.first_epoch = state["epoch"] + 1
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return max(self.history, key=lambda m: m.val_acc, default=None)
+
+    def run_to_end(self) -> Training:
+        """Train every epoch without looking at them (benchmarks, tests)."""
+        for _ in self:
+            pass
+        return self
+
+    def __iter__(self) -> Iterator[EpochMetrics]:
+        if self._started:  # the optimiser and RNG state moved on: a second pass would lie
+            raise RuntimeError("a Training can be iterated only once")
+        self._started = True
+        for epoch in range(self.first_epoch, self.last_epoch + 1):
+            metrics = self._epoch(epoch)
+            self.history.append(metrics)
+            yield metrics
+            # the caller handled the epoch (recorded it, say) and asked for the next one
+            if self.checkpoint is not None:
+                self._save(epoch)
+            _check_chance(self.history)
+
+    def _epoch(self, epoch: int) -> EpochMetrics:
+        params, data, dev, model = self.params, self.data, self.device, self.model
+        autocast_dtype = self.setup.autocast_dtype
+        augment, loss_fn, optimizer = self.augment, self.loss_fn, self.optimizer
         started = time.perf_counter()
         model.train()
         # running sums stay on the device: no host sync per step on a GPU
@@ -307,25 +254,25 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
         seen = 0
         lr = optimizer.param_groups[0]["lr"]
         for step, (images, labels) in enumerate(iterate_batches(data.train, params.batch_size,
-                                                                gen)):
-            if drop_last and len(labels) < params.batch_size:
+                                                                self.gen)):
+            if self.drop_last and len(labels) < params.batch_size:
                 break
             if augment is not None:
-                images = augment(images, gen)
+                images = augment(images, self.gen)
             images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
             lr = optimizer.param_groups[0]["lr"]
             with _autocast(dev, autocast_dtype):
-                logits = step_model(images)
+                logits = self.step_model(images)
                 loss = loss_fn(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.after_batch()
+            self.schedule.after_batch()
             loss_sum += loss.detach().double() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
-            if on_step is not None:
-                on_step(step + 1, steps_per_epoch)
+            if self.on_step is not None:
+                self.on_step(step + 1, self.steps_per_epoch)
         train_seconds = time.perf_counter() - started
         train_loss = loss_sum.item() / max(1, seen)
         if not math.isfinite(train_loss):
@@ -338,26 +285,23 @@ def train(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str
             val_loss = val_acc = math.nan
         train_acc = correct.item() / max(1, seen)
         if len(data.val):
-            schedule.after_epoch(val_loss, val_acc)
+            self.schedule.after_epoch(val_loss, val_acc)
         else:  # final retraining: the training metrics stand in for the validation ones
-            schedule.after_epoch(train_loss, train_acc)
-        metrics = EpochMetrics(
+            self.schedule.after_epoch(train_loss, train_acc)
+        return EpochMetrics(
             epoch=epoch, train_loss=train_loss, train_acc=train_acc,
             val_loss=val_loss, val_acc=val_acc, lr=lr,
             seconds=time.perf_counter() - started, images_per_s=seen / train_seconds,
         )
-        result.history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": [m.to_dict() for m in result.history],
-            })
-        _check_chance(result.history)
-    return result
+
+    def _save(self, epoch: int) -> None:
+        assert self.checkpoint is not None
+        save_checkpoint(self.checkpoint, {
+            "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": [m.to_dict() for m in self.history],
+        })
 
 
 def _check_chance(history: list[EpochMetrics]) -> None:

@@ -17,12 +17,13 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 
-from hpsearch.config import StudyConfig, load_run_config, parse_study
+from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db import queries
 from hpsearch.db.engine import normalise_url
 from hpsearch.db.migrate import reading
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, TrialParams, coerce, param_type
+from hpsearch.run_config import load_run_config
 from hpsearch.space import space_json
 from hpsearch.storage import open_storage, prepare_study
 

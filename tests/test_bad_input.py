@@ -375,8 +375,23 @@ def test_debug_shows_the_traceback(tmp_path: Path, recorded_file: Path) -> None:
     case = next(c for c in CASES if c.id == "show-unknown-trial")
     args, db_file = prepare(case, tmp_path, recorded_file)
     before = sha256(db_file)  # type: ignore[arg-type]
-    proc = hpsearch([*args, "--debug"], tmp_path)
+    proc = hpsearch(["--debug", *args], tmp_path)  # an option of the root command
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr
     assert "has no trial 999" in proc.stderr.strip().splitlines()[-1]
     assert sha256(db_file) == before  # type: ignore[arg-type]
+
+
+def test_root_options_and_command_order() -> None:
+    from typer.testing import CliRunner
+
+    from hpsearch.cli import app
+
+    help_text = CliRunner().invoke(app, ["--help"]).stdout
+    assert "--debug" in help_text and "--version" in help_text
+    listed = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed[:13] == ["run", "worker", "studies", "trials", "best", "show", "compare",
+                           "export", "report", "evaluate", "train", "study", "db"]
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("hpsearch 0.")

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpsearch.config import Categorical, Range, grid_values, parse_assignments, parse_study
+from hpsearch.config import Categorical, Range, grid_values, parse_study
 from hpsearch.errors import ConfigError
+from hpsearch.run_config import parse_assignments
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted((ROOT / "studies").rglob("*.toml"))

@@ -232,9 +232,9 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     # running the plan reads the test split once per seed, after that seed's retrainings,
     # and stores exactly the planned ensemble
     events: list[str] = []
-    real_train, real_test = train_mod.train, data_mod.load_test_split
-    monkeypatch.setattr(train_mod, "train",
-                        lambda *a, **k: events.append("train") or real_train(*a, **k))
+    real_fit, real_test = train_mod.fit, data_mod.load_test_split
+    monkeypatch.setattr(train_mod, "fit",
+                        lambda *a, **k: events.append("train") or real_fit(*a, **k))
     monkeypatch.setattr(data_mod, "load_test_split",
                         lambda *a, **k: events.append("test") or real_test(*a, **k))
     run_ensemble(plan, url, device="cpu")
@@ -305,9 +305,9 @@ def test_training_without_a_validation_split() -> None:
     assert len(data.val) == 0
     params = TrialParams(patch_size=14, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=16,
                          scheduler="plateau", epochs=4, batch_size=50, precision="fp32")
-    from hpsearch.train import train
+    from hpsearch.train import fit
 
-    result = train(params, data, device="cpu")
+    result = fit(params, data, device="cpu").run_to_end()
     assert [m.epoch for m in result.history] == [1, 2, 3, 4]
     assert all(math.isnan(m.val_acc) and math.isnan(m.val_loss) for m in result.history)
     assert all(math.isfinite(m.train_loss) for m in result.history)

@@ -18,7 +18,7 @@ from hpsearch.db.migrate import downgrade, schema_drift, upgrade
 from hpsearch.db.models import Trial
 from hpsearch.errors import ConfigError
 from hpsearch.params import TrialParams
-from hpsearch.train import train
+from hpsearch.train import fit
 from tests.helpers import hps
 from tests.test_evaluate import run_study
 
@@ -138,14 +138,14 @@ def test_promotion_resumes_and_keeps_the_cosine_curve(tmp_path: Path) -> None:
     params = TrialParams(patch_size=14, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=16,
                          batch_size=32, precision="fp32", scheduler="cosine", epochs=3,
                          lr=1e-2, min_lr=1e-4)
-    whole = train(params, data, seed=0, device="cpu")
+    whole = fit(params, data, seed=0, device="cpu").run_to_end()
     checkpoint = tmp_path / "c.pt"
     seen: list[int] = []
     resume = None
     for fraction, stop in ((0.25, 1), (0.5, 2), (1.0, 3)):
-        run = train(params, data.train_fraction(fraction), seed=0, device="cpu",
-                    checkpoint=checkpoint, resume_from=resume, stop_after=stop,
-                    on_epoch=lambda m: seen.append(m.epoch))
+        run = fit(params, data.train_fraction(fraction), seed=0, device="cpu",
+                  checkpoint=checkpoint, resume_from=resume, stop_after=stop)
+        seen += [m.epoch for m in run]
         resume = checkpoint
     assert seen == [1, 2, 3]  # each rung trains only its own epochs
     assert [m.epoch for m in run.history] == [1, 2, 3]

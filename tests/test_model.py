@@ -59,14 +59,15 @@ def test_default_mixer_parameter_count() -> None:
 
 def test_mixer_parameter_count_colour_images_and_blocks() -> None:
     for blocks in (1, 3):
-        model = MLPMixer((3, 32, 32), patch_size=8, hidden_dim=16, token_mlp_dim=8,
-                         channel_mlp_dim=32, num_blocks=blocks, dropout=0.0, activation="relu")
+        model = MLPMixer(image_shape=(3, 32, 32), patch_size=8, hidden_dim=16, token_mlp_dim=8,
+                         channel_mlp_dim=32, num_blocks=blocks, act_layer=nn.ReLU)
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
         assert count_parameters(model) == mixer_count_by_hand(3, 32, 32, 8, 16, 8, 32, blocks)
 
 
 def test_patchify_is_row_major_and_lossless() -> None:
-    model = MLPMixer(IMAGE, 7, 8, 4, 8, 1, 0.0, "gelu")
+    model = MLPMixer(image_shape=IMAGE, patch_size=7, hidden_dim=8, token_mlp_dim=4,
+                     channel_mlp_dim=8)
     images = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
     patches = model.patchify(images)
     assert patches.shape == (1, 16, 49)
@@ -76,9 +77,27 @@ def test_patchify_is_row_major_and_lossless() -> None:
     assert torch.equal(patches[0, 4], images[0, 0, 7:14, :7].reshape(-1))
 
 
+def test_constructors_take_keywords_only() -> None:
+    # positional widths are how token_mlp_dim and channel_mlp_dim could be swapped unnoticed
+    with pytest.raises(TypeError):
+        MLPMixer(IMAGE, 7, 8, 4, 8)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        MLP(IMAGE, 8)  # type: ignore[misc]
+
+
+def test_forward_is_features_then_head() -> None:
+    torch.manual_seed(0)
+    model = MLPMixer(image_shape=IMAGE, patch_size=7, hidden_dim=8, token_mlp_dim=4,
+                     channel_mlp_dim=8).eval()
+    images = torch.randn(2, *IMAGE)
+    features = model.forward_features(images)
+    assert features.shape == (2, 16, 8)  # 16 patches of width 8
+    assert torch.equal(model.forward_head(features), model(images))
+
+
 @pytest.mark.parametrize("patch", (3, 5, 6, 8, 9, 29))
 def test_patch_size_not_dividing_the_image_is_an_error(patch: int) -> None:
-    with pytest.raises(ValueError, match="does not divide"):
+    with pytest.raises(ConfigError, match="does not divide"):  # one check, one error type
         build_model(TrialParams(patch_size=patch), IMAGE)
     with pytest.raises(ConfigError, match="does not divide"):
         TrialParams(patch_size=patch).check_image("fashion-mnist")
@@ -155,7 +174,8 @@ def test_normal_init_std() -> None:
 def test_default_init_is_pytorchs_own() -> None:
     model = _built("default")
     torch.manual_seed(0)
-    plain = MLPMixer(IMAGE, 4, 128, 64, 512, 2, 0.0, "gelu")
+    plain = MLPMixer(image_shape=IMAGE, patch_size=4, hidden_dim=128, token_mlp_dim=64,
+                     channel_mlp_dim=512, num_blocks=2)
     for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert all(torch.count_nonzero(layer.bias) > 0 for layer in _linears(model))

@@ -16,10 +16,11 @@ import pytest
 from sqlalchemy import select
 
 from hpsearch.cli.app import app
-from hpsearch.config import load_run_config, parse_data, parse_study
+from hpsearch.config import parse_data, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import EPOCH_METRICS, Epoch, Study, Trial
 from hpsearch.params import TrialParams
+from hpsearch.run_config import load_run_config
 from tests.helpers import hps
 from tests.recorded_study import PLAN, RecordedStudy, build_recorded_study
 
@@ -385,8 +386,8 @@ for args in (["studies"], ["trials", "fmnist-demo", "--top", "3"], ["best", "fmn
         main()
     except SystemExit as exc:
         assert not exc.code, (args, exc.code)
-heavy = sorted(m for m in ("torch", "torchvision", "hpsearch.data", "hpsearch.model",
-                           "hpsearch.train") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "torchvision", "hpsearch.data",
+                           "hpsearch.model", "hpsearch.train") if m in sys.modules)
 print("HEAVY", heavy)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

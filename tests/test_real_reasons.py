@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from hpsearch import data as data_mod
+from hpsearch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hpsearch.config import parse_study
 from hpsearch.data import DataError, load_raw
 from hpsearch.objective import Objective, failure_reason
 from hpsearch.paths import checkpoint_path
 from hpsearch.torch_trainer import TorchTrainer
-from hpsearch.train import CheckpointError, load_checkpoint, save_checkpoint
 from tests.test_bad_input import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from hpsearch.runtime import (
     cpu_precision,
     resolve_precision,
 )
-from hpsearch.train import train
+from hpsearch.train import fit
 
 CPU = torch.device("cpu")
 FAST_BF16 = Measurement(fp32_step_s=0.10, bf16_step_s=0.05, fp32_loss=2.30, bf16_loss=2.31)
@@ -200,9 +200,9 @@ def test_a_forced_precision_is_never_overridden(cache: Path, monkeypatch: pytest
     data = load_train_val(DataOptions(dataset="synthetic", synthetic_size=200), seed=0)
     params = TrialParams(patch_size=7, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=32,
                          batch_size=64, epochs=1, precision=forced)
-    seen = []
-    result = train(params, data, device="cpu", on_setup=seen.append)
-    assert result.setup == seen[0] == setup
+    result = fit(params, data, device="cpu")
+    assert result.setup == setup  # known before the first epoch
+    result.run_to_end()
     assert fake.calls == 0  # nothing was even measured
 
 
@@ -211,8 +211,7 @@ def test_train_reports_what_auto_chose(cache: Path, monkeypatch: pytest.MonkeyPa
     data = load_train_val(DataOptions(dataset="synthetic", synthetic_size=200), seed=0)
     params = TrialParams(patch_size=7, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=32,
                          batch_size=64, epochs=1)
-    result = train(params, data, device="cpu")
-    assert result.setup is not None
+    result = fit(params, data, device="cpu").run_to_end()
     assert result.setup.to_dict() == {"device": "cpu", "precision": "fp32",
                                       "threads": torch.get_num_threads(),
                                       "reason": result.setup.reason}

@@ -21,12 +21,12 @@ import pytest
 import torch
 from sqlalchemy import inspect, select, update
 
+from hpsearch.checkpoint import CheckpointError, load_checkpoint
 from hpsearch.cli import main
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Study, Trial
 from hpsearch.paths import checkpoint_path, study_slug
 from hpsearch.report.html import build_report, write_report, write_split
-from hpsearch.train import CheckpointError, load_checkpoint
 from tests.recorded_study import build_recorded_study
 from tests.study_files import write_tiny_study
 

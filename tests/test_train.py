@@ -10,23 +10,20 @@ import pytest
 import torch
 from torch import nn
 
+from hpsearch.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.data import Split, TrainValData, load_train_val
 from hpsearch.metrics import EpochMetrics
 from hpsearch.model import build_model
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.runtime import resolve_device
+from hpsearch.runtime import configure_threads, resolve_device, tune_malloc
 from hpsearch.train import (
     CHANCE_PATIENCE,
     Schedule,
     TrainingDiverged,
     _check_chance,
-    configure_threads,
     evaluate,
-    load_checkpoint,
+    fit,
     make_optimizer,
-    save_checkpoint,
-    train,
-    tune_malloc,
 )
 
 TINY = {"patch_size": 7, "hidden_dim": 32, "token_mlp_dim": 16, "channel_mlp_dim": 64,
@@ -81,7 +78,7 @@ def test_each_optimiser_lowers_the_loss(data: TrainValData, optimizer: str, lr: 
 @pytest.mark.parametrize("scheduler", ["none", "cosine", "plateau", "step"])
 def test_each_scheduler_trains(data: TrainValData, scheduler: str) -> None:
     params = tiny(scheduler=scheduler, warmup_epochs=1, step_size=1, gamma=0.5, epochs=3)
-    history = train(params, data, seed=0, device="cpu").history
+    history = fit(params, data, seed=0, device="cpu").run_to_end().history
     assert [m.epoch for m in history] == [1, 2, 3]
     assert history[-1].train_loss < history[0].train_loss
     assert history[-1].val_acc > 0.3
@@ -190,7 +187,7 @@ def test_plateau_in_final_retraining_watches_the_training_metric(data: TrainValD
     full = TrainValData(train=data.train, val=Split(data.val.images[:0], data.val.labels[:0]),
                         dataset=data.dataset, mean=data.mean, std=data.std)
     params = tiny(lr=0.01, scheduler="plateau", gamma=0.5, plateau_patience=0, epochs=3)
-    history = train(params, full, seed=0, device="cpu").history
+    history = fit(params, full, seed=0, device="cpu").run_to_end().history
     assert [m.lr for m in history] == pytest.approx([0.01] * 3)
     assert history[0].train_loss > history[1].train_loss > history[2].train_loss
 
@@ -230,7 +227,7 @@ def test_no_scheduler_keeps_lr() -> None:
 
 def test_trainer_reports_the_scheduled_lr(data: TrainValData) -> None:
     params = tiny(lr=0.01, scheduler="step", step_size=1, gamma=0.5, epochs=3)
-    history = train(params, data, seed=0, device="cpu").history
+    history = fit(params, data, seed=0, device="cpu").run_to_end().history
     assert [m.lr for m in history] == pytest.approx([0.01, 0.005, 0.0025])
 
 
@@ -241,8 +238,9 @@ def test_trainer_reports_the_scheduled_lr(data: TrainValData) -> None:
 def test_huge_lr_diverges_with_non_finite_loss(data: TrainValData) -> None:
     seen: list[EpochMetrics] = []
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train(tiny(optimizer="sgd", lr=1e6, epochs=5, precision="fp32"), data, seed=0,
-              device="cpu", on_epoch=seen.append)
+        for metrics in fit(tiny(optimizer="sgd", lr=1e6, epochs=5, precision="fp32"), data,
+                           seed=0, device="cpu"):
+            seen.append(metrics)
     assert seen == []  # stopped in the first epoch
 
 
@@ -254,7 +252,8 @@ def test_model_stuck_at_chance_is_stopped_after_patience() -> None:
     stuck = TrainValData(train=blank(200), val=blank(50), dataset="synthetic", mean=0.0, std=1.0)
     seen: list[EpochMetrics] = []
     with pytest.raises(TrainingDiverged, match="chance"):
-        train(tiny(lr=1e-9, epochs=10), stuck, seed=0, device="cpu", on_epoch=seen.append)
+        for metrics in fit(tiny(lr=1e-9, epochs=10), stuck, seed=0, device="cpu"):
+            seen.append(metrics)
     assert len(seen) == CHANCE_PATIENCE
     assert all(m.val_acc == pytest.approx(0.1) for m in seen)
 
@@ -283,9 +282,9 @@ def test_check_chance_directly() -> None:
 
 def test_same_seed_same_metrics(data: TrainValData) -> None:
     params = tiny(epochs=2, augment=True, random_erasing=0.3, dropout=0.1)
-    a = train(params, data, seed=1, device="cpu").history
-    b = train(params, data, seed=1, device="cpu").history
-    c = train(params, data, seed=2, device="cpu").history
+    a = fit(params, data, seed=1, device="cpu").run_to_end().history
+    b = fit(params, data, seed=1, device="cpu").run_to_end().history
+    c = fit(params, data, seed=2, device="cpu").run_to_end().history
     for x, y in zip(a, b, strict=True):
         _same_metrics(x, y)
     assert a[-1].train_loss != c[-1].train_loss
@@ -293,8 +292,8 @@ def test_same_seed_same_metrics(data: TrainValData) -> None:
 
 def test_fp32_is_reproducible_too(data: TrainValData) -> None:
     params = tiny(epochs=1, precision="fp32")
-    a = train(params, data, seed=0, device="cpu").history
-    b = train(params, data, seed=0, device="cpu").history
+    a = fit(params, data, seed=0, device="cpu").run_to_end().history
+    b = fit(params, data, seed=0, device="cpu").run_to_end().history
     _same_metrics(a[0], b[0])
 
 
@@ -304,25 +303,19 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(data: TrainValData,
     # (torch RNG), Adam moments
     params = tiny(epochs=3, scheduler="cosine", warmup_epochs=1, augment=True,
                   random_erasing=0.3, dropout=0.1, optimizer="adamw", weight_decay=0.01)
-    full = train(params, data, seed=4, device="cpu").history
-
-    class Interrupted(Exception):
-        pass
-
-    def stop_at_3(metrics: EpochMetrics) -> None:
-        if metrics.epoch == 3:
-            raise Interrupted  # e.g. the process was killed during epoch 3
+    full = fit(params, data, seed=4, device="cpu").run_to_end().history
 
     path = tmp_path / "ckpt" / "run.pt"
-    with pytest.raises(Interrupted):
-        train(params, data, seed=4, device="cpu", on_epoch=stop_at_3, checkpoint=path)
+    for metrics in fit(params, data, seed=4, device="cpu", checkpoint=path):
+        if metrics.epoch == 3:
+            break  # the caller stops (pruning), or the process is killed, during epoch 3
     state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
     assert state["epoch"] == 2
     assert not path.with_name("run.pt.tmp").exists()
 
-    called: list[EpochMetrics] = []
-    resumed = train(params, data, seed=4, device="cpu", resume_from=path,
-                    on_epoch=called.append).history
+    run = fit(params, data, seed=4, device="cpu", resume_from=path)
+    called = list(run)
+    resumed = run.history
     assert [m.epoch for m in called] == [3]  # finished epochs are not redone
     assert [m.epoch for m in resumed] == [1, 2, 3]
     _same_metrics(resumed[2], full[2], tol=1e-6)
@@ -333,12 +326,10 @@ def test_checkpoint_written_every_epoch_and_loadable(data: TrainValData, tmp_pat
     path = tmp_path / "c.pt"
     epochs: list[int] = []
 
-    def on_epoch(metrics: EpochMetrics) -> None:
+    for _ in fit(tiny(epochs=2), data, seed=0, device="cpu", checkpoint=path):
         if path.exists():
             epochs.append(load_checkpoint(path)["epoch"])
-
-    train(tiny(epochs=2), data, seed=0, device="cpu", on_epoch=on_epoch, checkpoint=path)
-    assert epochs == [1]  # during epoch 2's callback, epoch 1's checkpoint is there
+    assert epochs == [1]  # while the caller handles epoch 2, epoch 1's checkpoint is there
     state = load_checkpoint(path)
     assert state["epoch"] == 2 and len(state["history"]) == 2
     assert set(state) >= {"model", "optimizer", "scheduler", "generator", "torch_rng"}
@@ -358,8 +349,8 @@ def test_save_checkpoint_is_atomic(tmp_path: Path) -> None:
 
 def test_train_result(data: TrainValData) -> None:
     steps: list[tuple[int, int]] = []
-    result = train(tiny(epochs=2), data, seed=0, device="cpu",
-                   on_step=lambda done, total: steps.append((done, total)))
+    result = fit(tiny(epochs=2), data, seed=0, device="cpu",
+                 on_step=lambda done, total: steps.append((done, total))).run_to_end()
     assert result.n_params == sum(p.numel() for p in result.model.parameters())
     assert result.best in result.history
     assert result.best.val_acc == max(m.val_acc for m in result.history)
@@ -369,9 +360,24 @@ def test_train_result(data: TrainValData) -> None:
     assert math.isfinite(m.val_loss)
 
 
+def test_stopping_the_loop_stops_training(data: TrainValData) -> None:
+    steps: list[int] = []
+    run = fit(tiny(epochs=5), data, seed=0, device="cpu",
+              on_step=lambda done, total: steps.append(done))
+    # built before the first epoch: the size is the trained model's, known up front
+    assert run.n_params == sum(p.numel() for p in run.model.parameters())
+    assert run.history == [] and steps == []
+    for metrics in run:
+        assert metrics.epoch == 1
+        break
+    assert len(steps) == 9 and [m.epoch for m in run.history] == [1]  # no epoch 2 began
+    with pytest.raises(RuntimeError, match="only once"):
+        next(iter(run))
+
+
 def test_mlp_baseline_trains(data: TrainValData) -> None:
-    history = train(tiny(model="mlp", mlp_width=64, epochs=2, lr=3e-3), data, seed=0,
-                    device="cpu").history
+    history = fit(tiny(model="mlp", mlp_width=64, epochs=2, lr=3e-3), data, seed=0,
+                  device="cpu").run_to_end().history
     assert history[-1].val_acc > 0.5
 
 
@@ -379,8 +385,8 @@ def test_compile_on_drops_the_last_partial_batch(data: TrainValData,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "compile", lambda model: model)  # keep the test fast
     steps: list[tuple[int, int]] = []
-    train(tiny(epochs=1, compile="on"), data, seed=0, device="cpu",
-          on_step=lambda done, total: steps.append((done, total)))
+    fit(tiny(epochs=1, compile="on"), data, seed=0, device="cpu",
+        on_step=lambda done, total: steps.append((done, total))).run_to_end()
     assert steps[-1] == (8, 8)  # 540 // 64 full batches
 
 
@@ -388,8 +394,8 @@ def test_compile_on_with_less_than_one_batch_still_trains(
         data: TrainValData, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "compile", lambda model: model)
     steps: list[tuple[int, int]] = []
-    history = train(tiny(epochs=1, compile="on", batch_size=1024), data, seed=0, device="cpu",
-                    on_step=lambda done, total: steps.append((done, total))).history
+    history = fit(tiny(epochs=1, compile="on", batch_size=1024), data, seed=0, device="cpu",
+                  on_step=lambda done, total: steps.append((done, total))).run_to_end().history
     assert steps == [(1, 1)]
     assert history[0].images_per_s > 0
 

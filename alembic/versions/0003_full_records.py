@@ -6,8 +6,8 @@ Create Date: 2026-11-30
 
 Before this revision a trial row held only its *sampled* values, and the fixed ones lived in the
 study's TOML, which every reader parsed again. Upgrading fills the new columns from each study's
-stored TOML (parsed with today's hpsearch.config) and the defaults of that release (a snapshot
-below); downgrading keeps only the sampled values again.
+stored TOML (parsed with today's hpsearch.config) and the defaults of that release
+(a snapshot below); downgrading keeps only the sampled values again.
 Also adds notes, tags and the precision/device a trial ran with (unknown for older rows).
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from types import TracebackType
@@ -20,16 +19,13 @@ from hpsearch.cli import (  # noqa: F401  (registers commands)
     study_cmds,
     train_cmd,
 )
-from hpsearch.cli.app import OneLineErrors, app
+from hpsearch.cli.app import app
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Run the CLI. `--debug` (anywhere) or HPSEARCH_DEBUG=1 shows tracebacks."""
-    OneLineErrors.debug = "--debug" in sys.argv or os.environ.get("HPSEARCH_DEBUG") == "1"
-    if "--debug" in sys.argv:
-        sys.argv.remove("--debug")
+    """Run the CLI (`hpsearch --debug ...` or HPSEARCH_DEBUG=1 shows tracebacks)."""
     _mask_secrets_everywhere()
     app()
 

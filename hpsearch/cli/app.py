@@ -22,7 +22,7 @@ class OneLineErrors(TyperGroup):
     non-zero exit (2), unless `debug` is set; click's usage errors too. In the group rather than
     in `main()`, so that in-process callers (typer.testing.CliRunner) see the same behaviour."""
 
-    debug = False  # set by hpsearch.cli.main for --debug / HPSEARCH_DEBUG=1
+    debug = False  # set per invocation by the root callback (--debug / HPSEARCH_DEBUG=1)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -43,6 +43,11 @@ class OneLineErrors(TyperGroup):
             code = exc.exit_code if isinstance(exc, ClickException) else 2
         sys.exit(code if isinstance(code, int) else 0)
 
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
+
 
 app = typer.Typer(
     name="hpsearch",
@@ -58,9 +63,35 @@ app = typer.Typer(
 )
 
 
+# `hpsearch --help` lists the commands in the order a user meets them; any other command
+# follows, alphabetically
+COMMAND_ORDER = ("run", "worker", "studies", "trials", "best", "show", "compare", "export",
+                 "report", "evaluate", "train", "study", "db")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"hpsearch {version('hpsearch')}")
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="HPSEARCH_DEBUG", show_envvar=False,
+        help="Show the full traceback of an error instead of one line (also "
+        "HPSEARCH_DEBUG=1). Give it before the command: hpsearch --debug run ...")] = False,
+    _version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print hpsearch's version and exit.")] = False,
+) -> None:
     """Hyperparameter search for small image classifiers."""
+    group = ctx.command
+    if isinstance(group, OneLineErrors):
+        group.debug = debug
 
 def finite(value: float | None) -> float | None:
     """Callback of float options: nan passes every range check, inf is no number of seconds."""

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from hpsearch.cli.app import MAX_THREADS, app
-from hpsearch.errors import ConfigError
 
 
 class InfoFormat(StrEnum):
@@ -36,13 +35,9 @@ def info(
     run per machine (CPU, torch version, thread count); the decision is cached in the user's
     cache folder ($XDG_CACHE_HOME/hpsearch, else ~/.cache/hpsearch) and shown with its path.
     """
-    from hpsearch.runtime import machine_report, resolve_device
-    from hpsearch.train import configure_threads
+    from hpsearch.runtime import configure_threads, machine_report, resolve_device
 
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    dev = resolve_device(device)
     configure_threads(threads)
     report = machine_report(dev, remeasure=remeasure)
     if fmt == InfoFormat.json:

@@ -1,6 +1,6 @@
 """Read-only commands on recorded studies: studies, trials, best, show, compare, export, report.
 
-They never import torch (nor hpsearch.data/model/train): heavy modules are imported inside the
+They never import torch (nor the trainer's modules): heavy modules are imported inside the
 commands that need them, so `hpsearch best` answers in a fraction of a second.
 """
 

@@ -9,6 +9,7 @@ import typer
 
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, MAX_WORKERS, app, finite
 from hpsearch.errors import ConfigError
+from hpsearch.params import check_device
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,7 +99,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     from hpsearch.storage import prepare_study
 
     config = load_study(study_file)  # every check runs before anything is written
-    _check_device(device)
+    check_device(device)
     gpus = parse_gpus(gpus_option, "--gpus") if gpus_option is not None else config.workers.gpus
     per_gpu = per_gpu_option or config.workers.workers_per_gpu
     if gpus and device == "cpu":
@@ -202,7 +203,7 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
     from hpsearch.runner import run_worker, worker_name
     from hpsearch.stop import quiet_stop_tracebacks
 
-    _check_device(device)
+    check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -244,8 +245,4 @@ def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Ch
         raise
     return changes
 
-
-def _check_device(device: str) -> None:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"unknown device {device!r} (choose from: auto, cpu, cuda)")
 

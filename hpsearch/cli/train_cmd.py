@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, finite
-from hpsearch.errors import ConfigError
 
 
 @app.command()
@@ -53,35 +52,19 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from hpsearch import data as data_mod
-    from hpsearch.config import RunSeeds, load_run_config, parse_assignments, parse_data
-    from hpsearch.params import TrialParams
-    from hpsearch.runtime import RunSetup, resolve_device
-    from hpsearch.train import TrainingDiverged, configure_threads, load_checkpoint
-    from hpsearch.train import train as run_training
+    from hpsearch.checkpoint import load_checkpoint
+    from hpsearch.run_config import resolve_run
+    from hpsearch.runtime import configure_threads, resolve_device
+    from hpsearch.train import TrainingDiverged, fit
 
-    values, data_table, seeds = load_run_config(config) if config else ({}, {}, RunSeeds())
-    # --seed decides both; else the file's (split_seed defaults to its seed, as for --seed)
-    train_seed = seed if seed is not None else seeds.seed if seeds.seed is not None else 0
-    split_seed = seed if seed is not None else (
-        seeds.split_seed if seeds.split_seed is not None else train_seed)
-    values.update(parse_assignments(set_ or []))
-    if epochs is not None:
-        values["epochs"] = epochs
-    for key, value in (("dataset", dataset), ("data_dir", data_dir), ("subset", subset),
-                       ("val_fraction", val_fraction)):
-        if value is not None:
-            data_table[key] = str(value) if isinstance(value, Path) else value
+    run_config = resolve_run(config, set_, params={"epochs": epochs}, seed=seed,
+                             data={"dataset": dataset, "data_dir": data_dir, "subset": subset,
+                                   "val_fraction": val_fraction})
     if checkpoint is not None:
         from hpsearch.files import writable_target
 
         writable_target(checkpoint)  # before training: a device or folder is refused at once
-    params = TrialParams.from_dict(values)
-    options = parse_data(data_table, "train")
-    params.check_image(options.dataset)
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    resolve_device(device)  # an unknown name or a missing GPU: before any data is loaded
 
     resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
     if resume is not None:
@@ -89,7 +72,8 @@ def train(
 
     console = Console(stderr=True)
     n_threads = configure_threads(threads)
-    data = data_mod.load_train_val(options, split_seed)
+    options = run_config.data
+    data = data_mod.load_train_val(options, run_config.split_seed)
     console.print(f"[bold]{options.dataset}[/]: {len(data.train)} train / {len(data.val)} val "
                   f"images, {n_threads} thread(s)")
 
@@ -100,22 +84,18 @@ def train(
         def on_step(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        def on_setup(setup: RunSetup) -> None:
-            console.print(f"running on {setup.line()}", markup=False, highlight=False,
-                          soft_wrap=True)
-
-        def on_epoch(metrics) -> None:  # noqa: ANN001 - EpochMetrics
-            typer.echo(metrics.line())  # stdout; rich prints it above the live bar
-            progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
-
+        run = fit(run_config.params, data, seed=run_config.seed, device=device,
+                  on_step=on_step, checkpoint=checkpoint, resume_from=resume)
+        console.print(f"running on {run.setup.line()}", markup=False, highlight=False,
+                      soft_wrap=True)
         try:
-            result = run_training(params, data, seed=train_seed, device=device, on_epoch=on_epoch,
-                                  on_step=on_step, on_setup=on_setup, checkpoint=checkpoint,
-                                  resume_from=resume)
+            for metrics in run:
+                typer.echo(metrics.line())  # stdout; rich prints it above the live bar
+                progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
         except TrainingDiverged as exc:
             console.print(f"[red]stopped: {exc}[/]")
             raise typer.Exit(3) from None
-    best = result.best
+    best = run.best
     if best is not None:
         typer.echo(f"best val acc {best.val_acc:.4f} at epoch {best.epoch}; "
-                   f"{result.n_params:,} parameters")
+                   f"{run.n_params:,} parameters")

@@ -19,7 +19,6 @@ from sqlalchemy import (
     Select,
     case,
     func,
-    inspect,
     select,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -316,10 +315,6 @@ def utc(value: datetime | None) -> datetime | None:
 
 def _masked(conn: Connection) -> str:
     return mask_url(conn.engine.url.render_as_string(hide_password=False))
-
-
-def has_results_tables(conn: Connection) -> bool:
-    return inspect(conn).has_table(Study.__tablename__)
 
 
 def study_names(conn: Connection, limit: int | None = None) -> list[str]:

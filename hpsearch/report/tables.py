@@ -225,15 +225,6 @@ def write_markdown(sheet: Sheet, out: TextIO) -> None:
         out.write(f"\n{_md_cell(note)}\n")
 
 
-def machine_value(value: Any) -> Any:
-    """The value as CSV/JSON hold it: datetimes in ISO 8601, non-finite floats as null."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_csv(sheet: Sheet, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.key for c in sheet.columns])
