@@ -256,6 +256,10 @@ def reading(url: str | None) -> Iterator[Connection]:
     engine = make_engine(full)
     try:
         with connection_scope(engine) as conn:
+            if conn.dialect.name == "postgresql":
+                # a reader may work between its queries (a report's figures) and holds no lock
+                # a writer waits for: exempt from the server's idle-in-transaction bound
+                conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             yield conn
     finally:
         engine.dispose()
