@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -312,6 +313,55 @@ def test_a_heartbeat_row_locked_by_a_cut_off_session_is_freed_within_the_bound(
         proxy.close()
         cut_off.engine.dispose()
         direct.engine.dispose()
+
+
+def test_a_stop_during_a_long_outage_ends_within_seconds_and_the_trial_resumes(
+        pg_url: str, postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """SIGTERM to a run whose database has been unreachable for a while: marking the trial
+    cannot wait for ever, so the run exits 143 within seconds with no traceback; the trial,
+    left running, is resumed from its checkpoint by the same command once the database is
+    back (its heartbeat gone stale), its stored epochs carried over, none lost or doubled."""
+    proxy = CuttableProxy(postgres_server.port)
+    proxied = _proxied(pg_url, proxy)
+    path = study_file(tmp_path, "stopped", n_trials=1, epochs=10, heartbeat=(1, 4))
+    run = start_run(path, proxied, tmp_path)
+    try:
+        wait_for(lambda: epochs_stored(pg_url) >= 2, 180, "two stored epochs")
+        proxy.cut()
+        time.sleep(3)  # the worker is waiting out the outage now
+        run.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        output = finish(run, 120)
+        took = time.monotonic() - sent
+    finally:
+        proxy.close()
+    everything = output + logs_of(tmp_path)
+    assert run.returncode == 143, everything
+    # the worker gave up waiting 10 s after the stop and ended by itself: the launcher kills
+    # one still running after STOP_GRACE_S (20 s), and would then say "worker 0 failed"
+    assert "s: stopping" in everything, everything  # "...: giving up after 10 s: stopping"
+    assert "Stopped by SIGTERM" in output and "failed (" not in output, output
+    assert took < 30, f"{took:.1f} s: {everything}"
+    assert "Traceback" not in everything, everything
+    assert "the next run resumes the running trial from its last checkpoint" in everything
+    carried = epochs_stored(pg_url)
+
+    again = start_run(path, pg_url, tmp_path)  # the same command, the database back
+    output = finish(again, 300)
+    assert again.returncode == 0, output + logs_of(tmp_path)
+    engine = make_engine(pg_url)
+    with Session(engine) as session:
+        trials = {t.number: t for t in session.scalars(select(Trial))}
+        epochs = {n: [(e.epoch, e.seconds) for e in session.scalars(
+            select(Epoch).where(Epoch.trial_id == t.id).order_by(Epoch.epoch))]
+            for n, t in trials.items()}
+    engine.dispose()
+    assert trials[0].state == "failed" and trials[0].reason.startswith("worker died"), \
+        trials[0].reason
+    assert trials[1].state == "complete" and trials[1].retried_from == 0
+    assert [e for e, _ in epochs[1]] == list(range(1, 11))  # each epoch once
+    assert epochs[1][:carried - 1] == epochs[0][:carried - 1]  # carried over, not retrained
+    assert "resuming from" in logs_of(tmp_path)
 
 
 # --- class 2: permanent errors end the run at once ---------------------------------------------
