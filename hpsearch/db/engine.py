@@ -40,7 +40,8 @@ PG_CONNECT_DEFAULTS: dict[str, Any] = {
 #   on the server, and whatever it locked (a trial's heartbeat row, the study's trial-slot
 #   lock) would otherwise stay locked until the server notices the dead peer (hours: the
 #   kernel's TCP keepalive). Our transactions and Optuna's never wait on the client for more
-#   than milliseconds between statements; read-only scopes switch it off (migrate.reading);
+#   than milliseconds between statements; read-only scopes switch it off (session.py's
+#   connection_scope(reader=True));
 # - tcp_keepalives_*: the server probes a silent client as the client probes the server, so a
 #   session whose client vanished outside a transaction ends within ~60 s too.
 PG_SESSION_SETTINGS: dict[str, int] = {

@@ -75,11 +75,32 @@ def session_scope(engine: Engine, **options: Any) -> Iterator[Session]:
 
 
 @contextmanager
-def connection_scope(engine: Engine) -> Iterator[Connection]:
-    """A Connection in one transaction (committed at the end): for reads that stream rows and
-    for migrations. Database errors become DatabaseError."""
+def connection_scope(engine: Engine, *, write: bool = False,
+                     reader: bool = False) -> Iterator[Connection]:
+    """A Connection in one transaction (committed at the end, rolled back on an error): for
+    reads that stream rows, for migrations, and with `write` for checks and writes that must
+    see one database state (begin_write). Database errors become DatabaseError.
+
+    `reader`: a read-only scope that may work between its queries for a while (a report's
+    figures, a study copied meanwhile). It holds no lock a writer waits for, so PostgreSQL's
+    bound on a transaction left idle (engine.PG_SESSION_SETTINGS) is switched off for it.
+    """
     with translating(_url(engine)), engine.begin() as conn:
+        if write:
+            begin_write(conn)
+        elif reader and conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         yield conn
+
+
+def begin_write(conn: Connection) -> None:
+    """Make `conn`'s transaction a write transaction from its first statement. SQLite takes
+    its write lock now (BEGIN IMMEDIATE: another writer waits, busy_timeout, instead of slipping
+    in between this transaction's checks and its writes, or failing it with "database is
+    locked" when it upgrades from reading); PostgreSQL needs nothing, its writes lock the rows
+    they touch. Call it before any other statement of the transaction."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class DatabaseHealth:
@@ -116,9 +137,8 @@ def heartbeat_lock_wait(engine: Engine) -> float:
     Optuna's `trial_heartbeats` needs (SQLite: the write lock; PostgreSQL: the table lock)."""
     started = time.monotonic()
     with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+        begin_write(conn)
+        if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("LOCK TABLE trial_heartbeats IN ROW EXCLUSIVE MODE")
         conn.rollback()
     return time.monotonic() - started
