@@ -81,8 +81,10 @@ class Objective:
         self.fatal = None
         try:
             return self._run(trial)
-        except DatabaseError as exc:
-            self.fatal = exc
+        except Exception as exc:
+            self.interrupted = None  # ended by its own error: no stop's to queue again
+            if isinstance(exc, DatabaseError):
+                self.fatal = exc
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
