@@ -101,7 +101,9 @@ class Objective:
         self.trainer = trainer
         self.recorder = recorder
         self.worker = worker
-        self.interrupted: int | None = None  # Optuna id of a trial a stop request cut short
+        # Optuna id of the trial a stop request would cut short: set from the start of a trial
+        # (a stop while it is set up counts too) until its end is recorded
+        self.interrupted: int | None = None
         # a permanent database error met by the last trial: the worker stops on it (Optuna
         # catches every exception of an objective and would go on to the next trial)
         self.fatal: DatabaseError | None = None
@@ -110,11 +112,14 @@ class Objective:
         self.fatal = None
         try:
             return self._run(trial)
-        except DatabaseError as exc:
-            self.fatal = exc
+        except Exception as exc:
+            self.interrupted = None  # ended by its own error: no stop's to queue again
+            if isinstance(exc, DatabaseError):
+                self.fatal = exc
             raise
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.interrupted = trial._trial_id
         sampled = suggest(trial, self.config.space)
         params = self.config.params_for(sampled)
         history = retry_history(trial)
@@ -191,9 +196,14 @@ class Objective:
                          _noted(note, f"diverged: {exc}"), checkpoint, peak)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
-            self.interrupted = trial._trial_id  # its checkpoint is kept: the worker requeues it
-            self._finish(trial, row, "failed", started, n_params, interrupted_reason(exc), None,
-                         peak)
+            # its checkpoint is kept: the worker queues it again. Marking it may fail (a stop
+            # during an outage gives up waiting): the stop goes on, the heartbeat check fails
+            # the trial later and its retry resumes from the checkpoint all the same
+            try:
+                self._finish(trial, row, "failed", started, n_params, interrupted_reason(exc),
+                             None, peak, stopped=True)
+            except Exception as error:  # noqa: BLE001 - the stop must not become this error
+                log.warning("trial %d: stop not recorded (%s)", trial.number, error)
             raise
         except Exception as exc:
             self._finish(trial, row, "failed", started, n_params,
@@ -234,10 +244,12 @@ class Objective:
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None,
-                peak: dict[str, Any]) -> None:
+                peak: dict[str, Any], *, stopped: bool = False) -> None:
         # a reason is shown in reports and tables: a driver's error may carry a connection string
         reason = mask_secrets(reason) if reason else None
         self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
+        if not stopped:
+            self.interrupted = None  # ended for its own reasons: a stop now is not its fault
         # the rest of the dashboard's metadata, once at the end (each attribute is a write)
         _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})
         if checkpoint is not None:  # finished trials need no resume point

@@ -29,7 +29,7 @@ from hpsearch.db.trial_slot import TrialSlotLock
 from hpsearch.dryrun import DryRunTrainer
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import COUNTED_STATES, Objective, TrialTrainer
-from hpsearch.stop import interrupted_reason
+from hpsearch.stop import interrupted_reason, stop_requested
 from hpsearch.storage import ResilientRDBStorage, open_storage
 
 log = logging.getLogger(__name__)
@@ -160,18 +160,16 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
             consecutive_failures = 0
         _record_dead_trials(recorder, storage, row_id)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as hpsearch.stop.Stopped
-        # each step on its own: a database that fails one must not cost the other, nor turn
-        # the stop (and its exit code) into a database error
-        try:
-            recorder.mark_running_as(row_id, me, "failed", interrupted_reason(exc))
-        except Exception as error:  # noqa: BLE001 - the heartbeat check fails them later
-            log.warning("running trials not marked (%s)", error)
-        if objective.interrupted is not None:
-            try:
-                _requeue(study, objective.interrupted)
-            except Exception as error:  # noqa: BLE001 - the heartbeat retry queues it later
-                log.warning("stopped trial not queued again (%s)", error)
+        _settle_stopped_trial(exc, recorder, row_id, me, study, objective)
         raise
+    except Exception as exc:
+        # while a stop is under way, database calls give up after STOP_WAIT_S (db.session) and
+        # Optuna's own bookkeeping then fails in its own way: that is the stop, not an error
+        stop = stop_requested()
+        if stop is None:
+            raise
+        _settle_stopped_trial(stop, recorder, row_id, me, study, objective)
+        raise stop from exc
     finally:
         slot.close()
         watcher.stop()
@@ -207,7 +205,8 @@ class StaleTrialWatcher(threading.Thread):
 
     def stop(self) -> None:
         self._stopped.set()
-        self.join(timeout=5)
+        if stop_requested() is None:  # a stop does not wait: the thread dies with the process
+            self.join(timeout=5)
 
 
 def _record_checked(recorder: Recorder, storage: ResilientRDBStorage,
@@ -226,16 +225,47 @@ def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: i
             recorder.mark_failed(row, "worker died: no heartbeat within the grace period")
 
 
-def _requeue(study: optuna.Study, trial_id: int) -> None:
+def _settle_stopped_trial(stop: KeyboardInterrupt, recorder: Recorder, study_row_id: int,
+                          me: str, study: optuna.Study, objective: Objective) -> None:
+    """Mark this worker's running trial as stopped and queue it again. Each step on its own: a
+    database that fails one must not cost the other, nor turn the stop (and its exit code) into
+    a database error. During an outage both give up STOP_WAIT_S after the stop; the trial is
+    then resumable all the same: it stays "running" until its heartbeat is older than the
+    grace period, when the next run's heartbeat check fails it and queues its retry, which
+    resumes from its last checkpoint. `stop.settled` says whether both steps were done."""
+    settled = True
+    try:
+        recorder.mark_running_as(study_row_id, me, "failed", interrupted_reason(stop))
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        settled = False
+        log.warning("running trials not marked (%s)", error)
+    if objective.interrupted is not None:
+        try:
+            settled = _requeue(study, objective.interrupted) and settled
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            settled = False
+            log.warning("stopped trial not queued again (%s)", error)
+    if not settled:
+        log.warning("stopped without reaching the database: the next run resumes the stopped "
+                    "trial from its last checkpoint once its heartbeat is older than the grace "
+                    "period")
+    stop.settled = settled  # type: ignore[attr-defined]
+
+
+def _requeue(study: optuna.Study, trial_id: int) -> bool:
     """Queue a copy of a trial stopped by Ctrl-C/SIGTERM/SIGHUP, as Optuna's retry callback does
     for a dead worker's trial, so the next worker (the same command run again) resumes it from
     its last checkpoint instead of losing its epochs. A stop is not the trial's fault, so the
-    copy is queued whatever max_retry says."""
+    copy is queued whatever max_retry says. False when Optuna has not recorded the stop (the
+    trial is still running there: the heartbeat check queues it later)."""
     frozen = study._storage.get_trial(trial_id)
+    if frozen.state == TrialState.RUNNING:
+        return False
     if frozen.state == TrialState.FAIL:  # Optuna recorded the stop; anything else: leave it
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+    return True
 
 
 def _optimize_one(study: optuna.Study, run_trial: Callable[[optuna.Trial], float],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -22,6 +23,21 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signal_name(signum))
         self.signum = signum
+
+
+# The stop under way in this process, and when it was asked for (monotonic): the database's
+# retry policy stops waiting out an outage soon after it (hpsearch.db.session), and a failure
+# met while stopping is reported as the stop it is part of (hpsearch.runner).
+_requested: Stopped | None = None
+_requested_at: float | None = None
+
+
+def stop_requested() -> Stopped | None:
+    return _requested
+
+
+def stop_requested_at() -> float | None:
+    return _requested_at
 
 
 def signal_name(signum: int) -> str:
@@ -52,11 +68,13 @@ def install_stop_handlers() -> None:
     stopping = False
 
     def handler(signum: int, _frame: FrameType | None) -> None:
+        global _requested, _requested_at
         nonlocal stopping
         if stopping:
             return
         stopping = True
-        raise Stopped(signum)
+        _requested, _requested_at = Stopped(signum), time.monotonic()
+        raise _requested
 
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:

@@ -16,11 +16,13 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
+from sqlalchemy import select
 
 from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db import queries
 from hpsearch.db.engine import normalise_url
-from hpsearch.db.migrate import reading
+from hpsearch.db.migrate import current_revision, ensure_schema, reading
+from hpsearch.db.models import Study
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, TrialParams, coerce, param_type
 from hpsearch.run_config import load_run_config
@@ -113,15 +115,19 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
     config, created in the database only once every candidate fits), then queue them all.
     A set of values the study already holds, queued or run, is not queued twice."""
     url = normalise_url(url)
-    if isinstance(study, StudyConfig):
+    # a study file names a new study; once the study is stored, its stored space and config
+    # decide (as for every reader), whatever the file says now
+    stored = _stored_study(url, study.name if isinstance(study, StudyConfig) else study)
+    if stored is None and isinstance(study, StudyConfig):
         config = study
         queued = _fit_all(candidates, space_json(config.space), config.base_params())
         prepare_study(config, url)
     else:
-        with reading(url) as conn:
-            info = queries.find_study(conn, study)
-        config = parse_study(info.config, f"study {study!r}")
-        queued = _fit_all(candidates, info.space, config.base_params())
+        if stored is None:  # a name the database does not hold: find_study says so
+            with reading(url) as conn:
+                stored = queries.find_study(conn, str(study))
+        config = parse_study(stored.config, f"study {stored.name!r}")
+        queued = _fit_all(candidates, stored.space, config.base_params())
     storage = open_storage(url, config.workers)
     out = []
     try:
@@ -137,6 +143,18 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
     finally:
         storage.remove_session()
     return out
+
+
+def _stored_study(url: str, name: str) -> queries.StudyInfo | None:
+    """The stored study `name`; None when the database holds no study of that name (or no
+    hpsearch tables yet). Creates no file and no table."""
+    if current_revision(url) is None:
+        return None
+    ensure_schema(url)  # an older schema is upgraded, as for every writing command
+    with reading(url) as conn:
+        if conn.scalar(select(Study.id).where(Study.name == name)) is None:
+            return None
+        return queries.find_study(conn, name)
 
 
 def _fit_all(candidates: list[Candidate], space: dict[str, Any],

@@ -38,13 +38,20 @@ class BlackHole:
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:port to a target port. cut() resets every connection and refuses new
-    ones (as a server that went away does); restore() listens again on the same port."""
+    """Forwards 127.0.0.1:port to a target port, and can be cut like a network partition.
+
+    cut(): each client connection is reset (the client sees "connection reset", as after a
+    crash) and new ones are refused, while the server is told nothing: its ends stay open and
+    unanswered until close(), as when a partition or a dead client machine leaves a session
+    half-open on the server. Whatever such a session held (a transaction's row locks, an
+    advisory lock) it keeps until the server ends it. restore() listens again on the same port.
+    """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
+        self._links: list[_Link] = []
+        self._abandoned: list[socket.socket] = []  # the server ends of cut connections
         self._listener: socket.socket | None = None
         self.port = 0
         self.restore()
@@ -52,7 +59,8 @@ class CuttableProxy:
     def restore(self) -> None:
         listener = socket.create_server(("127.0.0.1", self.port))
         self.port = listener.getsockname()[1]
-        self._listener = listener
+        with self._lock:
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
@@ -60,15 +68,18 @@ class CuttableProxy:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    # RST, not FIN: the client sees "connection reset", as after a crash
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    sock.close()
-            self._sockets.clear()
+            for link in self._links:
+                link.cut = True
+                self._abandoned.append(link.upstream)
+                _reset(link.client)
+            self._links.clear()
 
     def close(self) -> None:
         self.cut()
+        with self._lock:
+            for sock in self._abandoned:
+                _shut(sock)
+            self._abandoned.clear()
 
     def _accept(self, listener: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -79,16 +90,44 @@ class CuttableProxy:
                 except OSError:
                     client.close()
                     continue
+                link = _Link(client, upstream)
                 with self._lock:
-                    self._sockets += [client, upstream]
+                    if self._listener is not listener:  # cut while this one was accepted
+                        _reset(client)
+                        self._abandoned.append(upstream)
+                        continue
+                    self._links.append(link)
                 for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                    threading.Thread(target=self._pipe, args=(link, a, b), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(link: _Link, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        if not link.cut:  # an ordinary end: pass it on to both sides
+            _shut(source)
+            _shut(sink)
+
+
+class _Link:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client, self.upstream = client, upstream
+        self.cut = False
+
+
+def _reset(sock: socket.socket) -> None:
+    """Reset (RST, not FIN) a connection, waking a thread blocked reading it: close() alone
+    would not, and the socket would live on until that read returned."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()

@@ -151,14 +151,38 @@ def urls(recorded: str, tmp: Path) -> st.SearchStrategy[str]:
             f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:1/x", f"mysql://u:{SECRET}@h/x",
             f"postgresql://u:{SECRET}@127.0.0.1:1/x", f"postgresql://u:{SECRET}@127.0.0.1:1/x?a=b",
             f"postgresql://u:{SECRET}@127.0.0.1:notaport/x", "sqlite:////proc/x/y.db",
+            # the password in the query string, and in libpq's key=value form
+            f"postgresql://u@127.0.0.1:1/x?password={SECRET}",
+            f"postgresql://u@127.0.0.1:1/x?sslpassword={SECRET}&connect_timeout=1",
+            f"postgresql://u@127.0.0.1:1/x?password={SECRET}&bogus=1",
+            f"host=127.0.0.1 port=1 user=u password={SECRET}",
         ]),
         TEXT.map(lambda t: f"sqlite:///{tmp}/{t}"))
-    # passwords in the query string (?password=...) are class 5's (masking) to add here
 
 
 def int_text() -> st.SearchStrategy[str]:
     return st.one_of(st.integers(-3, 12).map(str), HUGE_INTS.map(str),
                      st.sampled_from(["nan", "inf", "1e3", "abc", "", "-1", "0x10", "٣"]))
+
+
+# every command of the CLI (test_every_command_is_in_the_property_test keeps this complete)
+COMMANDS = ("run", "worker", "studies", "trials", "best", "show", "compare", "export", "report",
+            "evaluate", "train", "enqueue", "dashboard", "info", "tag", "study delete",
+            "study rename", "study copy", "study note", "db upgrade", "db downgrade",
+            "db current", "db check")
+
+
+def _leaf_commands(command: typing.Any, path: str = "") -> Iterator[str]:
+    subs = getattr(command, "commands", None)
+    if not subs:
+        yield path.strip()
+    for name, sub in (subs or {}).items():
+        yield from _leaf_commands(sub, f"{path} {name}")
+
+
+def test_every_command_is_in_the_property_test() -> None:
+    """A command added to the CLI without a strategy here would never be tried."""
+    assert sorted(_leaf_commands(typer.main.get_command(app))) == sorted(COMMANDS)
 
 
 @st.composite
@@ -167,10 +191,7 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
     where they stop early (no dataset, an unopenable database) so each example is quick."""
     db = ["--db", draw(urls(recorded, tmp))]
     name = draw(st.one_of(st.just("demo"), NASTY_TEXT, TEXT))
-    command = draw(st.sampled_from(["run", "worker", "studies", "trials", "best", "show",
-                                    "compare", "export", "report", "evaluate", "train",
-                                    "enqueue", "dashboard", "db upgrade", "db downgrade",
-                                    "db current", "db check"]))
+    command = draw(st.sampled_from(COMMANDS))
     fmt = ["--format", draw(st.sampled_from(["table", "md", "csv", "json", "toml", "xml"]))]
     if command == "run":
         (tmp / "study.toml").write_bytes(draw(study_files()))
@@ -219,6 +240,27 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
     if command == "dashboard":  # a database that works would serve until stopped: only others
         return ["dashboard", "--db", draw(urls(recorded, tmp).filter(lambda u: u != recorded)),
                 "--port", draw(int_text())]
+    if command == "info":  # measures a few training steps: bounded by --threads' range
+        return ["info", "--device", draw(st.sampled_from(["cpu", "auto", "cuda", "tpu", ""])),
+                "--threads", draw(int_text()), "--format",
+                draw(st.sampled_from(["text", "json", "xml"]))]
+    if command == "tag":
+        args = ["tag", name, draw(int_text()), *draw(st.lists(st.one_of(TEXT, NASTY_TEXT),
+                                                              max_size=3)), *db]
+        if draw(st.booleans()):
+            args.append("--remove")
+        if draw(st.booleans()):
+            args += ["--note", draw(st.one_of(TEXT, NASTY_TEXT))]
+        return args
+    if command == "study delete":
+        return ["study", "delete", name, "--yes", *db]
+    if command in ("study rename", "study copy"):
+        new = draw(st.one_of(NASTY_TEXT, TEXT))
+        extra = ["--to-db", draw(urls(recorded, tmp))] if command == "study copy" and \
+            draw(st.booleans()) else []
+        return [*command.split(), name, new, *extra, *db]
+    if command == "study note":
+        return ["study", "note", name, draw(st.one_of(TEXT, NASTY_TEXT)), *db]
     if command == "db downgrade":
         return ["db", "downgrade", draw(st.sampled_from(["-1", "-2", "base", "0001", "zzz", "+1",
                                                          "--bogus", "head", "-99"])), *db]

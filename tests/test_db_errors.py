@@ -95,9 +95,12 @@ def test_timeouts_default_on_and_the_url_wins() -> None:
     args = engine_kwargs("postgresql+psycopg://h/d")["connect_args"]
     assert args["connect_timeout"] == 10 and args["keepalives"] == 1
     assert "statement_timeout=300000" in args["options"]
+    assert "idle_in_transaction_session_timeout=60000" in args["options"]
     mine = engine_kwargs("postgresql+psycopg://h/d?connect_timeout=3"
                          "&options=-c%20statement_timeout%3D5")["connect_args"]
-    assert "connect_timeout" not in mine and "options" not in mine  # the URL's values apply
+    assert "connect_timeout" not in mine  # the URL's values apply, the other defaults stay
+    assert mine["options"].startswith("-c statement_timeout=5 -c idle_in_transaction")
+    assert "statement_timeout=300000" not in mine["options"]
     assert engine_kwargs("sqlite:///x.db?timeout=2")["connect_args"]["timeout"] == 2.0
 
 

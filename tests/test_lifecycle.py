@@ -3,6 +3,7 @@ study lifecycle commands (delete, rename, copy, notes, tags) change both halves 
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -366,3 +367,36 @@ def test_migration_0004_marks_the_optuna_studies_of_older_rows(
     assert code == 0, out
     code, _out, err = hps(capsys, monkeypatch, "best", "gone", "--db", sqlite_url)
     assert code == 2 and "re-created in Optuna" in one_error_line(err)
+
+
+@pytest.mark.parametrize("command", [["study", "note", "demo", "hello"],
+                                     ["tag", "demo", "0", "keep"],
+                                     ["study", "rename", "demo", "demo2"]])
+def test_lifecycle_writes_go_through_the_session_scope(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write transaction of delete/rename/copy/note/tag is the session module's: it takes
+    SQLite's write lock first (BEGIN IMMEDIATE), so another client's lock makes it wait out
+    the busy timeout, and then fail as one classified line, not an unforeseen error."""
+    db = tmp_path / "locked.db"
+    build_recorded_study(f"sqlite:///{db}", "demo")
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another client writing
+    try:
+        code, out, err = hps(capsys, monkeypatch, *command, "--db", f"sqlite:///{db}?timeout=0.3")
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    (line,) = err.strip().splitlines()
+    assert code != 0 and out == ""
+    assert line == f"hpsearch: error: cannot use database sqlite:///{db}?timeout=0.3: " \
+        "database is locked", line
+
+
+def test_one_way_to_open_a_transaction() -> None:
+    """Sessions, connection scopes and SQLite's write transactions are opened in
+    hpsearch/db/session.py only."""
+    root = Path(__file__).resolve().parents[1] / "hpsearch"
+    others = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "session.py"
+              and any(s in p.read_text() for s in (".begin()", "BEGIN IMMEDIATE", "Session("))]
+    assert others == []

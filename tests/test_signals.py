@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 from hpsearch.config import load_study
@@ -123,3 +124,37 @@ def test_sigterm_stops_a_standalone_worker(sqlite_url: str, tmp_path: Path) -> N
     assert "Traceback" not in text
     trials = trials_of(sqlite_url, "tiny")
     assert [t.reason for t in trials] == ["interrupted (SIGTERM)"]
+
+
+def test_a_stop_while_a_trial_is_set_up_queues_it_again(sqlite_url: str,
+                                                         tmp_path: Path) -> None:
+    """The stop lands after Optuna created the trial and before training began (here while
+    `precision = "auto"` is measured for this machine, seconds on a fresh cache): the trial is
+    queued again like one stopped while training, and the next worker runs it."""
+    path = slow_study(tmp_path, n_trials=1, epochs=2)
+    path.write_text(path.read_text().replace('precision = "fp32"', 'precision = "auto"'))
+    prepare_study(load_study(path), sqlite_url)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # nothing measured yet
+    command = [sys.executable, "-m", "hpsearch", "worker", "tiny", "--db", sqlite_url,
+               "--threads", "1"]
+    worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+
+    def optuna_states() -> list[optuna.trial.TrialState]:
+        return [t.state for t in optuna.load_study(study_name="tiny", storage=sqlite_url).trials]
+
+    wait_for(lambda: optuna_states() == [optuna.trial.TrialState.RUNNING], 120,
+             "Optuna's trial")
+    os.kill(worker.pid, signal.SIGTERM)
+    output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 143, output
+    assert "Traceback" not in output, output
+    # the stop came before the trial had a row of ours: it was still being set up
+    assert trials_of(sqlite_url, "tiny") == [], "the stop landed after the set-up"
+    assert optuna_states() == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    (trial,) = trials_of(sqlite_url, "tiny")
+    assert (trial.number, trial.state, trial.retried_from) == (1, "complete", 0)

@@ -96,3 +96,32 @@ def test_a_configuration_outside_the_space_is_refused_and_nothing_is_written(
     code, _, err = hps(capsys, monkeypatch, "enqueue", "tiny", "--params", str(bad),
                        "--db", source)
     assert code != 0 and len(trials_of(source, "tiny")) == 3  # nothing queued in an old one
+
+
+def test_enqueue_with_the_file_of_a_stored_study_checks_the_stored_space(
+        source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study file of a study that is stored only names it: its edited [space] (hidden_dim
+    100..200, token_mlp_dim 64) must not decide what fits; the stored space (16..32, 16) does."""
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    path = write_tiny_study(edited, "tiny", n_trials=3, epochs=1)
+    path.write_text(path.read_text().replace("{ low = 16, high = 32 }", "{ low = 100, high = 200 }")
+                    .replace("token_mlp_dim = 16", "token_mlp_dim = 64"))
+    fits_file = tmp_path / "fits_file.toml"
+    fits_file.write_text("[params]\npatch_size = 7\nhidden_dim = 150\nlr = 0.005\n"
+                         "token_mlp_dim = 64\n")
+    code, out, err = hps(capsys, monkeypatch, "enqueue", str(path), "--params", str(fits_file),
+                         "--db", source)
+    assert code != 0 and out == "", out
+    assert "hidden_dim=150 (searched: 16..32)" in err and "token_mlp_dim=64 (fixed at 16)" in err
+    assert len(trials_of(source, "tiny")) == 3  # nothing queued
+    fits_stored = tmp_path / "fits_stored.toml"
+    fits_stored.write_text("[params]\npatch_size = 7\nhidden_dim = 20\nlr = 0.005\n"
+                           "token_mlp_dim = 16\n")
+    code, out, err = hps(capsys, monkeypatch, "enqueue", str(path), "--params",
+                         str(fits_stored), "--db", source)
+    assert code == 0 and "tiny: queued: " in out, err
+    queued = trials_of(source, "tiny")[-1]
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.system_attrs["fixed_params"] == {"patch_size": 7, "hidden_dim": 20, "lr": 0.005}

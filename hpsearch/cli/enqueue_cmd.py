@@ -14,7 +14,8 @@ from hpsearch.cli.app import DB_HELP, app
 def enqueue(
     study: Annotated[str, typer.Argument(
         help="Study to queue the configurations in: its name, or its study file (created in "
-        "the database if new, without running anything).", metavar="NAME|STUDY.toml")],
+        "the database if new, without running anything; for a stored study the file only "
+        "names it: the stored search space decides).", metavar="NAME|STUDY.toml")],
     params: Annotated[Path | None, typer.Option(
         "--params", help="A configuration file in the `hpsearch best --format toml` format "
         "([params] table).", metavar="FILE.toml")] = None,

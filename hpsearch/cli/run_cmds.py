@@ -147,9 +147,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         try:
             print_leaderboard(url, config.name, top)
         except HpsearchError:
-            if not failures:
+            if not failures and stopped_by is None:
                 raise
-            # the database broke under the workers: their lines above already say why
+            # the database broke under the workers (their lines above already say why), or
+            # the run was stopped during an outage: the stop is the result, not this
     if stopped_by is not None:
         console.print(f"Stopped by {signal_name(stopped_by)} with {progress.finished}/"
                       f"{config.n_trials} trials finished; run the same command to continue.",
@@ -187,8 +188,10 @@ def worker(
     except KeyboardInterrupt as exc:
         from hpsearch.stop import exit_code, signal_name, signum_of
 
-        typer.echo(f"stopped by {signal_name(signum_of(exc))}; running trial marked failed",
-                   err=True)
+        outcome = ("running trial marked failed" if getattr(exc, "settled", True) else
+                   "the database did not answer: the next run resumes the running trial from "
+                   "its last checkpoint")
+        typer.echo(f"stopped by {signal_name(signum_of(exc))}; {outcome}", err=True)
         raise typer.Exit(exit_code(signum_of(exc))) from None
 
 

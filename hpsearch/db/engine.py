@@ -21,17 +21,35 @@ SQLITE_URL_OPTIONS = frozenset({"uri", "timeout", "isolation_level", "detect_typ
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes share one file; writers wait, never fail
 # PostgreSQL has no client-side timeouts by default: a server that accepts TCP and never answers
 # hangs libpq for ever. connect_timeout bounds connecting; TCP keepalives notice a server that
-# vanished under an open connection (idle 30 s, then 3 probes 10 s apart: ~60 s); the
-# statement timeout (server side) cancels a statement stuck behind a lock. Each can be
-# overridden in the URL, e.g. ?connect_timeout=3 or ?options=-c%20statement_timeout=0.
+# vanished under an open connection (idle 30 s, then 3 probes 10 s apart: ~60 s). Each can be
+# overridden in the URL, e.g. ?connect_timeout=3.
 PG_CONNECT_TIMEOUT_S = 10
-PG_STATEMENT_TIMEOUT_MS = 300_000  # far above our slowest statement (seconds on 10,000 trials)
 PG_CONNECT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": PG_CONNECT_TIMEOUT_S,
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
+}
+# Server-side settings of every session of ours and Optuna's (a `-c` in the URL's ?options=
+# wins, e.g. ?options=-c%20statement_timeout=0):
+# - statement_timeout cancels a statement stuck behind a lock (far above our slowest statement,
+#   seconds on 10,000 trials);
+# - idle_in_transaction_session_timeout ends a session that sits in an open transaction: a
+#   client cut off mid-transaction (a partition, a dead machine) leaves its session half-open
+#   on the server, and whatever it locked (a trial's heartbeat row, the study's trial-slot
+#   lock) would otherwise stay locked until the server notices the dead peer (hours: the
+#   kernel's TCP keepalive). Our transactions and Optuna's never wait on the client for more
+#   than milliseconds between statements; read-only scopes switch it off (session.py's
+#   connection_scope(reader=True));
+# - tcp_keepalives_*: the server probes a silent client as the client probes the server, so a
+#   session whose client vanished outside a transaction ends within ~60 s too.
+PG_SESSION_SETTINGS: dict[str, int] = {
+    "statement_timeout": 300_000,  # ms
+    "idle_in_transaction_session_timeout": 60_000,  # ms
+    "tcp_keepalives_idle": 30,  # s
+    "tcp_keepalives_interval": 10,
+    "tcp_keepalives_count": 3,
 }
 
 
@@ -177,14 +195,16 @@ def sqlite_busy_timeout(url: str) -> float:
 
 
 def _postgres_connect_args(query: dict[str, Any]) -> dict[str, Any]:
-    """libpq defaults for a server that does not answer: the user's URL options win."""
+    """libpq defaults for a server that does not answer, and the server-side session settings
+    (PG_SESSION_SETTINGS): the user's URL options win."""
     args: dict[str, Any] = {key: value for key, value in PG_CONNECT_DEFAULTS.items()
                             if key not in query}
     options = query.get("options")
-    if options is None:
-        args["options"] = f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
-    elif isinstance(options, str) and "statement_timeout" not in options:
-        args["options"] = f"{options} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    given = options if isinstance(options, str) else ""
+    added = " ".join(f"-c {key}={value}" for key, value in PG_SESSION_SETTINGS.items()
+                     if key not in given)
+    if options is None or isinstance(options, str):
+        args["options"] = f"{given} {added}".strip()
     return args
 
 

@@ -28,9 +28,11 @@ DISK_FULL_BYTES = 64 * 2**20  # less free space than this counts as a full disk
 # PostgreSQL SQLSTATE classes/codes that waiting heals: connection exceptions (08), the server
 # shutting down or starting (57P01-57P03), insufficient resources (53: disk full, out of memory,
 # too many connections), serialisation failures and deadlocks (40001, 40P01), a lock not
-# available (55P03) and a statement cancelled by statement_timeout (57014).
+# available (55P03), a statement cancelled by statement_timeout (57014), and a session the
+# server ended for sitting idle in a transaction or idle (25P03, 57P05: a new one works).
 _PG_TRANSIENT_CLASSES = ("08", "53")
-_PG_TRANSIENT_CODES = {"57P01", "57P02", "57P03", "40001", "40P01", "55P03", "57014"}
+_PG_TRANSIENT_CODES = {"57P01", "57P02", "57P03", "40001", "40P01", "55P03", "57014",
+                       "25P03", "57P05"}
 # A connection refused by the server itself (no SQLSTATE at connect time): bad credentials, a
 # database or role that does not exist. Anything else failing to connect (refused, reset,
 # timed out, unknown host) is taken as an outage.

@@ -25,6 +25,7 @@ from hpsearch.db.migrate import ensure_schema, require_schema
 from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
 from hpsearch.db.optuna_tables import set_marker
+from hpsearch.db.session import connection_scope
 from hpsearch.errors import HpsearchError
 
 # Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
@@ -33,14 +34,12 @@ DEFAULT_GRACE_S = 120
 
 @contextmanager
 def write_transaction(url: str) -> Iterator[Connection]:
-    """One connection, one transaction, committed at the end. On SQLite it starts with
-    BEGIN IMMEDIATE: the checks (is a worker running? is the new name free?) and the writes
-    then see the same database, as no other writer can slip in between."""
+    """One connection, one write transaction (the session module's), committed at the end: the
+    checks (is a worker running? is the new name free?) and the writes see the same database,
+    as no other writer can slip in between."""
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        with connection_scope(engine, write=True) as conn:
             yield conn
     finally:
         engine.dispose()
@@ -207,7 +206,7 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
     ensure_schema(target)  # the target may be a new file
     source_engine = make_engine(url)
     try:
-        with source_engine.connect() as src:
+        with connection_scope(source_engine, reader=True) as src:
             halves = _halves(src, name)
             if halves.ours is None:
                 raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(url)}")
@@ -317,7 +316,7 @@ def orphans(url: str) -> list[str]:
     Optuna trial is gone (or is another study's)."""
     engine = make_engine(normalise_url(url))
     try:
-        with engine.connect() as conn:
+        with connection_scope(engine) as conn:
             return _orphans(conn)
     finally:
         engine.dispose()

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import database_url, make_engine, mask_url, normalise_url
 from hpsearch.db.models import Base
-from hpsearch.db.session import connection_scope
+from hpsearch.db.session import begin_write, connection_scope
 from hpsearch.errors import HpsearchError
 
 
@@ -128,7 +128,7 @@ def _lock_for_migration(conn: Connection) -> None:
         conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         # pysqlite runs DDL outside transactions; an explicit write transaction makes the
         # migration atomic and makes other writers wait (busy_timeout) instead of racing
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        begin_write(conn)
 
 
 @contextmanager
@@ -255,7 +255,7 @@ def reading(url: str | None) -> Iterator[Connection]:
     require_schema(full)
     engine = make_engine(full)
     try:
-        with connection_scope(engine) as conn:
+        with connection_scope(engine, reader=True) as conn:
             yield conn
     finally:
         engine.dispose()

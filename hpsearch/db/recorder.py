@@ -21,10 +21,6 @@ from hpsearch.db.session import retrying, session_scope
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
 
-# How long marking trials may wait for the database while the worker is being interrupted:
-# a stop must not hang on an outage (the trials are then failed by the heartbeat check).
-STOP_WAIT_S = 10.0
-
 
 class Recorder:
     def __init__(self, engine: Engine) -> None:
@@ -185,7 +181,7 @@ class Recorder:
                     Trial.state == "running").values(state=state, reason=reason,
                                                      finished_at=utcnow()))
                 return result.rowcount or 0
-        return retrying(write, "marking running trials", give_up_after=STOP_WAIT_S)
+        return retrying(write, "marking running trials")
 
     def study_row(self, name: str) -> Study | None:
         """Our row of study `name`, None if there is none; BrokenLink when Optuna no longer

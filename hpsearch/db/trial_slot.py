@@ -7,11 +7,18 @@ window in which the dashboard shows it and a gap in the trial numbers; MaxTrials
 stops a worker after its trial ends. So the count and the ask happen under one lock, and the
 race cannot happen at all.
 
-Why not a database transaction: Optuna creates the trial on its own connection, which a
-transaction of ours holding SQLite's write lock would block for good. So the lock lives beside
-the database: on PostgreSQL a session-level advisory lock (released by the server if the
-worker dies), on SQLite an flock() on a file next to the database (released by the kernel if
-the worker dies; a SQLite file is only ever shared by processes of one machine).
+Why not SQLite's write lock: Optuna creates the trial on its own connection, which a
+transaction of ours holding that lock would block for good. So on SQLite the lock is an flock()
+on a file next to the database (released by the kernel if the worker dies; a SQLite file is
+only ever shared by processes of one machine). On PostgreSQL it is a transaction-scoped
+advisory lock on a connection of its own, held by leaving that transaction open: released when
+the transaction ends, and, should the worker be cut off from the server (a partition, a dead
+machine), when the server ends the half-open session for sitting idle in a transaction
+(`idle_in_transaction_session_timeout`, hpsearch.db.engine.PG_SESSION_SETTINGS). A
+session-level lock would outlive a cut-off worker until the server noticed the dead peer
+(hours), and every worker of the study would wait for it. Losing the lock early (a holder that
+waits longer than that timeout) is harmless once Optuna has created the trial, which it does
+before sampling.
 """
 
 from __future__ import annotations
@@ -65,8 +72,8 @@ class TrialSlotLock:
         assert self._engine is not None
         conn = self._engine.connect()
         try:
-            conn.execute(select(func.pg_advisory_lock(_PG_NAMESPACE, self.study_id)))
-            conn.commit()  # the lock belongs to the session, not to a transaction
+            # the transaction this begins stays open until release(): it holds the lock
+            conn.execute(select(func.pg_advisory_xact_lock(_PG_NAMESPACE, self.study_id)))
         except BaseException:
             conn.close()
             raise
@@ -76,14 +83,13 @@ class TrialSlotLock:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
-                conn.execute(select(func.pg_advisory_unlock(_PG_NAMESPACE, self.study_id)))
-                conn.commit()
+                conn.rollback()  # ends the transaction, and the lock with it
             except Exception as exc:  # noqa: BLE001 - a lost session took its lock with it
                 error = as_database_error(exc, self.url)
                 log.warning("trial-slot lock not released (%s); the server drops it with "
-                            "the connection", error.reason if error else exc)
+                            "the session", error.reason if error else exc)
             finally:
-                conn.close()  # a broken connection ends the session, and its lock with it
+                conn.close()
         if self._handle is not None:
             handle, self._handle = self._handle, None
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
