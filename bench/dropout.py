@@ -24,8 +24,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hpsearch.model import Dropout, build_model  # noqa: E402
 from hpsearch.params import TrialParams  # noqa: E402
+from hpsearch.trainer.model import Dropout, build_model  # noqa: E402
 
 BATCH = 256
 MODEL = dict(patch_size=4, hidden_dim=160, token_mlp_dim=128, channel_mlp_dim=512, num_blocks=3)

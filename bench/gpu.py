@@ -44,7 +44,7 @@ Tensors = tuple[torch.Tensor, torch.Tensor]
 def write_idx(root: Path, subset: int | None) -> tuple[Tensors, Tensors]:
     """Fashion-MNIST (or random images of its shape) written as torchvision's uncompressed raw
     files under `root`, for the coursework loop; returns the same (train, test) tensors."""
-    from hpsearch.data import DataNotFoundError, load_raw, synthetic_raw
+    from hpsearch.trainer.data import DataNotFoundError, load_raw, synthetic_raw
 
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def coursework_epochs(root: Path, blocks: int, device: str) -> float:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from hpsearch.model import MLPMixer
+    from hpsearch.trainer.model import MLPMixer
 
     transform = transforms.ToTensor()
     train_loader = DataLoader(datasets.FashionMNIST(str(root), train=True, transform=transform),
@@ -108,9 +108,9 @@ def trainer_epochs(train_split: Tensors, test_split: Tensors, blocks: int,
                    device: str) -> tuple[float, str | None]:
     """hpsearch's trainer with its defaults: seconds of its second epoch (the first compiles,
     measures precision, warms up) and the precision it chose."""
-    from hpsearch.data import Split, TrainValData
     from hpsearch.params import TrialParams
-    from hpsearch.train import fit
+    from hpsearch.trainer.data import Split, TrainValData
+    from hpsearch.trainer.loop import fit
 
     mean, std = 0.286, 0.353  # Fashion-MNIST's; only scales the inputs
 

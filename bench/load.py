@@ -95,8 +95,8 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    import hpsearch.runner  # noqa: F401 - imported before the start line, not timed
-    import hpsearch.space  # noqa: F401
+    import hpsearch.search.space  # noqa: F401
+    import hpsearch.search.worker  # noqa: F401 - imported before the start line, not timed
     from hpsearch.cli import app
     from hpsearch.db.recorder import Recorder
 
@@ -127,7 +127,7 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
     optuna.Study.ask = timed("ask", optuna.Study.ask)
     optimize._tell_with_warning = timed("tell", optimize._tell_with_warning)
     Recorder.record_epoch = timed("epoch_write", Recorder.record_epoch)
-    watcher_start = hpsearch.runner.StaleTrialWatcher.start
+    watcher_start = hpsearch.search.worker.StaleTrialWatcher.start
     cpu_at_go = 0.0  # CPU seconds used before the start line (imports, loading the study)
 
     def start_line(watcher: Any) -> None:
@@ -140,7 +140,7 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
         cpu_at_go = cpu_seconds()
         watcher_start(watcher)
 
-    hpsearch.runner.StaleTrialWatcher.start = start_line
+    hpsearch.search.worker.StaleTrialWatcher.start = start_line
     started = time.monotonic()
     code: Any = 0
     try:
@@ -295,8 +295,8 @@ def ask_latency(url: str, sizes: list[int], asks: int) -> list[dict[str, Any]]:
     """TPE's ask on a study that already holds `size` finished trials of the bench's space."""
     import optuna
 
-    from hpsearch.config import load_study
-    from hpsearch.space import distribution, make_sampler, suggest
+    from hpsearch.search.space import distribution, make_sampler, suggest
+    from hpsearch.search.study_file import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="hps-ask-"))

@@ -55,14 +55,14 @@ import optuna
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hpsearch.config import StudyConfig, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.files import atomic_write
-from hpsearch.runner import run_worker
-from hpsearch.space import suggest
-from hpsearch.storage import open_storage, prepare_study
+from hpsearch.search.space import suggest
+from hpsearch.search.study import open_storage, prepare_study
+from hpsearch.search.study_file import StudyConfig, parse_study
+from hpsearch.search.worker import run_worker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRUNERS = ("none", "median", "hyperband", "multi-fidelity")
@@ -303,7 +303,7 @@ def main() -> None:
 
     import torch
 
-    from hpsearch.runtime import configure_threads
+    from hpsearch.trainer.runtime import configure_threads
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)

@@ -1,4 +1,4 @@
-"""Trainer throughput: the coursework loop vs `hpsearch.train.fit`, same model, same run.
+"""Trainer throughput: the coursework loop vs `hpsearch.trainer.loop.fit`, same model, same run.
 
 Seconds per epoch on the FULL Fashion-MNIST training set (60,000 images) plus one evaluation
 pass over the 10,000 test images (both loops evaluate once per epoch, as a notebook would),
@@ -9,7 +9,7 @@ batch 256, Adam lr 1e-3, MLP-Mixer patch 4 / hidden 128 / token 64 / channel 512
   (b) our trainer, precision="fp32";
   (c) our trainer, precision="bf16" (autocast);
   (d) our trainer with its automatic defaults (precision="auto": whichever of fp32 and bf16
-      hpsearch.runtime measured to be faster on this machine; compile="off" is the default);
+      hpsearch.trainer.runtime measured to be faster on this machine; compile="off" is the default);
   (e) only with --compile: (d) with compile="on", compile time counted in the epoch (the
       worker starts with an empty compile cache, so this is a cold compile).
 
@@ -51,7 +51,9 @@ import torch
 from torch import nn
 
 from hpsearch import OPENMP_SETTINGS
-from hpsearch.data import (
+from hpsearch.params import DataOptions, TrialParams
+from hpsearch.paths import cache_dir
+from hpsearch.trainer.data import (
     Split,
     TrainValData,
     _find_idx_files,
@@ -61,11 +63,9 @@ from hpsearch.data import (
     load_test_split,
     load_train_val,
 )
-from hpsearch.model import MLPMixer, matmul_flops_per_image
-from hpsearch.params import DataOptions, TrialParams
-from hpsearch.paths import cache_dir
-from hpsearch.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
-from hpsearch.train import fit
+from hpsearch.trainer.loop import fit
+from hpsearch.trainer.model import MLPMixer, matmul_flops_per_image
+from hpsearch.trainer.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SHAPE = (1, 28, 28)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas
     from sqlalchemy import Connection
 
-    from hpsearch.runner import WorkerSummary
+    from hpsearch.search.worker import WorkerSummary
 
 __all__ = ["EpochRecord", "ParetoFront", "TrialRecord", "best_trial", "create_study", "epochs",
            "pareto_front", "run_worker", "trials", "trials_dataframe"]
@@ -47,8 +47,8 @@ def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
     Returns:
         The study's name, for `run_worker` and the readers.
     """
-    from hpsearch.config import load_study, parse_study
-    from hpsearch.storage import prepare_study
+    from hpsearch.search.study import prepare_study
+    from hpsearch.search.study_file import load_study, parse_study
 
     config = parse_study(study, "study") if isinstance(study, dict) else load_study(study)
     prepare_study(config, _url(db), trials)
@@ -63,7 +63,7 @@ def run_worker(name: str, db: str | None = None, *, device: str = "auto",
     Returns:
         How many trials this worker completed, pruned and failed.
     """
-    from hpsearch.runner import run_worker as run
+    from hpsearch.search.worker import run_worker as run
 
     return run(name, _url(db), device=device, timeout=timeout)
 

@@ -230,7 +230,7 @@ def num_patches(image_shape: tuple[int, int, int], patch_size: int, what: str = 
 
 def check_device(name: str) -> str:
     """The one check of a --device name, torch-free: `run` checks it before anything starts;
-    hpsearch.runtime.resolve_device turns it into a torch device."""
+    hpsearch.trainer.runtime.resolve_device turns it into a torch device."""
     if name not in DEVICES:
         raise ConfigError(f"unknown device {name!r} (choose from: {', '.join(DEVICES)})")
     return name

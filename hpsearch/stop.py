@@ -27,7 +27,7 @@ class Stopped(KeyboardInterrupt):
 
 # The stop under way in this process, and when it was asked for (monotonic): the database's
 # retry policy stops waiting out an outage soon after it (hpsearch.db.session), and a failure
-# met while stopping is reported as the stop it is part of (hpsearch.runner).
+# met while stopping is reported as the stop it is part of (hpsearch.search.worker).
 _requested: Stopped | None = None
 _requested_at: float | None = None
 

@@ -16,13 +16,13 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session
 
-from hpsearch.config import NAME_PATTERN, parse_study
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.db.optuna_link import row_marker
 from hpsearch.db.optuna_tables import set_marker
-from hpsearch.space import space_json
+from hpsearch.search.space import space_json
+from hpsearch.search.study_file import NAME_PATTERN, parse_study
 
 MAX_EPOCHS = 4
 START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ Create Date: 2026-11-30
 
 Before this revision a trial row held only its *sampled* values, and the fixed ones lived in the
 study's TOML, which every reader parsed again. Upgrading fills the new columns from each study's
-stored TOML (parsed with today's hpsearch.config) and the defaults of that release
+stored TOML (parsed with today's hpsearch.search.study_file) and the defaults of that release
 (a snapshot below); downgrading keeps only the sampled values again.
 Also adds notes, tags and the precision/device a trial ran with (unknown for older rows).
 """
@@ -33,9 +33,9 @@ trial = sa.table("hps_trial", sa.column("id", sa.Integer), sa.column("study_id",
 def _parsed(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed values, space as Optuna JSON) of a stored study TOML; a config today's parser
     rejects keeps its rows as they were (sampled values only, no space)."""
-    from hpsearch.config import parse_study
     from hpsearch.errors import ConfigError
-    from hpsearch.space import space_json
+    from hpsearch.search.space import space_json
+    from hpsearch.search.study_file import parse_study
 
     try:
         parsed = parse_study(config)

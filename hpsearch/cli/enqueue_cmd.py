@@ -35,10 +35,10 @@ def enqueue(
     """
     import optuna
 
-    from hpsearch.config import load_study
     from hpsearch.db.engine import database_url
     from hpsearch.errors import ConfigError
-    from hpsearch.warmstart import candidates_from_file, candidates_from_study, enqueue
+    from hpsearch.search.study_file import load_study
+    from hpsearch.search.warmstart import candidates_from_file, candidates_from_study, enqueue
 
     if (params is None) == (source is None):
         raise ConfigError("give exactly one of --params FILE.toml or --from OTHER_STUDY")

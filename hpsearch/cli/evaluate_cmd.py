@@ -82,8 +82,8 @@ def evaluate(
     """
     from rich.console import Console
 
-    from hpsearch.evaluate import plan_evaluation, run_evaluation, summarise
-    from hpsearch.runtime import configure_threads
+    from hpsearch.search.evaluate import plan_evaluation, run_evaluation, summarise
+    from hpsearch.trainer.runtime import configure_threads
 
     if ensemble is not None:
         if trial is not None:
@@ -142,8 +142,8 @@ def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str,
     from rich.console import Console
 
     from hpsearch.db.queries import EvaluationSummary
-    from hpsearch.ensemble import plan_ensemble, run_ensemble
-    from hpsearch.runtime import configure_threads
+    from hpsearch.search.ensemble import plan_ensemble, run_ensemble
+    from hpsearch.trainer.runtime import configure_threads
 
     console = Console(stderr=True, highlight=False)
     n_threads = configure_threads(threads)

@@ -35,7 +35,7 @@ def info(
     run per machine (CPU, torch version, thread count); the decision is cached in the user's
     cache folder ($XDG_CACHE_HOME/hpsearch, else ~/.cache/hpsearch) and shown with its path.
     """
-    from hpsearch.runtime import configure_threads, machine_report, resolve_device
+    from hpsearch.trainer.runtime import configure_threads, machine_report, resolve_device
 
     dev = resolve_device(device)
     configure_threads(threads)

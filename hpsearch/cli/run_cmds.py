@@ -14,8 +14,8 @@ from hpsearch.params import check_device
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hpsearch.config import StudyConfig
-    from hpsearch.config_changes import Change
+    from hpsearch.search.study_changes import Change
+    from hpsearch.search.study_file import StudyConfig
 
 DEVICE_HELP = "auto (a GPU if present), cpu or cuda."
 
@@ -85,9 +85,8 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
          trials: int | None, timeout: float | None, device: str, top: int, log_dir: Path,
          update: bool, console: Console, gpus_option: str | None = None,
          per_gpu_option: int | None = None) -> None:
-    from hpsearch.config import load_study, parse_gpus
     from hpsearch.db.engine import database_url, mask_url, normalise_url
-    from hpsearch.launcher import (
+    from hpsearch.search.launcher import (
         WorkerProcess,
         failed_workers,
         gpu_placement,
@@ -95,8 +94,9 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         stop_workers,
         supervise,
     )
+    from hpsearch.search.study import prepare_study
+    from hpsearch.search.study_file import load_study, parse_gpus
     from hpsearch.stop import exit_code, signal_name, signum_of
-    from hpsearch.storage import prepare_study
 
     config = load_study(study_file)  # every check runs before anything is written
     check_device(device)
@@ -203,7 +203,7 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
     import optuna
 
     from hpsearch.db.engine import database_url
-    from hpsearch.runner import run_worker, worker_name
+    from hpsearch.search.worker import run_worker, worker_name
     from hpsearch.stop import quiet_stop_tracebacks
 
     check_device(device)
@@ -223,11 +223,11 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
 def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Change]:
     """The differences between the study file and the config of the study it continues (none
     for a new study); raises, after printing them, unless they may be applied."""
-    from hpsearch.config import parse_study
-    from hpsearch.config_changes import check, compare
     from hpsearch.db.engine import make_engine
     from hpsearch.db.migrate import ensure_schema
     from hpsearch.db.recorder import Recorder
+    from hpsearch.search.study_changes import check, compare
+    from hpsearch.search.study_file import parse_study
 
     ensure_schema(url)
     engine = make_engine(url)

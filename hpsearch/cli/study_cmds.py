@@ -63,8 +63,8 @@ def rename_cmd(
 
     After a rename in optuna-dashboard, `hpsearch study rename OLD NEW` makes ours follow.
     """
-    from hpsearch.config import check_study_name
     from hpsearch.db.lifecycle import rename_study
+    from hpsearch.search.study_file import check_study_name
 
     check_study_name(new, "new name")
     typer.echo(rename_study(_url(db), old, new))
@@ -82,8 +82,8 @@ def copy_cmd(
 ) -> None:
     """Copy a study under a new name: Optuna's study with every trial, and every trial row,
     epoch and evaluation of hpsearch's."""
-    from hpsearch.config import check_study_name
     from hpsearch.db.lifecycle import copy_study
+    from hpsearch.search.study_file import check_study_name
 
     check_study_name(new, "name of the copy")
     typer.echo(copy_study(_url(db), name, new, to_db))

@@ -51,11 +51,11 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from hpsearch import data as data_mod
-    from hpsearch.checkpoint import load_checkpoint
-    from hpsearch.run_config import resolve_run
-    from hpsearch.runtime import configure_threads, resolve_device
-    from hpsearch.train import TrainingDiverged, fit
+    from hpsearch.search.run_file import resolve_run
+    from hpsearch.trainer import data as data_mod
+    from hpsearch.trainer.checkpoint import load_checkpoint
+    from hpsearch.trainer.loop import TrainingDiverged, fit
+    from hpsearch.trainer.runtime import configure_threads, resolve_device
 
     run_config = resolve_run(config, set_, params={"epochs": epochs}, seed=seed,
                              data={"dataset": dataset, "data_dir": data_dir, "subset": subset,

@@ -1,0 +1,347 @@
+"""Ensembles of a study's best trials (`hpsearch evaluate --ensemble K`): more accuracy from the
+trials a search already ran.
+
+Two phases, so that the test set cannot influence any choice:
+1. `plan_ensemble` fixes everything: the K best trials by the one definition of best
+   (`queries.top_trials`), each one's retraining length, and the members' weights: equal
+   ("top"), or Caruana's greedy selection with replacement ("greedy") on validation
+   predictions. For those, each candidate is retrained on the study's own train split (its
+   [data] subset and split seed) and predicts the validation split. The plan is frozen.
+2. `run_ensemble`, per seed: every member (and the single best trial, the baseline it is
+   compared with, even where greedy selection gave it no weight) is retrained on train +
+   validation, exactly as `hpsearch evaluate` does, or its stored weights are reloaded. Then the
+   test set is read once; each member's own score is an ordinary hps_evaluation row, and the
+   weighted mean of the members' softmax outputs is the ensemble's (a row of hps_ensemble).
+   `tta="flip"` also scores the outputs averaged with those of the mirrored test images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpsearch.db import queries
+from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.errors import DuplicateRowError
+from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import connection_scope
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.metrics import EpochMetrics
+from hpsearch.params import DataOptions, TrialParams
+from hpsearch.search.evaluate import (
+    AUTO,
+    CURVE_KEYS,
+    Epochs,
+    check_epochs,
+    evaluation_seeds,
+    final_checkpoint_path,
+    retrain_length,
+    retrain_params,
+    study_checkpoint_dir,
+)
+from hpsearch.trainer import data as data_mod
+from hpsearch.trainer.ensemble_select import average, greedy_weights, score_probs
+from hpsearch.trainer.epochs_auto import AutoEpochs
+
+SELECTIONS = ("top", "greedy")
+TTA_MODES = ("flip",)
+
+
+@dataclass(frozen=True)
+class Member:
+    trial: queries.TrialRecord
+    params: TrialParams  # epochs: this member's retraining length
+    weight: float  # its share of the averaged outputs; 0 for a baseline greedy left out
+    auto: AutoEpochs | None = None  # how --epochs auto chose its length
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"trial": self.trial.number, "epochs": self.params.epochs,
+                "weight": round(self.weight, 6)}
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """Every choice of an ensemble evaluation, fixed before the test set is read."""
+
+    study: queries.StudyInfo
+    data: DataOptions
+    checkpoint_dir: str
+    selection: str  # one of SELECTIONS
+    candidates: int  # K: how many of the best trials were considered
+    members: tuple[Member, ...]  # weight > 0, in rank order
+    baseline: Member  # the single best trial (the comparison), a member or not
+    seeds: tuple[int, ...]
+    tta: str | None = None
+    # greedy only: validation accuracy of the ensemble and of each candidate, for the record
+    val_acc: float | None = None
+
+    @property
+    def retrained(self) -> tuple[Member, ...]:
+        """What each seed retrains: the members, and the baseline if it is not one."""
+        if any(m.trial.number == self.baseline.trial.number for m in self.members):
+            return self.members
+        return (self.baseline, *self.members)
+
+    @property
+    def members_key(self) -> str:
+        """The members, their lengths and weights and the test-time augmentation, as one
+        string: two runs with the same key are the same ensemble."""
+        key = ",".join(f"{m.trial.number}:{m.params.epochs}:{m.weight:.6f}"
+                       for m in self.members)
+        return f"{self.selection}/{key}" + (f"/tta={self.tta}" if self.tta else "")
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    trial_number: int
+    seed: int
+    test_acc: float
+    stored: bool  # found in the database, not retrained now
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    seed: int
+    test_acc: float
+    test_loss: float
+    seconds: float
+    baseline_acc: float | None = None  # the single best trial's, same seed and length
+    members: tuple[MemberResult, ...] = ()  # empty when the whole result was stored earlier
+    test_acc_tta: float | None = None
+    test_loss_tta: float | None = None
+    stored: bool = False
+
+
+def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str = "top",
+                  epochs: Epochs = None, seeds: int = 1, tta: str | None = None,
+                  device: str = "auto",
+                  on_epoch: Callable[[int, EpochMetrics], None] | None = None) -> EnsemblePlan:
+    """Choose the members and their weights; never reads the test set. Greedy selection
+    retrains each candidate on the study's train split (`on_epoch(trial number, metrics)`
+    follows those runs)."""
+    if k < 2:
+        raise ConfigError(f"--ensemble needs at least 2 trials, got {k}")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"unknown selection {selection!r} (choose from: "
+                          f"{', '.join(SELECTIONS)})")
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"unknown --tta {tta!r} (choose from: {', '.join(TTA_MODES)})")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    check_epochs(epochs)
+    full_url = normalise_url(database_url(url))
+    ensure_schema(full_url)
+    engine = make_engine(full_url)
+    try:
+        with connection_scope(engine) as conn:
+            study = queries.find_study(conn, name)
+            top = queries.top_trials(conn, study, k)
+    finally:
+        engine.dispose()
+    if len(top) < 2:
+        raise HpsearchError(f"study {name!r} has {len(top)} complete trial(s); an ensemble "
+                            "needs at least 2")
+    # checked for every candidate before any training starts
+    for record in top:
+        retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
+    resolved = [retrain_length(study, record, epochs, device=device,
+                               on_epoch=(lambda m, n=record.number: on_epoch(n, m))
+                               if on_epoch else None) for record in top]
+    data = resolved[0][1]
+    weights = [1 / len(top)] * len(top)
+    val_acc = None
+    if selection == "greedy":
+        weights, val_acc = _greedy(study, data, top, [p for p, _, _ in resolved], device,
+                                   on_epoch)
+    candidates = [Member(record, params, w, auto)
+                  for record, (params, _, auto), w in zip(top, resolved, weights, strict=True)]
+    return EnsemblePlan(study, data, study_checkpoint_dir(study), selection, len(top),
+                        tuple(m for m in candidates if m.weight > 0), candidates[0],
+                        evaluation_seeds(study, seeds), tta, val_acc)
+
+
+def _greedy(study: queries.StudyInfo, options: DataOptions, top: list[queries.TrialRecord],
+            params: list[TrialParams], device: str,
+            on_epoch: Callable[[int, EpochMetrics], None] | None
+            ) -> tuple[list[float], float]:
+    """Greedy weights from validation predictions: each candidate retrained on the study's own
+    train split (its subset and split seed) with the seed it trained with in the search."""
+    from hpsearch.report.tables import trial_seeds
+    from hpsearch.trainer.loop import TrainingDiverged, fit, predict_probs
+    from hpsearch.trainer.runtime import resolve_device
+
+    data = data_mod.load_train_val(options, study.seed)
+    dev = _device(device, resolve_device)
+    probs = []
+    for record, p in zip(top, params, strict=True):
+        seed, _ = trial_seeds(study, record.number)
+        try:
+            trained = fit(p, data, seed=seed, device=str(dev))
+            for metrics in trained:
+                if on_epoch is not None:
+                    on_epoch(record.number, metrics)
+        except TrainingDiverged as exc:
+            raise HpsearchError(f"retraining trial {record.number} for ensemble selection "
+                                f"diverged: {exc}") from None
+        probs.append(predict_probs(trained.model, data.val, dev, trained.setup.autocast_dtype))
+    weights = greedy_weights(probs, data.val.labels)
+    _, acc = score_probs(average(probs, weights), data.val.labels)
+    return weights, acc
+
+
+def _device(device: str, resolve):  # noqa: ANN001, ANN202 - runtime.resolve_device
+    try:
+        return resolve(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "auto",
+                 on_epoch: Callable[[int, int, EpochMetrics], None] | None = None,
+                 on_result: Callable[[EnsembleResult], None] | None = None
+                 ) -> list[EnsembleResult]:
+    """Retrain and score the plan once per seed (results stored earlier are reused), storing
+    each member's and the ensemble's result as it comes. `on_epoch(seed, trial number,
+    metrics)` follows the retrainings."""
+    from hpsearch.trainer.runtime import resolve_device
+
+    full_url = normalise_url(database_url(url))
+    dev = _device(device, resolve_device)
+    engine = make_engine(full_url)
+    try:
+        with connection_scope(engine) as conn:
+            done = queries.stored_ensembles(conn, plan.study, plan.members_key, plan.seeds)
+            stored = {m.trial.number: queries.stored_evaluations(conn, m.trial.id,
+                                                                 m.params.epochs, plan.seeds)
+                      for m in plan.retrained}
+    finally:
+        engine.dispose()
+    results = []
+    full: data_mod.TrainValData | None = None
+    for seed in plan.seeds:
+        if seed in done:
+            row = done[seed]
+            baseline = stored[plan.baseline.trial.number].get(seed)
+            result = EnsembleResult(seed, row.test_acc, row.test_loss, row.seconds,
+                                    baseline.test_acc if baseline else None,
+                                    test_acc_tta=row.test_acc_tta,
+                                    test_loss_tta=row.test_loss_tta, stored=True)
+        else:
+            if full is None:  # loaded once, and only when something needs scoring
+                full = data_mod.load_full_train(plan.data)
+            result = _one_seed(plan, full_url, full, seed, dev, stored, on_epoch)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, seed: int,
+              dev, stored: dict[int, dict[int, queries.StoredEvaluation]],  # noqa: ANN001
+              on_epoch: Callable[[int, int, EpochMetrics], None] | None) -> EnsembleResult:
+    from hpsearch.trainer.loop import predict_probs
+
+    models = {}  # trial number -> (model, autocast dtype, curve or None when stored)
+    seconds = 0.0
+    for member in plan.retrained:
+        earlier = stored[member.trial.number].get(seed)
+        model, dtype, curve, took = _member_model(plan, member, full, seed, dev, earlier,
+                                                  on_epoch)
+        models[member.trial.number] = (model, dtype, curve, took)
+        seconds += took
+    # the one look at the test set for this seed: every choice was fixed by the plan
+    test = data_mod.load_test_split(plan.data, full.mean, full.std)
+    tested = time.perf_counter()
+    probs, flipped, members = {}, {}, []
+    for member in plan.retrained:
+        number = member.trial.number
+        model, dtype, curve, took = models[number]
+        probs[number] = predict_probs(model, test, dev, dtype)
+        if plan.tta:
+            flipped[number] = predict_probs(model, test, dev, dtype, flip=True)
+        loss, acc = score_probs(probs[number], test.labels)
+        if curve is not None:  # retrained now: its own result is an ordinary evaluation
+            _store_member(url, plan, member, seed, acc, loss, curve, took)
+        members.append(MemberResult(number, seed, acc, stored=curve is None))
+    weights = [m.weight for m in plan.members]
+    loss, acc = score_probs(average([probs[m.trial.number] for m in plan.members], weights),
+                            test.labels)
+    loss_tta = acc_tta = None
+    if plan.tta:
+        loss_tta, acc_tta = score_probs(
+            average([flipped[m.trial.number] for m in plan.members], weights), test.labels)
+    seconds += time.perf_counter() - tested
+    baseline = next(m.test_acc for m in members if m.trial_number == plan.baseline.trial.number)
+    result = EnsembleResult(seed, acc, loss, seconds, baseline, tuple(members), acc_tta,
+                            loss_tta)
+    _store_ensemble(url, plan, result)
+    return result
+
+
+def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValData, seed: int,
+                  dev, earlier: queries.StoredEvaluation | None,  # noqa: ANN001
+                  on_epoch: Callable[[int, int, EpochMetrics], None] | None):  # noqa: ANN202
+    """(model, autocast dtype, curve, seconds): the stored weights of an earlier retraining
+    with this seed and length where they are still on disk (curve None: nothing to store),
+    else a retraining on train + validation saved like `hpsearch evaluate`'s."""
+    from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
+    from hpsearch.trainer.loop import TrainingDiverged, fit
+    from hpsearch.trainer.model import build_model
+    from hpsearch.trainer.runtime import resolve_precision
+
+    number = member.trial.number
+    if earlier is not None and Path(earlier.checkpoint_path).exists():
+        model = build_model(member.params, full.image_shape)
+        model.load_state_dict(load_checkpoint(Path(earlier.checkpoint_path)))
+        dtype = resolve_precision(member.params.precision, dev).autocast_dtype
+        return model.to(dev), dtype, None, earlier.seconds
+    started = time.perf_counter()
+    try:
+        trained = fit(member.params, full, seed=seed, device=str(dev))
+        for metrics in trained:
+            if on_epoch is not None:
+                on_epoch(seed, number, metrics)
+    except TrainingDiverged as exc:
+        raise HpsearchError(f"retraining trial {number} with seed {seed} diverged: "
+                            f"{exc}") from None
+    path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, number, seed)
+    save_checkpoint(path, {k: v.detach().cpu() for k, v in trained.model.state_dict().items()})
+    curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
+    if earlier is not None:  # stored, but its weights are gone: retrained, not stored again
+        curve = None
+    return trained.model, trained.setup.autocast_dtype, curve, time.perf_counter() - started
+
+
+def _store_member(url: str, plan: EnsemblePlan, member: Member, seed: int, acc: float,
+                  loss: float, curve: list[dict], seconds: float) -> None:
+    engine = make_engine(url)
+    path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, member.trial.number,
+                                 seed)
+    try:
+        Recorder(engine).store_evaluation(member.trial.id, seed, member.params.epochs, acc,
+                                          loss, curve, str(path), seconds)
+    except DuplicateRowError:
+        raise HpsearchError(f"trial {member.trial.number} was evaluated with seed {seed} and "
+                            f"{member.params.epochs} epochs by another process meanwhile; run "
+                            "again to see it") from None
+    finally:
+        engine.dispose()
+
+
+def _store_ensemble(url: str, plan: EnsemblePlan, result: EnsembleResult) -> None:
+    engine = make_engine(url)
+    try:
+        Recorder(engine).store_ensemble({
+            "study_id": plan.study.id, "seed": result.seed, "selection": plan.selection,
+            "members": [m.to_dict() for m in plan.members], "members_key": plan.members_key,
+            "test_acc": result.test_acc, "test_loss": result.test_loss, "tta": plan.tta,
+            "test_acc_tta": result.test_acc_tta, "test_loss_tta": result.test_loss_tta,
+            "seconds": result.seconds})
+    except DuplicateRowError:
+        raise HpsearchError(f"this ensemble was evaluated with seed {result.seed} by another "
+                            "process meanwhile; run again to see it") from None
+    finally:
+        engine.dispose()

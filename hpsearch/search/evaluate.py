@@ -1,0 +1,243 @@
+"""Final evaluation: retrain one trial's configuration on train + validation, score it ONCE on
+the test set, and store the result (table hps_evaluation).
+
+A study only ever sees the validation split; its best validation accuracy is optimistically
+biased (it is the maximum over many trials and epochs). The honest number is this one: the
+chosen configuration retrained from scratch on the whole training set (`load_full_train`) for the
+epoch count at which the trial peaked, then evaluated a single time on the test set, normalised
+with the full training set's statistics. This module is the only caller of `load_test_split`.
+A study's [data] subset is not applied here: `load_full_train` returns every training image (a
+subset only makes the search cheaper; the final model should see all the data there is).
+
+With several seeds, each seed is one retraining and one row; a (trial, seed, epochs) result that
+is already stored is reused rather than retrained, so asking for more seeds later only trains
+the new ones and never re-scores the test set for nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpsearch.db import queries
+from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.errors import DuplicateRowError
+from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.queries import StoredEvaluation
+from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import connection_scope
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.metrics import EpochMetrics
+from hpsearch.params import DataOptions, TrialParams
+from hpsearch.paths import study_slug
+from hpsearch.search.study import publish_test_accuracy
+from hpsearch.search.study_file import WorkerOptions, parse_data
+from hpsearch.trainer import data as data_mod
+from hpsearch.trainer.epochs_auto import AutoEpochs, choose_epochs
+
+CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
+AUTO = "auto"  # --epochs auto
+Epochs = int | str | None  # a count, AUTO, or None: the trial's own rule
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What `run_evaluation` will do, resolved (and checked) before anything trains."""
+
+    study: queries.StudyInfo
+    data: DataOptions  # the study's stored [data] table
+    checkpoint_dir: str  # where the final weights go ([workers] checkpoint_dir)
+    trial: queries.TrialRecord
+    params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
+    seeds: tuple[int, ...]
+    auto: AutoEpochs | None = None  # how --epochs auto chose the length
+
+    @property
+    def epochs(self) -> int:
+        return self.params.epochs
+
+
+@dataclass(frozen=True)
+class FinalResult(StoredEvaluation):
+    """One retraining's result, as stored."""
+
+    stored: bool = False  # True: found in the database from an earlier run, not retrained
+
+
+def final_checkpoint_path(root: str | Path, study_name: str, number: int, seed: int) -> Path:
+    """Where the final weights of one retraining go: CHECKPOINT_DIR/<study slug>/..."""
+    base = Path(root).resolve() / study_slug(study_name)
+    path = (base / f"final-trial-{int(number)}-seed-{int(seed)}.pt").resolve()
+    if not path.is_relative_to(base):  # defence in depth; the slug and ints already prevent it
+        raise ValueError(f"checkpoint path escapes {base}")
+    return path
+
+
+def check_epochs(epochs: Epochs) -> None:
+    """--epochs: a positive count, AUTO or None (the trial's own rule)."""
+    if isinstance(epochs, str):
+        if epochs != AUTO:
+            raise ConfigError(f"--epochs must be a number or {AUTO!r}, got {epochs!r}")
+    elif epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+
+
+def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = None,
+                    epochs: Epochs = None, seeds: int = 1, device: str = "auto",
+                    on_epoch: Callable[[EpochMetrics], None] | None = None) -> EvaluationPlan:
+    """Resolve the study, the trial (default: the best, by `queries.best_query`), its full
+    params and the epoch count (default: the epoch where the first objective peaked; AUTO:
+    chosen on a held-out slice, `on_epoch` following those runs). Never reads the test set."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    check_epochs(epochs)
+    full_url = normalise_url(database_url(url))
+    ensure_schema(full_url)
+    engine = make_engine(full_url)
+    try:
+        with connection_scope(engine) as conn:
+            study = queries.find_study(conn, name)
+            if trial is None:
+                record = queries.best_trial(conn, study)
+                if record is None:
+                    raise HpsearchError(f"study {name!r} has no complete trial to evaluate yet")
+            else:
+                record = queries.get_trial(conn, study, trial)
+    finally:
+        engine.dispose()
+    params, data, auto = retrain_length(study, record, epochs, device=device,
+                                        on_epoch=on_epoch)
+    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, params,
+                          evaluation_seeds(study, seeds), auto)
+
+
+def retrain_length(study: queries.StudyInfo, record: queries.TrialRecord, epochs: Epochs, *,
+                   device: str = "auto", on_epoch: Callable[[EpochMetrics], None] | None = None
+                   ) -> tuple[TrialParams, DataOptions, AutoEpochs | None]:
+    """`retrain_params`, with AUTO resolved by `epochs_auto.choose_epochs` (the runs train with
+    the study's seed, the first seed of the evaluation)."""
+    params, data = retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
+    if epochs != AUTO:
+        return params, data, None
+    auto = choose_epochs(params, data, split_seed=study.seed + 1, seed=study.seed,
+                         device=device, on_epoch=on_epoch)
+    return params.replace(epochs=auto.epochs), data, auto
+
+
+def retrain_params(study: queries.StudyInfo, record: queries.TrialRecord,
+                   epochs: int | None) -> tuple[TrialParams, DataOptions]:
+    """A trial's full params for its final retraining (epochs: `epochs`, else the trial's
+    own rule) and the study's stored [data] options, checked."""
+    from hpsearch.report.tables import retrain_config
+
+    if record.state == "running":
+        raise HpsearchError(f"trial {record.number} of study {study.name!r} is still running")
+    if epochs is None and record.best_epoch is None:
+        raise HpsearchError(f"trial {record.number} of study {study.name!r} finished no epoch; "
+                            "pass --epochs to choose the retraining length")
+    # the same params and epoch rule as `hpsearch best --format toml`: the trial row's full
+    # params, at the peak epoch except that a cosine schedule keeps its full length
+    resolved, data_table = retrain_config(study, record)
+    data = parse_data(data_table, f"stored [data] of study {study.name!r}")
+    params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
+    params.check_image(data.dataset)
+    return params, data
+
+
+def study_checkpoint_dir(study: queries.StudyInfo) -> str:
+    """Where final weights go: the stored study file's [workers] checkpoint_dir, else the
+    default it had."""
+    workers = study.config.get("workers", {})
+    return str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
+
+
+def evaluation_seeds(study: queries.StudyInfo, seeds: int) -> tuple[int, ...]:
+    """The seeds of `seeds` retrainings: the study's seed + 0..seeds-1."""
+    return tuple(study.seed + k for k in range(seeds))
+
+
+def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
+    engine = make_engine(url)
+    try:
+        with connection_scope(engine) as conn:
+            rows = queries.stored_evaluations(conn, plan.trial.id, plan.epochs, plan.seeds)
+    finally:
+        engine.dispose()
+    return {seed: FinalResult(r.seed, r.epochs, r.test_acc, r.test_loss, r.seconds,
+                              r.checkpoint_path, stored=True) for seed, r in rows.items()}
+
+
+def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str = "auto",
+                   on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+                   on_result: Callable[[FinalResult], None] | None = None) -> list[FinalResult]:
+    """Retrain once per seed of the plan (reusing stored results), score each final model once
+    on the test set, store each result as it comes. `on_epoch(seed, metrics)` follows the
+    retraining; its val_loss/val_acc are nan (there is no validation split)."""
+    from hpsearch.trainer.checkpoint import save_checkpoint
+    from hpsearch.trainer.loop import TrainingDiverged, fit
+    from hpsearch.trainer.loop import evaluate as score
+    from hpsearch.trainer.runtime import resolve_device
+
+    full_url = normalise_url(database_url(url))
+    dev = resolve_device(device)
+    stored = _stored(full_url, plan)
+    results: list[FinalResult] = []
+    options = plan.data
+    data: data_mod.TrainValData | None = None
+    for seed in plan.seeds:
+        if seed in stored:
+            results.append(stored[seed])
+            if on_result is not None:
+                on_result(stored[seed])
+            continue
+        if data is None:  # loaded once, and only when something needs training
+            data = data_mod.load_full_train(options)
+        started = time.perf_counter()
+        try:
+            trained = fit(plan.params, data, seed=seed, device=device)
+            for metrics in trained:
+                if on_epoch is not None:
+                    on_epoch(seed, metrics)
+        except TrainingDiverged as exc:
+            raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
+                                f"diverged: {exc}") from None
+        # the one look at the test set, after training is over, in the training's precision
+        test = data_mod.load_test_split(options, data.mean, data.std)
+        test_loss, test_acc = score(trained.model, test, dev, trained.setup.autocast_dtype)
+        path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
+                                     plan.trial.number, seed)
+        save_checkpoint(path, {k: v.detach().cpu() for k, v in
+                               trained.model.state_dict().items()})
+        result = FinalResult(seed, plan.epochs, test_acc, test_loss,
+                             time.perf_counter() - started, str(path))
+        curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
+        _store(full_url, plan, result, curve)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    publish_test_accuracy(full_url, plan.study.optuna_study_id, plan.trial.number,
+                          summarise(plan, results).to_dict())
+    return results
+
+
+def _store(url: str, plan: EvaluationPlan, result: FinalResult, curve: list[dict]) -> None:
+    engine = make_engine(url)
+    try:
+        Recorder(engine).store_evaluation(
+            plan.trial.id, result.seed, result.epochs, result.test_acc, result.test_loss,
+            curve, result.checkpoint_path, result.seconds)
+    except DuplicateRowError:
+        raise HpsearchError(
+            f"trial {plan.trial.number} was evaluated with seed {result.seed} and "
+            f"{result.epochs} epochs by another process meanwhile; run again to see it"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def summarise(plan: EvaluationPlan, results: list[FinalResult]) -> queries.EvaluationSummary:
+    """Mean ± std over the seeds (the same summary the query commands show)."""
+    return queries.EvaluationSummary(plan.trial.number, plan.epochs,
+                                     tuple(r.test_acc for r in results))

@@ -1,0 +1,232 @@
+"""`hpsearch run`: local worker processes sharing one study, with a live view from the database.
+
+Workers are separate processes (`python -m hpsearch worker`), each with its share of the CPU
+cores, started in their own session so that Ctrl-C reaches only this launcher, which then
+passes the stop request (Ctrl-C, SIGTERM or SIGHUP) to each worker exactly once and waits for it
+to mark its trial.
+
+A launcher killed outright (SIGKILL, the OOM killer) cannot pass anything on, so on Linux each
+worker asks the kernel for a SIGTERM when its parent dies (PR_SET_PDEATHSIG): it then stops as
+if the launcher had been stopped. That is chosen over a worker thread watching its parent's pid
+because the kernel delivers it at once, costs no polling, and needs nothing in the worker that a
+standalone `hpsearch worker` (whose parent is a shell or a scheduler) would have to switch off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from sqlalchemy import Engine
+
+from hpsearch.cores import available_cores
+from hpsearch.db.engine import make_engine
+from hpsearch.db.errors import DatabaseError
+from hpsearch.db.queries import StudyProgress, read_progress
+from hpsearch.db.session import connection_scope
+from hpsearch.errors import ConfigError
+from hpsearch.paths import study_slug
+from hpsearch.search.progress import render_progress, summary_line
+from hpsearch.search.study_file import StudyConfig
+from hpsearch.stop import signal_name, signum_of
+
+# how long stopped workers get to mark their trials. A launcher killed meanwhile (docker stop
+# sends SIGKILL after 10 s) leaves them to finish that on their own: they already got the signal
+STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
+POLL_S = 1.0
+# how a worker that was asked to stop exits: 128 + the signal, or killed by it
+STOPPED_CODES = {0, *(128 + s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)),
+                 *(-s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))}
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def gpu_placement(workers: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
+    """The GPU (a CUDA_VISIBLE_DEVICES value) of each local worker: round-robin over `gpus`,
+    so that fewer workers than slots still spread over every GPU, at most `per_gpu` on one.
+    Without GPUs every worker gets None (its --device decides)."""
+    if not gpus:
+        return [None] * workers
+    if workers > len(gpus) * per_gpu:
+        raise ConfigError(f"{workers} workers do not fit on {len(gpus)} GPU(s) with "
+                          f"{per_gpu} worker(s) per GPU; raise --workers-per-gpu or add GPUs")
+    return [gpus[index % len(gpus)] for index in range(workers)]
+
+
+def start_workers(config: StudyConfig, url: str, workers: int, threads: int | None,
+                  device: str, timeout: float | None, log_dir: Path,
+                  started: list[WorkerProcess], gpus: Sequence[str] = (),
+                  workers_per_gpu: int = 1) -> None:
+    """Start the workers, appending each to `started` as soon as it runs, so a stop request
+    arriving half-way still reaches those already started. With `gpus`, each worker sees one
+    GPU (CUDA_VISIBLE_DEVICES, see gpu_placement) as its cuda device."""
+    placement = gpu_placement(workers, gpus, workers_per_gpu)
+    per_worker = threads or max(1, available_cores() // workers)
+    folder = log_dir / study_slug(config.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HPSEARCH_DB": url}  # not on the command line, where ps shows it
+    die_with_me = _die_with_parent()
+    for index, gpu in enumerate(placement):
+        command = [sys.executable, "-m", "hpsearch", "worker", config.name,
+                   "--worker-index", str(index), "--threads", str(per_worker),
+                   "--device", "cuda" if gpu is not None and device == "auto" else device]
+        if timeout:
+            command += ["--timeout", str(timeout)]
+        log_path = folder / f"worker-{index}.log"
+        worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env=worker_env, start_new_session=True,
+                                       preexec_fn=die_with_me)
+        started.append(WorkerProcess(index, process, log_path))
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the worker SIGTERM when this launcher dies; None
+    where prctl does not exist (not Linux), where only a stopped launcher stops its workers."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child runs only the prctl call
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl: nobody will signal us
+            os._exit(1)
+    return preexec
+
+
+def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
+              console: Console) -> tuple[StudyProgress, int | None]:
+    """Show progress until every worker exits. Returns the last progress and the signal that
+    stopped the run (None if it ran to its end)."""
+    engine = make_engine(url)
+    progress = _poll_progress(engine, config.name, StudyProgress())
+    stopped_by: int | None = None
+    # the file itself, not console.is_terminal: FORCE_COLOR (common in CI) makes rich treat a
+    # pipe as a terminal, and a redirected log would fill with redraws
+    on_terminal = getattr(console.file, "isatty", lambda: False)()
+    view = LiveView(config, console) if on_terminal else LogView(config, console)
+    with view:
+        view.update(progress)
+        try:
+            while running := [w for w in workers if w.process.poll() is None]:
+                # wakes as soon as the last worker exits, not up to POLL_S later
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    running[0].process.wait(timeout=POLL_S)
+                progress = _poll_progress(engine, config.name, progress)
+                view.update(progress)
+        except KeyboardInterrupt as exc:
+            stopped_by = signum_of(exc)
+            console.print(f"[yellow]{signal_name(stopped_by)}: stopping workers (their running "
+                          "trials are marked failed)…[/]")
+            stop_workers(workers, stopped_by)
+        progress = _poll_progress(engine, config.name, progress)
+        view.update(progress)
+    engine.dispose()
+    return progress, stopped_by
+
+
+class LiveView:
+    """On a terminal: the counts, the best so far and each worker's trial, redrawn in place."""
+
+    def __init__(self, config: StudyConfig, console: Console) -> None:
+        self.config = config
+        self.live = Live(console=console, refresh_per_second=2, transient=False)
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def update(self, progress: StudyProgress) -> None:
+        self.live.update(render_progress(progress, self.config))
+
+
+class LogView:
+    """Output redirected to a file (`nohup hpsearch run ... > run.log`): a redrawn view would
+    only appear at the end, so write one timestamped line each time a trial finishes."""
+
+    def __init__(self, config: StudyConfig, console: Console) -> None:
+        self.config, self.console = config, console
+        self.last: dict[str, int] | None = None
+
+    def __enter__(self) -> LogView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, progress: StudyProgress) -> None:
+        finished: dict[str, int] = {k: v for k, v in progress.counts.items() if k != "running"}
+        if progress.unavailable_since is not None:  # one line per 30 s of an outage
+            finished["outage"] = int(time.monotonic() - progress.unavailable_since) // 30
+        if finished != self.last:
+            self.last = finished
+            self.console.print(f"{time.strftime('%H:%M:%S')} "
+                               f"{summary_line(progress, self.config)}",
+                               highlight=False, markup=False, soft_wrap=True)
+
+
+def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgress:
+    """The study's progress; while the database cannot be read (an outage) the last one seen,
+    marked with when an outage began: the workers wait for the database, and so does the
+    view, saying for how long. (A permanent error ends the workers, who report it.)"""
+    try:
+        with connection_scope(engine) as conn:
+            return read_progress(conn, name)
+    except DatabaseError as exc:
+        if exc.transient and last.unavailable_since is None:
+            last = dataclasses.replace(last, unavailable_since=time.monotonic())
+        return last
+
+
+def stop_workers(workers: list[WorkerProcess], signum: int = signal.SIGINT) -> None:
+    """Pass the stop request on (the same signal, so each trial's reason names it) and wait for
+    the workers to mark their trials; one that does not within STOP_GRACE_S is killed."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for worker in workers:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            worker.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()  # its trial is failed later by the heartbeat check
+            worker.process.wait()
+
+
+def failed_workers(workers: list[WorkerProcess]) -> list[tuple[WorkerProcess, str]]:
+    """Workers that exited with an error, with the last line of their log."""
+    failures = []
+    for worker in workers:
+        code = worker.process.returncode
+        if code not in STOPPED_CODES:
+            if code < 0:  # killed: its log ends wherever it was
+                failures.append((worker, f"killed by {signal.Signals(-code).name}"))
+                continue
+            lines = worker.log_path.read_text(errors="replace").strip().splitlines()
+            failures.append((worker, lines[-1] if lines else f"exit code {code}"))
+    return failures

@@ -1,0 +1,301 @@
+"""One Optuna trial: sample params → train → record each epoch → report → prune.
+
+The first objective is reported each epoch; a multi-objective study is never pruned (Optuna does
+not prune them) and gets every objective's value at the end (hpsearch.objectives).
+
+The glue between the trainer (which knows nothing of Optuna or the database), Optuna, and the
+recorder. Divergent runs end as pruned trials with their reason stored. No torch here: the
+trainer is handed in (hpsearch.trainer.torch_trainer for real training, hpsearch.search.dryrun
+for dry runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.db.engine import mask_secrets
+from hpsearch.db.errors import DatabaseError
+from hpsearch.db.recorder import Recorder
+from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged
+from hpsearch.metrics import EpochMetrics
+from hpsearch.objectives import ObjectiveSpec, epoch_values
+from hpsearch.params import TrialParams
+from hpsearch.paths import checkpoint_path
+from hpsearch.search.space import suggest
+from hpsearch.search.study_file import StudyConfig
+from hpsearch.stop import interrupted_reason
+
+log = logging.getLogger(__name__)
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# how torch's CPU and CUDA allocators word a failed allocation
+OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def _track_peak(peak: dict[str, Any], primary: ObjectiveSpec, value: float,
+                epoch: int) -> None:
+    """Keep the first objective's best epoch (the earliest of equal ones), as the trial row's
+    best_epoch."""
+    if not peak or primary.better(value, peak["value"]):
+        peak.update(value=value, epoch=epoch)
+
+
+def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Optuna user attributes (shown by optuna-dashboard and `optuna trials`); None values are
+    skipped. They copy what our tables hold, so a write that fails costs only the copy: it is
+    logged, never allowed to fail the trial or hide the error that is ending it."""
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        try:
+            trial.set_user_attr(key, value)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("trial %d: user attribute %s not set (%s)", trial.number, key, exc)
+
+
+def retry_history(trial: optuna.Trial) -> list[int]:
+    """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
+    callback in the trial's system attributes)."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    return list(frozen.system_attrs.get("retry_history", []))
+
+
+class TrialRun(Protocol):
+    """One run, built and ready: iterating it trains and yields each epoch's metrics; stopping
+    the loop stops the training (hpsearch.trainer.loop.Training is one)."""
+
+    n_params: int | None  # known before the first epoch (None: no model, a dry run)
+
+    def __iter__(self) -> Iterator[EpochMetrics]: ...
+
+
+class TrialTrainer(Protocol):
+    """What the objective needs of a trainer."""
+
+    device: str  # recorded on each trial row, e.g. cpu, cuda:0, dry-run
+    keeps_checkpoints: bool  # False: nothing to resume from, a retry starts from epoch 1
+
+    def precision(self, params: TrialParams) -> str | None: ...
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
+
+    def start(self, params: TrialParams, *, seed: int, checkpoint: Path | None,
+              resume_from: Path | None, fraction: float | None = None,
+              stop_after: int | None = None) -> TrialRun:
+        """A run on the first `fraction` of the training split (None: all of it), up to epoch
+        `stop_after` (None: params.epochs); the model is built once, here."""
+        ...
+
+
+class Objective:
+    def __init__(self, config: StudyConfig, study_row_id: int, trainer: TrialTrainer,
+                 recorder: Recorder, worker: str) -> None:
+        self.config = config
+        self.study_row_id = study_row_id
+        self.trainer = trainer
+        self.recorder = recorder
+        self.worker = worker
+        # Optuna id of the trial a stop request would cut short: set from the start of a trial
+        # (a stop while it is set up counts too) until its end is recorded
+        self.interrupted: int | None = None
+        # a permanent database error met by the last trial: the worker stops on it (Optuna
+        # catches every exception of an objective and would go on to the next trial)
+        self.fatal: DatabaseError | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.fatal = None
+        try:
+            return self._run(trial)
+        except Exception as exc:
+            self.interrupted = None  # ended by its own error: no stop's to queue again
+            if isinstance(exc, DatabaseError):
+                self.fatal = exc
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.interrupted = trial._trial_id
+        sampled = suggest(trial, self.config.space)
+        params = self.config.params_for(sampled)
+        history = retry_history(trial)
+        original = history[0] if history else trial.number
+        keeps = self.trainer.keeps_checkpoints
+        resume_from, resumed_number, state, note = (
+            self._latest_checkpoint(history) if keeps else (None, -1, None, None))
+        precision = self.trainer.precision(params)
+        row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
+                                        params.to_dict(), list(sampled), self.worker,
+                                        retried_from=history[-1] if history else None,
+                                        precision=precision, device=self.trainer.device)
+        primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
+        peak: dict[str, Any] = {}  # its best epoch so far: {"value": ..., "epoch": ...}
+        started = time.monotonic()
+        n_params: int | None = None
+        checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
+                                     trial.number) if keeps else None
+
+        # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
+        # compare them, and the objectives' values are taken from them at the end
+        seen: dict[int, dict[str, Any]] = {}
+        # Optuna neither takes reports nor prunes multi-objective studies; with rungs the trials
+        # are compared at the end of each rung only
+        each_epoch = not (self.config.multi_objective or self.config.rungs)
+        pruned: str | None = None  # why the loop was stopped early, if it was
+
+        # from here on every way out records the trial's end with its reason; an exception
+        # that escaped would leave the row "running" until another worker called it dead
+        try:
+            if resume_from is not None and state is not None:
+                log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
+                         resume_from, int(state["epoch"]), resumed_number)
+                previous = self.recorder.trial_id(self.study_row_id, resumed_number)
+                if previous is not None:
+                    self.recorder.copy_epochs(previous, row, int(state["epoch"]), primary)
+                for done_epoch in state.get("history", []):
+                    _track_peak(peak, primary, done_epoch[primary.measure], done_epoch["epoch"])
+                    seen[int(done_epoch["epoch"])] = done_epoch
+            done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
+            for stage, (fraction, end) in enumerate(self._stages()):
+                if end is None or end > done:
+                    # the seed follows the original trial, so a resumed retry continues the run
+                    run = self.trainer.start(params, seed=self.config.seed + original,
+                                             checkpoint=checkpoint,
+                                             resume_from=resume_from if done else None,
+                                             fraction=fraction, stop_after=end)
+                    if n_params is None:  # known before the first epoch: pruned trials have it
+                        n_params = run.n_params
+                        # for optuna-dashboard and `optuna trials`: what is known now, in one go
+                        _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
+                                                "precision": precision,
+                                                "device": self.trainer.device})
+                    for metrics in run:
+                        self.recorder.record_epoch(row, metrics, primary, fraction)
+                        value = getattr(metrics, primary.measure)
+                        _track_peak(peak, primary, value, metrics.epoch)
+                        seen[metrics.epoch] = metrics.to_dict()
+                        if each_epoch:
+                            trial.report(value, metrics.epoch)
+                            if trial.should_prune():  # stopping the loop stops the training
+                                pruned = (f"pruned at epoch {metrics.epoch} "
+                                          f"({primary.measure} {value:.4f})")
+                                break
+                    if pruned is not None:
+                        break
+                    done, resume_from = max(seen, default=done), checkpoint
+                if end is not None and stage < len(self.config.rungs) - 1:
+                    pruned = self._rung_end(trial, stage, seen)
+                    if pruned is not None:
+                        break
+        except TrainingDiverged as exc:
+            self._finish(trial, row, "pruned", started, n_params,
+                         _noted(note, f"diverged: {exc}"), checkpoint, peak)
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
+            # its checkpoint is kept: the worker queues it again. Marking it may fail (a stop
+            # during an outage gives up waiting): the stop goes on, the heartbeat check fails
+            # the trial later and its retry resumes from the checkpoint all the same
+            try:
+                self._finish(trial, row, "failed", started, n_params, interrupted_reason(exc),
+                             None, peak, stopped=True)
+            except Exception as error:  # noqa: BLE001 - the stop must not become this error
+                log.warning("trial %d: stop not recorded (%s)", trial.number, error)
+            raise
+        except Exception as exc:
+            self._finish(trial, row, "failed", started, n_params,
+                         _noted(note, failure_reason(exc)), None, peak)
+            raise
+        if pruned is not None:
+            self._finish(trial, row, "pruned", started, n_params, _noted(note, pruned),
+                         checkpoint, peak)
+            raise optuna.TrialPruned(pruned)
+        self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
+        values = tuple(v if v is not None else float("nan") for v in epoch_values(
+            self.config.objectives, [seen[e] for e in sorted(seen)], n_params))
+        return values if self.config.multi_objective else values[0]
+
+    def _stages(self) -> list[tuple[float | None, int | None]]:
+        """(training-data fraction, last epoch) of each stage of a trial: one stage of the whole
+        split and every epoch, or one per rung of a multi-fidelity budget. A rung RESUMES from
+        the previous one's checkpoint (weights, optimiser and schedule carry over; only images
+        are added, so nothing restarts)."""
+        if not self.config.rungs:
+            return [(None, None)]
+        return [(rung.fraction, rung.epochs) for rung in self.config.rungs]
+
+    def _rung_end(self, trial: optuna.Trial, index: int,
+                  seen: dict[int, dict[str, Any]]) -> str | None:
+        """At the end of every rung but the last, its last epoch's first objective is reported
+        as one intermediate value at step reduction_factor**index (the resources of Optuna's
+        successive halving and Hyperband with min_resource 1), and the pruner decides the
+        promotion. Returns why the trial is pruned, or None when it is promoted."""
+        rung = self.config.rungs[index]
+        primary = self.config.objectives[0]
+        value = float(seen[rung.epochs][primary.measure])
+        trial.report(value, self.config.pruner_options["reduction_factor"] ** index)
+        if not trial.should_prune():
+            return None
+        return (f"pruned at the end of rung {index + 1} (fraction {rung.fraction:g}, epoch "
+                f"{rung.epochs}, {primary.measure} {value:.4f})")
+
+    def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
+                n_params: int | None, reason: str | None, checkpoint: Path | None,
+                peak: dict[str, Any], *, stopped: bool = False) -> None:
+        # a reason is shown in reports and tables: a driver's error may carry a connection string
+        reason = mask_secrets(reason) if reason else None
+        self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
+        if not stopped:
+            self.interrupted = None  # ended for its own reasons: a stop now is not its fault
+        # the rest of the dashboard's metadata, once at the end (each attribute is a write)
+        _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})
+        if checkpoint is not None:  # finished trials need no resume point
+            checkpoint.unlink(missing_ok=True)
+
+    def _latest_checkpoint(self, history: list[int]
+                           ) -> tuple[Path | None, int, dict[str, Any] | None, str | None]:
+        """The newest readable checkpoint left by the trials this one retries: its path, the
+        trial that wrote it, its state, and a note (stored as the trial's reason) when a
+        newer one was unreadable and an older one, or none (from scratch), was used instead."""
+        unreadable: list[str] = []
+        for number in reversed(history):
+            path = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name, number)
+            if not path.exists():
+                continue
+            try:
+                state = self.trainer.load_checkpoint(path)
+                done = int(state["epoch"])
+            except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping checkpoint of trial %d: %s", number, exc)
+                unreadable.append(f"trial {number}'s checkpoint {path.name} is unreadable")
+                continue
+            note = (f"{'; '.join(unreadable)}: resumed from trial {number}'s checkpoint "
+                    f"(epoch {done})") if unreadable else None
+            return path, number, state, note
+        if unreadable:
+            note = f"{'; '.join(unreadable)}: trained from scratch"
+            log.warning("%s", note)
+            return None, -1, None, note
+        return None, -1, None, None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason stored for a trial that failed with `exc`, on one line; running out of
+    memory is said plainly (torch reports it as a RuntimeError from its allocator)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+            sign in text for sign in OOM_SIGNS)):
+        # "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't ..."
+        allocator = re.search(r"\w*Allocator: .*", text)
+        return f"out of memory: {allocator.group(0) if allocator else text or 'MemoryError'}"
+    if isinstance(exc, HpsearchError):  # our own messages are already sentences
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def _noted(note: str | None, reason: str) -> str:
+    return f"{reason} ({note})" if note else reason

@@ -1,0 +1,93 @@
+"""The search space as Optuna suggestions; samplers and pruners from their config names."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
+
+from hpsearch.search.study_file import Categorical, Range, StudyConfig, grid_values
+
+
+def distribution(dim: Categorical | Range) -> BaseDistribution:
+    """The Optuna distribution of one dimension: what is sampled and what the study row stores."""
+    if isinstance(dim, Categorical):
+        return CategoricalDistribution(list(dim.choices))
+    if dim.is_int:
+        return IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+    return FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+
+
+def space_json(space: dict[str, Categorical | Range]) -> dict[str, Any]:
+    """The space as stored on the study row: name -> Optuna's JSON form of its distribution, so
+    readers (reports, other tools) never parse the study file again."""
+    return {name: json.loads(distribution_to_json(distribution(dim)))
+            for name, dim in space.items()}
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Categorical | Range]) -> dict[str, Any]:
+    """Sample every dimension of the space for this trial."""
+    sampled: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, Categorical):
+            sampled[name] = trial.suggest_categorical(name, list(dim.choices))
+        elif dim.is_int:
+            sampled[name] = trial.suggest_int(name, int(dim.low), int(dim.high),
+                                              step=int(dim.step or 1), log=dim.log)
+        else:
+            sampled[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step,
+                                                log=dim.log)
+    return sampled
+
+
+def make_sampler(config: StudyConfig, worker_index: int = 0,
+                 existing_trials: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker gets its own seed: identical seeds would make parallel workers (or a resumed
+    study) draw the same random start-up points. A fresh study's seeds depend only on the
+    study seed and the worker index, so runs are reproducible."""
+    seed = config.seed + worker_index + 1000 * existing_trials
+    if config.sampler == "tpe":
+        # constant_liar: a running trial counts as a bad result, so workers don't pile onto it
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if config.sampler == "nsga2":  # the genetic multi-objective sampler
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if config.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=config.seed)  # a QMC sequence is shared
+    return optuna.samplers.GridSampler(grid_values(config), seed=config.seed)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    options = config.pruner_options
+    if config.rungs:
+        # one intermediate value per rung end, at step reduction_factor**i (objective
+        # `_train_rungs`): Optuna's rungs with min_resource 1 are exactly ours
+        factor = options["reduction_factor"]
+        if config.pruner == "successive-halving":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=factor, min_early_stopping_rate=0)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=factor ** (len(config.rungs) - 1),
+            reduction_factor=factor)
+    if config.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=options["startup_trials"],
+                                           n_warmup_steps=config.min_epochs)
+    if config.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=config.min_epochs, reduction_factor=options["reduction_factor"])
+    return optuna.pruners.HyperbandPruner(min_resource=config.min_epochs,
+                                          max_resource=config.max_epochs,
+                                          reduction_factor=options["reduction_factor"])

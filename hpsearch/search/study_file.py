@@ -1,0 +1,478 @@
+"""Study definitions (TOML), validated before anything is written (single-run files:
+hpsearch.search.run_file).
+
+A study file has the tables [study], [data], [budget], [workers], [pruner], [space] and, for a
+dry run (a cluster set-up tested without training, see hpsearch/search/dryrun.py), [dry_run]. In
+[space] a list is a categorical choice, a table with low/high (and optional log, step) is a
+range, and a scalar is a fixed value. Every key is checked; mistakes are ConfigError with a
+message that names the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import ConfigError
+from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
+from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, coerce, param_type
+
+SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "qmc", "grid")  # Optuna's CMA-ES: one
+PRUNERS = ("none", "median", "successive-halving", "hyperband")
+# the [pruner] options each pruner takes: (default, smallest allowed value)
+PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
+    "none": {},
+    "median": {"startup_trials": (5, 0)},  # complete trials before any pruning
+    "successive-halving": {"reduction_factor": (4, 2)},  # Optuna's default
+    "hyperband": {"reduction_factor": (3, 2)},
+}
+# Study names are typed on command lines, shown in HTML and used in paths, so they are tame:
+# letters, digits, spaces, '.', '-', '_'; no control characters (\w is Unicode-aware, so the
+# printable check is explicit); not starting with '-' (`hpsearch worker --help` would be an
+# option) nor with or ending in a space. Names recorded by other means are still found by the
+# read commands, which only compare them.
+NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
+MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
+MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
+MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
+MAX_DRY_RUN_EPOCH_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Categorical:
+    choices: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    is_int: bool = False
+
+
+Dimension = Categorical | Range
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
+    grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
+    max_retry: int = 2  # re-runs of a trial whose worker died
+    checkpoint_dir: str = "hpsearch-checkpoints"
+    # `hpsearch run` on a GPU machine: the GPUs its local workers are placed on, round-robin
+    # (CUDA_VISIBLE_DEVICES per worker), and how many workers may share one
+    gpus: tuple[str, ...] = ()
+    workers_per_gpu: int = 1
+
+
+GPU_ID = re.compile(r"[A-Za-z0-9][\w:.-]{0,99}")  # 0, 1, GPU-<uuid>, MIG-<uuid>
+
+
+def parse_gpus(value: Any, where: str) -> tuple[str, ...]:
+    """GPU ids from `--gpus 0,1` or `[workers] gpus = [0, 1]`: numbers as nvidia-smi counts
+    them, or GPU-/MIG- UUIDs; each once."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: gpus must be a list of GPU ids, e.g. [0, 1]")
+    if any(isinstance(item, bool | float) for item in items):
+        raise ConfigError(f"{where}: gpus must be GPU ids such as 0 or \"GPU-<uuid>\"")
+    gpus = tuple(str(item).strip() for item in items if str(item).strip() != "")
+    for gpu in gpus:
+        if not GPU_ID.fullmatch(gpu):
+            raise ConfigError(f"{where}: gpus: {gpu!r} is not a GPU id (a number as "
+                              "nvidia-smi counts them, or a GPU-/MIG- UUID)")
+    if len(set(gpus)) != len(gpus):
+        raise ConfigError(f"{where}: gpus: each GPU once, got {', '.join(gpus)}")
+    return gpus
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of a multi-fidelity budget: train on the first `fraction` of the training split
+    until the trial has run `epochs` epochs in all (cumulative)."""
+
+    fraction: float
+    epochs: int
+
+
+RUNG_PRUNERS = ("successive-halving", "hyperband")  # the pruners that promote across rungs
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    # what it optimises: the first objective is reported each epoch (pruning, `value`)
+    objectives: tuple[ObjectiveSpec, ...] = DEFAULT
+    n_trials: int = 20
+    timeout: float | None = None  # seconds, per worker
+    seed: int = 0
+    min_epochs: int = 1
+    pruner_options: dict[str, int] = field(default_factory=dict)  # [pruner], defaults filled in
+    rungs: tuple[Rung, ...] = ()  # [budget] rungs: data fractions as a fidelity; () = epochs only
+    data: DataOptions = field(default_factory=DataOptions)
+    workers: WorkerOptions = field(default_factory=WorkerOptions)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Dimension] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML, stored with the study
+    # [dry_run] seconds_per_epoch: trials sleep this long per epoch and report a synthetic
+    # learning curve instead of training (None: real training)
+    dry_run: float | None = None
+
+    @property
+    def metric(self) -> str:
+        """The first objective's measure: the one reported each epoch."""
+        return self.objectives[0].measure
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def max_epochs(self) -> int:
+        return int(self.fixed["epochs"])
+
+    def base_params(self) -> TrialParams:
+        return TrialParams.from_dict(self.fixed)
+
+    def params_for(self, sampled: dict[str, Any]) -> TrialParams:
+        return TrialParams.from_dict({**self.fixed, **sampled})
+
+
+def _table(doc: dict[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) in [{key}]: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    return value
+
+
+def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None,
+           maximum: float | None = None) -> Any:
+    try:
+        out = coerce(key, value, kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if minimum is not None and out < minimum:
+        raise ConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
+    if maximum is not None and out > maximum:
+        raise ConfigError(f"{where}: {key} must be at most {maximum:,}, got {value!r}")
+    return out
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: unknown {key} {value!r} (choose from: {', '.join(choices)})")
+    return value
+
+
+def parse_data(table: dict[str, Any], where: str) -> DataOptions:
+    try:
+        return DataOptions(
+            dataset=_typed(where, "dataset", table.get("dataset", "fashion-mnist"), str),
+            data_dir=(_typed(where, "data_dir", table["data_dir"], str)
+                      if table.get("data_dir") is not None else None),
+            val_fraction=_typed(where, "val_fraction", table.get("val_fraction", 0.1), float),
+            subset=(_typed(where, "subset", table["subset"], int) if "subset" in table else None),
+            synthetic_size=_typed(where, "synthetic_size", table.get("synthetic_size", 1200), int,
+                                  minimum=50, maximum=MAX_SYNTHETIC_SIZE),
+        )
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+
+
+def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
+    """A list → Categorical, a {low, high} table → Range, anything else → a fixed value."""
+    if name not in PARAM_NAMES:
+        raise ConfigError(
+            f"{where}: unknown parameter {name!r} in [space] (known: {', '.join(PARAM_NAMES)})"
+        )
+    kind = param_type(name)
+    label = f"{where}: space.{name}"
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{label}: an empty list has nothing to choose from")
+        choices = tuple(_typed(label, name, v, kind) for v in spec)
+        if len(set(choices)) != len(choices):
+            raise ConfigError(f"{label}: repeated choices in {spec}")
+        for choice in choices:
+            _check_value(label, name, choice)
+        return Categorical(choices)
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+        if unknown:
+            raise ConfigError(f"{label}: unknown key(s) {', '.join(unknown)} "
+                              "(a range has low, high, log, step)")
+        if "low" not in spec or "high" not in spec:
+            raise ConfigError(f"{label}: a range needs both low and high")
+        if kind not in (int, float):
+            raise ConfigError(f"{label}: {name} is {kind.__name__}; give a list of choices")
+        if name == "patch_size":
+            raise ConfigError(f"{label}: patch sizes must divide the image; give a list")
+        low, high = (_typed(label, b, spec[b], kind) for b in ("low", "high"))
+        log = _typed(label, "log", spec.get("log", False), bool)
+        step = _typed(label, "step", spec["step"], kind) if "step" in spec else None
+        if low > high:
+            raise ConfigError(f"{label}: low ({low}) is greater than high ({high})")
+        if log and low <= 0:
+            raise ConfigError(f"{label}: a log range needs low > 0, got {low}")
+        if step is not None and (step <= 0 or (log and step != 1)):
+            raise ConfigError(f"{label}: step must be positive and cannot be combined with log")
+        for bound in (low, high):
+            _check_value(label, name, bound)
+        return Range(low, high, log, step, is_int=kind is int)
+    value = _typed(label, name, spec, kind)
+    _check_value(label, name, value)
+    return value
+
+
+def _check_value(label: str, name: str, value: Any) -> None:
+    try:
+        TrialParams.from_dict({name: value})
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's document; any reason it cannot be read or parsed is one ConfigError."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_STUDY_FILE_BYTES:
+        raise ConfigError(f"{path}: not a {what} (larger than {MAX_STUDY_FILE_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
+    _check_strings(doc, str(path))
+    return doc
+
+
+def _check_strings(value: Any, where: str, key: str = "") -> None:
+    """No control characters in any key or string: they end up in paths, logs, one-line
+    errors and database text (PostgreSQL cannot store NUL at all)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, where, key)
+            _check_strings(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, where, key)
+    elif isinstance(value, str) and not value.isprintable():
+        raise ConfigError(f"{where}: {key or 'a key'}: control characters are not allowed "
+                          f"(got {value[:60]!r})")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    return parse_study(read_toml(path, "study file"), str(path))
+
+
+def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
+    """[pruner]: options of the pruner named in [study]; an option of another pruner is an
+    error, not silently ignored."""
+    options = PRUNER_OPTIONS[pruner]
+    value = doc.get("pruner", {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [pruner] must be a table")
+    for key in value:
+        if key not in options:
+            takes = ", ".join(options) or "no options"
+            raise ConfigError(f"{where}: [pruner] {key} does not apply to pruner {pruner!r} "
+                              f"(it takes: {takes})")
+    return {key: _typed(where, key, value.get(key, default), int, minimum=minimum)
+            for key, (default, minimum) in options.items()}
+
+
+def parse_rungs(budget: dict[str, Any], pruner: str, where: str) -> tuple[Rung, ...]:
+    """[budget] rungs = [{fraction = 0.1, epochs = 3}, ..., {fraction = 1.0, epochs = 15}]:
+    at least two, fractions and cumulative epochs both strictly increasing, the last on the
+    whole training split; promotion between them is the pruner's (successive halving or
+    Hyperband), so min_epochs (their minimum resource in epochs) does not apply."""
+    label = f"{where}: [budget] rungs"
+    value = budget["rungs"]
+    if not isinstance(value, list) or len(value) < 2:
+        raise ConfigError(f"{label} must be a list of at least two tables "
+                          "({fraction = ..., epochs = ...})")
+    if pruner not in RUNG_PRUNERS:
+        raise ConfigError(f"{label} need pruner {' or '.join(map(repr, RUNG_PRUNERS))} to "
+                          f"promote trials between them, not {pruner!r}")
+    if "min_epochs" in budget:
+        raise ConfigError(f"{label}: min_epochs does not apply (trials are compared at the end "
+                          "of each rung)")
+    rungs: list[Rung] = []
+    for i, item in enumerate(value, 1):
+        where_i = f"{label}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"fraction", "epochs"}:
+            raise ConfigError(f"{where_i} must be a table with exactly fraction and epochs")
+        fraction = _typed(where_i, "fraction", item["fraction"], float)
+        epochs = _typed(where_i, "epochs", item["epochs"], int, minimum=1)
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"{where_i}: fraction must be in (0, 1], got {item['fraction']!r}")
+        if rungs and (fraction <= rungs[-1].fraction or epochs <= rungs[-1].epochs):
+            raise ConfigError(f"{where_i}: fraction and epochs must both grow from rung to rung "
+                              f"(previous: fraction {rungs[-1].fraction}, epochs "
+                              f"{rungs[-1].epochs})")
+        rungs.append(Rung(fraction, epochs))
+    if rungs[-1].fraction != 1.0:
+        raise ConfigError(f"{label}: the last rung must train on the whole training split "
+                          f"(fraction = 1.0), got {rungs[-1].fraction}")
+    return tuple(rungs)
+
+
+def check_study_name(name: Any, where: str = "study") -> str:
+    """The rule for every new study name, in files and for `hpsearch study rename/copy`: it is
+    shown in HTML and terminals and used in paths (see NAME_PATTERN); nothing that reads as an
+    option, no control characters, no stray spaces at the ends."""
+    if (not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not name.isprintable()
+            or name.startswith("-") or name != name.strip()):
+        shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
+        raise ConfigError(f"{where}: study name {shown} must be 1-200 letters, digits, spaces, "
+                          "'.', '-' or '_', not start with '-' nor start or end with a space")
+    return name
+
+
+def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
+    unknown = sorted(set(doc) - {"study", "data", "budget", "workers", "pruner", "space",
+                                 "dry_run"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
+                          "(allowed: study, data, budget, workers, pruner, space, dry_run)")
+    study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "objectives",
+                                  "n_trials", "timeout", "seed"}, where)
+    if "name" not in study:
+        raise ConfigError(f"{where}: [study] needs a name")
+    name = check_study_name(study["name"], where)
+    budget = _table(doc, "budget", {"max_epochs", "min_epochs", "rungs"}, where)
+    workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
+                                      "checkpoint_dir", "gpus", "workers_per_gpu"}, where)
+    space_doc = _table(doc, "space", set(PARAM_NAMES), where)
+    dry_run = _table(doc, "dry_run", {"seconds_per_epoch"}, where)
+    if "epochs" in space_doc:
+        raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
+
+    objectives = parse_objectives(study, where)
+    multi = len(objectives) > 1
+    # Optuna prunes single-objective studies only: a multi-objective one defaults to no pruner
+    pruner = _choice(where, "pruner", study.get("pruner", "none" if multi else "hyperband"),
+                     PRUNERS)
+    sampler = _choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS)
+    if multi and pruner != "none":
+        raise ConfigError(f"{where}: pruning is off for multi-objective studies (Optuna does "
+                          f"not prune them): remove pruner = {pruner!r} or set it to 'none'")
+    if multi and sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ConfigError(f"{where}: sampler {sampler!r} takes one objective (for several "
+                          f"choose from: {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
+    rungs = parse_rungs(budget, pruner, where) if "rungs" in budget else ()
+    if rungs and "dry_run" in doc:
+        raise ConfigError(f"{where}: [budget] rungs do not combine with [dry_run] (dry-run "
+                          "trials keep no checkpoints to promote from)")
+    default_max = rungs[-1].epochs if rungs else 10
+    max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", default_max), int,
+                        minimum=1)
+    min_epochs = _typed(where, "min_epochs", budget.get("min_epochs", 1), int, minimum=1)
+    if min_epochs > max_epochs:
+        raise ConfigError(f"{where}: min_epochs ({min_epochs}) exceeds max_epochs ({max_epochs})")
+    if rungs and max_epochs != rungs[-1].epochs:
+        raise ConfigError(f"{where}: max_epochs ({max_epochs}) must equal the last rung's epochs "
+                          f"({rungs[-1].epochs}); leave it out with rungs")
+    config = StudyConfig(
+        name=name,
+        sampler=sampler,
+        pruner=pruner,
+        pruner_options=parse_pruner_options(doc, pruner, where),
+        rungs=rungs,
+        objectives=objectives,
+        n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
+        timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
+                 if "timeout" in study else None),
+        seed=_typed(where, "seed", study.get("seed", 0), int, minimum=0),
+        min_epochs=min_epochs,
+        data=parse_data(_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
+                                             "synthetic_size"}, where), where),
+        workers=WorkerOptions(
+            heartbeat_interval=_typed(where, "heartbeat_interval",
+                                      workers.get("heartbeat_interval", 30), int, minimum=1),
+            grace_period=_typed(where, "grace_period", workers.get("grace_period", 120), int,
+                                minimum=2),
+            max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
+            checkpoint_dir=_typed(where, "checkpoint_dir",
+                                  workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
+            gpus=parse_gpus(workers.get("gpus", []), where),
+            workers_per_gpu=_typed(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
+                                   int, minimum=1, maximum=64),
+        ),
+        raw=doc,
+        dry_run=(_typed(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0), float,
+                        minimum=0, maximum=MAX_DRY_RUN_EPOCH_S) if "dry_run" in doc else None),
+    )
+    if config.workers.grace_period <= config.workers.heartbeat_interval:
+        raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
+    config.fixed["epochs"] = max_epochs
+    for key, spec in space_doc.items():
+        dim = parse_dimension(where, key, spec)
+        if isinstance(dim, Categorical | Range):
+            config.space[key] = dim
+        else:
+            config.fixed[key] = dim
+    _check_constraints(config, where)
+    if config.sampler == "grid":
+        try:
+            grid_values(config)  # raises if the space has no grid
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return config
+
+
+def _check_constraints(config: StudyConfig, where: str) -> None:
+    """Every fixed value and every patch size choice must make a valid model for the dataset."""
+    try:
+        base = config.base_params()
+        base.check_image(config.data.dataset)
+        patch = config.space.get("patch_size")
+        if isinstance(patch, Categorical):
+            for choice in patch.choices:
+                base.replace(patch_size=choice).check_image(config.data.dataset)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
+    """The grid sampler's search space: categorical choices and stepped ranges, expanded."""
+    grid: dict[str, list[Any]] = {}
+    total = 1
+    for name, dim in config.space.items():
+        if isinstance(dim, Categorical):
+            count = len(dim.choices)
+        elif dim.step is not None and not dim.log:
+            count = math.floor((dim.high - dim.low) / dim.step + 1e-9) + 1
+        else:
+            raise ConfigError(f"grid sampler: space.{name} must be a list or a range with step")
+        total *= count
+        if total > MAX_GRID_POINTS:  # checked before listing: a tiny step would never finish
+            raise ConfigError(f"grid sampler: the grid has more than {MAX_GRID_POINTS:,} points "
+                              f"(at space.{name}); use larger steps or another sampler")
+        grid[name] = (list(dim.choices) if isinstance(dim, Categorical)
+                      else [dim.low + i * dim.step for i in range(count)])
+    return grid

@@ -1,0 +1,317 @@
+"""The epoch loop: optimisers, schedulers, mixed precision, divergence checks and checkpoints.
+
+The trainer knows nothing of Optuna or the database. `fit()` builds a run; iterating it yields
+one EpochMetrics per epoch, and the caller stops training (a pruning decision, say) by simply
+stopping the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hpsearch.errors import TrainingDiverged
+from hpsearch.metrics import EpochMetrics
+from hpsearch.params import NUM_CLASSES, TrialParams
+from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
+from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
+from hpsearch.trainer.model import build_model, count_parameters
+from hpsearch.trainer.runtime import RunSetup, resolve_device, resolve_precision, tune_malloc
+
+CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
+CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
+EVAL_BATCH = 1024
+COMPILE_MIN_IMAGES = 1_000_000  # compile="auto" compiles only runs this long (~20 s to repay)
+
+
+def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
+    groups = list(model.parameters())
+    # the fused (single-kernel) implementations of SGD/Adam/AdamW: same update, one pass over
+    # all parameters instead of ~10 small ops per tensor; CPU and CUDA float parameters only
+    fused = {"fused": True} if groups and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in groups) else {}
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum,
+                               weight_decay=params.weight_decay, nesterov=params.nesterov,
+                               **fused)
+    adam = {"lr": params.lr, "betas": (params.beta1, params.beta2), "eps": params.eps,
+            "weight_decay": params.weight_decay}
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups, **adam, **fused)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, **adam, **fused)
+    if params.optimizer == "radam":
+        return torch.optim.RAdam(groups, **adam)
+    raise ValueError(f"unknown optimizer {params.optimizer!r}")
+
+
+class Schedule:
+    """Wraps a torch LR scheduler and knows whether it steps per batch or per epoch."""
+
+    def __init__(self, params: TrialParams, optimizer: torch.optim.Optimizer,
+                 steps_per_epoch: int) -> None:
+        self.kind = params.scheduler
+        self.watches_acc = params.plateau_metric == "val_acc"
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None  # noqa: E501
+        if self.kind == "cosine":
+            warmup = params.warmup_epochs * steps_per_epoch
+            total = max(1, params.epochs * steps_per_epoch)
+            floor = params.min_lr / params.lr  # eta_min, as a fraction of the peak lr
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                progress = (step - warmup) / max(1, total - warmup)
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            self.factor, self.steps_per_epoch = factor, steps_per_epoch
+        elif self.kind == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, params.step_size,
+                                                             params.gamma)
+        elif self.kind == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=params.plateau_direction, factor=params.gamma,
+                patience=params.plateau_patience, threshold=params.plateau_threshold,
+                cooldown=params.plateau_cooldown, min_lr=params.min_lr)
+        else:
+            self.scheduler = None
+
+    def after_batch(self) -> None:
+        if self.kind == "cosine":
+            self.scheduler.step()  # type: ignore[union-attr]
+
+    def after_epoch(self, loss: float, acc: float) -> None:
+        """After each epoch, with the validation loss and accuracy (the plateau scheduler
+        watches one of them)."""
+        if self.kind == "step":
+            self.scheduler.step()  # type: ignore[union-attr]
+        elif self.kind == "plateau":
+            self.scheduler.step(acc if self.watches_acc else loss)  # type: ignore[union-attr]
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict, epochs_done: int) -> None:
+        """Resume after `epochs_done` epochs. A cosine schedule counts batches; where the
+        training data grew (a rung of a multi-fidelity budget) an epoch has more of them now,
+        so its position is set from the epochs done, which keeps the curve's shape over
+        epochs (with the same data nothing changes)."""
+        if self.scheduler is None:
+            return
+        self.scheduler.load_state_dict(state)
+        if self.kind == "cosine":
+            step = epochs_done * self.steps_per_epoch
+            self.scheduler.last_epoch = step
+            for group, base in zip(self.scheduler.optimizer.param_groups,
+                                   self.scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.factor(step)
+
+
+def evaluate(model: nn.Module, split: Split, device: torch.device,
+             autocast_dtype: torch.dtype | None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split, in inference mode."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.inference_mode(), _autocast(device, autocast_dtype):
+        for images, labels in iterate_batches(split, EVAL_BATCH):
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images).float()
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            correct += (logits.argmax(1) == labels).sum()
+    return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+def predict_probs(model: nn.Module, split: Split, device: torch.device,
+                  autocast_dtype: torch.dtype | None, *, flip: bool = False) -> torch.Tensor:
+    """Softmax outputs (N, classes) over a split, in inference mode, float32 on the CPU (what
+    an ensemble averages). `flip`: the mean of each image's outputs and its mirror image's
+    (horizontal-flip test-time augmentation)."""
+    model.eval()
+    out = []
+    with torch.inference_mode(), _autocast(device, autocast_dtype):
+        for images, _ in iterate_batches(split, EVAL_BATCH):
+            images = images.to(device)
+            probs = model(images).float().softmax(1)
+            if flip:
+                probs = (probs + model(images.flip(-1)).float().softmax(1)) / 2
+            out.append(probs.cpu())
+    return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
+        on_step: Callable[[int, int], None] | None = None, checkpoint: Path | None = None,
+        resume_from: Path | None = None, stop_after: int | None = None) -> Training:
+    """Train `params` on `data`: iterate the result for one EpochMetrics per epoch.
+
+        run = fit(params, data, seed=0)
+        for metrics in run:        # stop the loop to stop training (pruning, say)
+            ...
+        run.model, run.history, run.best
+
+    The model is built (and `resume_from` loaded) here, before the first epoch, so the caller
+    can read `n_params` and `setup` (device, precision, threads) even for a run that ends early.
+    `checkpoint`: written after every epoch, once the caller asks for the next one (so a
+    checkpoint never holds an epoch the caller has not handled). `resume_from`: a checkpoint to
+    continue from; its finished epochs are neither redone nor yielded again. `stop_after`:
+    stop after this epoch, as if the run went on (the schedule still spans `params.epochs`); a
+    multi-fidelity rung trains up to its epoch, then the next resumes from the checkpoint on
+    more data.
+    `on_step(done, total)` is called after each training batch (for progress bars).
+    Raises TrainingDiverged from the loop when a run cannot produce a useful model.
+    """
+    return Training(params, data, seed=seed, device=device, on_step=on_step,
+                    checkpoint=checkpoint, resume_from=resume_from, stop_after=stop_after)
+
+
+class Training:
+    """One training run, built and ready; iterating it trains (once) and yields each epoch."""
+
+    def __init__(self, params: TrialParams, data: TrainValData, *, seed: int, device: str,
+                 on_step: Callable[[int, int], None] | None, checkpoint: Path | None,
+                 resume_from: Path | None, stop_after: int | None = None) -> None:
+        self.params, self.data, self.on_step, self.checkpoint = params, data, on_step, checkpoint
+        self.last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
+        self.device = dev = resolve_device(device)
+        if dev.type == "cpu":
+            tune_malloc()
+        # before seeding: on a machine's first run this measures fp32 against bf16
+        self.setup: RunSetup = resolve_precision(params.precision, dev)
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+        self.model: nn.Module = build_model(params, data.image_shape).to(dev)
+        self.n_params = count_parameters(self.model)
+        self.optimizer = make_optimizer(params, self.model)
+        total_images = params.epochs * len(data.train)
+        self.compiled = params.compile == "on" or (
+            params.compile == "auto" and total_images >= COMPILE_MIN_IMAGES)
+        # one batch shape, so compile traces once (unless there is not even one full batch)
+        self.drop_last = self.compiled and len(data.train) >= params.batch_size
+        steps = (len(data.train) // params.batch_size if self.drop_last
+                 else math.ceil(len(data.train) / params.batch_size))
+        self.steps_per_epoch = max(1, steps)
+        self.schedule = Schedule(params, self.optimizer, self.steps_per_epoch)
+        self.augment = Augmentation(params.crop_padding, params.hflip, params.random_erasing,
+                                    fill=-data.mean / data.std) if params.augment else None
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+        # compiled lazily by torch on the first step; the same weights as self.model
+        self.step_model = torch.compile(self.model) if self.compiled else self.model
+        self.history: list[EpochMetrics] = []
+        self.first_epoch = 1
+        self._started = False
+        if resume_from is not None:
+            state = load_checkpoint(resume_from)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["scheduler"], state["epoch"])
+            self.gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.history = [EpochMetrics(**m) for m in state["history"]]
+            self.first_epoch = state["epoch"] + 1
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return max(self.history, key=lambda m: m.val_acc, default=None)
+
+    def run_to_end(self) -> Training:
+        """Train every epoch without looking at them (benchmarks, tests)."""
+        for _ in self:
+            pass
+        return self
+
+    def __iter__(self) -> Iterator[EpochMetrics]:
+        if self._started:  # the optimiser and RNG state moved on: a second pass would lie
+            raise RuntimeError("a Training can be iterated only once")
+        self._started = True
+        for epoch in range(self.first_epoch, self.last_epoch + 1):
+            metrics = self._epoch(epoch)
+            self.history.append(metrics)
+            yield metrics
+            # the caller handled the epoch (recorded it, say) and asked for the next one
+            if self.checkpoint is not None:
+                self._save(epoch)
+            _check_chance(self.history)
+
+    def _epoch(self, epoch: int) -> EpochMetrics:
+        params, data, dev, model = self.params, self.data, self.device, self.model
+        autocast_dtype = self.setup.autocast_dtype
+        augment, loss_fn, optimizer = self.augment, self.loss_fn, self.optimizer
+        started = time.perf_counter()
+        model.train()
+        # running sums stay on the device: no host sync per step on a GPU
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        for step, (images, labels) in enumerate(iterate_batches(data.train, params.batch_size,
+                                                                self.gen)):
+            if self.drop_last and len(labels) < params.batch_size:
+                break
+            if augment is not None:
+                images = augment(images, self.gen)
+            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+            lr = optimizer.param_groups[0]["lr"]
+            with _autocast(dev, autocast_dtype):
+                logits = self.step_model(images)
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.schedule.after_batch()
+            loss_sum += loss.detach().double() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+            if self.on_step is not None:
+                self.on_step(step + 1, self.steps_per_epoch)
+        train_seconds = time.perf_counter() - started
+        train_loss = loss_sum.item() / max(1, seen)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"non-finite training loss at epoch {epoch}")
+        if len(data.val):
+            val_loss, val_acc = evaluate(model, data.val, dev, autocast_dtype)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}")
+        else:  # no validation split (final retraining on train + val): nothing to check
+            val_loss = val_acc = math.nan
+        train_acc = correct.item() / max(1, seen)
+        if len(data.val):
+            self.schedule.after_epoch(val_loss, val_acc)
+        else:  # final retraining: the training metrics stand in for the validation ones
+            self.schedule.after_epoch(train_loss, train_acc)
+        return EpochMetrics(
+            epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+            val_loss=val_loss, val_acc=val_acc, lr=lr,
+            seconds=time.perf_counter() - started, images_per_s=seen / train_seconds,
+        )
+
+    def _save(self, epoch: int) -> None:
+        assert self.checkpoint is not None
+        save_checkpoint(self.checkpoint, {
+            "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": [m.to_dict() for m in self.history],
+        })
+
+
+def _check_chance(history: list[EpochMetrics]) -> None:
+    """Stop a run whose accuracy has sat at chance for CHANCE_PATIENCE epochs."""
+    if len(history) < CHANCE_PATIENCE:
+        return
+    chance = 1.0 / NUM_CLASSES + CHANCE_MARGIN
+    recent = history[-CHANCE_PATIENCE:]
+    if all(m.val_acc <= chance and m.train_acc <= chance for m in recent):
+        raise TrainingDiverged(
+            f"accuracy at chance (val {recent[-1].val_acc:.3f}) for {CHANCE_PATIENCE} epochs "
+            f"up to epoch {recent[-1].epoch}"
+        )

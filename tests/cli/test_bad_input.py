@@ -1,0 +1,397 @@
+"""Bad input to every command, run as a user runs it (a subprocess): one line on stderr that
+starts with `hpsearch: error:`, no traceback, a non-zero exit code, and the database exactly as it
+was (or not created at all). Click's own usage errors (an option outside its declared range)
+are one line too, with exit code 2 and a pointer to the command's --help.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNREACHABLE = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
+NO_NETWORK = "http://127.0.0.1:1"  # refused at once: a download attempt fails in milliseconds
+
+VALID_STUDY = """\
+[study]
+name = "bad-input"
+sampler = "random"
+pruner = "none"
+n_trials = 2
+seed = 0
+
+[data]
+dataset = "synthetic"
+synthetic_size = 300
+
+[budget]
+max_epochs = 2
+
+[workers]
+heartbeat_interval = 1
+grace_period = 4
+checkpoint_dir = "checkpoints"
+
+[space]
+patch_size = [7, 14]
+hidden_dim = { low = 16, high = 32 }
+lr = { low = 1e-3, high = 1e-2, log = true }
+optimizer = ["adam", "sgd"]
+batch_size = 64
+"""
+
+
+def study(old: str = "", new: str = "", append: str = "") -> str:
+    """The valid study with `old` replaced by `new` (which must be there), plus `append`."""
+    assert old in VALID_STUDY, old
+    return (VALID_STUDY.replace(old, new, 1) if old else VALID_STUDY) + append
+
+
+@dataclass(frozen=True)
+class Case:
+    """`args` may use {db} (a copy of a recorded study's SQLite file), {new_db} (a SQLite URL
+    whose file must not appear), {tmp} (the test's folder) and {study} (study.toml written
+    from `toml`)."""
+
+    id: str
+    args: tuple[str, ...]
+    expect: str  # a fragment of the error line
+    toml: str | bytes | None = None
+    # "recorded" | "newer" (schema stamped 'ffff') | "newer-optuna" (Optuna's tables from a
+    # later Optuna) | "garbage" (random bytes) | "truncated" (the first 5000 bytes) | "none"
+    db: str = "none"
+    usage: bool = False  # a click usage error (declared option range): click's format
+    forbidden: tuple[str, ...] = field(default=())  # must not appear anywhere in the output
+
+
+RUN = ("run", "{study}", "--db", "{new_db}", "--threads", "1")
+TRAIN = ("train", "--dataset", "synthetic", "--epochs", "1")
+
+CASES = [
+    # study files (`hpsearch run`): all checked before anything is written
+    Case("run-malformed-toml", RUN, "malformed TOML", toml="[study\nname = 'x'\n"),
+    Case("run-missing-file", ("run", "{tmp}/absent.toml", "--db", "{new_db}"),
+         "cannot read study file"),
+    Case("run-unknown-table", RUN, "unknown table(s) bogus", toml=study(append="[bogus]\nx=1\n")),
+    Case("run-unknown-study-key", RUN, "unknown key(s) in [study]: trials",
+         toml=study("n_trials = 2", "trials = 2")),
+    Case("run-unknown-space-param", RUN, "unknown key(s) in [space]: depth",
+         toml=study(append="depth = [1, 2]\n")),
+    Case("run-wrong-type-n-trials", RUN, "n_trials must be int",
+         toml=study("n_trials = 2", 'n_trials = "ten"')),
+    Case("run-wrong-type-space", RUN, "hidden_dim must be int",
+         toml=study("hidden_dim = { low = 16, high = 32 }", 'hidden_dim = "big"')),
+    Case("run-low-above-high", RUN, "low (32) is greater than high (16)",
+         toml=study("hidden_dim = { low = 16, high = 32 }",
+                    "hidden_dim = { low = 32, high = 16 }")),
+    Case("run-log-range-low-zero", RUN, "a log range needs low > 0",
+         toml=study("lr = { low = 1e-3, high = 1e-2, log = true }",
+                    "lr = { low = 0.0, high = 1e-2, log = true }")),
+    Case("run-patch-size-not-dividing", RUN, "patch_size 5 does not divide",
+         toml=study("patch_size = [7, 14]", "patch_size = [7, 5]")),
+    Case("run-unknown-sampler", RUN, "unknown sampler 'bayes'",
+         toml=study('sampler = "random"', 'sampler = "bayes"')),
+    Case("run-unknown-pruner", RUN, "unknown pruner 'asha'",
+         toml=study('pruner = "none"', 'pruner = "asha"')),
+    Case("run-unknown-optimiser", RUN, "unknown optimizer 'lion'",
+         toml=study('optimizer = ["adam", "sgd"]', 'optimizer = ["adam", "lion"]')),
+    Case("run-unknown-initialiser", RUN, "unknown init 'orthogonal'",
+         toml=study(append='init = "orthogonal"\n')),
+    # the objectives: checked before the database is created
+    Case("run-unknown-metric", RUN, "unknown metric 'test_acc'",
+         toml=study('seed = 0', 'seed = 0\nmetric = "test_acc"')),
+    Case("run-metric-and-objectives", RUN, "give [study] metric or objectives, not both",
+         toml=study('seed = 0', 'seed = 0\nmetric = "val_acc"\nobjectives = ["val_acc"]')),
+    Case("run-unknown-measure", RUN, "unknown measure 'flops'",
+         toml=study('seed = 0', 'seed = 0\nobjectives = ["val_acc:max", "flops:min"]')),
+    Case("run-bad-direction", RUN, "the direction must be max or min",
+         toml=study('seed = 0', 'seed = 0\nobjectives = ["val_acc:max", "params:lowest"]')),
+    Case("run-first-objective-not-per-epoch", RUN, "the first objective must be val_acc or",
+         toml=study('seed = 0', 'seed = 0\nobjectives = ["params:min", "val_acc:max"]')),
+    Case("run-repeated-objective", RUN, "objectives name val_acc more than once",
+         toml=study('seed = 0', 'seed = 0\nobjectives = ["val_acc:max", "val_acc:min"]')),
+    Case("run-multi-objective-pruner", RUN, "pruning is off for multi-objective studies",
+         toml=study('pruner = "none"',
+                    'pruner = "median"\nobjectives = ["val_acc:max", "params:min"]')),
+    Case("run-multi-objective-cmaes", RUN, "sampler 'cmaes' takes one objective",
+         toml=study('sampler = "random"',
+                    'sampler = "cmaes"\nobjectives = ["val_loss:min", "params:min"]')),
+    Case("run-zero-max-epochs", RUN, "max_epochs must be at least 1",
+         toml=study("max_epochs = 2", "max_epochs = 0")),
+    Case("run-negative-max-epochs", RUN, "max_epochs must be at least 1",
+         toml=study("max_epochs = 2", "max_epochs = -3")),
+    Case("run-unknown-dataset", RUN, "unknown dataset 'imagenet'",
+         toml=study('dataset = "synthetic"', 'dataset = "imagenet"')),
+    Case("run-grace-not-above-heartbeat", RUN, "grace_period must exceed heartbeat_interval",
+         toml=study("grace_period = 4", "grace_period = 2",)
+         .replace("heartbeat_interval = 1", "heartbeat_interval = 5")),
+    Case("run-unknown-device", (*RUN, "--device", "tpu"), "unknown device 'tpu'",
+         toml=study()),
+    Case("run-unreachable-database", ("run", "{study}", "--db", UNREACHABLE),
+         "cannot use database postgresql+psycopg://u:***@127.0.0.1:1/x", toml=study(),
+         forbidden=("secret",)),
+    Case("run-newer-schema", ("run", "{study}", "--db", "{db}"),
+         "newer than this hpsearch", toml=study(), db="newer"),
+    # round two, class 7: bad files and environments
+    Case("run-binary-study-file", RUN, "not a study file: not UTF-8 text",
+         toml=bytes(range(256)) * 4),
+    Case("run-device-file-as-study", ("run", "/dev/zero", "--db", "{new_db}"),
+         "not a study file (larger than"),
+    Case("train-binary-config", ("train", "--config", "{study}"), "not a config file",
+         toml=b"\xff\xfe[params]\x00"),
+    Case("run-newer-optuna-tables", ("run", "{study}", "--db", "{db}"),
+         "no longer compatible with the table schema", toml=study(), db="newer-optuna"),
+    Case("studies-corrupt-sqlite", ("studies", "--db", "{db}"), "file is not a database",
+         db="garbage"),
+    Case("trials-truncated-sqlite", ("trials", "demo", "--db", "{db}"),
+         "database disk image is malformed", db="truncated"),
+    Case("run-corrupt-sqlite", RUN[:2] + ("--db", "{db}"), "file is not a database",
+         toml=study(), db="garbage"),
+    Case("studies-missing-driver", ("studies", "--db", "postgresql+asyncpg://u:secret@h/x"),
+         "database driver for 'postgresql+asyncpg' is not installed", forbidden=("secret",)),
+    Case("studies-unknown-sqlite-option", ("studies", "--db", "sqlite:///x.db?timout=5"),
+         "unknown option(s) timout in database URL"),
+    Case("studies-bad-sqlite-option-value", ("studies", "--db", "sqlite:///x.db?timeout=abc"),
+         "bad option in database URL"),
+    Case("studies-unknown-postgres-option", ("studies", "--db", UNREACHABLE + "?bogus=1"),
+         'invalid connection option "bogus"', forbidden=("secret",)),
+    Case("show-huge-trial-number", ("show", "demo", "99999999999999999999", "--db", "{db}"),
+         "less than or equal to 2147483647", db="recorded", usage=True),
+    Case("trials-huge-top", ("trials", "demo", "--top", "99999999999999999999", "--db", "{db}"),
+         "less than or equal to 2147483647", db="recorded", usage=True),
+    Case("evaluate-huge-seeds", ("evaluate", "demo", "--seeds", "99999999999999999999", "--db",
+                                 "{db}"), "Invalid value for '--seeds'", db="recorded",
+         usage=True),
+    Case("train-huge-seed", (*TRAIN, "--seed", "99999999999999999999"),
+         "Invalid value for '--seed'", usage=True),
+    Case("run-n-trials-beyond-int4", RUN, "n_trials must be between",
+         toml=study("n_trials = 2", "n_trials = 2147483648")),
+    Case("run-huge-space-int", RUN, "space.hidden_dim: high must be between",
+         toml=study("hidden_dim = { low = 16, high = 32 }",
+                    "hidden_dim = { low = 16, high = 99999999999999999999 }")),
+    Case("run-synthetic-size-too-big", RUN, "synthetic_size must be at most 1,000,000",
+         toml=study("synthetic_size = 300", "synthetic_size = 2000000000")),
+    Case("train-set-lr-nan", (*TRAIN, "--set", "lr=nan"), "lr must be a finite number"),
+    Case("train-set-overflowing-float", (*TRAIN, "--set", "weight_decay=1e400"),
+         "weight_decay must be a finite number"),
+    # round two, class 8: checked before anything is written
+    Case("run-timeout-nan", RUN, "timeout must be a finite number",
+         toml=study("seed = 0", "seed = 0\ntimeout = nan")),
+    Case("run-timeout-option-inf", (*RUN, "--timeout", "inf"), "must be a finite number",
+         toml=study(), usage=True),
+    Case("run-range-to-inf", RUN, "high must be a finite number",
+         toml=study("lr = { low = 1e-3, high = 1e-2, log = true }",
+                    "lr = { low = 1e-3, high = inf, log = true }")),
+    Case("run-nan-choice", RUN, "dropout must be a finite number",
+         toml=study(append="dropout = [0.1, nan]\n")),
+    Case("run-name-like-an-option", RUN, "study name '--help' must be",
+         toml=study('name = "bad-input"', 'name = "--help"')),
+    Case("run-name-trailing-newline", RUN, "control characters are not allowed",
+         toml=study('name = "bad-input"', 'name = "bad-input\\n"')),
+    Case("run-name-control-character", RUN, "control characters are not allowed",
+         toml=study('name = "bad-input"', 'name = "bad\\u001b[2Jinput"')),
+    Case("run-nul-in-checkpoint-dir", RUN, "control characters are not allowed",
+         toml=study('checkpoint_dir = "checkpoints"', 'checkpoint_dir = "check\\u0000points"')),
+    Case("run-grid-too-fine", RUN, "the grid has more than",
+         toml=study('sampler = "random"', 'sampler = "grid"')
+         .replace("hidden_dim = { low = 16, high = 32 }", "hidden_dim = [16, 32]")
+         .replace("lr = { low = 1e-3, high = 1e-2, log = true }",
+                  "lr = { low = 1e-3, high = 1e-2, step = 1e-300 }")),
+    # `hpsearch train`
+    Case("train-zero-epochs-usage", ("train", "--dataset", "synthetic", "--epochs", "0"),
+         "Invalid value for '--epochs'", usage=True),
+    Case("train-negative-epochs", (*TRAIN[:3], "--set", "epochs=-1"),
+         "epochs must be at least 1, got -1"),
+    Case("train-unknown-optimiser", (*TRAIN, "--set", "optimizer=lion"),
+         "unknown optimizer 'lion'"),
+    Case("train-unknown-initialiser", (*TRAIN, "--set", "init=orthogonal"),
+         "unknown init 'orthogonal'"),
+    Case("train-wrong-type", (*TRAIN, "--set", "lr=abc"), "lr must be float, got 'abc'"),
+    Case("train-patch-size-not-dividing", (*TRAIN, "--set", "patch_size=5"),
+         "patch_size 5 does not divide"),
+    Case("train-unknown-dataset", ("train", "--dataset", "imagenet"),
+         "unknown dataset 'imagenet'"),
+    Case("train-malformed-config", ("train", "--config", "{study}"), "malformed TOML",
+         toml="[params\nlr = 1\n"),
+    Case("train-missing-data-files",
+         ("train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1"),
+         "mnist not found (looked in: {tmp}/empty"),
+    # databases
+    Case("studies-malformed-url", ("studies", "--db", "not a url"), "malformed database URL"),
+    Case("studies-unsupported-url", ("studies", "--db", "mysql://u:secret@h/x"),
+         "unsupported database 'mysql'", forbidden=("secret",)),
+    Case("studies-unreachable-url", ("studies", "--db", UNREACHABLE),
+         "cannot use database postgresql+psycopg://u:***@127.0.0.1:1/x", forbidden=("secret",)),
+    Case("studies-missing-sqlite-file", ("studies", "--db", "{new_db}"), "no hpsearch tables"),
+    Case("trials-newer-schema", ("trials", "demo", "--db", "{db}"),
+         "schema revision ffff is newer than this hpsearch", db="newer"),
+    Case("db-upgrade-newer-schema", ("db", "upgrade", "--db", "{db}"),
+         "schema revision ffff is newer than this hpsearch", db="newer"),
+    Case("db-downgrade-unknown-revision", ("db", "downgrade", "zzz", "--db", "{db}"),
+         "Can't locate revision identified by 'zzz'", db="recorded"),
+    # studies and trials that do not exist
+    Case("trials-unknown-study", ("trials", "nope", "--db", "{db}"), "unknown study 'nope'",
+         db="recorded"),
+    Case("best-unknown-study", ("best", "nope", "--db", "{db}"), "unknown study 'nope'",
+         db="recorded"),
+    Case("compare-unknown-study", ("compare", "demo", "nope", "--db", "{db}"),
+         "unknown study 'nope'", db="recorded"),
+    Case("worker-unknown-study", ("worker", "nope", "--db", "{db}", "--threads", "1"),
+         "unknown study 'nope'", db="recorded"),
+    Case("show-unknown-trial", ("show", "demo", "999", "--db", "{db}"),
+         "study 'demo' has no trial 999", db="recorded"),
+    Case("trials-unknown-sort", ("trials", "demo", "--sort", "nonsense", "--db", "{db}"),
+         "unknown sort column 'nonsense'", db="recorded"),
+    # outputs that cannot be written
+    Case("export-unwritable", ("export", "demo", "-o", "/nonexistent/dir/x.csv", "--db", "{db}"),
+         "cannot write /nonexistent/dir/x.csv", db="recorded"),
+    Case("report-unwritable", ("report", "demo", "-o", "/proc/x.html", "--db", "{db}"),
+         "cannot write /proc/x.html", db="recorded"),
+]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def recorded_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recorded study's SQLite file, written by another process so that no connection of
+    ours keeps it open (every copy of it is then a complete, checkpointed database)."""
+    path = tmp_path_factory.mktemp("recorded") / "results.db"
+    code = ("import sys; from tests.recorded_study import build_recorded_study; "
+            "build_recorded_study(sys.argv[1], 'demo')")
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], cwd=ROOT, check=True,
+                   timeout=120)
+    return path
+
+
+def clean_env(tmp: Path) -> dict[str, str]:
+    """No HPSEARCH_* settings from the caller, a private cache, and no network: downloads
+    are refused by a proxy that does not exist."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HPSEARCH_") and k.lower() not in ("http_proxy", "https_proxy",
+                                                                  "all_proxy", "no_proxy")}
+    env.update(XDG_CACHE_HOME=str(tmp / "cache"), COLUMNS="200", http_proxy=NO_NETWORK,
+               https_proxy=NO_NETWORK, HTTP_PROXY=NO_NETWORK, HTTPS_PROXY=NO_NETWORK)
+    return env
+
+
+def hpsearch(args: list[str], tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=tmp,
+                          env=clean_env(tmp), capture_output=True, text=True, timeout=timeout)
+
+
+def prepare(case: Case, tmp: Path, recorded_file: Path) -> tuple[list[str], Path | None]:
+    """Write the case's files; returns the command line and its SQLite file (if any)."""
+    (tmp / "empty").mkdir()
+    (tmp / "cache").mkdir()
+    db_file: Path | None = None
+    if case.db != "none":
+        db_file = tmp / "results.db"
+        db_file.write_bytes(recorded_file.read_bytes())
+        if case.db in ("newer", "newer-optuna"):
+            with sqlite3.connect(db_file) as conn:
+                if case.db == "newer":
+                    conn.execute("UPDATE hps_alembic_version SET version_num = 'ffff'")
+                else:
+                    conn.execute("UPDATE alembic_version SET version_num = 'v99.0.0.a'")
+                    conn.execute("UPDATE version_info SET schema_version = 99, "
+                                 "library_version = '99.0.0'")
+            conn.close()
+        elif case.db == "garbage":
+            db_file.write_bytes(random.Random(0).randbytes(8192))
+        elif case.db == "truncated":
+            db_file.write_bytes(recorded_file.read_bytes()[:5000])
+    if isinstance(case.toml, bytes):
+        (tmp / "study.toml").write_bytes(case.toml)
+    elif case.toml is not None:
+        (tmp / "study.toml").write_text(case.toml)
+    values = {"db": f"sqlite:///{db_file}", "new_db": f"sqlite:///{tmp / 'new.db'}",
+              "tmp": str(tmp), "study": str(tmp / "study.toml")}
+    return [arg.format(**values) for arg in case.args], db_file
+
+
+def row_counts(db_file: Path) -> dict[str, int] | None:
+    try:
+        return _row_counts(db_file)
+    except sqlite3.DatabaseError:  # a damaged file: compared byte for byte only
+        return None
+
+
+def _row_counts(db_file: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    conn.close()
+    return counts
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case: Case, tmp_path: Path,
+                                                   recorded_file: Path) -> None:
+    args, db_file = prepare(case, tmp_path, recorded_file)
+    before = (sha256(db_file), row_counts(db_file)) if db_file else None
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+
+    proc = hpsearch(args, tmp_path)
+
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    expect = case.expect.format(tmp=tmp_path)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hpsearch: error: "), proc.stderr
+    assert expect in lines[0], lines[0]
+    assert not lines[0].startswith("hpsearch: error: unexpected"), lines[0]  # a known error
+    if case.usage:  # click's usage error, shortened to one line
+        assert proc.returncode == 2 and "--help`" in lines[0], lines[0]
+    for secret in case.forbidden:
+        assert secret not in proc.stdout + proc.stderr
+    # nothing written: the database byte for byte, and no new files (no database created, no
+    # log or checkpoint folders, no half-written output)
+    if db_file is not None:
+        assert (sha256(db_file), row_counts(db_file)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before
+
+
+def test_at_least_25_cases_across_commands() -> None:
+    assert len(CASES) >= 70
+    commands = {c.args[0] for c in CASES}
+    assert {"run", "train", "studies", "trials", "best", "show", "compare", "export", "report",
+            "worker", "db"} <= commands
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, recorded_file: Path) -> None:
+    case = next(c for c in CASES if c.id == "show-unknown-trial")
+    args, db_file = prepare(case, tmp_path, recorded_file)
+    before = sha256(db_file)  # type: ignore[arg-type]
+    proc = hpsearch(["--debug", *args], tmp_path)  # an option of the root command
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "has no trial 999" in proc.stderr.strip().splitlines()[-1]
+    assert sha256(db_file) == before  # type: ignore[arg-type]
+
+
+def test_root_options_and_command_order() -> None:
+    from typer.testing import CliRunner
+
+    from hpsearch.cli import app
+
+    help_text = CliRunner().invoke(app, ["--help"]).stdout
+    assert "--debug" in help_text and "--version" in help_text
+    listed = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed[:13] == ["run", "worker", "studies", "trials", "best", "show", "compare",
+                           "export", "report", "evaluate", "train", "study", "db"]
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("hpsearch 0.")

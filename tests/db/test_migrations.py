@@ -1,0 +1,297 @@
+"""Our Alembic migrations on SQLite and PostgreSQL, beside Optuna's own schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import optuna
+import pytest
+from sqlalchemy import delete, func, inspect, select, text
+from sqlalchemy.orm import Session
+
+from hpsearch.db.engine import make_engine
+from hpsearch.db.migrate import (
+    VERSION_TABLE,
+    current_revision,
+    downgrade,
+    ensure_schema,
+    head_revision,
+    require_schema,
+    schema_drift,
+    upgrade,
+)
+from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.errors import HpsearchError
+from hpsearch.params import TrialParams
+
+OUR_TABLES = {"hps_study", "hps_trial", "hps_epoch"}
+OPTUNA_TABLES = {"alembic_version", "studies", "trials", "trial_params", "trial_values",
+                 "trial_intermediate_values", "trial_heartbeats", "version_info"}
+UNREACHABLE = "postgresql+psycopg://hps:s3cret@127.0.0.1:1/hps"  # nothing listens on port 1
+FUTURE_REVISION = "9999_from_the_future"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def scalar(url: str, sql: str) -> object:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for sql in statements:
+                conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
+def stamp_future_revision(url: str) -> None:
+    """What a newer hpsearch would leave behind: a revision this code has never heard of."""
+    execute(url, f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) PRIMARY KEY)",
+            f"INSERT INTO {VERSION_TABLE} VALUES ('{FUTURE_REVISION}')")
+
+
+def test_upgrade_creates_our_tables_without_drift(db_url: str) -> None:
+    assert current_revision(db_url) is None
+    upgrade(db_url)
+    assert OUR_TABLES | {VERSION_TABLE} <= table_names(db_url)
+    assert current_revision(db_url) == head_revision()
+    assert schema_drift(db_url) == []
+    require_schema(db_url)
+
+
+def test_indexes_constraints_and_cascades_exist(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        inspector = inspect(engine)
+        assert {ix["name"] for ix in inspector.get_indexes("hps_trial")} >= {
+            "ix_hps_trial_study_value", "ix_hps_trial_study_state"}
+        with Session(engine) as session, session.begin():
+            now = datetime.now(UTC)
+            study = Study(name="s", optuna_study_id=1, config={}, dataset="d", n_trials=1)
+            trial = Trial(study=study, number=0, optuna_trial_id=1, state="complete", params={},
+                          worker="h:1", started_at=now)
+            session.add(Epoch(trial=trial, epoch=1, train_loss=1, train_acc=0.5, val_loss=1,
+                              val_acc=0.5, lr=0.1, seconds=1, images_per_s=10))
+        with Session(engine) as session, session.begin():  # ON DELETE CASCADE down to epochs
+            session.execute(delete(Study))
+        with Session(engine) as session:
+            assert session.scalar(select(func.count()).select_from(Epoch)) == 0
+    finally:
+        engine.dispose()
+
+
+def test_coexists_with_optuna_schema(db_url: str) -> None:
+    study = optuna.create_study(storage=db_url, study_name="coexist")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    optuna_revision = scalar(db_url, "SELECT version_num FROM alembic_version")
+
+    upgrade(db_url)
+    assert schema_drift(db_url) == []  # Optuna's tables are not ours to compare
+    assert scalar(db_url, "SELECT version_num FROM alembic_version") == optuna_revision
+    assert len(optuna.load_study(study_name="coexist", storage=db_url).trials) == 2
+
+    downgrade(db_url, "base")
+    names = table_names(db_url)
+    assert not OUR_TABLES & names
+    assert names >= OPTUNA_TABLES
+    assert current_revision(db_url) is None
+    assert scalar(db_url, "SELECT version_num FROM alembic_version") == optuna_revision
+    assert len(optuna.load_study(study_name="coexist", storage=db_url).trials) == 2
+
+
+def test_upgrade_after_downgrade_and_ensure_schema_are_idempotent(db_url: str) -> None:
+    ensure_schema(db_url)
+    downgrade(db_url, "base")
+    ensure_schema(db_url)
+    ensure_schema(db_url)
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+
+
+def test_concurrent_first_use_creates_the_schema_once(db_url: str) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(ensure_schema, db_url) for _ in range(4)]:
+            future.result()
+    assert current_revision(db_url) == head_revision()
+
+
+def test_newer_schema_is_refused_and_left_untouched(db_url: str) -> None:
+    stamp_future_revision(db_url)
+    before = table_names(db_url)
+    for action in (ensure_schema, upgrade, require_schema):
+        with pytest.raises(HpsearchError, match=f"revision {FUTURE_REVISION} is newer than this "
+                           f"hpsearch \\(head {head_revision()}\\); upgrade hpsearch"):
+            action(db_url)
+    assert table_names(db_url) == before
+    assert current_revision(db_url) == FUTURE_REVISION
+
+
+def test_require_schema_explains_a_missing_schema(sqlite_url: str) -> None:
+    with pytest.raises(HpsearchError, match="has no hpsearch tables; run `hpsearch db upgrade"):
+        require_schema(sqlite_url)
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # reading created nothing
+
+
+def test_require_schema_masks_the_password(pg_url: str) -> None:
+    with_password = pg_url.replace("hps@", "hps:s3cret@")  # trust auth ignores it
+    with pytest.raises(HpsearchError, match="has no hpsearch tables") as error:
+        require_schema(with_password)
+    assert "s3cret" not in str(error.value)
+    assert "hps:***@" in str(error.value)
+
+
+def test_drift_is_reported(db_url: str) -> None:
+    upgrade(db_url)
+    execute(db_url, "ALTER TABLE hps_study ADD COLUMN extra INTEGER")
+    drift = schema_drift(db_url)
+    assert [diff[0] for diff in drift] == ["remove_column"]
+    assert drift[0][3].name == "extra"
+
+
+def test_unknown_downgrade_target_is_one_line(sqlite_url: str) -> None:
+    upgrade(sqlite_url)
+    with pytest.raises(HpsearchError, match="no_such_revision") as error:
+        downgrade(sqlite_url, "no_such_revision")
+    assert "\n" not in str(error.value)
+
+
+def test_unreachable_server_is_one_line_without_password() -> None:
+    for action in (current_revision, ensure_schema, require_schema, schema_drift):
+        with pytest.raises(HpsearchError, match="cannot use database") as error:
+            action(UNREACHABLE)
+        message = str(error.value)
+        assert "\n" not in message
+        assert "s3cret" not in message
+        assert "hps:***@127.0.0.1:1/hps" in message
+
+
+# --- the `hpsearch db` commands, end to end ---------------------------------------------------
+
+def hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HPSEARCH_DB", "HPSEARCH_DEBUG")}
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd, env=env)
+
+
+def test_db_commands_end_to_end(db_url: str, tmp_path: Path) -> None:
+    head = head_revision()
+    current = hpsearch("db", "current", "--db", db_url, cwd=tmp_path)
+    assert (current.returncode, current.stdout.strip()) == (0, "none (no hpsearch tables)")
+
+    upgraded = hpsearch("db", "upgrade", "--db", db_url, cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"upgraded from empty to {head} (head)" in upgraded.stdout
+
+    current = hpsearch("db", "current", "--db", db_url, cwd=tmp_path)
+    assert current.stdout.strip() == f"{head} (head)"
+
+    checked = hpsearch("db", "check", "--db", db_url, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    execute(db_url, "ALTER TABLE hps_epoch ADD COLUMN extra INTEGER")
+    checked = hpsearch("db", "check", "--db", db_url, cwd=tmp_path)
+    assert checked.returncode == 1
+    assert "remove_column hps_epoch.extra" in checked.stdout
+
+
+@pytest.mark.parametrize("command", ["upgrade", "current", "check"])
+def test_db_commands_on_an_unreachable_server_fail_in_one_line(command: str,
+                                                               tmp_path: Path) -> None:
+    result = hpsearch("db", command, "--db", UNREACHABLE, cwd=tmp_path)
+    assert result.returncode not in (0, 1)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("hpsearch: error: cannot use database")
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_db_commands_do_not_import_torch(sqlite_url: str, tmp_path: Path) -> None:
+    code = ("import sys\nfrom hpsearch.cli import app\n"
+            f"app(['db', 'upgrade', '--db', {sqlite_url!r}], standalone_mode=False)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+FIXTURE_0002 = Path(__file__).parents[1] / "fixtures" / "release-0002.db"
+
+
+def test_full_records_migration_fills_a_database_of_the_previous_release(tmp_path: Path) -> None:
+    """tests/fixtures/release-0002.db was written by the release before 0003 (trial rows held
+    only the sampled values). Upgrading fills every row from its study's stored TOML, keeps every
+    epoch (a batch rebuild of hps_study with foreign keys on would cascade-delete them), and
+    downgrading gives back the old rows."""
+    path = tmp_path / "old.db"
+    path.write_bytes(FIXTURE_0002.read_bytes())
+    url = f"sqlite:///{path}"
+    before = {r[0]: json_value(r[1]) for r in rows(url, "SELECT number, params FROM hps_trial")}
+    epochs = scalar(url, "SELECT count(*) FROM hps_epoch")
+    assert before and epochs and current_revision(url) == "0002"
+
+    upgrade(url)
+    assert current_revision(url) == head_revision() and schema_drift(url) == []
+    assert scalar(url, "SELECT count(*) FROM hps_epoch") == epochs
+    assert scalar(url, "SELECT count(*) FROM hps_evaluation") == 1
+    for number, params, sampled in rows(url, "SELECT number, params, sampled FROM hps_trial"):
+        params, sampled = json_value(params), json_value(sampled)
+        assert sampled == list(before[number])
+        assert {k: params[k] for k in sampled} == before[number]
+        # fixed in the study's [space] or [budget], and defaults: all on the row now
+        assert params["token_mlp_dim"] == 16 and params["channel_mlp_dim"] == 32
+        assert params["batch_size"] == 64 and params["epochs"] == 3
+        assert params["weight_decay"] == 0.0
+    space = json_value(scalar(url, "SELECT space FROM hps_study"))
+    assert space["lr"] == {"name": "FloatDistribution",
+                           "attributes": {"low": 0.001, "high": 0.01, "log": True, "step": None}}
+    assert space["patch_size"]["attributes"]["choices"] == [7, 14]
+    assert "token_mlp_dim" not in space
+
+    # 0005: the options the old trainer hard-coded are stated on each row, as they ran
+    for (params,) in rows(url, "SELECT params FROM hps_trial"):
+        params = json_value(params)
+        assert params["plateau_patience"] == 2 and params["beta2"] == 0.999
+        # completed with that release's defaults (momentum 0.9, Nesterov), not today's
+        assert params["momentum"] == 0.9 and params["nesterov"] is True
+        TrialParams.from_dict(params)  # a complete, valid record
+
+    downgrade(url, "0002")
+    after = {r[0]: json_value(r[1]) for r in rows(url, "SELECT number, params FROM hps_trial")}
+    assert after == before
+    assert scalar(url, "SELECT count(*) FROM hps_epoch") == epochs
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def json_value(value: object) -> object:
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,128 @@
+"""A study file edited between runs: compatible changes need --update and are stored,
+incompatible ones are refused, each difference named; and `best --format toml` carries the seeds,
+so `train --config` repeats the best trial's training exactly."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hpsearch.db.engine import make_engine
+from hpsearch.db.models import Study
+from hpsearch.search.study import prepare_study
+from hpsearch.search.study_changes import compare
+from hpsearch.search.study_file import load_study, parse_study
+from tests.study_files import write_tiny_study
+from tests.system.test_reliability import ROOT, epochs_of, trials_of
+
+
+def hpsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stored_config(url: str, name: str = "tiny") -> dict:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        config = conn.scalar(select(Study.config).where(Study.name == name))
+    engine.dispose()
+    return config
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_defaults_written_out_are_no_change(tmp_path: Path) -> None:
+    path = write_tiny_study(tmp_path)
+    before = load_study(path)
+    edit(path, 'pruner = "none"', 'pruner = "none"\nmetric = "val_acc"')  # the default
+    edit(path, "batch_size = 64", "batch_size = 64\nweight_decay = 0.0")  # the default
+    assert compare(before, load_study(path)) == []
+    edit(path, "lr = { low = 1e-3, high = 1e-2, log = true }", "lr = { low = 1e-3, high = 1e-1 }")
+    (change,) = compare(before, load_study(path))
+    assert change.key == "space.lr" and not change.compatible
+    assert change.line() == ("  space.lr: { low = 0.001, high = 0.01, log = true } -> "
+                             "{ low = 0.001, high = 0.1 }")
+
+
+def test_incompatible_changes_are_refused_with_each_difference(sqlite_url: str,
+                                                               tmp_path: Path) -> None:
+    path = write_tiny_study(tmp_path, n_trials=1, epochs=1)
+    prepare_study(load_study(path), sqlite_url)
+    original = stored_config(sqlite_url)
+    edit(path, "seed = 0", "seed = 3")
+    edit(path, "patch_size = [7, 14]", "patch_size = [7]")
+    edit(path, "n_trials = 1", "n_trials = 2")  # compatible, but with incompatible ones
+    for extra in ([], ["--update"]):
+        done = hpsearch("run", str(path), "--db", sqlite_url, *extra)
+        assert done.returncode == 2 and done.stdout == ""
+        lines = done.stderr.splitlines()
+        assert lines[1:-1] == ["  space.patch_size: [7, 14] -> [7]  (incompatible)",
+                               "  study.n_trials: 1 -> 2",
+                               "  study.seed: 0 -> 3  (incompatible)"], done.stderr
+        assert lines[-1].startswith("hpsearch: error: the study file no longer matches study "
+                                    "'tiny': space.patch_size, study.seed changed")
+    assert stored_config(sqlite_url) == original
+    assert trials_of(sqlite_url, "tiny") == []
+
+
+@pytest.mark.slow
+def test_compatible_changes_need_update_and_are_stored(sqlite_url: str, tmp_path: Path) -> None:
+    path = write_tiny_study(tmp_path, n_trials=1, epochs=1)
+    command = ["run", str(path), "--db", sqlite_url, "--threads", "1",
+               "--log-dir", str(tmp_path / "logs")]
+    assert hpsearch(*command).returncode == 0
+    assert hpsearch(*command).returncode == 0  # the same file again: no change, nothing to do
+    edit(path, "n_trials = 1", "n_trials = 2")
+    edit(path, 'sampler = "random"', 'sampler = "tpe"')
+    refused = hpsearch(*command)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines()[1:] == [
+        "  study.n_trials: 1 -> 2", "  study.sampler: 'random' -> 'tpe'",
+        "hpsearch: error: the study file changed since study 'tiny' started (study.n_trials, "
+        "study.sampler); rerun with --update to apply and record the change"]
+    assert stored_config(sqlite_url)["study"]["sampler"] == "random"
+
+    updated = hpsearch(*command, "--update")
+    assert updated.returncode == 0, updated.stderr
+    assert "stored config updated" in updated.stdout
+    assert "study.sampler: 'random' -> 'tpe'" in updated.stdout
+    assert "2 trials, sampler tpe" in updated.stdout  # the header and the stored config agree
+    stored = parse_study(stored_config(sqlite_url))
+    assert (stored.sampler, stored.n_trials) == ("tpe", 2)
+    assert len([t for t in trials_of(sqlite_url, "tiny") if t.state == "complete"]) == 2
+
+
+@pytest.mark.slow
+def test_best_toml_carries_the_seeds_and_train_repeats_the_trial(sqlite_url: str,
+                                                                 tmp_path: Path) -> None:
+    path = write_tiny_study(tmp_path, n_trials=2, epochs=2)
+    edit(path, "seed = 0", "seed = 3")  # the trial seeds are then 3 and 4, the split seed 3
+    done = hpsearch("run", str(path), "--db", sqlite_url, "--threads", "1",
+                    "--log-dir", str(tmp_path / "logs"))
+    assert done.returncode == 0, done.stderr
+    best = hpsearch("best", "tiny", "--db", sqlite_url, "--format", "toml")
+    assert best.returncode == 0, best.stderr
+    config = tmp_path / "best.toml"
+    config.write_text(best.stdout)
+    number = int(re.search(r"trial (\d+),", best.stdout).group(1))
+    assert f"\nseed = {3 + number} " in best.stdout and "\nsplit_seed = 3 " in best.stdout
+
+    trial = next(t for t in trials_of(sqlite_url, "tiny") if t.number == number)
+    first = epochs_of(sqlite_url, trial.id)[0]
+    retrained = hpsearch("train", "--config", str(config), "--threads", "1", "--epochs", "1")
+    assert retrained.returncode == 0, retrained.stderr
+    line = retrained.stdout.splitlines()[0]
+    assert (f"train loss {first.train_loss:.4f} acc {first.train_acc:.4f}  "
+            f"val loss {first.val_loss:.4f} acc {first.val_acc:.4f}") in line
+    other = hpsearch("train", "--config", str(config), "--threads", "1", "--epochs", "1",
+                     "--seed", "0")  # the seeds matter: without them the numbers differ
+    assert f"train loss {first.train_loss:.4f}" not in other.stdout.splitlines()[0]
