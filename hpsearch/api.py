@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.db import queries
 from hpsearch.db.engine import database_url, normalise_url
-from hpsearch.db.queries import EpochRecord, ParetoFront, TrialRecord
+from hpsearch.db.records import EpochRecord, ParetoFront, TrialRecord
 from hpsearch.errors import HpsearchError
 
 if TYPE_CHECKING:

@@ -141,7 +141,7 @@ def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str,
                        seeds: int, tta: str | None, device: str, threads: int | None) -> None:
     from rich.console import Console
 
-    from hpsearch.db.queries import EvaluationSummary
+    from hpsearch.db.records import EvaluationSummary
     from hpsearch.search.ensemble import plan_ensemble, run_ensemble
     from hpsearch.trainer.runtime import configure_threads
 

@@ -141,7 +141,7 @@ def trials(
     show_all: AllOption = False,
     db: DbOption = None,
 ) -> None:
-    from hpsearch.db import queries
+    from hpsearch.db import evaluation_queries, queries
     from hpsearch.report.tables import param_names, trials_sheet
 
     with connect(db) as conn:
@@ -151,7 +151,7 @@ def trials(
         best = queries.best_trial(conn, study)
         values = queries.objective_values(conn, study) if len(study.objectives) > 1 else None
         sheet = trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
-                             tests=queries.study_evaluations(conn, study),
+                             tests=evaluation_queries.study_evaluations(conn, study),
                              best=best.number if best else None, reasons=True, values=values)
         if not rows:
             sheet.notes.append("no trials match")
@@ -188,7 +188,7 @@ def best(
     )] = BestFormat.table,
     db: DbOption = None,
 ) -> None:
-    from hpsearch.db import queries
+    from hpsearch.db import evaluation_queries, queries
     from hpsearch.errors import HpsearchError
     from hpsearch.report import tables
 
@@ -202,7 +202,7 @@ def best(
             counts = queries.study_stats(conn, study).counts
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
-        test = queries.study_evaluations(conn, study).get(trial.number)
+        test = evaluation_queries.study_evaluations(conn, study).get(trial.number)
         first = trial
         for _ in range(10_000):  # a retry of a retry: back to the first attempt (no cycles)
             if first.retried_from is None:

@@ -112,11 +112,14 @@ MIN_BARE_SECRET = 4  # shorter values are masked where a key names them, not whe
 _SECRET_KEY = re.compile(r"(?i)(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key"
                          r"|access[_-]?key|private[_-]?key|credentials?)$")
 _QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+# a bare secret ends at ASCII whitespace only, as libpq reads it: a password holding another
+# Unicode space (U+1680, U+3000, ...) is one value there, so it must be hidden whole here
+_SPACE = r" \t\n\r\f\v"
 # up to the last @ of the URL: a password typed with a raw @ in it is hidden whole
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^\s'\"]*)"
+_USERINFO = re.compile(rf"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^{_SPACE}'\"]*)"
                        r"(?P<tail>@)")
 _KEY_VALUE = re.compile(rf"(?P<head>(?P<key>[A-Za-z_][\w.-]*)\s*=\s*)"
-                        rf"(?P<secret>{_QUOTED}|[^\s&#]*)(?P<tail>)")
+                        rf"(?P<secret>{_QUOTED}|[^{_SPACE}&#]*)(?P<tail>)")
 _KEY_COLON = re.compile(rf"(?P<head>(?P<q>['\"])(?P<key>[\w.-]+)(?P=q)\s*:\s*)"
                         rf"(?P<secret>{_QUOTED})(?P<tail>)")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,16 +24,25 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from hpsearch.db import optuna_tables
 from hpsearch.db.engine import mask_url
+from hpsearch.db.evaluation_queries import latest_ensemble, study_evaluations
 from hpsearch.db.models import (
     EPOCH_METRICS,
     TRIAL_STATES,
-    EnsembleEvaluation,
     Epoch,
-    Evaluation,
     Study,
     Trial,
 )
 from hpsearch.db.optuna_link import check_link, link_problem
+from hpsearch.db.records import (
+    EpochRecord,
+    ParetoFront,
+    RunningTrial,
+    StudyInfo,
+    StudyProgress,
+    StudyStats,
+    StudySummary,
+    TrialRecord,
+)
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objectives import DEFAULT, EPOCH_MEASURES, ObjectiveSpec, pareto_front
 from hpsearch.objectives import stored_objectives as _stored_objectives
@@ -53,257 +61,7 @@ SORT_COLUMNS: dict[str, Any] = {
     "started_at": Trial.started_at,
     "finished_at": Trial.finished_at,
 }
-QUANTILES = (10, 50, 90)  # percentiles of the per-epoch band in reports
 KNOWN_NAMES_SHOWN = 10  # an unknown-study error lists at most this many real names
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    id: int
-    name: str
-    optuna_study_id: int
-    dataset: str
-    config: dict[str, Any]  # the study file as loaded, kept for the record; never re-parsed
-    planned_trials: int
-    created_at: datetime | None
-    # parameter name -> Optuna distribution JSON ({"name": ..., "attributes": {...}}), in the
-    # study file's order: what reports draw axes and importances from
-    space: dict[str, Any] = field(default_factory=dict)
-    note: str | None = None
-
-    @property
-    def seed(self) -> int:
-        """The study's stored seed ([study] seed, default 0): trials train with it plus their
-        original number, and split train/validation with it."""
-        study = self.config.get("study", {}) if isinstance(self.config, dict) else {}
-        seed = study.get("seed", 0) if isinstance(study, dict) else 0
-        return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
-
-    @property
-    def objectives(self) -> tuple[ObjectiveSpec, ...]:
-        """What the study optimises, first objective first ([study] metric or objectives)."""
-        return _stored_objectives(self.config)
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """The stored [data] table (dataset, subset, ...) that retraining needs."""
-        data = self.config.get("data", {}) if isinstance(self.config, dict) else {}
-        return dict(data) if isinstance(data, dict) else {}
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    name: str
-    dataset: str
-    created_at: datetime | None
-    last_activity: datetime | None
-    counts: dict[str, int]  # trials by state, every state present
-    best_value: float | None
-    note: str | None = None
-    # why Optuna no longer backs this study (deleted, renamed, re-created); None when it does
-    problem: str | None = None
-    objectives: tuple[ObjectiveSpec, ...] = DEFAULT  # best_value is the first one's
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    id: int
-    number: int
-    state: str
-    value: float | None
-    best_epoch: int | None
-    epochs_run: int
-    n_params: int | None
-    seconds: float | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    worker: str
-    reason: str | None
-    retried_from: int | None
-    optuna_trial_id: int
-    params: dict[str, Any] = field(default_factory=dict)  # every parameter, resolved
-    sampled: tuple[str, ...] = ()  # the names in params that the sampler chose
-    tags: tuple[str, ...] = ()
-    note: str | None = None
-    precision: str | None = None
-    device: str | None = None
-
-    @property
-    def sampled_params(self) -> dict[str, Any]:
-        return {name: self.params[name] for name in self.sampled if name in self.params}
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    trial_number: int
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    seconds: float
-    images_per_s: float
-
-
-@dataclass(frozen=True)
-class StudyStats:
-    """One study's line in `compare` and in reports."""
-
-    study: StudyInfo
-    counts: dict[str, int]
-    compute_seconds: float  # sum of trial durations: the machine time the study cost
-    first_start: datetime | None
-    best: TrialRecord | None
-    time_to_best_s: float | None  # wall time from the first trial's start to the best's finish
-    # the final test accuracy (`hpsearch evaluate`) of the best trial, else of the trial
-    # evaluated last; None when nothing was evaluated
-    test: EvaluationSummary | None = None
-    # the study's latest ensemble (`hpsearch evaluate --ensemble K`); None when there is none
-    ensemble: EnsembleSummary | None = None
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def pruned_share(self) -> float | None:
-        return self.counts["pruned"] / self.total if self.total else None
-
-
-@dataclass(frozen=True)
-class EvaluationSummary:
-    """A trial's final test accuracy over seeds: its retrainings with the epoch count of its
-    latest evaluation (results for other epoch counts are not averaged in)."""
-
-    trial_number: int
-    epochs: int
-    test_accs: tuple[float, ...]
-
-    @property
-    def seeds(self) -> int:
-        return len(self.test_accs)
-
-    @property
-    def mean(self) -> float:
-        return sum(self.test_accs) / len(self.test_accs)
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation; None for a single seed."""
-        if len(self.test_accs) < 2:
-            return None
-        mean = self.mean
-        return (sum((a - mean) ** 2 for a in self.test_accs) / (len(self.test_accs) - 1)) ** 0.5
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "seeds": self.seeds, "epochs": self.epochs,
-                "trial": self.trial_number}
-
-
-@dataclass(frozen=True)
-class EnsembleSummary:
-    """One ensemble's test accuracy over seeds (its rows with the same members and weights)."""
-
-    selection: str
-    members: tuple[dict[str, Any], ...]  # {"trial", "epochs", "weight"}, in rank order
-    test_accs: tuple[float, ...]
-    tta: str | None = None
-    tta_accs: tuple[float, ...] = ()  # with test-time augmentation, when `tta` is set
-
-    @property
-    def accuracy(self) -> EvaluationSummary:
-        """Mean ± std over seeds, as for one trial (trial_number: the top member)."""
-        return EvaluationSummary(self.members[0]["trial"], self.members[0]["epochs"],
-                                 self.test_accs)
-
-    def to_dict(self) -> dict[str, Any]:
-        tta = EvaluationSummary(0, 0, self.tta_accs) if self.tta_accs else None
-        return {"mean": self.accuracy.mean, "std": self.accuracy.std, "seeds": len(self.test_accs),
-                "selection": self.selection, "members": list(self.members),
-                "tta": self.tta, "tta_mean": tta.mean if tta else None,
-                "tta_std": tta.std if tta else None}
-
-
-@dataclass(frozen=True)
-class TrialPoint:
-    """The light columns of one trial, for best-so-far plots over thousands of trials."""
-
-    number: int
-    state: str
-    value: float | None
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Curve:
-    trial_number: int
-    state: str
-    epochs: list[int]
-    values: dict[str, list[float]]  # metric → one value per epoch
-
-
-@dataclass(frozen=True)
-class Band:
-    """Per-epoch percentiles of one metric over many trials."""
-
-    metric: str
-    epochs: list[int]
-    n: list[int]  # trials that reached each epoch
-    percentiles: dict[int, list[float]]  # e.g. 10 → the 10th percentile at each epoch
-
-
-@dataclass
-class RunningTrial:
-    worker: str
-    number: int
-    epochs_run: int
-    value: float | None
-    precision: str | None = None  # what it runs with, "auto" resolved
-    device: str | None = None
-
-
-@dataclass(frozen=True)
-class ParetoFront:
-    """The complete trials of a multi-objective study that no other complete trial beats in
-    every objective, best first objective first, with each one's objective values."""
-
-    objectives: tuple[ObjectiveSpec, ...]
-    trials: list[TrialRecord]
-    values: dict[int, tuple[float, ...]]  # trial number -> one value per objective
-    chosen: int | None  # `best_query`'s pick: always on the front
-    candidates: int  # complete trials with every value known (the front is drawn from them)
-
-
-@dataclass
-class StudyProgress:
-    """What the live view of `hpsearch run` shows."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    best_value: float | None = None
-    best_number: int | None = None
-    running: list[RunningTrial] = field(default_factory=list)
-    # set by the live view while the database cannot be read: since when (monotonic seconds)
-    unavailable_since: float | None = None
-
-    @property
-    def finished(self) -> int:
-        return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
-
-
-@dataclass(frozen=True)
-class StoredEvaluation:
-    seed: int
-    epochs: int
-    test_acc: float
-    test_loss: float
-    seconds: float
-    checkpoint_path: str
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -370,13 +128,13 @@ def ranked_query(study_id: Any, *columns: Any,
     """`best_query` without its LIMIT: the trials that may be best, best first. The top K of
     it are the study's K best trials (`evaluate --ensemble K`)."""
     first, *rest = objectives
-    order = [_ordered(Trial.value, first)]
-    order += [_ordered(_measure_column(spec), spec) for spec in rest]
-    return (select(*columns).where(Trial.study_id == study_id, *_eligible())
+    order = [in_best_order(Trial.value, first)]
+    order += [in_best_order(_measure_column(spec), spec) for spec in rest]
+    return (select(*columns).where(Trial.study_id == study_id, *eligible_for_best())
             .order_by(*order, Trial.number))
 
 
-def _ordered(column: Any, spec: ObjectiveSpec) -> ColumnElement[Any]:
+def in_best_order(column: Any, spec: ObjectiveSpec) -> ColumnElement[Any]:
     return column.desc() if spec.maximize else column.asc()
 
 
@@ -392,14 +150,14 @@ def _measure_column(spec: ObjectiveSpec) -> Any:
     return select(best).where(Epoch.trial_id == Trial.id).scalar_subquery()
 
 
-def _eligible() -> tuple[ColumnElement[bool], ...]:
+def eligible_for_best() -> tuple[ColumnElement[bool], ...]:
     """`best_query`'s filter: the trials that may be best (NULL fails both comparisons)."""
     return (Trial.state.in_(BEST_STATES), Trial.value > float("-inf"),
             Trial.value < float("inf"))
 
 
 def counts_for_best(state: str, value: float | None) -> bool:
-    """`_eligible` for one trial already in memory (best-so-far curves)."""
+    """`eligible_for_best` for one trial already in memory (best-so-far curves)."""
     return state in BEST_STATES and value is not None and math.isfinite(value)
 
 
@@ -582,160 +340,6 @@ def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
                       latest_ensemble(conn, study))
 
 
-def latest_ensemble(conn: Connection, study: StudyInfo) -> EnsembleSummary | None:
-    """The study's most recently stored ensemble, over the seeds it was scored with."""
-    latest = conn.execute(
-        select(EnsembleEvaluation.members_key).where(EnsembleEvaluation.study_id == study.id)
-        .order_by(EnsembleEvaluation.created_at.desc(), EnsembleEvaluation.id.desc()).limit(1)
-    ).scalar()
-    if latest is None:
-        return None
-    rows = conn.execute(
-        select(EnsembleEvaluation.__table__).where(EnsembleEvaluation.study_id == study.id,
-                                                   EnsembleEvaluation.members_key == latest)
-        .order_by(EnsembleEvaluation.seed)).all()
-    return EnsembleSummary(rows[0].selection, tuple(rows[0].members),
-                           tuple(r.test_acc for r in rows), rows[0].tta,
-                           tuple(r.test_acc_tta for r in rows if r.test_acc_tta is not None))
-
-
-def stored_ensembles(conn: Connection, study: StudyInfo, members_key: str,
-                     seeds: Sequence[int]) -> dict[int, Any]:
-    """The study's stored results of one ensemble (by `members_key`) for these seeds."""
-    rows = conn.execute(select(EnsembleEvaluation.__table__).where(
-        EnsembleEvaluation.study_id == study.id, EnsembleEvaluation.members_key == members_key,
-        EnsembleEvaluation.seed.in_(seeds))).all()
-    return {row.seed: row for row in rows}
-
-
-def study_evaluations(conn: Connection, study: StudyInfo) -> dict[int, EvaluationSummary]:
-    """Final test accuracy by trial number, for the study's evaluated trials (few rows: one per
-    retraining), ordered by when each trial was last evaluated."""
-    query = (select(Trial.number, Evaluation.epochs, Evaluation.test_acc)
-             .join(Trial, Trial.id == Evaluation.trial_id)
-             .where(Trial.study_id == study.id)
-             .order_by(Evaluation.created_at, Evaluation.id))
-    by_trial: dict[int, list[tuple[int, float]]] = {}
-    for number, epochs, acc in conn.execute(query):
-        rows = by_trial.pop(number, [])  # re-inserted: the last evaluated trial comes last
-        rows.append((epochs, acc))
-        by_trial[number] = rows
-    out: dict[int, EvaluationSummary] = {}
-    for number, rows in by_trial.items():
-        epochs = rows[-1][0]  # the epoch count of the trial's latest evaluation
-        out[number] = EvaluationSummary(number, epochs, tuple(a for e, a in rows if e == epochs))
-    return out
-
-
-@dataclass(frozen=True)
-class RungStats:
-    """One rung of a multi-fidelity budget, from the epoch rows that trained on its fraction."""
-
-    fraction: float
-    trials: int  # trials that trained on it
-    last_epoch: int  # the rung ends after this epoch (cumulative)
-    epochs: int  # epoch rows trained on it
-    seconds: float
-    best_val_acc: float | None
-
-
-def rung_stats(conn: Connection, study: StudyInfo) -> list[RungStats]:
-    """Per training fraction (smallest first): trials, epochs, time and best val acc; empty
-    for a study without rungs (its rows have no fraction)."""
-    query = (select(Epoch.fraction, func.count(func.distinct(Epoch.trial_id)),
-                    func.max(Epoch.epoch), func.count(), func.sum(Epoch.seconds),
-                    func.max(Epoch.val_acc))
-             .join(Trial, Trial.id == Epoch.trial_id)
-             .where(Trial.study_id == study.id, Epoch.fraction.is_not(None))
-             .group_by(Epoch.fraction).order_by(Epoch.fraction))
-    return [RungStats(float(f), int(t), int(e), int(n), float(s or 0.0), a)
-            for f, t, e, n, s, a in conn.execute(query)]
-
-
-def trial_points(conn: Connection, study: StudyInfo) -> list[TrialPoint]:
-    query = (select(Trial.number, Trial.state, Trial.value, Trial.started_at, Trial.finished_at)
-             .where(Trial.study_id == study.id).order_by(Trial.number))
-    return [TrialPoint(r.number, r.state, r.value, utc(r.started_at), utc(r.finished_at))
-            for r in conn.execute(query)]
-
-
-def complete_params(conn: Connection, study: StudyInfo, *, with_pruned: bool = False
-                    ) -> list[tuple[int, float, dict]]:
-    """(number, value, sampled params) of every trial that counts for best (`best_query`'s
-    rule), for parallel coordinates, slices and importances; `with_pruned` adds the pruned
-    trials with a finite value (their best before they were stopped, at a smaller budget)."""
-    eligible = _eligible()
-    if with_pruned:
-        eligible = (Trial.state.in_((*BEST_STATES, "pruned")), *eligible[1:])
-    query = (select(Trial.number, Trial.value, Trial.params, Trial.sampled)
-             .where(Trial.study_id == study.id, *eligible).order_by(Trial.number))
-    return [(r.number, r.value, {k: (r.params or {})[k] for k in r.sampled or ()
-                                 if k in (r.params or {})})
-            for r in conn.execute(query)]
-
-
-def top_curves(conn: Connection, study: StudyInfo, metrics: Sequence[str],
-               top: int) -> list[Curve]:
-    """Per-epoch curves of the `top` trials by value (trials without a value come last)."""
-    _check_metrics(metrics)
-    ranked = (select(Trial.id).where(Trial.study_id == study.id)
-              .order_by(_best_first(study), Trial.number).limit(top))
-    query = (select(Trial.number, Trial.state, Epoch.epoch,
-                    *[getattr(Epoch, m) for m in metrics])
-             .join(Trial, Trial.id == Epoch.trial_id)
-             .where(Epoch.trial_id.in_(ranked.scalar_subquery()))
-             .order_by(_best_first(study), Trial.number, Epoch.epoch))
-    curves: dict[int, Curve] = {}
-    for row in conn.execute(query):
-        curve = curves.get(row.number)
-        if curve is None:
-            curve = curves[row.number] = Curve(row.number, row.state, [],
-                                               {m: [] for m in metrics})
-        curve.epochs.append(row.epoch)
-        for metric in metrics:
-            curve.values[metric].append(getattr(row, metric))
-    return list(curves.values())
-
-
-def _best_first(study: StudyInfo) -> ColumnElement[Any]:
-    """Trials by value, best first in the first objective's direction, no value last."""
-    return _ordered(Trial.value, study.objectives[0]).nulls_last()
-
-
-def epoch_band(conn: Connection, study: StudyInfo, metric: str, *,
-               skip_top: int) -> Band | None:
-    """Nearest-rank percentiles of `metric` at every epoch over all trials but the best
-    `skip_top`, computed in SQL with window functions (SQLite >= 3.25 and PostgreSQL alike)."""
-    _check_metrics([metric])
-    top = (select(Trial.id).where(Trial.study_id == study.id)
-           .order_by(_best_first(study), Trial.number).limit(skip_top))
-    value = getattr(Epoch, metric)
-    ranked = (
-        select(Epoch.epoch.label("epoch"), value.label("v"),
-               func.row_number().over(partition_by=Epoch.epoch, order_by=value).label("rn"),
-               func.count().over(partition_by=Epoch.epoch).label("n"))
-        .join(Trial, Trial.id == Epoch.trial_id)
-        .where(Trial.study_id == study.id, Epoch.trial_id.not_in(top.scalar_subquery()))
-        .subquery()
-    )
-    # The p-th percentile is the smallest value whose rank r satisfies 100 * r >= p * n.
-    picks = [func.min(case((ranked.c.rn * 100 >= ranked.c.n * p, ranked.c.v)))
-             .label(f"p{p}") for p in QUANTILES]
-    query = (select(ranked.c.epoch, func.max(ranked.c.n).label("n"), *picks)
-             .group_by(ranked.c.epoch).order_by(ranked.c.epoch))
-    rows = conn.execute(query).all()
-    if not rows:
-        return None
-    return Band(metric, [r.epoch for r in rows], [r.n for r in rows],
-                {p: [float(getattr(r, f"p{p}")) for r in rows] for p in QUANTILES})
-
-
-def _check_metrics(metrics: Sequence[str]) -> None:
-    unknown = [m for m in metrics if m not in EPOCH_METRICS]
-    if unknown:
-        raise ValueError(f"unknown epoch metric(s): {', '.join(unknown)}")
-
-
 def read_progress(conn: Connection, name: str) -> StudyProgress:
     """Counts by state, the best so far and every running trial (the live view)."""
     study = conn.execute(select(Study.id, Study.config).where(Study.name == name)).first()
@@ -761,17 +365,6 @@ def read_progress(conn: Connection, name: str) -> StudyProgress:
     return progress
 
 
-def stored_evaluations(conn: Connection, trial_id: int, epochs: int,
-                       seeds: Sequence[int]) -> dict[int, StoredEvaluation]:
-    """The trial's stored retrainings of `epochs` epochs with these seeds, by seed."""
-    rows = conn.execute(select(
-        Evaluation.seed, Evaluation.epochs, Evaluation.test_acc, Evaluation.test_loss,
-        Evaluation.seconds, Evaluation.checkpoint_path).where(
-        Evaluation.trial_id == trial_id, Evaluation.epochs == epochs,
-        Evaluation.seed.in_(seeds)))
-    return {row.seed: StoredEvaluation(*row) for row in rows}
-
-
 def objective_values(conn: Connection, study: StudyInfo, *, eligible: bool = False
                      ) -> dict[int, tuple[float | None, ...]]:
     """Each trial's value of every objective, by trial number (one grouped query; the
@@ -784,7 +377,7 @@ def objective_values(conn: Connection, study: StudyInfo, *, eligible: bool = Fal
              .outerjoin(Epoch, Epoch.trial_id == Trial.id).where(Trial.study_id == study.id)
              .group_by(Trial.id, Trial.number, Trial.n_params))
     if eligible:
-        query = query.where(*_eligible())
+        query = query.where(*eligible_for_best())
     out: dict[int, tuple[float | None, ...]] = {}
     for row in conn.execute(query):
         values: list[float | None] = []

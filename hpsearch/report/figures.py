@@ -18,7 +18,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from hpsearch.db.queries import Band, Curve, ParetoFront, TrialPoint, counts_for_best
+from hpsearch.db.queries import counts_for_best
+from hpsearch.db.records import Band, Curve, ParetoFront, TrialPoint
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
 
 STATE_STYLE: dict[str, dict[str, Any]] = {

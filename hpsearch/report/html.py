@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.db import queries
+from hpsearch.db import evaluation_queries, figure_queries, queries, records
 from hpsearch.db.engine import mask_url
 from hpsearch.files import atomic_write, output_text
 from hpsearch.report import figures, tables
@@ -135,20 +135,20 @@ def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDo
     return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
 
 
-def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key: str
-                   ) -> tuple[Section, list[queries.TrialPoint], queries.Curve | None]:
+def _study_section(conn: Connection, stats: records.StudyStats, curves: int, key: str
+                   ) -> tuple[Section, list[records.TrialPoint], records.Curve | None]:
     info = stats.study
-    top = queries.top_curves(conn, info, CURVE_METRICS, curves)
+    top = figure_queries.top_curves(conn, info, CURVE_METRICS, curves)
     many = stats.total > curves
-    bands = {m: queries.epoch_band(conn, info, m, skip_top=curves) if many else None
+    bands = {m: figure_queries.epoch_band(conn, info, m, skip_top=curves) if many else None
              for m in CURVE_METRICS}
-    points = queries.trial_points(conn, info)
-    rows = queries.complete_params(conn, info)
+    points = figure_queries.trial_points(conn, info)
+    rows = figure_queries.complete_params(conn, info)
     names = tables.param_names(info.space, [p for _, _, p in rows])
     first = info.objectives[0]
 
     section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
-    rungs = queries.rung_stats(conn, info)
+    rungs = figure_queries.rung_stats(conn, info)
     if rungs:  # a multi-fidelity budget ([budget] rungs)
         section.items.append(sheet_html(tables.rungs_sheet("rungs (data fraction × epochs)",
                                                            rungs)))
@@ -180,7 +180,7 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     section.items += _parameter_views(conn, info, key, rows, names)
     everything = queries.leaderboard(conn, info)
     section.items.append(sheet_html(tables.trials_sheet(
-        info, everything, names, tests=queries.study_evaluations(conn, info),
+        info, everything, names, tests=evaluation_queries.study_evaluations(conn, info),
         best=stats.best.number if stats.best else None, values=values, reasons=True,
         title=f"{info.name}: all {stats.total:,} trials, by {first.title}, best first "
               "(click a column header to sort)"), table_id=f"{key}-trials"))
@@ -189,7 +189,7 @@ def _study_section(conn: Connection, stats: queries.StudyStats, curves: int, key
     return section, points, best_curve
 
 
-def _parameter_views(conn: Connection, info: queries.StudyInfo, key: str,
+def _parameter_views(conn: Connection, info: records.StudyInfo, key: str,
                      rows: list[tuple[int, float, dict]], names: list[str]) -> list[str | Figure]:
     """Parallel coordinates, slices and importances of the complete trials, then parallel
     coordinates and importances with the pruned trials too (a pruned trial's value is its
@@ -207,7 +207,7 @@ def _parameter_views(conn: Connection, info: queries.StudyInfo, key: str,
     found, how = figures.param_importances(info.space, rows, first)
     items.append(Figure(f"{key}-importances", f"{info.name}: importances",
                         figures.importance_figure(info.name, found, how)) if found else _note(how))
-    with_pruned = queries.complete_params(conn, info, with_pruned=True)
+    with_pruned = figure_queries.complete_params(conn, info, with_pruned=True)
     if len(with_pruned) == len(rows):
         return [*items, _note("no pruned trial has a value: the views above hold every trial")]
     what = "complete and pruned trials"
@@ -224,9 +224,9 @@ def _parameter_views(conn: Connection, info: queries.StudyInfo, key: str,
     return items
 
 
-def _comparison_section(stats: list[queries.StudyStats],
-                        points: list[tuple[str, list[queries.TrialPoint], ObjectiveSpec]],
-                        best_curves: list[tuple[str, queries.Curve]]) -> Section:
+def _comparison_section(stats: list[records.StudyStats],
+                        points: list[tuple[str, list[records.TrialPoint], ObjectiveSpec]],
+                        best_curves: list[tuple[str, records.Curve]]) -> Section:
     names: list[str] = []
     for s in stats:
         found = [s.best.sampled] if s.best else []

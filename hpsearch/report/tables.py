@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from hpsearch.db.queries import (
+from hpsearch.db.records import (
     EnsembleSummary,
     EpochRecord,
     EvaluationSummary,

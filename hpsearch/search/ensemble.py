@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpsearch.db import queries
+from hpsearch.db import evaluation_queries, queries, records
 from hpsearch.db.engine import database_url, make_engine, normalise_url
 from hpsearch.db.errors import DuplicateRowError
 from hpsearch.db.migrate import ensure_schema
@@ -52,7 +52,7 @@ TTA_MODES = ("flip",)
 
 @dataclass(frozen=True)
 class Member:
-    trial: queries.TrialRecord
+    trial: records.TrialRecord
     params: TrialParams  # epochs: this member's retraining length
     weight: float  # its share of the averaged outputs; 0 for a baseline greedy left out
     auto: AutoEpochs | None = None  # how --epochs auto chose its length
@@ -66,7 +66,7 @@ class Member:
 class EnsemblePlan:
     """Every choice of an ensemble evaluation, fixed before the test set is read."""
 
-    study: queries.StudyInfo
+    study: records.StudyInfo
     data: DataOptions
     checkpoint_dir: str
     selection: str  # one of SELECTIONS
@@ -163,7 +163,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
                         evaluation_seeds(study, seeds), tta, val_acc)
 
 
-def _greedy(study: queries.StudyInfo, options: DataOptions, top: list[queries.TrialRecord],
+def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.TrialRecord],
             params: list[TrialParams], device: str,
             on_epoch: Callable[[int, EpochMetrics], None] | None
             ) -> tuple[list[float], float]:
@@ -213,8 +213,9 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
     engine = make_engine(full_url)
     try:
         with connection_scope(engine) as conn:
-            done = queries.stored_ensembles(conn, plan.study, plan.members_key, plan.seeds)
-            stored = {m.trial.number: queries.stored_evaluations(conn, m.trial.id,
+            done = evaluation_queries.stored_ensembles(conn, plan.study, plan.members_key,
+                                                      plan.seeds)
+            stored = {m.trial.number: evaluation_queries.stored_evaluations(conn, m.trial.id,
                                                                  m.params.epochs, plan.seeds)
                       for m in plan.retrained}
     finally:
@@ -240,7 +241,7 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
 
 
 def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, seed: int,
-              dev, stored: dict[int, dict[int, queries.StoredEvaluation]],  # noqa: ANN001
+              dev, stored: dict[int, dict[int, records.StoredEvaluation]],  # noqa: ANN001
               on_epoch: Callable[[int, int, EpochMetrics], None] | None) -> EnsembleResult:
     from hpsearch.trainer.loop import predict_probs
 
@@ -282,7 +283,7 @@ def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, seed: i
 
 
 def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValData, seed: int,
-                  dev, earlier: queries.StoredEvaluation | None,  # noqa: ANN001
+                  dev, earlier: records.StoredEvaluation | None,  # noqa: ANN001
                   on_epoch: Callable[[int, int, EpochMetrics], None] | None):  # noqa: ANN202
     """(model, autocast dtype, curve, seconds): the stored weights of an earlier retraining
     with this seed and length where they are still on disk (curve None: nothing to store),

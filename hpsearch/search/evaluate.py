@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpsearch.db import queries
+from hpsearch.db import evaluation_queries, queries, records
 from hpsearch.db.engine import database_url, make_engine, normalise_url
 from hpsearch.db.errors import DuplicateRowError
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.queries import StoredEvaluation
 from hpsearch.db.recorder import Recorder
+from hpsearch.db.records import StoredEvaluation
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
@@ -46,10 +46,10 @@ Epochs = int | str | None  # a count, AUTO, or None: the trial's own rule
 class EvaluationPlan:
     """What `run_evaluation` will do, resolved (and checked) before anything trains."""
 
-    study: queries.StudyInfo
+    study: records.StudyInfo
     data: DataOptions  # the study's stored [data] table
     checkpoint_dir: str  # where the final weights go ([workers] checkpoint_dir)
-    trial: queries.TrialRecord
+    trial: records.TrialRecord
     params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
     seeds: tuple[int, ...]
     auto: AutoEpochs | None = None  # how --epochs auto chose the length
@@ -113,7 +113,7 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                           evaluation_seeds(study, seeds), auto)
 
 
-def retrain_length(study: queries.StudyInfo, record: queries.TrialRecord, epochs: Epochs, *,
+def retrain_length(study: records.StudyInfo, record: records.TrialRecord, epochs: Epochs, *,
                    device: str = "auto", on_epoch: Callable[[EpochMetrics], None] | None = None
                    ) -> tuple[TrialParams, DataOptions, AutoEpochs | None]:
     """`retrain_params`, with AUTO resolved by `epochs_auto.choose_epochs` (the runs train with
@@ -126,7 +126,7 @@ def retrain_length(study: queries.StudyInfo, record: queries.TrialRecord, epochs
     return params.replace(epochs=auto.epochs), data, auto
 
 
-def retrain_params(study: queries.StudyInfo, record: queries.TrialRecord,
+def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
                    epochs: int | None) -> tuple[TrialParams, DataOptions]:
     """A trial's full params for its final retraining (epochs: `epochs`, else the trial's
     own rule) and the study's stored [data] options, checked."""
@@ -146,14 +146,14 @@ def retrain_params(study: queries.StudyInfo, record: queries.TrialRecord,
     return params, data
 
 
-def study_checkpoint_dir(study: queries.StudyInfo) -> str:
+def study_checkpoint_dir(study: records.StudyInfo) -> str:
     """Where final weights go: the stored study file's [workers] checkpoint_dir, else the
     default it had."""
     workers = study.config.get("workers", {})
     return str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
 
 
-def evaluation_seeds(study: queries.StudyInfo, seeds: int) -> tuple[int, ...]:
+def evaluation_seeds(study: records.StudyInfo, seeds: int) -> tuple[int, ...]:
     """The seeds of `seeds` retrainings: the study's seed + 0..seeds-1."""
     return tuple(study.seed + k for k in range(seeds))
 
@@ -162,7 +162,8 @@ def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
     engine = make_engine(url)
     try:
         with connection_scope(engine) as conn:
-            rows = queries.stored_evaluations(conn, plan.trial.id, plan.epochs, plan.seeds)
+            rows = evaluation_queries.stored_evaluations(conn, plan.trial.id, plan.epochs,
+                                                        plan.seeds)
     finally:
         engine.dispose()
     return {seed: FinalResult(r.seed, r.epochs, r.test_acc, r.test_loss, r.seconds,
@@ -237,7 +238,7 @@ def _store(url: str, plan: EvaluationPlan, result: FinalResult, curve: list[dict
         engine.dispose()
 
 
-def summarise(plan: EvaluationPlan, results: list[FinalResult]) -> queries.EvaluationSummary:
+def summarise(plan: EvaluationPlan, results: list[FinalResult]) -> records.EvaluationSummary:
     """Mean ± std over the seeds (the same summary the query commands show)."""
-    return queries.EvaluationSummary(plan.trial.number, plan.epochs,
+    return records.EvaluationSummary(plan.trial.number, plan.epochs,
                                      tuple(r.test_acc for r in results))

@@ -33,7 +33,8 @@ from sqlalchemy import Engine
 from hpsearch.cores import available_cores
 from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DatabaseError
-from hpsearch.db.queries import StudyProgress, read_progress
+from hpsearch.db.queries import read_progress
+from hpsearch.db.records import StudyProgress
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError
 from hpsearch.paths import study_slug

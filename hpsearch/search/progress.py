@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from hpsearch.db.queries import StudyProgress
+from hpsearch.db.records import StudyProgress
 from hpsearch.search.study_file import StudyConfig
 
 

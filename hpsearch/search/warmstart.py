@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 from sqlalchemy import select
 
-from hpsearch.db import queries
+from hpsearch.db import queries, records
 from hpsearch.db.engine import normalise_url
 from hpsearch.db.migrate import current_revision, ensure_schema, reading
 from hpsearch.db.models import Study
@@ -145,7 +145,7 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
     return out
 
 
-def _stored_study(url: str, name: str) -> queries.StudyInfo | None:
+def _stored_study(url: str, name: str) -> records.StudyInfo | None:
     """The stored study `name`; None when the database holds no study of that name (or no
     hpsearch tables yet). Creates no file and no table."""
     if current_revision(url) is None:

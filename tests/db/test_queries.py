@@ -9,7 +9,7 @@ import optuna
 import pytest
 from sqlalchemy import Connection, event, select
 
-from hpsearch.db import queries
+from hpsearch.db import figure_queries, queries, records
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Trial
 from hpsearch.errors import ConfigError, HpsearchError
@@ -40,11 +40,11 @@ def conn(recorded: RecordedStudy) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def study(conn: Connection, recorded: RecordedStudy) -> queries.StudyInfo:
+def study(conn: Connection, recorded: RecordedStudy) -> records.StudyInfo:
     return queries.find_study(conn, recorded.name)
 
 
-def _trials(conn: Connection, study: queries.StudyInfo) -> list:
+def _trials(conn: Connection, study: records.StudyInfo) -> list:
     return list(conn.execute(select(Trial.__table__).where(Trial.study_id == study.id)))
 
 
@@ -61,7 +61,7 @@ def test_list_studies_counts_every_state(conn: Connection, recorded: RecordedStu
     assert summary.last_activity is not None and summary.last_activity > summary.created_at
 
 
-def test_best_trial_matches_rows_and_optuna(conn: Connection, study: queries.StudyInfo,
+def test_best_trial_matches_rows_and_optuna(conn: Connection, study: records.StudyInfo,
                                             recorded: RecordedStudy) -> None:
     best = queries.best_trial(conn, study)
     assert best is not None and best.number == recorded.best_number
@@ -89,7 +89,7 @@ def test_best_reads_one_row_through_the_value_index(recorded: RecordedStudy) -> 
 
 
 def test_leaderboard_sorts_filters_and_limits(conn: Connection,
-                                              study: queries.StudyInfo) -> None:
+                                              study: records.StudyInfo) -> None:
     rows = _trials(conn, study)
     board = queries.leaderboard(conn, study)
     assert [t.number for t in board] == [t.number for t in sorted(
@@ -111,21 +111,21 @@ def test_leaderboard_sorts_filters_and_limits(conn: Connection,
 
 
 @pytest.mark.parametrize("bad", [{"sort": "bogus"}, {"states": ["done"]}])
-def test_leaderboard_rejects_unknown_options(conn: Connection, study: queries.StudyInfo,
+def test_leaderboard_rejects_unknown_options(conn: Connection, study: records.StudyInfo,
                                              bad: dict) -> None:
     with pytest.raises(ConfigError, match="unknown"):
         queries.leaderboard(conn, study, **bad)
 
 
 def test_unknown_study_and_trial_name_what_exists(conn: Connection,
-                                                  study: queries.StudyInfo) -> None:
+                                                  study: records.StudyInfo) -> None:
     with pytest.raises(HpsearchError, match=r"unknown study 'nope' .*known: 'fmnist-demo'"):
         queries.find_study(conn, "nope")
     with pytest.raises(HpsearchError, match=r"has no trial 99 \(trials 0\.\.7\)"):
         queries.get_trial(conn, study, 99)
 
 
-def test_trial_epochs_and_iterators(conn: Connection, study: queries.StudyInfo) -> None:
+def test_trial_epochs_and_iterators(conn: Connection, study: records.StudyInfo) -> None:
     epochs = queries.trial_epochs(conn, study, 0)
     assert [e.epoch for e in epochs] == list(range(1, MAX_EPOCHS + 1))
     stored = conn.execute(select(Epoch.val_acc).join(Trial).where(
@@ -141,7 +141,7 @@ def test_trial_epochs_and_iterators(conn: Connection, study: queries.StudyInfo) 
                                                "dropout"]
 
 
-def test_study_stats(conn: Connection, study: queries.StudyInfo,
+def test_study_stats(conn: Connection, study: records.StudyInfo,
                      recorded: RecordedStudy) -> None:
     stats = queries.study_stats(conn, study)
     rows = _trials(conn, study)
@@ -159,20 +159,20 @@ def _nearest_rank(values: list[float], percent: int) -> float:
 
 
 def test_epoch_band_is_nearest_rank_over_the_rest(conn: Connection,
-                                                  study: queries.StudyInfo) -> None:
-    top = {c.trial_number for c in queries.top_curves(conn, study, ["val_acc"], 2)}
-    band = queries.epoch_band(conn, study, "val_acc", skip_top=2)
+                                                  study: records.StudyInfo) -> None:
+    top = {c.trial_number for c in figure_queries.top_curves(conn, study, ["val_acc"], 2)}
+    band = figure_queries.epoch_band(conn, study, "val_acc", skip_top=2)
     assert band is not None
     rest = [e for e in queries.iter_epochs(conn, study) if e.trial_number not in top]
     for i, epoch in enumerate(band.epochs):
         values = [e.val_acc for e in rest if e.epoch == epoch]
         assert band.n[i] == len(values)
-        for p in queries.QUANTILES:
+        for p in figure_queries.QUANTILES:
             assert band.percentiles[p][i] == _nearest_rank(values, p)
 
 
-def test_top_curves_are_the_best_trials(conn: Connection, study: queries.StudyInfo) -> None:
-    curves = queries.top_curves(conn, study, ["val_acc", "val_loss"], 3)
+def test_top_curves_are_the_best_trials(conn: Connection, study: records.StudyInfo) -> None:
+    curves = figure_queries.top_curves(conn, study, ["val_acc", "val_loss"], 3)
     assert [c.trial_number for c in curves] == [
         t.number for t in queries.leaderboard(conn, study, top=3)]
     assert all(len(c.epochs) == len(c.values["val_loss"]) for c in curves)

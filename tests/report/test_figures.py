@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpsearch.db.queries import Curve, TrialPoint
+from hpsearch.db.records import Curve, TrialPoint
 from hpsearch.report import figures
 
 

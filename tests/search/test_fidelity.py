@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
-from hpsearch.db import queries
+from hpsearch.db import figure_queries, queries
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import downgrade, schema_drift, upgrade
 from hpsearch.db.models import Trial
@@ -121,7 +121,7 @@ def test_a_rung_study_promotes_by_successive_halving(tmp_path: Path,
         assert set(t.intermediate_values) <= {1, 2} and t.intermediate_values
     # the report shows the rungs
     with make_engine(url).connect() as conn:
-        stats = queries.rung_stats(conn, queries.find_study(conn, "rungs"))
+        stats = figure_queries.rung_stats(conn, queries.find_study(conn, "rungs"))
     assert [(r.fraction, r.last_epoch) for r in stats] == [(0.25, 1), (0.5, 2), (1.0, 3)]
     assert stats[0].trials == 8 and stats[0].trials > stats[1].trials >= stats[2].trials
     report = tmp_path / "r.html"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hpsearch.db.queries import RunningTrial, StudyProgress
+from hpsearch.db.records import RunningTrial, StudyProgress
 from hpsearch.search.launcher import LiveView, LogView
 from hpsearch.search.study_file import StudyConfig, load_study
 from tests.study_files import write_tiny_study
