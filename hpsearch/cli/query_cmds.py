@@ -20,7 +20,7 @@ from hpsearch.cli.app import INT_MAX, DbOption, app
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from hpsearch.report.tables import Sheet
+    from hpsearch.report.sheets import Sheet
 
 
 class Format(StrEnum):
@@ -76,16 +76,16 @@ def connect(db: str | None) -> Iterator[Connection]:
 def emit(sheet: Sheet, fmt: str, *, columns: str | None = None, fit: bool = True) -> None:
     """Print `sheet` in `fmt`; `columns` (comma-separated) picks and orders its columns; a
     terminal table drops the columns that do not fit unless `fit` is off."""
-    from hpsearch.report import tables
+    from hpsearch.report import sheets
 
     if columns is not None:
-        sheet = tables.select_columns(sheet, [c.strip() for c in columns.split(",") if c.strip()])
+        sheet = sheets.select_columns(sheet, [c.strip() for c in columns.split(",") if c.strip()])
     if fmt == "table":
         from rich.console import Console
 
-        tables.print_table(sheet, Console(), fit=fit and columns is None)
+        sheets.print_table(sheet, Console(), fit=fit and columns is None)
     else:
-        tables.write(sheet, fmt, sys.stdout)
+        sheets.write(sheet, fmt, sys.stdout)
 
 
 ColumnsOption = Annotated[str | None, typer.Option(
@@ -190,7 +190,7 @@ def best(
 ) -> None:
     from hpsearch.db import evaluation_queries, queries
     from hpsearch.errors import HpsearchError
-    from hpsearch.report import tables
+    from hpsearch.report import sheets, tables
 
     if pareto:
         _print_front(name, fmt, db)
@@ -217,7 +217,7 @@ def best(
             study, [trial], list(trial.sampled),
             tests={trial.number: test} if test else None).records())),
             "resolved_params": params, "data": data}
-        sys.stdout.write(tables.json_text(record) + "\n")
+        sys.stdout.write(sheets.json_text(record) + "\n")
     else:
         emit(tables.best_sheet(study, trial, params, test), fmt.value)
 
@@ -225,7 +225,7 @@ def best(
 def _print_front(name: str, fmt: BestFormat, db: str | None) -> None:
     from hpsearch.db import queries
     from hpsearch.errors import ConfigError
-    from hpsearch.report import tables
+    from hpsearch.report import sheets, tables
 
     if fmt is BestFormat.toml:
         raise ConfigError("--pareto prints a table of trials: choose -f table, md, csv or json "
@@ -238,7 +238,7 @@ def _print_front(name: str, fmt: BestFormat, db: str | None) -> None:
         doc = {"study": study.name, "objectives": [o.label for o in front.objectives],
                "chosen": front.chosen, "candidates": front.candidates,
                "front": list(sheet.records())}
-        sys.stdout.write(tables.json_text(doc) + "\n")
+        sys.stdout.write(sheets.json_text(doc) + "\n")
         return
     emit(sheet, fmt.value)
 
@@ -255,7 +255,7 @@ def show(
     """One trial: its summary, every parameter (the sampled ones marked), every stored metric
     of every epoch, and why it was pruned or failed."""
     from hpsearch.db import queries
-    from hpsearch.report import tables
+    from hpsearch.report import sheets, tables
 
     with connect(db) as conn:
         study = queries.find_study(conn, name)
@@ -267,7 +267,7 @@ def show(
         summary = next(iter(tables.trial_sheet(study, trial).records()))
         doc = {"study": study.name, "trial": summary, "sampled": list(trial.sampled),
                "epochs": list(epoch_sheet.records())}
-        sys.stdout.write(tables.json_text(doc) + "\n")
+        sys.stdout.write(sheets.json_text(doc) + "\n")
         return
     if fmt is Format.csv:
         emit(epoch_sheet, "csv")
@@ -323,7 +323,8 @@ def export(
     """Dump a study's trials or epochs in full precision, for scripts and notebooks."""
     from hpsearch.db import queries
     from hpsearch.files import STDOUT, output_text
-    from hpsearch.report.tables import epochs_sheet, param_names, trials_sheet, write
+    from hpsearch.report.sheets import write
+    from hpsearch.report.tables import epochs_sheet, param_names, trials_sheet
 
     with connect(db) as conn:
         study = queries.find_study(conn, name)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.db import evaluation_queries, figure_queries, queries, records
 from hpsearch.db.engine import mask_url
 from hpsearch.files import atomic_write, output_text
-from hpsearch.report import figures, tables
+from hpsearch.report import figures, sheets, tables
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -246,11 +246,11 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def sheet_html(sheet: tables.Sheet, table_id: str | None = None) -> str:
+def sheet_html(sheet: sheets.Sheet, table_id: str | None = None) -> str:
     """The sheet as an HTML table captioned by its title; with `table_id` (ours, never user
     text) it is sortable by clicking a header, numbers by their raw values."""
     if table_id is None:
-        headers, body = tables.formatted(sheet)
+        headers, body = sheets.formatted(sheet)
         rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                        for row in body)
         opening = "<table>"
@@ -266,7 +266,7 @@ def sheet_html(sheet: tables.Sheet, table_id: str | None = None) -> str:
             f"<tbody>{rows}</tbody></table></div>{notes}")
 
 
-def _sortable_cell(column: tables.Column, value: Any) -> str:
+def _sortable_cell(column: sheets.Column, value: Any) -> str:
     """A cell; a number or time also carries its raw value (data-v) to sort by."""
     raw: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
