@@ -14,7 +14,8 @@ from typing import Any
 
 from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions, TrialParams, coerce
-from hpsearch.search.study_file import parse_data, read_toml
+from hpsearch.search.study_file import parse_data
+from hpsearch.search.toml_values import read_toml
 
 
 @dataclass(frozen=True)

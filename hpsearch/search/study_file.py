@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
 from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
-from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, coerce, param_type
+from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, param_type
+from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
 
 SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "qmc", "grid")  # Optuna's CMA-ES: one
@@ -37,7 +37,6 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[int, int]]] = {
 # option) nor with or ending in a space. Names recorded by other means are still found by the
 # read commands, which only compare them.
 NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
-MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
 MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
 MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
 MAX_DRY_RUN_EPOCH_S = 3600.0
@@ -147,48 +146,19 @@ class StudyConfig:
         return TrialParams.from_dict({**self.fixed, **sampled})
 
 
-def _table(doc: dict[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) in [{key}]: {', '.join(unknown)} "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
-    return value
-
-
-def _typed(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None,
-           maximum: float | None = None) -> Any:
-    try:
-        out = coerce(key, value, kind)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if minimum is not None and out < minimum:
-        raise ConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
-    if maximum is not None and out > maximum:
-        raise ConfigError(f"{where}: {key} must be at most {maximum:,}, got {value!r}")
-    return out
-
-
-def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{where}: unknown {key} {value!r} (choose from: {', '.join(choices)})")
-    return value
-
-
 def parse_data(table: dict[str, Any], where: str) -> DataOptions:
     try:
         return DataOptions(
-            dataset=_typed(where, "dataset", table.get("dataset", "fashion-mnist"), str),
-            data_dir=(_typed(where, "data_dir", table["data_dir"], str)
+            dataset=typed_value(where, "dataset", table.get("dataset", "fashion-mnist"), str),
+            data_dir=(typed_value(where, "data_dir", table["data_dir"], str)
                       if table.get("data_dir") is not None else None),
-            val_fraction=_typed(where, "val_fraction", table.get("val_fraction", 0.1), float),
-            subset=(_typed(where, "subset", table["subset"], int) if "subset" in table else None),
-            synthetic_size=_typed(where, "synthetic_size", table.get("synthetic_size", 1200), int,
-                                  minimum=50, maximum=MAX_SYNTHETIC_SIZE),
+            val_fraction=typed_value(where, "val_fraction", table.get("val_fraction", 0.1),
+                                     float),
+            subset=(typed_value(where, "subset", table["subset"], int) if "subset" in table
+                    else None),
+            synthetic_size=typed_value(where, "synthetic_size",
+                                       table.get("synthetic_size", 1200), int,
+                                       minimum=50, maximum=MAX_SYNTHETIC_SIZE),
         )
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
@@ -205,7 +175,7 @@ def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"{label}: an empty list has nothing to choose from")
-        choices = tuple(_typed(label, name, v, kind) for v in spec)
+        choices = tuple(typed_value(label, name, v, kind) for v in spec)
         if len(set(choices)) != len(choices):
             raise ConfigError(f"{label}: repeated choices in {spec}")
         for choice in choices:
@@ -222,9 +192,9 @@ def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
             raise ConfigError(f"{label}: {name} is {kind.__name__}; give a list of choices")
         if name == "patch_size":
             raise ConfigError(f"{label}: patch sizes must divide the image; give a list")
-        low, high = (_typed(label, b, spec[b], kind) for b in ("low", "high"))
-        log = _typed(label, "log", spec.get("log", False), bool)
-        step = _typed(label, "step", spec["step"], kind) if "step" in spec else None
+        low, high = (typed_value(label, b, spec[b], kind) for b in ("low", "high"))
+        log = typed_value(label, "log", spec.get("log", False), bool)
+        step = typed_value(label, "step", spec["step"], kind) if "step" in spec else None
         if low > high:
             raise ConfigError(f"{label}: low ({low}) is greater than high ({high})")
         if log and low <= 0:
@@ -234,7 +204,7 @@ def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
         for bound in (low, high):
             _check_value(label, name, bound)
         return Range(low, high, log, step, is_int=kind is int)
-    value = _typed(label, name, spec, kind)
+    value = typed_value(label, name, spec, kind)
     _check_value(label, name, value)
     return value
 
@@ -244,44 +214,6 @@ def _check_value(label: str, name: str, value: Any) -> None:
         TrialParams.from_dict({name: value})
     except ConfigError as exc:
         raise ConfigError(f"{label}: {exc}") from None
-
-
-def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """A TOML file's document; any reason it cannot be read or parsed is one ConfigError."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_STUDY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_STUDY_FILE_BYTES:
-        raise ConfigError(f"{path}: not a {what} (larger than {MAX_STUDY_FILE_BYTES} bytes)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {' '.join(str(exc).split())}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
-    _check_strings(doc, str(path))
-    return doc
-
-
-def _check_strings(value: Any, where: str, key: str = "") -> None:
-    """No control characters in any key or string: they end up in paths, logs, one-line
-    errors and database text (PostgreSQL cannot store NUL at all)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_strings(k, where, key)
-            _check_strings(v, where, f"{key}.{k}" if key else str(k))
-    elif isinstance(value, list):
-        for item in value:
-            _check_strings(item, where, key)
-    elif isinstance(value, str) and not value.isprintable():
-        raise ConfigError(f"{where}: {key or 'a key'}: control characters are not allowed "
-                          f"(got {value[:60]!r})")
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -301,7 +233,7 @@ def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[s
             takes = ", ".join(options) or "no options"
             raise ConfigError(f"{where}: [pruner] {key} does not apply to pruner {pruner!r} "
                               f"(it takes: {takes})")
-    return {key: _typed(where, key, value.get(key, default), int, minimum=minimum)
+    return {key: typed_value(where, key, value.get(key, default), int, minimum=minimum)
             for key, (default, minimum) in options.items()}
 
 
@@ -326,8 +258,8 @@ def parse_rungs(budget: dict[str, Any], pruner: str, where: str) -> tuple[Rung, 
         where_i = f"{label}[{i}]"
         if not isinstance(item, dict) or set(item) != {"fraction", "epochs"}:
             raise ConfigError(f"{where_i} must be a table with exactly fraction and epochs")
-        fraction = _typed(where_i, "fraction", item["fraction"], float)
-        epochs = _typed(where_i, "epochs", item["epochs"], int, minimum=1)
+        fraction = typed_value(where_i, "fraction", item["fraction"], float)
+        epochs = typed_value(where_i, "epochs", item["epochs"], int, minimum=1)
         if not 0 < fraction <= 1:
             raise ConfigError(f"{where_i}: fraction must be in (0, 1], got {item['fraction']!r}")
         if rungs and (fraction <= rungs[-1].fraction or epochs <= rungs[-1].epochs):
@@ -359,25 +291,25 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
                           "(allowed: study, data, budget, workers, pruner, space, dry_run)")
-    study = _table(doc, "study", {"name", "sampler", "pruner", "metric", "objectives",
+    study = check_table(doc, "study", {"name", "sampler", "pruner", "metric", "objectives",
                                   "n_trials", "timeout", "seed"}, where)
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
     name = check_study_name(study["name"], where)
-    budget = _table(doc, "budget", {"max_epochs", "min_epochs", "rungs"}, where)
-    workers = _table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
+    budget = check_table(doc, "budget", {"max_epochs", "min_epochs", "rungs"}, where)
+    workers = check_table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir", "gpus", "workers_per_gpu"}, where)
-    space_doc = _table(doc, "space", set(PARAM_NAMES), where)
-    dry_run = _table(doc, "dry_run", {"seconds_per_epoch"}, where)
+    space_doc = check_table(doc, "space", set(PARAM_NAMES), where)
+    dry_run = check_table(doc, "dry_run", {"seconds_per_epoch"}, where)
     if "epochs" in space_doc:
         raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
 
     objectives = parse_objectives(study, where)
     multi = len(objectives) > 1
     # Optuna prunes single-objective studies only: a multi-objective one defaults to no pruner
-    pruner = _choice(where, "pruner", study.get("pruner", "none" if multi else "hyperband"),
-                     PRUNERS)
-    sampler = _choice(where, "sampler", study.get("sampler", "tpe"), SAMPLERS)
+    pruner = choice_value(where, "pruner", study.get("pruner", "none" if multi else "hyperband"),
+                          PRUNERS)
+    sampler = choice_value(where, "sampler", study.get("sampler", "tpe"), SAMPLERS)
     if multi and pruner != "none":
         raise ConfigError(f"{where}: pruning is off for multi-objective studies (Optuna does "
                           f"not prune them): remove pruner = {pruner!r} or set it to 'none'")
@@ -389,9 +321,9 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         raise ConfigError(f"{where}: [budget] rungs do not combine with [dry_run] (dry-run "
                           "trials keep no checkpoints to promote from)")
     default_max = rungs[-1].epochs if rungs else 10
-    max_epochs = _typed(where, "max_epochs", budget.get("max_epochs", default_max), int,
-                        minimum=1)
-    min_epochs = _typed(where, "min_epochs", budget.get("min_epochs", 1), int, minimum=1)
+    max_epochs = typed_value(where, "max_epochs", budget.get("max_epochs", default_max), int,
+                             minimum=1)
+    min_epochs = typed_value(where, "min_epochs", budget.get("min_epochs", 1), int, minimum=1)
     if min_epochs > max_epochs:
         raise ConfigError(f"{where}: min_epochs ({min_epochs}) exceeds max_epochs ({max_epochs})")
     if rungs and max_epochs != rungs[-1].epochs:
@@ -404,28 +336,29 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         pruner_options=parse_pruner_options(doc, pruner, where),
         rungs=rungs,
         objectives=objectives,
-        n_trials=_typed(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
-        timeout=(_typed(where, "timeout", study["timeout"], float, minimum=1)
+        n_trials=typed_value(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
+        timeout=(typed_value(where, "timeout", study["timeout"], float, minimum=1)
                  if "timeout" in study else None),
-        seed=_typed(where, "seed", study.get("seed", 0), int, minimum=0),
+        seed=typed_value(where, "seed", study.get("seed", 0), int, minimum=0),
         min_epochs=min_epochs,
-        data=parse_data(_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
+        data=parse_data(check_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
                                              "synthetic_size"}, where), where),
         workers=WorkerOptions(
-            heartbeat_interval=_typed(where, "heartbeat_interval",
-                                      workers.get("heartbeat_interval", 30), int, minimum=1),
-            grace_period=_typed(where, "grace_period", workers.get("grace_period", 120), int,
-                                minimum=2),
-            max_retry=_typed(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
-            checkpoint_dir=_typed(where, "checkpoint_dir",
-                                  workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
+            heartbeat_interval=typed_value(where, "heartbeat_interval",
+                                           workers.get("heartbeat_interval", 30), int, minimum=1),
+            grace_period=typed_value(where, "grace_period", workers.get("grace_period", 120), int,
+                                     minimum=2),
+            max_retry=typed_value(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
+            checkpoint_dir=typed_value(where, "checkpoint_dir",
+                                       workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
             gpus=parse_gpus(workers.get("gpus", []), where),
-            workers_per_gpu=_typed(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
-                                   int, minimum=1, maximum=64),
+            workers_per_gpu=typed_value(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
+                                        int, minimum=1, maximum=64),
         ),
         raw=doc,
-        dry_run=(_typed(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0), float,
-                        minimum=0, maximum=MAX_DRY_RUN_EPOCH_S) if "dry_run" in doc else None),
+        dry_run=(typed_value(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0),
+                             float, minimum=0, maximum=MAX_DRY_RUN_EPOCH_S)
+                 if "dry_run" in doc else None),
     )
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
