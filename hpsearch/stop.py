@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -63,35 +67,83 @@ def install_stop_handlers() -> None:
     request while the first is being handled (systemd and Ctrl-C-happy users repeat them) is
     ignored, so the stop that is under way, marking trials, is not cut short by a traceback.
 
+    A signal may land anywhere, also inside library clean-up code, so two more things hold for
+    the whole process: no log record carries a stop's traceback (SQLAlchemy logs one when a stop
+    lands while it closes a connection), and a stop raised where it cannot propagate (a
+    finaliser, a garbage-collector callback) is raised again instead of being lost.
+
     A signal that is ignored when we start stays ignored: `nohup hpsearch run` must survive
     the terminal closing."""
-    stopping = False
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        global _requested, _requested_at
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        _requested, _requested_at = Stopped(signum), time.monotonic()
-        raise _requested
-
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, handler)
+            signal.signal(signum, _raise_stop)
+    if not getattr(logging.getLogRecordFactory(), "drops_stop_tracebacks", False):
+        logging.setLogRecordFactory(_without_stop_traceback(logging.getLogRecordFactory()))
+    if not getattr(sys.unraisablehook, "keeps_stops", False):
+        sys.unraisablehook = _keeping_stops(sys.unraisablehook)
 
 
-class _NoStopTraceback(logging.Filter):
-    """Keeps the line "Trial N failed ... because of the following error: Stopped('SIGTERM')"
-    that Optuna logs for an interrupted trial, and drops its traceback: a stop is no crash."""
+# Set while a stop swallowed by a finaliser is delivered again: the handler then raises it anew.
+_redelivering = False
+_in_unraisable_hook = False
 
-    def filter(self, record: logging.LogRecord) -> bool:
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    global _requested, _requested_at, _redelivering
+    if _requested is not None and not _redelivering:
+        return
+    if _in_unraisable_hook:  # raising here would be swallowed too: later, once it returned
+        _redeliver_soon()
+        return
+    _redelivering = False
+    if _requested is None:
+        _requested, _requested_at = Stopped(signum), time.monotonic()
+    raise _requested
+
+
+def _redeliver_soon() -> None:
+    """Ask again for the stop under way, from another thread, so that the main thread raises
+    it once it is back in code that can (the hook that called this has returned by then)."""
+    global _redelivering
+    _redelivering = True
+    signum = _requested.signum if _requested is not None else signal.SIGINT
+    main_thread = threading.main_thread().ident or 0
+
+    def ask_again() -> None:
+        time.sleep(0.05)
+        # A real signal, to the main thread: it also cuts short a sleep or a blocking call.
+        signal.pthread_kill(main_thread, signum)
+
+    threading.Thread(target=ask_again, name="stop-redelivery", daemon=True).start()
+
+
+def _keeping_stops(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    def unraisable(args: Any) -> None:
+        global _in_unraisable_hook
+        if not (isinstance(args.exc_value, KeyboardInterrupt) and _requested is not None):
+            hook(args)
+            return
+        # The stop landed in code that cannot raise (Python would print "Exception ignored"
+        # and carry on without it): it is asked for again.
+        _in_unraisable_hook = True
+        try:
+            _redeliver_soon()
+        finally:
+            _in_unraisable_hook = False
+
+    unraisable.keeps_stops = True  # type: ignore[attr-defined]
+    return unraisable
+
+
+def _without_stop_traceback(factory: Callable[..., logging.LogRecord]
+                            ) -> Callable[..., logging.LogRecord]:
+    """Keeps a line such as "Trial N failed ... because of the following error:
+    Stopped('SIGTERM')" that Optuna logs, and drops its traceback: a stop is no crash."""
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            record.exc_info = record.exc_text = None  # the text too: it may be formatted already
-        return True
+            record.exc_info = record.exc_text = None  # the text too: masking formats it early
+        return record
 
-
-def quiet_stop_tracebacks(logger: logging.Logger) -> None:
-    """Apply to every handler of `logger` (Optuna logs through its root logger's handler)."""
-    for handler in logger.handlers:
-        handler.addFilter(_NoStopTraceback())
+    make_record.drops_stop_tracebacks = True  # type: ignore[attr-defined]
+    return make_record

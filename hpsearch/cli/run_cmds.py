@@ -204,13 +204,11 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
 
     from hpsearch.db.engine import database_url
     from hpsearch.search.worker import run_worker, worker_name
-    from hpsearch.stop import quiet_stop_tracebacks
 
     check_device(device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    quiet_stop_tracebacks(logging.getLogger("optuna"))
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
     typer.echo(f"worker {worker_name()} joins study {name!r}"
                + (f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu is not None else ""))

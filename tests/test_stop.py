@@ -1,0 +1,75 @@
+"""A stop signal may land anywhere, also inside library clean-up code: it must neither print a
+traceback there nor be lost there. Each case runs in its own process with real signals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.system.test_reliability import ROOT
+
+PRELUDE = """
+import logging, os, signal, time
+from hpsearch.cli import _mask_secrets_everywhere
+from hpsearch.stop import install_stop_handlers
+_mask_secrets_everywhere()  # as the CLI's main() does, before a command installs the handlers
+install_stop_handlers()
+logging.basicConfig(format="%(levelname)s %(message)s")
+"""
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_library_logging_the_stop_it_was_cut_by_prints_its_line_without_a_traceback() -> None:
+    # What SQLAlchemy's pool does when a stop lands while it closes a connection.
+    done = run_python("""
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except BaseException:
+            logging.getLogger("sqlalchemy.pool").error("Exception closing connection",
+                                                       exc_info=True)
+            raise SystemExit(3)
+    """)
+    assert done.returncode == 3, done.stderr
+    assert "ERROR Exception closing connection" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_stop_landing_in_a_finaliser_is_raised_again_not_lost() -> None:
+    done = run_python("""
+        class ClosesOnDelete:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100_000):  # the signal's handler runs here, in the finaliser
+                    pass
+
+        started = time.monotonic()
+        try:
+            ClosesOnDelete()
+            time.sleep(10)  # a blocking call: the stop asked for again must cut it short
+            print("stop lost")
+        except KeyboardInterrupt as exc:
+            print(f"stopped by {exc} after {time.monotonic() - started:.0f} s")
+    """)
+    assert done.stdout.strip() == "stopped by SIGTERM after 0 s", done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_second_stop_request_is_ignored_while_the_first_is_handled() -> None:
+    done = run_python("""
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # e.g. a Ctrl-C after `docker stop`
+            time.sleep(0.5)
+            print("handled")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "handled"
