@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -214,12 +216,32 @@ def _postgres_connect_args(query: dict[str, Any]) -> dict[str, Any]:
 def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        _use_wal(cursor, busy_timeout_s)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
     return on_connect
+
+
+def _use_wal(cursor: Any, busy_timeout_s: float) -> None:
+    """Switch the file to WAL (readers never block the writer; the mode is stored in the file).
+
+    Switching needs the file to itself, and where SQLite sees that waiting could deadlock (other
+    connections opening a new file at the same moment: several workers' first start) it fails
+    at once with "database is locked" instead of calling its busy handler. So the switch is
+    retried here, for as long as any other statement would wait."""
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def install_sqlite_pragmas(engine: Engine) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -130,3 +134,21 @@ def test_postgres_engine_survives_a_server_restart(postgres_server: PostgresServ
             assert conn.execute(text("SELECT 1")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_sqlite_files_opened_by_several_connections_at_once_all_switch_to_wal(
+        tmp_path: Path) -> None:
+    # Several workers' first start on a new file: SQLite refuses the switch to WAL at once
+    # ("database is locked", no busy wait) where it sees a possible deadlock. A race, so 40 files.
+    def open_and_read_mode(url: str, start: threading.Barrier) -> str:
+        engine = make_engine(url)
+        start.wait()
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+
+    with ThreadPoolExecutor(4) as pool:
+        for round_number in range(40):
+            url = f"sqlite:///{tmp_path / f'round-{round_number}.db'}"
+            start = threading.Barrier(4)
+            modes = [pool.submit(open_and_read_mode, url, start) for _ in range(4)]
+            assert [mode.result() for mode in modes] == ["wal"] * 4
