@@ -45,6 +45,10 @@ class CuttableProxy:
     unanswered until close(), as when a partition or a dead client machine leaves a session
     half-open on the server. Whatever such a session held (a transaction's row locks, an
     advisory lock) it keeps until the server ends it. restore() listens again on the same port.
+
+    mute(): the connections open now stay open and silent, both ways (what each side sends is
+    dropped, and neither side learns that the other closed), as behind a stuck middlebox or a
+    server process that stopped answering; TCP itself stays alive. New connections work.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -73,6 +77,11 @@ class CuttableProxy:
                 self._abandoned.append(link.upstream)
                 _reset(link.client)
             self._links.clear()
+
+    def mute(self) -> None:
+        with self._lock:
+            for link in self._links:
+                link.muted = True
 
     def close(self) -> None:
         self.cut()
@@ -104,8 +113,9 @@ class CuttableProxy:
     def _pipe(link: _Link, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                sink.sendall(data)
-        if not link.cut:  # an ordinary end: pass it on to both sides
+                if not link.muted:
+                    sink.sendall(data)
+        if not (link.cut or link.muted):  # an ordinary end: pass it on to both sides
             _shut(source)
             _shut(sink)
 
@@ -114,6 +124,7 @@ class _Link:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client, self.upstream = client, upstream
         self.cut = False
+        self.muted = False
 
 
 def _reset(sock: socket.socket) -> None:

@@ -38,14 +38,14 @@ def dashboard(
     import optuna
     from optuna.storages import RDBStorage
 
-    from hpsearch.db.engine import database_url, engine_kwargs, mask_url, normalise_url
+    from hpsearch.db.engine import database_url, make_engine, mask_url, normalise_url
     from hpsearch.db.migrate import require_schema
     from hpsearch.stop import exit_code, install_stop_handlers, signal_name, signum_of
 
     url = normalise_url(database_url(db))
     require_schema(url)  # a typo in --db must not create an empty database
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    storage = RDBStorage(url, engine_kwargs={"pool": make_engine(url).pool})
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, *args: object) -> None:  # no line per request

@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
+from hpsearch.db.reply_deadline import bound_replies, reply_timeout_s
 from hpsearch.errors import ConfigError
 
 DEFAULT_URL = "sqlite:///hpsearch.db"
@@ -24,7 +25,8 @@ SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes share one file; writers w
 # PostgreSQL has no client-side timeouts by default: a server that accepts TCP and never answers
 # hangs libpq for ever. connect_timeout bounds connecting; TCP keepalives notice a server that
 # vanished under an open connection (idle 30 s, then 3 probes 10 s apart: ~60 s). Each can be
-# overridden in the URL, e.g. ?connect_timeout=3.
+# overridden in the URL, e.g. ?connect_timeout=3. A reply that never comes on an open
+# connection is bounded too (reply_deadline.py: statement_timeout + 10 s).
 PG_CONNECT_TIMEOUT_S = 10
 PG_CONNECT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": PG_CONNECT_TIMEOUT_S,
@@ -251,9 +253,11 @@ def install_sqlite_pragmas(engine: Engine) -> None:
 
 
 def make_engine(url: str | None = None) -> Engine:
-    """The one engine factory: every engine of ours comes from here (Optuna's RDBStorage gets
-    the same engine_kwargs)."""
+    """The one engine factory: every engine of ours comes from here, and every connection
+    Optuna's storage uses comes from the pool of one (hpsearch.search.study.open_storage)."""
     full = normalise_url(database_url(url))
-    engine = create_engine(full, **engine_kwargs(full))
+    kwargs = engine_kwargs(full)
+    engine = create_engine(full, **kwargs)
     install_sqlite_pragmas(engine)
+    bound_replies(engine, reply_timeout_s(kwargs["connect_args"].get("options") or ""))
     return engine

@@ -19,7 +19,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.pool import Pool
 
-from hpsearch.db.engine import engine_kwargs, make_engine, mask_url, normalise_url
+from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import DuplicateRowError, as_database_error
 from hpsearch.db.migrate import ensure_schema, optuna_schema_lock
 from hpsearch.db.optuna_tables import claim_stale_check
@@ -178,8 +178,9 @@ def open_storage(url: str, workers: WorkerOptions,
     """Optuna's storage for `url`. Its constructor creates Optuna's tables when missing; under
     the migration lock, so that processes starting together on a fresh PostgreSQL database do
     not race (a UniqueViolation otherwise). `pool`: an engine's connection pool to share
-    (a worker's one pool), instead of a pool of Optuna's own."""
-    kwargs = {"pool": pool} if pool is not None else engine_kwargs(url)
+    (a worker's one pool), instead of a new one."""
+    # our pool, also where none is given: every connection gets our settings (reply_deadline)
+    kwargs = {"pool": pool if pool is not None else make_engine(url).pool}
     def construct() -> RDBStorage:
         with warnings.catch_warnings(), optuna_schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

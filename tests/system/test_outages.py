@@ -462,6 +462,31 @@ def test_a_silent_server_ends_studies_and_run_within_the_connect_timeout(
             assert "timeout" in line and "secret" not in done.stdout + done.stderr
 
 
+def test_a_server_gone_silent_mid_run_costs_a_bounded_wait_and_nothing_else(
+        pg_url: str, postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """Mid-trial, every open connection of the run goes silent (TCP alive, replies lost: a
+    stuck middlebox or server process); new connections work. Each waiting statement ends at
+    the reply bound (statement_timeout 2 s + 10 s here) as a lost connection, and the run goes
+    on with new ones: it finishes, nothing lost. Before the bound it waited for ever."""
+    proxy = CuttableProxy(postgres_server.port)
+    options = "-c statement_timeout=2000 -c idle_in_transaction_session_timeout=3000"
+    proxied = make_url(pg_url).set(port=proxy.port).update_query_dict(
+        {"options": options}).render_as_string(hide_password=False)
+    path = study_file(tmp_path, "silent", n_trials=2, epochs=8, heartbeat=(1, 4))
+    run = start_run(path, proxied, tmp_path, workers=1)
+    try:
+        wait_for(lambda: epochs_stored(pg_url) >= 2, 180, "two stored epochs")
+        proxy.mute()
+        output = finish(run, 150)
+    finally:
+        proxy.close()
+    everything = output + logs_of(tmp_path)
+    assert run.returncode == 0, everything
+    assert "no reply from the server within 12 s" in everything
+    assert_no_crash(output, everything)
+    assert_nothing_lost(pg_url, "silent", 2, 8)
+
+
 # --- class 6: two first starts on a fresh PostgreSQL database -----------------------------------
 
 def test_two_runs_starting_together_on_a_fresh_postgres_database(pg_url: str,
