@@ -14,7 +14,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
-from hpsearch.db.reply_deadline import bound_replies, reply_timeout_s
 from hpsearch.errors import ConfigError
 
 DEFAULT_URL = "sqlite:///hpsearch.db"
@@ -259,5 +258,9 @@ def make_engine(url: str | None = None) -> Engine:
     kwargs = engine_kwargs(full)
     engine = create_engine(full, **kwargs)
     install_sqlite_pragmas(engine)
-    bound_replies(engine, reply_timeout_s(kwargs["connect_args"].get("options") or ""))
+    if engine.dialect.name == "postgresql":
+        # imported here: psycopg costs every SQLite command 0.3 s
+        from hpsearch.db.reply_deadline import bound_replies, reply_timeout_s
+
+        bound_replies(engine, reply_timeout_s(kwargs["connect_args"].get("options") or ""))
     return engine
