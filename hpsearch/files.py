@@ -58,6 +58,27 @@ def writable_target(path: str | Path) -> Path:
     return target
 
 
+def writable_folder(path: str | Path, what: str) -> Path:
+    """Check that files can be written in folder `path`, made with its parents where missing,
+    before any work whose results would go there: a read-only disk or a path through a file is
+    one line at the start, not a failed trial or lost final weights hours later. Nothing is
+    created (a check that fails later must leave no folders behind): the nearest existing
+    folder is tried. `what` names the files in the message ("checkpoints", "worker logs")."""
+    folder = Path(path)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HpsearchError(f"cannot write {what} to {folder}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # unnamed: gone when closed
+            pass
+    except OSError as exc:
+        raise HpsearchError(f"cannot write {what} to {folder}: "
+                            f"{exc.strerror or exc}") from None
+    return folder
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` ("w": UTF-8 text, "wb": bytes); on success it is

@@ -30,8 +30,13 @@ def study_slug(name: str) -> str:
     return slug
 
 
+def checkpoint_folder(root: str | Path, study_name: str) -> Path:
+    """The folder of a study's checkpoints under `root` ([workers] checkpoint_dir)."""
+    return Path(root).resolve() / study_slug(study_name)
+
+
 def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:
-    base = Path(root).resolve() / study_slug(study_name)
+    base = checkpoint_folder(root, study_name)
     path = (base / f"trial-{number}.pt").resolve()
     if not path.is_relative_to(base):  # defence in depth; the slug already prevents it
         raise ValueError(f"checkpoint path escapes {base}")

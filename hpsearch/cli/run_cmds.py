@@ -86,6 +86,8 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
          update: bool, console: Console, gpus_option: str | None = None,
          per_gpu_option: int | None = None) -> None:
     from hpsearch.db.engine import database_url, mask_url, normalise_url
+    from hpsearch.files import writable_folder
+    from hpsearch.paths import checkpoint_folder, study_slug
     from hpsearch.search.launcher import (
         WorkerProcess,
         failed_workers,
@@ -106,6 +108,8 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         raise ConfigError("--device cpu with GPUs to place workers on: drop one of the two")
     workers = workers or (len(gpus) * per_gpu if gpus else 1)
     gpu_placement(workers, gpus, per_gpu)  # checked before anything is written
+    writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
+    writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
     import optuna
 

@@ -145,6 +145,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
         raise HpsearchError(f"study {name!r} has {len(top)} complete trial(s); an ensemble "
                             "needs at least 2")
     # checked for every candidate before any training starts
+    checkpoint_dir = study_checkpoint_dir(study)
     for record in top:
         retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
     resolved = [retrain_length(study, record, epochs, device=device,
@@ -158,7 +159,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
                                    on_epoch)
     candidates = [Member(record, params, w, auto)
                   for record, (params, _, auto), w in zip(top, resolved, weights, strict=True)]
-    return EnsemblePlan(study, data, study_checkpoint_dir(study), selection, len(top),
+    return EnsemblePlan(study, data, checkpoint_dir, selection, len(top),
                         tuple(m for m in candidates if m.weight > 0), candidates[0],
                         evaluation_seeds(study, seeds), tta, val_acc)
 

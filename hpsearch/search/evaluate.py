@@ -29,9 +29,10 @@ from hpsearch.db.recorder import Recorder
 from hpsearch.db.records import StoredEvaluation
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.files import writable_folder
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.paths import study_slug
+from hpsearch.paths import checkpoint_folder, study_slug
 from hpsearch.search.study import publish_test_accuracy
 from hpsearch.search.study_file import WorkerOptions, parse_data
 from hpsearch.trainer import data as data_mod
@@ -107,9 +108,10 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                 record = queries.get_trial(conn, study, trial)
     finally:
         engine.dispose()
+    checkpoint_dir = study_checkpoint_dir(study)
     params, data, auto = retrain_length(study, record, epochs, device=device,
                                         on_epoch=on_epoch)
-    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, params,
+    return EvaluationPlan(study, data, checkpoint_dir, record, params,
                           evaluation_seeds(study, seeds), auto)
 
 
@@ -148,9 +150,12 @@ def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
 
 def study_checkpoint_dir(study: records.StudyInfo) -> str:
     """Where final weights go: the stored study file's [workers] checkpoint_dir, else the
-    default it had."""
+    default it had; checked writable (asked before any training: a retraining's weights that
+    cannot be saved would be lost)."""
     workers = study.config.get("workers", {})
-    return str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
+    root = str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
+    writable_folder(checkpoint_folder(root, study.name), "final weights")
+    return root
 
 
 def evaluation_seeds(study: records.StudyInfo, seeds: int) -> tuple[int, ...]:

@@ -26,6 +26,8 @@ from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.trial_slot import TrialSlotLock
 from hpsearch.errors import HpsearchError
+from hpsearch.files import writable_folder
+from hpsearch.paths import checkpoint_folder
 from hpsearch.search.dryrun import DryRunTrainer
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.search.study import ResilientRDBStorage, open_storage
@@ -88,6 +90,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     engine = make_engine(url)
     recorder = Recorder(engine)
     config, row_id = load_config(recorder, name, url)
+    writable_folder(checkpoint_folder(config.workers.checkpoint_dir, name), "checkpoints")
     storage = open_storage(url, config.workers, pool=engine.pool)
     from hpsearch.search.space import make_pruner, make_sampler
 

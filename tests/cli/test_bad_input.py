@@ -67,7 +67,8 @@ class Case:
     expect: str  # a fragment of the error line
     toml: str | bytes | None = None
     # "recorded" | "newer" (schema stamped 'ffff') | "newer-optuna" (Optuna's tables from a
-    # later Optuna) | "garbage" (random bytes) | "truncated" (the first 5000 bytes) | "none"
+    # later Optuna) | "garbage" (random bytes) | "truncated" (the first 5000 bytes) |
+    # "unwritable-checkpoints" (the study's stored checkpoint_dir under /proc) | "none"
     db: str = "none"
     usage: bool = False  # a click usage error (declared option range): click's format
     forbidden: tuple[str, ...] = field(default=())  # must not appear anywhere in the output
@@ -256,6 +257,17 @@ CASES = [
          "cannot write /nonexistent/dir/x.csv", db="recorded"),
     Case("report-unwritable", ("report", "demo", "-o", "/proc/x.html", "--db", "{db}"),
          "cannot write /proc/x.html", db="recorded"),
+    # folders the results would go to, checked before any work (before the database is written)
+    Case("run-unwritable-checkpoint-dir", RUN, "cannot write checkpoints to /proc/hps/bad-input",
+         toml=study('checkpoint_dir = "checkpoints"', 'checkpoint_dir = "/proc/hps"')),
+    Case("run-checkpoint-dir-through-a-file", RUN, "study.toml is not a folder",
+         toml=study('checkpoint_dir = "checkpoints"', 'checkpoint_dir = "study.toml/ck"')),
+    Case("run-unwritable-log-dir", (*RUN, "--log-dir", "/proc/hps-logs"),
+         "cannot write worker logs to /proc/hps-logs/bad-input", toml=VALID_STUDY),
+    Case("worker-unwritable-checkpoint-dir", ("worker", "demo", "--db", "{db}"),
+         "cannot write checkpoints to /proc/hps/demo", db="unwritable-checkpoints"),
+    Case("evaluate-unwritable-final-weights", ("evaluate", "demo", "--db", "{db}"),
+         "cannot write final weights to /proc/hps/demo", db="unwritable-checkpoints"),
 ]
 
 
@@ -307,6 +319,11 @@ def prepare(case: Case, tmp: Path, recorded_file: Path) -> tuple[list[str], Path
                     conn.execute("UPDATE alembic_version SET version_num = 'v99.0.0.a'")
                     conn.execute("UPDATE version_info SET schema_version = 99, "
                                  "library_version = '99.0.0'")
+            conn.close()
+        elif case.db == "unwritable-checkpoints":
+            with sqlite3.connect(db_file) as conn:
+                conn.execute("UPDATE hps_study SET config = json_set(config, "
+                             "'$.workers.checkpoint_dir', '/proc/hps')")
             conn.close()
         elif case.db == "garbage":
             db_file.write_bytes(random.Random(0).randbytes(8192))
