@@ -178,8 +178,9 @@ def _parse_idx_folder(dataset: str, folder: Path, train: bool
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - torchvision's checks of a damaged file vary
-        raise DataError(f"cannot read the {dataset} files in {folder}: "
-                        f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        why = " ".join(str(exc).split()) or f"not valid IDX files ({type(exc).__name__})"
+        raise DataError(f"cannot read the {dataset} files in {folder}: {why} (damaged or "
+                        "truncated? replace them)") from exc
 
 
 def _load_torchvision(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.data import (
     MNIST_FILES,
     Augmentation,
+    DataError,
     DataNotFoundError,
     Split,
     iterate_batches,
@@ -196,6 +197,21 @@ def test_damaged_cache_is_rebuilt(isolated: Path) -> None:
     images, _ = load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
     assert torch.equal(images[:, 0], expected["train"][0])
     assert torch.load(cached, weights_only=True)["images"].shape == images.shape
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_dataset_files_are_one_clear_error(isolated: Path, damage: str) -> None:
+    raw = isolated / "data" / "FashionMNIST" / "raw"
+    write_idx(raw, gz=False)
+    for name in MNIST_FILES:
+        path = raw / name
+        path.write_bytes(os.urandom(100) if damage == "garbage" else path.read_bytes()[:100])
+    with pytest.raises(DataError) as error:
+        load_raw("fashion-mnist", str(isolated / "data"), train=True, download=False)
+    message = str(error.value)
+    assert message.startswith(f"cannot read the fashion-mnist files in {raw}")
+    assert "(damaged or truncated? replace them)" in message
+    assert "\n" not in message
 
 
 def test_hpsearch_data_env_var(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
