@@ -54,9 +54,11 @@ def test_a_stop_landing_in_a_finaliser_is_raised_again_not_lost() -> None:
             time.sleep(10)  # a blocking call: the stop asked for again must cut it short
             print("stop lost")
         except KeyboardInterrupt as exc:
-            print(f"stopped by {exc} after {time.monotonic() - started:.0f} s")
+            print(f"stopped by {exc} after {time.monotonic() - started:.2f} s")
     """)
-    assert done.stdout.strip() == "stopped by SIGTERM after 0 s", done.stdout + done.stderr
+    assert done.stdout.startswith("stopped by SIGTERM after "), done.stdout + done.stderr
+    took = float(done.stdout.split()[-2])
+    assert took < 5  # not the 10 s sleep: the blocking call was cut short
     assert "Exception ignored" not in done.stderr
     assert "Traceback" not in done.stderr
 
