@@ -40,6 +40,15 @@ def stop_requested() -> Stopped | None:
     return _requested
 
 
+def take_over_stop() -> Stopped | None:
+    """The stop under way, for a caller that handles it from here on (and raises it when
+    done): a redelivery still pending (see _keeping_stops) is cancelled, so that it does not
+    land in the middle of that handling."""
+    global _redelivering
+    _redelivering = False
+    return _requested
+
+
 def stop_requested_at() -> float | None:
     return _requested_at
 
@@ -92,13 +101,29 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     global _requested, _requested_at, _redelivering
     if _requested is not None and not _redelivering:
         return
-    if _in_unraisable_hook:  # raising here would be swallowed too: later, once it returned
-        _redeliver_soon()
+    if _in_unraisable_hook:  # that hook is asking for the stop again already
+        return
+    if _redelivering and _handling_a_stop():  # it reached its handler another way meanwhile
+        _redelivering = False
         return
     _redelivering = False
     if _requested is None:
         _requested, _requested_at = Stopped(signum), time.monotonic()
-    raise _requested
+    # a fresh traceback: the old one holds the frames of the finaliser that swallowed it
+    raise _requested.with_traceback(None)
+
+
+def _handling_a_stop() -> bool:
+    """Whether the code this signal interrupted is handling a stop (an `except` block for it,
+    or for an error raised while handling it)."""
+    exc: BaseException | None = sys.exc_info()[1]
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def _redeliver_soon() -> None:
@@ -114,7 +139,10 @@ def _redeliver_soon() -> None:
         # A real signal, to the main thread: it also cuts short a sleep or a blocking call.
         signal.pthread_kill(main_thread, signum)
 
-    threading.Thread(target=ask_again, name="stop-redelivery", daemon=True).start()
+    try:
+        threading.Thread(target=ask_again, name="stop-redelivery", daemon=True).start()
+    except RuntimeError:  # the interpreter is shutting down: the process ends anyway
+        _redelivering = False
 
 
 def _keeping_stops(hook: Callable[[Any], object]) -> Callable[[Any], object]:

@@ -63,6 +63,25 @@ def test_a_stop_landing_in_a_finaliser_is_raised_again_not_lost() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_code_that_takes_over_a_swallowed_stop_is_not_cut_short_by_its_redelivery() -> None:
+    done = run_python("""
+        from hpsearch.stop import take_over_stop
+
+        class ClosesOnDelete:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100_000):
+                    pass
+
+        ClosesOnDelete()  # the stop is swallowed here; its redelivery is on its way
+        stop = take_over_stop()  # e.g. the worker settling a trial failed by the stop
+        time.sleep(0.5)  # that handling: a redelivery would land here
+        print(f"handled {stop}")
+    """)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "handled SIGTERM"
+
+
 def test_a_second_stop_request_is_ignored_while_the_first_is_handled() -> None:
     done = run_python("""
         try:

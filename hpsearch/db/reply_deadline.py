@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # server and network. Replies normally take milliseconds.
 REPLY_MARGIN_S = 10.0
 _UNIT_S = {"ms": 0.001, "": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_STATEMENT_TIMEOUT = re.compile(r"statement_timeout\s*=\s*(\d+)\s*(ms|s|min|h|d|)(?![a-z])")
+_STATEMENT_TIMEOUT = re.compile(
+    r"statement_timeout\s*=\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h|d|)(?![\w.])")
 
 
 def reply_timeout_s(options: str) -> float | None:
@@ -37,12 +38,18 @@ def reply_timeout_s(options: str) -> float | None:
     if not found:
         return None
     amount, unit = found[-1]
-    seconds = int(amount) * _UNIT_S[unit]
+    seconds = float(amount) * _UNIT_S[unit]
     return seconds + REPLY_MARGIN_S if seconds > 0 else None
 
 
 class _BoundedConnection(psycopg.Connection[Any]):
-    """A psycopg connection whose waits for the server end after `reply_timeout_s`."""
+    """A psycopg connection whose waits for the server end after `reply_timeout_s`.
+
+    The bound is per wait: a batch sent at once (psycopg's pipelined executemany) shares one
+    bound, where the server's timeout is per statement; hpsearch's batches are single
+    statements (SQLAlchemy's insertmanyvalues). Waits with a timeout of their own (psycopg's
+    cancellation) keep it; one that asks to wait without end (notifies(timeout=None), not used
+    here) is bounded too."""
 
     reply_timeout_s: float | None = None
 

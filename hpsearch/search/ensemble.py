@@ -36,6 +36,7 @@ from hpsearch.search.evaluate import (
     CURVE_KEYS,
     Epochs,
     check_epochs,
+    check_weights_folder,
     evaluation_seeds,
     final_checkpoint_path,
     retrain_length,
@@ -145,7 +146,6 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
         raise HpsearchError(f"study {name!r} has {len(top)} complete trial(s); an ensemble "
                             "needs at least 2")
     # checked for every candidate before any training starts
-    checkpoint_dir = study_checkpoint_dir(study)
     for record in top:
         retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
     resolved = [retrain_length(study, record, epochs, device=device,
@@ -159,7 +159,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
                                    on_epoch)
     candidates = [Member(record, params, w, auto)
                   for record, (params, _, auto), w in zip(top, resolved, weights, strict=True)]
-    return EnsemblePlan(study, data, checkpoint_dir, selection, len(top),
+    return EnsemblePlan(study, data, study_checkpoint_dir(study), selection, len(top),
                         tuple(m for m in candidates if m.weight > 0), candidates[0],
                         evaluation_seeds(study, seeds), tta, val_acc)
 
@@ -233,6 +233,7 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
                                     test_loss_tta=row.test_loss_tta, stored=True)
         else:
             if full is None:  # loaded once, and only when something needs scoring
+                check_weights_folder(plan.checkpoint_dir, plan.study.name)
                 full = data_mod.load_full_train(plan.data)
             result = _one_seed(plan, full_url, full, seed, dev, stored, on_epoch)
         results.append(result)

@@ -108,10 +108,9 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                 record = queries.get_trial(conn, study, trial)
     finally:
         engine.dispose()
-    checkpoint_dir = study_checkpoint_dir(study)
     params, data, auto = retrain_length(study, record, epochs, device=device,
                                         on_epoch=on_epoch)
-    return EvaluationPlan(study, data, checkpoint_dir, record, params,
+    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, params,
                           evaluation_seeds(study, seeds), auto)
 
 
@@ -150,12 +149,16 @@ def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
 
 def study_checkpoint_dir(study: records.StudyInfo) -> str:
     """Where final weights go: the stored study file's [workers] checkpoint_dir, else the
-    default it had; checked writable (asked before any training: a retraining's weights that
-    cannot be saved would be lost)."""
+    default it had."""
     workers = study.config.get("workers", {})
-    root = str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
-    writable_folder(checkpoint_folder(root, study.name), "final weights")
-    return root
+    return str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
+
+
+def check_weights_folder(checkpoint_dir: str, study_name: str) -> None:
+    """Before the first retraining: weights that cannot be saved would be lost after it. Not
+    asked where every result is stored already (a read-only copy of finished results still
+    shows them)."""
+    writable_folder(checkpoint_folder(checkpoint_dir, study_name), "final weights")
 
 
 def evaluation_seeds(study: records.StudyInfo, seeds: int) -> tuple[int, ...]:
@@ -199,6 +202,7 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
                 on_result(stored[seed])
             continue
         if data is None:  # loaded once, and only when something needs training
+            check_weights_folder(plan.checkpoint_dir, plan.study.name)
             data = data_mod.load_full_train(options)
         started = time.perf_counter()
         try:

@@ -32,7 +32,7 @@ from hpsearch.search.dryrun import DryRunTrainer
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.search.study import ResilientRDBStorage, open_storage
 from hpsearch.search.study_file import StudyConfig, parse_study
-from hpsearch.stop import interrupted_reason, stop_requested
+from hpsearch.stop import interrupted_reason, stop_requested, take_over_stop
 
 log = logging.getLogger(__name__)
 # How often an idle worker (the study's last trials run elsewhere) looks again: soon at first,
@@ -168,7 +168,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     except Exception as exc:
         # while a stop is under way, database calls give up after STOP_WAIT_S (db.session) and
         # Optuna's own bookkeeping then fails in its own way: that is the stop, not an error
-        stop = stop_requested()
+        stop = take_over_stop()
         if stop is None:
             raise
         _settle_stopped_trial(stop, recorder, row_id, me, study, objective)

@@ -149,6 +149,6 @@ def test_sqlite_files_opened_by_several_connections_at_once_all_switch_to_wal(
     with ThreadPoolExecutor(4) as pool:
         for round_number in range(40):
             url = f"sqlite:///{tmp_path / f'round-{round_number}.db'}"
-            start = threading.Barrier(4)
+            start = threading.Barrier(4, timeout=30)
             modes = [pool.submit(open_and_read_mode, url, start) for _ in range(4)]
             assert [mode.result() for mode in modes] == ["wal"] * 4

@@ -22,6 +22,8 @@ def test_the_bound_is_the_servers_statement_timeout_plus_a_margin() -> None:
     assert reply_timeout_s(f"-c statement_timeout={default * 1000:.0f}") == default + REPLY_MARGIN_S
     assert reply_timeout_s("-c statement_timeout=2s") == 2 + REPLY_MARGIN_S
     assert reply_timeout_s("-c statement_timeout=1min") == 60 + REPLY_MARGIN_S
+    assert reply_timeout_s("-c statement_timeout=1.5min") == 90 + REPLY_MARGIN_S
+    assert reply_timeout_s("-c statement_timeout=0.5h") == 1800 + REPLY_MARGIN_S
     # the last one given wins, as in PostgreSQL; 0 (no server bound) means no bound here either
     assert reply_timeout_s("-c statement_timeout=0 -c statement_timeout=500ms") == \
         0.5 + REPLY_MARGIN_S

@@ -172,6 +172,27 @@ def test_evaluate_cli_with_two_seeds_prints_mean_and_std(
     assert study["tested_trial"] == 1 and study["test_acc_final"]["seeds"] == 3
 
 
+def test_an_unwritable_weights_folder_stops_a_retraining_but_not_stored_results(
+        url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ("evaluate", "tiny", "--trial", "1", "--epochs", "1", "--db", url, "--device", "cpu",
+            "--threads", "1")
+    assert hps(capsys, monkeypatch, *args)[0] == 0
+    engine = make_engine(url)  # the folder the study's final weights go to is now unwritable
+    with Session(engine) as session, session.begin():
+        study = session.scalars(select(Study).where(Study.name == "tiny")).one()
+        study.config = {**study.config, "workers": {**study.config.get("workers", {}),
+                                                    "checkpoint_dir": "/proc/hps"}}
+    engine.dispose()
+    code, out, err = hps(capsys, monkeypatch, *args)  # stored: shown, nothing to write
+    assert code == 0, err
+    assert "stored earlier" in out
+    code, out, err = hps(capsys, monkeypatch, *args, "--seeds", "2")  # seed 1 would train
+    assert code == 2
+    assert err.strip() == "hpsearch: error: cannot write final weights to /proc/hps/tiny: " \
+        "No such file or directory"
+    assert len(evaluations(url)) == 1
+
+
 def test_best_and_report_show_the_test_accuracy(url: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
