@@ -23,7 +23,7 @@ pytest.importorskip("optuna_dashboard", reason="OPTUNA-DASHBOARD IS MISSING: `hp
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=30) as response:  # a loaded CI machine is slow
         return json.load(response)
 
 
@@ -41,14 +41,19 @@ def test_dashboard_serves_our_studies_and_stops_on_ctrl_c(sqlite_url: str,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: get_json(f"{base}/api/studies") is not None, 30, "the dashboard")
+        wait_for(lambda: get_json(f"{base}/api/studies") is not None, 60, "the dashboard")
         summaries = get_json(f"{base}/api/studies")["study_summaries"]
         assert [s["study_name"] for s in summaries] == ["tiny"]
         detail = get_json(f"{base}/api/studies/{summaries[0]['study_id']}?after=0")
         assert len(detail["trials"]) == 2
+    except BaseException:
+        server.kill()  # what the dashboard printed is the first thing to read on a failure
+        print("dashboard output:", server.communicate()[0])
+        raise
     finally:
-        server.send_signal(signal.SIGINT)
-        out, _ = server.communicate(timeout=30)
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+    out, _ = server.communicate(timeout=60)
     assert server.returncode == 0, out
     assert f"on http://127.0.0.1:{port}/" in out and "dashboard stopped (Ctrl-C)" in out
     assert "Traceback" not in out
