@@ -32,7 +32,7 @@ from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.files import writable_folder
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.paths import checkpoint_folder, study_slug
+from hpsearch.paths import checkpoint_folder
 from hpsearch.search.study import publish_test_accuracy
 from hpsearch.search.study_file import WorkerOptions, parse_data
 from hpsearch.trainer import data as data_mod
@@ -69,7 +69,7 @@ class FinalResult(StoredEvaluation):
 
 def final_checkpoint_path(root: str | Path, study_name: str, number: int, seed: int) -> Path:
     """Where the final weights of one retraining go: CHECKPOINT_DIR/<study slug>/..."""
-    base = Path(root).resolve() / study_slug(study_name)
+    base = checkpoint_folder(root, study_name)
     path = (base / f"final-trial-{int(number)}-seed-{int(seed)}.pt").resolve()
     if not path.is_relative_to(base):  # defence in depth; the slug and ints already prevent it
         raise ValueError(f"checkpoint path escapes {base}")
