@@ -77,6 +77,8 @@ class Column:
     key: str  # CSV header and JSON key
     title: str  # terminal and Markdown header
     fmt: Callable[[Any], str] = fmt_plain
+    # on a terminal too narrow for every column, kept before the other optional ones
+    essential: bool = False
 
 
 @dataclass
@@ -112,8 +114,9 @@ def write(sheet: Sheet, fmt: str, out: TextIO) -> None:
     writers[fmt](sheet, out)
 
 
-# On a terminal a table is cut to fit: its first columns always stay, the others are kept in
-# order while they fit, and a cell longer than this is shortened (the full text is in -f csv/json).
+# On a terminal a table is cut to fit: its first columns always stay, then the essential ones,
+# then the others in order while they fit; a cell longer than CELL_MAX is shortened (the full
+# text is in -f csv/json).
 KEPT_COLUMNS = 3
 
 
@@ -132,8 +135,9 @@ def print_table(sheet: Sheet, console: Any, *, fit: bool = True) -> None:
     headers, body = formatted(sheet)
     notes = list(sheet.notes)
     if fit and not sheet.vertical and console.is_terminal:
+        essential = [c.essential for c in sheet.columns]
         headers, body, dropped = _fit(headers, [[_short(c) for c in row] for row in body],
-                                      console.width)
+                                      console.width, essential)
         if dropped:
             notes.append(f"{len(dropped)} column(s) left out to fit {console.width} columns: "
                          f"{', '.join(dropped)} (choose with --columns, or --all; -f csv, tsv "
@@ -158,19 +162,21 @@ def _short(cell: str) -> str:
     return cell if len(cell) <= CELL_MAX else cell[:CELL_MAX - 1] + "…"
 
 
-def _fit(headers: list[str], body: list[list[str]], width: int
+def _fit(headers: list[str], body: list[list[str]], width: int, essential: list[bool]
          ) -> tuple[list[str], list[list[str]], list[str]]:
     """The columns that fit `width` (rich's default box: a border and one space of padding on
-    each side of every cell), and the titles of those left out."""
+    each side of every cell), in their order, and the titles of those left out."""
     needs = [max([len(h), *(len(row[i]) for row in body)]) + 3 for i, h in enumerate(headers)]
     used = 1 + sum(needs[:KEPT_COLUMNS])
-    keep = list(range(min(KEPT_COLUMNS, len(headers))))
-    for i in range(KEPT_COLUMNS, len(headers)):
+    keep = set(range(min(KEPT_COLUMNS, len(headers))))
+    optional = range(KEPT_COLUMNS, len(headers))
+    for i in [i for i in optional if essential[i]] + [i for i in optional if not essential[i]]:
         if used + needs[i] <= width:
-            keep.append(i)
+            keep.add(i)
             used += needs[i]
+    kept = sorted(keep)
     dropped = [h for i, h in enumerate(headers) if i not in keep]
-    return [headers[i] for i in keep], [[row[i] for i in keep] for row in body], dropped
+    return [headers[i] for i in kept], [[row[i] for i in kept] for row in body], dropped
 
 
 def select_columns(sheet: Sheet, wanted: Sequence[str]) -> Sheet:

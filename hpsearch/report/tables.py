@@ -90,7 +90,7 @@ def value_column(spec: ObjectiveSpec) -> Column:
     """A trial's value of one objective: best_val_acc, best_val_loss, n_params, ..."""
     fmt = (fmt_int if spec.measure == "params" else fmt_seconds
            if spec.measure == "seconds_per_epoch" else fmt_acc)
-    return Column(spec.key, spec.title, fmt)
+    return Column(spec.key, spec.title, fmt, essential=True)
 
 
 def leaderboard_columns(study: StudyInfo) -> list[Column]:
@@ -107,8 +107,9 @@ def extra_objectives(study: StudyInfo) -> list[ObjectiveSpec]:
 
 # The test set is scored only by `hpsearch evaluate` (a retraining on train + validation), so this
 # column stays apart from the validation accuracy the search optimised.
-TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test)
-BEST_COLUMN = Column("is_best", "best", lambda v: "*" if v else "")  # `queries.best_query`
+TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test, essential=True)
+# marks the trial `queries.best_query` names
+BEST_COLUMN = Column("is_best", "best", lambda v: "*" if v else "", essential=True)
 REASON_COLUMN = Column("reason", "reason")  # why a pruned or failed trial ended
 TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
