@@ -100,6 +100,14 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def open_fraction(value: float | None) -> float | None:
+    """Callback of share options that must leave something on both sides (0 < x < 1), which
+    typer's min/max (closed bounds) cannot say."""
+    if finite(value) is not None and not 0 < value < 1:
+        raise typer.BadParameter(f"must be between 0 and 1 (both excluded), got {value}")
+    return value
+
+
 # Bounds of options that start processes or threads: past these a typo, not a plan.
 MAX_WORKERS = 256
 MAX_THREADS = 1024

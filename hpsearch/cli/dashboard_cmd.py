@@ -23,8 +23,9 @@ def dashboard(
     """Serve optuna-dashboard for the studies in the results database (Ctrl-C stops it).
 
     It shows Optuna's view of each study: values, intermediate values, parameters, and the
-    user attributes hpsearch records per trial (size, best epoch, reason, worker, test
-    accuracy). Needs the optional extra: pip install 'hpsearch[dashboard]'.
+    user attributes hpsearch records per trial (size, best epoch, reason, worker) and, after
+    `hpsearch evaluate`, each evaluated trial's test accuracy as a study attribute. Needs the
+    optional extra: pip install 'hpsearch[dashboard]'.
     """
     from hpsearch.errors import HpsearchError
 

@@ -55,8 +55,8 @@ def evaluate(
         "Results already stored for a seed and epoch count are reused, not retrained.",
         min=1, max=MAX_SEEDS)] = 1,
     ensemble: Annotated[int | None, typer.Option(
-        help="Evaluate an ensemble of the K best trials (by validation accuracy, the rule of "
-        "`hpsearch best`) beside the single best: each retrained on train + validation per "
+        help="Evaluate an ensemble of the K best trials (by the study's first objective, the "
+        "rule of `hpsearch best`) beside the single best: each retrained on train + validation per "
         "seed, their softmax outputs averaged, the test set read once per seed.", min=2,
         max=MAX_ENSEMBLE, metavar="K")] = None,
     select: Annotated[Selection, typer.Option(

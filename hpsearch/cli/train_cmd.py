@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, finite
+from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, open_fraction
 
 
 @app.command()
@@ -31,8 +31,8 @@ def train(
         help="Use only this many training images (before the validation split).", min=20,
         max=INT_MAX)] = None,
     val_fraction: Annotated[float | None, typer.Option(
-        help="Share of the training set held out for validation (default 0.1).", min=0, max=1,
-        callback=finite)] = None,
+        help="Share of the training set held out for validation, between 0 and 1 (default "
+        "0.1).", callback=open_fraction)] = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed for the split, init, shuffling (default: the config's seed and split_seed, "
         "else 0).", min=0, max=INT_MAX)] = None,

@@ -79,6 +79,10 @@ def study_names(conn: Connection, limit: int | None = None) -> list[str]:
     return list(conn.scalars(select(Study.name).order_by(Study.name).limit(limit)))
 
 
+def has_study(conn: Connection, name: str) -> bool:
+    return conn.scalar(select(Study.id).where(Study.name == name)) is not None
+
+
 def find_study(conn: Connection, name: str) -> StudyInfo:
     """The study called `name`, or a one-line error that lists the studies that do exist, or
     says what happened to the Optuna study behind it."""

@@ -16,12 +16,10 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
-from sqlalchemy import select
 
 from hpsearch.db import queries, records
 from hpsearch.db.engine import normalise_url
 from hpsearch.db.migrate import current_revision, ensure_schema, reading
-from hpsearch.db.models import Study
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import PARAM_NAMES, TrialParams, coerce, param_type
 from hpsearch.search.run_file import load_run_config
@@ -152,9 +150,7 @@ def _stored_study(url: str, name: str) -> records.StudyInfo | None:
         return None
     ensure_schema(url)  # an older schema is upgraded, as for every writing command
     with reading(url) as conn:
-        if conn.scalar(select(Study.id).where(Study.name == name)) is None:
-            return None
-        return queries.find_study(conn, name)
+        return queries.find_study(conn, name) if queries.has_study(conn, name) else None
 
 
 def _fit_all(candidates: list[Candidate], space: dict[str, Any],

@@ -210,6 +210,8 @@ CASES = [
     # `hpsearch train`
     Case("train-zero-epochs-usage", ("train", "--dataset", "synthetic", "--epochs", "0"),
          "Invalid value for '--epochs'", usage=True),
+    Case("train-val-fraction-one-usage", (*TRAIN, "--val-fraction", "1"),
+         "must be between 0 and 1 (both excluded), got 1.0", usage=True),
     Case("train-negative-epochs", (*TRAIN[:3], "--set", "epochs=-1"),
          "epochs must be at least 1, got -1"),
     Case("train-unknown-optimiser", (*TRAIN, "--set", "optimizer=lion"),
