@@ -5,6 +5,7 @@ Alembic and the models are imported inside the commands, so other commands start
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -64,15 +65,31 @@ def downgrade_cmd(
     revision: Annotated[str, typer.Argument(
         help="Revision to migrate back to: a revision id, -1 for one step, or base to drop "
         "every hpsearch table AND ITS DATA.", show_default=False)],
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Downgrade without asking (needed when stdin is not a terminal).")
+    ] = False,
     db: DbOption = None,
 ) -> None:
-    """Migrate hpsearch's tables back to an older revision (Optuna's tables stay as they are)."""
+    """Migrate hpsearch's tables back to an older revision (Optuna's tables stay as they are).
+
+    What newer revisions added is dropped with its data (base: every trial, epoch and
+    evaluation of hpsearch's), so it asks first.
+    """
     from hpsearch.db import migrate
+    from hpsearch.errors import HpsearchError
 
     before = migrate.current_revision(db)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise HpsearchError(f"refusing to downgrade {_shown_url(db)} without "
+                                "confirmation (what newer revisions added is dropped with its "
+                                "data): pass --yes")
+        typer.confirm(f"Downgrade hpsearch's tables in {_shown_url(db)} to {revision}, "
+                      "dropping what newer revisions added, with its data?", abort=True)
     migrate.downgrade(db, revision)
     after = migrate.current_revision(db)
-    typer.echo(f"{_shown_url(db)}: downgraded from {before or 'empty'} to {_describe(after)}")
+    change = "already at" if before == after else f"downgraded from {before or 'empty'} to"
+    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}")
 
 
 @db_app.command("current")

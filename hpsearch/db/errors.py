@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from hpsearch.db.engine import mask_url
+from hpsearch.db.engine import mask_secrets, mask_url
 from hpsearch.errors import HpsearchError
 
 # SQLite primary result codes that waiting heals: BUSY, LOCKED (another connection holds the
@@ -129,17 +129,4 @@ def _one_line(message: str, url: str | None) -> str:
     """The driver's message on one line, with the password scrubbed should it echo it."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     line = line.split(" (Background on this error at:")[0]  # SQLAlchemy's link adds nothing
-    for secret in _secrets(url):
-        line = line.replace(secret, "***")
-    return line
-
-
-def _secrets(url: str | None) -> list[str]:
-    if not url:
-        return []
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - a URL we cannot parse has no password we can find
-        return []
-    found = [parsed.password, parsed.query.get("password")]
-    return [str(s) for s in found if s and isinstance(s, str)]
+    return mask_secrets(line, *([url] if url else []))

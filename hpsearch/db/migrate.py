@@ -191,8 +191,15 @@ def current_revision(url: str | None) -> str | None:
         return _read_revision(conn)
 
 
+def _check_revision(revision: str) -> None:
+    if not revision.strip():  # Alembic asserts on an empty one instead of saying so
+        raise HpsearchError("no revision given: name one (a revision id, head, base, or -1 "
+                            "for one step back)")
+
+
 def upgrade(url: str | None, revision: str = "head") -> None:
     """Migrate our tables up to `revision`; refuses a database newer than this code."""
+    _check_revision(revision)
     with _connection(_full_url(url), write=True) as conn:
         _refuse_newer(_read_revision(conn))
         with _ALEMBIC_COMMAND:
@@ -201,6 +208,7 @@ def upgrade(url: str | None, revision: str = "head") -> None:
 
 def downgrade(url: str | None, revision: str) -> None:
     """Migrate our tables down to `revision`; "base" drops them all (and their data)."""
+    _check_revision(revision)
     with _connection(_full_url(url), write=True) as conn:
         _refuse_newer(_read_revision(conn))
         with _ALEMBIC_COMMAND:

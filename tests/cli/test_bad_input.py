@@ -239,8 +239,12 @@ CASES = [
          "schema revision ffff is newer than this hpsearch", db="newer"),
     Case("db-upgrade-newer-schema", ("db", "upgrade", "--db", "{db}"),
          "schema revision ffff is newer than this hpsearch", db="newer"),
-    Case("db-downgrade-unknown-revision", ("db", "downgrade", "zzz", "--db", "{db}"),
+    Case("db-downgrade-unknown-revision", ("db", "downgrade", "zzz", "--yes", "--db", "{db}"),
          "Can't locate revision identified by 'zzz'", db="recorded"),
+    Case("db-downgrade-empty-revision", ("db", "downgrade", "", "--yes", "--db", "{db}"),
+         "no revision given", db="recorded"),
+    Case("db-downgrade-unconfirmed", ("db", "downgrade", "base", "--db", "{db}"),
+         "refusing to downgrade", db="recorded"),
     # studies and trials that do not exist
     Case("trials-unknown-study", ("trials", "nope", "--db", "{db}"), "unknown study 'nope'",
          db="recorded"),

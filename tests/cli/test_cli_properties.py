@@ -263,7 +263,8 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
         return ["study", "note", name, draw(st.one_of(TEXT, NASTY_TEXT)), *db]
     if command == "db downgrade":
         return ["db", "downgrade", draw(st.sampled_from(["-1", "-2", "base", "0001", "zzz", "+1",
-                                                         "--bogus", "head", "-99"])), *db]
+                                                         "--bogus", "head", "-99", "", " "])),
+                *(["--yes"] if draw(st.booleans()) else []), *db]
     return [*command.split(), *db]
 
 
@@ -391,7 +392,7 @@ def test_db_downgrade_minus_one_works_as_its_help_says(recorded: Path, tmp_path:
     assert "-1 for one step" in help_text
     head = head_revision()
     previous = _script().get_revision(head).down_revision
-    result = CliRunner().invoke(app, ["db", "downgrade", "-1", "--db", f"sqlite:///{db}"])
+    result = CliRunner().invoke(app, ["db", "downgrade", "-1", "--yes", "--db", f"sqlite:///{db}"])
     assert result.exit_code == 0, result.stderr
     assert f"downgraded from {head} to {previous}" in result.stdout
     with sqlite3.connect(db) as conn:

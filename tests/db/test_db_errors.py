@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from hpsearch.db.engine import engine_kwargs, make_engine
-from hpsearch.db.errors import DatabaseError, DuplicateRowError
+from hpsearch.db.errors import DatabaseError, DuplicateRowError, as_database_error
 from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Study
 from hpsearch.db.recorder import Recorder
@@ -153,3 +153,20 @@ def test_session_scope_rolls_back_and_names_duplicates(tmp_path: Path) -> None:
         _ = 1 / 0  # not a database error: raised as it is, and the insert is rolled back
     with connection_scope(engine) as conn:
         assert conn.scalar(text("SELECT count(*) FROM hps_study")) == 1
+
+
+def test_a_driver_message_hides_the_password_it_echoes_and_only_that() -> None:
+    """A password the driver echoes is hidden; a short one is not replaced wherever its letters
+    occur (that garbled every message, "c***nnecti***n", and spelled the password out)."""
+    from sqlalchemy.exc import OperationalError
+
+    refused = ("connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n"
+               "\tIs the server running on that host and accepting TCP/IP connections?")
+    short = as_database_error(OperationalError("SELECT 1", {}, Exception(refused)),
+                              "postgresql+psycopg://u:o@127.0.0.1:1/db")
+    assert short is not None and short.reason == " ".join(
+        line.strip() for line in refused.splitlines())
+    echoed = as_database_error(
+        OperationalError("SELECT 1", {}, Exception("bad password hunter2-s3cret for u")),
+        "postgresql+psycopg://u:hunter2-s3cret@127.0.0.1:1/db")
+    assert echoed is not None and "hunter2" not in echoed.reason and "***" in echoed.reason
