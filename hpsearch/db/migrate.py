@@ -161,12 +161,25 @@ def _full_url(url: str | None) -> str:
     return normalise_url(database_url(url))
 
 
-def _sqlite_file_missing(url: str) -> bool:
-    """True for a SQLite file that does not exist yet (reading must not create it)."""
+def _sqlite_file(url: str) -> Path | None:
     parsed = make_url(url)
     path = parsed.database
-    return parsed.get_backend_name() == "sqlite" and bool(path) and path != ":memory:" \
-        and not Path(path).exists()
+    is_file = parsed.get_backend_name() == "sqlite" and bool(path) and path != ":memory:"
+    return Path(path) if is_file else None
+
+
+def _sqlite_file_blank(url: str) -> bool:
+    """True for a SQLite file that does not exist yet, or is empty (and has no write-ahead
+    log): it holds no tables, and opening it would write SQLite's header into it (WAL mode),
+    which a command that only reads must not do."""
+    path = _sqlite_file(url)
+    if path is None:
+        return False
+    if not path.exists():
+        return True
+    wal = path.with_name(path.name + "-wal")
+    return path.is_file() and path.stat().st_size == 0 and \
+        not (wal.exists() and wal.stat().st_size > 0)
 
 
 def _read_revision(conn: Connection) -> str | None:
@@ -185,7 +198,7 @@ def _refuse_newer(current: str | None) -> None:
 def current_revision(url: str | None) -> str | None:
     """The database's hpsearch schema revision; None when it has no hpsearch tables."""
     full = _full_url(url)
-    if _sqlite_file_missing(full):
+    if _sqlite_file_blank(full):
         return None
     with _connection(full) as conn:
         return _read_revision(conn)
@@ -233,8 +246,10 @@ def require_schema(url: str | None) -> None:
         return
     _refuse_newer(current)
     if current is None:
+        path = _sqlite_file(full)
+        missing = f" (no such file: {path})" if path is not None and not path.exists() else ""
         raise HpsearchError(
-            f"database at {mask_url(full)} has no hpsearch tables; run "
+            f"database at {mask_url(full)} has no hpsearch tables{missing}; run "
             "`hpsearch db upgrade --db URL` or start a study first"
         )
     raise HpsearchError(

@@ -68,7 +68,8 @@ class Case:
     toml: str | bytes | None = None
     # "recorded" | "newer" (schema stamped 'ffff') | "newer-optuna" (Optuna's tables from a
     # later Optuna) | "garbage" (random bytes) | "truncated" (the first 5000 bytes) |
-    # "unwritable-checkpoints" (the study's stored checkpoint_dir under /proc) | "none"
+    # "unwritable-checkpoints" (the study's stored checkpoint_dir under /proc) | "empty" (a
+    # file of 0 bytes) | "none"
     db: str = "none"
     usage: bool = False  # a click usage error (declared option range): click's format
     forbidden: tuple[str, ...] = field(default=())  # must not appear anywhere in the output
@@ -234,7 +235,12 @@ CASES = [
          "unsupported database 'mysql'", forbidden=("secret",)),
     Case("studies-unreachable-url", ("studies", "--db", UNREACHABLE),
          "cannot use database postgresql+psycopg://u:***@127.0.0.1:1/x", forbidden=("secret",)),
-    Case("studies-missing-sqlite-file", ("studies", "--db", "{new_db}"), "no hpsearch tables"),
+    Case("studies-missing-sqlite-file", ("studies", "--db", "{new_db}"),
+         "no hpsearch tables (no such file: "),
+    Case("studies-empty-sqlite-file", ("studies", "--db", "{db}"), "no hpsearch tables",
+         db="empty"),
+    Case("trials-empty-sqlite-file", ("trials", "demo", "--db", "{db}"), "no hpsearch tables",
+         db="empty"),
     Case("trials-newer-schema", ("trials", "demo", "--db", "{db}"),
          "schema revision ffff is newer than this hpsearch", db="newer"),
     Case("db-upgrade-newer-schema", ("db", "upgrade", "--db", "{db}"),
@@ -335,6 +341,8 @@ def prepare(case: Case, tmp: Path, recorded_file: Path) -> tuple[list[str], Path
             db_file.write_bytes(random.Random(0).randbytes(8192))
         elif case.db == "truncated":
             db_file.write_bytes(recorded_file.read_bytes()[:5000])
+        elif case.db == "empty":
+            db_file.write_bytes(b"")
     if isinstance(case.toml, bytes):
         (tmp / "study.toml").write_bytes(case.toml)
     elif case.toml is not None:

@@ -150,7 +150,8 @@ def test_newer_schema_is_refused_and_left_untouched(db_url: str) -> None:
 
 
 def test_require_schema_explains_a_missing_schema(sqlite_url: str) -> None:
-    with pytest.raises(HpsearchError, match="has no hpsearch tables; run `hpsearch db upgrade"):
+    with pytest.raises(HpsearchError, match=r"has no hpsearch tables \(no such file: .*\); "
+                       "run `hpsearch db upgrade"):
         require_schema(sqlite_url)
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # reading created nothing
 
