@@ -67,7 +67,11 @@ def normalise_url(url: str) -> str:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - a non-numeric port only fails when read
     except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"malformed database URL {mask_url(url)!r}: {exc}") from None
+        # shown only where it cannot hold a password: a malformed one may hide it anywhere
+        shown = url if "@" not in url and mask_secrets(url) == url else "<malformed URL>"
+        source = " (from $HPSEARCH_DB)" if url == os.environ.get("HPSEARCH_DB") else ""
+        raise ConfigError(f"malformed database URL {shown!r}{source}: {exc}; expected "
+                          "sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if not (parsed.drivername.startswith("sqlite") or parsed.drivername.startswith("postgresql")):

@@ -55,7 +55,7 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     if len(data) > MAX_STUDY_FILE_BYTES:
         raise ConfigError(f"{path}: not a {what} (larger than {MAX_STUDY_FILE_BYTES} bytes)")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a leading byte-order mark (Notepad) is dropped
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {exc.start})") from None
     try:

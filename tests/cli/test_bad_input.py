@@ -230,7 +230,11 @@ CASES = [
          ("train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1"),
          "mnist not found (looked in: {tmp}/empty"),
     # databases
-    Case("studies-malformed-url", ("studies", "--db", "not a url"), "malformed database URL"),
+    Case("studies-malformed-url", ("studies", "--db", "not a url"),
+         "malformed database URL 'not a url': "),
+    Case("studies-malformed-url-with-a-password", ("studies", "--db", "postgresql://u:s3cret@h:"
+                                                   "port/db"), "malformed database URL "
+         "'<malformed URL>'", forbidden=("s3cret",)),
     Case("studies-unsupported-url", ("studies", "--db", "mysql://u:secret@h/x"),
          "unsupported database 'mysql'", forbidden=("secret",)),
     Case("studies-unreachable-url", ("studies", "--db", UNREACHABLE),

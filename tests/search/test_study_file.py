@@ -178,3 +178,15 @@ def test_bad_scheduler_and_optimiser_options_in_a_study(space: dict, fragment: s
     with pytest.raises(ConfigError) as info:
         parse_study(minimal(**space), "s.toml")
     assert str(info.value).startswith("s.toml: ") and fragment in str(info.value)
+
+
+def test_a_study_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    """Windows Notepad starts UTF-8 files with a BOM, which tomllib calls an invalid
+    statement."""
+    from hpsearch.search.study_file import load_study
+
+    text = STUDY_FILES[0].read_text()
+    plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
+    plain.write_text(text)
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_study(marked) == load_study(plain)
