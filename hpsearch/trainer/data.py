@@ -90,13 +90,17 @@ class TrainValData:
         return TrainValData(train, self.val, self.dataset, self.mean, self.std)
 
 
-def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
-    """Where to look, in order: --data-dir, $HPSEARCH_DATA, Debian's package, our cache."""
-    dirs = []
-    if data_dir:
-        dirs.append(Path(data_dir))
+def _given_dirs(data_dir: str | None) -> list[Path]:
+    """The folders the user named: --data-dir (or the study's data_dir), $HPSEARCH_DATA."""
+    dirs = [Path(data_dir)] if data_dir else []
     if os.environ.get("HPSEARCH_DATA"):
         dirs.append(Path(os.environ["HPSEARCH_DATA"]))
+    return dirs
+
+
+def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
+    """Where to look, in order: --data-dir, $HPSEARCH_DATA, Debian's package, our cache."""
+    dirs = _given_dirs(data_dir)
     if dataset in DEBIAN_DIRS:
         dirs.append(DEBIAN_DIRS[dataset])
     dirs.append(cache_dir() / "downloads")
@@ -262,7 +266,9 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
              download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, C, H, W) and labels of the train or test split of a real dataset."""
     tried = candidate_dirs(dataset, data_dir)
-    for root in tried:
+    given = _given_dirs(data_dir)
+    for i, root in enumerate(tried):
+        _warn_passed_over(dataset, [d for d in tried[:i] if d in given])
         if dataset == "cifar10":
             for base in (root, root / "cifar10"):
                 batches = base / "cifar-10-batches-py"
@@ -281,6 +287,19 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
     if download and _try_download(dataset, download_root):
         return load_raw(dataset, str(download_root), train, download=False)
     raise DataNotFoundError(_missing_message(dataset, tried))
+
+
+_warned: set[tuple[str, Path]] = set()
+
+
+def _warn_passed_over(dataset: str, passed: list[Path]) -> None:
+    """The user's own folders that did not hold the dataset, said once per folder and process,
+    so that a mistyped --data-dir or $HPSEARCH_DATA does not go unnoticed."""
+    for folder in passed:
+        if (dataset, folder) not in _warned:
+            _warned.add((dataset, folder))
+            log.warning("%s: not found in %s (%s); looking in the usual places", dataset,
+                        folder, "no such folder" if not folder.is_dir() else "no dataset files")
 
 
 def synthetic_raw(n: int, seed: int, shape: tuple[int, int, int] = (1, 28, 28)

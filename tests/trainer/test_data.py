@@ -423,3 +423,20 @@ def test_random_erasing_probability() -> None:
     out = aug(images, torch.Generator().manual_seed(0))
     share = (out == -1.0).flatten(1).any(1).float().mean().item()
     assert 0.15 < share < 0.35
+
+
+def test_a_data_dir_without_the_dataset_is_named_once_when_it_is_found_elsewhere(
+        isolated: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    write_idx(isolated / "elsewhere", gz=True)
+    monkeypatch.setenv("HPSEARCH_DATA", str(isolated / "elsewhere"))
+    monkeypatch.setattr(data_mod, "_warned", set())
+    with caplog.at_level("WARNING", logger=data_mod.__name__):
+        for train in (True, False):
+            load_raw("fashion-mnist", str(isolated / "typo"), train=train, download=False)
+    said = [r.getMessage() for r in caplog.records if "typo" in r.getMessage()]
+    assert said == [f"fashion-mnist: not found in {isolated / 'typo'} (no such folder); "
+                    "looking in the usual places"]
+    caplog.clear()
+    load_raw("fashion-mnist", str(isolated / "elsewhere"), train=True, download=False)
+    assert not caplog.records  # found where the user said: nothing to say
