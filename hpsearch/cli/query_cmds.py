@@ -76,10 +76,14 @@ def connect(db: str | None) -> Iterator[Connection]:
 def emit(sheet: Sheet, fmt: str, *, columns: str | None = None, fit: bool = True) -> None:
     """Print `sheet` in `fmt`; `columns` (comma-separated) picks and orders its columns; a
     terminal table drops the columns that do not fit unless `fit` is off."""
+    from hpsearch.errors import ConfigError
     from hpsearch.report import sheets
 
     if columns is not None:
-        sheet = sheets.select_columns(sheet, [c.strip() for c in columns.split(",") if c.strip()])
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        if not wanted:
+            raise ConfigError("--columns names no column (e.g. --columns number,state,lr)")
+        sheet = sheets.select_columns(sheet, wanted)
     if fmt == "table":
         from rich.console import Console
 
@@ -297,8 +301,9 @@ def compare(
     from hpsearch.db import queries
     from hpsearch.report.tables import compare_sheet, param_names
 
-    with connect(db) as conn:
-        stats = [queries.study_stats(conn, queries.find_study(conn, n)) for n in names]
+    with connect(db) as conn:  # a study named twice is shown once
+        stats = [queries.study_stats(conn, queries.find_study(conn, n))
+                 for n in dict.fromkeys(names)]
     names_union: list[str] = []
     for s in stats:
         sampled = [s.best.sampled] if s.best else []

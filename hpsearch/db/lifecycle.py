@@ -26,7 +26,7 @@ from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Tri
 from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import connection_scope
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import ConfigError, HpsearchError
 
 # Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
 DEFAULT_GRACE_S = 120
@@ -281,8 +281,23 @@ def _our_study(conn: Connection, name: str) -> Any:
     return halves.ours
 
 
+def _check_text(what: str, text: str) -> None:
+    """Notes and tags are printed to terminals and into reports: no control characters (an
+    escape sequence would restyle the terminal), as in study files."""
+    if not text.isprintable():
+        raise ConfigError(f"{what}: control characters are not allowed (got {text[:60]!r})")
+
+
+def _check_tag(tag: str) -> None:
+    _check_text("tag", tag)
+    if not tag.strip() or tag != tag.strip() or "," in tag:
+        raise ConfigError(f"tag {tag!r}: a tag is a word or phrase without commas and without "
+                          "spaces around it (tags are listed comma-separated)")
+
+
 def set_study_note(url: str, name: str, text: str) -> None:
     """Set (or with an empty text, clear) the study's note."""
+    _check_text("note", text)
     url = normalise_url(url)
     require_schema(url)
     with write_transaction(url) as conn:
@@ -295,6 +310,10 @@ def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
               ) -> tuple[list[str], str | None]:
     """Add and remove tags of one trial, and set its note (None: unchanged, "": cleared).
     Returns the trial's tags and note afterwards."""
+    for tag in add:  # tags stored earlier can still be removed, whatever they are
+        _check_tag(tag)
+    if note is not None:
+        _check_text("note", note)
     url = normalise_url(url)
     require_schema(url)
     with write_transaction(url) as conn:

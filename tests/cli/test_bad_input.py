@@ -266,6 +266,17 @@ CASES = [
          "unknown study 'nope'", db="recorded"),
     Case("show-unknown-trial", ("show", "demo", "999", "--db", "{db}"),
          "study 'demo' has no trial 999", db="recorded"),
+    Case("trials-no-columns", ("trials", "demo", "--columns", " , ", "--db", "{db}"),
+         "--columns names no column", db="recorded"),
+    # notes and tags: printed to terminals and reports
+    Case("tag-empty", ("tag", "demo", "0", " ", "--db", "{db}"), "tag ' ': a tag is",
+         db="recorded"),
+    Case("tag-comma", ("tag", "demo", "0", "a,b", "--db", "{db}"), "without commas",
+         db="recorded"),
+    Case("tag-note-escape", ("tag", "demo", "0", "--note", "\x1b[31mred", "--db", "{db}"),
+         "note: control characters are not allowed", db="recorded"),
+    Case("study-note-escape", ("study", "note", "demo", "\x1b[2J", "--db", "{db}"),
+         "note: control characters are not allowed", db="recorded"),
     Case("trials-unknown-sort", ("trials", "demo", "--sort", "nonsense", "--db", "{db}"),
          "unknown sort column 'nonsense'", db="recorded"),
     # outputs that cannot be written

@@ -189,6 +189,11 @@ def test_show_pruned_trial(run, recorded: RecordedStudy, fmt: str) -> None:
         assert "images/s" in out and "val loss" in out
 
 
+def test_compare_shows_a_study_named_twice_once(run, recorded: RecordedStudy) -> None:
+    rows = json.loads(run("compare", recorded.name, "other", recorded.name, "--format", "json"))
+    assert [r["study"] for r in rows] == [recorded.name, "other"]
+
+
 def test_show_failed_trial_without_epochs(run, recorded: RecordedStudy) -> None:
     out = run("show", recorded.name, "3")
     assert "no epoch finished" in out and "out of memory" in out
