@@ -39,9 +39,10 @@ def delete_cmd(
 
     Also removes either half left alone (after `optuna delete-study`, say). Asks first.
     """
-    from hpsearch.db.lifecycle import delete_study
+    from hpsearch.db.lifecycle import check_deletable, delete_study
     from hpsearch.errors import HpsearchError
 
+    check_deletable(_url(db), name)  # an unknown study is said before any question
     if not yes:
         if not sys.stdin.isatty():
             raise HpsearchError(f"refusing to delete study {name!r} without confirmation: "

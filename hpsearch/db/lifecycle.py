@@ -21,7 +21,7 @@ from sqlalchemy import Connection, String, cast, delete, func, insert, select, u
 
 from hpsearch.db import optuna_tables as ot
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
-from hpsearch.db.migrate import ensure_schema, require_schema
+from hpsearch.db.migrate import ensure_schema, reading, require_schema
 from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
 from hpsearch.db.optuna_tables import set_marker
@@ -140,6 +140,15 @@ def _delete_our_study(conn: Connection, study_id: int) -> int:
     deleted = conn.execute(delete(Trial).where(Trial.study_id == study_id)).rowcount
     conn.execute(delete(Study).where(Study.id == study_id))
     return deleted or 0
+
+
+def check_deletable(url: str, name: str) -> None:
+    """delete_study's checks (the study exists, nothing of it runs), without deleting: made
+    before the user is asked to confirm."""
+    with reading(url) as conn:
+        halves = _halves(conn, name)
+        _require_some(conn, halves)
+        _refuse_if_running(conn, halves, "delete")
 
 
 def delete_study(url: str, name: str) -> str:

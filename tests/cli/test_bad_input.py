@@ -266,6 +266,8 @@ CASES = [
          "unknown study 'nope'", db="recorded"),
     Case("show-unknown-trial", ("show", "demo", "999", "--db", "{db}"),
          "study 'demo' has no trial 999", db="recorded"),
+    Case("study-delete-unknown-unconfirmed", ("study", "delete", "nope", "--db", "{db}"),
+         "no study 'nope' in", db="recorded"),
     Case("trials-no-columns", ("trials", "demo", "--columns", " , ", "--db", "{db}"),
          "--columns names no column", db="recorded"),
     # notes and tags: printed to terminals and reports
