@@ -268,23 +268,25 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
     tried = candidate_dirs(dataset, data_dir)
     given = _given_dirs(data_dir)
     for i, root in enumerate(tried):
-        _warn_passed_over(dataset, [d for d in tried[:i] if d in given])
         if dataset == "cifar10":
             for base in (root, root / "cifar10"):
                 batches = base / "cifar-10-batches-py"
                 if batches.is_dir():
+                    _warn_passed_over(dataset, [d for d in tried[:i] if d in given])
                     return _cached_tensors(
                         dataset, train, sorted(p for p in batches.iterdir() if p.is_file()),
                         lambda base=base: _load_torchvision(dataset, base, train))
             continue
         folder = _find_idx_files(dataset, root)
         if folder is not None:
+            _warn_passed_over(dataset, [d for d in tried[:i] if d in given])
             split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
             return _cached_tensors(
                 dataset, train, _idx_sources(folder, split_files),
                 lambda folder=folder: _parse_idx_folder(dataset, folder, train))
     download_root = cache_dir() / "downloads"
     if download and _try_download(dataset, download_root):
+        _warn_passed_over(dataset, given)
         return load_raw(dataset, str(download_root), train, download=False)
     raise DataNotFoundError(_missing_message(dataset, tried))
 
@@ -293,12 +295,13 @@ _warned: set[tuple[str, Path]] = set()
 
 
 def _warn_passed_over(dataset: str, passed: list[Path]) -> None:
-    """The user's own folders that did not hold the dataset, said once per folder and process,
-    so that a mistyped --data-dir or $HPSEARCH_DATA does not go unnoticed."""
+    """The user's own folders that did not hold the dataset found elsewhere, said once
+    per folder and process, so that a mistyped --data-dir or $HPSEARCH_DATA does not go
+    unnoticed (when it is found nowhere, the one-line error names every folder tried)."""
     for folder in passed:
         if (dataset, folder) not in _warned:
             _warned.add((dataset, folder))
-            log.warning("%s: not found in %s (%s); looking in the usual places", dataset,
+            log.warning("%s: not found in %s (%s); using the copy found elsewhere", dataset,
                         folder, "no such folder" if not folder.is_dir() else "no dataset files")
 
 

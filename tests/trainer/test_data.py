@@ -436,7 +436,7 @@ def test_a_data_dir_without_the_dataset_is_named_once_when_it_is_found_elsewhere
             load_raw("fashion-mnist", str(isolated / "typo"), train=train, download=False)
     said = [r.getMessage() for r in caplog.records if "typo" in r.getMessage()]
     assert said == [f"fashion-mnist: not found in {isolated / 'typo'} (no such folder); "
-                    "looking in the usual places"]
+                    "using the copy found elsewhere"]
     caplog.clear()
     load_raw("fashion-mnist", str(isolated / "elsewhere"), train=True, download=False)
     assert not caplog.records  # found where the user said: nothing to say
