@@ -266,20 +266,20 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
              download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, C, H, W) and labels of the train or test split of a real dataset."""
     tried = candidate_dirs(dataset, data_dir)
-    given = _given_dirs(data_dir)
+    given = _given_dirs(data_dir)  # the first folders of `tried`: given[:i] are passed over at i
     for i, root in enumerate(tried):
         if dataset == "cifar10":
             for base in (root, root / "cifar10"):
                 batches = base / "cifar-10-batches-py"
                 if batches.is_dir():
-                    _warn_passed_over(dataset, [d for d in tried[:i] if d in given])
+                    _warn_passed_over(dataset, given[:i])
                     return _cached_tensors(
                         dataset, train, sorted(p for p in batches.iterdir() if p.is_file()),
                         lambda base=base: _load_torchvision(dataset, base, train))
             continue
         folder = _find_idx_files(dataset, root)
         if folder is not None:
-            _warn_passed_over(dataset, [d for d in tried[:i] if d in given])
+            _warn_passed_over(dataset, given[:i])
             split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
             return _cached_tensors(
                 dataset, train, _idx_sources(folder, split_files),
