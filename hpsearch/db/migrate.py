@@ -7,6 +7,7 @@ never sees Optuna's tables, so it never proposes to drop them.
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,17 +134,30 @@ def _lock_for_migration(conn: Connection) -> None:
 
 @contextmanager
 def optuna_schema_lock(url: str) -> Iterator[None]:
-    """Hold the migration lock while Optuna creates its own tables (RDBStorage's constructor).
+    """Hold a database-wide lock while Optuna creates its own tables (RDBStorage's constructor).
 
-    Optuna's schema creation is not locked: two processes starting on a fresh PostgreSQL
-    database both create its tables and one fails with a UniqueViolation. On PostgreSQL this
-    holds the same advisory lock as our migrations (session-level, on a connection of its
-    own, taken after our migration released it). SQLite needs nothing: `hpsearch run` creates
-    the schema before its workers start, and its DDL waits on the file lock.
+    Optuna's schema creation is not locked: two processes starting on a new database both
+    create its tables and one fails (`table alembic_version already exists`, a unique-key
+    clash on its version row). On PostgreSQL this is the advisory lock of our migrations
+    (session-level, on a connection of its own, taken after our migration released it); on a
+    SQLite file an flock() on `DB.schema-lock` beside it (released by the kernel if the
+    process dies): SQLite's own write lock cannot be held across Optuna's connections.
     """
-    if make_url(url).get_backend_name() != "postgresql":
+    backend = make_url(url).get_backend_name()
+    path = _sqlite_file(url)
+    if backend == "postgresql":
+        with _pg_session_lock(url):
+            yield
+    elif path is not None:
+        with open(f"{path}.schema-lock", "ab") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+            yield
+    else:
         yield
-        return
+
+
+@contextmanager
+def _pg_session_lock(url: str) -> Iterator[None]:
     engine = make_engine(url)
     try:
         with connection_scope(engine) as conn:

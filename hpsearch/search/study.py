@@ -176,8 +176,8 @@ for _name in ("create_new_study", "get_study_id_from_name", "get_study_name_from
 def open_storage(url: str, workers: WorkerOptions,
                  pool: Pool | None = None) -> ResilientRDBStorage:
     """Optuna's storage for `url`. Its constructor creates Optuna's tables when missing; under
-    the migration lock, so that processes starting together on a fresh PostgreSQL database do
-    not race (a UniqueViolation otherwise). `pool`: an engine's connection pool to share
+    a database-wide lock, so that processes starting together on a new database do not race
+    (`optuna_schema_lock`). `pool`: an engine's connection pool to share
     (a worker's one pool), instead of a new one."""
     # our pool, also where none is given: every connection gets our settings (reply_deadline)
     kwargs = {"pool": pool if pool is not None else make_engine(url).pool}
@@ -204,11 +204,8 @@ def open_storage(url: str, workers: WorkerOptions,
 
 
 def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) -> int:
-    """Create (or resume) the Optuna study and our study row; returns the row id.
-
-    Done once, before any worker starts: creating the schema from several processes at once
-    races on a fresh SQLite file.
-    """
+    """Create (or resume) the Optuna study and our study row; returns the row id. Done once,
+    before any worker starts."""
     url = normalise_url(url)
     ensure_schema(url)
     recorder = Recorder(make_engine(url))

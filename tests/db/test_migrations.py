@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -29,6 +31,8 @@ from hpsearch.db.migrate import (
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.errors import HpsearchError
 from hpsearch.params import TrialParams
+from hpsearch.search.study import open_storage
+from hpsearch.search.study_file import WorkerOptions
 
 OUR_TABLES = {"hps_study", "hps_trial", "hps_epoch"}
 OPTUNA_TABLES = {"alembic_version", "studies", "trials", "trial_params", "trial_values",
@@ -131,11 +135,40 @@ def test_upgrade_after_downgrade_and_ensure_schema_are_idempotent(db_url: str) -
     assert current_revision(db_url) == head_revision()
 
 
-def test_concurrent_first_use_creates_the_schema_once(db_url: str) -> None:
-    with ThreadPoolExecutor(4) as pool:
-        for future in [pool.submit(ensure_schema, db_url) for _ in range(4)]:
-            future.result()
-    assert current_revision(db_url) == head_revision()
+def _create_schema(url: str, barrier: Any) -> str | None:
+    """What every command that writes does first (ours, then Optuna's tables), started at
+    once with the other processes; the error line, if any."""
+    barrier.wait()
+    try:
+        ensure_schema(url)
+        storage = open_storage(url, WorkerOptions())
+        storage.engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - the test counts them
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                            marks=pytest.mark.postgres)])
+def test_processes_starting_together_on_a_new_database_create_the_schema_once(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two `hpsearch run` (or several workers) started together on a new database: failed 6
+    of 6 on SQLite (`UNIQUE constraint failed: alembic_version.version_num`, Optuna's tables
+    created twice). Forked processes, kept for every repetition, so the test takes seconds."""
+    processes, repetitions = 4, 20
+    server = request.getfixturevalue("postgres_server") if backend == "postgres" else None
+    context = multiprocessing.get_context("fork")
+    errors: list[str] = []
+    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
+        for repetition in range(repetitions):
+            url = (server.url(server.create_database()) if server is not None
+                   else f"sqlite:///{tmp_path / f'new-{repetition}.db'}")
+            barrier = manager.Barrier(processes)
+            results = [pool.submit(_create_schema, url, barrier) for _ in range(processes)]
+            errors += [error for future in results if (error := future.result())]
+            assert current_revision(url) == head_revision()
+            assert table_names(url) >= OPTUNA_TABLES
+    assert errors == [], f"{len(errors)} of {processes * repetitions} failed: {errors[0]}"
 
 
 def test_newer_schema_is_refused_and_left_untouched(db_url: str) -> None:
