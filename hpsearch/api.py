@@ -48,9 +48,9 @@ def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
         The study's name, for `run_worker` and the readers.
     """
     from hpsearch.search.study import prepare_study
-    from hpsearch.search.study_file import load_study, parse_study
+    from hpsearch.search.study_file import read_study
 
-    config = parse_study(study, "study") if isinstance(study, dict) else load_study(study)
+    config = read_study(study)
     prepare_study(config, _url(db), trials)
     return config.name
 
@@ -63,9 +63,13 @@ def run_worker(name: str, db: str | None = None, *, device: str = "auto",
     Returns:
         How many trials this worker completed, pruned and failed.
     """
+    from hpsearch.params import check_device
+    from hpsearch.search.study_file import check_timeout
     from hpsearch.search.worker import run_worker as run
 
-    return run(name, _url(db), device=device, timeout=timeout)
+    check_device(device)
+    return run(name, _url(db), device=device,
+               timeout=check_timeout(timeout) if timeout is not None else None)
 
 
 def trials(name: str, db: str | None = None) -> list[TrialRecord]:

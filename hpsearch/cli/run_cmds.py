@@ -10,6 +10,7 @@ import typer
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, MAX_WORKERS, app, finite
 from hpsearch.errors import ConfigError
 from hpsearch.params import check_device
+from hpsearch.search.study_file import MIN_TIMEOUT_S, MIN_TRIALS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,10 +34,10 @@ def run(
         help="CPU threads per worker (default: cores / workers).", min=1, max=MAX_THREADS)] = None,
     trials: Annotated[int | None, typer.Option(
         help="Total finished trials the study should reach (overrides n_trials; counts trials "
-        "from earlier runs).", min=1, max=INT_MAX)] = None,
+        "from earlier runs).", min=MIN_TRIALS, max=INT_MAX)] = None,
     timeout: Annotated[float | None, typer.Option(
         help="Each worker stops starting new trials after this many seconds (default: the "
-        "study file's [study] timeout, if any); a running trial finishes.", min=1,
+        "study file's [study] timeout, if any); a running trial finishes.", min=MIN_TIMEOUT_S,
         callback=finite)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     gpus: Annotated[str | None, typer.Option(
@@ -173,7 +174,7 @@ def worker(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     timeout: Annotated[float | None, typer.Option(
         help="Each worker stops starting new trials after this many seconds (default: the "
-        "study file's [study] timeout, if any); a running trial finishes.", min=1,
+        "study file's [study] timeout, if any); a running trial finishes.", min=MIN_TIMEOUT_S,
         callback=finite)] = None,
     worker_index: Annotated[int, typer.Option(
         help="Offsets the sampler seed so parallel workers draw different start-up points.",

@@ -33,7 +33,7 @@ from hpsearch.db.session import (
 )
 from hpsearch.errors import HpsearchError
 from hpsearch.search.space import space_json
-from hpsearch.search.study_file import StudyConfig, WorkerOptions
+from hpsearch.search.study_file import StudyConfig, WorkerOptions, check_n_trials
 
 log = logging.getLogger(__name__)
 # A write lock that took longer than this to get was held by someone (normally milliseconds,
@@ -205,7 +205,10 @@ def open_storage(url: str, workers: WorkerOptions,
 
 def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) -> int:
     """Create (or resume) the Optuna study and our study row; returns the row id. Done once,
-    before any worker starts."""
+    before any worker starts. `n_trials` overrides the config's; checked before anything is
+    written (a study half made in Optuna's tables otherwise)."""
+    if n_trials is not None:
+        n_trials = check_n_trials(n_trials)
     url = normalise_url(url)
     ensure_schema(url)
     recorder = Recorder(make_engine(url))

@@ -221,6 +221,31 @@ def load_study(path: str | Path) -> StudyConfig:
     return parse_study(read_toml(path, "study file"), str(path))
 
 
+def read_study(study: object) -> StudyConfig:
+    """A study given as a file path or as the file's content (a dict): the API's entrance."""
+    if isinstance(study, dict):
+        return parse_study(study, "study")
+    if isinstance(study, str | Path):
+        return load_study(study)
+    raise ConfigError(f"study must be a study file's path or its content as a dict, "
+                      f"got {type(study).__name__}")
+
+
+# The bounds of how long a study runs, one home for the study file, the CLI's options (which
+# declare the same numbers: tests/cli/test_cli_properties.py compares them) and the API.
+MIN_TRIALS, MIN_TIMEOUT_S = 1, 1
+
+
+def check_n_trials(value: object, where: str = "trials") -> int:
+    """Finished trials a study should reach: 1..INT_MAX (a 32-bit column)."""
+    return typed_value(where, "n_trials", value, int, minimum=MIN_TRIALS)
+
+
+def check_timeout(value: object, where: str = "timeout") -> float:
+    """A worker's seconds before it stops starting trials: finite, at least 1."""
+    return typed_value(where, "timeout", value, float, minimum=MIN_TIMEOUT_S)
+
+
 def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
     """[pruner]: options of the pruner named in [study]; an option of another pruner is an
     error, not silently ignored."""
@@ -336,9 +361,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         pruner_options=parse_pruner_options(doc, pruner, where),
         rungs=rungs,
         objectives=objectives,
-        n_trials=typed_value(where, "n_trials", study.get("n_trials", 20), int, minimum=1),
-        timeout=(typed_value(where, "timeout", study["timeout"], float, minimum=1)
-                 if "timeout" in study else None),
+        n_trials=check_n_trials(study.get("n_trials", 20), where),
+        timeout=check_timeout(study["timeout"], where) if "timeout" in study else None,
         seed=typed_value(where, "seed", study.get("seed", 0), int, minimum=0),
         min_epochs=min_epochs,
         data=parse_data(check_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",

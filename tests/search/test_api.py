@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import typer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import inspect
 
 from hpsearch import api
+from hpsearch.cli import app
+from hpsearch.db.engine import make_engine
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.params import INT_MAX
 from hpsearch.search.study_file import load_study
 from tests.study_files import write_tiny_study
 
@@ -69,3 +77,75 @@ def test_pareto_front_of_a_multi_objective_study(sqlite_url: str, tmp_path: Path
     assert best.number in [t.number for t in front.trials]
     for trial in front.trials:  # each with its values: best accuracy, parameter count
         assert front.values[trial.number] == (trial.value, trial.n_params)
+
+
+# --- one validation for every entrance ----------------------------------------------------------
+
+def _cli_accepts(command: str, option: str, value: object) -> bool:
+    """Whether `hpsearch COMMAND --OPTION value` gets past the option's own check."""
+    cli = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    param = next(p for p in cli.params if p.name == option)
+    try:
+        param.process_value(typer.Context(cli), str(value))
+    except typer.BadParameter:
+        return False
+    return True
+
+
+def _api_accepts(call: Callable[[], object]) -> bool:
+    """Whether an API call gets past validation: its database is unreachable (a folder that
+    does not exist), so a call that passes fails there instead, having written nothing."""
+    try:
+        call()
+    except ConfigError:
+        return False
+    except HpsearchError as exc:
+        assert "unable to open database file" in str(exc)
+        return True
+    raise AssertionError("the call reached nowhere it could write")
+
+
+COUNTS = st.one_of(st.integers(-3, 3), st.integers(), st.sampled_from(
+    [INT_MAX, INT_MAX + 1, 2**40, -2**31, 10**30]))
+SECONDS = st.one_of(COUNTS, st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=50, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trials=COUNTS)
+def test_create_study_bounds_trials_as_the_cli_does(tmp_path: Path, trials: int) -> None:
+    """api.create_study(trials=-1 | 0 | 2**40) was stored (a worker then ran nothing and
+    exited 0; on PostgreSQL 2**40 failed after Optuna's study was made)."""
+    path = write_tiny_study(tmp_path, "bounded")
+    nowhere = f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}"
+    assert _api_accepts(lambda: api.create_study(path, nowhere, trials=trials)) == \
+        _cli_accepts("run", "trials", trials)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(timeout=SECONDS)
+def test_run_worker_bounds_timeout_as_the_cli_does(tmp_path: Path, timeout: float) -> None:
+    nowhere = f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}"
+    api_says = _api_accepts(lambda: api.run_worker("bounded", nowhere, timeout=timeout))
+    assert api_says == _cli_accepts("worker", "timeout", timeout)
+    assert api_says == _cli_accepts("run", "timeout", timeout)
+
+
+@pytest.mark.parametrize("study", [None, 3, b"x.toml", ["x"]])
+def test_create_study_of_something_else_is_a_config_error(study: object) -> None:
+    with pytest.raises(ConfigError, match="study must be a study file's path or its content"):
+        api.create_study(study, "sqlite:///unused.db")  # type: ignore[arg-type]
+    assert not Path("unused.db").exists()
+
+
+def test_an_out_of_bounds_study_leaves_nothing_half_made(pg_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL 2**40 trials failed after Optuna's study and our tables were written."""
+    path = write_tiny_study(tmp_path, "half")
+    with pytest.raises(ConfigError, match="n_trials must be between"):
+        api.create_study(path, pg_url, trials=2**40)
+    engine = make_engine(pg_url)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
