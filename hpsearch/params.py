@@ -34,6 +34,8 @@ DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
     "synthetic": (1, 28, 28),
 }
 NUM_CLASSES = 10
+TRAIN_IMAGES = {"fashion-mnist": 60_000, "mnist": 60_000, "cifar10": 50_000}  # before the split
+MIN_TRAIN_IMAGES = 20  # fewer says nothing about a configuration (a subset, a rung)
 DEVICES = ("auto", "cpu", "cuda")  # --device: "auto" is a GPU if there is one
 # Every integer a study file or option holds must fit a 32-bit signed INTEGER column (PostgreSQL's
 # `integer`, the widest that every database we support stores without overflow) and a seed that
@@ -263,5 +265,15 @@ class DataOptions:
         dataset_shape(self.dataset)
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.subset is not None and self.subset < 20:
-            raise ConfigError(f"subset must be at least 20 images, got {self.subset}")
+        if self.subset is not None and self.subset < MIN_TRAIN_IMAGES:
+            raise ConfigError(f"subset must be at least {MIN_TRAIN_IMAGES} images, "
+                              f"got {self.subset}")
+
+    @property
+    def training_images(self) -> int:
+        """Images of the training split: after the subset and the validation split, counted
+        as trainer/data.py splits them."""
+        total = self.synthetic_size if self.dataset == "synthetic" else TRAIN_IMAGES[self.dataset]
+        if self.subset is not None:
+            total = min(total, self.subset)
+        return total - max(1, round(total * self.val_fraction))

@@ -79,6 +79,10 @@ def normalise_url(url: str) -> str:
             f"unsupported database {parsed.drivername!r}: use sqlite:///FILE or "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB"
         )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # each connection would get its own empty database: "no such table" at the first read
+        raise ConfigError("an in-memory SQLite database keeps nothing between connections or "
+                          "processes: name a file, sqlite:///FILE")
     _check_driver_and_options(parsed)
     return parsed.render_as_string(hide_password=False)
 

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, String, cast, delete, func, insert, select, u
 from hpsearch.db import optuna_tables as ot
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema, reading, require_schema
-from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
+from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial, study_named
 from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import connection_scope
@@ -57,7 +57,7 @@ class Halves:
 
 
 def _halves(conn: Connection, name: str) -> Halves:
-    ours = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    ours = conn.execute(select(Study.__table__).where(study_named(name))).first()
     optuna = ot.optuna_studies(conn)
     if ours is not None:
         problem = link_problem(conn, optuna, ours)

@@ -177,9 +177,8 @@ def _full_url(url: str | None) -> str:
 
 def _sqlite_file(url: str) -> Path | None:
     parsed = make_url(url)
-    path = parsed.database
-    is_file = parsed.get_backend_name() == "sqlite" and bool(path) and path != ":memory:"
-    return Path(path) if is_file else None
+    # normalise_url refused an in-memory one
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" else None
 
 
 def _sqlite_file_blank(url: str) -> bool:

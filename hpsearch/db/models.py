@@ -6,6 +6,7 @@ One row per epoch with one column per metric keeps comparison queries and curve 
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 # Deterministic constraint names, so migrations can drop and alter them on every backend.
 NAMING = {
@@ -59,6 +61,13 @@ class Study(Base):
 
     trials: Mapped[list[Trial]] = relationship(back_populates="study")
 
+
+
+def study_named(name: str) -> ColumnElement[bool]:
+    """The one way to find a study by the name a user typed: as typed, or in Unicode's
+    composed form (NFC), which new names are stored in. A terminal or file that sends 'café'
+    decomposed (e + U+0301) still finds it."""
+    return Study.name.in_({name, unicodedata.normalize("NFC", name)})
 
 class Trial(Base):
     __tablename__ = "hps_trial"

@@ -31,6 +31,7 @@ from hpsearch.db.models import (
     Epoch,
     Study,
     Trial,
+    study_named,
 )
 from hpsearch.db.optuna_link import check_link, link_problem
 from hpsearch.db.records import (
@@ -80,13 +81,13 @@ def study_names(conn: Connection, limit: int | None = None) -> list[str]:
 
 
 def has_study(conn: Connection, name: str) -> bool:
-    return conn.scalar(select(Study.id).where(Study.name == name)) is not None
+    return conn.scalar(select(Study.id).where(study_named(name))) is not None
 
 
 def find_study(conn: Connection, name: str) -> StudyInfo:
     """The study called `name`, or a one-line error that lists the studies that do exist, or
     says what happened to the Optuna study behind it."""
-    study = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    study = conn.execute(select(Study.__table__).where(study_named(name))).first()
     if study is None:
         known = study_names(conn, KNOWN_NAMES_SHOWN + 1)
         if not known:
@@ -346,7 +347,7 @@ def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
 
 def read_progress(conn: Connection, name: str) -> StudyProgress:
     """Counts by state, the best so far and every running trial (the live view)."""
-    study = conn.execute(select(Study.id, Study.config).where(Study.name == name)).first()
+    study = conn.execute(select(Study.id, Study.config).where(study_named(name))).first()
     progress = StudyProgress()
     if study is None:
         return progress

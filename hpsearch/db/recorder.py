@@ -14,7 +14,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from hpsearch.db.errors import DuplicateRowError
-from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial, utcnow
+from hpsearch.db.models import (
+    EnsembleEvaluation,
+    Epoch,
+    Evaluation,
+    Study,
+    Trial,
+    study_named,
+    utcnow,
+)
 from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import retrying, session_scope
@@ -31,7 +39,7 @@ class Recorder:
         """The study's row id, creating the row or updating its trial target."""
         def write() -> int:
             with session_scope(self.engine) as session:
-                study = session.scalar(select(Study).where(Study.name == name))
+                study = session.scalar(select(Study).where(study_named(name)))
                 if study is None:
                     study = Study(name=name, optuna_study_id=optuna_study_id, config=config,
                                   space=space, dataset=dataset, n_trials=n_trials)
@@ -58,7 +66,7 @@ class Recorder:
         """Store an edited study file (`hpsearch run --update`) as the study's config."""
         def write() -> None:
             with session_scope(self.engine) as session:
-                session.execute(update(Study).where(Study.name == name).values(config=config))
+                session.execute(update(Study).where(study_named(name)).values(config=config))
         retrying(write, "recording the study's new config")
 
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
@@ -188,7 +196,7 @@ class Recorder:
         has the study the row was recorded for under that name."""
         def read() -> Study | None:
             with session_scope(self.engine, expire_on_commit=False) as session:
-                study = session.scalar(select(Study).where(Study.name == name))
+                study = session.scalar(select(Study).where(study_named(name)))
                 if study is not None:
                     check_link(session.connection(), study)
                 return study

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
 from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
-from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams, param_type
+from hpsearch.params import (
+    MIN_TRAIN_IMAGES,
+    PARAM_NAMES,
+    DataOptions,
+    TrialParams,
+    param_type,
+)
 from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
 
 SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
@@ -302,12 +309,25 @@ def check_study_name(name: Any, where: str = "study") -> str:
     """The rule for every new study name, in files and for `hpsearch study rename/copy`: it is
     shown in HTML and terminals and used in paths (see NAME_PATTERN); nothing that reads as an
     option, no control characters, no stray spaces at the ends."""
+    if isinstance(name, str):  # stored composed, as every lookup finds it (study_named)
+        name = unicodedata.normalize("NFC", name)
     if (not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not name.isprintable()
             or name.startswith("-") or name != name.strip()):
         shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
         raise ConfigError(f"{where}: study name {shown} must be 1-200 letters, digits, spaces, "
                           "'.', '-' or '_', not start with '-' nor start or end with a space")
     return name
+
+
+def _check_rung_sizes(config: StudyConfig, where: str) -> None:
+    """A rung on a handful of images ranks trials by noise (0.001 of a subset is one image)."""
+    total = config.data.training_images
+    for i, rung in enumerate(config.rungs, 1):
+        images = max(1, round(total * rung.fraction))  # as TrainValData.train_fraction counts
+        if images < MIN_TRAIN_IMAGES:
+            raise ConfigError(f"{where}: [budget] rungs[{i}]: fraction {rung.fraction} trains "
+                              f"on {images} of {total:,} training images; a rung needs at "
+                              f"least {MIN_TRAIN_IMAGES}")
 
 
 def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
@@ -331,6 +351,10 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
 
     objectives = parse_objectives(study, where)
     multi = len(objectives) > 1
+    if multi and "rungs" in budget:
+        raise ConfigError(f"{where}: [budget] rungs cannot be combined with several objectives: "
+                          "promotion between rungs is pruning, and Optuna prunes "
+                          "single-objective studies only (keep one objective or drop the rungs)")
     # Optuna prunes single-objective studies only: a multi-objective one defaults to no pruner
     pruner = choice_value(where, "pruner", study.get("pruner", "none" if multi else "hyperband"),
                           PRUNERS)
@@ -384,6 +408,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                              float, minimum=0, maximum=MAX_DRY_RUN_EPOCH_S)
                  if "dry_run" in doc else None),
     )
+    _check_rung_sizes(config, where)
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
     config.fixed["epochs"] = max_epochs

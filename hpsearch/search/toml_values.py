@@ -3,6 +3,8 @@ tables and values: each problem is one ConfigError naming the file and the key."
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,11 @@ def choice_value(where: str, key: str, value: Any, choices: tuple[str, ...]) -> 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file's document; any reason it cannot be read or parsed is one ConfigError."""
     try:
-        with path.open("rb") as file:
+        # non-blocking: opening a FIFO with no writer would wait for one for ever
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ConfigError(f"{path}: not a {what} (not a regular file)")
             data = file.read(MAX_STUDY_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None

@@ -53,6 +53,7 @@ def load_config(recorder: Recorder, name: str, url: str) -> tuple[StudyConfig, i
         raise HpsearchError(f"unknown study {name!r} in {mask_url(url)} "
                             "(start it with `hpsearch run STUDY.toml`)")
     config = parse_study(row.config, f"study {name!r}")
+    config.name = row.name  # as stored, whichever Unicode form `name` was typed in
     config.n_trials = row.n_trials
     return config, row.id
 
@@ -90,6 +91,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     engine = make_engine(url)
     recorder = Recorder(engine)
     config, row_id = load_config(recorder, name, url)
+    name = config.name
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, name), "checkpoints")
     storage = open_storage(url, config.workers, pool=engine.pool)
     from hpsearch.search.space import make_pruner, make_sampler

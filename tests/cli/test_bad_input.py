@@ -147,7 +147,7 @@ CASES = [
     Case("run-binary-study-file", RUN, "not a study file: not UTF-8 text",
          toml=bytes(range(256)) * 4),
     Case("run-device-file-as-study", ("run", "/dev/zero", "--db", "{new_db}"),
-         "not a study file (larger than"),
+         "not a study file (not a regular file)"),
     Case("train-binary-config", ("train", "--config", "{study}"), "not a config file",
          toml=b"\xff\xfe[params]\x00"),
     Case("run-newer-optuna-tables", ("run", "{study}", "--db", "{db}"),
@@ -160,6 +160,10 @@ CASES = [
          toml=study(), db="garbage"),
     Case("studies-missing-driver", ("studies", "--db", "postgresql+asyncpg://u:secret@h/x"),
          "database driver for 'postgresql+asyncpg' is not installed", forbidden=("secret",)),
+    Case("studies-in-memory-sqlite", ("studies", "--db", "sqlite://"),
+         "an in-memory SQLite database keeps nothing between connections or processes"),
+    Case("run-in-memory-sqlite", RUN[:2] + ("--db", "sqlite:///:memory:"),
+         "name a file, sqlite:///FILE", toml=study()),
     Case("studies-unknown-sqlite-option", ("studies", "--db", "sqlite:///x.db?timout=5"),
          "unknown option(s) timout in database URL"),
     Case("studies-bad-sqlite-option-value", ("studies", "--db", "sqlite:///x.db?timeout=abc"),
@@ -443,3 +447,17 @@ def test_root_options_and_command_order() -> None:
                            "export", "report", "evaluate", "train", "study", "db"]
     version = CliRunner().invoke(app, ["--version"])
     assert version.exit_code == 0 and version.stdout.startswith("hpsearch 0.")
+
+
+@pytest.mark.parametrize("command", [("run", "fifo.toml", "--db", "sqlite:///new.db"),
+                                     ("train", "--config", "fifo.toml")])
+def test_a_fifo_as_a_study_file_is_refused_before_it_is_opened(tmp_path: Path,
+                                                               command: tuple[str, ...]) -> None:
+    """A FIFO with no writer blocked `run` in open() for ever."""
+    os.mkfifo(tmp_path / "fifo.toml")
+    proc = hpsearch(list(command), tmp_path, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"hpsearch: error: fifo.toml: not a {'study' if command[0] == 'run' else 'config'} "
+        "file (not a regular file)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.toml"]

@@ -149,3 +149,16 @@ def test_an_out_of_bounds_study_leaves_nothing_half_made(pg_url: str, tmp_path: 
         assert inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path: Path) -> None:
+    """'unknown study 'café' (known: 'café')': typed decomposed (e + U+0301, as some
+    terminals and file systems send it), stored composed."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    raw = load_study(write_tiny_study(tmp_path, "x", n_trials=1, epochs=1)).raw
+    assert api.create_study({**raw, "study": {**raw["study"], "name": decomposed}},
+                            sqlite_url) == composed
+    summary = api.run_worker(decomposed, sqlite_url)
+    assert summary.complete + summary.pruned == 1
+    for name in (composed, decomposed):
+        assert [t.number for t in api.trials(name, sqlite_url)] == [0]

@@ -84,6 +84,9 @@ def test_rungs_are_parsed_and_set_the_budget(tmp_path: Path) -> None:
     (RUNGS, "", "median", "need pruner 'successive-halving' or 'hyperband'"),
     (RUNGS, "max_epochs = 5", "successive-halving", "must equal the last rung's epochs"),
     (RUNGS, "min_epochs = 2", "successive-halving", "min_epochs does not apply"),
+    # 0.01 of the 360 training images of synthetic_size 400 (a tenth is the validation split)
+    ("[{fraction = 0.01, epochs = 1}, {fraction = 1.0, epochs = 2}]", "", "successive-halving",
+     "fraction 0.01 trains on 4 of 360 training images; a rung needs at least 20"),
 ])
 def test_bad_rungs_are_one_line_and_nothing_is_written(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -95,6 +98,17 @@ def test_bad_rungs_are_one_line_and_nothing_is_written(
     code, out, err = hps(capsys, monkeypatch, "run", str(path), "--db", f"sqlite:///{db}")
     assert code != 0 and err.startswith("hpsearch: error:") and message in err, err
     assert len(err.strip().splitlines()) == 1 and not db.exists()
+
+
+@pytest.mark.parametrize("pruner", ["successive-halving", "none"])
+def test_rungs_with_several_objectives_say_they_cannot_be_combined(tmp_path: Path,
+                                                                   pruner: str) -> None:
+    """Either change alone used to send the user to the other error (a pruner for rungs, no
+    pruner for several objectives)."""
+    raw = load_study(rung_study(tmp_path)).raw
+    study = {**raw["study"], "objectives": ["val_acc:max", "params:min"], "pruner": pruner}
+    with pytest.raises(ConfigError, match="rungs cannot be combined with several objectives"):
+        parse_study({**raw, "study": study})
 
 
 def test_a_rung_study_promotes_by_successive_halving(tmp_path: Path,
