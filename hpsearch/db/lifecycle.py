@@ -23,10 +23,11 @@ from hpsearch.db import optuna_tables as ot
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema, reading, require_schema
 from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial, study_named
-from hpsearch.db.optuna_link import LinkProblem, link_problem, row_marker
+from hpsearch.db.optuna_link import LinkProblem, link_problem, renamed_from, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.objectives import stored_objectives
 
 # Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
 DEFAULT_GRACE_S = 120
@@ -51,9 +52,11 @@ class Halves:
 
     name: str
     ours: Any  # the hps_study row, or None
-    optuna_id: int | None  # the Optuna study our row is tied to, else the one called `name`
-    optuna_name: str | None  # that Optuna study's current name
+    # the Optuna study called `name`: our row's own when the tie is intact, else one without
+    # a row of ours (None when there is none, or when it is not our row's: re-created)
+    optuna_id: int | None
     problem: LinkProblem | None  # what broke the tie with Optuna's study; None if intact
+    renamed_from: str | None = None  # our row whose study Optuna renamed to `name`
 
 
 def _halves(conn: Connection, name: str) -> Halves:
@@ -61,13 +64,9 @@ def _halves(conn: Connection, name: str) -> Halves:
     optuna = ot.optuna_studies(conn)
     if ours is not None:
         problem = link_problem(conn, optuna, ours)
-        theirs = optuna.get(ours.optuna_study_id)
-        if problem is None or problem.kind == "renamed":
-            return Halves(name, ours, ours.optuna_study_id, theirs.name, problem)
-        # Optuna's study is gone, or the one with our id or name now is not ours: leave it
-        return Halves(name, ours, None, None, problem)
+        return Halves(name, ours, ours.optuna_study_id if problem is None else None, problem)
     by_name = next((i for i, s in optuna.items() if s.name == name), None)
-    return Halves(name, None, by_name, name if by_name is not None else None, None)
+    return Halves(name, None, by_name, None, renamed_from(conn, optuna, name))
 
 
 def _require_some(conn: Connection, halves: Halves) -> None:
@@ -102,16 +101,32 @@ def _age_s(now: Any, then: Any) -> float:
     return (now.replace(tzinfo=None) - then.replace(tzinfo=None)).total_seconds()
 
 
-def _refuse_if_running(conn: Connection, halves: Halves, doing: str) -> None:
-    if halves.optuna_id is None:
+def _refuse_if_running(conn: Connection, halves: Halves, doing: str,
+                       optuna_id: int | None = None) -> None:
+    """Refuse while a worker runs a trial of Optuna study `optuna_id` (default: the halves')."""
+    optuna_id = halves.optuna_id if optuna_id is None else optuna_id
+    if optuna_id is None:
         return
-    live = live_trials(conn, halves.optuna_id, _grace_s(halves.ours))
+    live = live_trials(conn, optuna_id, _grace_s(halves.ours))
     if live:
         shown = ", ".join(str(n) for n in sorted(live)[:5]) + (", ..." if len(live) > 5 else "")
         raise HpsearchError(
             f"cannot {doing} study {halves.name!r}: its workers are still running "
             f"(trial {shown} sent a heartbeat within the last {_grace_s(halves.ours):.0f} s); "
             "stop them first, or wait for the study to finish")
+
+
+def _refuse_if_renamed(halves: Halves) -> None:
+    """A study Optuna renamed by copying is split: our rows under the old name, Optuna's trials
+    under the new one. Deleting either half would take the other's results with it."""
+    if halves.problem is not None and halves.problem.kind == "renamed":
+        raise HpsearchError(f"cannot delete study {halves.name!r}: {halves.problem.message}, "
+                            "then delete it under its new name")
+    if halves.renamed_from is not None:
+        raise HpsearchError(
+            f"cannot delete study {halves.name!r}: it is hpsearch's study "
+            f"{halves.renamed_from!r} renamed in Optuna; run `hpsearch study rename "
+            f"{halves.renamed_from!r} {halves.name!r}` to follow it, then delete it")
 
 
 def _delete_optuna_study(conn: Connection, optuna_id: int) -> int:
@@ -148,23 +163,24 @@ def check_deletable(url: str, name: str) -> None:
     with reading(url) as conn:
         halves = _halves(conn, name)
         _require_some(conn, halves)
+        _refuse_if_renamed(halves)
         _refuse_if_running(conn, halves, "delete")
 
 
 def delete_study(url: str, name: str) -> str:
     """Delete study `name` from hpsearch's tables and Optuna's, in one transaction. Either half
-    may already be gone (an orphan); an Optuna study that re-used the name is not touched."""
+    may already be gone (an orphan); an Optuna study that re-used the name is not touched, and
+    neither half of a study renamed in Optuna but not yet followed."""
     url = normalise_url(url)
     require_schema(url)
     with write_transaction(url) as conn:
         halves = _halves(conn, name)
         _require_some(conn, halves)
+        _refuse_if_renamed(halves)
         _refuse_if_running(conn, halves, "delete")
         ours = _delete_our_study(conn, halves.ours.id) if halves.ours is not None else None
-        # Optuna's half goes only while it still has this name: one renamed in Optuna is
-        # someone's study under another name now
         theirs = (_delete_optuna_study(conn, halves.optuna_id)
-                  if halves.optuna_id is not None and halves.optuna_name == name else None)
+                  if halves.optuna_id is not None else None)
     parts = [f"{ours} trial rows of hpsearch" if ours is not None else None,
              f"Optuna's study (id {halves.optuna_id}, {theirs} trials)"
              if theirs is not None else None]
@@ -173,27 +189,49 @@ def delete_study(url: str, name: str) -> str:
 
 def rename_study(url: str, old: str, new: str) -> str:
     """Rename both halves of a study in one transaction. When Optuna's half was already
-    renamed to `new` (optuna-dashboard), ours follows it."""
+    renamed to `new` (in place, or by optuna-dashboard's copy), ours follows it."""
     url = normalise_url(url)
     require_schema(url)
     with write_transaction(url) as conn:
         halves = _halves(conn, old)
         _require_some(conn, halves)
-        follow = halves.ours is not None and halves.optuna_name == new
-        if halves.problem is not None and not follow:
+        successors = halves.problem.successors if halves.problem is not None else {}
+        follow = next((i for i, n in successors.items() if n == new), None)
+        if halves.problem is not None and follow is None:
             raise HpsearchError(halves.problem.message)
         taken = _halves(conn, new)
-        if taken.ours is not None or (taken.optuna_id is not None and not follow):
+        if taken.ours is not None or taken.optuna_id not in (None, follow):
             raise HpsearchError(f"cannot rename {old!r} to {new!r}: a study called {new!r} "
                                 "already exists")
-        _refuse_if_running(conn, halves, "rename")
-        if halves.optuna_id is not None and not follow:
+        _refuse_if_running(conn, halves, "rename", follow)
+        if follow is not None:
+            _relink(conn, halves.ours, follow)
+        elif halves.optuna_id is not None:
             conn.execute(update(ot.studies).where(ot.studies.c.study_id == halves.optuna_id)
                          .values(study_name=new))
         if halves.ours is not None:
             conn.execute(update(Study).where(Study.id == halves.ours.id).values(
                 name=new, config=_renamed_config(halves.ours.config, new)))
-    return f"renamed study {old!r} to {new!r}" + (" (following Optuna)" if follow else "")
+    return (f"renamed study {old!r} to {new!r}"
+            + (" (following Optuna)" if follow is not None else ""))
+
+
+def _relink(conn: Connection, ours: Any, optuna_id: int) -> None:
+    """Tie our row and its trial rows to Optuna study `optuna_id`, which holds the same trials
+    under the same numbers (optuna-dashboard's rename copies them in order), and give it back
+    what the copy dropped: our marker and the metric names."""
+    if optuna_id == ours.optuna_study_id:  # renamed in place: the ties still hold
+        return
+    trial_ids = dict(conn.execute(select(ot.trials.c.number, ot.trials.c.trial_id)
+                                  .where(ot.trials.c.study_id == optuna_id)).all())
+    for number, trial_id in conn.execute(select(Trial.number, Trial.id)
+                                         .where(Trial.study_id == ours.id)).all():
+        conn.execute(update(Trial).where(Trial.id == trial_id)
+                     .values(optuna_trial_id=trial_ids[number]))
+    conn.execute(update(Study).where(Study.id == ours.id).values(optuna_study_id=optuna_id))
+    set_marker(conn, optuna_id, row_marker(ours.id, ours.created_at))
+    ot.set_study_system_attr(conn, optuna_id, ot.METRIC_NAMES_KEY,
+                             [o.measure for o in stored_objectives(ours.config)])
 
 
 def _renamed_config(config: dict[str, Any] | None, new: str) -> dict[str, Any]:
@@ -355,8 +393,9 @@ def _orphans(conn: Connection) -> list[str]:
     ours = conn.execute(select(Study.__table__)).all()
     problems = {s.id: link_problem(conn, optuna, s) for s in ours}
     lines = [p.message for p in problems.values() if p]
-    linked = {s.optuna_study_id for s in ours
-              if problems[s.id] is None or problems[s.id].kind == "renamed"}
+    # a renamed study's new Optuna study is named in its row's line (follow it, never drop it)
+    linked = {s.optuna_study_id for s in ours if problems[s.id] is None}
+    linked |= {i for p in problems.values() if p for i in p.successors}
     lines += [f"Optuna study {o.name!r} (id {i}) has no hpsearch rows (created by another "
               f"tool, or left by an interrupted delete); `hpsearch study delete {o.name!r} "
               "--yes` removes it" for i, o in sorted(optuna.items()) if i not in linked]

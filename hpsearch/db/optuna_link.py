@@ -6,18 +6,27 @@ first, so results are never read as, or written into, a study they do not belong
 SQLite a re-created study often gets the deleted one's id back, so the Optuna study also
 carries a marker naming our row (optuna_tables.MARKER_KEY), written with our row; migration
 0004 marks the Optuna studies of rows recorded before.
+
+optuna-dashboard renames a study by copying it: a new Optuna study with the old one's trials
+(new ids, the same numbers, parameters and values), study system attributes (our marker among
+them) dropped, then the old study deleted. Our rows' study then looks deleted; it is recognised
+as renamed when another Optuna study holds every trial of ours, by number with the same sampled
+parameter values (`successors`), and `hpsearch study rename OLD NEW` re-links our rows to it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
 
 from hpsearch.db import optuna_tables as ot
-from hpsearch.db.models import Trial
+from hpsearch.db.models import Study, Trial
 from hpsearch.errors import HpsearchError
 
 
@@ -36,6 +45,9 @@ def row_marker(row_id: int, created_at: datetime) -> str:
 class LinkProblem:
     kind: str  # "deleted", "re-created" or "renamed" (in Optuna)
     message: str  # one line: what happened and what to run
+    # renamed: the Optuna studies (id -> name) that hold our rows' trials now; one, unless the
+    # renamed study was also copied
+    successors: dict[int, str] = field(default_factory=dict)
 
 
 def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
@@ -45,21 +57,90 @@ def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
     `optuna`: every Optuna study (optuna_tables.optuna_studies)."""
     name, linked = row.name, row.optuna_study_id
     theirs = optuna.get(linked)
+    if theirs is not None and _same_study(theirs, row):
+        return None if theirs.name == name else _renamed(name, {linked: theirs.name})
+    successors = renamed_copies(conn, optuna, row)
+    if successors:
+        return _renamed(name, successors)
     drop = f"run `hpsearch study delete {name!r} --yes` to drop"
-    if theirs is None or not _same_study(theirs, row):
-        others = [i for i, s in optuna.items() if s.name == name]
-        if others:
-            return LinkProblem("re-created", (
-                f"study {name!r} was deleted and re-created in Optuna (Optuna study id "
-                f"{others[0]} is not the one its results were recorded for); {drop} the old "
-                "results (Optuna's new study stays)"))
-        return LinkProblem("deleted", f"study {name!r} was deleted in Optuna (study id "
-                                      f"{linked} is gone); {drop} its orphaned results")
-    if theirs.name != name:
+    others = [i for i, s in optuna.items() if s.name == name]
+    if others:
+        return LinkProblem("re-created", (
+            f"study {name!r} was deleted and re-created in Optuna (Optuna study id "
+            f"{others[0]} is not the one its results were recorded for); {drop} the old "
+            "results (Optuna's new study stays)"))
+    return LinkProblem("deleted", f"study {name!r} was deleted in Optuna (study id "
+                                  f"{linked} is gone); {drop} its orphaned results")
+
+
+def _renamed(name: str, successors: dict[int, str]) -> LinkProblem:
+    if len(successors) == 1:
+        (new,) = successors.values()
         return LinkProblem("renamed", (
-            f"study {name!r} was renamed to {theirs.name!r} in Optuna; run "
-            f"`hpsearch study rename {name!r} {theirs.name!r}` to follow it"))
+            f"study {name!r} was renamed to {new!r} in Optuna; run "
+            f"`hpsearch study rename {name!r} {new!r}` to follow it"), successors)
+    names = ", ".join(repr(n) for n in sorted(successors.values()))
+    return LinkProblem("renamed", (
+        f"study {name!r} was renamed in Optuna and its trials now live in several studies "
+        f"({names}); run `hpsearch study rename {name!r} NEW` with one of them to follow it"),
+        successors)
+
+
+def renamed_copies(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
+                   ) -> dict[int, str]:
+    """The Optuna studies (id -> name) that optuna-dashboard's rename (or a copy) made of our
+    row's study: under another name, not tied to another row of ours (no marker, or ours),
+    holding every trial of ours by number with the same sampled parameter values. A study
+    with our own name is a re-creation, never a rename; without trial rows there is nothing
+    to recognise a marker-less copy by."""
+    marker = row_marker(row.id, row.created_at)
+    candidates = [i for i, s in optuna.items() if i != row.optuna_study_id
+                  and s.name != row.name and s.marker in (None, marker)]
+    if not candidates:
+        return {}
+    ours = {t.number: {n: t.params.get(n) for n in t.sampled or ()}
+            for t in conn.execute(select(Trial.number, Trial.sampled, Trial.params)
+                                  .where(Trial.study_id == row.id))}
+    if not ours:
+        return {i: optuna[i].name for i in candidates if optuna[i].marker == marker}
+    theirs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+    params = ot.trial_params
+    for t in conn.execute(
+            select(ot.trials.c.study_id, ot.trials.c.number, params.c.param_name,
+                   params.c.param_value, params.c.distribution_json)
+            .outerjoin(params, params.c.trial_id == ot.trials.c.trial_id)
+            .where(ot.trials.c.study_id.in_(candidates), ot.trials.c.number.in_(ours))):
+        trial = theirs[t.study_id].setdefault(t.number, {})
+        if t.param_name is not None:
+            trial[t.param_name] = _external(t.param_value, t.distribution_json)
+    return {i: optuna[i].name for i in candidates
+            if all(_same_params(ours[n], theirs[i].get(n)) for n in ours)}
+
+
+def renamed_from(conn: Connection, optuna: dict[int, ot.OptunaStudy], name: str) -> str | None:
+    """The name of our row whose study Optuna renamed to `name`, if any."""
+    for row in conn.execute(select(Study.__table__).where(Study.name != name)).all():
+        problem = link_problem(conn, optuna, row)
+        if problem is not None and name in problem.successors.values():
+            return str(row.name)
     return None
+
+
+def _external(internal: float, distribution_json: str) -> Any:
+    """A parameter's value as sampled, from Optuna's stored form (a categorical is stored as
+    the index of its choice)."""
+    distribution = json.loads(distribution_json)
+    if distribution["name"] == "CategoricalDistribution":
+        return distribution["attributes"]["choices"][int(internal)]
+    return internal
+
+
+def _same_params(ours: dict[str, Any], theirs: dict[str, Any] | None) -> bool:
+    if theirs is None or ours.keys() != theirs.keys():
+        return False
+    return all(a == b or (isinstance(a, float | int) and isinstance(b, float | int)
+                          and math.isclose(a, b, rel_tol=1e-12))
+               for a, b in ((ours[k], theirs[k]) for k in ours))
 
 
 def _same_study(theirs: ot.OptunaStudy, row: Any) -> bool:

@@ -28,7 +28,8 @@ from sqlalchemy.sql.expression import TableClause
 studies = table("studies", column("study_id"), column("study_name"))
 trials = table("trials", column("trial_id"), column("study_id"), column("number"),
                column("state"), column("datetime_start"))
-trial_params = table("trial_params", column("trial_id"), column("param_name"))
+trial_params = table("trial_params", column("trial_id"), column("param_name"),
+                     column("param_value"), column("distribution_json"))
 trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
 study_system_attributes = table("study_system_attributes", column("study_id"), column("key"),
                                 column("value_json"))
@@ -43,6 +44,8 @@ MARKER_KEY = "hpsearch:study_row"
 # When a worker last checked the study for dead trials (seconds since the epoch, its clock): one
 # check per study per interval, whatever the number of workers (claim_stale_check).
 STALE_CHECK_KEY = "hpsearch:stale_check_at"
+# Where Optuna keeps Study.metric_names (optuna/study/study.py, _SYSTEM_ATTR_METRIC_NAMES)
+METRIC_NAMES_KEY = "study:metric_names"
 
 
 def by_trial_id(name: str) -> TableClause:
@@ -79,11 +82,16 @@ def optuna_studies(conn: Connection) -> dict[int, OptunaStudy]:
 
 def set_marker(conn: Connection, optuna_study_id: int, marker: str) -> None:
     """Tie Optuna's study to our row (replacing a marker copied from another study)."""
+    set_study_system_attr(conn, optuna_study_id, MARKER_KEY, marker)
+
+
+def set_study_system_attr(conn: Connection, optuna_study_id: int, key: str,
+                          value: object) -> None:
+    """Optuna's Storage.set_study_system_attr, on the caller's connection and transaction."""
     attrs = study_system_attributes
-    conn.execute(delete(attrs).where(attrs.c.study_id == optuna_study_id,
-                                     attrs.c.key == MARKER_KEY))
-    conn.execute(insert(attrs).values(study_id=optuna_study_id, key=MARKER_KEY,
-                                      value_json=json.dumps(marker)))
+    conn.execute(delete(attrs).where(attrs.c.study_id == optuna_study_id, attrs.c.key == key))
+    conn.execute(insert(attrs).values(study_id=optuna_study_id, key=key,
+                                      value_json=json.dumps(value)))
 
 
 def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,

@@ -33,7 +33,7 @@ from hpsearch.db.models import (
     Trial,
     study_named,
 )
-from hpsearch.db.optuna_link import check_link, link_problem
+from hpsearch.db.optuna_link import check_link, link_problem, renamed_from
 from hpsearch.db.records import (
     EpochRecord,
     ParetoFront,
@@ -89,6 +89,11 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
     says what happened to the Optuna study behind it."""
     study = conn.execute(select(Study.__table__).where(study_named(name))).first()
     if study is None:
+        renamed = renamed_from(conn, optuna_tables.optuna_studies(conn), name)
+        if renamed is not None:
+            raise HpsearchError(f"study {name!r} is hpsearch's study {renamed!r}, renamed in "
+                                f"Optuna; run `hpsearch study rename {renamed!r} {name!r}` "
+                                "to follow it")
         known = study_names(conn, KNOWN_NAMES_SHOWN + 1)
         if not known:
             hint = "the database holds no studies yet"

@@ -138,7 +138,8 @@ def test_a_study_recreated_in_optuna_never_gets_the_old_rows(
 def test_a_rename_in_optuna_is_followed_by_study_rename(
         sqlite_url: str, tiny: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # what optuna-dashboard's rename does: the name column of Optuna's row changes
+    # a rename in place (by SQL or another tool); optuna-dashboard's rename, a copy, is
+    # tested against the real dashboard in test_dashboard_rename.py
     execute(sqlite_url, "UPDATE studies SET study_name = 'tiny-v2' WHERE study_name = 'tiny'")
     before = row_counts(sqlite_url)
     code, _out, err = hps(capsys, monkeypatch, "run", str(tiny), "--db", sqlite_url)

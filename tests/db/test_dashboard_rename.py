@@ -1,0 +1,128 @@
+"""A rename made in the real optuna-dashboard (its HTTP API, its own server) is followed: the
+dashboard copies the study into a new Optuna study (new ids, system attributes dropped) and
+deletes the old one; our rows are recognised by their trials, re-linked by `hpsearch study
+rename`, and nothing is advised or allowed that would delete the results in between."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hpsearch.db.engine import make_engine
+from hpsearch.db.models import Evaluation, Study, Trial
+from tests.conftest import free_port
+from tests.db.test_lifecycle import _rows, add_ensemble, one_error_line, row_counts
+from tests.helpers import hps, wait_for
+from tests.recorded_study import build_recorded_study
+
+pytest.importorskip("optuna_dashboard", reason="OPTUNA-DASHBOARD IS MISSING: the rename in "
+                    "optuna-dashboard was NOT tested (pip install 'hpsearch[dashboard]')")
+
+
+def call(url: str, payload: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        url, method="GET" if payload is None else "POST",
+        data=None if payload is None else json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # a loaded machine is slow
+        return json.load(response)
+
+
+@contextmanager
+def dashboard(sqlite_url: str) -> Iterator[str]:
+    """optuna-dashboard on the database, as `hpsearch dashboard` serves it; its base URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "dashboard", "--db", sqlite_url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: call(f"{base}/api/studies") is not None, 60, "the dashboard")
+        yield base
+    finally:
+        server.send_signal(signal.SIGINT)
+        print("dashboard output:", server.communicate(timeout=60)[0])
+
+
+def rename_in_dashboard(base: str, old: str, new: str) -> None:
+    (study_id,) = [s["study_id"] for s in call(f"{base}/api/studies")["study_summaries"]
+                   if s["study_name"] == old]
+    assert call(f"{base}/api/studies/{study_id}/rename", {"study_name": new})["study_name"] == new
+
+
+def test_a_rename_in_optuna_dashboard_is_followed(
+        sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded = build_recorded_study(sqlite_url, "demo")
+    db = ("--db", sqlite_url)
+    engine = make_engine(sqlite_url)
+    with Session(engine) as session, session.begin():
+        best = session.scalars(select(Trial).where(Trial.number == recorded.best_number)).one()
+        session.add(Evaluation(trial_id=best.id, seed=0, epochs=3, test_acc=0.81, test_loss=0.5,
+                               curve=[{"epoch": 1, "train_loss": 1.0}],
+                               checkpoint_path="final.pt", seconds=2.0))
+        session.add(add_ensemble(best.study_id, recorded.best_number))
+    engine.dispose()
+    assert hps(capsys, monkeypatch, "study", "note", "demo", "baseline run", *db)[0] == 0
+    assert hps(capsys, monkeypatch, "tag", "demo", str(recorded.best_number), "keeper",
+               "--note", "retrain this", *db)[0] == 0
+    before = _rows(sqlite_url, "demo")
+
+    with dashboard(sqlite_url) as base:
+        rename_in_dashboard(base, "demo", "demo-v2")
+    assert optuna.study.get_all_study_names(sqlite_url) == ["demo-v2"]
+    counts = row_counts(sqlite_url)
+
+    # every command names the rename and how to follow it; none advises a delete
+    for args in (("trials", "demo"), ("best", "demo"), ("show", "demo", "0"),
+                 ("trials", "demo-v2")):
+        code, _out, err = hps(capsys, monkeypatch, *args, *db)
+        line = one_error_line(err)
+        assert code == 2 and "hpsearch study rename 'demo' 'demo-v2'" in line, line
+        assert "delete" not in line
+    code, out, _ = hps(capsys, monkeypatch, "db", "check", *db)
+    assert code == 1 and "renamed to 'demo-v2'" in out and "delete" not in out, out
+    # deleting either half now would take the other's results with it: refused
+    for name in ("demo", "demo-v2"):
+        code, _out, err = hps(capsys, monkeypatch, "study", "delete", name, "--yes", *db)
+        assert code == 2 and "hpsearch study rename 'demo' 'demo-v2'" in one_error_line(err)
+    assert row_counts(sqlite_url) == counts
+
+    code, out, _ = hps(capsys, monkeypatch, "study", "rename", "demo", "demo-v2", *db)
+    assert code == 0 and "following Optuna" in out, out
+    # every row of ours kept (epochs, evaluations, ensembles, notes, tags), each trial tied to
+    # the dashboard's copy of its Optuna trial
+    assert _rows(sqlite_url, "demo-v2") == before
+    copy = optuna.load_study(study_name="demo-v2", storage=sqlite_url)
+    engine = make_engine(sqlite_url)
+    with Session(engine) as session:
+        assert session.scalar(select(Study.optuna_study_id)) == copy._study_id
+        ours = session.scalars(select(Trial).order_by(Trial.number)).all()
+    engine.dispose()
+    assert [t.optuna_trial_id for t in ours] == [t._trial_id for t in copy.trials]
+    assert copy.metric_names == ["val_acc"]  # what the dashboard's copy dropped comes back
+
+    code, out, _ = hps(capsys, monkeypatch, "db", "check", *db)
+    assert code == 0, out
+    code, out, _ = hps(capsys, monkeypatch, "trials", "demo-v2", "--format", "csv", *db)
+    assert code == 0 and len(out.strip().splitlines()) == 1 + recorded.n_trials, out
+    code, out, _ = hps(capsys, monkeypatch, "show", "demo-v2", str(recorded.best_number),
+                       "--format", "json", *db)
+    assert code == 0 and '"note": "retrain this"' in out and "0.81" in out, out
+    code, out, _ = hps(capsys, monkeypatch, "best", "demo-v2", *db)
+    assert code == 0, out
+    report = tmp_path / "report.html"
+    code, out, _ = hps(capsys, monkeypatch, "report", "demo-v2", "--output", str(report), *db)
+    assert code == 0 and "Note: baseline run" in report.read_text()
