@@ -34,14 +34,14 @@ def dashboard(
     except ImportError:
         raise HpsearchError("optuna-dashboard is not installed: pip install "
                             "'hpsearch[dashboard]' (or pip install optuna-dashboard)") from None
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     import optuna
     from optuna.storages import RDBStorage
 
     from hpsearch.db.engine import database_url, make_engine, mask_url, normalise_url
     from hpsearch.db.migrate import require_schema
-    from hpsearch.stop import exit_code, install_stop_handlers, signal_name, signum_of
+    from hpsearch.stop import STOP_SIGNALS, Stopped, exit_code, signal_name, signum_of
 
     url = normalise_url(database_url(db))
     require_schema(url)  # a typo in --db must not create an empty database
@@ -52,10 +52,21 @@ def dashboard(
         def log_message(self, *args: object) -> None:  # no line per request
             pass
 
+    received: list[int] = []
+
+    class StoppableServer(WSGIServer):
+        def service_actions(self) -> None:
+            # Stop requests end the loop between requests: raised inside one (as a signal
+            # handler raising KeyboardInterrupt does), wsgiref's handler catches and logs it,
+            # and the server went on serving
+            if received:
+                raise Stopped(received[0])
+
     # our own server, not optuna_dashboard.run_server: bottle's runner swallowed Ctrl-C at
     # times (seen: the process kept serving after SIGINT), and SIGTERM must stop it too
     try:
-        server = make_server(host, port, wsgi(storage), handler_class=QuietHandler)
+        server = make_server(host, port, wsgi(storage), server_class=StoppableServer,
+                             handler_class=QuietHandler)
     except OSError as exc:
         raise HpsearchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     if host not in LOOPBACK:
@@ -63,7 +74,9 @@ def dashboard(
                    "these studies", err=True)
     typer.echo(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/ "
                "(Ctrl-C stops it)")
-    install_stop_handlers()
+    for signum in STOP_SIGNALS:  # an ignored signal stays ignored (nohup)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, lambda signum, _frame: received.append(signum))
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt as exc:

@@ -98,7 +98,7 @@ def note_cmd(
     db: DbOption = None,
 ) -> None:
     """Set a study's note, shown by `hpsearch studies` and in the report."""
-    from hpsearch.db.lifecycle import set_study_note
+    from hpsearch.db.notes import set_study_note
 
     set_study_note(_url(db), name, text)
 
@@ -117,7 +117,7 @@ def tag(
     db: DbOption = None,
 ) -> None:
     """Tag a trial, or set its note; `hpsearch show NAME NUMBER` shows both."""
-    from hpsearch.db.lifecycle import tag_trial
+    from hpsearch.db.notes import tag_trial
 
     given = tuple(tags or ())
     now, now_note = tag_trial(_url(db), name, number, add=() if remove else given,

@@ -1,4 +1,4 @@
-"""Study lifecycle: delete, rename, copy, notes and tags, and the orphan check of `db check`.
+"""Study lifecycle: delete, rename, copy, and the orphan check of `db check`.
 
 Delete and rename change both halves of a study (Optuna's tables and ours) with SQL on ONE
 connection in ONE transaction, so they either happen together or not at all; Optuna's foreign
@@ -26,7 +26,7 @@ from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Tri
 from hpsearch.db.optuna_link import LinkProblem, link_problem, renamed_from, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import connection_scope
-from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.errors import HpsearchError
 from hpsearch.objectives import stored_objectives
 
 # Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
@@ -316,64 +316,6 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
     if ensembles:
         dst.execute(insert(EnsembleEvaluation), ensembles)
     return count
-
-
-def _our_study(conn: Connection, name: str) -> Any:
-    """Our row of study `name`, checked against Optuna's, for notes and tags."""
-    halves = _halves(conn, name)
-    if halves.ours is None:
-        raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(str(conn.engine.url))}")
-    if halves.problem is not None:
-        raise HpsearchError(halves.problem.message)
-    return halves.ours
-
-
-def _check_text(what: str, text: str) -> None:
-    """Notes and tags are printed to terminals and into reports: no control characters (an
-    escape sequence would restyle the terminal), as in study files."""
-    if not text.isprintable():
-        raise ConfigError(f"{what}: control characters are not allowed (got {text[:60]!r})")
-
-
-def _check_tag(tag: str) -> None:
-    _check_text("tag", tag)
-    if not tag.strip() or tag != tag.strip() or "," in tag:
-        raise ConfigError(f"tag {tag!r}: a tag is a word or phrase without commas and without "
-                          "spaces around it (tags are listed comma-separated)")
-
-
-def set_study_note(url: str, name: str, text: str) -> None:
-    """Set (or with an empty text, clear) the study's note."""
-    _check_text("note", text)
-    url = normalise_url(url)
-    require_schema(url)
-    with write_transaction(url) as conn:
-        study = _our_study(conn, name)
-        conn.execute(update(Study).where(Study.id == study.id).values(note=text or None))
-
-
-def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
-              remove: tuple[str, ...] = (), note: str | None = None
-              ) -> tuple[list[str], str | None]:
-    """Add and remove tags of one trial, and set its note (None: unchanged, "": cleared).
-    Returns the trial's tags and note afterwards."""
-    for tag in add:  # tags stored earlier can still be removed, whatever they are
-        _check_tag(tag)
-    if note is not None:
-        _check_text("note", note)
-    url = normalise_url(url)
-    require_schema(url)
-    with write_transaction(url) as conn:
-        study = _our_study(conn, name)
-        trial = conn.execute(select(Trial.id, Trial.tags, Trial.note).where(
-            Trial.study_id == study.id, Trial.number == number)).first()
-        if trial is None:
-            raise HpsearchError(f"study {name!r} has no trial {number}")
-        tags = [t for t in (trial.tags or []) if t not in remove]
-        tags += [t for t in dict.fromkeys(add) if t not in tags]
-        new_note = trial.note if note is None else (note or None)
-        conn.execute(update(Trial).where(Trial.id == trial.id).values(tags=tags, note=new_note))
-    return tags, new_note
 
 
 def orphans(url: str) -> list[str]:

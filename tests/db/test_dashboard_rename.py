@@ -40,20 +40,26 @@ def call(url: str, payload: dict | None = None) -> dict:
 
 
 @contextmanager
-def dashboard(sqlite_url: str) -> Iterator[str]:
+def dashboard(sqlite_url: str, log_dir: Path) -> Iterator[str]:
     """optuna-dashboard on the database, as `hpsearch dashboard` serves it; its base URL."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "dashboard", "--db", sqlite_url, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = log_dir / "dashboard.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "hpsearch", "dashboard", "--db", sqlite_url,
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: call(f"{base}/api/studies") is not None, 60, "the dashboard")
         yield base
     finally:
         server.send_signal(signal.SIGINT)
-        print("dashboard output:", server.communicate(timeout=60)[0])
+        try:
+            server.wait(timeout=60)
+        finally:
+            server.kill()
+            print("dashboard output:", log.read_text())
 
 
 def rename_in_dashboard(base: str, old: str, new: str) -> None:
@@ -80,7 +86,7 @@ def test_a_rename_in_optuna_dashboard_is_followed(
                "--note", "retrain this", *db)[0] == 0
     before = _rows(sqlite_url, "demo")
 
-    with dashboard(sqlite_url) as base:
+    with dashboard(sqlite_url, tmp_path) as base:
         rename_in_dashboard(base, "demo", "demo-v2")
     assert optuna.study.get_all_study_names(sqlite_url) == ["demo-v2"]
     counts = row_counts(sqlite_url)

@@ -1,0 +1,71 @@
+"""Study and trial notes, and trial tags (`hpsearch study note`, `hpsearch tag`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from hpsearch.db.engine import mask_url, normalise_url
+from hpsearch.db.lifecycle import write_transaction
+from hpsearch.db.migrate import require_schema
+from hpsearch.db.models import Study, Trial
+from hpsearch.db.optuna_link import check_link
+from hpsearch.errors import ConfigError, HpsearchError
+
+
+def _our_study(conn: Connection, name: str) -> Any:
+    """Our row of study `name`, checked against Optuna's."""
+    ours = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    if ours is None:
+        raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(str(conn.engine.url))}")
+    check_link(conn, ours)
+    return ours
+
+
+def _check_text(what: str, text: str) -> None:
+    """Notes and tags are printed to terminals and into reports: no control characters (an
+    escape sequence would restyle the terminal), as in study files."""
+    if not text.isprintable():
+        raise ConfigError(f"{what}: control characters are not allowed (got {text[:60]!r})")
+
+
+def _check_tag(tag: str) -> None:
+    _check_text("tag", tag)
+    if not tag.strip() or tag != tag.strip() or "," in tag:
+        raise ConfigError(f"tag {tag!r}: a tag is a word or phrase without commas and without "
+                          "spaces around it (tags are listed comma-separated)")
+
+
+def set_study_note(url: str, name: str, text: str) -> None:
+    """Set (or with an empty text, clear) the study's note."""
+    _check_text("note", text)
+    url = normalise_url(url)
+    require_schema(url)
+    with write_transaction(url) as conn:
+        study = _our_study(conn, name)
+        conn.execute(update(Study).where(Study.id == study.id).values(note=text or None))
+
+
+def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
+              remove: tuple[str, ...] = (), note: str | None = None
+              ) -> tuple[list[str], str | None]:
+    """Add and remove tags of one trial, and set its note (None: unchanged, "": cleared).
+    Returns the trial's tags and note afterwards."""
+    for tag in add:  # tags stored earlier can still be removed, whatever they are
+        _check_tag(tag)
+    if note is not None:
+        _check_text("note", note)
+    url = normalise_url(url)
+    require_schema(url)
+    with write_transaction(url) as conn:
+        study = _our_study(conn, name)
+        trial = conn.execute(select(Trial.id, Trial.tags, Trial.note).where(
+            Trial.study_id == study.id, Trial.number == number)).first()
+        if trial is None:
+            raise HpsearchError(f"study {name!r} has no trial {number}")
+        tags = [t for t in (trial.tags or []) if t not in remove]
+        tags += [t for t in dict.fromkeys(add) if t not in tags]
+        new_note = trial.note if note is None else (note or None)
+        conn.execute(update(Trial).where(Trial.id == trial.id).values(tags=tags, note=new_note))
+    return tags, new_note
