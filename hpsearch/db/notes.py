@@ -9,14 +9,14 @@ from sqlalchemy import Connection, select, update
 from hpsearch.db.engine import mask_url, normalise_url
 from hpsearch.db.lifecycle import write_transaction
 from hpsearch.db.migrate import require_schema
-from hpsearch.db.models import Study, Trial
+from hpsearch.db.models import Study, Trial, study_named
 from hpsearch.db.optuna_link import check_link
 from hpsearch.errors import ConfigError, HpsearchError
 
 
 def _our_study(conn: Connection, name: str) -> Any:
     """Our row of study `name`, checked against Optuna's."""
-    ours = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    ours = conn.execute(select(Study.__table__).where(study_named(name))).first()
     if ours is None:
         raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(str(conn.engine.url))}")
     check_link(conn, ours)
