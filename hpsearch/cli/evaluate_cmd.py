@@ -45,7 +45,8 @@ def evaluate(
         "the study's best trial, as `hpsearch best` shows it).", min=0, max=INT_MAX)] = None,
     epochs: Annotated[str | None, typer.Option(
         help="Epochs of the retraining (default: the epoch at which the trial's first "
-        "objective peaked; with a cosine schedule, the trial's full length), or 'auto': the "
+        "objective peaked; the learning rate of each epoch is the trial's, replayed), or "
+        "'auto': the "
         "length at which the configuration, retrained on the training set less a held-out "
         "slice, scores best on that slice (up to twice the trial's length; see README), "
         "chosen before the test set is read.", callback=epochs_option,

@@ -330,6 +330,13 @@ def trial_epochs(conn: Connection, study: StudyInfo, number: int) -> list[EpochR
     return [EpochRecord(*row) for row in conn.execute(query)]
 
 
+def trial_lrs(conn: Connection, study: StudyInfo, number: int) -> list[float]:
+    """The learning rate each epoch of a trial started with (hps_epoch.lr), epoch by epoch: what
+    its final retraining replays."""
+    return list(conn.scalars(select(Epoch.lr).join(Trial, Trial.id == Epoch.trial_id).where(
+        Trial.study_id == study.id, Trial.number == number).order_by(Epoch.epoch)))
+
+
 def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
     row = conn.execute(
         select(func.coalesce(func.sum(Trial.seconds), 0.0).label("compute"),

@@ -9,7 +9,8 @@ Two phases, so that the test set cannot influence any choice:
    [data] subset and split seed) and predicts the validation split. The plan is frozen.
 2. `run_ensemble`, per seed: every member (and the single best trial, the baseline it is
    compared with, even where greedy selection gave it no weight) is retrained on train +
-   validation, exactly as `hpsearch evaluate` does, or its stored weights are reloaded. Then the
+   validation, exactly as `hpsearch evaluate` does (replaying its searched learning rate), or
+   its stored weights are reloaded. Then the
    test set is read once; each member's own score is an ordinary hps_evaluation row, and the
    weighted mean of the members' softmax outputs is the ensemble's (a row of hps_ensemble).
    `tta="flip"` also scores the outputs averaged with those of the mirrored test images.
@@ -35,11 +36,12 @@ from hpsearch.search.evaluate import (
     AUTO,
     CURVE_KEYS,
     Epochs,
+    Retraining,
     check_epochs,
     check_weights_folder,
     evaluation_seeds,
     final_checkpoint_path,
-    retrain_length,
+    plan_retraining,
     retrain_params,
     study_checkpoint_dir,
 )
@@ -54,9 +56,16 @@ TTA_MODES = ("flip",)
 @dataclass(frozen=True)
 class Member:
     trial: records.TrialRecord
-    params: TrialParams  # epochs: this member's retraining length
+    retraining: Retraining  # its params (epochs: its retraining length) and learning rate
     weight: float  # its share of the averaged outputs; 0 for a baseline greedy left out
-    auto: AutoEpochs | None = None  # how --epochs auto chose its length
+
+    @property
+    def params(self) -> TrialParams:
+        return self.retraining.params
+
+    @property
+    def auto(self) -> AutoEpochs | None:
+        return self.retraining.auto
 
     def to_dict(self) -> dict[str, float | int]:
         return {"trial": self.trial.number, "epochs": self.params.epochs,
@@ -140,6 +149,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
         with connection_scope(engine) as conn:
             study = queries.find_study(conn, name)
             top = queries.top_trials(conn, study, k)
+            lrs = [queries.trial_lrs(conn, study, record.number) for record in top]
     finally:
         engine.dispose()
     if len(top) < 2:
@@ -148,24 +158,25 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
     # checked for every candidate before any training starts
     for record in top:
         retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
-    resolved = [retrain_length(study, record, epochs, device=device,
-                               on_epoch=(lambda m, n=record.number: on_epoch(n, m))
-                               if on_epoch else None) for record in top]
+    resolved = [plan_retraining(study, record, rates, epochs, device=device,
+                                on_epoch=(lambda m, n=record.number: on_epoch(n, m))
+                                if on_epoch else None)
+                for record, rates in zip(top, lrs, strict=True)]
     data = resolved[0][1]
     weights = [1 / len(top)] * len(top)
     val_acc = None
     if selection == "greedy":
-        weights, val_acc = _greedy(study, data, top, [p for p, _, _ in resolved], device,
+        weights, val_acc = _greedy(study, data, top, [r for r, _ in resolved], device,
                                    on_epoch)
-    candidates = [Member(record, params, w, auto)
-                  for record, (params, _, auto), w in zip(top, resolved, weights, strict=True)]
+    candidates = [Member(record, retraining, w)
+                  for record, (retraining, _), w in zip(top, resolved, weights, strict=True)]
     return EnsemblePlan(study, data, study_checkpoint_dir(study), selection, len(top),
                         tuple(m for m in candidates if m.weight > 0), candidates[0],
                         evaluation_seeds(study, seeds), tta, val_acc)
 
 
 def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.TrialRecord],
-            params: list[TrialParams], device: str,
+            retrainings: list[Retraining], device: str,
             on_epoch: Callable[[int, EpochMetrics], None] | None
             ) -> tuple[list[float], float]:
     """Greedy weights from validation predictions: each candidate retrained on the study's own
@@ -177,10 +188,11 @@ def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.Tr
     data = data_mod.load_train_val(options, study.seed)
     dev = _device(device, resolve_device)
     probs = []
-    for record, p in zip(top, params, strict=True):
+    for record, retraining in zip(top, retrainings, strict=True):
         seed, _ = trial_seeds(study, record.number)
         try:
-            trained = fit(p, data, seed=seed, device=str(dev))
+            trained = fit(retraining.params, data, seed=seed, device=str(dev),
+                          lr_curve=retraining.lr_curve)
             for metrics in trained:
                 if on_epoch is not None:
                     on_epoch(record.number, metrics)
@@ -303,7 +315,8 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
         return model.to(dev), dtype, None, earlier.seconds
     started = time.perf_counter()
     try:
-        trained = fit(member.params, full, seed=seed, device=str(dev))
+        trained = fit(member.params, full, seed=seed, device=str(dev),
+                      lr_curve=member.retraining.lr_curve)
         for metrics in trained:
             if on_epoch is not None:
                 on_epoch(seed, number, metrics)

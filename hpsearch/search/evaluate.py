@@ -3,11 +3,15 @@ the test set, and store the result (table hps_evaluation).
 
 A study only ever sees the validation split; its best validation accuracy is optimistically
 biased (it is the maximum over many trials and epochs). The honest number is this one: the
-chosen configuration retrained from scratch on the whole training set (`load_full_train`) for the
-epoch count at which the trial peaked, then evaluated a single time on the test set, normalised
-with the full training set's statistics. This module is the only caller of `load_test_split`.
-A study's [data] subset is not applied here: `load_full_train` returns every training image (a
-subset only makes the search cheaper; the final model should see all the data there is).
+chosen configuration retrained from scratch on the whole training set (`load_full_train`) up to
+the epoch at which the trial peaked, on the learning rate the trial had at every epoch (its
+recorded `hps_epoch.lr`, replayed: a plateau schedule has no validation split to watch here, and
+a schedule that counts steps keeps its shape over epochs on the larger data; see
+`trainer.schedule`), then evaluated a single time on the test set, normalised with the full
+training set's statistics. So the model scored is the one whose validation peak chose it.
+This module is the only caller of `load_test_split`. A study's [data] subset is not applied
+here: `load_full_train` returns every training image (a subset only makes the search cheaper;
+the final model should see all the data there is).
 
 With several seeds, each seed is one retraining and one row; a (trial, seed, epochs) result that
 is already stored is reused rather than retrained, so asking for more seeds later only trains
@@ -17,7 +21,7 @@ the new ones and never re-scores the test set for nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +41,20 @@ from hpsearch.search.study import publish_test_accuracy
 from hpsearch.search.study_file import WorkerOptions, parse_data
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.epochs_auto import AutoEpochs, choose_epochs
+from hpsearch.trainer.schedule import LrCurve, replay_curve
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
 AUTO = "auto"  # --epochs auto
 Epochs = int | str | None  # a count, AUTO, or None: the trial's own rule
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """How one trial is retrained on train + validation, fixed before it starts."""
+
+    params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
+    lr_curve: LrCurve  # the learning rate of its every step: the searched run's, replayed
+    auto: AutoEpochs | None = None  # how --epochs auto chose the length
 
 
 @dataclass(frozen=True)
@@ -51,13 +65,20 @@ class EvaluationPlan:
     data: DataOptions  # the study's stored [data] table
     checkpoint_dir: str  # where the final weights go ([workers] checkpoint_dir)
     trial: records.TrialRecord
-    params: TrialParams  # the trial's full params, epochs = the retraining's epoch count
+    retraining: Retraining
     seeds: tuple[int, ...]
-    auto: AutoEpochs | None = None  # how --epochs auto chose the length
+
+    @property
+    def params(self) -> TrialParams:
+        return self.retraining.params
 
     @property
     def epochs(self) -> int:
         return self.params.epochs
+
+    @property
+    def auto(self) -> AutoEpochs | None:
+        return self.retraining.auto
 
 
 @dataclass(frozen=True)
@@ -89,8 +110,9 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                     epochs: Epochs = None, seeds: int = 1, device: str = "auto",
                     on_epoch: Callable[[EpochMetrics], None] | None = None) -> EvaluationPlan:
     """Resolve the study, the trial (default: the best, by `queries.best_query`), its full
-    params and the epoch count (default: the epoch where the first objective peaked; AUTO:
-    chosen on a held-out slice, `on_epoch` following those runs). Never reads the test set."""
+    params, the epoch count (default: the epoch where the first objective peaked; AUTO:
+    chosen on a held-out slice, `on_epoch` following those runs) and the learning rate to
+    replay. Never reads the test set."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_epochs(epochs)
@@ -106,31 +128,41 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
                     raise HpsearchError(f"study {name!r} has no complete trial to evaluate yet")
             else:
                 record = queries.get_trial(conn, study, trial)
+            lrs = queries.trial_lrs(conn, study, record.number)
     finally:
         engine.dispose()
-    params, data, auto = retrain_length(study, record, epochs, device=device,
-                                        on_epoch=on_epoch)
-    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, params,
-                          evaluation_seeds(study, seeds), auto)
+    retraining, data = plan_retraining(study, record, lrs, epochs, device=device,
+                                       on_epoch=on_epoch)
+    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, retraining,
+                          evaluation_seeds(study, seeds))
 
 
-def retrain_length(study: records.StudyInfo, record: records.TrialRecord, epochs: Epochs, *,
-                   device: str = "auto", on_epoch: Callable[[EpochMetrics], None] | None = None
-                   ) -> tuple[TrialParams, DataOptions, AutoEpochs | None]:
-    """`retrain_params`, with AUTO resolved by `epochs_auto.choose_epochs` (the runs train with
-    the study's seed, the first seed of the evaluation)."""
+def plan_retraining(study: records.StudyInfo, record: records.TrialRecord,
+                    lrs: Sequence[float], epochs: Epochs, *, device: str = "auto",
+                    on_epoch: Callable[[EpochMetrics], None] | None = None
+                    ) -> tuple[Retraining, DataOptions]:
+    """The trial's retraining and the study's [data] options: up to the epoch where the trial
+    peaked (or `epochs` of them), replaying its recorded rates `lrs`; under an explicit length
+    a cosine schedule stretches over it. AUTO is resolved by `epochs_auto.choose_epochs` (the
+    runs train with the study's seed, the first seed of the evaluation), and the retraining
+    replays the rates of the run that chose the length."""
     params, data = retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
-    if epochs != AUTO:
-        return params, data, None
-    auto = choose_epochs(params, data, split_seed=study.seed + 1, seed=study.seed,
-                         device=device, on_epoch=on_epoch)
-    return params.replace(epochs=auto.epochs), data, auto
+    if epochs == AUTO:
+        auto = choose_epochs(params, data, split_seed=study.seed + 1, seed=study.seed,
+                             device=device, on_epoch=on_epoch)
+        params = params.replace(epochs=auto.epochs)
+        return Retraining(params, replay_curve(params, auto.lrs), auto), data
+    # the schedule's own span: the trial's (cut short at its peak) or the length asked for
+    span = epochs or TrialParams.from_dict(record.params).epochs
+    curve = replay_curve(params.replace(epochs=span), lrs)
+    return Retraining(params.replace(epochs=epochs or record.best_epoch), curve), data  # type: ignore[arg-type]
 
 
 def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
                    epochs: int | None) -> tuple[TrialParams, DataOptions]:
-    """A trial's full params for its final retraining (epochs: `epochs`, else the trial's
-    own rule) and the study's stored [data] options, checked."""
+    """A trial's full params (epochs: `epochs`, else those `hpsearch best --format toml` gives:
+    the peak epoch, or the full length under cosine) and the study's stored [data] options,
+    checked."""
     from hpsearch.report.tables import retrain_config
 
     if record.state == "running":
@@ -206,7 +238,8 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
             data = data_mod.load_full_train(options)
         started = time.perf_counter()
         try:
-            trained = fit(plan.params, data, seed=seed, device=device)
+            trained = fit(plan.params, data, seed=seed, device=device,
+                          lr_curve=plan.retraining.lr_curve)
             for metrics in trained:
                 if on_epoch is not None:
                     on_epoch(seed, metrics)

@@ -11,7 +11,8 @@ the study's seed + 1, so the slice is not the one the trial was chosen on), then
   the trial's own, each to its end; the length whose last epoch scores best (the shortest of
   equals).
 The final retraining then uses that many epochs on train + validation (about 1/(1-val_fraction)
-times as many steps per epoch). Nothing here reads the test set.
+times as many steps per epoch), replaying the learning rate the chosen run had at each of them
+(a plateau schedule's cuts came from the held-out slice). Nothing here reads the test set.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class AutoEpochs:
     # held-out accuracy per length tried (cosine) or per epoch of the one curve (others)
     scores: dict[int, float]
     seconds: float
+    lrs: tuple[float, ...] = ()  # the rate each epoch of the chosen run started with
 
 
 def choose_epochs(params: TrialParams, options: DataOptions, *, split_seed: int, seed: int,
@@ -49,6 +51,7 @@ def choose_epochs(params: TrialParams, options: DataOptions, *, split_seed: int,
     data = data_mod.load_train_val(replace(options, subset=None), split_seed)
     started = time.perf_counter()
     scores: dict[int, float] = {}
+    lrs: dict[int, list[float]] = {}  # by length (cosine), or the one curve's under 0
     try:
         if params.scheduler == "cosine":
             for factor in COSINE_FACTORS:
@@ -59,12 +62,14 @@ def choose_epochs(params: TrialParams, options: DataOptions, *, split_seed: int,
                                    device=device):
                     if on_epoch is not None:
                         on_epoch(metrics)
+                    lrs.setdefault(length, []).append(metrics.lr)
                 scores[length] = metrics.val_acc
         else:
             for metrics in fit(params.replace(epochs=AUTO_FACTOR * params.epochs), data,
                                seed=seed, device=device):
                 if on_epoch is not None:
                     on_epoch(metrics)
+                lrs.setdefault(0, []).append(metrics.lr)
                 scores[metrics.epoch] = metrics.val_acc
                 best = max(scores, key=lambda e: (scores[e], -e))
                 if metrics.epoch - best >= PATIENCE:  # the curve stopped improving
@@ -75,4 +80,5 @@ def choose_epochs(params: TrialParams, options: DataOptions, *, split_seed: int,
     if not finite:
         raise HpsearchError("choosing the retraining length: no epoch had a held-out accuracy")
     chosen = max(finite, key=lambda e: (finite[e], -e))
-    return AutoEpochs(chosen, scores, time.perf_counter() - started)
+    curve = lrs[chosen] if params.scheduler == "cosine" else lrs[0][:chosen]
+    return AutoEpochs(chosen, scores, time.perf_counter() - started, tuple(curve))

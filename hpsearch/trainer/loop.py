@@ -22,6 +22,7 @@ from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
 from hpsearch.trainer.model import build_model, count_parameters
 from hpsearch.trainer.runtime import RunSetup, resolve_device, resolve_precision, tune_malloc
+from hpsearch.trainer.schedule import LrCurve, Schedule
 
 CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
 CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
@@ -48,69 +49,6 @@ def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimiz
     if params.optimizer == "radam":
         return torch.optim.RAdam(groups, **adam)
     raise ValueError(f"unknown optimizer {params.optimizer!r}")
-
-
-class Schedule:
-    """Wraps a torch LR scheduler and knows whether it steps per batch or per epoch."""
-
-    def __init__(self, params: TrialParams, optimizer: torch.optim.Optimizer,
-                 steps_per_epoch: int) -> None:
-        self.kind = params.scheduler
-        self.watches_acc = params.plateau_metric == "val_acc"
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None  # noqa: E501
-        if self.kind == "cosine":
-            warmup = params.warmup_epochs * steps_per_epoch
-            total = max(1, params.epochs * steps_per_epoch)
-            floor = params.min_lr / params.lr  # eta_min, as a fraction of the peak lr
-
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / warmup
-                progress = (step - warmup) / max(1, total - warmup)
-                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-            self.factor, self.steps_per_epoch = factor, steps_per_epoch
-        elif self.kind == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, params.step_size,
-                                                             params.gamma)
-        elif self.kind == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=params.plateau_direction, factor=params.gamma,
-                patience=params.plateau_patience, threshold=params.plateau_threshold,
-                cooldown=params.plateau_cooldown, min_lr=params.min_lr)
-        else:
-            self.scheduler = None
-
-    def after_batch(self) -> None:
-        if self.kind == "cosine":
-            self.scheduler.step()  # type: ignore[union-attr]
-
-    def after_epoch(self, loss: float, acc: float) -> None:
-        """After each epoch, with the validation loss and accuracy (the plateau scheduler
-        watches one of them)."""
-        if self.kind == "step":
-            self.scheduler.step()  # type: ignore[union-attr]
-        elif self.kind == "plateau":
-            self.scheduler.step(acc if self.watches_acc else loss)  # type: ignore[union-attr]
-
-    def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
-
-    def load_state_dict(self, state: dict, epochs_done: int) -> None:
-        """Resume after `epochs_done` epochs. A cosine schedule counts batches; where the
-        training data grew (a rung of a multi-fidelity budget) an epoch has more of them now,
-        so its position is set from the epochs done, which keeps the curve's shape over
-        epochs (with the same data nothing changes)."""
-        if self.scheduler is None:
-            return
-        self.scheduler.load_state_dict(state)
-        if self.kind == "cosine":
-            step = epochs_done * self.steps_per_epoch
-            self.scheduler.last_epoch = step
-            for group, base in zip(self.scheduler.optimizer.param_groups,
-                                   self.scheduler.base_lrs, strict=True):
-                group["lr"] = base * self.factor(step)
 
 
 def evaluate(model: nn.Module, split: Split, device: torch.device,
@@ -151,7 +89,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast
 
 def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
         on_step: Callable[[int, int], None] | None = None, checkpoint: Path | None = None,
-        resume_from: Path | None = None, stop_after: int | None = None) -> Training:
+        resume_from: Path | None = None, stop_after: int | None = None,
+        lr_curve: LrCurve | None = None) -> Training:
     """Train `params` on `data`: iterate the result for one EpochMetrics per epoch.
 
         run = fit(params, data, seed=0)
@@ -166,12 +105,15 @@ def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str =
     continue from; its finished epochs are neither redone nor yielded again. `stop_after`:
     stop after this epoch, as if the run went on (the schedule still spans `params.epochs`); a
     multi-fidelity rung trains up to its epoch, then the next resumes from the checkpoint on
-    more data.
+    more data. `lr_curve`: the learning rate of every step, in place of the params' schedule
+    (a final retraining replays the searched run's with `schedule.replay_curve`); without it a
+    plateau schedule needs a validation split.
     `on_step(done, total)` is called after each training batch (for progress bars).
     Raises TrainingDiverged from the loop when a run cannot produce a useful model.
     """
     return Training(params, data, seed=seed, device=device, on_step=on_step,
-                    checkpoint=checkpoint, resume_from=resume_from, stop_after=stop_after)
+                    checkpoint=checkpoint, resume_from=resume_from, stop_after=stop_after,
+                    lr_curve=lr_curve)
 
 
 class Training:
@@ -179,7 +121,8 @@ class Training:
 
     def __init__(self, params: TrialParams, data: TrainValData, *, seed: int, device: str,
                  on_step: Callable[[int, int], None] | None, checkpoint: Path | None,
-                 resume_from: Path | None, stop_after: int | None = None) -> None:
+                 resume_from: Path | None, stop_after: int | None = None,
+                 lr_curve: LrCurve | None = None) -> None:
         self.params, self.data, self.on_step, self.checkpoint = params, data, on_step, checkpoint
         self.last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
         self.device = dev = resolve_device(device)
@@ -200,7 +143,10 @@ class Training:
         steps = (len(data.train) // params.batch_size if self.drop_last
                  else math.ceil(len(data.train) / params.batch_size))
         self.steps_per_epoch = max(1, steps)
-        self.schedule = Schedule(params, self.optimizer, self.steps_per_epoch)
+        self.schedule = Schedule(params, self.optimizer, self.steps_per_epoch, lr_curve)
+        if self.schedule.plateau is not None and not len(data.val):
+            raise ValueError("a plateau schedule without a validation split needs an lr_curve "
+                             "to replay")
         self.augment = Augmentation(params.crop_padding, params.hflip, params.random_erasing,
                                     fill=-data.mean / data.std) if params.augment else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
@@ -213,7 +159,7 @@ class Training:
             state = load_checkpoint(resume_from)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["scheduler"], state["epoch"])
+            self.schedule.load_state_dict(state["scheduler"])
             self.gen.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.history = [EpochMetrics(**m) for m in state["history"]]
@@ -252,7 +198,7 @@ class Training:
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         seen = 0
-        lr = optimizer.param_groups[0]["lr"]
+        lr = self.schedule.before_step(epoch, 0)  # the rate the epoch starts with is its record
         for step, (images, labels) in enumerate(iterate_batches(data.train, params.batch_size,
                                                                 self.gen)):
             if self.drop_last and len(labels) < params.batch_size:
@@ -260,14 +206,13 @@ class Training:
             if augment is not None:
                 images = augment(images, self.gen)
             images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            lr = optimizer.param_groups[0]["lr"]
+            self.schedule.before_step(epoch, step)
             with _autocast(dev, autocast_dtype):
                 logits = self.step_model(images)
                 loss = loss_fn(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            self.schedule.after_batch()
             loss_sum += loss.detach().double() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
@@ -284,10 +229,7 @@ class Training:
         else:  # no validation split (final retraining on train + val): nothing to check
             val_loss = val_acc = math.nan
         train_acc = correct.item() / max(1, seen)
-        if len(data.val):
-            self.schedule.after_epoch(val_loss, val_acc)
-        else:  # final retraining: the training metrics stand in for the validation ones
-            self.schedule.after_epoch(train_loss, train_acc)
+        self.schedule.after_epoch(val_loss, val_acc)
         return EpochMetrics(
             epoch=epoch, train_loss=train_loss, train_acc=train_acc,
             val_loss=val_loss, val_acc=val_acc, lr=lr,

@@ -320,12 +320,12 @@ def test_schema_upgrade_downgrade_and_cascade(db_url: str) -> None:
 
 
 def test_training_without_a_validation_split() -> None:
-    """An empty val split (the final retraining) skips validation: nan metrics, no divergence
-    check on them, and the plateau scheduler follows the training loss."""
+    """An empty val split (the final retraining) skips validation: nan metrics and no
+    divergence check on them."""
     data = data_mod.load_full_train(data_mod.DataOptions(dataset="synthetic", synthetic_size=100))
     assert len(data.val) == 0
     params = TrialParams(patch_size=14, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=16,
-                         scheduler="plateau", epochs=4, batch_size=50, precision="fp32")
+                         scheduler="step", epochs=4, batch_size=50, precision="fp32")
     from hpsearch.trainer.loop import fit
 
     result = fit(params, data, device="cpu").run_to_end()

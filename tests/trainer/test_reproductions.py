@@ -20,7 +20,8 @@ from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study, parse_study
 from hpsearch.search.worker import run_worker
-from hpsearch.trainer.loop import Schedule, make_optimizer
+from hpsearch.trainer.loop import make_optimizer
+from hpsearch.trainer.schedule import Schedule
 
 FOLDER = Path(__file__).resolve().parents[2] / "studies" / "reproductions"
 FILES = sorted(FOLDER.glob("*.toml"))
@@ -81,7 +82,7 @@ def test_reproduction_builds_what_the_coursework_built(path: Path) -> None:
         if key not in ("fused", "foreach"):  # how it is computed, not what
             assert ours.defaults[key] == value, key
     if params.scheduler == "plateau":
-        ours_s = Schedule(params, ours, steps_per_epoch=1).scheduler
+        ours_s = Schedule(params, ours, steps_per_epoch=1).plateau
         theirs_s = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, "min")
         for key in ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown",
                     "min_lrs", "eps"):

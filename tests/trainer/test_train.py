@@ -16,7 +16,6 @@ from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.trainer.data import Split, TrainValData, load_train_val
 from hpsearch.trainer.loop import (
     CHANCE_PATIENCE,
-    Schedule,
     TrainingDiverged,
     _check_chance,
     evaluate,
@@ -25,6 +24,7 @@ from hpsearch.trainer.loop import (
 )
 from hpsearch.trainer.model import build_model
 from hpsearch.trainer.runtime import configure_threads, resolve_device, tune_malloc
+from hpsearch.trainer.schedule import Schedule, replay_curve
 
 TINY = {"patch_size": 7, "hidden_dim": 32, "token_mlp_dim": 16, "channel_mlp_dim": 64,
         "batch_size": 64}
@@ -92,10 +92,9 @@ def _lrs(params: TrialParams, steps_per_epoch: int, val_losses: list[float] | No
     schedule = Schedule(params, opt, steps_per_epoch)
     seen = []
     for epoch in range(params.epochs):
-        for _ in range(steps_per_epoch):
-            seen.append(opt.param_groups[0]["lr"])
+        for step in range(steps_per_epoch):
+            seen.append(schedule.before_step(epoch + 1, step))
             opt.step()
-            schedule.after_batch()
         schedule.after_epoch(val_losses[epoch] if val_losses else 1.0,
                              val_accs[epoch] if val_accs else 0.5)
     return seen
@@ -105,7 +104,7 @@ def test_cosine_with_warmup_rises_then_decays() -> None:
     lr = 0.1
     seen = _lrs(tiny(lr=lr, scheduler="cosine", warmup_epochs=2, epochs=10), steps_per_epoch=5)
     warmup, decay = seen[:10], seen[10:]
-    assert warmup == pytest.approx([lr * (i + 1) / 10 for i in range(10)])
+    assert warmup == pytest.approx([lr * i / 10 for i in range(10)])  # from 0, as in HF's
     assert all(a < b for a, b in zip(warmup, warmup[1:], strict=False))
     assert decay[0] == pytest.approx(lr)
     assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
@@ -181,15 +180,17 @@ def test_plateau_watches_the_chosen_metric() -> None:
     assert _lrs(by_acc, 1, losses, accs[::-1]) == pytest.approx([0.1, 0.1, 0.1, 0.05])
 
 
-def test_plateau_in_final_retraining_watches_the_training_metric(data: TrainValData) -> None:
-    # no validation split: the training loss stands in. It falls every epoch, so even with
-    # patience 0 the lr is never cut (a nan validation loss would count as bad: cut every epoch)
+def test_plateau_without_validation_replays_a_curve(data: TrainValData) -> None:
+    # no validation split (a final retraining): nothing to watch, so the rate is replayed
     full = TrainValData(train=data.train, val=Split(data.val.images[:0], data.val.labels[:0]),
                         dataset=data.dataset, mean=data.mean, std=data.std)
     params = tiny(lr=0.01, scheduler="plateau", gamma=0.5, plateau_patience=0, epochs=3)
-    history = fit(params, full, seed=0, device="cpu").run_to_end().history
-    assert [m.lr for m in history] == pytest.approx([0.01] * 3)
-    assert history[0].train_loss > history[1].train_loss > history[2].train_loss
+    with pytest.raises(ValueError, match="lr_curve"):
+        fit(params, full, seed=0, device="cpu")
+    recorded = [0.01, 0.001, 0.0001]
+    history = fit(params, full, seed=0, device="cpu",
+                  lr_curve=replay_curve(params, recorded)).run_to_end().history
+    assert [m.lr for m in history] == pytest.approx(recorded)
 
 
 def test_cosine_decays_to_min_lr() -> None:
