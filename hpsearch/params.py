@@ -35,6 +35,7 @@ DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
 }
 NUM_CLASSES = 10
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "mnist": 60_000, "cifar10": 50_000}  # before the split
+TEST_IMAGES = {"fashion-mnist": 10_000, "mnist": 10_000, "cifar10": 10_000}
 MIN_TRAIN_IMAGES = 20  # fewer says nothing about a configuration (a subset, a rung)
 DEVICES = ("auto", "cpu", "cuda")  # --device: "auto" is a GPU if there is one
 # Every integer a study file or option holds must fit a 32-bit signed INTEGER column (PostgreSQL's
@@ -277,3 +278,28 @@ class DataOptions:
         if self.subset is not None:
             total = min(total, self.subset)
         return total - max(1, round(total * self.val_fraction))
+
+    def image_counts(self) -> ImageCounts:
+        """How many images each split holds, known before anything is loaded (an hours budget
+        is planned from them)."""
+        synthetic = self.dataset == "synthetic"
+        full = self.synthetic_size if synthetic else TRAIN_IMAGES[self.dataset]
+        test = synthetic_test_size(full) if synthetic else TEST_IMAGES[self.dataset]
+        searched = min(full, self.subset) if self.subset is not None else full
+        return ImageCounts(train=self.training_images, val=searched - self.training_images,
+                           full=full, test=test)
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    """Images in the search's train and validation splits, in the final retraining's whole
+    training set (a [data] subset is not applied there) and in the test set."""
+
+    train: int
+    val: int
+    full: int
+    test: int
+
+
+def synthetic_test_size(train_size: int) -> int:
+    return max(200, train_size // 5)

@@ -81,11 +81,6 @@ def evaluate(
     The final weights are saved as CHECKPOINT_DIR/<study>/final-trial-N-seed-S.pt ([workers]
     checkpoint_dir of the study). Searching never reads the test set; only this command does.
     """
-    from rich.console import Console
-
-    from hpsearch.search.evaluate import plan_evaluation, run_evaluation, summarise
-    from hpsearch.trainer.runtime import configure_threads
-
     if ensemble is not None:
         if trial is not None:
             raise ConfigError("--trial and --ensemble exclude each other (an ensemble is made "
@@ -95,6 +90,27 @@ def evaluate(
         return
     if tta is not None or select is not Selection.top:
         raise ConfigError("--select and --tta apply to --ensemble only")
+    _evaluate_single(name, db, trial, epochs, seeds, device, threads)
+
+
+def run_final_models(name: str, db: str | None, seeds: int, ensemble: int, device: str,
+                     threads: int | None) -> None:
+    """The final models of an hours budget (`hpsearch run --hours`): what `hpsearch evaluate
+    NAME --seeds S` does, or with `ensemble` K >= 2 `--ensemble K`."""
+    if ensemble > 1:
+        _evaluate_ensemble(name, db, ensemble, Selection.top.value, None, seeds, None, device,
+                           threads)
+    else:
+        _evaluate_single(name, db, None, None, seeds, device, threads)
+
+
+def _evaluate_single(name: str, db: str | None, trial: int | None, epochs: int | str | None,
+                     seeds: int, device: str, threads: int | None) -> None:
+    from rich.console import Console
+
+    from hpsearch.search.evaluate import plan_evaluation, run_evaluation, summarise
+    from hpsearch.trainer.runtime import configure_threads
+
     console = Console(stderr=True, highlight=False)
     n_threads = configure_threads(threads)
     plan = plan_evaluation(name, db, trial=trial, epochs=epochs, seeds=seeds, device=device,

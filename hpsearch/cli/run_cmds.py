@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +16,7 @@ from hpsearch.search.study_file import MIN_TIMEOUT_S, MIN_TRIALS
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from hpsearch.search.hours import BudgetKeeper
     from hpsearch.search.study_changes import Change
     from hpsearch.search.study_file import StudyConfig
 
@@ -39,6 +41,15 @@ def run(
         help="Each worker stops starting new trials after this many seconds (default: the "
         "study file's [study] timeout, if any); a running trial finishes.", min=MIN_TIMEOUT_S,
         callback=finite)] = None,
+    hours: Annotated[float | None, typer.Option(
+        help="Wall-clock budget in hours for the search AND the final models (default: the "
+        "study file's [budget] hours, if any). The run plans the search, the final retraining "
+        "and the ensemble ([budget] final: seeds, ensemble) inside it from the epoch times it "
+        "measures: workers stop starting trials in time, a trial still running when the search "
+        "time is over stops at the end of its epoch (pruned), then the run retrains the best "
+        "trial (or the K best) on the whole training set and scores each model once on the "
+        "test set, as `hpsearch evaluate --seeds S [--ensemble K]` does. n_trials and --timeout "
+        "still end the search if they come first.", callback=finite)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     gpus: Annotated[str | None, typer.Option(
         help="GPUs to place the workers on, round-robin, e.g. 0,1 (numbers as nvidia-smi "
@@ -54,11 +65,12 @@ def run(
         help="Folder for the workers' logs (one file per worker).")] = Path("hpsearch-logs"),
     update: Annotated[bool, typer.Option(
         "--update", help="Continue a study whose file was edited since it started, storing the "
-        "new file as its config: allowed for n_trials, timeout, sampler, pruner, [pruner], "
-        "[workers] and data_dir. Other changes (space, budget, seed, objectives, data) are always "
-        "refused.")] = False,
+        "new file as its config: allowed for n_trials, timeout, [budget] hours and final, "
+        "sampler, pruner, [pruner], [workers] and data_dir. Other changes (space, budget, "
+        "seed, objectives, data) are always refused.")] = False,
 ) -> None:
-    """Start a study (or continue it: same name, same database) and run it to n_trials.
+    """Start a study (or continue it: same name, same database) and run it to n_trials, or
+    with an hours budget (--hours, [budget] hours) search and train the final models inside it.
 
     Every epoch of every trial is written to the database as it finishes. Ctrl-C, SIGTERM
     (kill, docker stop, systemctl stop) and SIGHUP stop the workers cleanly (their running
@@ -70,10 +82,11 @@ def run(
     from hpsearch.stop import install_stop_handlers
 
     install_stop_handlers()  # first: a stop while the study is prepared is a stop too
+    began = time.time()  # an hours budget counts from here: preparing the study is spent too
     console = Console()
     try:
         _run(study_file, db, workers, threads, trials, timeout, device, top, log_dir, update,
-             console, gpus, workers_per_gpu)
+             console, gpus, workers_per_gpu, hours, began)
     except KeyboardInterrupt as exc:  # a stop outside the workers' run (e.g. while preparing)
         from hpsearch.stop import exit_code, signal_name, signum_of
 
@@ -85,7 +98,8 @@ def run(
 def _run(study_file: Path, db: str | None, workers: int | None, threads: int | None,
          trials: int | None, timeout: float | None, device: str, top: int, log_dir: Path,
          update: bool, console: Console, gpus_option: str | None = None,
-         per_gpu_option: int | None = None) -> None:
+         per_gpu_option: int | None = None, hours_option: float | None = None,
+         began: float | None = None) -> None:
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.files import writable_folder
     from hpsearch.paths import checkpoint_folder, study_slug
@@ -98,10 +112,14 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         supervise,
     )
     from hpsearch.search.study import prepare_study
-    from hpsearch.search.study_file import load_study, parse_gpus
+    from hpsearch.search.study_file import load_study, parse_gpus, parse_hours
     from hpsearch.stop import exit_code, signal_name, signum_of
 
     config = load_study(study_file)  # every check runs before anything is written
+    hours = parse_hours(hours_option, "--hours") if hours_option is not None else config.hours
+    if hours is not None and config.dry_run is not None:
+        raise ConfigError("--hours does not combine with [dry_run] (its final models would "
+                          "train for real)")
     check_device(device)
     gpus = parse_gpus(gpus_option, "--gpus") if gpus_option is not None else config.workers.gpus
     per_gpu = per_gpu_option or config.workers.workers_per_gpu
@@ -130,15 +148,20 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
     on_gpus = f" on GPU(s) {','.join(gpus)}" if gpus else ""
     console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s){on_gpus}, "
-                  f"{config.n_trials} trials, sampler {config.sampler}, pruner {config.pruner}",
+                  f"{'up to ' if hours else ''}{config.n_trials} trials, sampler "
+                  f"{config.sampler}, pruner {config.pruner}",
                   highlight=False, markup=False, soft_wrap=True)
+    budget = (_budget(config, url, hours, workers, threads, bool(gpus), console, began)
+              if hours is not None else None)
     started: list[WorkerProcess] = []
     try:
         start_workers(config, url, workers, threads, device, timeout, log_dir, started,
                       gpus, per_gpu)
-        progress, stopped_by = supervise(config, url, started, console)
+        progress, stopped_by = supervise(config, url, started, console, budget)
     except KeyboardInterrupt as exc:  # outside supervise's own watch: still stop the workers
         stop_workers(started, signum_of(exc))
+        if budget is not None:
+            budget.clear()
         raise
     failures = failed_workers(started)
     for worker, last_line in failures:
@@ -156,6 +179,9 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
                 raise
             # the database broke under the workers (their lines above already say why), or
             # the run was stopped during an outage: the stop is the result, not this
+    if budget is not None:
+        _final_models(budget, db, stopped_by, progress.counts.get("complete", 0), device,
+                      threads and threads * workers, console)
     if stopped_by is not None:
         console.print(f"Stopped by {signal_name(stopped_by)} with {progress.finished}/"
                       f"{config.n_trials} trials finished; run the same command to continue.",
@@ -163,6 +189,55 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         raise typer.Exit(exit_code(stopped_by))
     if failures and progress.finished < config.n_trials:
         raise typer.Exit(1)
+
+
+def _budget(config: StudyConfig, url: str, hours: float, workers: int, threads: int | None,
+            on_gpus: bool, console: Console, began: float | None) -> BudgetKeeper:
+    """The hours budget's keeper, its first (provisional) limits published before any worker
+    starts. Its final models train in this process on every core (or one GPU), so they are
+    priced at the workers' measured speed times the ratio of threads (ideal scaling)."""
+    from hpsearch.cores import available_cores
+    from hpsearch.db.engine import make_engine
+    from hpsearch.search.budget import clock
+    from hpsearch.search.hours import BudgetKeeper
+
+    cores = available_cores()
+    per_worker = threads or max(1, cores // workers)
+    speedup = 1.0 if on_gpus else min(cores, per_worker * workers) / per_worker
+    budget = BudgetKeeper(config, url, make_engine(url), hours, config.final, speedup,
+                          started=began)
+    budget.update()
+    console.print(f"hours budget {clock(hours * 3600)}: search, then the final models "
+                  f"({config.final.describe()}, retrained on the whole training set and tested "
+                  "once), planned from the epoch times measured as the search goes",
+                  highlight=False, markup=False, soft_wrap=True)
+    return budget
+
+
+def _final_models(budget: BudgetKeeper, db: str | None, stopped_by: int | None, complete: int,
+                  device: str, threads: int | None, console: Console) -> None:
+    """After the search of an hours budget: the final models, then the budget's plan vs use."""
+    from hpsearch.cli.evaluate_cmd import run_final_models
+    from hpsearch.search.budget import clock
+    from hpsearch.search.hours import USE_ATTR, set_study_attr
+
+    budget.end_search()
+    try:
+        if stopped_by is not None or complete == 0:
+            if stopped_by is None:
+                console.print("no complete trial to retrain: no final models", style="yellow")
+            return
+        final, planned = budget.final, budget.plan.final_s
+        console.print(f"\nfinal models: {final.describe()}"
+                      + (f", planned {clock(planned)}" if planned is not None else ""),
+                      highlight=False, markup=False)
+        run_final_models(budget.config.name, db, final.seeds, min(final.ensemble, complete),
+                         device, threads)
+        use = budget.use()
+        set_study_attr(budget.url, budget.config, USE_ATTR, use.to_dict())
+        console.print(use.line(), highlight=False, markup=False, soft_wrap=True)
+    finally:
+        budget.clear()
 
 
 @app.command()

@@ -38,6 +38,7 @@ from hpsearch.db.records import StudyProgress
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import ConfigError
 from hpsearch.paths import study_slug
+from hpsearch.search.hours import BudgetKeeper
 from hpsearch.search.progress import render_progress, summary_line
 from hpsearch.search.study_file import StudyConfig
 from hpsearch.stop import signal_name, signum_of
@@ -117,16 +118,18 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
-              console: Console) -> tuple[StudyProgress, int | None]:
+              console: Console, budget: BudgetKeeper | None = None
+              ) -> tuple[StudyProgress, int | None]:
     """Show progress until every worker exits. Returns the last progress and the signal that
-    stopped the run (None if it ran to its end)."""
+    stopped the run (None if it ran to its end). With an hours `budget`, it is re-planned
+    (and its limits published to the workers) as the epochs come in."""
     engine = make_engine(url)
     progress = _poll_progress(engine, config.name, StudyProgress())
     stopped_by: int | None = None
     # the file itself, not console.is_terminal: FORCE_COLOR (common in CI) makes rich treat a
     # pipe as a terminal, and a redirected log would fill with redraws
     on_terminal = getattr(console.file, "isatty", lambda: False)()
-    view = LiveView(config, console) if on_terminal else LogView(config, console)
+    view = (LiveView if on_terminal else LogView)(config, console, budget)
     with view:
         view.update(progress)
         try:
@@ -135,6 +138,8 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     running[0].process.wait(timeout=POLL_S)
                 progress = _poll_progress(engine, config.name, progress)
+                if budget is not None:
+                    _replan(budget)
                 view.update(progress)
         except KeyboardInterrupt as exc:
             stopped_by = signum_of(exc)
@@ -147,11 +152,19 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
     return progress, stopped_by
 
 
+def _replan(budget: BudgetKeeper) -> None:
+    """Plan again; while the database cannot be read, the last plan stands (its limits were
+    published, and the workers are waiting for the database too)."""
+    with contextlib.suppress(DatabaseError):
+        budget.update()
+
+
 class LiveView:
     """On a terminal: the counts, the best so far and each worker's trial, redrawn in place."""
 
-    def __init__(self, config: StudyConfig, console: Console) -> None:
-        self.config = config
+    def __init__(self, config: StudyConfig, console: Console,
+                 budget: BudgetKeeper | None = None) -> None:
+        self.config, self.budget = config, budget
         self.live = Live(console=console, refresh_per_second=2, transient=False)
 
     def __enter__(self) -> LiveView:
@@ -162,15 +175,17 @@ class LiveView:
         self.live.__exit__(None, None, None)
 
     def update(self, progress: StudyProgress) -> None:
-        self.live.update(render_progress(progress, self.config))
+        self.live.update(render_progress(progress, self.config,
+                                         self.budget.line() if self.budget else None))
 
 
 class LogView:
     """Output redirected to a file (`nohup hpsearch run ... > run.log`): a redrawn view would
     only appear at the end, so write one timestamped line each time a trial finishes."""
 
-    def __init__(self, config: StudyConfig, console: Console) -> None:
-        self.config, self.console = config, console
+    def __init__(self, config: StudyConfig, console: Console,
+                 budget: BudgetKeeper | None = None) -> None:
+        self.config, self.console, self.budget = config, console, budget
         self.last: dict[str, int] | None = None
 
     def __enter__(self) -> LogView:
@@ -185,8 +200,9 @@ class LogView:
             finished["outage"] = int(time.monotonic() - progress.unavailable_since) // 30
         if finished != self.last:
             self.last = finished
+            budget = f"  {self.budget.line()}" if self.budget else ""
             self.console.print(f"{time.strftime('%H:%M:%S')} "
-                               f"{summary_line(progress, self.config)}",
+                               f"{summary_line(progress, self.config)}{budget}",
                                highlight=False, markup=False, soft_wrap=True)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,8 +96,11 @@ class TrialTrainer(Protocol):
 
 class Objective:
     def __init__(self, config: StudyConfig, study_row_id: int, trainer: TrialTrainer,
-                 recorder: Recorder, worker: str) -> None:
+                 recorder: Recorder, worker: str,
+                 search_over: Callable[[], bool] = lambda: False) -> None:
         self.config = config
+        # asked after each epoch: the hours budget's search time is over (search/hours.py)
+        self.search_over = search_over
         self.study_row_id = study_row_id
         self.trainer = trainer
         self.recorder = recorder
@@ -184,7 +187,12 @@ class Objective:
                             if trial.should_prune():  # stopping the loop stops the training
                                 pruned = (f"pruned at epoch {metrics.epoch} "
                                           f"({primary.measure} {value:.4f})")
-                                break
+                        if (pruned is None and metrics.epoch < self.config.max_epochs
+                                and self.search_over()):
+                            pruned = (f"stopped at epoch {metrics.epoch}: the search time of "
+                                      "the hours budget is over")
+                        if pruned is not None:
+                            break
                     if pruned is not None:
                         break
                     done, resume_from = max(seen, default=done), checkpoint

@@ -31,8 +31,12 @@ def summary_line(progress: StudyProgress, config: StudyConfig) -> str:
     return line
 
 
-def render_progress(progress: StudyProgress, config: StudyConfig) -> Group:
+def render_progress(progress: StudyProgress, config: StudyConfig,
+                    budget_line: str | None = None) -> Group:
+    """`budget_line`: where an hours budget stands (search/budget.py's progress_line)."""
     header = Text.assemble((config.name, "bold"), "  ", summary_line(progress, config))
+    if budget_line is not None:
+        header = Text("\n").join([header, Text(budget_line)])
     if not progress.running:
         return Group(header)
     table = Table(box=None, pad_edge=False)

@@ -6,6 +6,7 @@ the run header) say another, so every difference is named and sorted into one of
 
 - compatible: changes how the search goes on, not what a trial means, so trials already
   recorded stay comparable with new ones: the trial target (n_trials), the per-worker timeout,
+  the hours budget and its final models ([budget] hours, final),
   the sampler and the pruner (how the next points are chosen and when a weak trial stops; a
   recorded trial's epochs stay what they were), the heartbeat and retry options, the
   checkpoint folder and data_dir (where files are, not what they hold). Applied only with
@@ -28,7 +29,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.search.study_file import Categorical, Range, StudyConfig
 
 COMPATIBLE_KEYS = {"study.n_trials", "study.timeout", "study.sampler", "study.pruner",
-                   "data.data_dir"}
+                   "data.data_dir", "budget.hours", "budget.final"}
 COMPATIBLE_PREFIXES = ("workers.", "pruner.")
 
 
@@ -57,6 +58,8 @@ def settings(config: StudyConfig) -> dict[str, Any]:
         "dry_run.seconds_per_epoch": config.dry_run,
     }
     out["budget.rungs"] = [dataclasses.astuple(r) for r in config.rungs]
+    out["budget.hours"] = config.hours
+    out["budget.final"] = dataclasses.asdict(config.final)
     out |= {f"pruner.{k}": v for k, v in config.pruner_options.items()}
     out |= {f"data.{k}": v for k, v in dataclasses.asdict(config.data).items()}
     out |= {f"workers.{k}": v for k, v in dataclasses.asdict(config.workers).items()}

@@ -26,6 +26,7 @@ from hpsearch.params import (
     TrialParams,
     param_type,
 )
+from hpsearch.search.budget import FinalAsk, parse_final, parse_hours
 from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
 
 SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
@@ -124,6 +125,10 @@ class StudyConfig:
     min_epochs: int = 1
     pruner_options: dict[str, int] = field(default_factory=dict)  # [pruner], defaults filled in
     rungs: tuple[Rung, ...] = ()  # [budget] rungs: data fractions as a fidelity; () = epochs only
+    # [budget] hours: search and final models inside these wall-clock hours (search/budget.py);
+    # None: a count of trials (and a timeout), the final models left to `hpsearch evaluate`
+    hours: float | None = None
+    final: FinalAsk = field(default_factory=FinalAsk)  # [budget] final: what `hours` retrains
     data: DataOptions = field(default_factory=DataOptions)
     workers: WorkerOptions = field(default_factory=WorkerOptions)
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -341,7 +346,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
     name = check_study_name(study["name"], where)
-    budget = check_table(doc, "budget", {"max_epochs", "min_epochs", "rungs"}, where)
+    budget = check_table(doc, "budget", {"max_epochs", "min_epochs", "rungs", "hours", "final"},
+                         where)
     workers = check_table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir", "gpus", "workers_per_gpu"}, where)
     space_doc = check_table(doc, "space", set(PARAM_NAMES), where)
@@ -366,6 +372,9 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         raise ConfigError(f"{where}: sampler {sampler!r} takes one objective (for several "
                           f"choose from: {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
     rungs = parse_rungs(budget, pruner, where) if "rungs" in budget else ()
+    if "hours" in budget and "dry_run" in doc:
+        raise ConfigError(f"{where}: [budget] hours does not combine with [dry_run] (its final "
+                          "models would train for real)")
     if rungs and "dry_run" in doc:
         raise ConfigError(f"{where}: [budget] rungs do not combine with [dry_run] (dry-run "
                           "trials keep no checkpoints to promote from)")
@@ -403,6 +412,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             workers_per_gpu=typed_value(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
                                         int, minimum=1, maximum=64),
         ),
+        hours=parse_hours(budget["hours"], f"{where}: [budget]") if "hours" in budget else None,
+        final=parse_final(budget, where),
         raw=doc,
         dry_run=(typed_value(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0),
                              float, minimum=0, maximum=MAX_DRY_RUN_EPOCH_S)

@@ -29,6 +29,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.files import writable_folder
 from hpsearch.paths import checkpoint_folder
 from hpsearch.search.dryrun import DryRunTrainer
+from hpsearch.search.hours import SearchLimits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.search.study import ResilientRDBStorage, open_storage
 from hpsearch.search.study_file import StudyConfig, parse_study
@@ -103,7 +104,10 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                               sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
     me = worker_name()
-    objective = Objective(config, row_id, make_trainer(config, device, threads), recorder, me)
+    # an hours budget's limits, published by the `hpsearch run` that plans it
+    limits = SearchLimits(lambda: storage.get_study_user_attrs(study._study_id))
+    objective = Objective(config, row_id, make_trainer(config, device, threads), recorder, me,
+                          search_over=limits.search_over)
     summary = WorkerSummary()
     last: list[FrozenTrial] = []
     timeout = timeout if timeout is not None else config.timeout
@@ -125,6 +129,9 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
 
     try:
         while deadline is None or time.monotonic() < deadline:
+            if not limits.may_start():
+                log.info("the search time of the hours budget is over: no new trial")
+                break
             _record_checked(recorder, storage, row_id)
             slot.acquire()
             try:

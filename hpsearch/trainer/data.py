@@ -23,7 +23,7 @@ import torch
 
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.files import atomic_write
-from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape
+from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape, synthetic_test_size
 from hpsearch.paths import cache_dir
 
 DEBIAN_DIRS = {
@@ -362,7 +362,7 @@ def load_full_train(options: DataOptions) -> TrainValData:
 def load_test_split(options: DataOptions, mean: float, std: float) -> Split:
     """The test set, normalised with the training statistics. Only final evaluation calls this."""
     if options.dataset == "synthetic":
-        images, labels = synthetic_raw(max(200, options.synthetic_size // 5), seed=1)
+        images, labels = synthetic_raw(synthetic_test_size(options.synthetic_size), seed=1)
     else:
         images, labels = load_raw(options.dataset, options.data_dir, train=False)
     return Split(_normalise(images, mean, std), labels)

@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from sqlalchemy import delete, func, inspect, select
@@ -20,8 +21,11 @@ from hpsearch.db.migrate import downgrade, schema_drift, upgrade
 from hpsearch.db.models import EnsembleEvaluation, Evaluation, Study, Trial
 from hpsearch.errors import HpsearchError
 from hpsearch.params import TrialParams
+from hpsearch.search import ensemble as ensemble_mod
+from hpsearch.search import launcher
 from hpsearch.search.ensemble import plan_ensemble, run_ensemble
 from hpsearch.search.evaluate import final_checkpoint_path, plan_evaluation, run_evaluation
+from hpsearch.search.hours import BUDGET_ATTR, USE_ATTR
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
@@ -267,6 +271,49 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     assert [r.seed for r in ensembles] == [0, 1]
     assert {tuple(m["trial"] for m in r.members) for r in ensembles} == {
         tuple(m.trial.number for m in plan.members)}
+
+
+def test_an_hours_budget_reads_the_test_split_once_per_seed_after_every_choice(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hpsearch run` with an hours budget trains its final models itself: its workers never
+    read the test split (the test above), and the run reads it once per seed, after the search
+    has ended and the ensemble's members are fixed."""
+    events: list[str] = []
+
+    def noting(module: object, name: str, event: str) -> None:
+        real = getattr(module, name)
+
+        def noted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if event == "test":  # a read comes before its result, the other events after
+                events.append(event)
+                return real(*args, **kwargs)
+            out = real(*args, **kwargs)
+            events.append(event)
+            return out
+        monkeypatch.setattr(module, name, noted)
+
+    noting(launcher, "supervise", "search over")
+    noting(ensemble_mod, "plan_ensemble", "members fixed")
+    noting(train_mod, "fit", "train")
+    noting(data_mod, "load_test_split", "test")
+    path = write_tiny_study(tmp_path, "hours", n_trials=3, epochs=2)
+    path.write_text(path.read_text().replace(
+        "max_epochs = 2", "max_epochs = 2\nhours = 1\nfinal = { seeds = 2, ensemble = 2 }"))
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    code, out, err = hps(capsys, monkeypatch, "run", str(path), "--db", url, "--threads", "1",
+                         "--device", "cpu")
+    assert code == 0, err
+    # per seed: the two members retrained, then the one test read
+    assert events == ["search over", "members fixed"] + ["train", "train", "test"] * 2
+    assert [r.seed for r in ensemble_rows(url)] == [0, 1]
+    assert "hours budget 1:00:00: search, then the final models (an ensemble of the 2 best " \
+        "trials x 2 seed(s)" in out
+    assert "budget 1:00:00: search planned" in out
+    # the limits are cleared for later workers; what was planned and used stays on the study
+    attrs = optuna.load_study(study_name="hours", storage=url).user_attrs
+    assert attrs[BUDGET_ATTR] is None
+    assert attrs[USE_ATTR]["final_used_s"] > 0 and attrs[USE_ATTR]["hours_s"] == 3600
 
 
 def test_mlp_baseline_trains_in_a_study(tmp_path: Path) -> None:

@@ -53,6 +53,16 @@ def test_defaults_written_out_are_no_change(tmp_path: Path) -> None:
                              "{ low = 0.001, high = 0.1 }")
 
 
+def test_an_hours_budget_may_change_between_runs(tmp_path: Path) -> None:
+    path = write_tiny_study(tmp_path)
+    before = load_study(path)
+    edit(path, "max_epochs = 3", "max_epochs = 3\nhours = 2\nfinal = { seeds = 3 }")
+    changes = compare(before, load_study(path))
+    assert [(c.key, c.compatible) for c in changes] == [("budget.final", True),
+                                                       ("budget.hours", True)]
+    assert changes[1].line() == "  budget.hours: (unset) -> 2.0"
+
+
 def test_incompatible_changes_are_refused_with_each_difference(sqlite_url: str,
                                                                tmp_path: Path) -> None:
     path = write_tiny_study(tmp_path, n_trials=1, epochs=1)

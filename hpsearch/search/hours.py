@@ -1,0 +1,138 @@
+"""An hours budget at work (the plan itself: hpsearch.search.budget).
+
+`hpsearch run` re-plans from the database every PLAN_EVERY_S seconds and publishes the search's
+two limits on the Optuna study (user attribute BUDGET_ATTR, wall-clock seconds): start_by, after
+which a worker starts no trial, and search_end, after which a running trial stops at the end of
+its epoch. Every worker reads them, so workers on other machines (`hpsearch worker`) keep the
+budget too. The launcher clears them when the run ends. A launcher killed outright leaves them
+behind; the next `hpsearch run` of the study replaces them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+
+from hpsearch.db import queries
+from hpsearch.db.budget_queries import epoch_times
+from hpsearch.db.session import connection_scope
+from hpsearch.search.budget import (
+    Candidate,
+    EpochTime,
+    FinalAsk,
+    Plan,
+    StudyShape,
+    Use,
+    make_plan,
+    progress_line,
+)
+from hpsearch.search.study import open_storage
+from hpsearch.search.study_file import StudyConfig
+
+BUDGET_ATTR = "hpsearch.budget"  # {"start_by": t, "search_end": t}, or None: no limits
+USE_ATTR = "hpsearch.budget_use"  # what the last hours budget planned and used (budget.Use)
+PLAN_EVERY_S = 10.0
+LIMITS_READ_EVERY_S = 2.0  # a worker reads the limits at most this often (one query)
+Clock = Callable[[], float]
+
+
+def study_shape(config: StudyConfig) -> StudyShape:
+    first = ((config.rungs[0].epochs, config.rungs[0].fraction) if config.rungs
+             else (config.min_epochs, 1.0))
+    return StudyShape(config.data.image_counts(), config.max_epochs, first)
+
+
+class SearchLimits:
+    """A worker's view of the published limits (none published: no limits)."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]], clock: Clock = time.time) -> None:
+        self.read, self.clock = read, clock
+        self.limits: dict[str, Any] | None = None
+        self.read_at: float | None = None
+
+    def _current(self) -> dict[str, Any] | None:
+        now = self.clock()
+        if self.read_at is None or now - self.read_at >= LIMITS_READ_EVERY_S:
+            self.limits, self.read_at = self.read().get(BUDGET_ATTR), now
+        return self.limits
+
+    def may_start(self) -> bool:
+        limits = self._current()
+        return limits is None or self.clock() < limits["start_by"]
+
+    def search_over(self) -> bool:
+        limits = self._current()
+        return limits is not None and self.clock() >= limits["search_end"]
+
+
+def set_study_attr(url: str, config: StudyConfig, key: str, value: Any) -> None:
+    storage = open_storage(url, config.workers)
+    try:
+        study_id = storage.get_study_id_from_name(config.name)
+        storage.set_study_user_attr(study_id, key, value)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+class BudgetKeeper:
+    """The launcher's side: plans, publishes the limits, and says where the budget stands."""
+
+    def __init__(self, config: StudyConfig, url: str, engine: Engine, hours: float,
+                 final: FinalAsk, speedup: float, *, started: float | None = None,
+                 clock: Clock = time.time) -> None:
+        self.config, self.url, self.engine = config, url, engine
+        self.hours, self.final, self.speedup, self.clock = hours, final, speedup, clock
+        self.shape = study_shape(config)
+        self.started = started if started is not None else clock()
+        self.plan = make_plan(self.started, hours, final, self.shape, (), ())
+        self.planned_at: float | None = None
+        self.published: Plan | None = None
+        self.search_done: float | None = None
+
+    def update(self) -> Plan:
+        """Re-plan (at most every PLAN_EVERY_S) and publish the limits if they moved."""
+        now = self.clock()
+        if self.planned_at is not None and now - self.planned_at < PLAN_EVERY_S:
+            return self.plan
+        self.planned_at = now
+        epochs, candidates = self._measured()
+        self.plan = make_plan(self.started, self.hours, self.final, self.shape, epochs,
+                              candidates, self.speedup)
+        old = self.published
+        if old is None or abs(old.start_by - self.plan.start_by) >= 1 or abs(
+                old.search_end - self.plan.search_end) >= 1:
+            set_study_attr(self.url, self.config, BUDGET_ATTR,
+                           {"start_by": self.plan.start_by, "search_end": self.plan.search_end})
+            self.published = self.plan
+        return self.plan
+
+    def _measured(self) -> tuple[list[EpochTime], list[Candidate]]:
+        from hpsearch.report.tables import retrain_config
+
+        with connection_scope(self.engine) as conn:
+            study = queries.find_study(conn, self.config.name)
+            epochs = [EpochTime(*row) for row in epoch_times(conn, study)]
+            top = queries.top_trials(conn, study, self.final.ensemble)
+            # each one's retraining length, by the rule `hpsearch evaluate` follows
+            candidates = [Candidate(t.number, int(retrain_config(study, t)[0]["epochs"]))
+                          for t in top]
+        return epochs, candidates
+
+    def line(self) -> str:
+        return progress_line(self.plan, self.clock())
+
+    def end_search(self) -> None:
+        self.search_done = self.clock()
+
+    def use(self) -> Use:
+        """What was planned and used; the final's use runs until now."""
+        done = self.search_done if self.search_done is not None else self.clock()
+        return Use(self.plan.hours_s, self.plan.search_s, done - self.started,
+                   self.plan.final_s, self.clock() - done)
+
+    def clear(self) -> None:
+        set_study_attr(self.url, self.config, BUDGET_ATTR, None)

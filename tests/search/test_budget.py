@@ -1,0 +1,180 @@
+"""The hours budget's plan (search/budget.py) and its limits (search/hours.py), on synthetic
+epoch times and an injected clock: nothing sleeps, nothing depends on this machine's speed."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpsearch.errors import ConfigError
+from hpsearch.params import DataOptions, ImageCounts
+from hpsearch.search.budget import (
+    PROVISIONAL_SEARCH_SHARE,
+    RESERVED_EPOCHS,
+    SETUP_S,
+    Candidate,
+    EpochTime,
+    FinalAsk,
+    StudyShape,
+    Use,
+    make_plan,
+    progress_line,
+    speeds,
+)
+from hpsearch.search.hours import BUDGET_ATTR, LIMITS_READ_EVERY_S, SearchLimits
+from hpsearch.search.study_file import parse_study
+
+# 1,000 training and 100 validation images in the search; 2,000 in the final, 500 tested
+COUNTS = ImageCounts(train=1000, val=100, full=2000, test=500)
+SHAPE = StudyShape(COUNTS, max_epochs=10, first_stage=(2, 0.2))
+
+
+def epoch(trial: int, train_s: float, val_s: float, fraction: float | None = None) -> EpochTime:
+    """An epoch that trained its images in `train_s` and validated in `val_s`."""
+    images = COUNTS.train * (fraction or 1.0)
+    return EpochTime(trial, train_s + val_s, images / train_s, fraction)
+
+
+def test_speeds_split_an_epoch_into_training_and_validation() -> None:
+    measured = speeds([epoch(0, 10.0, 1.0), epoch(0, 2.0, 1.0, fraction=0.2),
+                       epoch(0, 10.0, 1.0)], COUNTS)
+    assert measured[0].train_s_per_image == pytest.approx(10.0 / 1000)
+    assert measured[0].eval_s_per_image == pytest.approx(1.0 / 100)
+    # the median: one slow epoch (a process's first) does not move the price
+    slow_first = speeds([epoch(1, 50.0, 1.0), epoch(1, 10.0, 1.0), epoch(1, 10.0, 1.0)], COUNTS)
+    assert slow_first[1].train_s_per_image == pytest.approx(10.0 / 1000)
+
+
+def test_the_final_is_priced_from_the_chosen_trials_own_speed() -> None:
+    # trial 0 trains 1000 images in 10 s, trial 1 in 20 s; both validate 100 images in 1 s
+    epochs = [epoch(0, 10.0, 1.0), epoch(1, 20.0, 1.0)]
+    final = FinalAsk(seeds=3, ensemble=1)
+    plan = make_plan(1000.0, 1.0, final, SHAPE, epochs, [Candidate(1, epochs=8)])
+    # 8 epochs of 2000 images at 0.02 s each, plus 500 test images at 0.01 s, three times
+    one_model = 8 * 2000 * 0.02 + 500 * 0.01
+    assert plan.final_s == pytest.approx(SETUP_S + 3 * one_model)
+    assert plan.deadline == 1000.0 + 3600.0
+    # the reserve for a running trial's epoch, at the median speed (15 s + 1 s per epoch)
+    assert plan.search_end == pytest.approx(plan.deadline - plan.final_s - RESERVED_EPOCHS * 16.0)
+    # no trial starts after its first rung (2 epochs on 20% of the split) could no longer end
+    assert plan.start_by == pytest.approx(plan.search_end - 2 * (0.2 * 1000 * 0.015 + 1.0))
+
+
+def test_an_ensemble_prices_each_member_and_fills_in_unknown_ones() -> None:
+    epochs = [epoch(0, 10.0, 1.0), epoch(1, 20.0, 1.0), epoch(2, 30.0, 1.0)]
+    final = FinalAsk(seeds=2, ensemble=3)
+    both = make_plan(0.0, 2.0, final, SHAPE, epochs, [Candidate(0, 5), Candidate(2, 10)])
+    # a member not chosen yet costs the median speed (trial 1's) at the full epoch budget
+    per_seed = ((5 * 2000 * 0.01 + 5.0) + (10 * 2000 * 0.03 + 5.0)
+                + (10 * 2000 * 0.02 + 5.0))
+    assert both.final_s == pytest.approx(SETUP_S + 2 * per_seed)
+    # the final on twice the threads of a worker: half the time, at ideal scaling
+    faster = make_plan(0.0, 2.0, final, SHAPE, epochs, [Candidate(0, 5), Candidate(2, 10)],
+                       speedup=2.0)
+    assert faster.final_s == pytest.approx(SETUP_S + per_seed)
+    assert faster.search_end > both.search_end
+
+
+def test_before_any_epoch_the_plan_is_provisional() -> None:
+    plan = make_plan(50.0, 2.0, FinalAsk(), SHAPE, [], [])
+    assert plan.final_s is None
+    assert plan.search_end == plan.start_by == 50.0 + PROVISIONAL_SEARCH_SHARE * 7200.0
+    assert "not yet measured" in progress_line(plan, 60.0)
+
+
+def test_a_costlier_choice_moves_the_search_end_earlier() -> None:
+    epochs = [epoch(0, 10.0, 1.0), epoch(1, 40.0, 1.0)]
+    cheap = make_plan(0.0, 1.0, FinalAsk(seeds=2), SHAPE, epochs, [Candidate(0, 10)])
+    dear = make_plan(0.0, 1.0, FinalAsk(seeds=2), SHAPE, epochs, [Candidate(1, 10)])
+    assert dear.final_s - cheap.final_s == pytest.approx(2 * 10 * 2000 * (0.04 - 0.01))
+    assert cheap.search_end - dear.search_end == pytest.approx(dear.final_s - cheap.final_s)
+
+
+def test_a_run_that_follows_its_plan_uses_its_hours() -> None:
+    """A simulated run: a worker trains trials of 10 epochs (3 s of training, 0.5 s of
+    validation each) back to back and stops as the plan says; the final then takes what it
+    was priced at. The hours are used within the target (90-105%)."""
+    hours, started = 0.5, 0.0
+    final = FinalAsk(seeds=2, ensemble=2)
+    epochs: list[EpochTime] = []
+    now, trial = started, 0
+    plan = make_plan(started, hours, final, SHAPE, epochs, [])
+    while now < plan.start_by:  # the worker's check before each trial
+        for _ in range(SHAPE.max_epochs):
+            now += 3.5
+            epochs.append(epoch(trial, 3.0, 0.5))
+            plan = make_plan(started, hours, final, SHAPE, epochs,
+                             [Candidate(t, 10) for t in range(min(trial + 1, 2))])
+            if now >= plan.search_end:  # stopped at the end of its epoch
+                break
+        trial += 1
+    search_used = now - started
+    final_used = plan.final_s  # the final runs at the speed it was priced at
+    use = Use(hours * 3600, plan.search_s, search_used, plan.final_s, final_used)
+    assert 0.90 <= use.used_s / use.hours_s <= 1.05
+    assert "left" in use.line() and f"{100 * use.used_s / use.hours_s:.1f}%" in use.line()
+
+
+def test_use_says_when_the_deadline_was_passed() -> None:
+    late = Use(3600.0, 3000.0, 3100.0, 500.0, 600.0)
+    assert late.left_s == -100.0 and "past the deadline by 0:01:40" in late.line()
+    assert "used 1:01:40 (102.8%)" in late.line()
+
+
+def test_limits_are_read_at_most_every_few_seconds() -> None:
+    now = [100.0]
+    reads: list[float] = []
+    published: dict[str, object] = {BUDGET_ATTR: {"start_by": 100.5, "search_end": 101.0}}
+
+    def read() -> dict[str, object]:
+        reads.append(now[0])
+        return published
+
+    limits = SearchLimits(read, clock=lambda: now[0])
+    assert LIMITS_READ_EVERY_S > 1
+    assert limits.may_start() and not limits.search_over()
+    now[0] = 100.75
+    assert not limits.may_start() and not limits.search_over()
+    now[0] = 101.0
+    assert not limits.may_start() and limits.search_over()
+    assert len(reads) == 1  # the first read stands for LIMITS_READ_EVERY_S seconds
+    published[BUDGET_ATTR] = None  # the launcher cleared them
+    now[0] = 100.0 + LIMITS_READ_EVERY_S
+    assert limits.may_start() and not limits.search_over()
+    assert len(reads) == 2
+    no_budget = SearchLimits(dict, clock=lambda: 1e12)
+    assert no_budget.may_start() and not no_budget.search_over()
+
+
+def study_doc(**budget: object) -> dict[str, object]:
+    return {"study": {"name": "s"}, "data": {"dataset": "synthetic"}, "budget": budget,
+            "space": {"patch_size": 7}}
+
+
+def test_the_study_file_takes_hours_and_final_models() -> None:
+    config = parse_study(study_doc(hours=2.5, final={"seeds": 3, "ensemble": 3}))
+    assert config.hours == 2.5 and config.final == FinalAsk(seeds=3, ensemble=3)
+    assert parse_study(study_doc(hours=1)).final == FinalAsk(seeds=1, ensemble=1)
+    assert parse_study(study_doc()).hours is None
+    for budget, message in [
+            ({"hours": 0}, "hours must be positive"),
+            ({"hours": -1.0}, "hours must be positive"),
+            ({"hours": float("nan")}, "hours must be a finite number"),
+            ({"hours": 1e9}, "hours must be at most"),
+            ({"final": {"seeds": 2}}, "applies to an hours budget only"),
+            ({"hours": 1, "final": {"seeds": 0}}, "seeds must be at least 1"),
+            ({"hours": 1, "final": {"members": 2}}, "seeds and/or ensemble"),
+            ({"hours": 1, "final": 3}, "seeds and/or ensemble")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_study(study_doc(**budget))
+    with pytest.raises(ConfigError, match="does not combine with"):
+        parse_study({**study_doc(hours=1), "dry_run": {"seconds_per_epoch": 0.1}})
+
+
+def test_image_counts_follow_the_split() -> None:
+    assert DataOptions(val_fraction=0.1).image_counts() == ImageCounts(54_000, 6_000, 60_000,
+                                                                        10_000)
+    # a subset makes the search cheaper; the final still trains on the whole training set
+    assert DataOptions(subset=12_000).image_counts() == ImageCounts(10_800, 1_200, 60_000,
+                                                                     10_000)
+    assert DataOptions(dataset="synthetic", synthetic_size=300).image_counts() == ImageCounts(
+        270, 30, 300, 200)

@@ -1,0 +1,36 @@
+"""An hours budget at work: workers keep the published limits (search/hours.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hpsearch.search.hours import BUDGET_ATTR, set_study_attr
+from hpsearch.search.study import prepare_study
+from hpsearch.search.study_file import load_study
+from hpsearch.search.worker import run_worker
+from tests.search.test_worker import stored_trials
+from tests.study_files import write_tiny_study
+
+
+def run_with_limits(tmp_path: Path, start_by: float, search_end: float) -> str:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    config = load_study(write_tiny_study(tmp_path, n_trials=2, epochs=3))
+    prepare_study(config, url, None)
+    set_study_attr(url, config, BUDGET_ATTR, {"start_by": start_by, "search_end": search_end})
+    run_worker(config.name, url, threads=1)
+    return url
+
+
+def test_a_worker_starts_no_trial_after_start_by(tmp_path: Path) -> None:
+    url = run_with_limits(tmp_path, start_by=time.time() - 1, search_end=time.time() + 3600)
+    assert stored_trials(url, "tiny") == []
+
+
+def test_a_trial_running_at_the_search_end_stops_after_its_epoch(tmp_path: Path) -> None:
+    # trials may start, but the search time is over: each stops after its first epoch
+    url = run_with_limits(tmp_path, start_by=time.time() + 3600, search_end=time.time() - 1)
+    trials = stored_trials(url, "tiny")
+    assert [(t.state, t.epochs_run) for t in trials] == [("pruned", 1), ("pruned", 1)]
+    assert all(t.reason == "stopped at epoch 1: the search time of the hours budget is over"
+               for t in trials)
