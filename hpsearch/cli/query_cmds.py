@@ -122,12 +122,17 @@ def studies(db: DbOption = None, fmt: FormatOption = Format.table,
              fit=not show_all)
 
 
-@app.command(help="Leaderboard of a study's trials: number, state, the first objective's best "
-             "value (e.g. best_val_acc) and its epoch, epochs run, time, parameter count, a "
-             "multi-objective study's other objectives, a mark on the study's best "
-             "trial, and the sampled parameters as columns (in the search space's order). "
-             "The default order is by value, so a pruned trial can rank above the best."
-             "\n\n" + BEST_HELP)
+@app.command(help="A study's trials, best first: the objectives, a mark on the best trial, "
+             "the sampled parameters (on a terminal the most important first, by Optuna's "
+             "PED-ANOVA over the complete trials, so that a narrow one keeps those; else in "
+             "the search space's order), the final test accuracy, then epochs, time, size, "
+             "why a trial was pruned or failed, and its tags. A pruned trial can rank above "
+             "the best."
+             "\n\n" + BEST_HELP + "\n\nExamples:\n\n"
+             "hpsearch trials try  (on 80 columns: the objectives, the 3 most important "
+             "parameters)\n\n"
+             "hpsearch trials try --state complete --top 5\n\n"
+             "hpsearch trials try --tag keeper -f csv > keepers.csv")
 def trials(
     name: StudyArg,
     top: Annotated[int | None, typer.Option(
@@ -135,6 +140,9 @@ def trials(
         max=INT_MAX)] = None,
     state: Annotated[list[State] | None, typer.Option(
         help="Only trials in this state (repeatable).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        help="Only trials with this tag (`hpsearch tag`; repeatable: trials with every one "
+        "given).")] = None,
     sort: Annotated[str, typer.Option(
         help="Sort by a column: value (default: the first objective, best first; also called "
         "by its column, e.g. best_val_acc or best_val_loss), number, state, best_epoch, "
@@ -146,33 +154,34 @@ def trials(
     db: DbOption = None,
 ) -> None:
     from hpsearch.db import evaluation_queries, queries
-    from hpsearch.report.tables import param_names, trials_sheet
+    from hpsearch.report.leaderboard import leaderboard_sheet
 
     with connect(db) as conn:
         study = queries.find_study(conn, name)
         rows = queries.leaderboard(conn, study, top=top, states=[s.value for s in state or []],
-                                   sort=sort)
-        best = queries.best_trial(conn, study)
-        values = queries.objective_values(conn, study) if len(study.objectives) > 1 else None
-        sheet = trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
-                             tests=evaluation_queries.study_evaluations(conn, study),
-                             best=best.number if best else None, reasons=True, values=values)
-        if not rows:
-            sheet.notes.append("no trials match")
-        emit(sheet, fmt.value, columns=columns, fit=not show_all)
+                                   sort=sort, tags=tag or ())
+        emit(leaderboard_sheet(conn, study, rows, ranked=fmt is Format.table and _on_terminal(),
+                               tests=evaluation_queries.study_evaluations(conn, study),
+                               reasons=True),
+             fmt.value, columns=columns, fit=not show_all)
 
 
 def print_leaderboard(url: str, name: str, top: int) -> None:
     """The `top` best trials as a terminal table (used by `hpsearch run` at its end)."""
     from hpsearch.db import queries
-    from hpsearch.report.tables import param_names, trials_sheet
+    from hpsearch.report.leaderboard import leaderboard_sheet
 
     with connect(url) as conn:
         study = queries.find_study(conn, name)
-        rows = queries.leaderboard(conn, study, top=top)
-        best = queries.best_trial(conn, study)
-        emit(trials_sheet(study, rows, param_names(study.space, [r.sampled for r in rows]),
-                          best=best.number if best else None), "table")
+        emit(leaderboard_sheet(conn, study, queries.leaderboard(conn, study, top=top),
+                               ranked=_on_terminal()), "table")
+
+
+def _on_terminal() -> bool:
+    """Whether a table goes to a terminal, which fits it to its width (rich decides)."""
+    from rich.console import Console
+
+    return Console().is_terminal
 
 
 @app.command(help="The best trial of a study and its full parameters (fixed and sampled, as "

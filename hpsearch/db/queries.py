@@ -7,6 +7,7 @@ nothing here loads a whole study into Python unless the caller asks for every ro
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,9 @@ from sqlalchemy import (
     Connection,
     Row,
     Select,
+    String,
     case,
+    cast,
     func,
     select,
 )
@@ -256,14 +259,18 @@ def _sort_key(sort: str, study: StudyInfo) -> ColumnElement[Any]:
 
 
 def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
-                states: Sequence[str] = (), sort: str = "value") -> list[TrialRecord]:
-    """Trials ordered by `sort` (best value first by default), limited in SQL to `top`."""
+                states: Sequence[str] = (), sort: str = "value",
+                tags: Sequence[str] = ()) -> list[TrialRecord]:
+    """Trials ordered by `sort` (best value first by default), limited in SQL to `top`;
+    `states`: only these; `tags`: only the trials carrying every one of them."""
     bad = sorted(set(states) - set(TRIAL_STATES))
     if bad:
         raise ConfigError(f"unknown state {bad[0]!r} (choose from: {', '.join(TRIAL_STATES)})")
     query = select(Trial.__table__).where(Trial.study_id == study.id)
     if states:
         query = query.where(Trial.state.in_(list(states)))
+    for tag in tags:  # the tag as the JSON list holds it, quoted: a whole tag, not a part
+        query = query.where(cast(Trial.tags, String).contains(json.dumps(tag), autoescape=True))
     query = query.order_by(_sort_key(sort, study), Trial.number).limit(top)
     return [_trial_record(t) for t in conn.execute(query)]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.db import evaluation_queries, figure_queries, queries, records
 from hpsearch.db.engine import mask_url
 from hpsearch.files import atomic_write, output_text
-from hpsearch.report import figures, sheets, tables
+from hpsearch.report import figures, importance, sheets, tables
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -182,6 +182,7 @@ def _study_section(conn: Connection, stats: records.StudyStats, curves: int, key
     section.items.append(sheet_html(tables.trials_sheet(
         info, everything, names, tests=evaluation_queries.study_evaluations(conn, info),
         best=stats.best.number if stats.best else None, values=values, reasons=True,
+        tags=any(t.tags for t in everything),
         title=f"{info.name}: all {stats.total:,} trials, by {first.title}, best first "
               "(click a column header to sort)"), table_id=f"{key}-trials"))
     best_curve = next((c for c in top if stats.best and c.trial_number == stats.best.number),
@@ -204,7 +205,7 @@ def _parameter_views(conn: Connection, info: records.StudyInfo, key: str,
         Figure(f"{key}-slices", f"{info.name}: {first.title} by parameter",
                figures.slice_plots(info.name, rows, names, info.space, first)),
     ]
-    found, how = figures.param_importances(info.space, rows, first)
+    found, how = importance.param_importances(info.space, rows, first)
     items.append(Figure(f"{key}-importances", f"{info.name}: importances",
                         figures.importance_figure(info.name, found, how)) if found else _note(how))
     with_pruned = figure_queries.complete_params(conn, info, with_pruned=True)
@@ -217,7 +218,7 @@ def _parameter_views(conn: Connection, info: records.StudyInfo, key: str,
     items.append(Figure(f"{key}-pruned-parameters", f"{info.name}: parameters, pruned included",
                         figures.parallel_coordinates(info.name, with_pruned, names, info.space,
                                                      first, what)))
-    found, how = figures.param_importances(info.space, with_pruned, first, what)
+    found, how = importance.param_importances(info.space, with_pruned, first, what)
     items.append(Figure(f"{key}-pruned-importances",
                         f"{info.name}: importances, pruned included",
                         figures.importance_figure(info.name, found, how)) if found else _note(how))

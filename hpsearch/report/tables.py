@@ -31,6 +31,7 @@ from hpsearch.report.sheets import (
     fmt_acc,
     fmt_int,
     fmt_loss,
+    fmt_plain,
     fmt_rate,
     fmt_sci,
     fmt_seconds,
@@ -54,7 +55,7 @@ def param_names(space: Mapping[str, Any], found: Iterable[Iterable[str]]) -> lis
 
 
 def _param_columns(names: Sequence[str]) -> list[Column]:
-    return [Column(f"params.{n}", n) for n in names]
+    return [param_column(n) for n in names]
 
 
 def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
@@ -93,80 +94,92 @@ def value_column(spec: ObjectiveSpec) -> Column:
     return Column(spec.key, spec.title, fmt, essential=True)
 
 
-def leaderboard_columns(study: StudyInfo) -> list[Column]:
-    """The fixed columns of a trial's row; the value is the first objective's best epoch."""
-    return [Column("number", "trial"), Column("state", "state"),
-            value_column(study.objectives[0]), Column("best_epoch", "at epoch"),
-            Column("epochs_run", "epochs run"), Column("seconds", "time", fmt_seconds),
-            Column("n_params", "parameters", fmt_int)]
+def objective_columns(study: StudyInfo, every: bool) -> list[Column]:
+    """A trial's value of the first objective, and with `every` of the other ones too."""
+    return [value_column(o) for o in (study.objectives if every else study.objectives[:1])]
 
 
-def extra_objectives(study: StudyInfo) -> list[ObjectiveSpec]:
-    """A multi-objective study's other objectives that the fixed columns do not show."""
-    return [o for o in study.objectives[1:] if o.measure != "params"]
+def rest_columns(shown: Sequence[Column]) -> list[Column]:
+    """What a trial's row holds besides its objectives and parameters (the trial's size,
+    unless an objective column shows it)."""
+    keys = {c.key for c in shown}
+    return [c for c in REST_COLUMNS if c.key not in keys]
 
+
+REST_COLUMNS = [Column("best_epoch", "at epoch"), Column("epochs_run", "epochs run"),
+                Column("seconds", "time", fmt_seconds),
+                Column("n_params", "parameters", fmt_int)]
 # The test set is scored only by `hpsearch evaluate` (a retraining on train + validation), so this
 # column stays apart from the validation accuracy the search optimised.
 TEST_COLUMN = Column("test_acc_final", "test acc (final)", fmt_test, essential=True)
 # marks the trial `queries.best_query` names
 BEST_COLUMN = Column("is_best", "best", lambda v: "*" if v else "", essential=True)
 REASON_COLUMN = Column("reason", "reason")  # why a pruned or failed trial ended
+TAGS_COLUMN = Column("tags", "tags", lambda tags: ", ".join(tags or ()))
 TRIAL_EXTRA = [
     Column("started_at", "started", fmt_time), Column("finished_at", "finished", fmt_time),
     Column("worker", "worker"), Column("device", "device"),
     # what the run really used ("auto" resolved), beside the params.precision it was given
-    Column("precision", "precision used"), Column("reason", "reason"),
+    Column("precision", "precision used"), REASON_COLUMN,
     Column("retried_from", "retried from"), Column("optuna_trial_id", "optuna trial id"),
-    Column("tags", "tags", lambda tags: ", ".join(tags)), Column("note", "note"),
+    TAGS_COLUMN, Column("note", "note"),
 ]
+# on a terminal, this many parameters (the most important first) stay before the other columns
+KEPT_PARAMS = 3
 
 
 def _test_value(test: EvaluationSummary | None) -> dict[str, Any] | None:
     return test.to_dict() if test is not None else None
 
 
-def _trial_row(t: TrialRecord, names: Sequence[str], full: bool,
-               tests: Mapping[int, EvaluationSummary] | None = None,
-               best: int | None = None, reason: bool = False,
-               values: Mapping[int, Sequence[float | None]] | None = None,
-               extra: Sequence[int] = ()) -> tuple[Any, ...]:
-    row: tuple[Any, ...] = (t.number, t.state, t.value, t.best_epoch, t.epochs_run, t.seconds,
-                            t.n_params)
-    if extra:
-        known = (values or {}).get(t.number)
-        row += tuple(known[i] if known else None for i in extra)
-    if best is not None:
-        row += (t.number == best,)
-    if tests:
-        row += (_test_value(tests.get(t.number)),)
-    if full:
-        row += (t.started_at, t.finished_at, t.worker, t.device, t.precision, t.reason,
-                t.retried_from, t.optuna_trial_id, list(t.tags), t.note)
-    if reason:
-        row += (t.reason,)
-    return row + tuple(t.params.get(n) for n in names)
+def _cells(study: StudyInfo, t: TrialRecord, *, best: int | None = None,
+           tests: Mapping[int, EvaluationSummary] | None = None,
+           values: Mapping[int, Sequence[float | None]] | None = None) -> dict[str, Any]:
+    """Every value a trial's row may show, by column key."""
+    known = (values or {}).get(t.number) or ()
+    cells: dict[str, Any] = {f"params.{n}": v for n, v in t.params.items()}
+    cells.update({o.key: known[i] if i < len(known) else None
+                  for i, o in enumerate(study.objectives)})
+    cells.update(
+        number=t.number, state=t.state, best_epoch=t.best_epoch, epochs_run=t.epochs_run,
+        seconds=t.seconds, n_params=t.n_params, is_best=t.number == best,
+        test_acc_final=_test_value((tests or {}).get(t.number)), started_at=t.started_at,
+        finished_at=t.finished_at, worker=t.worker, device=t.device, precision=t.precision,
+        reason=t.reason, retried_from=t.retried_from, optuna_trial_id=t.optuna_trial_id,
+        tags=list(t.tags), note=t.note)
+    cells[study.objectives[0].key] = t.value  # the trial row's own, also while it runs
+    return cells
+
+
+def param_column(name: str, essential: bool = False) -> Column:
+    """A parameter's column; blank on a trial that did not use it (a conditional one)."""
+    return Column(f"params.{name}", name, lambda v: "" if v is None else fmt_plain(v),
+                  essential=essential)
 
 
 def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequence[str], *,
                  full: bool = False, title: str = "",
                  tests: Mapping[int, EvaluationSummary] | None = None,
-                 best: int | None = None, reasons: bool = False,
+                 best: int | None = None, reasons: bool = False, tags: bool = False,
                  values: Mapping[int, Sequence[float | None]] | None = None) -> Sheet:
-    """The leaderboard; `full` adds times, worker, reason and ids (for exports); `tests` (by
-    trial number) adds the final test accuracy column when any trial has one; `best` (the
-    study's best trial number, by `queries.best_query`) adds a column marking it; `reasons`
-    adds why each pruned or failed trial ended (after the fixed columns, before the params);
-    `values` (`queries.objective_values`) adds a multi-objective study's other objectives."""
-    reason = [REASON_COLUMN] if reasons and not full else []
-    extra = extra_objectives(study) if values is not None else []
-    indexes = [study.objectives.index(o) for o in extra]
-    columns = (leaderboard_columns(study) + [value_column(o) for o in extra]
-               + ([BEST_COLUMN] if best is not None else [])
-               + ([TEST_COLUMN] if tests else []) + (TRIAL_EXTRA if full else []) + reason
-               + _param_columns(names))
+    """The leaderboard, its columns in the order that explains the ranking: the trial, its
+    state, the objectives (every one when `values`, `queries.objective_values`, is given), the
+    best mark (`best`: the study's best trial number, by `queries.best_query`), the sampled
+    parameters `names` in the order given (by importance on a terminal: the first KEPT_PARAMS
+    stay when columns are left out), the final test accuracy when any trial has one (`tests`,
+    by trial number), then the rest: epochs, time, size, and why a pruned or failed trial
+    ended (`reasons`), its tags (`tags`), or with `full` (exports) times, worker and ids."""
+    objectives = objective_columns(study, values is not None)
+    columns = (
+        [Column("number", "trial"), Column("state", "state"), *objectives]
+        + ([BEST_COLUMN] if best is not None else [])
+        + [param_column(n, i < KEPT_PARAMS) for i, n in enumerate(names)]
+        + ([TEST_COLUMN] if tests else []) + rest_columns(objectives)
+        + (TRIAL_EXTRA if full else [REASON_COLUMN] * reasons + [TAGS_COLUMN] * tags))
     return Sheet(title or f"{study.name}: trials", columns,
-                 (_trial_row(t, names, full, tests, best, bool(reason), values, indexes)
-                  for t in records))
+                 (tuple(cells.get(c.key) for c in columns)
+                  for cells in (_cells(study, t, best=best, tests=tests, values=values)
+                                for t in records)))
 
 
 def front_sheet(study: StudyInfo, front: ParetoFront) -> Sheet:
@@ -237,11 +250,14 @@ def best_sheet(study: StudyInfo, trial: TrialRecord, resolved: dict[str, Any],
     """The best trial and its FULL resolved params (fixed and sampled), and its final test
     accuracy when it was evaluated."""
     tests = {trial.number: test} if test is not None else None
-    columns = [Column("study", "study"), *leaderboard_columns(study),
-               *([TEST_COLUMN] if tests else []),
+    objectives = objective_columns(study, every=False)
+    columns = [Column("study", "study"), Column("number", "trial"), Column("state", "state"),
+               *objectives, *([TEST_COLUMN] if tests else []), *rest_columns(objectives),
                *(_marked(Column(f"params.{k}", k), trial.sampled) for k in resolved)]
-    row = (study.name, *_trial_row(trial, [], full=False, tests=tests), *resolved.values())
-    return Sheet(f"{study.name}: best trial", columns, [row], vertical=True)
+    cells = (_cells(study, trial, tests=tests) | {"study": study.name}
+             | {f"params.{k}": v for k, v in resolved.items()})
+    return Sheet(f"{study.name}: best trial", columns, [tuple(cells.get(c.key) for c in columns)],
+                 vertical=True)
 
 
 ENSEMBLE_COLUMNS = [

@@ -315,7 +315,7 @@ def test_report_with_one_complete_trial_explains_missing_importances(
 
 
 def test_importances_never_raise() -> None:
-    from hpsearch.report.figures import param_importances
+    from hpsearch.report.importance import param_importances
     from hpsearch.search.space import space_json
     from tests.recorded_study import study_config
 

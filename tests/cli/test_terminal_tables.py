@@ -12,9 +12,13 @@ import struct
 import subprocess
 import sys
 import termios
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from hpsearch.db.engine import make_engine
+from hpsearch.db.models import Study, Trial
 from tests.helpers import hps
 from tests.recorded_study import build_recorded_study
 
@@ -95,3 +99,107 @@ def test_failed_and_pruned_trials_show_their_reason(recorded: str,
     assert code == 0
     rows = json.loads(out)
     assert rows and all(r["reason"] for r in rows)
+
+
+def header_cells(lines: list[str]) -> list[str]:
+    header = next(line for line in lines if "┃" in line)
+    return [cell.strip() for cell in header.split("┃")[1:-1]]
+
+
+def ranked_params(url: str, name: str) -> list[str]:
+    """The study's sampled parameters, the most important first, as the tables rank them."""
+    from hpsearch.db.engine import make_engine
+    from hpsearch.db.figure_queries import complete_params
+    from hpsearch.db.queries import find_study
+    from hpsearch.report.importance import by_importance, param_importances
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        study = find_study(conn, name)
+        found, _how = param_importances(study.space, complete_params(conn, study))
+    engine.dispose()
+    assert found, "the recorded study's parameters must have importances"
+    return by_importance(list(study.space), found)
+
+
+def test_a_narrow_terminal_shows_the_objective_and_the_top_parameters(recorded: str) -> None:
+    """80 columns: the trial, its state, the objective, the best mark and the three most
+    important sampled parameters; 120 columns: every sampled parameter."""
+    ranked = ranked_params(recorded, NAME)
+    narrow = on_terminal(80, "trials", NAME, "--db", recorded)
+    assert header_cells(narrow) == ["trial", "state", "best val acc", "best", *ranked[:3]]
+    assert "parameters by importance: PED-ANOVA" in " ".join(narrow)
+    wide = header_cells(on_terminal(120, "trials", NAME, "--db", recorded))
+    assert wide[:4 + len(ranked)] == ["trial", "state", "best val acc", "best", *ranked]
+
+
+def test_a_narrow_terminal_keeps_every_objective(tmp_path: Path) -> None:
+    """A multi-objective study: the second objective is never the column left out."""
+    url = f"sqlite:///{tmp_path / 'multi.db'}"
+    build_recorded_study(url, "multi")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # the same trials, ranked by two objectives
+        config = conn.execute(select(Study.config)).scalar_one()
+        config["study"]["objectives"] = ["val_acc", "val_loss"]
+        conn.execute(update(Study).values(config=config))
+    engine.dispose()
+    cells = header_cells(on_terminal(80, "trials", "multi", "--db", url))
+    assert cells[:5] == ["trial", "state", "best val acc", "best val loss", "best"], cells
+    assert len(cells) >= 7, cells  # and parameters after them
+
+
+def test_tags_are_shown_and_filter_the_trials(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'tags.db'}"
+    build_recorded_study(url, "tagged")
+    db = ("--db", url)
+    assert hps(capsys, monkeypatch, "tag", "tagged", "2", "keeper", "50%_lr", *db)[0] == 0
+    assert hps(capsys, monkeypatch, "tag", "tagged", "4", "keeper", *db)[0] == 0
+    assert hps(capsys, monkeypatch, "tag", "tagged", "6", "keep", *db)[0] == 0
+    code, out, _ = hps(capsys, monkeypatch, "trials", "tagged", "--tag", "keeper", "-f",
+                       "json", *db)
+    assert code == 0, out
+    assert sorted((r["number"], r["tags"]) for r in json.loads(out)) == [
+        (2, ["keeper", "50%_lr"]), (4, ["keeper"])]
+    # every tag given must be there; a tag is matched whole (not "keep" in "keeper"), and
+    # LIKE's wildcards in a tag are plain characters
+    code, out, _ = hps(capsys, monkeypatch, "trials", "tagged", "--tag", "keeper", "--tag",
+                       "50%_lr", "-f", "csv", "--columns", "number", *db)
+    assert out.split() == ["number", "2"]
+    code, out, _ = hps(capsys, monkeypatch, "trials", "tagged", "--tag", "keep", "-f", "csv",
+                       "--columns", "number", *db)
+    assert out.split() == ["number", "6"]
+    code, out, _ = hps(capsys, monkeypatch, "trials", "tagged", "--tag", "50_", *db)
+    assert code == 0 and "no trials match" in out
+    code, out, _ = hps(capsys, monkeypatch, "trials", "tagged", *db)
+    assert "tags" in out and "keeper, 50%_lr" in out
+
+
+def test_a_parameter_a_trial_did_not_use_is_blank(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'conditional.db'}"
+    build_recorded_study(url, "conditional")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # trial 0 did without dropout (a conditional parameter)
+        params, sampled = conn.execute(select(Trial.params, Trial.sampled)
+                                       .where(Trial.number == 0)).one()
+        conn.execute(update(Trial).where(Trial.number == 0).values(
+            params={k: v for k, v in params.items() if k != "dropout"},
+            sampled=[k for k in sampled if k != "dropout"]))
+    engine.dispose()
+    code, out, _ = hps(capsys, monkeypatch, "trials", "conditional", "-f", "md", "--columns",
+                       "number,dropout", "--sort", "number", "--db", url)
+    assert code == 0, out
+    rows = out.splitlines()
+    at = rows.index("|---|---|")
+    assert rows[at + 1:at + 3] == ["| 0 |  |", f"| 1 | {params_of(url, 1)['dropout']:.4g} |"]
+
+
+def params_of(url: str, number: int) -> dict:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        params = conn.execute(select(Trial.params).where(Trial.number == number)).scalar_one()
+    engine.dispose()
+    return params
