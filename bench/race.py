@@ -6,13 +6,16 @@ Arms, each given the same wall-clock budget, its final model and its one test pa
   optuna    (b) plain Optuna as its docs show it: TPE + MedianPruner, epochs as the only
                 fidelity, the best trial retrained on train + validation and scored
   asha      (c) random search + ASHA (Optuna's SuccessiveHalvingPruner over epochs), the same
-  hpsearch  (d) hpsearch's recommended setting through its CLI: `hpsearch run` with rungs, then
-                its final retraining and test pass (bench/race_hpsearch.py)
+  hpsearch  (d) hpsearch's recommended setting through its CLI (bench/race_hpsearch.py):
+                `hpsearch run` with rungs and a search timeout, then `hpsearch evaluate`
+  hpsearch-hours  (d) the same with the hours budget instead: `hpsearch run --hours`
 (b)-(d) search the same space (bench/race_arms.py, space_params). (a)-(c) train with hpsearch's
 trainer as a library, so the race compares how the hours are spent, not trainers. Every choice
 is made on the validation split; the test set is read once per arm and seed, at the end.
 
-Each arm×seed runs in its own process with one thread; --parallel of them at a time (equal cores).
+Each arm×seed runs in its own process (and session: Linux shares the CPU between sessions
+first, then between the processes of one) with one thread; --parallel of them at a time, the
+arms of one seed together, so that they share the machine's load alike.
 Its result (curve of validation accuracies against seconds, test accuracy, budget used, CPU
 seconds) goes to RESULTS/ARM-seed-S.json when it finishes, and the figure, the raw-curves JSON
 and the table in docs/BENCHMARKS.md are rewritten; a rerun skips finished arm×seed runs.
@@ -22,7 +25,7 @@ and the table in docs/BENCHMARKS.md are rewritten; a rerun skips finished arm×s
     python bench/race.py --size quick --report-only         # redraw from what RESULTS holds
 
 Sizes: quick = a fixed 12,000-image subset of the training set (10,800 train / 1,200 validation
-per seed; final models on all 12,000), 2 seeds, 20 minutes per arm, trials of up to 20 epochs;
+per seed; final models on all 12,000), 2 seeds, 20 minutes per arm, trials of up to 10 epochs;
 full = all 60,000 images, 3 seeds, 2.5 hours per arm, trials of up to 15 epochs.
 """
 
@@ -42,7 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ARM_ORDER = ("hand", "optuna", "asha", "hpsearch")
+ARM_ORDER = ("hand", "optuna", "asha", "hpsearch", "hpsearch-hours")
 SUBSET_SEED = 1234  # which training images make up a subset: fixed, the same for every arm
 
 
@@ -55,7 +58,7 @@ class Size:
 
 
 # smoke: a check that every arm runs end to end (a couple of minutes), not a result
-SIZES = {"quick": Size(12_000, 20.0, 2, 20), "full": Size(None, 150.0, 3, 15),
+SIZES = {"quick": Size(12_000, 20.0, 2, 10), "full": Size(None, 150.0, 3, 15),
          "smoke": Size(2_000, 1.5, 1, 3)}
 
 
@@ -120,10 +123,11 @@ def run_one(size_name: str, arm: str, seed: int, minutes: float, folder: Path) -
     started_at = time.time()
     options = DataOptions(dataset="fashion-mnist", data_dir=subset_folder(size.images),
                           val_fraction=0.1)
-    if arm == "hpsearch":
+    if arm.startswith("hpsearch"):
         from race_hpsearch import hpsearch_arm
 
-        result = hpsearch_arm(options, seed, clock, size.epochs, folder)
+        result = hpsearch_arm(options, seed, clock, size.epochs, folder,
+                              hours=arm == "hpsearch-hours")
         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     else:
         result = ARMS[arm](options, seed, clock, size.epochs)
@@ -156,7 +160,8 @@ def drive(size_name: str, arms: list[str], seeds: list[int], minutes: float, par
             command = [sys.executable, str(Path(__file__)), "--size", size_name, "--one", arm,
                        "--seed", str(seed), "--minutes", str(minutes), "--results", str(folder)]
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                    start_new_session=True)
             running.append((proc, arm, seed))
             print(f"{time.strftime('%H:%M:%S')} started {arm} seed {seed}", flush=True)
         time.sleep(5)
