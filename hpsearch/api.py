@@ -7,6 +7,8 @@
     best = api.best_trial(name)                     # a plain record; best.params has them all
     front = api.pareto_front(name)                  # several objectives: the Pareto front
     frame = api.trials_dataframe(name)              # pandas, when it is installed
+    api.export_model(name, "model.pt")              # the best trial's kept model, as a file
+    model = api.load_model("model.pt")              # ready to predict, nothing retrained
 
 Every function takes `db` (a SQLAlchemy URL; default: $HPSEARCH_DB, else sqlite:///hpsearch.db)
 and raises `hpsearch.errors.HpsearchError` (ConfigError for bad input) with a one-line message.
@@ -29,10 +31,13 @@ if TYPE_CHECKING:
     import pandas
     from sqlalchemy import Connection
 
+    from hpsearch.search.model_export import ExportedModel
     from hpsearch.search.worker import WorkerSummary
+    from hpsearch.trainer.model_file import LoadedModel
 
 __all__ = ["EpochRecord", "ParetoFront", "TrialRecord", "best_trial", "create_study", "epochs",
-           "pareto_front", "run_worker", "trials", "trials_dataframe"]
+           "export_model", "load_model", "pareto_front", "run_worker", "trials",
+           "trials_dataframe"]
 
 
 def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
@@ -111,6 +116,25 @@ def trials_dataframe(name: str, db: str | None = None) -> pandas.DataFrame:
         row.update({f"params.{k}": v for k, v in trial.params.items()})
         rows.append(row)
     return pandas.DataFrame(rows)
+
+
+def export_model(name: str, path: str | Path, db: str | None = None, *,
+                 trial: int | None = None) -> ExportedModel:
+    """Write a trial's kept model (default: the best trial's; a search keeps its [workers]
+    keep_models best) to `path`, as `hpsearch export-model` does: its weights at the trial's
+    peak epoch, resolved params, seed and input normalisation in one file."""
+    from hpsearch.search.model_export import export_model as export
+
+    return export(name, Path(path), db, trial=trial)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """The model in a file written by `export_model`, rebuilt from its params: `.model` (a
+    torch module in eval mode, on the CPU), `.params`, `.info` (seed, epoch, metrics, study,
+    trial...), and `.predict(images)` for uint8 images as the dataset stores them."""
+    from hpsearch.trainer.model_file import load_model_file
+
+    return load_model_file(Path(path))
 
 
 def _url(db: str | None) -> str:

@@ -36,8 +36,21 @@ def checkpoint_folder(root: str | Path, study_name: str) -> Path:
 
 
 def checkpoint_path(root: str | Path, study_name: str, number: int) -> Path:
+    """A running trial's resume point (weights, optimiser, schedule, random state)."""
+    return _in_folder(root, study_name, f"trial-{int(number)}.pt")
+
+
+def model_path(root: str | Path, study_name: str, number: int) -> Path:
+    """A trial's model at its peak epoch, kept for the study's best trials (a model file)."""
+    return _in_folder(root, study_name, f"{MODEL_PREFIX}{int(number)}.pt")
+
+
+MODEL_PREFIX = "model-trial-"
+
+
+def _in_folder(root: str | Path, study_name: str, name: str) -> Path:
     base = checkpoint_folder(root, study_name)
-    path = (base / f"trial-{number}.pt").resolve()
+    path = (base / name).resolve()
     if not path.is_relative_to(base):  # defence in depth; the slug already prevents it
         raise ValueError(f"checkpoint path escapes {base}")
     return path

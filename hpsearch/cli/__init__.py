@@ -14,6 +14,7 @@ from hpsearch.cli import (  # noqa: F401  (registers commands)
     enqueue_cmd,
     evaluate_cmd,
     info_cmd,
+    model_cmd,
     query_cmds,
     run_cmds,
     study_cmds,

@@ -25,6 +25,7 @@ from hpsearch.db.models import (
 )
 from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
 from hpsearch.db.optuna_tables import set_marker
+from hpsearch.db.queries import ranked_query
 from hpsearch.db.session import retrying, session_scope
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
@@ -171,6 +172,20 @@ class Recorder:
                     select(Trial.id, Trial.optuna_trial_id).where(
                         Trial.study_id == study_id, Trial.state == "running"))]
         return retrying(read, "reading running trials")
+
+    def ended_outside_top(self, study_id: int, numbers: list[int], k: int,
+                          objectives: tuple[ObjectiveSpec, ...]) -> list[int]:
+        """Of the trials `numbers`, those that completed or were pruned and are not among the
+        study's `k` best (`queries.ranked_query`): their kept models can go."""
+        def read() -> list[int]:
+            with session_scope(self.engine) as session:
+                best = set(session.scalars(ranked_query(study_id, Trial.number,
+                                                        objectives=objectives).limit(k)))
+                ended = session.scalars(select(Trial.number).where(
+                    Trial.study_id == study_id, Trial.number.in_(numbers),
+                    Trial.state.in_(("complete", "pruned"))))
+                return sorted(set(ended) - best)
+        return retrying(read, "reading the study's best trials")
 
     def mark_failed(self, trial_id: int, reason: str) -> None:
         def write() -> None:

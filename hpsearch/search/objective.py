@@ -12,6 +12,7 @@ for dry runs).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import ObjectiveSpec, epoch_values
 from hpsearch.params import TrialParams
-from hpsearch.paths import checkpoint_path
+from hpsearch.paths import MODEL_PREFIX, checkpoint_folder, checkpoint_path, model_path
 from hpsearch.search.space import suggest
 from hpsearch.search.study_file import StudyConfig
 from hpsearch.stop import interrupted_reason
@@ -40,11 +41,13 @@ OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 def _track_peak(peak: dict[str, Any], primary: ObjectiveSpec, value: float,
-                epoch: int) -> None:
+                epoch: int) -> bool:
     """Keep the first objective's best epoch (the earliest of equal ones), as the trial row's
-    best_epoch."""
-    if not peak or primary.better(value, peak["value"]):
-        peak.update(value=value, epoch=epoch)
+    best_epoch. True when `epoch` is the new best."""
+    if peak and not primary.better(value, peak["value"]):
+        return False
+    peak.update(value=value, epoch=epoch)
+    return True
 
 
 def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -74,6 +77,11 @@ class TrialRun(Protocol):
     n_params: int | None  # known before the first epoch (None: no model, a dry run)
 
     def __iter__(self) -> Iterator[EpochMetrics]: ...
+
+    def save_model(self, path: Path, **info: Any) -> None:
+        """Write the model as it is now to a self-contained model file, with `info` (asked only
+        of a trainer that keeps checkpoints)."""
+        ...
 
 
 class TrialTrainer(Protocol):
@@ -142,6 +150,11 @@ class Objective:
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
                                      trial.number) if keeps else None
+        # the model at the peak epoch, written at each new peak; kept if the trial ends among
+        # the study's best (`_keep_best_models`)
+        model = model_path(self.config.workers.checkpoint_dir, self.config.name,
+                           trial.number) if keeps and self.config.workers.keep_models else None
+        seed = self.config.seed + original  # a resumed retry continues the original's run
 
         # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
         # compare them, and the objectives' values are taken from them at the end
@@ -163,11 +176,11 @@ class Objective:
                 for done_epoch in state.get("history", []):
                     _track_peak(peak, primary, done_epoch[primary.measure], done_epoch["epoch"])
                     seen[int(done_epoch["epoch"])] = done_epoch
+                self._take_over_model(resumed_number, model)
             done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
             for stage, (fraction, end) in enumerate(self._stages()):
                 if end is None or end > done:
-                    # the seed follows the original trial, so a resumed retry continues the run
-                    run = self.trainer.start(params, seed=self.config.seed + original,
+                    run = self.trainer.start(params, seed=seed,
                                              checkpoint=checkpoint,
                                              resume_from=resume_from if done else None,
                                              fraction=fraction, stop_after=end)
@@ -180,7 +193,10 @@ class Objective:
                     for metrics in run:
                         self.recorder.record_epoch(row, metrics, primary, fraction)
                         value = getattr(metrics, primary.measure)
-                        _track_peak(peak, primary, value, metrics.epoch)
+                        if _track_peak(peak, primary, value, metrics.epoch) and model:
+                            run.save_model(model, study=self.config.name, trial=trial.number,
+                                           seed=seed, split_seed=self.config.seed,
+                                           epoch=metrics.epoch, metrics=metrics.to_dict())
                         seen[metrics.epoch] = metrics.to_dict()
                         if each_epoch:
                             trial.report(value, metrics.epoch)
@@ -261,8 +277,34 @@ class Objective:
             self.interrupted = None  # ended for its own reasons: a stop now is not its fault
         # the rest of the dashboard's metadata, once at the end (each attribute is a write)
         _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})
-        if checkpoint is not None:  # finished trials need no resume point
-            checkpoint.unlink(missing_ok=True)
+        if checkpoint is not None:  # finished trials need no resume point, nor a model
+            checkpoint.unlink(missing_ok=True)  # unless they are among the best
+            self._keep_best_models()
+
+    def _take_over_model(self, resumed_number: int, model: Path | None) -> None:
+        """A retry that resumes another attempt's run takes over its peak model too."""
+        if model is None:
+            return
+        earlier = model_path(self.config.workers.checkpoint_dir, self.config.name,
+                             resumed_number)
+        if earlier.exists():
+            os.replace(earlier, model)
+
+    def _keep_best_models(self) -> None:
+        """After a trial completed or was pruned: of the models in the study's folder, those of
+        trials that completed or were pruned and are not among the study's best `keep_models`
+        go (its own, or one it pushed out). A running trial's stays, and so does a failed
+        one's, like its checkpoint (a retry may resume it)."""
+        folder = checkpoint_folder(self.config.workers.checkpoint_dir, self.config.name)
+        kept = {int(path.stem.removeprefix(MODEL_PREFIX)): path
+                for path in folder.glob(f"{MODEL_PREFIX}*.pt")
+                if path.stem.removeprefix(MODEL_PREFIX).isdigit()}
+        if not kept:
+            return
+        for dropped in self.recorder.ended_outside_top(
+                self.study_row_id, list(kept), self.config.workers.keep_models,
+                self.config.objectives):
+            kept[dropped].unlink(missing_ok=True)
 
     def _latest_checkpoint(self, history: list[int]
                            ) -> tuple[Path | None, int, dict[str, Any] | None, str | None]:

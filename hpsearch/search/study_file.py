@@ -73,6 +73,7 @@ class WorkerOptions:
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
     max_retry: int = 2  # re-runs of a trial whose worker died
     checkpoint_dir: str = "hpsearch-checkpoints"
+    keep_models: int = 3  # the best trials whose peak-epoch model is kept (export-model)
     # `hpsearch run` on a GPU machine: the GPUs its local workers are placed on, round-robin
     # (CUDA_VISIBLE_DEVICES per worker), and how many workers may share one
     gpus: tuple[str, ...] = ()
@@ -349,7 +350,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     budget = check_table(doc, "budget", {"max_epochs", "min_epochs", "rungs", "hours", "final"},
                          where)
     workers = check_table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
-                                      "checkpoint_dir", "gpus", "workers_per_gpu"}, where)
+                                      "checkpoint_dir", "keep_models", "gpus",
+                                      "workers_per_gpu"}, where)
     space_doc = check_table(doc, "space", set(PARAM_NAMES), where)
     dry_run = check_table(doc, "dry_run", {"seconds_per_epoch"}, where)
     if "epochs" in space_doc:
@@ -408,6 +410,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             max_retry=typed_value(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
             checkpoint_dir=typed_value(where, "checkpoint_dir",
                                        workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
+            keep_models=typed_value(where, "keep_models", workers.get("keep_models", 3), int,
+                                    minimum=0, maximum=1000),
             gpus=parse_gpus(workers.get("gpus", []), where),
             workers_per_gpu=typed_value(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
                                         int, minimum=1, maximum=64),

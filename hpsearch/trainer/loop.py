@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from hpsearch.params import NUM_CLASSES, TrialParams
 from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
 from hpsearch.trainer.model import build_model, count_parameters
+from hpsearch.trainer.model_file import save_model_file
 from hpsearch.trainer.runtime import RunSetup, resolve_device, resolve_precision, tune_malloc
 from hpsearch.trainer.schedule import LrCurve, Schedule
 
@@ -168,6 +170,11 @@ class Training:
     @property
     def best(self) -> EpochMetrics | None:
         return max(self.history, key=lambda m: m.val_acc, default=None)
+
+    def save_model(self, path: Path, **info: Any) -> None:
+        """The model as it is now, in a self-contained model file (`model_file`) with `info`."""
+        save_model_file(path, self.model, self.params, self.data.image_shape, self.data.mean,
+                        self.data.std, **info)
 
     def run_to_end(self) -> Training:
         """Train every epoch without looking at them (benchmarks, tests)."""

@@ -170,7 +170,8 @@ def int_text() -> st.SearchStrategy[str]:
 
 # every command of the CLI (test_every_command_is_in_the_property_test keeps this complete)
 COMMANDS = ("run", "worker", "studies", "trials", "best", "show", "compare", "export", "report",
-            "evaluate", "train", "enqueue", "dashboard", "info", "tag", "study delete",
+            "evaluate", "export-model", "train", "enqueue", "dashboard", "info", "tag",
+            "study delete",
             "study rename", "study copy", "study note", "db upgrade", "db downgrade",
             "db current", "db check")
 
@@ -224,6 +225,9 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
     if command == "evaluate":
         return ["evaluate", name, *db, "--trial", draw(int_text()), "--seeds", draw(int_text()),
                 "--epochs", draw(int_text())]
+    if command == "export-model":
+        return ["export-model", name, draw(int_text()), *db, "-o",
+                draw(st.sampled_from([str(tmp / "m.pt"), str(tmp), str(tmp / "no" / "m.pt")]))]
     if command == "train":
         args = ["train", "--dataset", draw(st.sampled_from(["fashion-mnist", "synthetic", "x"])),
                 "--seed", draw(int_text()), "--val-fraction",

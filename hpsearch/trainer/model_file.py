@@ -1,0 +1,99 @@
+"""A trained model in one self-contained file: the weights with everything needed to use them.
+
+As nanoGPT does, the configuration rides in the file: the full resolved params (which rebuild
+the architecture), the image shape, the normalisation the inputs need (the training split's mean
+and std), the seed the run trained with, and the epoch and metrics the weights are from. A search
+keeps its best trials' files (`[workers] keep_models`); `hpsearch export-model` copies one out,
+and `load_model_file` (`api.load_model`) gives back a model ready for inference, without
+retraining anything. The file holds tensors and plain values only, so reading it executes no
+code (`torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpsearch.errors import CheckpointError, ConfigError
+from hpsearch.files import atomic_write
+from hpsearch.params import TrialParams
+from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
+from hpsearch.trainer.model import build_model
+
+FORMAT = "hpsearch-model/1"
+
+
+def save_model_file(path: Path, model: nn.Module, params: TrialParams,
+                    image_shape: tuple[int, ...], mean: float, std: float,
+                    **info: Any) -> None:
+    """Write `model` with its params, input shape and normalisation, and `info` (plain values:
+    seed, epoch, metrics, study, trial...), atomically."""
+    save_checkpoint(path, {
+        "format": FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "params": params.to_dict(), "image_shape": list(image_shape), "mean": mean, "std": std,
+        **info})
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """A model file's contents, checked to be one; CheckpointError naming the file if not."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an hpsearch model file (hpsearch export-model "
+                              "writes them)")
+    return state
+
+
+def copy_model_file(source: Path, target: Path, **info: Any) -> dict[str, Any]:
+    """`source`'s contents with `info` added, written to `target` (whose folder must exist)
+    atomically: complete or not at all. Returns what was written."""
+    state = {**read_model_file(source), **info}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_write(target, "wb") as out:
+        out.write(buffer.getbuffer())
+    return state
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read back from its file: in eval mode, on the CPU (`.model.to(device)` moves
+    it), with what it was trained with."""
+
+    model: nn.Module
+    params: TrialParams
+    mean: float  # inputs are scaled to [0, 1], then (x - mean) / std, as in training
+    std: float
+    info: dict[str, Any]  # everything else the file holds: seed, epoch, metrics, study, trial...
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, H, W) or (N, C, H, W), as the dataset stores them, normalised as
+        the model saw them in training."""
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class indices for uint8 images (see `prepare`)."""
+        device = next(self.model.parameters()).device
+        return self.model(self.prepare(images).to(device)).argmax(1)
+
+
+def load_model_file(path: Path) -> LoadedModel:
+    """The model a model file holds, built from its params and loaded with its weights."""
+    state = read_model_file(path)
+    try:
+        params = TrialParams.from_dict(state["params"])
+        model = build_model(params, tuple(state["image_shape"]))  # type: ignore[arg-type]
+        model.load_state_dict(state["model"])
+    except (ConfigError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the model cannot be rebuilt ({exc})".splitlines()[0]
+                              ) from None
+    info = {k: v for k, v in state.items()
+            if k not in ("format", "model", "params", "image_shape", "mean", "std")}
+    return LoadedModel(model.eval(), params, float(state["mean"]), float(state["std"]), info)
