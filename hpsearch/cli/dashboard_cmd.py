@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -10,6 +14,7 @@ import typer
 from hpsearch.cli.app import DB_HELP, app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STOP_BOUND_S = 10  # a stop signal ends the process within this, whatever holds it
 
 
 @app.command()
@@ -72,17 +77,37 @@ def dashboard(
     if host not in LOOPBACK:
         typer.echo(f"warning: listening on {host}: anyone who reaches it can read and edit "
                    "these studies", err=True)
-    typer.echo(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/ "
-               "(Ctrl-C stops it)")
+    _say(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/ (Ctrl-C stops it)")
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signum)
+        # a bound on the whole stop: once a dashboard whose output pipe had closed served on
+        # for 35 minutes after SIGINT and SIGTERM
+        bound = threading.Timer(STOP_BOUND_S, os._exit, (exit_code(signum),))
+        bound.daemon = True
+        bound.start()
+
     for signum in STOP_SIGNALS:  # an ignored signal stays ignored (nohup)
         if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, lambda signum, _frame: received.append(signum))
+            signal.signal(signum, request_stop)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt as exc:
         signum = signum_of(exc)
-        typer.echo(f"dashboard stopped ({signal_name(signum)})")
+        _say(f"dashboard stopped ({signal_name(signum)})")
         if signum != signal.SIGINT:  # Ctrl-C is the normal way to end it: exit 0
             raise typer.Exit(exit_code(signum)) from None
     finally:
         server.server_close()
+
+
+def _say(line: str) -> None:
+    """Print a line, unless the output is gone (a closed pipe: its reader left): then nothing
+    more is printed, and the interpreter's final flush does not fail the exit code either."""
+    try:
+        typer.echo(line)
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

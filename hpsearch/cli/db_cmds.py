@@ -73,23 +73,28 @@ def downgrade_cmd(
     """Migrate hpsearch's tables back to an older revision (Optuna's tables stay as they are).
 
     What newer revisions added is dropped with its data (base: every trial, epoch and
-    evaluation of hpsearch's), so it asks first.
+    evaluation of hpsearch's): it lists what would be lost, rows per table and values per
+    column, and asks first. Refused while a study's workers run.
     """
     from hpsearch.db import migrate
     from hpsearch.errors import HpsearchError
 
     before = migrate.current_revision(db)
+    losses = migrate.downgrade_losses(db, revision)  # also refuses while workers run
+    dropping = ("dropping " + ", ".join(
+        f"{what}: {count} {'value' if '.' in what else 'row'}{'s' if count != 1 else ''}"
+        for what, count in losses.items())) if losses else "no stored data is lost"
     if not yes:
         if not sys.stdin.isatty():
-            raise HpsearchError(f"refusing to downgrade {_shown_url(db)} without "
-                                "confirmation (what newer revisions added is dropped with its "
-                                "data): pass --yes")
+            raise HpsearchError(f"refusing to downgrade {_shown_url(db)} to {revision} without "
+                                f"confirmation ({dropping}): pass --yes")
         typer.confirm(f"Downgrade hpsearch's tables in {_shown_url(db)} to {revision}, "
-                      "dropping what newer revisions added, with its data?", abort=True)
+                      f"{dropping}?", abort=True)
     migrate.downgrade(db, revision)
     after = migrate.current_revision(db)
     change = "already at" if before == after else f"downgraded from {before or 'empty'} to"
-    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}")
+    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}"
+               + (f" ({dropping})" if losses else ""))
 
 
 @db_app.command("current")

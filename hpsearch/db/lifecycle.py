@@ -14,10 +14,9 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, cast, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from hpsearch.db import optuna_tables as ot
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
@@ -29,8 +28,7 @@ from hpsearch.db.session import connection_scope
 from hpsearch.errors import HpsearchError
 from hpsearch.objectives import stored_objectives
 
-# Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
-DEFAULT_GRACE_S = 120
+COPIED_RUNNING = "running when the study was copied (its worker had died): not resumed in the copy"
 
 
 @contextmanager
@@ -75,30 +73,10 @@ def _require_some(conn: Connection, halves: Halves) -> None:
                             "neither hpsearch's nor Optuna's")
 
 
-def _grace_s(ours: Any) -> float:
+def grace_period_s(ours: Any) -> float:
+    """The grace period of the study of our row `ours` (None: Optuna's default)."""
     workers = (ours.config or {}).get("workers", {}) if ours is not None else {}
-    return float(workers.get("grace_period", DEFAULT_GRACE_S))
-
-
-def live_trials(conn: Connection, optuna_id: int, grace_s: float) -> list[int]:
-    """Numbers of the study's RUNNING trials whose worker showed a sign of life (a heartbeat,
-    else the trial's start) within the grace period: a worker is still at it."""
-    last_sign = func.coalesce(ot.trial_heartbeats.c.heartbeat, ot.trials.c.datetime_start)
-    rows = conn.execute(
-        select(ot.trials.c.number, last_sign.label("seen"))
-        .outerjoin(ot.trial_heartbeats, ot.trial_heartbeats.c.trial_id == ot.trials.c.trial_id)
-        .where(ot.trials.c.study_id == optuna_id,
-               # an enum type on PostgreSQL, text on SQLite
-               cast(ot.trials.c.state, String) == "RUNNING")).all()
-    # compared with the database's own clock, as Optuna's stale-trial check does
-    now = conn.execute(select(func.current_timestamp())).scalar_one()
-    return [row.number for row in rows
-            if row.seen is not None and _age_s(now, row.seen) < grace_s]
-
-
-def _age_s(now: Any, then: Any) -> float:
-    now, then = (datetime.fromisoformat(v) if isinstance(v, str) else v for v in (now, then))
-    return (now.replace(tzinfo=None) - then.replace(tzinfo=None)).total_seconds()
+    return float(workers.get("grace_period", ot.DEFAULT_GRACE_S))
 
 
 def _refuse_if_running(conn: Connection, halves: Halves, doing: str,
@@ -107,12 +85,12 @@ def _refuse_if_running(conn: Connection, halves: Halves, doing: str,
     optuna_id = halves.optuna_id if optuna_id is None else optuna_id
     if optuna_id is None:
         return
-    live = live_trials(conn, optuna_id, _grace_s(halves.ours))
+    live = ot.live_trials(conn, optuna_id, grace_period_s(halves.ours))
     if live:
         shown = ", ".join(str(n) for n in sorted(live)[:5]) + (", ..." if len(live) > 5 else "")
         raise HpsearchError(
             f"cannot {doing} study {halves.name!r}: its workers are still running "
-            f"(trial {shown} sent a heartbeat within the last {_grace_s(halves.ours):.0f} s); "
+            f"(trial {shown} sent a heartbeat within the last {grace_period_s(halves.ours):.0f} s); "
             "stop them first, or wait for the study to finish")
 
 
@@ -244,7 +222,10 @@ def _renamed_config(config: dict[str, Any] | None, new: str) -> dict[str, Any]:
 def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
     """Copy study `name` as `new` (into `to_url`, default the same database): Optuna's study
     with all its trials (optuna.copy_study), and every trial row, epoch and evaluation of
-    ours with their Optuna trial ids remapped to the copy's."""
+    ours with their Optuna trial ids remapped to the copy's. Refused while the study's workers
+    run; a trial left running by a dead worker is copied as failed (no worker would ever end
+    it). The remains of an interrupted copy (Optuna's half, made from this very study) are
+    removed and the copy made again."""
     import optuna
 
     url = normalise_url(url)
@@ -259,7 +240,9 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
                 raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(url)}")
             if halves.problem is not None:
                 raise HpsearchError(halves.problem.message)
+            _refuse_if_running(src, halves, "copy")
             with write_transaction(target) as dst:
+                redone = _remove_interrupted_copy(dst, new, halves.ours)
                 taken = _halves(dst, new)
                 if taken.ours is not None or taken.optuna_id is not None:
                     raise HpsearchError(f"a study called {new!r} already exists in "
@@ -269,7 +252,7 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
                               to_study_name=new)
             try:
                 with write_transaction(target) as dst:
-                    copied = _copy_rows(src, dst, halves.ours, new)
+                    copied, failed = _copy_rows(src, dst, halves.ours, new)
             except BaseException:
                 with write_transaction(target) as dst:  # undo the Optuna half
                     gone = _halves(dst, new)
@@ -279,12 +262,37 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
     finally:
         source_engine.dispose()
     where = f" in {mask_url(target)}" if target != url else ""
-    return f"copied study {name!r} to {new!r}{where}: {copied} trials"
+    notes = ([f"trial{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} left "
+              "running by a dead worker, copied as failed"] if failed else []) + (
+        ["the remains of an interrupted copy were removed first"] if redone else [])
+    return (f"copied study {name!r} to {new!r}{where}: {copied} trials"
+            + "".join(f"; {note}" for note in notes))
 
 
-def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
+def _remove_interrupted_copy(dst: Connection, new: str, source: Any) -> bool:
+    """Delete Optuna's half of an earlier copy of `source` as `new` that was killed before
+    our rows were written: an Optuna study called `new` with no rows of ours that carries the
+    source's marker (optuna.copy_study copies it), or an empty one without a marker. Someone
+    else's study with trials is never touched."""
+    left = _halves(dst, new)
+    if left.ours is not None or left.optuna_id is None:
+        return False
+    marker = ot.optuna_studies(dst)[left.optuna_id].marker
+    empty = marker is None and not dst.scalar(  # killed before copy_study wrote anything
+        select(func.count()).select_from(ot.trials).where(ot.trials.c.study_id == left.optuna_id))
+    if marker != row_marker(source.id, source.created_at) and not empty:
+        return False
+    _delete_optuna_study(dst, left.optuna_id)
+    return True
+
+
+def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
+               ) -> tuple[int, list[int]]:
+    """Our rows of the copy; returns the trial count and the numbers of the trials that were
+    left running (by a dead worker: live ones were refused), now failed in both halves."""
     optuna_id = dst.execute(select(ot.studies.c.study_id)
                             .where(ot.studies.c.study_name == new)).scalar_one()
+    failed = ot.fail_running_trials(dst, optuna_id)
     # optuna.copy_study adds the trials in number order, so numbers carry over unchanged
     trial_ids = dict(dst.execute(select(ot.trials.c.number, ot.trials.c.trial_id)
                                  .where(ot.trials.c.study_id == optuna_id)).all())
@@ -301,6 +309,8 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
                                 "trial to copy; see `hpsearch db check`")
         row = {c: v for c, v in trial._mapping.items() if c != "id"}
         row.update(study_id=study_id, optuna_trial_id=trial_ids[trial.number])
+        if trial.number in failed:
+            row.update(state="failed", reason=COPIED_RUNNING)
         trial_id = dst.execute(insert(Trial).values(**row).returning(Trial.id)).scalar_one()
         for model in (Epoch, Evaluation):
             children = [{c: v for c, v in r._mapping.items() if c != "id"} | {"trial_id": trial_id}
@@ -315,7 +325,7 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str) -> int:
                                       .where(EnsembleEvaluation.study_id == ours.id))]
     if ensembles:
         dst.execute(insert(EnsembleEvaluation), ensembles)
-    return count
+    return count, failed
 
 
 def orphans(url: str) -> list[str]:

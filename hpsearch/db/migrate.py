@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -21,11 +22,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import table as sa_table
 from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import database_url, make_engine, mask_url, normalise_url
 from hpsearch.db.models import Base
+from hpsearch.db.optuna_tables import DEFAULT_GRACE_S, studies_with_live_trials
 from hpsearch.db.session import begin_write, connection_scope
 from hpsearch.errors import HpsearchError
 
@@ -233,12 +236,77 @@ def upgrade(url: str | None, revision: str = "head") -> None:
 
 
 def downgrade(url: str | None, revision: str) -> None:
-    """Migrate our tables down to `revision`; "base" drops them all (and their data)."""
+    """Migrate our tables down to `revision`; "base" drops them all (and their data). Refused
+    while a worker runs (its next write would meet a table or column that is gone)."""
     _check_revision(revision)
     with _connection(_full_url(url), write=True) as conn:
         _refuse_newer(_read_revision(conn))
+        _refuse_live_work(conn)
         with _ALEMBIC_COMMAND:
             alembic.command.downgrade(alembic_config(conn), revision)
+
+
+class _RollBack(Exception):
+    """Ends a trial downgrade: its transaction is rolled back."""
+
+
+def downgrade_losses(url: str | None, revision: str) -> dict[str, int]:
+    """What a downgrade to `revision` would lose, for `hpsearch db downgrade` to list before it
+    asks: rows per table ("hps_ensemble": 3), and values per column that is dropped or
+    rewritten ("hps_epoch.fraction": 120); only entries that lose something. Found by running
+    the downgrade in a transaction that is rolled back and comparing every row of ours, so
+    every revision, present and future, is covered without a list to keep up to date."""
+    _check_revision(revision)
+    before: Rows = {}
+    after: Rows = {}
+    try:
+        with _connection(_full_url(url), write=True) as conn:
+            _refuse_newer(_read_revision(conn))
+            _refuse_live_work(conn)
+            before = _our_rows(conn)
+            with _ALEMBIC_COMMAND:
+                alembic.command.downgrade(alembic_config(conn), revision)
+            after = _our_rows(conn)
+            raise _RollBack
+    except _RollBack:
+        pass
+    losses: Counter[str] = Counter()
+    for table, rows in before.items():
+        for key, row in rows.items():
+            kept = after.get(table, {}).get(key)
+            if kept is None:
+                losses[table] += 1
+                continue
+            losses.update(f"{table}.{column}" for column, value in row.items()
+                          if value is not None and kept.get(column) != value)
+    return dict(losses)
+
+
+Rows = dict[str, dict[Any, dict[str, Any]]]  # table -> primary key -> column -> value
+
+
+def _our_rows(conn: Connection) -> Rows:
+    inspector = inspect(conn)
+    rows: Rows = {}
+    for name in inspector.get_table_names():
+        if not name.startswith(TABLE_PREFIX) or name == VERSION_TABLE:
+            continue
+        key = inspector.get_pk_constraint(name)["constrained_columns"]
+        rows[name] = {tuple(row[k] for k in key): dict(row) for row in
+                      conn.execute(select(text("*")).select_from(sa_table(name))).mappings()}
+    return rows
+
+
+def _refuse_live_work(conn: Connection) -> None:
+    if not inspect(conn).has_table("hps_study"):
+        return  # no studies of ours
+    live = studies_with_live_trials(conn)
+    if live:
+        shown = ", ".join(map(repr, live[:5])) + (", ..." if len(live) > 5 else "")
+        raise HpsearchError(
+            f"cannot change the schema while workers run (study {shown} has a trial with a "
+            f"heartbeat within the last {DEFAULT_GRACE_S} s): stop them first, or wait for "
+            "their studies to finish")
 
 
 def ensure_schema(url: str | None) -> None:

@@ -7,10 +7,11 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from hpsearch.db.engine import mask_url, normalise_url
-from hpsearch.db.lifecycle import write_transaction
+from hpsearch.db.lifecycle import grace_period_s, write_transaction
 from hpsearch.db.migrate import require_schema
 from hpsearch.db.models import Study, Trial, study_named
 from hpsearch.db.optuna_link import check_link
+from hpsearch.db.optuna_tables import live_trials
 from hpsearch.errors import ConfigError, HpsearchError
 
 
@@ -64,6 +65,10 @@ def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
             Trial.study_id == study.id, Trial.number == number)).first()
         if trial is None:
             raise HpsearchError(f"study {name!r} has no trial {number}")
+        if number in live_trials(conn, study.optuna_study_id, grace_period_s(study)):
+            raise HpsearchError(f"trial {number} of study {name!r} is running (a worker sent "
+                                "a heartbeat within the grace period): tag it once it has "
+                                "ended")
         tags = [t for t in (trial.tags or []) if t not in remove]
         tags += [t for t in dict.fromkeys(add) if t not in tags]
         new_note = trial.note if note is None else (note or None)

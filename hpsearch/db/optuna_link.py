@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from hpsearch.db import optuna_tables as ot
 from hpsearch.db.models import Study, Trial
@@ -163,6 +163,26 @@ def latest_trial_matches(conn: Connection, row: Any) -> bool:
         ot.trial_params.c.trial_id == latest.optuna_trial_id)).all()
     return (found is not None and found.number == latest.number
             and set(names) == set(latest.sampled or ()))
+
+
+def refuse_foreign(conn: Connection, name: str) -> None:
+    """For a name with no row of ours: an Optuna study of that name holding trials was made by
+    another tool (`optuna.copy_study`, Optuna's own scripts). Adopted, its trials would count
+    towards n_trials in Optuna but be missing from every hpsearch view; so it is refused. One
+    with no trials (a creation interrupted before our row was written) is safe to adopt."""
+    if not ot.has_optuna_tables(conn):
+        return
+    found = conn.execute(select(ot.studies.c.study_id).where(ot.studies.c.study_name == name)
+                         ).scalar()
+    if found is None:
+        return
+    count = conn.scalar(select(func.count()).select_from(ot.trials)
+                        .where(ot.trials.c.study_id == found))
+    if count:
+        raise HpsearchError(
+            f"study {name!r} exists in Optuna's tables with {count} trial(s) but was not made "
+            "by hpsearch, which cannot show or continue them: give the hpsearch study another "
+            "name (Optuna's stays as it is)")
 
 
 def check_link(conn: Connection, row: Any) -> None:

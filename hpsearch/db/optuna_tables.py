@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     Float,
+    String,
     and_,
     cast,
     column,
     delete,
+    func,
     insert,
     inspect,
     select,
     table,
+    text,
+    true,
     update,
 )
 from sqlalchemy.sql.expression import TableClause
 
 studies = table("studies", column("study_id"), column("study_name"))
 trials = table("trials", column("trial_id"), column("study_id"), column("number"),
-               column("state"), column("datetime_start"))
+               column("state"), column("datetime_start"), column("datetime_complete"))
 trial_params = table("trial_params", column("trial_id"), column("param_name"),
                      column("param_value"), column("distribution_json"))
 trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
@@ -46,6 +52,8 @@ MARKER_KEY = "hpsearch:study_row"
 STALE_CHECK_KEY = "hpsearch:stale_check_at"
 # Where Optuna keeps Study.metric_names (optuna/study/study.py, _SYSTEM_ATTR_METRIC_NAMES)
 METRIC_NAMES_KEY = "study:metric_names"
+# Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
+DEFAULT_GRACE_S = 120
 
 
 def by_trial_id(name: str) -> TableClause:
@@ -115,3 +123,48 @@ def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,
     conn.execute(insert(attrs).values(study_id=optuna_study_id, key=STALE_CHECK_KEY,
                                       value_json=json.dumps(now)))
     return True
+
+
+def live_trials(conn: Connection, optuna_id: int, grace_s: float) -> list[int]:
+    """Numbers of the study's RUNNING trials whose worker showed a sign of life (a heartbeat,
+    else the trial's start) within the grace period: a worker is still at it."""
+    return [number for _, number in _live(conn, grace_s, trials.c.study_id == optuna_id)]
+
+
+def studies_with_live_trials(conn: Connection, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
+    """Names of every study with a live trial (see live_trials), for database-wide changes."""
+    if not has_optuna_tables(conn):
+        return []
+    names = dict(conn.execute(select(studies.c.study_id, studies.c.study_name)).all())
+    return sorted({names[study_id] for study_id, _ in _live(conn, grace_s, true())})
+
+
+def _live(conn: Connection, grace_s: float, where: Any) -> list[tuple[int, int]]:
+    last_sign = func.coalesce(trial_heartbeats.c.heartbeat, trials.c.datetime_start)
+    rows = conn.execute(
+        select(trials.c.study_id, trials.c.number, last_sign.label("seen"))
+        .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+        .where(where,
+               # an enum type on PostgreSQL, text on SQLite
+               cast(trials.c.state, String) == "RUNNING")).all()
+    # compared with the database's own clock, as Optuna's stale-trial check does
+    now = conn.execute(select(func.current_timestamp())).scalar_one()
+    return [(row.study_id, row.number) for row in rows
+            if row.seen is not None and _age_s(now, row.seen) < grace_s]
+
+
+def _age_s(now: Any, then: Any) -> float:
+    now, then = (datetime.fromisoformat(v) if isinstance(v, str) else v for v in (now, then))
+    return (now.replace(tzinfo=None) - then.replace(tzinfo=None)).total_seconds()
+
+
+def fail_running_trials(conn: Connection, optuna_study_id: int) -> list[int]:
+    """Mark the study's RUNNING trials failed (a copy's: no worker runs them); their numbers."""
+    running = cast(trials.c.state, String) == "RUNNING"
+    numbers = list(conn.scalars(select(trials.c.number).where(
+        trials.c.study_id == optuna_study_id, running).order_by(trials.c.number)))
+    if numbers:
+        conn.execute(update(trials).where(trials.c.study_id == optuna_study_id, running)
+                     # an untyped literal: PostgreSQL's column is an enum
+                     .values(state=text("'FAIL'"), datetime_complete=func.current_timestamp()))
+    return numbers

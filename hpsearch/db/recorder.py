@@ -23,7 +23,7 @@ from hpsearch.db.models import (
     study_named,
     utcnow,
 )
-from hpsearch.db.optuna_link import BrokenLink, check_link, row_marker
+from hpsearch.db.optuna_link import BrokenLink, check_link, refuse_foreign, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.queries import ranked_query
 from hpsearch.db.session import retrying, session_scope
@@ -214,6 +214,8 @@ class Recorder:
                 study = session.scalar(select(Study).where(study_named(name)))
                 if study is not None:
                     check_link(session.connection(), study)
+                else:
+                    refuse_foreign(session.connection(), name)
                 return study
         return retrying(read, "reading the study")
 

@@ -258,7 +258,7 @@ CASES = [
     Case("db-downgrade-empty-revision", ("db", "downgrade", "", "--yes", "--db", "{db}"),
          "no revision given", db="recorded"),
     Case("db-downgrade-unconfirmed", ("db", "downgrade", "base", "--db", "{db}"),
-         "refusing to downgrade", db="recorded"),
+         "to base without confirmation (dropping hps_epoch: ", db="recorded"),
     # studies and trials that do not exist
     Case("trials-unknown-study", ("trials", "nope", "--db", "{db}"), "unknown study 'nope'",
          db="recorded"),

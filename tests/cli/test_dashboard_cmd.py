@@ -16,6 +16,7 @@ from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
 from tests.conftest import free_port
 from tests.helpers import wait_for
+from tests.recorded_study import build_recorded_study
 from tests.study_files import write_tiny_study
 
 pytest.importorskip("optuna_dashboard", reason="OPTUNA-DASHBOARD IS MISSING: `hpsearch "
@@ -66,3 +67,27 @@ def test_dashboard_on_a_missing_database_is_one_line_and_creates_nothing(tmp_pat
          "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and not missing.exists()
     assert result.stderr.startswith("hpsearch: error:") and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 0), (signal.SIGTERM, 143)])
+def test_dashboard_stops_on_a_signal_after_its_output_pipe_closed(
+        sqlite_url: str, tmp_path: Path, signum: int, code: int) -> None:
+    """Once kept serving for 35 minutes after SIGINT and SIGTERM, its output pipe closed;
+    before this fix a closed pipe also turned the stop into exit 1."""
+    build_recorded_study(sqlite_url, "s")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "dashboard", "--db", sqlite_url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        assert b"on http://127.0.0.1" in server.stdout.readline()
+        server.stdout.close()  # whoever read its output has gone
+        server.stderr.close()
+        assert get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+        server.send_signal(signum)
+        assert server.wait(timeout=60) == code
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -3,6 +3,7 @@ study lifecycle commands (delete, rename, copy, notes, tags) change both halves 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
+from hpsearch.db.lifecycle import COPIED_RUNNING
 from hpsearch.db.migrate import downgrade, upgrade
 from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import BrokenLink
@@ -199,28 +201,117 @@ def test_delete_and_rename_change_both_halves(
     assert code == 0, out
 
 
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_delete_and_rename_are_refused_while_a_worker_runs(
+def _running_trial(url: str, name: str) -> int:
+    """A RUNNING trial with a fresh heartbeat, in both halves, as a live worker's is; its
+    number."""
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=10)
+    study_id = storage.get_study_id_from_name(name)
+    trial_id = storage.create_new_trial(study_id)
+    storage.record_heartbeat(trial_id)
+    number = storage.get_trial_number_from_id(trial_id)
+    storage.remove_session()
+    engine = make_engine(url)
+    with Session(engine) as session, session.begin():
+        ours = session.scalars(select(Study).where(Study.name == name)).one()
+        session.add(Trial(study_id=ours.id, number=number, optuna_trial_id=trial_id,
+                          state="running", params={}, worker="elsewhere:1"))
+    engine.dispose()
+    return number
+
+
+def _age_heartbeats(url: str) -> None:
+    """The worker died long ago: its last heartbeat is older than the grace period (120 s)."""
+    old = (datetime.now(UTC) - timedelta(minutes=5)).replace(tzinfo=None)
+    execute(url, "UPDATE trial_heartbeats SET heartbeat = :old", old=old)
+
+
+def test_lifecycle_commands_are_refused_while_a_worker_runs(
         sqlite_url: str, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delete, rename, copy and `db downgrade` of a study with live heartbeats are refused
+    alike (copy and downgrade were not: the copy held a RUNNING trial no worker would ever
+    end); a tag or note on the running trial itself too, on its finished ones not."""
     build_recorded_study(sqlite_url, "busy")
-    storage = optuna.storages.RDBStorage(sqlite_url, heartbeat_interval=1, grace_period=10)
-    study_id = storage.get_study_id_from_name("busy")
-    trial_id = storage.create_new_trial(study_id)  # RUNNING, as a worker's trial is
-    storage.record_heartbeat(trial_id)
-    storage.remove_session()
+    number = _running_trial(sqlite_url, "busy")
     before = row_counts(sqlite_url)
-    for args in (("delete", "busy", "--yes"), ("rename", "busy", "calm")):
-        code, _out, err = hps(capsys, monkeypatch, "study", *args, "--db", sqlite_url)
-        assert code == 2
-        assert "its workers are still running" in one_error_line(err), err
+    for args, says in [(("study", "delete", "busy", "--yes"), "its workers are still running"),
+                       (("study", "rename", "busy", "calm"), "its workers are still running"),
+                       (("study", "copy", "busy", "twin"), "its workers are still running"),
+                       (("db", "downgrade", "-1", "--yes"),
+                        "cannot change the schema while workers run (study 'busy'"),
+                       (("tag", "busy", str(number), "x"), f"trial {number} of study 'busy' "
+                        "is running")]:
+        code, _out, err = hps(capsys, monkeypatch, *args, "--db", sqlite_url)
+        assert code == 2, err
+        assert says in one_error_line(err), err
     assert row_counts(sqlite_url) == before
-    # the worker died long ago: its last heartbeat is older than the grace period (120 s)
-    old = (datetime.now(UTC) - timedelta(minutes=5)).replace(tzinfo=None)
-    execute(sqlite_url, "UPDATE trial_heartbeats SET heartbeat = :old", old=old)
+    code, _out, err = hps(capsys, monkeypatch, "tag", "busy", "0", "x", "--db", sqlite_url)
+    assert code == 0, err
+    _age_heartbeats(sqlite_url)
     code, out, _ = hps(capsys, monkeypatch, "study", "delete", "busy", "--yes",
                        "--db", sqlite_url)
     assert code == 0, out
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_copied_as_failed(
+        sqlite_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    build_recorded_study(sqlite_url, "src")
+    number = _running_trial(sqlite_url, "src")
+    _age_heartbeats(sqlite_url)
+    code, out, err = hps(capsys, monkeypatch, "study", "copy", "src", "dst", "--db", sqlite_url)
+    assert code == 0, err
+    assert re.search(rf"trials [0-9, ]*\b{number} left running by a dead worker, copied as "
+                     "failed", out), out
+    copied = optuna.load_study(study_name="dst", storage=sqlite_url).get_trials()
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in copied}
+    assert copied[number].state == optuna.trial.TrialState.FAIL
+    rows = {t.number: t for t in Session(make_engine(sqlite_url)).scalars(
+        select(Trial).join(Study).where(Study.name == "dst"))}
+    assert rows[number].state == "failed" and "copied" in (rows[number].reason or "")
+
+
+def test_a_killed_copy_is_repeated_by_the_same_command(
+        db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between Optuna's half and ours (as a kill -9 after optuna.copy_study): the
+    same command removes the leftover and copies again, and says so; before, it said 'already
+    exists' for ever."""
+    build_recorded_study(db_url, "src")
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    upgrade(target)
+    optuna.copy_study(from_study_name="src", from_storage=db_url, to_storage=target,
+                      to_study_name="dst")  # the Optuna half only
+    code, out, err = hps(capsys, monkeypatch, "study", "copy", "src", "dst", "--to-db", target,
+                         "--db", db_url)
+    assert code == 0, err
+    assert "the remains of an interrupted copy were removed first" in out
+    assert _rows(target, "dst") == _as_copied(_rows(db_url, "src"))
+    code, out, _ = hps(capsys, monkeypatch, "db", "check", "--db", target)
+    assert code == 0, out
+    # someone else's study of that name is never taken for a leftover
+    optuna.create_study(study_name="theirs", storage=target).optimize(lambda t: 1.0, n_trials=1)
+    code, _out, err = hps(capsys, monkeypatch, "study", "copy", "src", "theirs", "--to-db",
+                          target, "--db", db_url)
+    assert code == 2 and "already exists" in one_error_line(err)
+
+
+def test_a_study_made_by_optuna_is_not_adopted_by_run(
+        sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`optuna.copy_study` into our database, then `hpsearch run` of that name: its trials
+    counted towards n_trials in Optuna, invisible to every hpsearch view ('finished 1/4')."""
+    build_recorded_study(sqlite_url, "src")
+    optuna.copy_study(from_study_name="src", from_storage=sqlite_url, to_storage=sqlite_url,
+                      to_study_name="tiny")
+    before = row_counts(sqlite_url)
+    path = write_tiny_study(tmp_path, "tiny", n_trials=1, epochs=1)
+    code, _out, err = hps(capsys, monkeypatch, "run", str(path), "--db", sqlite_url)
+    assert code != 0
+    assert ("study 'tiny' exists in Optuna's tables with 8 trial(s) but was not made by "
+            "hpsearch") in one_error_line(err)
+    assert row_counts(sqlite_url) == before
 
 
 def as_utc(value: Any) -> Any:
@@ -267,6 +358,22 @@ def _rows(url: str, name: str) -> dict[str, list[tuple[Any, ...]]]:
         engine.dispose()
 
 
+def _as_copied(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    """A study's rows as its copy has them: a trial left running (the recorded study's last,
+    whose worker is long gone) is failed in the copy."""
+    columns = [c.key for c in Trial.__table__.columns
+               if c.key not in {"id", "study_id", "trial_id", "optuna_trial_id"}]
+    state, reason = columns.index("state"), columns.index("reason")
+
+    def copied(trial: tuple[Any, ...]) -> tuple[Any, ...]:
+        if trial[state] != "running":
+            return trial
+        out = list(trial)
+        out[state], out[reason] = "failed", COPIED_RUNNING
+        return tuple(out)
+    return {**rows, "trial": [copied(t) for t in rows["trial"]]}
+
+
 def test_copy_to_a_second_database_round_trips_every_row(
         db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -288,7 +395,7 @@ def test_copy_to_a_second_database_round_trips_every_row(
     source, copied = _rows(db_url, "src"), _rows(target, "dst")
     assert len(copied["epoch"]) == 21 and len(copied["evaluation"]) == 2
     assert len(copied["ensemble"]) == 1
-    assert copied == source
+    assert copied == _as_copied(source)
     # a real Optuna study, and each of our rows tied to the copy's own trial
     theirs = optuna.load_study(study_name="dst", storage=target).get_trials(deepcopy=False)
     ours = Session(make_engine(target)).scalars(select(Trial).order_by(Trial.number)).all()
@@ -304,7 +411,7 @@ def test_copy_to_a_second_database_round_trips_every_row(
     # within one database: the copy is a study of its own, tied to its own Optuna study
     code, out, _ = hps(capsys, monkeypatch, "study", "copy", "src", "twin", "--db", db_url)
     assert code == 0, out
-    assert _rows(db_url, "twin") == source
+    assert _rows(db_url, "twin") == _as_copied(source)
     code, out, _ = hps(capsys, monkeypatch, "db", "check", "--db", db_url)
     assert code == 0, out
 
