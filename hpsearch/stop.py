@@ -66,8 +66,20 @@ def exit_code(signum: int) -> int:
     return 128 + signum
 
 
+class StudyHalted(Stopped):
+    """A stop asked for through the database (`hpsearch study stop`, a reached target), not by
+    a signal: handled like one (the running trial is kept with its checkpoint and queued
+    again), but the worker then leaves as one whose work is done (exit 0)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(signal.SIGINT)
+        self.reason = reason
+
+
 def interrupted_reason(exc: BaseException) -> str:
     """The reason recorded for a trial stopped by `exc`, e.g. "interrupted (SIGTERM)"."""
+    if isinstance(exc, StudyHalted):
+        return exc.reason
     return f"interrupted ({signal_name(signum_of(exc))})"
 
 

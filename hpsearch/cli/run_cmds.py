@@ -103,6 +103,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.files import writable_folder
     from hpsearch.paths import checkpoint_folder, study_slug
+    from hpsearch.search.control import study_halt
     from hpsearch.search.launcher import (
         WorkerProcess,
         failed_workers,
@@ -145,6 +146,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
                       highlight=False, markup=False, soft_wrap=True)
     if trials is not None:
         config.n_trials = trials
+    halt = study_halt(url, config.name)
+    if halt is not None:  # no worker could start a trial: nothing to do
+        console.print(halt.line(config.name), highlight=False, markup=False, soft_wrap=True)
+        return
     # plain text, not markup: a URL such as postgresql://[::1]/db has brackets
     on_gpus = f" on GPU(s) {','.join(gpus)}" if gpus else ""
     console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s){on_gpus}, "
@@ -182,6 +187,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     if budget is not None:
         _final_models(budget, db, stopped_by, progress.counts.get("complete", 0), device,
                       threads and threads * workers, console)
+    halt = study_halt(url, config.name)
+    if halt is not None and stopped_by is None:
+        console.print(f"{halt.line(config.name)}; {progress.finished}/{config.n_trials} trials "
+                      "finished", highlight=False, markup=False, soft_wrap=True)
     if stopped_by is not None:
         console.print(f"Stopped by {signal_name(stopped_by)} with {progress.finished}/"
                       f"{config.n_trials} trials finished; run the same command to continue.",
@@ -266,8 +275,11 @@ def worker(
     try:
         _worker(name, db, threads, device, timeout, worker_index)
     except KeyboardInterrupt as exc:
-        from hpsearch.stop import exit_code, signal_name, signum_of
+        from hpsearch.stop import StudyHalted, exit_code, signal_name, signum_of
 
+        if isinstance(exc, StudyHalted):  # `hpsearch study stop`: this worker's work is done
+            typer.echo(f"worker leaves: {exc.reason}")
+            return
         outcome = ("running trial marked failed" if getattr(exc, "settled", True) else
                    "the database did not answer: the next run resumes the running trial from "
                    "its last checkpoint")

@@ -1,5 +1,6 @@
-"""`hpsearch study ...` (delete, rename, copy, note) and `hpsearch tag`: each changes Optuna's
-half of a study and ours together (see hpsearch/db/lifecycle.py for how atomic that is)."""
+"""`hpsearch study ...` (delete, rename, copy, note; stop, pause, resume) and `hpsearch tag`:
+each changes Optuna's half of a study and ours together (see hpsearch/db/lifecycle.py for how
+atomic that is), or the study's state that every worker reads (hpsearch/search/control.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ study_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
     study_app, name="study",
     help="Delete, rename, copy or annotate a study: hpsearch's rows and Optuna's study "
-    "together. Deleting or renaming a study whose workers are still running is refused.",
+    "together (refused while its workers run); stop, pause or resume it on every machine.",
 )
 
 NameArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
@@ -101,6 +102,35 @@ def note_cmd(
     from hpsearch.db.notes import set_study_note
 
     set_study_note(_url(db), name, text)
+
+
+@study_app.command("stop")
+def stop_cmd(name: NameArg, db: DbOption = None) -> None:
+    """Stop a study on every machine: each worker ends its trial at the end of its current
+    epoch (kept with its checkpoint, to resume) and leaves; new workers start nothing. `hpsearch
+    study resume NAME` undoes it; then `hpsearch run` of its file continues where it stopped.
+    Also what a study's `[study] target` does once a trial reaches it."""
+    typer.echo(_set_halt(db, name, "stopped"))
+
+
+@study_app.command("pause")
+def pause_cmd(name: NameArg, db: DbOption = None) -> None:
+    """Pause a study on every machine: each worker finishes its running trial, then leaves;
+    new workers start nothing until `hpsearch study resume NAME`."""
+    typer.echo(_set_halt(db, name, "paused"))
+
+
+@study_app.command("resume")
+def resume_cmd(name: NameArg, db: DbOption = None) -> None:
+    """Undo `study stop` or `study pause` (or a reached target): workers may start trials
+    again; `hpsearch run` of the study's file continues it."""
+    typer.echo(_set_halt(db, name, None))
+
+
+def _set_halt(db: str | None, name: str, state: str | None) -> str:
+    from hpsearch.search.control import set_halt
+
+    return set_halt(_url(db), name, state)
 
 
 @app.command()

@@ -90,7 +90,8 @@ def _refuse_if_running(conn: Connection, halves: Halves, doing: str,
         shown = ", ".join(str(n) for n in sorted(live)[:5]) + (", ..." if len(live) > 5 else "")
         raise HpsearchError(
             f"cannot {doing} study {halves.name!r}: its workers are still running "
-            f"(trial {shown} sent a heartbeat within the last {grace_period_s(halves.ours):.0f} s); "
+            f"(trial {shown} sent a heartbeat within the last "
+            f"{grace_period_s(halves.ours):.0f} s); "
             "stop them first, or wait for the study to finish")
 
 

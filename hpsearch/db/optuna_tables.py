@@ -39,6 +39,8 @@ trial_params = table("trial_params", column("trial_id"), column("param_name"),
 trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
 study_system_attributes = table("study_system_attributes", column("study_id"), column("key"),
                                 column("value_json"))
+study_user_attributes = table("study_user_attributes", column("study_id"), column("key"),
+                              column("value_json"))
 
 TRIAL_CHILDREN = ("trial_heartbeats", "trial_intermediate_values", "trial_values",
                   "trial_params", "trial_system_attributes", "trial_user_attributes")
@@ -52,6 +54,8 @@ MARKER_KEY = "hpsearch:study_row"
 STALE_CHECK_KEY = "hpsearch:stale_check_at"
 # Where Optuna keeps Study.metric_names (optuna/study/study.py, _SYSTEM_ATTR_METRIC_NAMES)
 METRIC_NAMES_KEY = "study:metric_names"
+# A study's central stop or pause (written by hpsearch.search.control, read here for the views)
+CONTROL_ATTR = "hpsearch.control"
 # Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
 DEFAULT_GRACE_S = 120
 
@@ -168,3 +172,12 @@ def fail_running_trials(conn: Connection, optuna_study_id: int) -> list[int]:
                      # an untyped literal: PostgreSQL's column is an enum
                      .values(state=text("'FAIL'"), datetime_complete=func.current_timestamp()))
     return numbers
+
+
+def study_user_attr(conn: Connection, key: str) -> dict[int, Any]:
+    """One user attribute of every Optuna study that has it, by study id."""
+    if not has_optuna_tables(conn):
+        return {}
+    attrs = study_user_attributes
+    return {row.study_id: json.loads(row.value_json) for row in conn.execute(
+        select(attrs.c.study_id, attrs.c.value_json).where(attrs.c.key == key))}

@@ -199,6 +199,8 @@ def list_studies(conn: Connection) -> list[StudySummary]:
     out = []
     optuna = optuna_tables.optuna_studies(conn)
     configs = dict(conn.execute(select(Study.id, Study.config)).all())
+    # the central stop's state (hpsearch.search.control.CONTROL_ATTR)
+    control = optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
     for row in conn.execute(query).all():
         counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
         created = utc(row.created_at)
@@ -207,8 +209,13 @@ def list_studies(conn: Connection) -> list[StudySummary]:
         best = row.best_max if objectives[0].maximize else row.best_min
         out.append(StudySummary(row.name, row.dataset, created,
                                 _latest(created, _as_datetime(row.last)), counts, best,
-                                row.note, problem.message if problem else None, objectives))
+                                row.note, problem.message if problem else None, objectives,
+                                _halted(control.get(row.optuna_study_id))))
     return out
+
+
+def _halted(control: Any) -> str | None:
+    return control.get("state") if isinstance(control, dict) else None
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -366,10 +373,13 @@ def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
 
 def read_progress(conn: Connection, name: str) -> StudyProgress:
     """Counts by state, the best so far and every running trial (the live view)."""
-    study = conn.execute(select(Study.id, Study.config).where(study_named(name))).first()
+    study = conn.execute(select(Study.id, Study.config, Study.optuna_study_id)
+                         .where(study_named(name))).first()
     progress = StudyProgress()
     if study is None:
         return progress
+    progress.halted = _halted(optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
+                              .get(study.optuna_study_id))
     study_id = study.id
     for state, count in conn.execute(
             select(Trial.state, func.count()).where(Trial.study_id == study_id)

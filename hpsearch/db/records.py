@@ -56,6 +56,7 @@ class StudySummary:
     # why Optuna no longer backs this study (deleted, renamed, re-created); None when it does
     problem: str | None = None
     objectives: tuple[ObjectiveSpec, ...] = DEFAULT  # best_value is the first one's
+    halted: str | None = None  # "stopped" or "paused" (`hpsearch study stop|pause`); None: runs
 
     @property
     def total(self) -> int:
@@ -243,6 +244,7 @@ class StudyProgress:
     running: list[RunningTrial] = field(default_factory=list)
     # set by the live view while the database cannot be read: since when (monotonic seconds)
     unavailable_since: float | None = None
+    halted: str | None = None  # "stopped" or "paused" (`hpsearch study stop|pause`)
 
     @property
     def finished(self) -> int:

@@ -63,13 +63,14 @@ def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
         Column("name", "study"), Column("dataset", "dataset"), Column("trials", "trials", fmt_int),
         Column("complete", "complete", fmt_int), Column("pruned", "pruned", fmt_int),
         Column("failed", "failed", fmt_int), Column("running", "running", fmt_int),
-        BEST_VALUE, OBJECTIVE_COLUMN, Column("created", "created", fmt_time),
+        Column("halted", "halted"), BEST_VALUE, OBJECTIVE_COLUMN,
+        Column("created", "created", fmt_time),
         Column("last_activity", "last activity", fmt_time),
         Column("optuna", "optuna study"), Column("note", "note"),
     ]
     # a study whose Optuna half is gone is marked, and the line under the table says what to do
     rows = [(s.name, s.dataset, s.total, s.counts["complete"], s.counts["pruned"],
-             s.counts["failed"], s.counts["running"], s.best_value,
+             s.counts["failed"], s.counts["running"], s.halted, s.best_value,
              objective_text(s.objectives), s.created_at,
              s.last_activity, "MISSING" if s.problem else "ok", s.note) for s in summaries]
     notes = [s.problem for s in summaries if s.problem]

@@ -25,6 +25,8 @@ def summary_line(progress: StudyProgress, config: StudyConfig) -> str:
     if config.multi_objective:  # the best above is the chosen trial: the front's best first
         line += (f"  objectives {', '.join(o.label for o in config.objectives)}, "
                  "pruning off (multi-objective)")
+    if progress.halted is not None:  # `hpsearch study stop|pause`: the workers are leaving
+        line += f"  study {progress.halted}, workers leaving"
     if progress.unavailable_since is not None:
         waited = time.monotonic() - progress.unavailable_since
         line += f"  database unavailable for {waited:.0f} s, workers waiting"

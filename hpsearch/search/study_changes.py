@@ -28,7 +28,8 @@ from typing import Any
 from hpsearch.errors import ConfigError
 from hpsearch.search.study_file import Categorical, Range, StudyConfig
 
-COMPATIBLE_KEYS = {"study.n_trials", "study.timeout", "study.sampler", "study.pruner",
+COMPATIBLE_KEYS = {"study.n_trials", "study.timeout", "study.target", "study.sampler",
+                   "study.pruner",
                    "data.data_dir", "budget.hours", "budget.final"}
 COMPATIBLE_PREFIXES = ("workers.", "pruner.")
 

@@ -122,6 +122,8 @@ class StudyConfig:
     objectives: tuple[ObjectiveSpec, ...] = DEFAULT
     n_trials: int = 20
     timeout: float | None = None  # seconds, per worker
+    # the first objective's value that ends the search once a trial reaches it (search/control)
+    target: float | None = None
     seed: int = 0
     min_epochs: int = 1
     pruner_options: dict[str, int] = field(default_factory=dict)  # [pruner], defaults filled in
@@ -325,6 +327,15 @@ def check_study_name(name: Any, where: str = "study") -> str:
     return name
 
 
+def _parse_target(study: dict[str, Any], multi: bool, where: str) -> float | None:
+    if "target" not in study:
+        return None
+    if multi:
+        raise ConfigError(f"{where}: [study] target stops a study of one objective; a Pareto "
+                          "front has no single value to reach")
+    return typed_value(where, "target", study["target"], float)
+
+
 def _check_rung_sizes(config: StudyConfig, where: str) -> None:
     """A rung on a handful of images ranks trials by noise (0.001 of a subset is one image)."""
     total = config.data.training_images
@@ -343,7 +354,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)} "
                           "(allowed: study, data, budget, workers, pruner, space, dry_run)")
     study = check_table(doc, "study", {"name", "sampler", "pruner", "metric", "objectives",
-                                  "n_trials", "timeout", "seed"}, where)
+                                  "n_trials", "timeout", "target", "seed"}, where)
     if "name" not in study:
         raise ConfigError(f"{where}: [study] needs a name")
     name = check_study_name(study["name"], where)
@@ -398,6 +409,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         objectives=objectives,
         n_trials=check_n_trials(study.get("n_trials", 20), where),
         timeout=check_timeout(study["timeout"], where) if "timeout" in study else None,
+        target=_parse_target(study, multi, where),
         seed=typed_value(where, "seed", study.get("seed", 0), int, minimum=0),
         min_epochs=min_epochs,
         data=parse_data(check_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",

@@ -28,6 +28,7 @@ from hpsearch.db.trial_slot import TrialSlotLock
 from hpsearch.errors import HpsearchError
 from hpsearch.files import writable_folder
 from hpsearch.paths import checkpoint_folder
+from hpsearch.search.control import StudyControl
 from hpsearch.search.dryrun import DryRunTrainer
 from hpsearch.search.hours import SearchLimits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
@@ -106,8 +107,13 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     me = worker_name()
     # an hours budget's limits, published by the `hpsearch run` that plans it
     limits = SearchLimits(lambda: storage.get_study_user_attrs(study._study_id))
+    control = StudyControl(study, config)  # `hpsearch study stop|pause`, a reached target
+
+    def after_epoch() -> bool:
+        control.after_epoch()  # a central stop ends the trial here (StudyHalted)
+        return limits.search_over()
     objective = Objective(config, row_id, make_trainer(config, device, threads), recorder, me,
-                          search_over=limits.search_over)
+                          search_over=after_epoch)
     summary = WorkerSummary()
     last: list[FrozenTrial] = []
     timeout = timeout if timeout is not None else config.timeout
@@ -131,6 +137,10 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
         while deadline is None or time.monotonic() < deadline:
             if not limits.may_start():
                 log.info("the search time of the hours budget is over: no new trial")
+                break
+            halt = control.before_trial()
+            if halt is not None:
+                log.info("%s", halt.line(name))
                 break
             _record_checked(recorder, storage, row_id)
             slot.acquire()

@@ -119,7 +119,8 @@ def toml_value(value: typing.Any) -> str:
     return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
-STUDY_KEYS = {"study": ["name", "sampler", "pruner", "metric", "n_trials", "timeout", "seed"],
+STUDY_KEYS = {"study": ["name", "sampler", "pruner", "metric", "n_trials", "timeout", "target",
+                        "seed"],
               "data": ["dataset", "data_dir", "val_fraction", "subset", "synthetic_size"],
               "budget": ["max_epochs", "min_epochs"], "pruner": ["startup_trials", "x"],
               "workers": ["heartbeat_interval", "grace_period", "max_retry", "checkpoint_dir"],
@@ -171,9 +172,9 @@ def int_text() -> st.SearchStrategy[str]:
 # every command of the CLI (test_every_command_is_in_the_property_test keeps this complete)
 COMMANDS = ("run", "worker", "studies", "trials", "best", "show", "compare", "export", "report",
             "evaluate", "export-model", "train", "enqueue", "dashboard", "info", "tag",
-            "study delete",
-            "study rename", "study copy", "study note", "db upgrade", "db downgrade",
-            "db current", "db check")
+            "study delete", "study rename", "study copy", "study note", "study stop",
+            "study pause", "study resume", "db upgrade", "db downgrade", "db current",
+            "db check")
 
 
 def _leaf_commands(command: typing.Any, path: str = "") -> Iterator[str]:
@@ -268,6 +269,8 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
         return [*command.split(), name, new, *extra, *db]
     if command == "study note":
         return ["study", "note", name, draw(st.one_of(TEXT, NASTY_TEXT)), *db]
+    if command in ("study stop", "study pause", "study resume"):
+        return [*command.split(), name, *db]
     if command == "db downgrade":
         return ["db", "downgrade", draw(st.sampled_from(["-1", "-2", "base", "0001", "zzz", "+1",
                                                          "--bogus", "head", "-99", "", " "])),

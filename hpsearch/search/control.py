@@ -1,0 +1,120 @@
+"""A study's central stop, pause and target: one state in the database that every worker, on
+every machine, reads.
+
+`hpsearch study stop|pause|resume NAME`, and a study's `[study] target` once a trial reaches
+it, write the state on the Optuna study (user attribute CONTROL_ATTR, so optuna-dashboard shows
+it too): {"state": "stopped" | "paused", "reason": ...}; absent or None, the study runs.
+Workers read it (one query) between trials: paused or stopped, no new trial starts and the
+worker leaves. A stop is also read after each epoch: the running trial
+ends there, kept with its checkpoint and queued again (hpsearch.stop.StudyHalted, handled as
+any stop), so that after `resume` the same `hpsearch run` continues it where it was. A pause
+lets running trials finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from hpsearch.db.engine import normalise_url
+from hpsearch.db.migrate import reading
+from hpsearch.db.optuna_tables import CONTROL_ATTR
+from hpsearch.db.queries import find_study
+from hpsearch.search.study import open_storage
+from hpsearch.search.study_file import StudyConfig, WorkerOptions
+from hpsearch.stop import StudyHalted
+
+HALTS = {  # state: why, for a reason nobody gave
+    "stopped": "stopped by `hpsearch study stop`",
+    "paused": "paused by `hpsearch study pause`",
+}
+
+
+@dataclass(frozen=True)
+class Halt:
+    state: str  # "stopped" or "paused"
+    reason: str
+
+    def line(self, name: str) -> str:
+        return (f"study {name!r} is {self.state} ({self.reason}): `hpsearch study resume "
+                f"{name!r}` lets workers in again")
+
+
+def halt_of(user_attrs: dict[str, Any]) -> Halt | None:
+    """The study's state from its Optuna user attributes; None: it runs."""
+    value = user_attrs.get(CONTROL_ATTR)
+    if not isinstance(value, dict) or value.get("state") not in HALTS:
+        return None
+    return Halt(value["state"], str(value.get("reason") or HALTS[value["state"]]))
+
+
+def set_halt(url: str, name: str, state: str | None) -> str:
+    """Stop, pause or (state None) resume study `name` for every worker; what was done."""
+    url = normalise_url(url)
+    with reading(url) as conn:
+        study = find_study(conn, name)
+    storage = open_storage(url, WorkerOptions())
+    try:
+        was = halt_of(storage.get_study_user_attrs(study.optuna_study_id))
+        halt = Halt(state, HALTS[state]) if state is not None else None
+        storage.set_study_user_attr(study.optuna_study_id, CONTROL_ATTR,
+                                    halt.__dict__ if halt is not None else None)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    if state is None:
+        return (f"study {study.name!r} resumed: workers may start trials again (`hpsearch run` "
+                "of its file continues it)" if was else f"study {study.name!r} was running")
+    return (f"study {study.name!r} {state}: " + (
+        "each worker ends its trial at its next epoch (kept, with its checkpoint, to resume) "
+        "and leaves" if state == "stopped" else
+        "each worker finishes its trial and leaves") + f"; `hpsearch study resume "
+        f"{study.name!r}` lets workers in again")
+
+
+def study_halt(url: str, name: str) -> Halt | None:
+    """The state of study `name` (created: `hpsearch run` asks after preparing it)."""
+    storage = open_storage(url, WorkerOptions())
+    try:
+        return halt_of(storage.get_study_user_attrs(storage.get_study_id_from_name(name)))
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+class StudyControl:
+    """A worker's view of its study's state, and the study's target. Read afresh each time
+    (one query, a small fraction of an epoch): a stop takes effect at the first epoch's end."""
+
+    def __init__(self, study: optuna.Study, config: StudyConfig) -> None:
+        self.study, self.config = study, config
+
+    def after_epoch(self) -> None:
+        """Raise StudyHalted when the study was stopped: the trial ends at this epoch."""
+        halt = halt_of(self.study.user_attrs)
+        if halt is not None and halt.state == "stopped":
+            raise StudyHalted(f"{halt.reason}: ended at an epoch's end, to resume")
+
+    def before_trial(self) -> Halt | None:
+        """Why no trial may start now (None: one may). A target the study's best trial
+        reached stops the study, here, for every worker."""
+        halt = halt_of(self.study.user_attrs)
+        target = self.config.target
+        if halt is None and target is not None:
+            best = _best_value(self.study)
+            objective = self.config.objectives[0]
+            if best is not None and (best >= target if objective.maximize else best <= target):
+                halt = Halt("stopped", f"target {objective.measure} "
+                            f"{'>=' if objective.maximize else '<='} {target:g} reached "
+                            f"(best {best:.4f})")
+                self.study.set_user_attr(CONTROL_ATTR, halt.__dict__)
+        return halt
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None
