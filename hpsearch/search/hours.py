@@ -111,16 +111,12 @@ class BudgetKeeper:
         return self.plan
 
     def _measured(self) -> tuple[list[EpochTime], list[Candidate]]:
-        from hpsearch.report.tables import retrain_config
-
         with connection_scope(self.engine) as conn:
             study = queries.find_study(conn, self.config.name)
             epochs = [EpochTime(*row) for row in epoch_times(conn, study)]
             top = queries.top_trials(conn, study, self.final.ensemble)
-            # each one's retraining length, by the rule `hpsearch evaluate` follows
-            candidates = [Candidate(t.number, int(retrain_config(study, t)[0]["epochs"]))
-                          for t in top]
-        return epochs, candidates
+        # each one's retraining length, as `hpsearch evaluate` retrains it: up to its peak
+        return epochs, [Candidate(t.number, t.best_epoch or self.config.max_epochs) for t in top]
 
     def line(self) -> str:
         return progress_line(self.plan, self.clock())
