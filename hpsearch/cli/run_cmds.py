@@ -158,6 +158,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
                   highlight=False, markup=False, soft_wrap=True)
     budget = (_budget(config, url, hours, workers, threads, bool(gpus), console, began)
               if hours is not None else None)
+    if budget is None:
+        from hpsearch.search.hours import publish_limits
+
+        publish_limits(url, config, None, only_if_set=True)
     started: list[WorkerProcess] = []
     try:
         start_workers(config, url, workers, threads, device, timeout, log_dir, started,
@@ -166,7 +170,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     except KeyboardInterrupt as exc:  # outside supervise's own watch: still stop the workers
         stop_workers(started, signum_of(exc))
         if budget is not None:
-            budget.clear()
+            budget.finish(None)
         raise
     failures = failed_workers(started)
     for worker, last_line in failures:
@@ -228,9 +232,9 @@ def _final_models(budget: BudgetKeeper, db: str | None, stopped_by: int | None, 
     """After the search of an hours budget: the final models, then the budget's plan vs use."""
     from hpsearch.cli.evaluate_cmd import run_final_models
     from hpsearch.search.budget import clock
-    from hpsearch.search.hours import USE_ATTR, set_study_attr
 
     budget.end_search()
+    use = None
     try:
         if stopped_by is not None or complete == 0:
             if stopped_by is None:
@@ -243,10 +247,9 @@ def _final_models(budget: BudgetKeeper, db: str | None, stopped_by: int | None, 
         run_final_models(budget.config.name, db, final.seeds, min(final.ensemble, complete),
                          device, threads)
         use = budget.use()
-        set_study_attr(budget.url, budget.config, USE_ATTR, use.to_dict())
         console.print(use.line(), highlight=False, markup=False, soft_wrap=True)
     finally:
-        budget.clear()
+        budget.finish(use)
 
 
 @app.command()

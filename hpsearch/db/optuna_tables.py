@@ -52,6 +52,11 @@ MARKER_KEY = "hpsearch:study_row"
 # When a worker last checked the study for dead trials (seconds since the epoch, its clock): one
 # check per study per interval, whatever the number of workers (claim_stale_check).
 STALE_CHECK_KEY = "hpsearch:stale_check_at"
+# An hours budget (hpsearch/search/hours.py): the search's limits that `hpsearch run` publishes
+# to the workers (a system attribute: machinery), and what the run planned and used (a user
+# attribute, so that optuna-dashboard shows it too; the report reads it)
+BUDGET_LIMITS_KEY = "hpsearch:budget_limits"
+BUDGET_USE_KEY = "hpsearch:budget_use"
 # Where Optuna keeps Study.metric_names (optuna/study/study.py, _SYSTEM_ATTR_METRIC_NAMES)
 METRIC_NAMES_KEY = "study:metric_names"
 # A study's central stop or pause (written by hpsearch.search.control, read here for the views)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.db import evaluation_queries, figure_queries, queries, records
+from hpsearch.db import budget_queries, evaluation_queries, figure_queries, queries, records
 from hpsearch.db.engine import mask_url
 from hpsearch.files import atomic_write, output_text
 from hpsearch.report import figures, importance, sheets, tables
@@ -152,6 +152,10 @@ def _study_section(conn: Connection, stats: records.StudyStats, curves: int, key
     if rungs:  # a multi-fidelity budget ([budget] rungs)
         section.items.append(sheet_html(tables.rungs_sheet("rungs (data fraction × epochs)",
                                                            rungs)))
+    use = budget_queries.budget_use(conn, info)
+    if use is not None:  # an hours budget ([budget] hours, run --hours)
+        section.items.append(sheet_html(tables.budget_sheet("hours budget: planned and used",
+                                                            use)))
     if info.note:
         section.items.append(_note(f"Note: {info.note}"))
     if many:

@@ -329,6 +329,19 @@ def rungs_sheet(title: str, rungs: Sequence[RungStats]) -> Sheet:
     return Sheet(title, columns, rows)
 
 
+def budget_sheet(title: str, use: Mapping[str, Any]) -> Sheet:
+    """An hours budget's plan beside its use (search/budget.py's Use, as stored)."""
+    hours, search, final = use["hours_s"], use["search_used_s"], use["final_used_s"]
+    def fmt(value: float | None) -> str:  # a final not yet priced has no plan
+        return "-" if value is None else fmt_seconds(value)
+    columns = [Column("part", "part"), Column("planned", "planned", fmt),
+               Column("used", "used", fmt), Column("share", "of the hours", fmt_share)]
+    rows = [("search", use["search_planned_s"], search, search / hours),
+            ("final models", use["final_planned_s"], final, final / hours),
+            ("in all", hours, search + final, (search + final) / hours)]
+    return Sheet(title, columns, rows)
+
+
 # --- a retrainable config ------------------------------------------------------------------
 
 def trial_seeds(study: StudyInfo, original_number: int) -> tuple[int, int]:

@@ -9,7 +9,7 @@ seconds and its training throughput, images_per_s) and is remade as they come in
                  now: the best trial, or the K best for an ensemble)
                  epochs x whole training set / its training throughput + one test pass
                  + SETUP_S (starting the final: torch, the data)
-    search_end = deadline - final - reserve
+    search_end = deadline - final - reserve - MARGIN_SHARE x hours
     start_by   = search_end - a trial's first stage (its first rung, or min_epochs epochs)
 
 A worker starts no trial after start_by (a later one could not reach its first comparison); a
@@ -20,7 +20,9 @@ shipped study, 8% of its hours) in case a trial got promoted into it.
 
 Until an epoch is measured the final's cost is unknown: the provisional plan searches for at
 most PROVISIONAL_SEARCH_SHARE of the hours. Before a trial completes, the final's
-configurations are priced at the median throughput measured, at the full epoch budget.
+configurations are priced at the median throughput measured, at the full epoch budget, but the
+search is not cut short before a first trial completes (without one there is no final model):
+until then its limits are the deadline itself.
 
 No torch, no Optuna, no database: the inputs are values and every time is passed in (wall-clock
 seconds), so the planning is tested on synthetic epoch times.
@@ -38,9 +40,12 @@ from hpsearch.params import ImageCounts
 from hpsearch.search.toml_values import typed_value
 
 PROVISIONAL_SEARCH_SHARE = 0.5
-# starting the final models after the search: importing torch, reading the whole training set
-# and the test set, building each model (measured about 10 s on 2 cores; kept generous)
-SETUP_S = 20.0
+# from the search's last epoch to the final's first: the workers exiting, importing torch,
+# reading the whole training set and the test set (measured 25-35 s on 2 busy cores)
+SETUP_S = 30.0
+# aimed at: 97.5% of the hours, the middle of the target (90-105%), as the estimates err both
+# ways (a busier machine, a first epoch slower than the median)
+MARGIN_SHARE = 0.025
 RESERVED_EPOCHS = 0.5  # the expected wait for a running trial's epoch to end, in whole epochs
 MAX_HOURS = 10_000.0  # [budget] hours, run --hours
 MAX_FINAL_SEEDS = 1000  # the limits of evaluate --seeds and --ensemble
@@ -194,8 +199,11 @@ def make_plan(started: float, hours: float, final: FinalAsk, shape: StudyShape,
         search_end = started + PROVISIONAL_SEARCH_SHARE * hours * 3600.0
         return Plan(started, deadline, search_end, search_end, None)
     final_s = final_seconds(final, shape, candidates, measured, speedup)
+    if not candidates:
+        return Plan(started, deadline, deadline, deadline, final_s)
     usual = typical(measured)
-    search_end = deadline - final_s - RESERVED_EPOCHS * usual.epoch_s(shape.counts)
+    search_end = (deadline - final_s - RESERVED_EPOCHS * usual.epoch_s(shape.counts)
+                  - MARGIN_SHARE * hours * 3600.0)
     stage_epochs, stage_fraction = shape.first_stage
     start_by = search_end - stage_epochs * usual.epoch_s(shape.counts, stage_fraction)
     return Plan(started, deadline, search_end, start_by, final_s)

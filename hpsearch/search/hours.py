@@ -1,11 +1,11 @@
 """An hours budget at work (the plan itself: hpsearch.search.budget).
 
 `hpsearch run` re-plans from the database every PLAN_EVERY_S seconds and publishes the search's
-two limits on the Optuna study (user attribute BUDGET_ATTR, wall-clock seconds): start_by, after
-which a worker starts no trial, and search_end, after which a running trial stops at the end of
-its epoch. Every worker reads them, so workers on other machines (`hpsearch worker`) keep the
-budget too. The launcher clears them when the run ends. A launcher killed outright leaves them
-behind; the next `hpsearch run` of the study replaces them.
+two limits on the Optuna study (system attribute BUDGET_LIMITS_KEY, wall-clock seconds):
+start_by, after which a worker starts no trial, and search_end, after which a running trial
+stops at the end of its epoch. Every worker reads them, so workers on other machines (`hpsearch
+worker`) keep the budget too. The launcher clears them when the run ends. A launcher killed
+outright leaves them behind; the next `hpsearch run` of the study replaces them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from optuna.storages import BaseStorage
 from sqlalchemy import Engine
 
 from hpsearch.db import queries
 from hpsearch.db.budget_queries import epoch_times
+from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, BUDGET_USE_KEY
 from hpsearch.db.session import connection_scope
 from hpsearch.search.budget import (
     Candidate,
@@ -32,8 +34,6 @@ from hpsearch.search.budget import (
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import StudyConfig
 
-BUDGET_ATTR = "hpsearch.budget"  # {"start_by": t, "search_end": t}, or None: no limits
-USE_ATTR = "hpsearch.budget_use"  # what the last hours budget planned and used (budget.Use)
 PLAN_EVERY_S = 10.0
 LIMITS_READ_EVERY_S = 2.0  # a worker reads the limits at most this often (one query)
 Clock = Callable[[], float]
@@ -48,7 +48,8 @@ def study_shape(config: StudyConfig) -> StudyShape:
 class SearchLimits:
     """A worker's view of the published limits (none published: no limits)."""
 
-    def __init__(self, read: Callable[[], dict[str, Any]], clock: Clock = time.time) -> None:
+    def __init__(self, read: Callable[[], dict[str, Any] | None],
+                 clock: Clock = time.time) -> None:
         self.read, self.clock = read, clock
         self.limits: dict[str, Any] | None = None
         self.read_at: float | None = None
@@ -56,7 +57,7 @@ class SearchLimits:
     def _current(self) -> dict[str, Any] | None:
         now = self.clock()
         if self.read_at is None or now - self.read_at >= LIMITS_READ_EVERY_S:
-            self.limits, self.read_at = self.read().get(BUDGET_ATTR), now
+            self.limits, self.read_at = self.read(), now
         return self.limits
 
     def may_start(self) -> bool:
@@ -68,14 +69,25 @@ class SearchLimits:
         return limits is not None and self.clock() >= limits["search_end"]
 
 
-def set_study_attr(url: str, config: StudyConfig, key: str, value: Any) -> None:
+def publish_limits(url: str, config: StudyConfig, limits: dict[str, float] | None, *,
+                   only_if_set: bool = False) -> None:
+    """Publish the search's limits ({"start_by": t, "search_end": t}; None: no limits).
+    `only_if_set`: clear limits left behind (a run without a budget, after a launcher that was
+    killed outright), writing nothing where there are none."""
     storage = open_storage(url, config.workers)
     try:
         study_id = storage.get_study_id_from_name(config.name)
-        storage.set_study_user_attr(study_id, key, value)
+        if not only_if_set or published_limits(storage, study_id) is not None:
+            storage.set_study_system_attr(study_id, BUDGET_LIMITS_KEY, limits)
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+def published_limits(storage: BaseStorage, study_id: int) -> dict[str, float] | None:
+    return storage.get_study_system_attrs(study_id).get(BUDGET_LIMITS_KEY)
+
+
 
 
 class BudgetKeeper:
@@ -105,7 +117,7 @@ class BudgetKeeper:
         old = self.published
         if old is None or abs(old.start_by - self.plan.start_by) >= 1 or abs(
                 old.search_end - self.plan.search_end) >= 1:
-            set_study_attr(self.url, self.config, BUDGET_ATTR,
+            publish_limits(self.url, self.config,
                            {"start_by": self.plan.start_by, "search_end": self.plan.search_end})
             self.published = self.plan
         return self.plan
@@ -127,8 +139,19 @@ class BudgetKeeper:
     def use(self) -> Use:
         """What was planned and used; the final's use runs until now."""
         done = self.search_done if self.search_done is not None else self.clock()
-        return Use(self.plan.hours_s, self.plan.search_s, done - self.started,
+        # a final priced above the hours left the search no time: planned 0, not less
+        return Use(self.plan.hours_s, max(0.0, self.plan.search_s), done - self.started,
                    self.plan.final_s, self.clock() - done)
 
-    def clear(self) -> None:
-        set_study_attr(self.url, self.config, BUDGET_ATTR, None)
+    def finish(self, use: Use | None) -> None:
+        """Clear the limits and keep what was planned and used on the study (the report shows
+        it), in one visit to the database."""
+        storage = open_storage(self.url, self.config.workers)
+        try:
+            study_id = storage.get_study_id_from_name(self.config.name)
+            storage.set_study_system_attr(study_id, BUDGET_LIMITS_KEY, None)
+            if use is not None:
+                storage.set_study_user_attr(study_id, BUDGET_USE_KEY, use.to_dict())
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()

@@ -30,7 +30,7 @@ from hpsearch.files import writable_folder
 from hpsearch.paths import checkpoint_folder
 from hpsearch.search.control import StudyControl
 from hpsearch.search.dryrun import DryRunTrainer
-from hpsearch.search.hours import SearchLimits
+from hpsearch.search.hours import SearchLimits, published_limits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.search.study import ResilientRDBStorage, open_storage
 from hpsearch.search.study_file import StudyConfig, parse_study
@@ -106,7 +106,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                               pruner=make_pruner(config))
     me = worker_name()
     # an hours budget's limits, published by the `hpsearch run` that plans it
-    limits = SearchLimits(lambda: storage.get_study_user_attrs(study._study_id))
+    limits = SearchLimits(lambda: published_limits(storage, study._study_id))
     control = StudyControl(study, config)  # `hpsearch study stop|pause`, a reached target
 
     def after_epoch() -> bool:

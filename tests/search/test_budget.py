@@ -8,6 +8,7 @@ import pytest
 from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions, ImageCounts
 from hpsearch.search.budget import (
+    MARGIN_SHARE,
     PROVISIONAL_SEARCH_SHARE,
     RESERVED_EPOCHS,
     SETUP_S,
@@ -20,7 +21,7 @@ from hpsearch.search.budget import (
     progress_line,
     speeds,
 )
-from hpsearch.search.hours import BUDGET_ATTR, LIMITS_READ_EVERY_S, SearchLimits
+from hpsearch.search.hours import LIMITS_READ_EVERY_S, SearchLimits
 from hpsearch.search.study_file import parse_study
 
 # 1,000 training and 100 validation images in the search; 2,000 in the final, 500 tested
@@ -54,7 +55,8 @@ def test_the_final_is_priced_from_the_chosen_trials_own_speed() -> None:
     assert plan.final_s == pytest.approx(SETUP_S + 3 * one_model)
     assert plan.deadline == 1000.0 + 3600.0
     # the reserve for a running trial's epoch, at the median speed (15 s + 1 s per epoch)
-    assert plan.search_end == pytest.approx(plan.deadline - plan.final_s - RESERVED_EPOCHS * 16.0)
+    assert plan.search_end == pytest.approx(plan.deadline - plan.final_s - RESERVED_EPOCHS * 16.0
+                                            - MARGIN_SHARE * 3600)
     # no trial starts after its first rung (2 epochs on 20% of the split) could no longer end
     assert plan.start_by == pytest.approx(plan.search_end - 2 * (0.2 * 1000 * 0.015 + 1.0))
 
@@ -81,6 +83,16 @@ def test_before_any_epoch_the_plan_is_provisional() -> None:
     assert "not yet measured" in progress_line(plan, 60.0)
 
 
+def test_the_search_goes_on_until_a_first_trial_completes() -> None:
+    # the final would take longer than the hours, but without a complete trial there is no
+    # final model: the search may go on to the deadline
+    epochs = [epoch(0, 1000.0, 1.0)]
+    waiting = make_plan(0.0, 0.5, FinalAsk(), SHAPE, epochs, [])
+    assert waiting.final_s > 1800 and waiting.search_end == waiting.start_by == 1800.0
+    done = make_plan(0.0, 0.5, FinalAsk(), SHAPE, epochs, [Candidate(0, 1)])
+    assert done.search_end < 0  # then the search stops at once, and the final runs
+
+
 def test_a_costlier_choice_moves_the_search_end_earlier() -> None:
     epochs = [epoch(0, 10.0, 1.0), epoch(1, 40.0, 1.0)]
     cheap = make_plan(0.0, 1.0, FinalAsk(seeds=2), SHAPE, epochs, [Candidate(0, 10)])
@@ -103,7 +115,7 @@ def test_a_run_that_follows_its_plan_uses_its_hours() -> None:
             now += 3.5
             epochs.append(epoch(trial, 3.0, 0.5))
             plan = make_plan(started, hours, final, SHAPE, epochs,
-                             [Candidate(t, 10) for t in range(min(trial + 1, 2))])
+                             [Candidate(t, 10) for t in range(min(trial, 2))])
             if now >= plan.search_end:  # stopped at the end of its epoch
                 break
         trial += 1
@@ -123,11 +135,11 @@ def test_use_says_when_the_deadline_was_passed() -> None:
 def test_limits_are_read_at_most_every_few_seconds() -> None:
     now = [100.0]
     reads: list[float] = []
-    published: dict[str, object] = {BUDGET_ATTR: {"start_by": 100.5, "search_end": 101.0}}
+    published: list[dict[str, float] | None] = [{"start_by": 100.5, "search_end": 101.0}]
 
-    def read() -> dict[str, object]:
+    def read() -> dict[str, float] | None:
         reads.append(now[0])
-        return published
+        return published[0]
 
     limits = SearchLimits(read, clock=lambda: now[0])
     assert LIMITS_READ_EVERY_S > 1
@@ -137,11 +149,11 @@ def test_limits_are_read_at_most_every_few_seconds() -> None:
     now[0] = 101.0
     assert not limits.may_start() and limits.search_over()
     assert len(reads) == 1  # the first read stands for LIMITS_READ_EVERY_S seconds
-    published[BUDGET_ATTR] = None  # the launcher cleared them
+    published[0] = None  # the launcher cleared them
     now[0] = 100.0 + LIMITS_READ_EVERY_S
     assert limits.may_start() and not limits.search_over()
     assert len(reads) == 2
-    no_budget = SearchLimits(dict, clock=lambda: 1e12)
+    no_budget = SearchLimits(lambda: None, clock=lambda: 1e12)
     assert no_budget.may_start() and not no_budget.search_over()
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hpsearch.search.hours import BUDGET_ATTR, set_study_attr
+import pytest
+
+from hpsearch.search.hours import publish_limits
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
+from tests.helpers import hps
 from tests.search.test_worker import stored_trials
 from tests.study_files import write_tiny_study
 
@@ -17,7 +20,7 @@ def run_with_limits(tmp_path: Path, start_by: float, search_end: float) -> str:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     config = load_study(write_tiny_study(tmp_path, n_trials=2, epochs=3))
     prepare_study(config, url, None)
-    set_study_attr(url, config, BUDGET_ATTR, {"start_by": start_by, "search_end": search_end})
+    publish_limits(url, config, {"start_by": start_by, "search_end": search_end})
     run_worker(config.name, url, threads=1)
     return url
 
@@ -34,3 +37,14 @@ def test_a_trial_running_at_the_search_end_stops_after_its_epoch(tmp_path: Path)
     assert [(t.state, t.epochs_run) for t in trials] == [("pruned", 1), ("pruned", 1)]
     assert all(t.reason == "stopped at epoch 1: the search time of the hours budget is over"
                for t in trials)
+
+
+def test_a_run_without_a_budget_clears_limits_left_behind(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a launcher killed outright left limits that would keep every worker from starting
+    url = run_with_limits(tmp_path, start_by=time.time() - 1, search_end=time.time() - 1)
+    code, _, err = hps(capsys, monkeypatch, "run", str(tmp_path / "tiny.toml"), "--db", url,
+                       "--threads", "1", "--top", "0")
+    assert code == 0, err
+    assert [t.state for t in stored_trials(url, "tiny")] == ["complete", "complete"]

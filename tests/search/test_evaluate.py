@@ -19,13 +19,13 @@ from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import downgrade, schema_drift, upgrade
 from hpsearch.db.models import EnsembleEvaluation, Evaluation, Study, Trial
+from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, BUDGET_USE_KEY
 from hpsearch.errors import HpsearchError
 from hpsearch.params import TrialParams
 from hpsearch.search import ensemble as ensemble_mod
 from hpsearch.search import launcher
 from hpsearch.search.ensemble import plan_ensemble, run_ensemble
 from hpsearch.search.evaluate import final_checkpoint_path, plan_evaluation, run_evaluation
-from hpsearch.search.hours import BUDGET_ATTR, USE_ATTR
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
@@ -311,9 +311,14 @@ def test_an_hours_budget_reads_the_test_split_once_per_seed_after_every_choice(
         "trials x 2 seed(s)" in out
     assert "budget 1:00:00: search planned" in out
     # the limits are cleared for later workers; what was planned and used stays on the study
-    attrs = optuna.load_study(study_name="hours", storage=url).user_attrs
-    assert attrs[BUDGET_ATTR] is None
-    assert attrs[USE_ATTR]["final_used_s"] > 0 and attrs[USE_ATTR]["hours_s"] == 3600
+    study = optuna.load_study(study_name="hours", storage=url)
+    assert study._storage.get_study_system_attrs(study._study_id)[BUDGET_LIMITS_KEY] is None
+    use = study.user_attrs[BUDGET_USE_KEY]
+    assert use["final_used_s"] > 0 and use["hours_s"] == 3600
+    report = tmp_path / "report.html"
+    code, _, err = hps(capsys, monkeypatch, "report", "hours", "-o", str(report), "--db", url)
+    assert code == 0, err
+    assert "hours budget: planned and used" in report.read_text()
 
 
 def test_mlp_baseline_trains_in_a_study(tmp_path: Path) -> None:
