@@ -159,9 +159,9 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     budget = (_budget(config, url, hours, workers, threads, bool(gpus), console, began)
               if hours is not None else None)
     if budget is None:
-        from hpsearch.search.hours import publish_limits
+        from hpsearch.search.hours import clear_limits_left_behind
 
-        publish_limits(url, config, None, only_if_set=True)
+        clear_limits_left_behind(url, config)
     started: list[WorkerProcess] = []
     try:
         start_workers(config, url, workers, threads, device, timeout, log_dir, started,
@@ -210,15 +210,13 @@ def _budget(config: StudyConfig, url: str, hours: float, workers: int, threads: 
     starts. Its final models train in this process on every core (or one GPU), so they are
     priced at the workers' measured speed times the ratio of threads (ideal scaling)."""
     from hpsearch.cores import available_cores
-    from hpsearch.db.engine import make_engine
     from hpsearch.search.budget import clock
     from hpsearch.search.hours import BudgetKeeper
 
     cores = available_cores()
     per_worker = threads or max(1, cores // workers)
     speedup = 1.0 if on_gpus else min(cores, per_worker * workers) / per_worker
-    budget = BudgetKeeper(config, url, make_engine(url), hours, config.final, speedup,
-                          started=began)
+    budget = BudgetKeeper(config, url, hours, config.final, speedup, started=began)
     budget.update()
     console.print(f"hours budget {clock(hours * 3600)}: search, then the final models "
                   f"({config.final.describe()}, retrained on the whole training set and tested "

@@ -18,11 +18,10 @@ recorded): the reserve is half a whole-split epoch, the wait that stop costs on 
 instead for every running trial to finish would hold back the longest rung (12 full epochs in the
 shipped study, 8% of its hours) in case a trial got promoted into it.
 
-Until an epoch is measured the final's cost is unknown: the provisional plan searches for at
-most PROVISIONAL_SEARCH_SHARE of the hours. Before a trial completes, the final's
-configurations are priced at the median throughput measured, at the full epoch budget, but the
-search is not cut short before a first trial completes (without one there is no final model):
-until then its limits are the deadline itself.
+The search is not cut short before a first trial completes (without one there is no final
+model to train): until then its limits are the deadline itself. Until then, and for the members
+of an ensemble not yet chosen, the final is priced at the median speed measured at the full epoch
+budget; until an epoch is measured it has no price.
 
 No torch, no Optuna, no database: the inputs are values and every time is passed in (wall-clock
 seconds), so the planning is tested on synthetic epoch times.
@@ -39,7 +38,6 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import ImageCounts
 from hpsearch.search.toml_values import typed_value
 
-PROVISIONAL_SEARCH_SHARE = 0.5
 # from the search's last epoch to the final's first: the workers exiting, importing torch,
 # reading the whole training set and the test set (measured 25-35 s on 2 busy cores)
 SETUP_S = 30.0
@@ -195,11 +193,8 @@ def make_plan(started: float, hours: float, final: FinalAsk, shape: StudyShape,
     from the epochs measured so far and the final's candidates (best first)."""
     deadline = started + hours * 3600.0
     measured = speeds(epochs, shape.counts)
-    if not measured:
-        search_end = started + PROVISIONAL_SEARCH_SHARE * hours * 3600.0
-        return Plan(started, deadline, search_end, search_end, None)
-    final_s = final_seconds(final, shape, candidates, measured, speedup)
-    if not candidates:
+    final_s = final_seconds(final, shape, candidates, measured, speedup) if measured else None
+    if final_s is None or not candidates:
         return Plan(started, deadline, deadline, deadline, final_s)
     usual = typical(measured)
     search_end = (deadline - final_s - RESERVED_EPOCHS * usual.epoch_s(shape.counts)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from optuna.storages import BaseStorage
-from sqlalchemy import Engine
 
 from hpsearch.db import queries
 from hpsearch.db.budget_queries import epoch_times
+from hpsearch.db.engine import make_engine
 from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, BUDGET_USE_KEY
 from hpsearch.db.session import connection_scope
 from hpsearch.search.budget import (
@@ -69,34 +69,40 @@ class SearchLimits:
         return limits is not None and self.clock() >= limits["search_end"]
 
 
-def publish_limits(url: str, config: StudyConfig, limits: dict[str, float] | None, *,
-                   only_if_set: bool = False) -> None:
-    """Publish the search's limits ({"start_by": t, "search_end": t}; None: no limits).
-    `only_if_set`: clear limits left behind (a run without a budget, after a launcher that was
-    killed outright), writing nothing where there are none."""
+def published_limits(storage: BaseStorage, study_id: int) -> dict[str, float] | None:
+    """The limits a worker keeps ({"start_by": t, "search_end": t}; None: no limits)."""
+    return storage.get_study_system_attrs(study_id).get(BUDGET_LIMITS_KEY)
+
+
+def publish_limits(storage: BaseStorage, study_id: int,
+                   limits: dict[str, float] | None) -> None:
+    storage.set_study_system_attr(study_id, BUDGET_LIMITS_KEY, limits)
+
+
+def clear_limits_left_behind(url: str, config: StudyConfig) -> None:
+    """For a run without a budget: limits a launcher killed outright left behind would keep
+    every worker from starting a trial. Writes nothing where there are none."""
     storage = open_storage(url, config.workers)
     try:
         study_id = storage.get_study_id_from_name(config.name)
-        if not only_if_set or published_limits(storage, study_id) is not None:
-            storage.set_study_system_attr(study_id, BUDGET_LIMITS_KEY, limits)
+        if published_limits(storage, study_id) is not None:
+            publish_limits(storage, study_id, None)
     finally:
         storage.remove_session()
         storage.engine.dispose()
 
 
-def published_limits(storage: BaseStorage, study_id: int) -> dict[str, float] | None:
-    return storage.get_study_system_attrs(study_id).get(BUDGET_LIMITS_KEY)
-
-
-
-
 class BudgetKeeper:
     """The launcher's side: plans, publishes the limits, and says where the budget stands."""
 
-    def __init__(self, config: StudyConfig, url: str, engine: Engine, hours: float,
-                 final: FinalAsk, speedup: float, *, started: float | None = None,
+    def __init__(self, config: StudyConfig, url: str, hours: float, final: FinalAsk,
+                 speedup: float, *, started: float | None = None,
                  clock: Clock = time.time) -> None:
-        self.config, self.url, self.engine = config, url, engine
+        self.config = config
+        # one pool for the launcher's reads and its writes to Optuna's study, closed by finish
+        self.engine = make_engine(url)
+        self.storage = open_storage(url, config.workers, pool=self.engine.pool)
+        self.study_id = self.storage.get_study_id_from_name(config.name)
         self.hours, self.final, self.speedup, self.clock = hours, final, speedup, clock
         self.shape = study_shape(config)
         self.started = started if started is not None else clock()
@@ -117,7 +123,7 @@ class BudgetKeeper:
         old = self.published
         if old is None or abs(old.start_by - self.plan.start_by) >= 1 or abs(
                 old.search_end - self.plan.search_end) >= 1:
-            publish_limits(self.url, self.config,
+            publish_limits(self.storage, self.study_id,
                            {"start_by": self.plan.start_by, "search_end": self.plan.search_end})
             self.published = self.plan
         return self.plan
@@ -145,13 +151,11 @@ class BudgetKeeper:
 
     def finish(self, use: Use | None) -> None:
         """Clear the limits and keep what was planned and used on the study (the report shows
-        it), in one visit to the database."""
-        storage = open_storage(self.url, self.config.workers)
+        it)."""
         try:
-            study_id = storage.get_study_id_from_name(self.config.name)
-            storage.set_study_system_attr(study_id, BUDGET_LIMITS_KEY, None)
+            publish_limits(self.storage, self.study_id, None)
             if use is not None:
-                storage.set_study_user_attr(study_id, BUDGET_USE_KEY, use.to_dict())
+                self.storage.set_study_user_attr(self.study_id, BUDGET_USE_KEY, use.to_dict())
         finally:
-            storage.remove_session()
-            storage.engine.dispose()
+            self.storage.remove_session()
+            self.engine.dispose()

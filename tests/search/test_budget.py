@@ -9,7 +9,6 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions, ImageCounts
 from hpsearch.search.budget import (
     MARGIN_SHARE,
-    PROVISIONAL_SEARCH_SHARE,
     RESERVED_EPOCHS,
     SETUP_S,
     Candidate,
@@ -76,10 +75,10 @@ def test_an_ensemble_prices_each_member_and_fills_in_unknown_ones() -> None:
     assert faster.search_end > both.search_end
 
 
-def test_before_any_epoch_the_plan_is_provisional() -> None:
+def test_before_any_epoch_the_final_has_no_price() -> None:
     plan = make_plan(50.0, 2.0, FinalAsk(), SHAPE, [], [])
     assert plan.final_s is None
-    assert plan.search_end == plan.start_by == 50.0 + PROVISIONAL_SEARCH_SHARE * 7200.0
+    assert plan.search_end == plan.start_by == plan.deadline == 50.0 + 7200.0
     assert "not yet measured" in progress_line(plan, 60.0)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpsearch.search.hours import publish_limits
-from hpsearch.search.study import prepare_study
+from hpsearch.search.study import open_storage, prepare_study
 from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
 from tests.helpers import hps
@@ -20,7 +20,10 @@ def run_with_limits(tmp_path: Path, start_by: float, search_end: float) -> str:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     config = load_study(write_tiny_study(tmp_path, n_trials=2, epochs=3))
     prepare_study(config, url, None)
-    publish_limits(url, config, {"start_by": start_by, "search_end": search_end})
+    storage = open_storage(url, config.workers)
+    publish_limits(storage, storage.get_study_id_from_name(config.name),
+                   {"start_by": start_by, "search_end": search_end})
+    storage.engine.dispose()
     run_worker(config.name, url, threads=1)
     return url
 
