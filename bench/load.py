@@ -326,7 +326,7 @@ def ask_latency(url: str, sizes: list[int], asks: int) -> list[dict[str, Any]]:
         for _ in range(asks):
             started = time.perf_counter()
             trial = study.ask()
-            suggest(trial, config.space)
+            suggest(trial, config)
             latencies.append(time.perf_counter() - started)
             study.tell(trial, 0.5)
         out.append({"finished_trials": size, "first_ask_s": round(latencies[0], 3),

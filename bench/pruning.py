@@ -226,7 +226,8 @@ def sample_configurations(config: StudyConfig, n: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
         trial = study.ask()
-        out.append(suggest(trial, config.space))
+        applied, sampled = suggest(trial, config)
+        out.append({name: applied[name] for name in sampled})
         study.tell(trial, 0.0)
     return out
 

@@ -104,9 +104,11 @@ def write_cost(url: str, repeats: int = 60) -> float:
     recorder = Recorder(engine)
     study = optuna.create_study(study_name="write-cost", storage=url, direction="maximize",
                                 load_if_exists=True)
-    row = recorder.ensure_study("write-cost", study._study_id, {}, {}, "synthetic", repeats)
+    row = recorder.ensure_study("write-cost", study._study_id, {}, {"n_trials": repeats},
+                                "synthetic")
     trial = study.ask()
-    trial_row = recorder.start_trial(row, trial.number, trial._trial_id, {}, [], "bench", None)
+    trial_row = recorder.start_trial(row, trial.number, trial._trial_id, {}, [], "bench", None,
+                                     seed=0)
     times = []
     for epoch in range(1, repeats + 1):
         metrics = EpochMetrics(epoch, 0.5, 0.8, 0.5, 0.8, 1e-3, 2.0, 3000.0)

@@ -110,16 +110,6 @@ def _parse_one(item: Any, where: str) -> ObjectiveSpec:
     return ObjectiveSpec(measure, direction)
 
 
-def stored_objectives(config: Any) -> tuple[ObjectiveSpec, ...]:
-    """The objectives of a study as its stored study file (checked when it was written) says;
-    rows written before objectives existed optimised val_acc:max."""
-    study = config.get("study", {}) if isinstance(config, dict) else {}
-    try:
-        return parse_objectives(study if isinstance(study, dict) else {}, "stored study")
-    except ConfigError:
-        return DEFAULT
-
-
 def epoch_values(objectives: Sequence[ObjectiveSpec], epochs: Sequence[dict[str, float]],
                  n_params: int | None) -> tuple[float | int | None, ...]:
     """Each objective's value for a trial from its epochs (dicts with val_acc, val_loss,

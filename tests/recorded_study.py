@@ -21,7 +21,6 @@ from hpsearch.db.migrate import upgrade
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.db.optuna_link import row_marker
 from hpsearch.db.optuna_tables import set_marker
-from hpsearch.search.space import space_json
 from hpsearch.search.study_file import NAME_PATTERN, parse_study
 
 MAX_EPOCHS = 4
@@ -110,10 +109,10 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
     engine = make_engine(url)
     best: tuple[float, int] | None = None
     config = study_config(name, len(plan))
-    parsed = parse_study(config)  # rows as the runner writes them: full params, stored space
+    parsed = parse_study(config)  # rows as the runner writes them: the stored spec
     with Session(engine) as session, session.begin():
         study = Study(name=name, optuna_study_id=ostudy._study_id, dataset="fashion-mnist",
-                      config=config, space=space_json(parsed.space), n_trials=len(plan),
+                      spec=parsed.spec_json(), settings=parsed.settings_json(),
                       created_at=START - timedelta(minutes=1))
         session.add(study)
         clock = START
@@ -128,7 +127,8 @@ def build_recorded_study(url: str, name: str = "fmnist-demo", *, seed: int = 0,
             optuna_id = _add_optuna_trial(ostudy, state, params, curve, clock, finished)
             trial = Trial(
                 study=study, number=number, optuna_trial_id=optuna_id, state=state,
-                params=parsed.params_for(params).to_dict(), sampled=list(params),
+                params=parsed.resolve(lambda n, _d, p=params: p[n]), sampled=list(params),
+                seed=number,
                 value=peak.get("val_acc"), best_epoch=peak.get("epoch"),
                 epochs_run=epochs, n_params=50_000 + 1000 * params["hidden_dim"],
                 started_at=clock, finished_at=finished,

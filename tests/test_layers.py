@@ -6,6 +6,8 @@
    inside functions alike), the trainer never imports optuna, sqlalchemy, db/, search/,
    report/ or cli/; db/ and report/ never import torch, trainer/ or search/; the kernel imports
    only the standard library and itself.
+3. Migrations are frozen history: no revision under alembic/versions imports hpsearch (a
+   later change to the package must not change what an old revision does).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 # the search modules that drive the trainer in-process; every other search module (the worker
 # and objective too: a dry-run worker never loads torch) must stay torch-free
 TRAINING = {"hpsearch.search.evaluate", "hpsearch.search.ensemble"}
-KERNEL = {"params", "metrics", "objectives", "errors", "paths", "files", "cores", "stop"}
+KERNEL = {"params", "metrics", "objectives", "errors", "paths", "files", "cores", "stop",
+          "spec"}
+MIGRATIONS = PACKAGE.parent / "alembic" / "versions"
 
 
 def modules(part: str) -> list[str]:
@@ -101,3 +105,11 @@ def test_the_kernel_imports_only_itself() -> None:
         if bad:
             broken[name] = sorted(bad)
     assert broken == {}, f"kernel modules import more than the kernel: {broken}"
+
+
+def test_migrations_import_nothing_of_hpsearch() -> None:
+    revisions = sorted(MIGRATIONS.glob("*.py"))
+    assert revisions, f"no migrations in {MIGRATIONS}"
+    broken = {path.name: bad for path in revisions
+              if (bad := reaches(imports_of(path), ("hpsearch",)))}
+    assert broken == {}, f"migrations that import hpsearch: {broken}"

@@ -6,8 +6,9 @@ Create Date: 2026-11-30
 
 Before this revision a trial row held only its *sampled* values, and the fixed ones lived in the
 study's TOML, which every reader parsed again. Upgrading fills the new columns from each study's
-stored TOML (parsed with today's hpsearch.search.study_file) and the defaults of that release
-(a snapshot below); downgrading keeps only the sampled values again.
+stored TOML, read as that release read it, and the defaults of that release (snapshots below:
+this file is history, it imports nothing from hpsearch); downgrading keeps only the sampled
+values again.
 Also adds notes, tags and the precision/device a trial ran with (unknown for older rows).
 """
 
@@ -30,18 +31,44 @@ trial = sa.table("hps_trial", sa.column("id", sa.Integer), sa.column("study_id",
                  sa.column("tags", sa.JSON))
 
 
-def _parsed(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(fixed values, space as Optuna JSON) of a stored study TOML; a config today's parser
-    rejects keeps its rows as they were (sampled values only, no space)."""
-    from hpsearch.errors import ConfigError
-    from hpsearch.search.space import space_json
-    from hpsearch.search.study_file import parse_study
+# the integer parameters of that release; every other number was a float
+INTS_AT_0002 = {"patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim", "num_blocks",
+                "mlp_width", "mlp_layers", "batch_size", "warmup_epochs", "step_size", "epochs",
+                "crop_padding"}
 
-    try:
-        parsed = parse_study(config)
-    except ConfigError:
-        return {}, {}
-    return parsed.fixed, space_json(parsed.space)
+
+def _parsed(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fixed values, space as Optuna's distribution JSON) of a stored study TOML, read as that
+    release read it: in [space] a list is a choice, a {low, high} table a range, anything else
+    a fixed value; [budget] max_epochs (default 10) the epochs."""
+    fixed: dict[str, Any] = {"epochs": int(config.get("budget", {}).get("max_epochs", 10))}
+    space: dict[str, Any] = {}
+    for name, value in config.get("space", {}).items():
+        if isinstance(value, list):
+            space[name] = {"name": "CategoricalDistribution", "attributes": {"choices": value}}
+        elif isinstance(value, dict):
+            space[name] = _range(name, value)
+        else:
+            fixed[name] = _typed(name, value)
+    return fixed, space
+
+
+def _typed(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return int(value) if name in INTS_AT_0002 else float(value)
+
+
+def _range(name: str, table: dict[str, Any]) -> dict[str, Any]:
+    log = bool(table.get("log", False))
+    if name in INTS_AT_0002:
+        return {"name": "IntDistribution", "attributes": {
+            "log": log, "step": int(table.get("step", 1)), "low": int(table["low"]),
+            "high": int(table["high"])}}
+    step = table.get("step")
+    return {"name": "FloatDistribution", "attributes": {
+        "step": float(step) if step is not None else None, "low": float(table["low"]),
+        "high": float(table["high"]), "log": log}}
 
 
 # The defaults of every parameter as the release before this revision defined them: rows of that

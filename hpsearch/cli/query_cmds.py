@@ -6,6 +6,7 @@ commands that need them, so `hpsearch best` answers in a fraction of a second.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,20 +217,14 @@ def best(
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
         test = evaluation_queries.study_evaluations(conn, study).get(trial.number)
-        first = trial
-        for _ in range(10_000):  # a retry of a retry: back to the first attempt (no cycles)
-            if first.retried_from is None:
-                break
-            first = queries.get_trial(conn, study, first.retried_from)
     params, data = tables.retrain_config(study, trial)
     if fmt is BestFormat.toml:
-        seed, split_seed = tables.trial_seeds(study, first.number)
-        sys.stdout.write(tables.best_toml(study, trial, params, data, seed, split_seed))
+        sys.stdout.write(tables.best_toml(study, trial, params, data))
     elif fmt is BestFormat.json:
         record = {"study": study.name, **next(iter(tables.trials_sheet(
             study, [trial], list(trial.sampled),
             tests={trial.number: test} if test else None).records())),
-            "resolved_params": params, "data": data}
+            "resolved_params": params, "data": dataclasses.asdict(data)}
         sys.stdout.write(sheets.json_text(record) + "\n")
     else:
         emit(tables.best_sheet(study, trial, params, test), fmt.value)

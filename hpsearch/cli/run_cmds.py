@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from hpsearch.search.hours import BudgetKeeper
     from hpsearch.search.study_changes import Change
-    from hpsearch.search.study_file import StudyConfig
+    from hpsearch.spec import StudyConfig
 
 DEVICE_HELP = "auto (a GPU if present), cpu or cuda."
 
@@ -65,9 +65,10 @@ def run(
         help="Folder for the workers' logs (one file per worker).")] = Path("hpsearch-logs"),
     update: Annotated[bool, typer.Option(
         "--update", help="Continue a study whose file was edited since it started, storing the "
-        "new file as its config: allowed for n_trials, timeout, [budget] hours and final, "
-        "sampler, pruner, [pruner], [workers] and data_dir. Other changes (space, budget, "
-        "seed, objectives, data) are always refused.")] = False,
+        "file's settings: timeout, [budget] hours and final, sampler, pruner, [pruner], "
+        "[workers] and data_dir. What a "
+        "trial means (space, budget, seed, objectives, data) is stored once and never changes; "
+        "n_trials is each run's (the file's, or --trials).")] = False,
 ) -> None:
     """Start a study (or continue it: same name, same database) and run it to n_trials, or
     with an hours budget (--hours, [budget] hours) search and train the final models inside it.
@@ -140,8 +141,8 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         from hpsearch.db.engine import make_engine
         from hpsearch.db.recorder import Recorder
 
-        Recorder(make_engine(url)).replace_config(config.name, config.raw)
-        console.print(f"study {config.name}: stored config updated from {study_file}:\n"
+        Recorder(make_engine(url)).replace_settings(config.name, config.settings_json())
+        console.print(f"study {config.name}: stored settings updated from {study_file}:\n"
                       + "\n".join(c.line() for c in changes),
                       highlight=False, markup=False, soft_wrap=True)
     if trials is not None:
@@ -318,7 +319,7 @@ def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Ch
     from hpsearch.db.migrate import ensure_schema
     from hpsearch.db.recorder import Recorder
     from hpsearch.search.study_changes import check, compare
-    from hpsearch.search.study_file import parse_study
+    from hpsearch.spec import StudyConfig
 
     ensure_schema(url)
     engine = make_engine(url)
@@ -328,7 +329,7 @@ def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Ch
         engine.dispose()
     if row is None:
         return []
-    changes = compare(parse_study(row.config, f"stored config of study {config.name!r}"), config)
+    changes = compare(StudyConfig.from_stored(config.name, row.spec, row.settings), config)
     try:
         check(changes, config.name, update)
     except ConfigError:

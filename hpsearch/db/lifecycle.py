@@ -10,7 +10,6 @@ deleted again, so nothing half-copied stays behind.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from hpsearch.db.optuna_link import LinkProblem, link_problem, renamed_from, row
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import HpsearchError
-from hpsearch.objectives import stored_objectives
+from hpsearch.spec import WorkerOptions, stored_objectives
 
 COPIED_RUNNING = "running when the study was copied (its worker had died): not resumed in the copy"
 
@@ -74,9 +73,9 @@ def _require_some(conn: Connection, halves: Halves) -> None:
 
 
 def grace_period_s(ours: Any) -> float:
-    """The grace period of the study of our row `ours` (None: Optuna's default)."""
-    workers = (ours.config or {}).get("workers", {}) if ours is not None else {}
-    return float(workers.get("grace_period", ot.DEFAULT_GRACE_S))
+    """The grace period of the study of our row `ours` (None: the default)."""
+    return float(ours.settings["workers"]["grace_period"] if ours is not None
+                 else WorkerOptions.grace_period)
 
 
 def _refuse_if_running(conn: Connection, halves: Halves, doing: str,
@@ -189,8 +188,7 @@ def rename_study(url: str, old: str, new: str) -> str:
             conn.execute(update(ot.studies).where(ot.studies.c.study_id == halves.optuna_id)
                          .values(study_name=new))
         if halves.ours is not None:
-            conn.execute(update(Study).where(Study.id == halves.ours.id).values(
-                name=new, config=_renamed_config(halves.ours.config, new)))
+            conn.execute(update(Study).where(Study.id == halves.ours.id).values(name=new))
     return (f"renamed study {old!r} to {new!r}"
             + (" (following Optuna)" if follow is not None else ""))
 
@@ -210,14 +208,7 @@ def _relink(conn: Connection, ours: Any, optuna_id: int) -> None:
     conn.execute(update(Study).where(Study.id == ours.id).values(optuna_study_id=optuna_id))
     set_marker(conn, optuna_id, row_marker(ours.id, ours.created_at))
     ot.set_study_system_attr(conn, optuna_id, ot.METRIC_NAMES_KEY,
-                             [o.measure for o in stored_objectives(ours.config)])
-
-
-def _renamed_config(config: dict[str, Any] | None, new: str) -> dict[str, Any]:
-    """The stored study definition under its new name: workers load the Optuna study by it."""
-    renamed = copy.deepcopy(config or {})
-    renamed.setdefault("study", {})["name"] = new
-    return renamed
+                             [o.measure for o in stored_objectives(ours.spec)])
 
 
 def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
@@ -298,7 +289,7 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
     trial_ids = dict(dst.execute(select(ot.trials.c.number, ot.trials.c.trial_id)
                                  .where(ot.trials.c.study_id == optuna_id)).all())
     study = {c: v for c, v in ours._mapping.items() if c != "id"}
-    study.update(name=new, optuna_study_id=optuna_id, config=_renamed_config(ours.config, new))
+    study.update(name=new, optuna_study_id=optuna_id)
     study_id = dst.execute(insert(Study).values(**study).returning(Study.id)).scalar_one()
     created = dst.execute(select(Study.created_at).where(Study.id == study_id)).scalar_one()
     set_marker(dst, optuna_id, row_marker(study_id, created))  # copy_study copied the source's

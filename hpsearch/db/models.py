@@ -50,12 +50,11 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(512), unique=True)
     optuna_study_id: Mapped[int] = mapped_column(Integer)
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole study TOML, as loaded
-    # the parsed search space: parameter name -> Optuna's distribution as JSON
-    # ({"name": "FloatDistribution", "attributes": {...}}, as optuna.distributions writes it)
-    space: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # what a trial means, written once at creation (hpsearch.spec.StudyConfig.spec_json)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # how the search runs, changed by `hpsearch run --update` (StudyConfig.settings_json)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     dataset: Mapped[str] = mapped_column(String(64))
-    n_trials: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)  # `hpsearch study note`
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -82,9 +81,13 @@ class Trial(Base):
     number: Mapped[int] = mapped_column(Integer)  # Optuna's trial number within the study
     optuna_trial_id: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # one of TRIAL_STATES
-    # every parameter of the run, sampled and fixed, resolved (TrialParams.to_dict())
+    # the parameters that acted in the run, sampled and fixed (rows of studies created before
+    # conditional spaces: every parameter, TrialParams.to_dict())
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     sampled: Mapped[list[str]] = mapped_column(JSON, default=list)  # which of them were sampled
+    # the seed it trains with: the study's seed plus the number of its first attempt (a retry
+    # resumes that run), set once when it starts; what retraining it uses too
+    seed: Mapped[int] = mapped_column(Integer)
     value: Mapped[float | None] = mapped_column(Float)  # best validation accuracy so far
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     epochs_run: Mapped[int] = mapped_column(Integer, default=0)

@@ -147,24 +147,6 @@ def _same_study(theirs: ot.OptunaStudy, row: Any) -> bool:
     return theirs.marker == row_marker(row.id, row.created_at)
 
 
-def latest_trial_matches(conn: Connection, row: Any) -> bool:
-    """For rows recorded before markers (migration 0004 marks them): does our latest trial row
-    match the Optuna trial it names, by id, study, number and sampled parameter names? The ids
-    alone prove nothing, SQLite re-uses them. No trial rows: nothing to mix up, so yes."""
-    latest = conn.execute(select(Trial.optuna_trial_id, Trial.number, Trial.sampled)
-                          .where(Trial.study_id == row.id)
-                          .order_by(Trial.number.desc()).limit(1)).first()
-    if latest is None:
-        return True
-    found = conn.execute(select(ot.trials.c.number).where(
-        ot.trials.c.trial_id == latest.optuna_trial_id,
-        ot.trials.c.study_id == row.optuna_study_id)).first()
-    names = conn.scalars(select(ot.trial_params.c.param_name).where(
-        ot.trial_params.c.trial_id == latest.optuna_trial_id)).all()
-    return (found is not None and found.number == latest.number
-            and set(names) == set(latest.sampled or ()))
-
-
 def refuse_foreign(conn: Connection, name: str) -> None:
     """For a name with no row of ours: an Optuna study of that name holding trials was made by
     another tool (`optuna.copy_study`, Optuna's own scripts). Adopted, its trials would count

@@ -49,8 +49,8 @@ from hpsearch.db.records import (
 )
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objectives import DEFAULT, EPOCH_MEASURES, ObjectiveSpec, pareto_front
-from hpsearch.objectives import stored_objectives as _stored_objectives
 from hpsearch.params import PARAM_NAMES, param_type
+from hpsearch.spec import StudyConfig, stored_objectives
 
 # Sort keys of `trials --sort`; `value` (also called best_<first measure>, e.g. best_val_acc)
 # sorts best first in the first objective's direction, every other column ascending.
@@ -106,8 +106,8 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
         raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
     check_link(conn, study)
     return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset,
-                     study.config or {}, study.n_trials, utc(study.created_at),
-                     dict(study.space or {}), study.note)
+                     StudyConfig.from_stored(study.name, study.spec, study.settings),
+                     utc(study.created_at), study.note)
 
 
 # --- the one definition of "best" --------------------------------------------------------
@@ -198,14 +198,14 @@ def list_studies(conn: Connection) -> list[StudySummary]:
     )
     out = []
     optuna = optuna_tables.optuna_studies(conn)
-    configs = dict(conn.execute(select(Study.id, Study.config)).all())
+    specs = dict(conn.execute(select(Study.id, Study.spec)).all())
     # the central stop's state (hpsearch.search.control.CONTROL_ATTR)
     control = optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
     for row in conn.execute(query).all():
         counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
         created = utc(row.created_at)
         problem = link_problem(conn, optuna, row)
-        objectives = _stored_objectives(configs.get(row.id))
+        objectives = stored_objectives(specs[row.id])
         best = row.best_max if objectives[0].maximize else row.best_min
         out.append(StudySummary(row.name, row.dataset, created,
                                 _latest(created, _as_datetime(row.last)), counts, best,
@@ -236,7 +236,7 @@ def _trial_record(trial: Row[Any]) -> TrialRecord:
         best_epoch=trial.best_epoch, epochs_run=trial.epochs_run, n_params=trial.n_params,
         seconds=trial.seconds, started_at=utc(trial.started_at),
         finished_at=utc(trial.finished_at), worker=trial.worker, reason=trial.reason,
-        retried_from=trial.retried_from, optuna_trial_id=trial.optuna_trial_id,
+        retried_from=trial.retried_from, optuna_trial_id=trial.optuna_trial_id, seed=trial.seed,
         params=dict(trial.params or {}), sampled=tuple(trial.sampled or ()),
         tags=tuple(trial.tags or ()), note=trial.note, precision=trial.precision,
         device=trial.device,
@@ -373,7 +373,7 @@ def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
 
 def read_progress(conn: Connection, name: str) -> StudyProgress:
     """Counts by state, the best so far and every running trial (the live view)."""
-    study = conn.execute(select(Study.id, Study.config, Study.optuna_study_id)
+    study = conn.execute(select(Study.id, Study.spec, Study.optuna_study_id)
                          .where(study_named(name))).first()
     progress = StudyProgress()
     if study is None:
@@ -387,7 +387,7 @@ def read_progress(conn: Connection, name: str) -> StudyProgress:
         progress.counts[state] = count
     # the same rule as `hpsearch best`: pruned trials do not count
     best = conn.execute(best_query(study_id, Trial.number, Trial.value,
-                                   objectives=_stored_objectives(study.config))).first()
+                                   objectives=stored_objectives(study.spec))).first()
     if best is not None:
         progress.best_number, progress.best_value = best
     progress.running = [

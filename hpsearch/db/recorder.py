@@ -35,15 +35,16 @@ class Recorder:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def ensure_study(self, name: str, optuna_study_id: int, config: dict[str, Any],
-                     space: dict[str, Any], dataset: str, n_trials: int) -> int:
-        """The study's row id, creating the row or updating its trial target."""
+    def ensure_study(self, name: str, optuna_study_id: int, spec: dict[str, Any],
+                     settings: dict[str, Any], dataset: str) -> int:
+        """The study's row id: a new row holds `spec` and `settings`; an existing one keeps
+        its spec and takes the trial target (n_trials) of `settings`."""
         def write() -> int:
             with session_scope(self.engine) as session:
                 study = session.scalar(select(Study).where(study_named(name)))
                 if study is None:
-                    study = Study(name=name, optuna_study_id=optuna_study_id, config=config,
-                                  space=space, dataset=dataset, n_trials=n_trials)
+                    study = Study(name=name, optuna_study_id=optuna_study_id, spec=spec,
+                                  settings=settings, dataset=dataset)
                     session.add(study)
                     session.flush()
                     # the Optuna study names our row: re-created under the same id, it won't
@@ -56,27 +57,29 @@ class Recorder:
                     raise BrokenLink(f"study {name!r}: Optuna's study has id "
                                      f"{optuna_study_id}, our rows were recorded for id "
                                      f"{study.optuna_study_id}")
-                study.n_trials = n_trials
+                study.settings = {**study.settings, "n_trials": settings["n_trials"]}
                 return study.id
         try:
             return retrying(write, "recording the study")
         except DuplicateRowError:  # another process created the row meanwhile: now it is found
             return retrying(write, "recording the study")
 
-    def replace_config(self, name: str, config: dict[str, Any]) -> None:
-        """Store an edited study file (`hpsearch run --update`) as the study's config."""
+    def replace_settings(self, name: str, settings: dict[str, Any]) -> None:
+        """Store the settings of an edited study file (`hpsearch run --update`); the spec
+        never changes."""
         def write() -> None:
             with session_scope(self.engine) as session:
-                session.execute(update(Study).where(study_named(name)).values(config=config))
-        retrying(write, "recording the study's new config")
+                session.execute(update(Study).where(study_named(name))
+                                .values(settings=settings))
+        retrying(write, "recording the study's new settings")
 
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
                     params: dict[str, Any], sampled: list[str], worker: str,
-                    retried_from: int | None, precision: str | None = None,
+                    retried_from: int | None, seed: int, precision: str | None = None,
                     device: str | None = None) -> int:
-        """The trial's row: `params` is every parameter of the run (sampled and fixed),
-        `sampled` names the ones the sampler chose; `precision` and `device` are what the run
-        resolved "auto" to."""
+        """The trial's row: `params` is every parameter that acts in the run (sampled and
+        fixed), `sampled` names the ones the sampler chose, `seed` the one it trains with;
+        `precision` and `device` are what the run resolved "auto" to."""
         def write() -> int:
             with session_scope(self.engine) as session:
                 existing = session.scalar(select(Trial).where(
@@ -90,7 +93,8 @@ class Recorder:
                     return existing.id  # a write whose commit we did not see: reuse it
                 trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
                               state="running", params=params, sampled=sampled, worker=worker,
-                              retried_from=retried_from, epochs_run=0, precision=precision,
+                              retried_from=retried_from, seed=seed, epochs_run=0,
+                              precision=precision,
                               device=device)
                 session.add(trial)
                 session.flush()

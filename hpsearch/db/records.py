@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
-from hpsearch.objectives import stored_objectives as _stored_objectives
+from hpsearch.params import DataOptions
+from hpsearch.spec import StudyConfig, dimension_json
 
 
 @dataclass(frozen=True)
@@ -16,32 +17,35 @@ class StudyInfo:
     name: str
     optuna_study_id: int
     dataset: str
-    config: dict[str, Any]  # the study file as loaded, kept for the record; never re-parsed
-    planned_trials: int
+    config: StudyConfig  # the stored spec and settings, read back (never a study file)
     created_at: datetime | None
-    # parameter name -> Optuna distribution JSON ({"name": ..., "attributes": {...}}), in the
-    # study file's order: what reports draw axes and importances from
-    space: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
 
     @property
+    def planned_trials(self) -> int:
+        return self.config.n_trials
+
+    @property
     def seed(self) -> int:
-        """The study's stored seed ([study] seed, default 0): trials train with it plus their
-        original number, and split train/validation with it."""
-        study = self.config.get("study", {}) if isinstance(self.config, dict) else {}
-        seed = study.get("seed", 0) if isinstance(study, dict) else 0
-        return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+        """The study's seed: the train/validation split's, and each trial's plus the number
+        of its first attempt (the trial row's seed)."""
+        return self.config.seed
 
     @property
     def objectives(self) -> tuple[ObjectiveSpec, ...]:
         """What the study optimises, first objective first ([study] metric or objectives)."""
-        return _stored_objectives(self.config)
+        return self.config.objectives
 
     @property
-    def data(self) -> dict[str, Any]:
-        """The stored [data] table (dataset, subset, ...) that retraining needs."""
-        data = self.config.get("data", {}) if isinstance(self.config, dict) else {}
-        return dict(data) if isinstance(data, dict) else {}
+    def data(self) -> DataOptions:
+        """The data its trials trained on, which retraining needs."""
+        return self.config.data
+
+    @property
+    def space(self) -> dict[str, Any]:
+        """Parameter name -> Optuna's distribution JSON ({"name": ..., "attributes": {...}}),
+        in the study file's order: what reports draw axes and importances from."""
+        return {name: dimension_json(dim) for name, dim in self.config.space.items()}
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class TrialRecord:
     reason: str | None
     retried_from: int | None
     optuna_trial_id: int
+    seed: int  # what it trained with (and what retraining it uses)
     params: dict[str, Any] = field(default_factory=dict)  # every parameter, resolved
     sampled: tuple[str, ...] = ()  # the names in params that the sampler chose
     tags: tuple[str, ...] = ()

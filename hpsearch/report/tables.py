@@ -8,6 +8,7 @@ JSON (`{"params": {"lr": ...}}`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from hpsearch.db.records import (
 )
 from hpsearch.errors import ConfigError
 from hpsearch.objectives import ObjectiveSpec
+from hpsearch.params import DataOptions
 from hpsearch.report.sheets import (
     Column,
     Sheet,
@@ -344,15 +346,9 @@ def budget_sheet(title: str, use: Mapping[str, Any]) -> Sheet:
 
 # --- a retrainable config ------------------------------------------------------------------
 
-def trial_seeds(study: StudyInfo, original_number: int) -> tuple[int, int]:
-    """(seed, split_seed) a trial trained with: the objective seeds training with the study's
-    seed plus the number of the trial's first attempt, and the split with the study's seed."""
-    return study.seed + original_number, study.seed
-
-
-def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Full params (fixed + sampled, as the trial row holds them) and the study's stored
-    [data] table, which retrain `trial` on its own.
+def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], DataOptions]:
+    """The trial's params (those that acted in it, as its row holds them) and the study's data,
+    which retrain `trial` on its own.
 
     epochs becomes the epoch where the trial peaked, except with a cosine schedule: that one
     stretches over all epochs, so a shorter run would follow a different learning-rate curve.
@@ -360,11 +356,12 @@ def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any]
     from hpsearch.params import TrialParams
 
     try:
-        params = TrialParams.from_dict(trial.params).to_dict()  # checks the stored row
+        checked = TrialParams.from_dict(trial.params)  # checks the stored row
     except ConfigError as exc:
         raise ConfigError(f"cannot resolve the params of trial {trial.number} of study "
                           f"{study.name!r}: {exc}") from None
-    if trial.best_epoch is not None and params["scheduler"] != "cosine":
+    params = {name: getattr(checked, name) for name in trial.params}
+    if trial.best_epoch is not None and checked.scheduler != "cosine":
         params["epochs"] = trial.best_epoch
     return params, study.data
 
@@ -379,19 +376,20 @@ def toml_value(value: Any) -> str:
 
 
 def best_toml(study: StudyInfo, trial: TrialRecord, params: dict[str, Any],
-              data: dict[str, Any], seed: int, split_seed: int) -> str:
+              data: DataOptions) -> str:
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     lines = [
         f"# best trial of study {json.dumps(study.name, ensure_ascii=True)}: trial "
         f"{trial.number}, {study.objectives[0].title} {value} at epoch {trial.best_epoch}",
         "# retrain it with: hpsearch train --config THIS_FILE",
-        f"seed = {seed}  # the trial's: the study's seed plus its (first attempt's) number",
-        f"split_seed = {split_seed}  # the study's: which images are held out for validation",
+        f"seed = {trial.seed}  # the trial's: the study's seed plus its first attempt's number",
+        f"split_seed = {study.seed}  # the study's: which images are held out for validation",
         "",
         "[params]",
         *(f"{k} = {toml_value(v)}" for k, v in params.items()),
         "",
         "[data]",
-        *(f"{k} = {toml_value(v)}" for k, v in data.items()),
+        *(f"{k} = {toml_value(v)}" for k, v in dataclasses.asdict(data).items()
+          if v is not None),
     ]
     return "\n".join(lines) + "\n"

@@ -37,6 +37,7 @@ from typing import Any
 from hpsearch.errors import ConfigError
 from hpsearch.params import ImageCounts
 from hpsearch.search.toml_values import typed_value
+from hpsearch.spec import FinalAsk
 
 # from the search's last epoch to the final's first: the workers exiting, importing torch,
 # reading the whole training set and the test set (measured 25-35 s on 2 busy cores)
@@ -48,20 +49,6 @@ RESERVED_EPOCHS = 0.5  # the expected wait for a running trial's epoch to end, i
 MAX_HOURS = 10_000.0  # [budget] hours, run --hours
 MAX_FINAL_SEEDS = 1000  # the limits of evaluate --seeds and --ensemble
 MAX_FINAL_ENSEMBLE = 100
-
-
-@dataclass(frozen=True)
-class FinalAsk:
-    """`[budget] final = {seeds = 3, ensemble = 3}`: what the run retrains at its end, on the
-    whole training set, each scored once on the test set."""
-
-    seeds: int = 1
-    ensemble: int = 1  # 1: the single best trial; K >= 2: the K best trials and their ensemble
-
-    def describe(self) -> str:
-        what = ("the best trial" if self.ensemble == 1
-                else f"an ensemble of the {self.ensemble} best trials")
-        return f"{what} x {self.seeds} seed(s)"
 
 
 def parse_hours(value: Any, where: str) -> float:

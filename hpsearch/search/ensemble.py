@@ -43,7 +43,6 @@ from hpsearch.search.evaluate import (
     final_checkpoint_path,
     plan_retraining,
     retrain_params,
-    study_checkpoint_dir,
 )
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.ensemble_select import average, greedy_weights, score_probs
@@ -83,7 +82,7 @@ class EnsemblePlan:
     candidates: int  # K: how many of the best trials were considered
     members: tuple[Member, ...]  # weight > 0, in rank order
     baseline: Member  # the single best trial (the comparison), a member or not
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the baseline's evaluation seeds; a member's k-th is its own
     tta: str | None = None
     # greedy only: validation accuracy of the ensemble and of each candidate, for the record
     val_acc: float | None = None
@@ -170,9 +169,9 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
                                    on_epoch)
     candidates = [Member(record, retraining, w)
                   for record, (retraining, _), w in zip(top, resolved, weights, strict=True)]
-    return EnsemblePlan(study, data, study_checkpoint_dir(study), selection, len(top),
+    return EnsemblePlan(study, data, study.config.workers.checkpoint_dir, selection, len(top),
                         tuple(m for m in candidates if m.weight > 0), candidates[0],
-                        evaluation_seeds(study, seeds), tta, val_acc)
+                        evaluation_seeds(top[0], seeds), tta, val_acc)
 
 
 def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.TrialRecord],
@@ -181,7 +180,6 @@ def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.Tr
             ) -> tuple[list[float], float]:
     """Greedy weights from validation predictions: each candidate retrained on the study's own
     train split (its subset and split seed) with the seed it trained with in the search."""
-    from hpsearch.report.tables import trial_seeds
     from hpsearch.trainer.loop import TrainingDiverged, fit, predict_probs
     from hpsearch.trainer.runtime import resolve_device
 
@@ -189,9 +187,8 @@ def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.Tr
     dev = _device(device, resolve_device)
     probs = []
     for record, retraining in zip(top, retrainings, strict=True):
-        seed, _ = trial_seeds(study, record.number)
         try:
-            trained = fit(retraining.params, data, seed=seed, device=str(dev),
+            trained = fit(retraining.params, data, seed=record.seed, device=str(dev),
                           lr_curve=retraining.lr_curve)
             for metrics in trained:
                 if on_epoch is not None:
@@ -228,14 +225,14 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
         with connection_scope(engine) as conn:
             done = evaluation_queries.stored_ensembles(conn, plan.study, plan.members_key,
                                                       plan.seeds)
-            stored = {m.trial.number: evaluation_queries.stored_evaluations(conn, m.trial.id,
-                                                                 m.params.epochs, plan.seeds)
-                      for m in plan.retrained}
+            stored = {m.trial.number: evaluation_queries.stored_evaluations(
+                conn, m.trial.id, m.params.epochs, evaluation_seeds(m.trial, len(plan.seeds)))
+                for m in plan.retrained}
     finally:
         engine.dispose()
     results = []
     full: data_mod.TrainValData | None = None
-    for seed in plan.seeds:
+    for k, seed in enumerate(plan.seeds):
         if seed in done:
             row = done[seed]
             baseline = stored[plan.baseline.trial.number].get(seed)
@@ -247,21 +244,23 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
             if full is None:  # loaded once, and only when something needs scoring
                 check_weights_folder(plan.checkpoint_dir, plan.study.name)
                 full = data_mod.load_full_train(plan.data)
-            result = _one_seed(plan, full_url, full, seed, dev, stored, on_epoch)
+            result = _one_seed(plan, full_url, full, k, dev, stored, on_epoch)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
 
 
-def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, seed: int,
+def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, k: int,
               dev, stored: dict[int, dict[int, records.StoredEvaluation]],  # noqa: ANN001
               on_epoch: Callable[[int, int, EpochMetrics], None] | None) -> EnsembleResult:
     from hpsearch.trainer.loop import predict_probs
 
+    """The k-th seed: each member retrains with its own k-th evaluation seed."""
     models = {}  # trial number -> (model, autocast dtype, curve or None when stored)
     seconds = 0.0
     for member in plan.retrained:
+        seed = member.trial.seed + k
         earlier = stored[member.trial.number].get(seed)
         model, dtype, curve, took = _member_model(plan, member, full, seed, dev, earlier,
                                                   on_epoch)
@@ -278,6 +277,7 @@ def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, seed: i
         if plan.tta:
             flipped[number] = predict_probs(model, test, dev, dtype, flip=True)
         loss, acc = score_probs(probs[number], test.labels)
+        seed = member.trial.seed + k
         if curve is not None:  # retrained now: its own result is an ordinary evaluation
             _store_member(url, plan, member, seed, acc, loss, curve, took)
         members.append(MemberResult(number, seed, acc, stored=curve is None))
@@ -290,7 +290,7 @@ def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, seed: i
             average([flipped[m.trial.number] for m in plan.members], weights), test.labels)
     seconds += time.perf_counter() - tested
     baseline = next(m.test_acc for m in members if m.trial_number == plan.baseline.trial.number)
-    result = EnsembleResult(seed, acc, loss, seconds, baseline, tuple(members), acc_tta,
+    result = EnsembleResult(plan.seeds[k], acc, loss, seconds, baseline, tuple(members), acc_tta,
                             loss_tta)
     _store_ensemble(url, plan, result)
     return result

@@ -38,7 +38,6 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
 from hpsearch.paths import checkpoint_folder
 from hpsearch.search.study import publish_test_accuracy
-from hpsearch.search.study_file import WorkerOptions, parse_data
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.epochs_auto import AutoEpochs, choose_epochs
 from hpsearch.trainer.schedule import LrCurve, replay_curve
@@ -133,8 +132,8 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
         engine.dispose()
     retraining, data = plan_retraining(study, record, lrs, epochs, device=device,
                                        on_epoch=on_epoch)
-    return EvaluationPlan(study, data, study_checkpoint_dir(study), record, retraining,
-                          evaluation_seeds(study, seeds))
+    return EvaluationPlan(study, data, study.config.workers.checkpoint_dir, record, retraining,
+                          evaluation_seeds(record, seeds))
 
 
 def plan_retraining(study: records.StudyInfo, record: records.TrialRecord,
@@ -144,11 +143,11 @@ def plan_retraining(study: records.StudyInfo, record: records.TrialRecord,
     """The trial's retraining and the study's [data] options: up to the epoch where the trial
     peaked (or `epochs` of them), replaying its recorded rates `lrs`; under an explicit length
     a cosine schedule stretches over it. AUTO is resolved by `epochs_auto.choose_epochs` (the
-    runs train with the study's seed, the first seed of the evaluation), and the retraining
+    runs train with the trial's seed, the first seed of the evaluation), and the retraining
     replays the rates of the run that chose the length."""
     params, data = retrain_params(study, record, None if epochs == AUTO else epochs)  # type: ignore[arg-type]
     if epochs == AUTO:
-        auto = choose_epochs(params, data, split_seed=study.seed + 1, seed=study.seed,
+        auto = choose_epochs(params, data, split_seed=study.seed + 1, seed=record.seed,
                              device=device, on_epoch=on_epoch)
         params = params.replace(epochs=auto.epochs)
         return Retraining(params, replay_curve(params, auto.lrs), auto), data
@@ -170,20 +169,12 @@ def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
     if epochs is None and record.best_epoch is None:
         raise HpsearchError(f"trial {record.number} of study {study.name!r} finished no epoch; "
                             "pass --epochs to choose the retraining length")
-    # the same params and epoch rule as `hpsearch best --format toml`: the trial row's full
+    # the same params and epoch rule as `hpsearch best --format toml`: the trial row's
     # params, at the peak epoch except that a cosine schedule keeps its full length
-    resolved, data_table = retrain_config(study, record)
-    data = parse_data(data_table, f"stored [data] of study {study.name!r}")
+    resolved, data = retrain_config(study, record)
     params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
     params.check_image(data.dataset)
     return params, data
-
-
-def study_checkpoint_dir(study: records.StudyInfo) -> str:
-    """Where final weights go: the stored study file's [workers] checkpoint_dir, else the
-    default it had."""
-    workers = study.config.get("workers", {})
-    return str(workers.get("checkpoint_dir", WorkerOptions.checkpoint_dir))
 
 
 def check_weights_folder(checkpoint_dir: str, study_name: str) -> None:
@@ -193,9 +184,10 @@ def check_weights_folder(checkpoint_dir: str, study_name: str) -> None:
     writable_folder(checkpoint_folder(checkpoint_dir, study_name), "final weights")
 
 
-def evaluation_seeds(study: records.StudyInfo, seeds: int) -> tuple[int, ...]:
-    """The seeds of `seeds` retrainings: the study's seed + 0..seeds-1."""
-    return tuple(study.seed + k for k in range(seeds))
+def evaluation_seeds(trial: records.TrialRecord, seeds: int) -> tuple[int, ...]:
+    """The seeds of `seeds` retrainings: the first is the one the trial trained with in the
+    search, then the following ones."""
+    return tuple(trial.seed + k for k in range(seeds))
 
 
 def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:

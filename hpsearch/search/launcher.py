@@ -40,7 +40,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.paths import study_slug
 from hpsearch.search.hours import BudgetKeeper
 from hpsearch.search.progress import render_progress, summary_line
-from hpsearch.search.study_file import StudyConfig
+from hpsearch.spec import StudyConfig
 from hpsearch.stop import signal_name, signum_of
 
 # how long stopped workers get to mark their trials. A launcher killed meanwhile (docker stop

@@ -32,7 +32,6 @@ class ExportedModel:
 def export_model(name: str, out: Path, url: str | None = None, *,
                  trial: int | None = None) -> ExportedModel:
     """Write trial `trial`'s kept model (default: the study's best trial) to `out`."""
-    from hpsearch.search.evaluate import study_checkpoint_dir  # loads torch
     from hpsearch.trainer.model_file import copy_model_file
 
     with reading(normalise_url(database_url(url))) as conn:
@@ -43,7 +42,7 @@ def export_model(name: str, out: Path, url: str | None = None, *,
                 raise HpsearchError(f"study {name!r} has no complete trial yet")
         else:
             record = queries.get_trial(conn, study, trial)
-    source = model_path(study_checkpoint_dir(study), study.name, record.number)
+    source = model_path(study.config.workers.checkpoint_dir, study.name, record.number)
     if not source.exists():
         raise HpsearchError(
             f"trial {record.number} of study {name!r} has no kept model ({source} is "

@@ -31,7 +31,7 @@ from hpsearch.objectives import ObjectiveSpec, epoch_values
 from hpsearch.params import TrialParams
 from hpsearch.paths import MODEL_PREFIX, checkpoint_folder, checkpoint_path, model_path
 from hpsearch.search.space import suggest
-from hpsearch.search.study_file import StudyConfig
+from hpsearch.spec import StudyConfig
 from hpsearch.stop import interrupted_reason
 
 log = logging.getLogger(__name__)
@@ -132,17 +132,19 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self.interrupted = trial._trial_id
-        sampled = suggest(trial, self.config.space)
-        params = self.config.params_for(sampled)
+        applied, sampled = suggest(trial, self.config)
+        params = TrialParams.from_dict(applied)  # the inactive ones' defaults do nothing
         history = retry_history(trial)
-        original = history[0] if history else trial.number
+        # the seed follows the first attempt, so a resumed retry continues that run
+        seed = self.config.seed + (history[0] if history else trial.number)
         keeps = self.trainer.keeps_checkpoints
         resume_from, resumed_number, state, note = (
             self._latest_checkpoint(history) if keeps else (None, -1, None, None))
         precision = self.trainer.precision(params)
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
-                                        params.to_dict(), list(sampled), self.worker,
-                                        retried_from=history[-1] if history else None,
+                                        {k: getattr(params, k) for k in applied}, sampled,
+                                        self.worker, retried_from=history[-1] if history else None,
+                                        seed=seed,
                                         precision=precision, device=self.trainer.device)
         primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
         peak: dict[str, Any] = {}  # its best epoch so far: {"value": ..., "epoch": ...}
@@ -154,7 +156,6 @@ class Objective:
         # the study's best (`_keep_best_models`)
         model = model_path(self.config.workers.checkpoint_dir, self.config.name,
                            trial.number) if keeps and self.config.workers.keep_models else None
-        seed = self.config.seed + original  # a resumed retry continues the original's run
 
         # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
         # compare them, and the objectives' values are taken from them at the end

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.db.records import StudyProgress
-from hpsearch.search.study_file import StudyConfig
+from hpsearch.spec import StudyConfig
 
 
 def summary_line(progress: StudyProgress, config: StudyConfig) -> str:

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-    distribution_to_json,
-)
 
-from hpsearch.search.study_file import Categorical, Range, StudyConfig, grid_values
+from hpsearch.search.study_file import grid_values
+from hpsearch.spec import Categorical, Dimension, StudyConfig
 
 
-def distribution(dim: Categorical | Range) -> BaseDistribution:
-    """The Optuna distribution of one dimension: what is sampled and what the study row stores."""
-    if isinstance(dim, Categorical):
-        return CategoricalDistribution(list(dim.choices))
-    if dim.is_int:
-        return IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
-    return FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+def suggest(trial: optuna.Trial, config: StudyConfig) -> tuple[dict[str, Any], list[str]]:
+    """A trial's parameters, define-by-run: each searched parameter is asked of the sampler
+    only where it acts (StudyConfig.resolve), so the sampler never sees an inactive one.
+    Returns the parameters that act (sampled and fixed) and the names that were sampled."""
+    sampled: list[str] = []
 
-
-def space_json(space: dict[str, Categorical | Range]) -> dict[str, Any]:
-    """The space as stored on the study row: name -> Optuna's JSON form of its distribution, so
-    readers (reports, other tools) never parse the study file again."""
-    return {name: json.loads(distribution_to_json(distribution(dim)))
-            for name, dim in space.items()}
-
-
-def suggest(trial: optuna.Trial, space: dict[str, Categorical | Range]) -> dict[str, Any]:
-    """Sample every dimension of the space for this trial."""
-    sampled: dict[str, Any] = {}
-    for name, dim in space.items():
+    def choose(name: str, dim: Dimension) -> Any:
+        sampled.append(name)
         if isinstance(dim, Categorical):
-            sampled[name] = trial.suggest_categorical(name, list(dim.choices))
-        elif dim.is_int:
-            sampled[name] = trial.suggest_int(name, int(dim.low), int(dim.high),
-                                              step=int(dim.step or 1), log=dim.log)
-        else:
-            sampled[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step,
-                                                log=dim.log)
-    return sampled
+            return trial.suggest_categorical(name, list(dim.choices))
+        if dim.is_int:
+            return trial.suggest_int(name, int(dim.low), int(dim.high), step=int(dim.step or 1),
+                                     log=dim.log)
+        return trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+    return config.resolve(choose), sampled
 
 
 def make_sampler(config: StudyConfig, worker_index: int = 0,

@@ -32,8 +32,8 @@ from hpsearch.db.session import (
     translating,
 )
 from hpsearch.errors import HpsearchError
-from hpsearch.search.space import space_json
-from hpsearch.search.study_file import StudyConfig, WorkerOptions, check_n_trials
+from hpsearch.search.study_file import check_n_trials
+from hpsearch.spec import StudyConfig, WorkerOptions
 
 log = logging.getLogger(__name__)
 # A write lock that took longer than this to get was held by someone (normally milliseconds,
@@ -228,9 +228,11 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
                 study.set_metric_names(names)
     finally:
         storage.remove_session()
-    return recorder.ensure_study(
-        config.name, study._study_id, config.raw, space_json(config.space), config.data.dataset,
-        n_trials if n_trials is not None else config.n_trials)
+    settings = config.settings_json()
+    if n_trials is not None:
+        settings["n_trials"] = n_trials
+    return recorder.ensure_study(config.name, study._study_id, config.spec_json(), settings,
+                                 config.data.dataset)
 
 
 def publish_test_accuracy(url: str, optuna_study_id: int, number: int,

@@ -1,19 +1,19 @@
-"""A study file edited between runs, compared with the config stored with the study.
+"""A study file edited between runs, compared with the study as stored (hpsearch.spec).
 
-Rerunning `hpsearch run FILE` continues the stored study, whose config the workers follow. If
-the file no longer says the same, continuing silently would run one thing while the file (and
-the run header) say another, so every difference is named and sorted into one of two kinds:
+Rerunning `hpsearch run FILE` continues the stored study, whose spec and settings the workers
+follow. If the file no longer says the same, continuing silently would run one thing while the
+file (and the run header) say another, so every difference is named and sorted into one of two
+kinds:
 
-- compatible: changes how the search goes on, not what a trial means, so trials already
-  recorded stay comparable with new ones: the trial target (n_trials), the per-worker timeout,
-  the hours budget and its final models ([budget] hours, final),
-  the sampler and the pruner (how the next points are chosen and when a weak trial stops; a
-  recorded trial's epochs stay what they were), the heartbeat and retry options, the
-  checkpoint folder and data_dir (where files are, not what they hold). Applied only with
-  `--update`, which stores the new file as the study's config and records what changed.
-- incompatible: changes what a trial is: the search space and fixed parameters, the epoch
-  budget, the seed (each trial trains with seed + its number), the objectives, and the data
-  (dataset, validation share, subset, synthetic size). Refused: such a study needs a new name.
+- compatible: the settings, which change how the search goes on, not what a trial means: the
+  per-worker timeout, the hours budget and its final models ([budget] hours, final), the
+  sampler and the pruner (how the next points are chosen and when a weak trial stops), the
+  heartbeat and retry options, the checkpoint folder and data_dir (where files are, not what
+  they hold). Applied only with `--update`, which stores the new settings.
+  n_trials is no difference: each run states its target (the file's, or `run --trials`).
+- incompatible: the spec, what a trial is: the search space, its conditions and the fixed
+  parameters, the epoch budget, the seed, the objectives, and the data (dataset, validation
+  share, subset, synthetic size). Refused: such a study needs a new name.
 
 Values are compared after parsing, with defaults filled in, so writing out a default that the
 stored file left implicit (`precision = "fp32"`) is no change. No torch, no SQL here.
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.search.study_file import Categorical, Range, StudyConfig
+from hpsearch.spec import Categorical, Range, StudyConfig
 
-COMPATIBLE_KEYS = {"study.n_trials", "study.timeout", "study.target", "study.sampler",
-                   "study.pruner",
+# what StudyConfig.settings_json holds; the rest is the spec, stored once
+COMPATIBLE_KEYS = {"study.timeout", "study.target", "study.sampler", "study.pruner",
                    "data.data_dir", "budget.hours", "budget.final"}
 COMPATIBLE_PREFIXES = ("workers.", "pruner.")
 
@@ -70,7 +70,9 @@ def settings(config: StudyConfig) -> dict[str, Any]:
 
 
 def compare(stored: StudyConfig, new: StudyConfig) -> list[Change]:
+    """The differences, but for n_trials: each run states its own target."""
     old_values, new_values = settings(stored), settings(new)
+    old_values["study.n_trials"] = new_values["study.n_trials"]
     keys = sorted(old_values.keys() | new_values.keys())
     return [Change(k, old_values.get(k), new_values.get(k)) for k in keys
             if old_values.get(k) != new_values.get(k)]

@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
+from hpsearch.objectives import parse_objectives
 from hpsearch.params import (
     MIN_TRAIN_IMAGES,
     PARAM_NAMES,
@@ -26,8 +25,9 @@ from hpsearch.params import (
     TrialParams,
     param_type,
 )
-from hpsearch.search.budget import FinalAsk, parse_final, parse_hours
+from hpsearch.search.budget import parse_final, parse_hours
 from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
+from hpsearch.spec import Categorical, Dimension, Range, Rung, StudyConfig, WorkerOptions
 
 SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "qmc", "grid")  # Optuna's CMA-ES: one
@@ -48,36 +48,6 @@ NAME_PATTERN = re.compile(r"[\w.\- ]{1,200}")
 MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
 MAX_SYNTHETIC_SIZE = 1_000_000  # images of the toy dataset: 0.8 GB of uint8 at this size
 MAX_DRY_RUN_EPOCH_S = 3600.0
-
-
-@dataclass(frozen=True)
-class Categorical:
-    choices: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-    is_int: bool = False
-
-
-Dimension = Categorical | Range
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
-    grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
-    max_retry: int = 2  # re-runs of a trial whose worker died
-    checkpoint_dir: str = "hpsearch-checkpoints"
-    keep_models: int = 3  # the best trials whose peak-epoch model is kept (export-model)
-    # `hpsearch run` on a GPU machine: the GPUs its local workers are placed on, round-robin
-    # (CUDA_VISIBLE_DEVICES per worker), and how many workers may share one
-    gpus: tuple[str, ...] = ()
-    workers_per_gpu: int = 1
 
 
 GPU_ID = re.compile(r"[A-Za-z0-9][\w:.-]{0,99}")  # 0, 1, GPU-<uuid>, MIG-<uuid>
@@ -101,64 +71,7 @@ def parse_gpus(value: Any, where: str) -> tuple[str, ...]:
     return gpus
 
 
-@dataclass(frozen=True)
-class Rung:
-    """One step of a multi-fidelity budget: train on the first `fraction` of the training split
-    until the trial has run `epochs` epochs in all (cumulative)."""
-
-    fraction: float
-    epochs: int
-
-
 RUNG_PRUNERS = ("successive-halving", "hyperband")  # the pruners that promote across rungs
-
-
-@dataclass
-class StudyConfig:
-    name: str
-    sampler: str = "tpe"
-    pruner: str = "hyperband"
-    # what it optimises: the first objective is reported each epoch (pruning, `value`)
-    objectives: tuple[ObjectiveSpec, ...] = DEFAULT
-    n_trials: int = 20
-    timeout: float | None = None  # seconds, per worker
-    # the first objective's value that ends the search once a trial reaches it (search/control)
-    target: float | None = None
-    seed: int = 0
-    min_epochs: int = 1
-    pruner_options: dict[str, int] = field(default_factory=dict)  # [pruner], defaults filled in
-    rungs: tuple[Rung, ...] = ()  # [budget] rungs: data fractions as a fidelity; () = epochs only
-    # [budget] hours: search and final models inside these wall-clock hours (search/budget.py);
-    # None: a count of trials (and a timeout), the final models left to `hpsearch evaluate`
-    hours: float | None = None
-    final: FinalAsk = field(default_factory=FinalAsk)  # [budget] final: what `hours` retrains
-    data: DataOptions = field(default_factory=DataOptions)
-    workers: WorkerOptions = field(default_factory=WorkerOptions)
-    fixed: dict[str, Any] = field(default_factory=dict)
-    space: dict[str, Dimension] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML, stored with the study
-    # [dry_run] seconds_per_epoch: trials sleep this long per epoch and report a synthetic
-    # learning curve instead of training (None: real training)
-    dry_run: float | None = None
-
-    @property
-    def metric(self) -> str:
-        """The first objective's measure: the one reported each epoch."""
-        return self.objectives[0].measure
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-    @property
-    def max_epochs(self) -> int:
-        return int(self.fixed["epochs"])
-
-    def base_params(self) -> TrialParams:
-        return TrialParams.from_dict(self.fixed)
-
-    def params_for(self, sampled: dict[str, Any]) -> TrialParams:
-        return TrialParams.from_dict({**self.fixed, **sampled})
 
 
 def parse_data(table: dict[str, Any], where: str) -> DataOptions:
@@ -218,6 +131,8 @@ def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
             raise ConfigError(f"{label}: step must be positive and cannot be combined with log")
         for bound in (low, high):
             _check_value(label, name, bound)
+        if kind is int and step == 1:
+            step = None  # every integer: one form, so a stored range compares equal
         return Range(low, high, log, step, is_int=kind is int)
     value = typed_value(label, name, spec, kind)
     _check_value(label, name, value)
@@ -430,7 +345,6 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         ),
         hours=parse_hours(budget["hours"], f"{where}: [budget]") if "hours" in budget else None,
         final=parse_final(budget, where),
-        raw=doc,
         dry_run=(typed_value(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0),
                              float, minimum=0, maximum=MAX_DRY_RUN_EPOCH_S)
                  if "dry_run" in doc else None),
@@ -472,16 +386,18 @@ def grid_values(config: StudyConfig) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     total = 1
     for name, dim in config.space.items():
+        step = getattr(dim, "step", None) or (1 if getattr(dim, "is_int", False) else None)
         if isinstance(dim, Categorical):
             count = len(dim.choices)
-        elif dim.step is not None and not dim.log:
-            count = math.floor((dim.high - dim.low) / dim.step + 1e-9) + 1
+        elif step is not None and not dim.log:
+            count = math.floor((dim.high - dim.low) / step + 1e-9) + 1
         else:
-            raise ConfigError(f"grid sampler: space.{name} must be a list or a range with step")
+            raise ConfigError(f"grid sampler: space.{name} must be a list, an integer range or "
+                              "a range with step")
         total *= count
         if total > MAX_GRID_POINTS:  # checked before listing: a tiny step would never finish
             raise ConfigError(f"grid sampler: the grid has more than {MAX_GRID_POINTS:,} points "
                               f"(at space.{name}); use larger steps or another sampler")
         grid[name] = (list(dim.choices) if isinstance(dim, Categorical)
-                      else [dim.low + i * dim.step for i in range(count)])
+                      else [dim.low + i * step for i in range(count)])
     return grid

@@ -21,11 +21,10 @@ from hpsearch.db import queries, records
 from hpsearch.db.engine import normalise_url
 from hpsearch.db.migrate import current_revision, ensure_schema, reading
 from hpsearch.errors import ConfigError, HpsearchError
-from hpsearch.params import PARAM_NAMES, TrialParams, coerce, param_type
+from hpsearch.params import PARAM_NAMES, coerce, param_type
 from hpsearch.search.run_file import load_run_config
-from hpsearch.search.space import space_json
 from hpsearch.search.study import open_storage, prepare_study
-from hpsearch.search.study_file import StudyConfig, parse_study
+from hpsearch.spec import StudyConfig, dimension_json
 
 BUDGET_KEYS = ("epochs",)  # set by the target study's [budget], never taken from a candidate
 
@@ -58,26 +57,35 @@ def candidates_from_study(url: str, name: str, top: int) -> list[Candidate]:
     return [Candidate(t.sampled_params, f"study {name} trial {t.number}") for t in trials]
 
 
-def fit_to_space(candidate: Candidate, space: dict[str, BaseDistribution],
-                 fixed: TrialParams) -> dict[str, Any]:
-    """The candidate's values of the sampled parameters; ConfigError naming every value that
-    lies outside the space or contradicts a fixed value."""
+def fit_to_space(candidate: Candidate, config: StudyConfig) -> dict[str, Any]:
+    """The candidate's values of the searched parameters; ConfigError naming every value that
+    lies outside the space, contradicts a fixed value, or is given for a searched parameter
+    that does not act under the candidate's other values (conditions). A value of an option
+    that does not act in this study at all is passed over: it would change nothing."""
     outside: list[str] = []
-    chosen: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     for key, raw in candidate.params.items():
+        if key in PARAM_NAMES:
+            given[key] = coerce(key, raw, param_type(key))
+        elif key not in BUDGET_KEYS:
+            outside.append(f"{key} (unknown parameter)")
+    acting = config.resolve(lambda name, _dim: given.get(name))
+    chosen: dict[str, Any] = {}
+    for key, value in given.items():
         if key in BUDGET_KEYS:
             continue
-        if key not in PARAM_NAMES:
-            outside.append(f"{key} (unknown parameter)")
-            continue
-        value = coerce(key, raw, param_type(key))
-        if key in space:
-            if _contains(space[key], value):
+        if key in config.space:
+            dist = json_to_distribution(json.dumps(dimension_json(config.space[key])))
+            if key not in acting:
+                needs = "; ".join(f"{parent} in {list(values)}" for parent, values
+                                  in config.conditions.get(key, {}).items())
+                outside.append(f"{key}={value!r} (does not act here: it needs {needs})")
+            elif _contains(dist, value):
                 chosen[key] = value
             else:
-                outside.append(f"{key}={value!r} (searched: {_describe(space[key])})")
-        elif getattr(fixed, key) != value:
-            outside.append(f"{key}={value!r} (fixed at {getattr(fixed, key)!r})")
+                outside.append(f"{key}={value!r} (searched: {_describe(dist)})")
+        elif key in acting and acting[key] != value:
+            outside.append(f"{key}={value!r} (fixed at {acting[key]!r})")
     if outside:
         raise ConfigError(f"{candidate.source}: outside this study's space: "
                           + "; ".join(outside))
@@ -116,16 +124,13 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
     # a study file names a new study; once the study is stored, its stored space and config
     # decide (as for every reader), whatever the file says now
     stored = _stored_study(url, study.name if isinstance(study, StudyConfig) else study)
-    if stored is None and isinstance(study, StudyConfig):
-        config = study
-        queued = _fit_all(candidates, space_json(config.space), config.base_params())
+    if stored is None and not isinstance(study, StudyConfig):
+        with reading(url) as conn:  # a name the database does not hold: find_study says so
+            queries.find_study(conn, str(study))
+    config = stored.config if stored is not None else study
+    queued = [fit_to_space(c, config) for c in candidates]
+    if stored is None:
         prepare_study(config, url)
-    else:
-        if stored is None:  # a name the database does not hold: find_study says so
-            with reading(url) as conn:
-                stored = queries.find_study(conn, str(study))
-        config = parse_study(stored.config, f"study {stored.name!r}")
-        queued = _fit_all(candidates, stored.space, config.base_params())
     storage = open_storage(url, config.workers)
     out = []
     try:
@@ -151,9 +156,3 @@ def _stored_study(url: str, name: str) -> records.StudyInfo | None:
     ensure_schema(url)  # an older schema is upgraded, as for every writing command
     with reading(url) as conn:
         return queries.find_study(conn, name) if queries.has_study(conn, name) else None
-
-
-def _fit_all(candidates: list[Candidate], space: dict[str, Any],
-             fixed: TrialParams) -> list[dict[str, Any]]:
-    distributions = {key: json_to_distribution(json.dumps(dist)) for key, dist in space.items()}
-    return [fit_to_space(c, distributions, fixed) for c in candidates]

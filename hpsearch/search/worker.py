@@ -33,7 +33,7 @@ from hpsearch.search.dryrun import DryRunTrainer
 from hpsearch.search.hours import SearchLimits, published_limits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
 from hpsearch.search.study import ResilientRDBStorage, open_storage
-from hpsearch.search.study_file import StudyConfig, parse_study
+from hpsearch.spec import StudyConfig
 from hpsearch.stop import interrupted_reason, stop_requested, take_over_stop
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,8 @@ def load_config(recorder: Recorder, name: str, url: str) -> tuple[StudyConfig, i
     if row is None:
         raise HpsearchError(f"unknown study {name!r} in {mask_url(url)} "
                             "(start it with `hpsearch run STUDY.toml`)")
-    config = parse_study(row.config, f"study {name!r}")
-    config.name = row.name  # as stored, whichever Unicode form `name` was typed in
-    config.n_trials = row.n_trials
-    return config, row.id
+    # as stored, whichever Unicode form `name` was typed in
+    return StudyConfig.from_stored(row.name, row.spec, row.settings), row.id
 
 
 @dataclass

@@ -126,6 +126,7 @@ class Training:
                  resume_from: Path | None, stop_after: int | None = None,
                  lr_curve: LrCurve | None = None) -> None:
         self.params, self.data, self.on_step, self.checkpoint = params, data, on_step, checkpoint
+        self.seed = seed
         self.last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
         self.device = dev = resolve_device(device)
         if dev.type == "cpu":
@@ -250,6 +251,8 @@ class Training:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
             "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
             "history": [m.to_dict() for m in self.history],
+            # what the run is, so that the file alone says what trained it
+            "params": self.params.to_dict(), "seed": self.seed,
         })
 
 

@@ -20,7 +20,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import EPOCH_METRICS, Epoch, Study, Trial
 from hpsearch.params import TrialParams
 from hpsearch.search.run_file import load_run_config
-from hpsearch.search.study_file import parse_data, parse_study
+from hpsearch.search.study_file import StudyConfig, parse_data
 from tests.helpers import hps
 from tests.recorded_study import PLAN, RecordedStudy, build_recorded_study
 
@@ -161,9 +161,10 @@ def test_best_toml_retrains_the_same_configuration(run, recorded: RecordedStudy,
     best = db_trials(recorded)[recorded.best_number]
     engine = make_engine(recorded.url)
     with engine.connect() as conn:
-        config = conn.scalar(select(Study.config).where(Study.name == recorded.name))
+        spec, settings = conn.execute(select(Study.spec, Study.settings)
+                                      .where(Study.name == recorded.name)).one()
     engine.dispose()
-    study = parse_study(config)
+    study = StudyConfig.from_stored(recorded.name, spec, settings)
     assert TrialParams.from_dict(values) == study.params_for(best.params)
     assert values["epochs"] == study.max_epochs  # cosine schedule: keep the full length
     assert parse_data(data, "best") == study.data
@@ -316,10 +317,10 @@ def test_report_with_one_complete_trial_explains_missing_importances(
 
 def test_importances_never_raise() -> None:
     from hpsearch.report.importance import param_importances
-    from hpsearch.search.space import space_json
+    from hpsearch.search.study_file import parse_study
     from tests.recorded_study import study_config
 
-    space = space_json(parse_study(study_config("x", 6)).space)
+    space = parse_study(study_config("x", 6)).spec_json()["space"]
     rows = [(i, 0.1 * i, {"lr": 10.0 ** -(1 + i / 2), "optimizer": ["adam", "sgd"][i % 2],
                           "patch_size": [4, 7][i % 2], "extra": i}) for i in range(1, 6)]
     found, how = param_importances(space, rows)  # "extra" is not in the stored space

@@ -111,8 +111,8 @@ def test_writes_wait_out_a_lock_and_fail_fast_on_a_permanent_error(
     upgrade(url)
     recorder = Recorder(make_engine(url))
     optuna_id = optuna.create_study(study_name="s", storage=url)._study_id  # our row links to it
-    study = recorder.ensure_study("s", optuna_id, {}, {}, "synthetic", 2)
-    trial = recorder.start_trial(study, 0, 1, {}, [], "w", None)
+    study = recorder.ensure_study("s", optuna_id, {}, {"n_trials": 2}, "synthetic")
+    trial = recorder.start_trial(study, 0, 1, {}, [], "w", None, seed=0)
     metrics = EpochMetrics(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
                            lr=0.01, seconds=1.0, images_per_s=10.0)
 
@@ -141,8 +141,8 @@ def test_session_scope_rolls_back_and_names_duplicates(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     upgrade(url)
     engine = make_engine(url)
-    row = {"name": "s", "optuna_study_id": 1, "config": {}, "dataset": "synthetic",
-           "n_trials": 1}
+    row = {"name": "s", "optuna_study_id": 1, "spec": {}, "settings": {},
+           "dataset": "synthetic"}
     with session_scope(engine) as session:
         session.add(Study(**row))
     with pytest.raises(DuplicateRowError), session_scope(engine) as session:

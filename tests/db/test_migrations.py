@@ -97,9 +97,9 @@ def test_indexes_constraints_and_cascades_exist(db_url: str) -> None:
             "ix_hps_trial_study_value", "ix_hps_trial_study_state"}
         with Session(engine) as session, session.begin():
             now = datetime.now(UTC)
-            study = Study(name="s", optuna_study_id=1, config={}, dataset="d", n_trials=1)
+            study = Study(name="s", optuna_study_id=1, spec={}, settings={}, dataset="d")
             trial = Trial(study=study, number=0, optuna_trial_id=1, state="complete", params={},
-                          worker="h:1", started_at=now)
+                          seed=0, worker="h:1", started_at=now)
             session.add(Epoch(trial=trial, epoch=1, train_loss=1, train_acc=0.5, val_loss=1,
                               val_acc=0.5, lr=0.1, seconds=1, images_per_s=10))
         with Session(engine) as session, session.begin():  # ON DELETE CASCADE down to epochs
@@ -301,7 +301,7 @@ def test_full_records_migration_fills_a_database_of_the_previous_release(tmp_pat
         assert params["token_mlp_dim"] == 16 and params["channel_mlp_dim"] == 32
         assert params["batch_size"] == 64 and params["epochs"] == 3
         assert params["weight_decay"] == 0.0
-    space = json_value(scalar(url, "SELECT space FROM hps_study"))
+    space = json_value(scalar(url, "SELECT spec FROM hps_study"))["space"]
     assert space["lr"] == {"name": "FloatDistribution",
                            "attributes": {"low": 0.001, "high": 0.01, "log": True, "step": None}}
     assert space["patch_size"]["attributes"]["choices"] == [7, 14]
@@ -319,6 +319,32 @@ def test_full_records_migration_fills_a_database_of_the_previous_release(tmp_pat
     after = {r[0]: json_value(r[1]) for r in rows(url, "SELECT number, params FROM hps_trial")}
     assert after == before
     assert scalar(url, "SELECT count(*) FROM hps_epoch") == epochs
+
+
+def test_a_release_0002_study_fixing_gamma_1_upgrades_with_its_fixed_values(
+        tmp_path: Path) -> None:
+    """A study of release 0002 whose [space] fixes gamma = 1.0, which today's parser refuses
+    (gamma must be < 1): the upgrade reads the stored file as that release did, so every trial
+    keeps the scheduler the study fixed, with the gamma its plateau scheduler ran with (the old
+    trainer turned 1 into 0.1: 0005), and the seed of its first attempt."""
+    path = tmp_path / "old.db"
+    path.write_bytes(FIXTURE_0002.read_bytes())
+    url = f"sqlite:///{path}"
+    execute(url, "UPDATE hps_study SET config = json_set(config, '$.space.scheduler', "
+                 "'plateau', '$.space.gamma', 1.0, '$.study.seed', 5)",
+            "UPDATE hps_trial SET retried_from = 1 WHERE number = 3")
+    upgrade(url)
+    trials = rows(url, "SELECT number, params, seed FROM hps_trial ORDER BY number")
+    assert len(trials) == 4
+    for number, params, seed in trials:
+        params = json_value(params)
+        assert (params["scheduler"], params["gamma"]) == ("plateau", 0.1)
+        assert (params["token_mlp_dim"], params["channel_mlp_dim"]) == (16, 32)
+        assert (params["batch_size"], params["precision"], params["epochs"]) == (64, "fp32", 3)
+        assert seed == 5 + (1 if number == 3 else number)
+    spec = json_value(scalar(url, "SELECT spec FROM hps_study"))
+    assert spec["fixed"]["gamma"] == 1.0 and spec["seed"] == 5  # the file as it was written
+    assert set(spec["space"]) == {"patch_size", "hidden_dim", "lr", "optimizer"}
 
 
 def rows(url: str, sql: str) -> list[tuple[object, ...]]:

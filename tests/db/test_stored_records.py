@@ -21,9 +21,10 @@ from sqlalchemy import select, update
 
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
-from hpsearch.db.models import Evaluation, Study, Trial
+from hpsearch.db.models import Evaluation, Trial
 from hpsearch.db.queries import read_progress
 from hpsearch.report.html import build_report
+from hpsearch.search.ensemble import plan_ensemble
 from hpsearch.search.evaluate import plan_evaluation
 from hpsearch.search.progress import summary_line
 from hpsearch.search.study import prepare_study
@@ -69,14 +70,9 @@ def rows(url: str) -> dict[int, Trial]:
 
 # --- readers take the trial row, not the study file ------------------------------------------
 
-def test_readers_use_the_trial_row_with_the_study_file_and_config_gone(
+def test_readers_use_the_trial_row_and_the_stored_spec(
         url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = make_engine(url)
-    with engine.begin() as conn:  # keep only [data]: nothing else of the file may be needed
-        config = conn.scalar(select(Study.config))
-        conn.execute(update(Study).values(config={"data": config["data"]}))
-    engine.dispose()
     monkeypatch.chdir(tmp_path)  # evaluate's checkpoints land here
 
     def run(*args: str) -> str:
@@ -117,6 +113,38 @@ def test_readers_use_the_trial_row_with_the_study_file_and_config_gone(
     plan = plan_evaluation("tiny", url)
     assert {k: getattr(plan.params, k) for k in FIXED} == FIXED
     assert "test acc (final)" in run("evaluate", "tiny", "--device", "cpu")
+
+
+class Stop(Exception):
+    """Raised by a stand-in trainer once it has seen its seed."""
+
+
+def test_a_retried_trial_is_retrained_with_the_seed_the_search_used(
+        url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best trial as a retry of trial 2 (the retry resumes the first attempt's run, with
+    its seed: the study's 0 + 2, as the row says): `best --format toml`, `evaluate` and greedy
+    ensemble selection retrain it with that seed, not one derived from its own number."""
+    code, out, err = hps(capsys, monkeypatch, "best", "tiny", "--format", "json", "--db", url)
+    best = json.loads(out)["number"]
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(Trial).where(Trial.number == best).values(retried_from=2, seed=2))
+    engine.dispose()
+    code, out, err = hps(capsys, monkeypatch, "best", "tiny", "--format", "toml", "--db", url)
+    assert code == 0, err
+    assert tomllib.loads(out)["seed"] == 2
+    assert plan_evaluation("tiny", url).seeds == (2,)
+    assert plan_evaluation("tiny", url, trial=best, seeds=2).seeds == (2, 3)
+
+    seeds: list[int] = []
+
+    def fit(params: object, data: object, *, seed: int, **_: object) -> None:
+        seeds.append(seed)
+        raise Stop
+    monkeypatch.setattr("hpsearch.trainer.loop.fit", fit)
+    with pytest.raises(Stop):
+        plan_ensemble("tiny", url, k=2, selection="greedy", device="cpu")
+    assert seeds == [2]  # the best trial is the first candidate
 
 
 # --- one definition of best ------------------------------------------------------------------

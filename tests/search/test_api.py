@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from hpsearch.cli import app
 from hpsearch.db.engine import make_engine
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.params import INT_MAX
-from hpsearch.search.study_file import load_study
 from tests.study_files import write_tiny_study
 
 
@@ -31,7 +31,7 @@ def finished(sqlite_url: str, tmp_path: Path) -> str:
 
 
 def test_create_study_from_a_dict_trains_nothing(sqlite_url: str, tmp_path: Path) -> None:
-    raw = load_study(write_tiny_study(tmp_path, "from-dict")).raw
+    raw = tomllib.loads(write_tiny_study(tmp_path, "from-dict").read_text())
     assert api.create_study(raw, sqlite_url, trials=7) == "from-dict"
     assert api.trials("from-dict", sqlite_url) == []
     with pytest.raises(ConfigError, match="unknown key"):
@@ -65,8 +65,8 @@ def test_reading_a_missing_database_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_pareto_front_of_a_multi_objective_study(sqlite_url: str, tmp_path: Path) -> None:
-    raw = load_study(write_tiny_study(tmp_path, "both", n_trials=3, epochs=1,
-                                      sampler="tpe")).raw
+    raw = tomllib.loads(write_tiny_study(tmp_path, "both", n_trials=3, epochs=1,
+                                         sampler="tpe").read_text())
     raw["study"] |= {"objectives": ["val_acc:max", "params:min"]}
     api.create_study(raw, sqlite_url)
     api.run_worker("both", sqlite_url)
@@ -155,7 +155,7 @@ def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path:
     """'unknown study 'café' (known: 'café')': typed decomposed (e + U+0301, as some
     terminals and file systems send it), stored composed."""
     composed, decomposed = "caf\u00e9", "cafe\u0301"
-    raw = load_study(write_tiny_study(tmp_path, "x", n_trials=1, epochs=1)).raw
+    raw = tomllib.loads(write_tiny_study(tmp_path, "x", n_trials=1, epochs=1).read_text())
     assert api.create_study({**raw, "study": {**raw["study"], "name": decomposed}},
                             sqlite_url) == composed
     summary = api.run_worker(decomposed, sqlite_url)

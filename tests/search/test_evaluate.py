@@ -184,8 +184,8 @@ def test_an_unwritable_weights_folder_stops_a_retraining_but_not_stored_results(
     engine = make_engine(url)  # the folder the study's final weights go to is now unwritable
     with Session(engine) as session, session.begin():
         study = session.scalars(select(Study).where(Study.name == "tiny")).one()
-        study.config = {**study.config, "workers": {**study.config.get("workers", {}),
-                                                    "checkpoint_dir": "/proc/hps"}}
+        study.settings = {**study.settings, "workers": {**study.settings["workers"],
+                                                        "checkpoint_dir": "/proc/hps"}}
     engine.dispose()
     code, out, err = hps(capsys, monkeypatch, *args)  # stored: shown, nothing to write
     assert code == 0, err
@@ -349,10 +349,10 @@ def test_schema_upgrade_downgrade_and_cascade(db_url: str) -> None:
     try:
         assert "hps_evaluation" in inspect(engine).get_table_names()
         with Session(engine) as session, session.begin():
-            study = Study(name="s", optuna_study_id=1, config={}, dataset="synthetic",
-                          n_trials=1)
+            study = Study(name="s", optuna_study_id=1, spec={}, settings={},
+                          dataset="synthetic")
             trial = Trial(study=study, number=0, optuna_trial_id=1, state="complete",
-                          params={}, worker="h:1")
+                          params={}, seed=0, worker="h:1")
             session.add(Evaluation(trial=trial, seed=0, epochs=1, test_acc=0.5, test_loss=1.0,
                                    curve=[], checkpoint_path="x.pt", seconds=1.0))
         with Session(engine) as session, session.begin():

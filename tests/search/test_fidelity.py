@@ -3,6 +3,7 @@ halving across rungs, epoch rows with their fraction, resuming when the data gro
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import optuna
@@ -16,7 +17,7 @@ from hpsearch.db.migrate import downgrade, schema_drift, upgrade
 from hpsearch.db.models import Trial
 from hpsearch.errors import ConfigError
 from hpsearch.params import TrialParams
-from hpsearch.search.study_file import Rung, load_study, parse_study
+from hpsearch.search.study_file import Rung, StudyConfig, load_study, parse_study
 from hpsearch.trainer.data import DataOptions, load_train_val
 from hpsearch.trainer.loop import fit
 from tests.helpers import hps
@@ -105,7 +106,7 @@ def test_rungs_with_several_objectives_say_they_cannot_be_combined(tmp_path: Pat
                                                                    pruner: str) -> None:
     """Either change alone used to send the user to the other error (a pruner for rungs, no
     pruner for several objectives)."""
-    raw = load_study(rung_study(tmp_path)).raw
+    raw = tomllib.loads(rung_study(tmp_path).read_text())
     study = {**raw["study"], "objectives": ["val_acc:max", "params:min"], "pruner": pruner}
     with pytest.raises(ConfigError, match="rungs cannot be combined with several objectives"):
         parse_study({**raw, "study": study})
@@ -198,4 +199,6 @@ def test_the_pruners_rungs_are_the_rung_ends(tmp_path: Path, pruner: str) -> Non
     else:
         assert isinstance(built, optuna.pruners.SuccessiveHalvingPruner)
         assert (built._min_resource, built._min_early_stopping_rate) == (1, 0)
-    assert parse_study(config.raw).rungs == config.rungs  # the stored copy parses alike
+    # the stored spec and settings read back as the study parsed
+    assert StudyConfig.from_stored(config.name, config.spec_json(),
+                                   config.settings_json()) == config

@@ -37,9 +37,11 @@ def _multi_objective(url: str, name: str) -> None:
     rng = random.Random(name)
     engine = make_engine(url)
     with engine.begin() as conn:
-        config = conn.scalar(select(Study.config).where(Study.name == name))
-        config["study"] |= {"objectives": OBJECTIVES, "pruner": "none"}
-        conn.execute(update(Study).where(Study.name == name).values(config=config))
+        spec, settings = conn.execute(select(Study.spec, Study.settings)
+                                      .where(Study.name == name)).one()
+        conn.execute(update(Study).where(Study.name == name).values(
+            spec={**spec, "objectives": OBJECTIVES},
+            settings={**settings, "pruner": "none", "pruner_options": {}}))
         for trial_id, in conn.execute(select(Trial.id)):
             conn.execute(update(Epoch).where(Epoch.trial_id == trial_id).values(
                 val_acc=Epoch.val_acc * 0 + rng.choice([0.80, 0.85, 0.86, 0.90, 0.91]) - 0.02

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from hpsearch.params import TrialParams
 from hpsearch.search.space import make_pruner, make_sampler, suggest
 from hpsearch.search.study_file import PRUNERS, SAMPLERS, parse_study
 
@@ -26,7 +27,7 @@ def test_samplers_and_pruners_drive_trials(sampler: str, pruner: str) -> None:
                                 pruner=make_pruner(config))
     for _ in range(4):
         trial = study.ask()
-        params = config.params_for(suggest(trial, config.space))
+        params = TrialParams.from_dict(suggest(trial, config)[0])
         assert params.patch_size in (4, 7) and 1 <= params.num_blocks <= 3
         for epoch in range(1, 4):
             trial.report(params.num_blocks / 10 + epoch / 100, epoch)
@@ -40,7 +41,7 @@ def test_worker_and_resume_seeds_differ() -> None:
 
     def first_draw(worker: int, existing: int) -> dict:
         study = optuna.create_study(sampler=make_sampler(config, worker, existing))
-        return suggest(study.ask(), config.space)
+        return suggest(study.ask(), config)[0]
 
     assert first_draw(0, 0) == first_draw(0, 0)  # reproducible
     assert first_draw(1, 0) != first_draw(0, 0)  # a second worker draws elsewhere

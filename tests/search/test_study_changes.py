@@ -16,7 +16,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Study
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_changes import compare
-from hpsearch.search.study_file import load_study, parse_study
+from hpsearch.search.study_file import StudyConfig, load_study
 from tests.study_files import write_tiny_study
 from tests.system.test_reliability import ROOT, epochs_of, trials_of
 
@@ -26,12 +26,13 @@ def hpsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=timeout)
 
 
-def stored_config(url: str, name: str = "tiny") -> dict:
+def stored_config(url: str, name: str = "tiny") -> StudyConfig:
     engine = make_engine(url)
     with engine.connect() as conn:
-        config = conn.scalar(select(Study.config).where(Study.name == name))
+        spec, settings = conn.execute(select(Study.spec, Study.settings)
+                                      .where(Study.name == name)).one()
     engine.dispose()
-    return config
+    return StudyConfig.from_stored(name, spec, settings)
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -76,7 +77,6 @@ def test_incompatible_changes_are_refused_with_each_difference(sqlite_url: str,
         assert done.returncode == 2 and done.stdout == ""
         lines = done.stderr.splitlines()
         assert lines[1:-1] == ["  space.patch_size: [7, 14] -> [7]  (incompatible)",
-                               "  study.n_trials: 1 -> 2",
                                "  study.seed: 0 -> 3  (incompatible)"], done.stderr
         assert lines[-1].startswith("hpsearch: error: the study file no longer matches study "
                                     "'tiny': space.patch_size, study.seed changed")
@@ -96,18 +96,20 @@ def test_compatible_changes_need_update_and_are_stored(sqlite_url: str, tmp_path
     refused = hpsearch(*command)
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.splitlines()[1:] == [
-        "  study.n_trials: 1 -> 2", "  study.sampler: 'random' -> 'tpe'",
-        "hpsearch: error: the study file changed since study 'tiny' started (study.n_trials, "
-        "study.sampler); rerun with --update to apply and record the change"]
-    assert stored_config(sqlite_url)["study"]["sampler"] == "random"
+        "  study.sampler: 'random' -> 'tpe'",
+        "hpsearch: error: the study file changed since study 'tiny' started (study.sampler); "
+        "rerun with --update to apply and record the change"]
+    spec = stored_config(sqlite_url).spec_json()
+    assert stored_config(sqlite_url).sampler == "random"
 
     updated = hpsearch(*command, "--update")
     assert updated.returncode == 0, updated.stderr
-    assert "stored config updated" in updated.stdout
+    assert "stored settings updated" in updated.stdout
     assert "study.sampler: 'random' -> 'tpe'" in updated.stdout
     assert "2 trials, sampler tpe" in updated.stdout  # the header and the stored config agree
-    stored = parse_study(stored_config(sqlite_url))
+    stored = stored_config(sqlite_url)
     assert (stored.sampler, stored.n_trials) == ("tpe", 2)
+    assert stored.spec_json() == spec  # --update changes the settings only
     assert len([t for t in trials_of(sqlite_url, "tiny") if t.state == "complete"]) == 2
 
 

@@ -154,9 +154,9 @@ def multi_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     build_recorded_study(url, "multi", plan=plan)
     engine = make_engine(url)
     with engine.begin() as conn:
-        config = conn.scalar(select(Study.config).where(Study.name == "multi"))
-        config["study"] |= {"objectives": ["val_acc:max", "params:min"], "pruner": "none"}
-        conn.execute(update(Study).where(Study.name == "multi").values(config=config))
+        spec = conn.scalar(select(Study.spec).where(Study.name == "multi"))
+        conn.execute(update(Study).where(Study.name == "multi").values(
+            spec={**spec, "objectives": ["val_acc:max", "params:min"]}))
     engine.dispose()
     return url
 
