@@ -63,15 +63,15 @@ def test_ensemble_cli_stores_members_and_ensemble_and_compare_shows_both(
         top = queries.top_trials(conn, queries.find_study(conn, "tiny"), 2)
     engine.dispose()
     ens = rows(url, EnsembleEvaluation)
-    assert [r.seed for r in ens] == [0, 1]
+    assert [r.seed for r in ens] == [top[0].seed, top[0].seed + 1]  # the best trial's
     assert [m["trial"] for m in ens[0].members] == [t.number for t in top]  # best first
     assert [m["weight"] for m in ens[0].members] == [0.5, 0.5]
     assert all(r.selection == "top" and r.tta == "flip" for r in ens)
     assert all(0 <= r.test_acc <= 1 and 0 <= r.test_acc_tta <= 1 for r in ens)
-    # each member's own retraining is an ordinary evaluation row, per seed
+    # each member's own retraining is an ordinary evaluation row, per seed: its own k-th
     members = rows(url, Evaluation)
     assert sorted((r.trial_id, r.seed) for r in members) == sorted(
-        (t.id, s) for t in top for s in (0, 1))
+        (t.id, t.seed + k) for t in top for k in (0, 1))
     assert f"test acc single best (trial {top[0].number})" in out
     assert "test acc ensemble (2 trials)" in out and "test acc ensemble + flip" in out
 
@@ -116,8 +116,8 @@ def test_ensemble_reuses_weights_stored_by_evaluate(url: str,
     engine.dispose()
     assert single.trial_id == best.id
     # the best trial's stored weights are loaded, not retrained: same test accuracy
-    assert f"seed 0 trial {best.number} epoch" not in err
-    assert f"seed 0 trial {second.number} epoch" in err
+    assert f"seed {best.seed} trial {best.number} epoch" not in err
+    assert f"seed {second.seed} trial {second.number} epoch" in err
     assert f"single best {single.test_acc:.4f}" in out
     assert len(rows(url, Evaluation)) == 2
 

@@ -27,7 +27,7 @@ from hpsearch.search import launcher
 from hpsearch.search.ensemble import plan_ensemble, run_ensemble
 from hpsearch.search.evaluate import final_checkpoint_path, plan_evaluation, run_evaluation
 from hpsearch.search.study import prepare_study
-from hpsearch.search.study_file import load_study
+from hpsearch.search.study_file import load_study, parse_study
 from hpsearch.search.worker import run_worker
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer import loop as train_mod
@@ -112,12 +112,12 @@ def test_evaluate_the_best_trial_stores_one_row(url: str, monkeypatch: pytest.Mo
         best = queries.best_trial(conn, queries.find_study(conn, "tiny"))
     engine.dispose()
     assert best is not None and plan.trial.number == best.number
-    assert plan.epochs == best.best_epoch and plan.seeds == (0,)
+    assert plan.epochs == best.best_epoch and plan.seeds == (best.seed,)
 
     [result] = run_evaluation(plan, url, device="cpu")
     assert len(calls) == 1
     [row] = evaluations(url)
-    assert row.trial_id == best.id and row.seed == 0 and row.epochs == best.best_epoch
+    assert row.trial_id == best.id and row.seed == best.seed and row.epochs == best.best_epoch
     assert 0.0 <= row.test_acc <= 1.0 and row.test_loss > 0 and row.seconds > 0
     assert (row.test_acc, row.test_loss) == (result.test_acc, result.test_loss)
     assert [p["epoch"] for p in row.curve] == list(range(1, row.epochs + 1))
@@ -127,8 +127,9 @@ def test_evaluate_the_best_trial_stores_one_row(url: str, monkeypatch: pytest.Mo
     # the final weights: a plain state dict that loads into the trial's model
     path = Path(row.checkpoint_path)
     assert path == final_checkpoint_path(plan.checkpoint_dir, "tiny",
-                                         best.number, 0)
-    assert path.name == f"final-trial-{best.number}-seed-0.pt" and path.parent.name == "tiny"
+                                         best.number, best.seed)
+    assert path.name == f"final-trial-{best.number}-seed-{best.seed}.pt"
+    assert path.parent.name == "tiny"
     state = torch.load(path, weights_only=True)
     model = build_model(plan.params, (1, 28, 28))
     model.load_state_dict(state)
@@ -142,13 +143,13 @@ def test_evaluate_cli_with_two_seeds_prints_mean_and_std(
                          "2", "--seeds", "2", "--db", url, "--device", "cpu", "--threads", "1")
     assert code == 0, err
     rows = evaluations(url)
-    assert [(r.seed, r.epochs) for r in rows] == [(0, 2), (1, 2)]
+    assert [(r.seed, r.epochs) for r in rows] == [(1, 2), (2, 2)]  # from trial 1's seed
     assert len(calls) == 2  # one test pass per seed
     accs = [r.test_acc for r in rows]
     mean = sum(accs) / 2
     std = (sum((a - mean) ** 2 for a in accs)) ** 0.5  # sample std of two values
     assert f"test acc (final): {mean:.4f} ± {std:.4f} (mean ± std over 2 seeds" in out
-    assert "seed 0: test acc" in out and "seed 1: test acc" in out
+    assert "seed 1: test acc" in out and "seed 2: test acc" in out
 
     # a third seed later: the two stored results are reused, only the new seed trains
     calls.clear()
@@ -268,7 +269,7 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     per_seed = ["train"] * (len(plan.retrained) - 1) + ["test"]
     assert events == per_seed * 2
     ensembles = ensemble_rows(url)
-    assert [r.seed for r in ensembles] == [0, 1]
+    assert [r.seed for r in ensembles] == list(plan.seeds)
     assert {tuple(m["trial"] for m in r.members) for r in ensembles} == {
         tuple(m.trial.number for m in plan.members)}
 
@@ -349,8 +350,9 @@ def test_schema_upgrade_downgrade_and_cascade(db_url: str) -> None:
     try:
         assert "hps_evaluation" in inspect(engine).get_table_names()
         with Session(engine) as session, session.begin():
-            study = Study(name="s", optuna_study_id=1, spec={}, settings={},
-                          dataset="synthetic")
+            config = parse_study({"study": {"name": "s"}})
+            study = Study(name="s", optuna_study_id=1, spec=config.spec_json(),
+                          settings=config.settings_json(), dataset="synthetic")
             trial = Trial(study=study, number=0, optuna_trial_id=1, state="complete",
                           params={}, seed=0, worker="h:1")
             session.add(Evaluation(trial=trial, seed=0, epochs=1, test_acc=0.5, test_loss=1.0,
