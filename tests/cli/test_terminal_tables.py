@@ -139,9 +139,9 @@ def test_a_narrow_terminal_keeps_every_objective(tmp_path: Path) -> None:
     build_recorded_study(url, "multi")
     engine = make_engine(url)
     with engine.begin() as conn:  # the same trials, ranked by two objectives
-        config = conn.execute(select(Study.config)).scalar_one()
-        config["study"]["objectives"] = ["val_acc", "val_loss"]
-        conn.execute(update(Study).values(config=config))
+        spec = conn.execute(select(Study.spec)).scalar_one()
+        conn.execute(update(Study).values(spec={**spec,
+                                                "objectives": ["val_acc:max", "val_loss:min"]}))
     engine.dispose()
     cells = header_cells(on_terminal(80, "trials", "multi", "--db", url))
     assert cells[:5] == ["trial", "state", "best val acc", "best val loss", "best"], cells
