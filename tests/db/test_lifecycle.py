@@ -212,7 +212,7 @@ def _running_trial(url: str, name: str) -> int:
     with Session(engine) as session, session.begin():
         ours = session.scalars(select(Study).where(Study.name == name)).one()
         session.add(Trial(study_id=ours.id, number=number, optuna_trial_id=trial_id,
-                          state="running", params={}, worker="elsewhere:1"))
+                          state="running", params={}, seed=number, worker="elsewhere:1"))
     engine.dispose()
     return number
 
