@@ -1,5 +1,7 @@
 """Errors shown to the user as one line, without a traceback (unless --debug)."""
 
+import re
+
 
 class HpsearchError(Exception):
     """A problem the user can fix; str() is the whole message."""
@@ -15,3 +17,19 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointError(HpsearchError):
     """A checkpoint that cannot be written (full disk, no permission) or read back (corrupt)."""
+
+
+_OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """"out of memory: ..." with the allocator's own words (the size it was asked for) when
+    `exc` is running out of memory, else None. Torch reports it as a RuntimeError from its
+    allocator; one rule for a trial's reason and for a command's error line."""
+    text = " ".join(str(exc).split())
+    if not (isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+            sign in text for sign in _OOM_SIGNS))):
+        return None
+    # "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate ..."
+    allocator = re.search(r"\w*Allocator: .*", text)
+    return f"out of memory: {allocator.group(0) if allocator else text or 'MemoryError'}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 from typer._click.exceptions import ClickException, UsageError  # typer vendors click
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, out_of_memory
 
 UNEXPECTED = "unexpected"  # starts the line of an exception no command turned into a message
 
@@ -26,8 +26,8 @@ def error_line(exc: BaseException) -> str:
         text = exc.format_message()
     elif isinstance(exc, typer.Abort):
         text = "aborted"
-    elif isinstance(exc, MemoryError):
-        text = "out of memory"
+    elif (memory := out_of_memory(exc)) is not None:  # torch's allocator: a RuntimeError
+        text = memory
     elif isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         text = f"{where}{exc.strerror}"

@@ -18,6 +18,7 @@ Two phases, so that the test set cannot influence any choice:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from hpsearch.db.errors import DuplicateRowError
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
-from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.errors import CheckpointError, ConfigError, HpsearchError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
 from hpsearch.search.evaluate import (
@@ -50,6 +51,8 @@ from hpsearch.trainer.epochs_auto import AutoEpochs
 
 SELECTIONS = ("top", "greedy")
 TTA_MODES = ("flip",)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -302,17 +305,23 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
     """(model, autocast dtype, curve, seconds): the stored weights of an earlier retraining
     with this seed and length where they are still on disk (curve None: nothing to store),
     else a retraining on train + validation saved like `hpsearch evaluate`'s."""
-    from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
+    from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
     from hpsearch.trainer.loop import TrainingDiverged, fit
     from hpsearch.trainer.model import build_model
     from hpsearch.trainer.runtime import resolve_precision
 
     number = member.trial.number
-    if earlier is not None and Path(earlier.checkpoint_path).exists():
-        model = build_model(member.params, full.image_shape)
-        model.load_state_dict(load_checkpoint(Path(earlier.checkpoint_path)))
-        dtype = resolve_precision(member.params.precision, dev).autocast_dtype
-        return model.to(dev), dtype, None, earlier.seconds
+    if earlier is not None:
+        # a missing, corrupt or mismatched file alike: the member is retrained, as said here
+        path = Path(earlier.checkpoint_path)
+        try:
+            model = build_model(member.params, full.image_shape)
+            load_weights(model, load_checkpoint(path), path)
+        except CheckpointError as exc:
+            log.warning("trial %d's final weights cannot be used (%s): retrained", number, exc)
+        else:
+            dtype = resolve_precision(member.params.precision, dev).autocast_dtype
+            return model.to(dev), dtype, None, earlier.seconds
     started = time.perf_counter()
     try:
         trained = fit(member.params, full, seed=seed, device=str(dev),

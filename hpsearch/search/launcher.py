@@ -21,10 +21,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 from rich.live import Live
@@ -47,9 +50,56 @@ from hpsearch.stop import signal_name, signum_of
 # sends SIGKILL after 10 s) leaves them to finish that on their own: they already got the signal
 STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
 POLL_S = 1.0
+TAIL_LINES = 20  # a dead worker's last lines kept in memory
+OUTPUT_DRAIN_S = 5.0  # after a worker exited, how long its last output may take to arrive
 # how a worker that was asked to stop exits: 128 + the signal, or killed by it
 STOPPED_CODES = {0, *(128 + s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)),
                  *(-s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))}
+
+
+class WorkerOutput(threading.Thread):
+    """Copies a worker's output (stdout and stderr) into its log file and keeps its last
+    lines: a log that cannot be written (a full disk) must not cost the line that says why
+    the worker died ("worker 0 failed: exit code 1" was all a full log disk left)."""
+
+    def __init__(self, stream: IO[bytes], log_path: Path) -> None:
+        super().__init__(name=f"output of {log_path.name}", daemon=True)
+        self.stream, self.log_path = stream, log_path
+        self.lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self.log_error: str | None = None  # why the log could not be written
+
+    def run(self) -> None:
+        log: IO[bytes] | None = None
+        try:
+            log = open(self.log_path, "ab")  # noqa: SIM115 - kept open while the worker runs
+        except OSError as exc:
+            self.log_error = exc.strerror or str(exc)
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.lines.append(line)
+            if log is not None:
+                try:
+                    log.write(raw)
+                    log.flush()  # a log read while the run goes on is up to date
+                except OSError as exc:
+                    self.log_error = exc.strerror or str(exc)
+                    log = _closed(log)
+        if log is not None:
+            _closed(log)
+
+    def last_line(self) -> str | None:
+        self.join(timeout=OUTPUT_DRAIN_S)  # the worker has exited: the rest is in the pipe
+        last = self.lines[-1] if self.lines else None
+        if self.log_error is None:
+            return last
+        return f"{last or 'no output'} (its log {self.log_path} could not be written: " \
+               f"{self.log_error})"
+
+
+def _closed(log: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):  # a full disk fails the final flush too
+        log.close()
 
 
 @dataclass
@@ -57,6 +107,19 @@ class WorkerProcess:
     index: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    output: WorkerOutput
+
+
+def spawn(index: int, command: list[str], log_path: Path, env: dict[str, str],
+          preexec_fn: Callable[[], None] | None = None) -> WorkerProcess:
+    """Start one worker process, its output going to `log_path` through a WorkerOutput."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                               preexec_fn=preexec_fn)
+    assert process.stdout is not None
+    output = WorkerOutput(process.stdout, log_path)
+    output.start()
+    return WorkerProcess(index, process, log_path, output)
 
 
 def gpu_placement(workers: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
@@ -92,11 +155,7 @@ def start_workers(config: StudyConfig, url: str, workers: int, threads: int | No
             command += ["--timeout", str(timeout)]
         log_path = folder / f"worker-{index}.log"
         worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       env=worker_env, start_new_session=True,
-                                       preexec_fn=die_with_me)
-        started.append(WorkerProcess(index, process, log_path))
+        started.append(spawn(index, command, log_path, worker_env, die_with_me))
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -244,6 +303,5 @@ def failed_workers(workers: list[WorkerProcess]) -> list[tuple[WorkerProcess, st
             if code < 0:  # killed: its log ends wherever it was
                 failures.append((worker, f"killed by {signal.Signals(-code).name}"))
                 continue
-            lines = worker.log_path.read_text(errors="replace").strip().splitlines()
-            failures.append((worker, lines[-1] if lines else f"exit code {code}"))
+            failures.append((worker, worker.output.last_line() or f"exit code {code}"))
     return failures

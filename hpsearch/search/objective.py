@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from optuna.trial import TrialState
 from hpsearch.db.engine import mask_secrets
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.recorder import Recorder
-from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged
+from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged, out_of_memory
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import ObjectiveSpec, epoch_values
 from hpsearch.params import TrialParams
@@ -37,7 +36,6 @@ from hpsearch.stop import interrupted_reason
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # how torch's CPU and CUDA allocators word a failed allocation
-OOM_SIGNS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 def _track_peak(peak: dict[str, Any], primary: ObjectiveSpec, value: float,
@@ -338,11 +336,9 @@ def failure_reason(exc: BaseException) -> str:
     """The reason stored for a trial that failed with `exc`, on one line; running out of
     memory is said plainly (torch reports it as a RuntimeError from its allocator)."""
     text = " ".join(str(exc).split())
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            sign in text for sign in OOM_SIGNS)):
-        # "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't ..."
-        allocator = re.search(r"\w*Allocator: .*", text)
-        return f"out of memory: {allocator.group(0) if allocator else text or 'MemoryError'}"
+    memory = out_of_memory(exc)
+    if memory is not None:
+        return memory
     if isinstance(exc, HpsearchError):  # our own messages are already sentences
         return text
     return f"{type(exc).__name__}: {text}"

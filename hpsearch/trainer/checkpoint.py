@@ -42,3 +42,17 @@ def load_checkpoint(path: Path) -> dict:
         reason = " ".join(str(exc).split())[:120]
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
                               f"{reason})") from exc
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
+    """Load `weights` (read from `path`) into `model`; CheckpointError naming the file and the
+    first mismatch when they do not fit it (another architecture, another size), instead of
+    torch's multi-line RuntimeError."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = details[0] if details else " ".join(str(exc).split())
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {first}".rstrip(".")
+                              + (f" (and {len(details) - 1} more)" if len(details) > 1 else "")
+                              ) from exc

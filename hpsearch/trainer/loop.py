@@ -19,7 +19,7 @@ from torch import nn
 from hpsearch.errors import TrainingDiverged
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import NUM_CLASSES, TrialParams
-from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
+from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
 from hpsearch.trainer.model import build_model, count_parameters
 from hpsearch.trainer.model_file import save_model_file
@@ -160,7 +160,7 @@ class Training:
         self._started = False
         if resume_from is not None:
             state = load_checkpoint(resume_from)
-            self.model.load_state_dict(state["model"])
+            load_weights(self.model, state["model"], resume_from)
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["scheduler"])
             self.gen.set_state(state["generator"])

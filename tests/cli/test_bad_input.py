@@ -461,3 +461,12 @@ def test_a_fifo_as_a_study_file_is_refused_before_it_is_opened(tmp_path: Path,
         f"hpsearch: error: fifo.toml: not a {'study' if command[0] == 'run' else 'config'} "
         "file (not a regular file)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.toml"]
+
+
+def test_train_out_of_memory_names_the_size(tmp_path: Path) -> None:
+    """Torch's allocator failing is a RuntimeError: it read `unexpected RuntimeError`."""
+    proc = hpsearch([*TRAIN, "--set", "channel_mlp_dim=2000000000"], tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "hpsearch: error: out of memory: DefaultCPUAllocator: can't allocate memory: you "
+        "tried to allocate "), proc.stderr

@@ -177,3 +177,27 @@ def test_migration_0006_upgrade_and_downgrade(sqlite_url: str) -> None:
         engine.dispose()
     upgrade(sqlite_url)
     assert schema_drift(sqlite_url) == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "another model"])
+def test_unusable_stored_weights_are_retrained_alike(
+        url: str, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupt member stopped the ensemble while a missing one was retrained."""
+    code, _, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--epochs", "1", "--db", url,
+                       "--device", "cpu")
+    assert code == 0, err
+    [single] = rows(url, Evaluation)
+    weights = Path(single.checkpoint_path)
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "corrupt":
+        weights.write_bytes(b"\0garbage" * 64)
+    else:
+        torch.save({"other.weight": torch.zeros(3)}, weights)
+    code, out, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--ensemble", "2",
+                         "--epochs", "1", "--db", url, "--device", "cpu")
+    assert code == 0, err
+    assert "cannot be used" in caplog.text and "retrained" in caplog.text
+    if damage == "another model":
+        assert "does not fit the model" in caplog.text

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from hpsearch.errors import CheckpointError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
-from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
+from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from hpsearch.trainer.data import Split, TrainValData, load_train_val
 from hpsearch.trainer.loop import (
     CHANCE_PATIENCE,
@@ -441,3 +442,15 @@ def test_configure_threads() -> None:
         assert configure_threads(None) >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_checkpoint_of_another_model_is_one_line(tmp_path: Path) -> None:
+    """Resuming with weights of another size read as `unexpected RuntimeError` (torch's
+    multi-line 'Error(s) in loading state_dict')."""
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, build_model(tiny(hidden_dim=32), (1, 28, 28)).state_dict())
+    with pytest.raises(CheckpointError) as error:
+        load_weights(build_model(tiny(hidden_dim=16), (1, 28, 28)), load_checkpoint(path), path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {path} does not fit the model: size mismatch for ")
