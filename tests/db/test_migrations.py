@@ -399,11 +399,11 @@ def _revisions_below_head() -> list[str]:
 
 @pytest.mark.parametrize("target", _revisions_below_head())
 def test_every_downgrade_says_what_it_drops_and_drops_nothing_else(
-        target: str, tmp_path: Path) -> None:
+        target: str, db_url: str) -> None:
     """Down to `target` and back up, with data in every table: each value that did not come
     back is in the list `hpsearch db downgrade` shows before asking (one step down nulled every
     hps_epoch.fraction, down to 0002 dropped ensembles, tags and notes, both without a word)."""
-    url = f"sqlite:///{tmp_path / 'full.db'}"
+    url = db_url
     _every_table_filled(url)
     before = _snapshot(url)
     losses = downgrade_losses(url, target)
