@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.db import queries
 from hpsearch.db.engine import database_url, normalise_url
 from hpsearch.db.records import EpochRecord, ParetoFront, TrialRecord
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import ConfigError, HpsearchError
 
 if TYPE_CHECKING:
     import pandas
@@ -72,6 +72,7 @@ def run_worker(name: str, db: str | None = None, *, device: str = "auto",
     from hpsearch.search.study_file import check_timeout
     from hpsearch.search.worker import run_worker as run
 
+    _check_name(name)
     check_device(device)
     return run(name, _url(db), device=device,
                timeout=check_timeout(timeout) if timeout is not None else None)
@@ -79,12 +80,14 @@ def run_worker(name: str, db: str | None = None, *, device: str = "auto",
 
 def trials(name: str, db: str | None = None) -> list[TrialRecord]:
     """Every trial of the study in number order, each with its full parameters."""
+    _check_name(name)
     with _reading(db) as conn:
         return list(queries.iter_trials(conn, queries.find_study(conn, name)))
 
 
 def best_trial(name: str, db: str | None = None) -> TrialRecord | None:
     """The study's best trial, by the same rule as `hpsearch best`; None before any finished."""
+    _check_name(name)
     with _reading(db) as conn:
         return queries.best_trial(conn, queries.find_study(conn, name))
 
@@ -93,12 +96,14 @@ def pareto_front(name: str, db: str | None = None) -> ParetoFront:
     """The study's Pareto front, as `hpsearch best NAME --pareto` prints it: `trials` (best
     first objective first), `values` (trial number -> one value per objective), `chosen` (the
     trial `best_trial` returns) and `objectives`. For one objective: the trials tied for best."""
+    _check_name(name)
     with _reading(db) as conn:
         return queries.pareto(conn, queries.find_study(conn, name))
 
 
 def epochs(name: str, db: str | None = None) -> list[EpochRecord]:
     """Every epoch row of every trial of the study, ordered by trial number and epoch."""
+    _check_name(name)
     with _reading(db) as conn:
         return list(queries.iter_epochs(conn, queries.find_study(conn, name)))
 
@@ -125,7 +130,8 @@ def export_model(name: str, path: str | Path, db: str | None = None, *,
     peak epoch, resolved params, seed and input normalisation in one file."""
     from hpsearch.search.model_export import export_model as export
 
-    return export(name, Path(path), db, trial=trial)
+    _check_name(name)
+    return export(name, Path(path), _url(db), trial=trial)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -138,7 +144,16 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 def _url(db: str | None) -> str:
+    """The database URL, checked as `--db` is (a wrong type is a ConfigError, not Python's
+    TypeError from deep inside)."""
+    if db is not None and not isinstance(db, str):
+        raise ConfigError(f"db must be a database URL (text) or None, got {type(db).__name__}")
     return normalise_url(database_url(db))
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise ConfigError(f"study name must be text, got {type(name).__name__}")
 
 
 @contextmanager

@@ -162,3 +162,21 @@ def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path:
     assert summary.complete + summary.pruned == 1
     for name in (composed, decomposed):
         assert [t.number for t in api.trials(name, sqlite_url)] == [0]
+
+
+@pytest.mark.parametrize("call", [
+    lambda url: api.run_worker(None, url),  # type: ignore[arg-type]
+    lambda url: api.trials(3, url),  # type: ignore[arg-type]
+    lambda url: api.best_trial(None, url),  # type: ignore[arg-type]
+    lambda url: api.epochs(b"tiny", url),  # type: ignore[arg-type]
+    lambda url: api.export_model(None, "m.pt", url),  # type: ignore[arg-type]
+    lambda url: api.trials("tiny", 3),  # type: ignore[arg-type]
+], ids=["run_worker-None", "trials-int", "best_trial-None", "epochs-bytes", "export-None",
+        "trials-db-int"])
+def test_api_arguments_of_the_wrong_type_are_config_errors(call: Callable[[str], object],
+                                                           tmp_path: Path) -> None:
+    """run_worker(None) raised a bare TypeError after creating the database file."""
+    db = tmp_path / "never.db"
+    with pytest.raises(ConfigError, match="must be"):
+        call(f"sqlite:///{db}")
+    assert not db.exists()
