@@ -39,9 +39,9 @@ from hpsearch.params import ImageCounts
 from hpsearch.search.toml_values import typed_value
 from hpsearch.spec import FinalAsk
 
-# from the search's last epoch to the final's first: the workers exiting, importing torch,
-# reading the whole training set and the test set (measured 25-35 s on 2 busy cores)
-SETUP_S = 30.0
+# from the search's last epoch to the final's first: the workers exiting (~10 s), importing
+# torch, reading the whole training set and the test set (~28 s; measured on 2 busy cores)
+SETUP_S = 40.0
 # aimed at: 97.5% of the hours, the middle of the target (90-105%), as the estimates err both
 # ways (a busier machine, a first epoch slower than the median)
 MARGIN_SHARE = 0.025
@@ -139,14 +139,18 @@ class Plan:
 
 
 def speeds(epochs: Sequence[EpochTime], counts: ImageCounts) -> dict[int, Speed]:
-    """Each trial's speed: the median over its epochs (the first epoch of a process carries
-    one-time costs that a mean would spread over the rest)."""
+    """Each trial's speed, from its epochs on the largest share of the data it reached (the
+    final trains on more data still, and a small share may run faster per image, its images
+    staying in the CPU's caches): their median, as the first epoch of a process carries
+    one-time costs that a mean would spread over the rest."""
     by_trial: dict[int, list[EpochTime]] = {}
     for epoch in epochs:
         if epoch.images_per_s > 0 and epoch.seconds > 0:
             by_trial.setdefault(epoch.trial, []).append(epoch)
     out: dict[int, Speed] = {}
-    for trial, rows in by_trial.items():
+    for trial, all_rows in by_trial.items():
+        largest = max(r.fraction or 1.0 for r in all_rows)
+        rows = [r for r in all_rows if (r.fraction or 1.0) == largest]
         train = [1.0 / r.images_per_s for r in rows]
         # what the epoch took beyond training its images is the validation pass
         evals = [max(0.0, r.seconds - counts.train * (r.fraction or 1.0) / r.images_per_s)

@@ -39,6 +39,13 @@ def test_speeds_split_an_epoch_into_training_and_validation() -> None:
                        epoch(0, 10.0, 1.0)], COUNTS)
     assert measured[0].train_s_per_image == pytest.approx(10.0 / 1000)
     assert measured[0].eval_s_per_image == pytest.approx(1.0 / 100)
+    # a trial that reached the whole split is priced from its epochs there: a fifth of the
+    # data ran faster per image (it stayed in the caches), the final trains on more still
+    assert measured[0].train_s_per_image == pytest.approx(
+        speeds([epoch(0, 10.0, 1.0), epoch(0, 1.0, 1.0, fraction=0.2)], COUNTS)[0]
+        .train_s_per_image)
+    small = speeds([epoch(2, 1.0, 1.0, fraction=0.2), epoch(2, 1.5, 1.0, fraction=0.2)], COUNTS)
+    assert small[2].train_s_per_image == pytest.approx(1.25 / 200)
     # the median: one slow epoch (a process's first) does not move the price
     slow_first = speeds([epoch(1, 50.0, 1.0), epoch(1, 10.0, 1.0), epoch(1, 10.0, 1.0)], COUNTS)
     assert slow_first[1].train_s_per_image == pytest.approx(10.0 / 1000)
