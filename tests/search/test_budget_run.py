@@ -51,3 +51,19 @@ def test_a_run_without_a_budget_clears_limits_left_behind(
                        "--threads", "1", "--top", "0")
     assert code == 0, err
     assert [t.state for t in stored_trials(url, "tiny")] == ["complete", "complete"]
+
+
+@pytest.mark.parametrize(("hours", "message"), [
+    ("0", "--hours: hours must be positive, got 0.0"),
+    ("-2", "--hours: hours must be positive, got -2.0"),
+    ("nan", "must be a finite number"),
+    ("1e9", "--hours: hours must be at most 10,000.0"),
+])
+def test_a_bad_hours_option_is_one_line_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        hours: str, message: str) -> None:
+    path = write_tiny_study(tmp_path)
+    code, out, err = hps(capsys, monkeypatch, "run", str(path), "--db",
+                         f"sqlite:///{tmp_path / 'h.db'}", "--hours", hours)
+    assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "h.db").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -310,7 +311,12 @@ def test_an_hours_budget_reads_the_test_split_once_per_seed_after_every_choice(
     assert [r.seed for r in ensemble_rows(url)] == [0, 1]
     assert "hours budget 1:00:00: search, then the final models (an ensemble of the 2 best " \
         "trials x 2 seed(s)" in out
-    assert "budget 1:00:00: search planned" in out
+    # each progress line says where the budget stands, the last one what was planned and used
+    assert re.search(r"finished \d+/3 .*  budget 1:00:00: search 0:00:\d\d of \d:\d\d:\d\d "
+                     r"planned, final (~0:\d\d:\d\d|not yet measured), left 0:\d\d:\d\d", out)
+    assert re.search(r"^budget 1:00:00: search planned \d:\d\d:\d\d, used 0:\d\d:\d\d; final "
+                     r"planned 0:\d\d:\d\d, used 0:\d\d:\d\d; used 0:\d\d:\d\d \(\d+\.\d%\), "
+                     r"left 0:\d\d:\d\d$", out, re.MULTILINE)
     # the limits are cleared for later workers; what was planned and used stays on the study
     study = optuna.load_study(study_name="hours", storage=url)
     assert study._storage.get_study_system_attrs(study._study_id)[BUDGET_LIMITS_KEY] is None
