@@ -32,18 +32,8 @@ from hpsearch.db.optuna_tables import DEFAULT_GRACE_S, studies_with_live_trials
 from hpsearch.db.session import begin_write, connection_scope
 from hpsearch.errors import HpsearchError
 
-
-def _script_location() -> Path:
-    """The migrations: hpsearch/_alembic in an installed wheel (setup.py maps the repository's
-    alembic/ folder there), else alembic/ at the top of the checkout. The wheel's copy is
-    looked for first: two folders above an installed package is site-packages, where
-    `alembic` is the Alembic library itself."""
-    here = Path(__file__).resolve()
-    installed = here.parents[1] / "_alembic"
-    return installed if installed.is_dir() else here.parents[2] / "alembic"
-
-
-SCRIPT_LOCATION = _script_location()
+# the package's link to the top-level alembic/ folder, copied into the wheel (pyproject.toml)
+SCRIPT_LOCATION = Path(__file__).resolve().parents[1] / "_alembic"
 VERSION_TABLE = "hps_alembic_version"
 TABLE_PREFIX = "hps_"
 # Key of the PostgreSQL advisory lock that serialises upgrades from workers starting together.

@@ -22,7 +22,7 @@ from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]
 # what a build reads; copied so the build leaves nothing in the checkout
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "hpsearch", "alembic")
+SOURCES = ("pyproject.toml", "README.md", "hpsearch", "alembic")
 pytestmark = pytest.mark.slow
 
 
