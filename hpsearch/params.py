@@ -169,6 +169,24 @@ class TrialParams:
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialParams))
 
+# The trainer options that act only under a choice of another (hpsearch.trainer: make_optimizer,
+# Schedule, Augmentation, build_model): option -> (that choice, the values under which it acts).
+# A study searches and records an option only where it acts (hpsearch.spec.StudyConfig.resolve).
+APPLIES_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
+    **dict.fromkeys(("patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim",
+                     "num_blocks"), ("model", ("mixer",))),
+    **dict.fromkeys(("mlp_width", "mlp_layers"), ("model", ("mlp",))),
+    **dict.fromkeys(("momentum", "nesterov"), ("optimizer", ("sgd",))),
+    **dict.fromkeys(("beta1", "beta2", "eps"), ("optimizer", ("adam", "adamw", "radam"))),
+    "warmup_epochs": ("scheduler", ("cosine",)),
+    "min_lr": ("scheduler", ("cosine", "plateau")),
+    "step_size": ("scheduler", ("step",)),
+    "gamma": ("scheduler", ("step", "plateau")),
+    **dict.fromkeys(("plateau_metric", "plateau_mode", "plateau_patience", "plateau_threshold",
+                     "plateau_cooldown"), ("scheduler", ("plateau",))),
+    **dict.fromkeys(("crop_padding", "hflip", "random_erasing"), ("augment", (True,))),
+}
+
 
 def param_type(name: str) -> type:
     return type(getattr(TrialParams(), name))

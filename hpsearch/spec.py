@@ -141,10 +141,6 @@ class StudyConfig:
                              else defaults[name])
         return out
 
-    def params_for(self, sampled: dict[str, Any]) -> TrialParams:
-        """What a trial with these searched values trains with."""
-        return TrialParams.from_dict(self.resolve(lambda name, _dim: sampled[name]))
-
     def spec_json(self) -> dict[str, Any]:
         """What a trial of this study means, as stored once at its creation."""
         data = dataclasses.asdict(self.data)

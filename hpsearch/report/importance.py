@@ -22,7 +22,9 @@ def param_importances(space: dict[str, Any], rows: Sequence[tuple[int, float, di
     in-memory Optuna study of our complete trials with the distributions the study sampled
     from, as stored on the study row (`space`). That is the same input as Optuna's stored study
     (for the first objective, in its direction: our `value`), without loading every trial
-    through Optuna's storage: about 2 s instead of 15 s for 10,000 trials.
+    through Optuna's storage: about 2 s instead of 15 s for 10,000 trials. A trial holds only
+    the parameters that acted in it, so a conditional one (momentum under SGD) is weighed by
+    PED-ANOVA's regimes: over the trials where it acted.
     """
     if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
         return None, (f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -34,8 +35,15 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
     study seed and the worker index, so runs are reproducible."""
     seed = config.seed + worker_index + 1000 * existing_trials
     if config.sampler == "tpe":
-        # constant_liar: a running trial counts as a bad result, so workers don't pile onto it
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        # constant_liar: a running trial counts as a bad result, so workers don't pile onto it.
+        # group: with conditional parameters (momentum only for SGD) the trials do not all share
+        # one space; grouped multivariate TPE models each set of parameters that occur together
+        # on the trials where they did, where plain multivariate TPE falls back to sampling
+        # every parameter independently as soon as the spaces differ
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              constant_liar=True)
     if config.sampler == "nsga2":  # the genetic multi-objective sampler
         return optuna.samplers.NSGAIISampler(seed=seed)
     if config.sampler == "random":

@@ -59,6 +59,7 @@ def settings(config: StudyConfig) -> dict[str, Any]:
         "dry_run.seconds_per_epoch": config.dry_run,
     }
     out["budget.rungs"] = [dataclasses.astuple(r) for r in config.rungs]
+    out |= {f"space.{name}.when": on for name, on in config.conditions.items()}
     out["budget.hours"] = config.hours
     out["budget.final"] = dataclasses.asdict(config.final)
     out |= {f"pruner.{k}": v for k, v in config.pruner_options.items()}
@@ -73,6 +74,8 @@ def compare(stored: StudyConfig, new: StudyConfig) -> list[Change]:
     """The differences, but for n_trials: each run states its own target."""
     old_values, new_values = settings(stored), settings(new)
     old_values["study.n_trials"] = new_values["study.n_trials"]
+    if not stored.conditions:  # made before conditional spaces: sampled flat, and stays so
+        new_values = {k: v for k, v in new_values.items() if not k.endswith(".when")}
     keys = sorted(old_values.keys() | new_values.keys())
     return [Change(k, old_values.get(k), new_values.get(k)) for k in keys
             if old_values.get(k) != new_values.get(k)]

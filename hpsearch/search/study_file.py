@@ -19,6 +19,7 @@ from typing import Any
 from hpsearch.errors import ConfigError
 from hpsearch.objectives import parse_objectives
 from hpsearch.params import (
+    APPLIES_WHEN,
     MIN_TRAIN_IMAGES,
     PARAM_NAMES,
     DataOptions,
@@ -27,7 +28,15 @@ from hpsearch.params import (
 )
 from hpsearch.search.budget import parse_final, parse_hours
 from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
-from hpsearch.spec import Categorical, Dimension, Range, Rung, StudyConfig, WorkerOptions
+from hpsearch.spec import (
+    Categorical,
+    Conditions,
+    Dimension,
+    Range,
+    Rung,
+    StudyConfig,
+    WorkerOptions,
+)
 
 SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "qmc", "grid")  # Optuna's CMA-ES: one
@@ -100,6 +109,13 @@ def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
         )
     kind = param_type(name)
     label = f"{where}: space.{name}"
+    if isinstance(spec, dict) and "choices" in spec:  # the table form of a list, for `when`
+        if set(spec) != {"choices"}:
+            raise ConfigError(f"{label}: a table with choices takes when, not "
+                              f"{', '.join(sorted(set(spec) - {'choices'}))}")
+        spec = spec["choices"]
+        if not isinstance(spec, list):
+            raise ConfigError(f"{label}: choices must be a list")
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"{label}: an empty list has nothing to choose from")
@@ -353,12 +369,17 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
     config.fixed["epochs"] = max_epochs
+    declared: dict[str, Any] = {}  # [space] name = {..., when = {...}}
     for key, spec in space_doc.items():
+        if isinstance(spec, dict) and "when" in spec:
+            spec = {k: v for k, v in spec.items() if k != "when"}
+            declared[key] = space_doc[key]["when"]
         dim = parse_dimension(where, key, spec)
         if isinstance(dim, Categorical | Range):
             config.space[key] = dim
         else:
             config.fixed[key] = dim
+    config.conditions = parse_conditions(config, declared, where)
     _check_constraints(config, where)
     if config.sampler == "grid":
         try:
@@ -366,6 +387,50 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return config
+
+
+def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) -> Conditions:
+    """Which parameters act only under a choice of another: the trainer's own (APPLIES_WHEN)
+    and the file's `when = {parameter = value or [values]}` on a searched one; all must hold.
+    A searched parameter that can never act is an error: its trials would sample nothing."""
+    conditions = {name: {parent: values} for name, (parent, values) in APPLIES_WHEN.items()}
+    for name, when in declared.items():
+        label = f"{where}: space.{name}.when"
+        if not isinstance(when, dict) or not when or name in config.fixed:
+            raise ConfigError(f"{label} must be a table such as {{ optimizer = \"sgd\" }} on "
+                              "a searched parameter")
+        for parent, wanted in when.items():
+            if parent not in PARAM_NAMES or parent in (name, "epochs"):
+                raise ConfigError(f"{label}: {parent!r} is not another parameter")
+            if isinstance(config.space.get(parent), Range):
+                raise ConfigError(f"{label}: {parent} is a range; a condition names a choice "
+                                  "(a list in [space]) or a fixed value")
+            values = tuple(typed_value(label, parent, v, param_type(parent))
+                           for v in (wanted if isinstance(wanted, list) else [wanted]))
+            own = conditions.setdefault(name, {})
+            own[parent] = tuple(v for v in own.get(parent, values) if v in values)
+    for name in conditions:  # a parameter that depends on itself would never be resolved
+        todo, seen = list(conditions[name]), set()
+        while todo:
+            parent = todo.pop()
+            if parent == name:
+                raise ConfigError(f"{where}: space.{name}: its conditions lead back to it")
+            if parent not in seen:
+                seen.add(parent)
+                todo.extend(conditions.get(parent, {}))
+    defaults = TrialParams().to_dict()
+    for name in config.space:
+        for parent, values in conditions.get(name, {}).items():
+            dim = config.space.get(parent)
+            can_be = (dim.choices if isinstance(dim, Categorical)
+                      else (config.fixed.get(parent, defaults[parent]),))
+            if not set(can_be) & set(values):
+                shown = (f"searched over {list(can_be)}" if dim else
+                         f"fixed at {can_be[0]!r}" if parent in config.fixed else
+                         f"{can_be[0]!r} by default")
+                raise ConfigError(f"{where}: space.{name} never acts: it acts only when {parent} "
+                                  f"is {' or '.join(map(repr, values))}, and {parent} is {shown}")
+    return conditions
 
 
 def _check_constraints(config: StudyConfig, where: str) -> None:

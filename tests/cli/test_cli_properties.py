@@ -36,7 +36,7 @@ from hpsearch.cli import app
 from hpsearch.cli.oneline import UNEXPECTED
 from hpsearch.db.migrate import _script, head_revision
 from hpsearch.errors import ConfigError
-from hpsearch.params import INT_MAX, PARAM_NAMES
+from hpsearch.params import INT_MAX, PARAM_NAMES, TrialParams
 from hpsearch.search.study_file import Categorical, Range, parse_study
 from hpsearch.trainer import data as data_mod
 from tests.cli.test_bad_input import VALID_STUDY, clean_env
@@ -392,7 +392,7 @@ def test_an_accepted_study_can_be_stored_and_every_corner_is_a_valid_model(study
         corners = dim.choices if isinstance(dim, Categorical) else (dim.low, dim.high)
         assert isinstance(dim, Categorical | Range)
         for corner in corners:
-            config.params_for({name: corner})
+            TrialParams.from_dict({**config.fixed, name: corner})
 
 
 def test_db_downgrade_minus_one_works_as_its_help_says(recorded: Path, tmp_path: Path) -> None:

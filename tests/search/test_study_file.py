@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpsearch.errors import ConfigError
+from hpsearch.params import TrialParams
 from hpsearch.search.run_file import parse_assignments
 from hpsearch.search.study_file import Categorical, Range, grid_values, parse_study
 
@@ -36,7 +37,8 @@ def test_space_kinds() -> None:
     assert config.space["lr"] == Range(1e-4, 1e-2, log=True, is_int=False)
     assert config.space["num_blocks"].is_int
     assert config.fixed["optimizer"] == "adamw"
-    assert config.params_for({"patch_size": 7, "lr": 0.001, "num_blocks": 2}).patch_size == 7
+    sampled = {"patch_size": 7, "lr": 0.001, "num_blocks": 2}
+    assert TrialParams.from_dict(config.resolve(lambda n, _d: sampled[n])).patch_size == 7
 
 
 @pytest.mark.parametrize(("doc", "message"), [
@@ -160,9 +162,9 @@ def test_scheduler_and_optimiser_options_are_searchable_and_fixable() -> None:
     assert config.space["nesterov"] == Categorical((True, False))
     assert config.space["plateau_patience"] == Range(0, 10, is_int=True)
     assert config.fixed["plateau_metric"] == "val_acc" and config.fixed["eps"] == 1e-7
-    params = config.params_for({"optimizer": "sgd", "momentum": 0.9, "nesterov": True,
-                                "beta2": 0.98, "plateau_patience": 3,
-                                "plateau_threshold": 1e-3})
+    sampled = {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "beta2": 0.98,
+               "plateau_patience": 3, "plateau_threshold": 1e-3}
+    params = TrialParams.from_dict(config.resolve(lambda n, _d: sampled[n]))
     assert (params.nesterov, params.plateau_patience, params.plateau_direction) == (True, 3, "max")
 
 
