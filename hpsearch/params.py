@@ -279,9 +279,13 @@ class DataOptions:
     val_fraction: float = 0.1
     subset: int | None = None  # use only this many training images (before the split)
     synthetic_size: int = 1200  # training images of the synthetic dataset
+    # how far a synthetic image may lean towards another class (trainer/data.py synthetic_raw)
+    synthetic_blend: float = 0.0
 
     def __post_init__(self) -> None:
         dataset_shape(self.dataset)
+        if not 0.0 <= self.synthetic_blend < 1.0:
+            raise ConfigError(f"synthetic_blend must be in [0, 1), got {self.synthetic_blend}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.subset is not None and self.subset < MIN_TRAIN_IMAGES:

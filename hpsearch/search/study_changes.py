@@ -13,7 +13,7 @@ kinds:
   n_trials is no difference: each run states its target (the file's, or `run --trials`).
 - incompatible: the spec, what a trial is: the search space, its conditions and the fixed
   parameters, the epoch budget, the seed, the objectives, and the data (dataset, validation
-  share, subset, synthetic size). Refused: such a study needs a new name.
+  share, subset, synthetic size and blend). Refused: such a study needs a new name.
 
 Values are compared after parsing, with defaults filled in, so writing out a default that the
 stored file left implicit (`precision = "fp32"`) is no change. No torch, no SQL here.

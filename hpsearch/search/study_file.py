@@ -96,6 +96,8 @@ def parse_data(table: dict[str, Any], where: str) -> DataOptions:
             synthetic_size=typed_value(where, "synthetic_size",
                                        table.get("synthetic_size", 1200), int,
                                        minimum=50, maximum=MAX_SYNTHETIC_SIZE),
+            synthetic_blend=typed_value(where, "synthetic_blend",
+                                        table.get("synthetic_blend", 0.0), float),
         )
     except ConfigError as exc:
         raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
@@ -344,7 +346,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         seed=typed_value(where, "seed", study.get("seed", 0), int, minimum=0),
         min_epochs=min_epochs,
         data=parse_data(check_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
-                                             "synthetic_size"}, where), where),
+                                             "synthetic_size", "synthetic_blend"}, where),
+                        where),
         workers=WorkerOptions(
             heartbeat_interval=typed_value(where, "heartbeat_interval",
                                            workers.get("heartbeat_interval", 30), int, minimum=1),

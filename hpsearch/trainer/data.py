@@ -305,15 +305,24 @@ def _warn_passed_over(dataset: str, passed: list[Path]) -> None:
                         folder, "no such folder" if not folder.is_dir() else "no dataset files")
 
 
-def synthetic_raw(n: int, seed: int, shape: tuple[int, int, int] = (1, 28, 28)
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A learnable toy dataset with real shapes: each class is a fixed random pattern plus noise."""
+def synthetic_raw(n: int, seed: int, shape: tuple[int, int, int] = (1, 28, 28),
+                  blend: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy dataset with real shapes: each class is a fixed random pattern plus
+    noise. With `blend`, each image also leans towards another class's pattern, by a uniform
+    share up to `blend`: past half-way it looks like the other class, so no model solves the
+    set, and how close one gets depends on its settings (a toy search that does not saturate).
+    """
     gen = torch.Generator().manual_seed(1234)  # same class patterns for every split
     prototypes = torch.rand((NUM_CLASSES, *shape), generator=gen) * 200
     gen.manual_seed(seed)
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
     noise = torch.randn((n, *shape), generator=gen) * 60
-    images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
+    patterns = prototypes[labels]
+    if blend:  # drawn after the noise: without a blend, the images of earlier releases
+        others = (labels + torch.randint(1, NUM_CLASSES, (n,), generator=gen)) % NUM_CLASSES
+        share = torch.rand((n, 1, 1, 1), generator=gen) * blend
+        patterns = (1 - share) * patterns + share * prototypes[others]
+    images = (patterns + noise).clamp(0, 255).to(torch.uint8)
     return images, labels
 
 
@@ -325,7 +334,8 @@ def load_train_val(options: DataOptions, seed: int) -> TrainValData:
     """The training set, split into train and validation by a permutation seeded by `seed`."""
     dataset_shape(options.dataset)
     if options.dataset == "synthetic":
-        images, labels = synthetic_raw(options.synthetic_size, seed=0)
+        images, labels = synthetic_raw(options.synthetic_size, seed=0,
+                                       blend=options.synthetic_blend)
     else:
         images, labels = load_raw(options.dataset, options.data_dir, train=True)
     gen = torch.Generator().manual_seed(seed)
@@ -350,7 +360,8 @@ def load_full_train(options: DataOptions) -> TrainValData:
     """The whole training set (train + validation) for retraining a final model: an empty
     validation split, and the statistics the test set must be normalised with."""
     if options.dataset == "synthetic":
-        images, labels = synthetic_raw(options.synthetic_size, seed=0)
+        images, labels = synthetic_raw(options.synthetic_size, seed=0,
+                                       blend=options.synthetic_blend)
     else:
         images, labels = load_raw(options.dataset, options.data_dir, train=True)
     mean, std = _stats(images)
@@ -362,7 +373,8 @@ def load_full_train(options: DataOptions) -> TrainValData:
 def load_test_split(options: DataOptions, mean: float, std: float) -> Split:
     """The test set, normalised with the training statistics. Only final evaluation calls this."""
     if options.dataset == "synthetic":
-        images, labels = synthetic_raw(synthetic_test_size(options.synthetic_size), seed=1)
+        images, labels = synthetic_raw(synthetic_test_size(options.synthetic_size), seed=1,
+                                       blend=options.synthetic_blend)
     else:
         images, labels = load_raw(options.dataset, options.data_dir, train=False)
     return Split(_normalise(images, mean, std), labels)

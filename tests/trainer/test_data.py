@@ -440,3 +440,22 @@ def test_a_data_dir_without_the_dataset_is_named_once_when_it_is_found_elsewhere
     caplog.clear()
     load_raw("fashion-mnist", str(isolated / "elsewhere"), train=True, download=False)
     assert not caplog.records  # found where the user said: nothing to say
+
+
+def test_a_blended_synthetic_set_is_never_solved() -> None:
+    """synthetic_blend (the toy study's): the nearest class pattern, as good as any model can
+    do, is right on nearly every plain image but misses a share of the blended ones; the
+    plain images are those of a set without the option."""
+    plain, plain_labels = synthetic_raw(2000, seed=0)
+    assert torch.equal(plain, synthetic_raw(2000, seed=0, blend=0.0)[0])
+    centres = torch.stack([plain[plain_labels == c].float().mean(0) for c in range(10)])
+
+    def nearest_pattern_accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+        distances = torch.cdist(images.float().flatten(1), centres.flatten(1))
+        return (distances.argmin(1) == labels).float().mean().item()
+
+    assert nearest_pattern_accuracy(*synthetic_raw(1000, seed=1)) > 0.99
+    blended = nearest_pattern_accuracy(*synthetic_raw(1000, seed=1, blend=0.55))
+    assert 0.5 < blended < 0.97, blended
+    with pytest.raises(ConfigError, match="synthetic_blend must be in"):
+        DataOptions(dataset="synthetic", synthetic_blend=1.0)
