@@ -167,15 +167,16 @@ def trials(
              fmt.value, columns=columns, fit=not show_all)
 
 
-def print_leaderboard(url: str, name: str, top: int) -> None:
-    """The `top` best trials as a terminal table (used by `hpsearch run` at its end)."""
+def print_leaderboard(url: str, name: str, top: int, *, ranked: bool = True) -> None:
+    """The `top` best trials as a terminal table (used by `hpsearch run` at its end);
+    `ranked`: the parameters by importance on a terminal (which imports Optuna)."""
     from hpsearch.db import queries
     from hpsearch.report.leaderboard import leaderboard_sheet
 
     with connect(url) as conn:
         study = queries.find_study(conn, name)
         emit(leaderboard_sheet(conn, study, queries.leaderboard(conn, study, top=top),
-                               ranked=_on_terminal()), "table")
+                               ranked=ranked and _on_terminal()), "table")
 
 
 def _on_terminal() -> bool:

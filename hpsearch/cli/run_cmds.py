@@ -101,19 +101,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
          update: bool, console: Console, gpus_option: str | None = None,
          per_gpu_option: int | None = None, hours_option: float | None = None,
          began: float | None = None) -> None:
+    from hpsearch.cores import gpu_placement
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.files import writable_folder
     from hpsearch.paths import checkpoint_folder, study_slug
-    from hpsearch.search.control import study_halt
-    from hpsearch.search.launcher import (
-        WorkerProcess,
-        failed_workers,
-        gpu_placement,
-        start_workers,
-        stop_workers,
-        supervise,
-    )
-    from hpsearch.search.study import prepare_study
     from hpsearch.search.study_file import load_study, parse_gpus, parse_hours
     from hpsearch.stop import exit_code, signal_name, signum_of
 
@@ -132,10 +123,29 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
     writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
+    changes = _check_stored_config(config, url, update)
+    done = None if hours is not None or changes else _nothing_to_do(url, config.name,
+                                                                    trials or config.n_trials)
+    if done is not None:  # no worker starts, so where they would run does not matter
+        console.print(done, highlight=False, markup=False, soft_wrap=True)
+        if top:
+            from hpsearch.cli.query_cmds import print_leaderboard
+
+            print_leaderboard(url, config.name, top, ranked=False)
+        return
     import optuna
 
+    from hpsearch.search.control import study_halt
+    from hpsearch.search.launcher import (
+        WorkerProcess,
+        failed_workers,
+        start_workers,
+        stop_workers,
+        supervise,
+    )
+    from hpsearch.search.study import prepare_study
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
-    changes = _check_stored_config(config, url, update)
     prepare_study(config, url, trials)
     if changes:
         from hpsearch.db.engine import make_engine
@@ -294,12 +304,17 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
     import logging
     import os
 
-    import optuna
-
-    from hpsearch.db.engine import database_url
-    from hpsearch.search.worker import run_worker, worker_name
+    from hpsearch.db.engine import database_url, normalise_url
 
     check_device(device)
+    done = _nothing_to_do(normalise_url(database_url(db)), name)
+    if done is not None:
+        typer.echo(done)
+        return
+    import optuna
+
+    from hpsearch.search.worker import run_worker, worker_name
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl" noise on stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -310,6 +325,24 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
                          timeout=timeout, threads=threads)
     typer.echo(f"worker done: {summary.complete} complete, {summary.pruned} pruned, "
                f"{summary.failed} failed")
+
+
+def _nothing_to_do(url: str, name: str, target: int | None = None) -> str | None:
+    """The line to print when study `name` already has `target` finished trials (default: the
+    target its stored settings set), else None (or no such study yet). From our rows alone: a
+    command with nothing to do answers before it imports Optuna or torch and loads any data.
+    """
+    from hpsearch.db.migrate import ensure_schema, reading
+    from hpsearch.db.queries import finished_trials
+
+    ensure_schema(url)  # as the command would next: the same answer for a new database
+    with reading(url) as conn:
+        found = finished_trials(conn, name)
+    if found is None or found[0] < (target or found[1]):
+        return None
+    done, target = found[0], target or found[1]
+    return (f"study {name}: {done} of {target} trials finished already, nothing to run "
+            "(raise n_trials, or pass --trials N, to go on)")
 
 
 def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Change]:

@@ -110,6 +110,19 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
                      utc(study.created_at), study.note)
 
 
+def finished_trials(conn: Connection, name: str) -> tuple[int, int] | None:
+    """(the trials of study `name` finished as its workers count them: complete or pruned,
+    the trial target its stored settings set), or None when there is no such study. From our
+    rows, without Optuna: `run` and `worker` find out this way that there is nothing to do."""
+    study = conn.execute(select(Study.__table__).where(study_named(name))).first()
+    if study is None:
+        return None
+    check_link(conn, study)
+    done = conn.scalar(select(func.count(Trial.id)).where(
+        Trial.study_id == study.id, Trial.state.in_(("complete", "pruned"))))
+    return int(done or 0), int((study.settings or {})["n_trials"])
+
+
 # --- the one definition of "best" --------------------------------------------------------
 
 BEST_STATES = ("complete",)

@@ -33,13 +33,12 @@ from rich.console import Console
 from rich.live import Live
 from sqlalchemy import Engine
 
-from hpsearch.cores import available_cores
+from hpsearch.cores import available_cores, gpu_placement
 from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.queries import read_progress
 from hpsearch.db.records import StudyProgress
 from hpsearch.db.session import connection_scope
-from hpsearch.errors import ConfigError
 from hpsearch.paths import study_slug
 from hpsearch.search.hours import BudgetKeeper
 from hpsearch.search.progress import render_progress, summary_line
@@ -120,18 +119,6 @@ def spawn(index: int, command: list[str], log_path: Path, env: dict[str, str],
     output = WorkerOutput(process.stdout, log_path)
     output.start()
     return WorkerProcess(index, process, log_path, output)
-
-
-def gpu_placement(workers: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
-    """The GPU (a CUDA_VISIBLE_DEVICES value) of each local worker: round-robin over `gpus`,
-    so that fewer workers than slots still spread over every GPU, at most `per_gpu` on one.
-    Without GPUs every worker gets None (its --device decides)."""
-    if not gpus:
-        return [None] * workers
-    if workers > len(gpus) * per_gpu:
-        raise ConfigError(f"{workers} workers do not fit on {len(gpus)} GPU(s) with "
-                          f"{per_gpu} worker(s) per GPU; raise --workers-per-gpu or add GPUs")
-    return [gpus[index % len(gpus)] for index in range(workers)]
 
 
 def start_workers(config: StudyConfig, url: str, workers: int, threads: int | None,

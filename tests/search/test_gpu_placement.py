@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hpsearch.cores import gpu_placement
 from hpsearch.errors import ConfigError
-from hpsearch.search.launcher import gpu_placement
 from hpsearch.search.study_file import load_study, parse_gpus
 from tests.study_files import write_tiny_study
 
