@@ -4,6 +4,7 @@ added (bench/race.py runs this in a process of its own after every arm×seed).""
 
 from __future__ import annotations
 
+import html
 import json
 import statistics
 from datetime import UTC, datetime
@@ -73,6 +74,8 @@ def anytime_figure(results: dict[str, list[dict[str, Any]]], budget_s: float,
             x=[t / 60 for t in grid], y=means, mode="lines", name=LABELS[arm],
             line={"color": color, "width": 2, "shape": "hv"},
             hovertemplate=f"{LABELS[arm]}<br>%{{x:.1f}} min: %{{y:.4f}}<extra></extra>"))
+    fig.add_vline(x=budget_s / 120, line={"dash": "dot", "color": "#999", "width": 1},
+                  annotation_text="half the budget", annotation_position="bottom right")
     fig.update_layout(**{**LAYOUT, "title": {"text": f"Best validation accuracy so far, mean "
                                              f"over seeds ({size} race)"},
                          "xaxis_title": "minutes since the arm started (of its budget)",
@@ -93,12 +96,23 @@ def table_rows(results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
     return rows
 
 
+HEAD = ["arm", "seeds", "test accuracy, mean ± std (per seed)", "best validation (mean)",
+        "budget used", "CPU cores used (mean)"]
+
+
 def markdown_table(results: dict[str, list[dict[str, Any]]]) -> str:
-    head = ["arm", "seeds", "test accuracy, mean ± std (per seed)", "best validation (mean)",
-            "budget used", "CPU cores used (mean)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     return "\n".join(lines)
+
+
+def html_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    def row(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c.replace('**', ''))}</{tag}>"
+                                for c in cells) + "</tr>"
+
+    body = "\n".join(row(cells, "td") for cells in table_rows(results))
+    return f"<table><thead>{row(HEAD, 'th')}</thead><tbody>\n{body}\n</tbody></table>"
 
 
 def write_docs(text: str, size: str) -> None:
@@ -125,7 +139,7 @@ def write_all(folder: Path, size: str) -> None:
         Section("Anytime curves", [Figure("anytime", "anytime", anytime_figure(
             results, budget_s, size))]),
         Section("Final test accuracy (each arm's one chosen model, test set read once per "
-                "seed)", [f"<pre>{table}</pre>"])])
+                "seed)", [html_table(results)])])
     write_report(doc, folder / "race.html")
     write_docs(table, size)
     print(table)
