@@ -91,16 +91,16 @@ def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
         subprocess.run([sys.executable, "-m", "hpsearch", "evaluate", name, *common,
                         "--threads", "1"], cwd=work, env=env, check=True)
     used = clock.elapsed()
-    result = read_database(work / "race.db", clock, seed)
+    result = read_database(work / "race.db", clock)
     result.used_s = used
     result.notes["hours_budget"] = hours
     return result
 
 
-def read_database(path: Path, clock: Clock, seed: int) -> ArmResult:
+def read_database(path: Path, clock: Clock) -> ArmResult:
     """The curve (each epoch's validation accuracy at the time it ended: its trial's start plus
     the trial's epoch seconds so far; one worker, so trials do not overlap) and the test
-    accuracy of the final model of `seed`."""
+    accuracy of the final model (the run's one retraining)."""
     start = datetime.now(UTC).timestamp() - clock.elapsed()
     result = ArmResult()
     with sqlite3.connect(path) as conn:
@@ -115,8 +115,7 @@ def read_database(path: Path, clock: Clock, seed: int) -> ArmResult:
         result.curve.sort()
         final = conn.execute(
             "SELECT t.number, v.test_acc, v.epochs, v.seconds, t.params FROM hps_evaluation v "
-            "JOIN hps_trial t ON t.id = v.trial_id WHERE v.seed = ? ORDER BY v.id DESC",
-            (seed,)).fetchone()
+            "JOIN hps_trial t ON t.id = v.trial_id ORDER BY v.id DESC").fetchone()
         states = [s for (s,) in conn.execute("SELECT state FROM hps_trial")]
     number, result.test_acc, final_epochs, final_s, params = final
     result.chosen = {"trial": number, "params": params}
