@@ -146,7 +146,7 @@ def run_one(size_name: str, arm: str, seed: int, minutes: float, folder: Path) -
 def drive(size_name: str, arms: list[str], seeds: list[int], minutes: float, parallel: int,
           folder: Path) -> None:
     """Run the unfinished arm×seed pairs, `parallel` processes at a time, seed by seed (so
-    pairs running together are different arms), redrawing the results as each finishes."""
+    the arms of a seed run together), redrawing the results as each finishes."""
     todo = [(arm, seed) for seed in seeds for arm in arms
             if not result_path(folder, arm, seed).exists()]
     subset_folder(SIZES[size_name].images)  # built once, before the arms start
@@ -156,12 +156,12 @@ def drive(size_name: str, arms: list[str], seeds: list[int], minutes: float, par
     while todo or running:
         while todo and len(running) < parallel:
             arm, seed = todo.pop(0)
-            log = open(logs / f"{arm}-seed-{seed}.log", "w")  # noqa: SIM115 (closed on exit)
             command = [sys.executable, str(Path(__file__)), "--size", size_name, "--one", arm,
                        "--seed", str(seed), "--minutes", str(minutes), "--results", str(folder)]
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                    start_new_session=True)
+            with open(logs / f"{arm}-seed-{seed}.log", "w") as log:  # the child keeps its copy
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                        start_new_session=True)
             running.append((proc, arm, seed))
             print(f"{time.strftime('%H:%M:%S')} started {arm} seed {seed}", flush=True)
         time.sleep(5)
