@@ -270,6 +270,9 @@ def parallel_coordinates(study: str, rows: Sequence[tuple[int, float, dict[str, 
     better, the yellower); `space` is the study's stored distributions (name -> Optuna
     distribution JSON); `what` says which trials `rows` holds."""
     values = [value for _, value, _ in rows]
+    # a line needs a value on every axis: a parameter that did not act in every trial shown
+    # (a conditional one, momentum under SGD) is left to the slices, which show where it did
+    names = [n for n in names if all(n in params for _, _, params in rows)]
     dims = [_axis(n, [params.get(n) for _, _, params in rows], space.get(n)) for n in names]
     dims = [d for d in dims if d is not None]
     dims.append({"label": esc(first.title), "values": values})

@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from hpsearch.search.study_file import grid_values
+from hpsearch.search.space_file import grid_values
 from hpsearch.spec import Categorical, Dimension, StudyConfig
 
 

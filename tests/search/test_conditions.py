@@ -13,6 +13,7 @@ import pytest
 from hpsearch.db import figure_queries, queries
 from hpsearch.db.engine import make_engine
 from hpsearch.errors import ConfigError
+from hpsearch.report.figures import parallel_coordinates, slice_plots
 from hpsearch.report.importance import param_importances
 from hpsearch.search.space import make_sampler, suggest
 from hpsearch.search.study import prepare_study
@@ -83,6 +84,14 @@ def test_rows_readers_and_importances_hold_only_what_acted(
     found, _how = param_importances(info.space, rows)
     assert found is not None and set(found) == {"optimizer", "momentum", "scheduler", "gamma",
                                                 "dropout", "patch_size", "hidden_dim", "lr"}
+
+    axes = [d.label for d in parallel_coordinates("cond", rows, list(info.space), info.space)
+            .data[0].dimensions]  # lines through every axis: what acted in every trial
+    assert sorted(axes) == ["best val acc", "hidden_dim", "lr (log10)", "optimizer",
+                            "patch_size", "scheduler"]
+    slices = {t.name: len(t.x) for t in slice_plots("cond", rows, list(info.space),
+                                                     info.space).data}
+    assert slices["momentum"] == sum(p["optimizer"] == "sgd" for _, _, p in rows)
 
     code, out, err = hps(capsys, monkeypatch, "best", "cond", "--format", "toml", "--db", url)
     assert code == 0, err

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hpsearch.errors import ConfigError
 from hpsearch.params import TrialParams
 from hpsearch.search.run_file import parse_assignments
-from hpsearch.search.study_file import Categorical, Range, grid_values, parse_study
+from hpsearch.search.space_file import grid_values
+from hpsearch.search.study_file import Categorical, Range, parse_study
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_FILES = sorted((ROOT / "studies").rglob("*.toml"))
