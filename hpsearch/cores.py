@@ -14,6 +14,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads(workers: int, threads: int | None) -> int:
+    """Each local worker's CPU threads: `threads`, else its share of the cores."""
+    return threads or max(1, available_cores() // workers)
+
+
 def gpu_placement(workers: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
     """The GPU (a CUDA_VISIBLE_DEVICES value) of each local worker: round-robin over `gpus`,
     so that fewer workers than slots still spread over every GPU, at most `per_gpu` on one.

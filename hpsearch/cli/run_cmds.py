@@ -101,7 +101,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
          update: bool, console: Console, gpus_option: str | None = None,
          per_gpu_option: int | None = None, hours_option: float | None = None,
          began: float | None = None) -> None:
-    from hpsearch.cores import gpu_placement
+    from hpsearch.cores import gpu_placement, worker_threads
     from hpsearch.db.engine import database_url, mask_url, normalise_url
     from hpsearch.files import writable_folder
     from hpsearch.paths import checkpoint_folder, study_slug
@@ -167,8 +167,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
                   f"{'up to ' if hours else ''}{config.n_trials} trials, sampler "
                   f"{config.sampler}, pruner {config.pruner}",
                   highlight=False, markup=False, soft_wrap=True)
-    budget = (_budget(config, url, hours, workers, threads, bool(gpus), console, began)
-              if hours is not None else None)
+    budget = (_budget(config, url, hours, console, began) if hours is not None else None)
     if budget is None:
         from hpsearch.search.hours import clear_limits_left_behind
 
@@ -200,8 +199,11 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
             # the database broke under the workers (their lines above already say why), or
             # the run was stopped during an outage: the stop is the result, not this
     if budget is not None:
+        # the final models train with one worker's threads, as their price was measured: more
+        # threads are not faster in proportion, and on a busy machine may be slower (measured:
+        # 2 workers x 1 thread 2,570 images/s each, the final on 2 threads 980)
         _final_models(budget, db, stopped_by, progress.counts.get("complete", 0), device,
-                      threads and threads * workers, console)
+                      worker_threads(workers, threads), console)
     halt = study_halt(url, config.name)
     if halt is not None and stopped_by is None:
         console.print(f"{halt.line(config.name)}; {progress.finished}/{config.n_trials} trials "
@@ -215,19 +217,13 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         raise typer.Exit(1)
 
 
-def _budget(config: StudyConfig, url: str, hours: float, workers: int, threads: int | None,
-            on_gpus: bool, console: Console, began: float | None) -> BudgetKeeper:
-    """The hours budget's keeper, its first (provisional) limits published before any worker
-    starts. Its final models train in this process on every core (or one GPU), so they are
-    priced at the workers' measured speed times the ratio of threads (ideal scaling)."""
-    from hpsearch.cores import available_cores
+def _budget(config: StudyConfig, url: str, hours: float, console: Console,
+            began: float | None) -> BudgetKeeper:
+    """The hours budget's keeper, its first limits published before any worker starts."""
     from hpsearch.search.budget import clock
     from hpsearch.search.hours import BudgetKeeper
 
-    cores = available_cores()
-    per_worker = threads or max(1, cores // workers)
-    speedup = 1.0 if on_gpus else min(cores, per_worker * workers) / per_worker
-    budget = BudgetKeeper(config, url, hours, config.final, speedup, started=began)
+    budget = BudgetKeeper(config, url, hours, config.final, started=began)
     budget.update()
     console.print(f"hours budget {clock(hours * 3600)}: search, then the final models "
                   f"({config.final.describe()}, retrained on the whole training set and tested "

@@ -166,25 +166,24 @@ def typical(measured: dict[int, Speed]) -> Speed:
 
 
 def final_seconds(final: FinalAsk, shape: StudyShape, candidates: Sequence[Candidate],
-                  measured: dict[int, Speed], speedup: float = 1.0) -> float:
+                  measured: dict[int, Speed]) -> float:
     """The final models' seconds: each of the `final.ensemble` best configurations (fewer
     candidates than that: the rest priced as typical at the full epoch budget) retrained once
-    per seed. `speedup`: the final's throughput over that measured in one search worker."""
+    per seed, at the speed a search worker measured (the final trains as one worker does)."""
     usual = typical(measured)
     chosen = list(candidates[:final.ensemble])
     per_seed = sum(measured.get(c.trial, usual).final_s(shape.counts, c.epochs) for c in chosen)
     per_seed += (final.ensemble - len(chosen)) * usual.final_s(shape.counts, shape.max_epochs)
-    return SETUP_S + final.seeds * per_seed / speedup
+    return SETUP_S + final.seeds * per_seed
 
 
 def make_plan(started: float, hours: float, final: FinalAsk, shape: StudyShape,
-              epochs: Sequence[EpochTime], candidates: Sequence[Candidate],
-              speedup: float = 1.0) -> Plan:
+              epochs: Sequence[EpochTime], candidates: Sequence[Candidate]) -> Plan:
     """The plan of a run that started at `started` (wall-clock seconds) with `hours` to spend,
     from the epochs measured so far and the final's candidates (best first)."""
     deadline = started + hours * 3600.0
     measured = speeds(epochs, shape.counts)
-    final_s = final_seconds(final, shape, candidates, measured, speedup) if measured else None
+    final_s = final_seconds(final, shape, candidates, measured) if measured else None
     if final_s is None or not candidates:
         return Plan(started, deadline, deadline, deadline, final_s)
     usual = typical(measured)

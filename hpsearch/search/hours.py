@@ -96,14 +96,14 @@ class BudgetKeeper:
     """The launcher's side: plans, publishes the limits, and says where the budget stands."""
 
     def __init__(self, config: StudyConfig, url: str, hours: float, final: FinalAsk,
-                 speedup: float, *, started: float | None = None,
+                 *, started: float | None = None,
                  clock: Clock = time.time) -> None:
         self.config = config
         # one pool for the launcher's reads and its writes to Optuna's study, closed by finish
         self.engine = make_engine(url)
         self.storage = open_storage(url, config.workers, pool=self.engine.pool)
         self.study_id = self.storage.get_study_id_from_name(config.name)
-        self.hours, self.final, self.speedup, self.clock = hours, final, speedup, clock
+        self.hours, self.final, self.clock = hours, final, clock
         self.shape = study_shape(config)
         self.started = started if started is not None else clock()
         self.plan = make_plan(self.started, hours, final, self.shape, (), ())
@@ -119,7 +119,7 @@ class BudgetKeeper:
         self.planned_at = now
         epochs, candidates = self._measured()
         self.plan = make_plan(self.started, self.hours, self.final, self.shape, epochs,
-                              candidates, self.speedup)
+                              candidates)
         old = self.published
         if old is None or abs(old.start_by - self.plan.start_by) >= 1 or abs(
                 old.search_end - self.plan.search_end) >= 1:

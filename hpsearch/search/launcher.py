@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.live import Live
 from sqlalchemy import Engine
 
-from hpsearch.cores import available_cores, gpu_placement
+from hpsearch.cores import gpu_placement, worker_threads
 from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DatabaseError
 from hpsearch.db.queries import read_progress
@@ -129,7 +129,7 @@ def start_workers(config: StudyConfig, url: str, workers: int, threads: int | No
     arriving half-way still reaches those already started. With `gpus`, each worker sees one
     GPU (CUDA_VISIBLE_DEVICES, see gpu_placement) as its cuda device."""
     placement = gpu_placement(workers, gpus, workers_per_gpu)
-    per_worker = threads or max(1, available_cores() // workers)
+    per_worker = worker_threads(workers, threads)
     folder = log_dir / study_slug(config.name)
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HPSEARCH_DB": url}  # not on the command line, where ps shows it
