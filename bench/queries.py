@@ -24,7 +24,6 @@ The results go to stdout and, as Markdown, to bench/results/queries-<backend>.md
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -55,6 +54,7 @@ from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.db.optuna_link import row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.params import TrialParams
+from hpsearch.search.study_file import parse_study
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -148,7 +148,7 @@ def _insert_chunk(conn: Connection, ids: dict[str, int], trials: list[dict[str, 
     our_ids = _insert_returning(conn, Trial, Trial.id, [
         {"study_id": ids["ours"], "number": t["number"], "optuna_trial_id": oid,
          "state": t["state"], "params": {**DEFAULTS, "epochs": len(t["curve"]), **t["params"]},
-         "sampled": list(t["params"]), "value": t["peak"]["val_acc"],
+         "sampled": list(t["params"]), "seed": t["number"], "value": t["peak"]["val_acc"],
          "best_epoch": t["peak"]["epoch"], "epochs_run": len(t["curve"]),
          "n_params": 100_000 + 500 * t["params"]["hidden_dim"], "started_at": t["started"],
          "finished_at": t["finished"], "seconds": t["seconds"],
@@ -184,12 +184,12 @@ def build(url: str, n_trials: int, epochs: int) -> None:
     with engine.begin() as conn:
         ours = conn.scalar(select(Study.id).where(Study.name == STUDY))
         if ours is None:
+            config = parse_study(study_config(epochs))  # stored as the runner stores it
+            config.n_trials = n_trials
             ours = conn.scalar(insert(Study).returning(Study.id), {
                 "name": STUDY, "optuna_study_id": ostudy._study_id, "dataset": "fashion-mnist",
-                "config": study_config(epochs), "n_trials": n_trials, "created_at": START,
-                # as the runner stores it: each parameter's Optuna distribution as JSON
-                "space": {name: json.loads(distribution_to_json(dist))
-                          for name, dist in SPACE.items()}})
+                "spec": config.spec_json(), "settings": config.settings_json(),
+                "created_at": START})
             # tie Optuna's study to our row, as the runner does (else every command refuses
             # the study as re-created in Optuna: hpsearch.db.optuna_link)
             set_marker(conn, ostudy._study_id, row_marker(ours, START))
