@@ -8,6 +8,7 @@ never sees Optuna's tables, so it never proposes to drop them.
 from __future__ import annotations
 
 import fcntl
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -132,9 +133,9 @@ def optuna_schema_lock(url: str) -> Iterator[None]:
     Optuna's schema creation is not locked: two processes starting on a new database both
     create its tables and one fails (`table alembic_version already exists`, a unique-key
     clash on its version row). On PostgreSQL this is the advisory lock of our migrations
-    (session-level, on a connection of its own, taken after our migration released it); on a
-    SQLite file an flock() on `DB.schema-lock` beside it (released by the kernel if the
-    process dies): SQLite's own write lock cannot be held across Optuna's connections.
+    (session-level, on a connection of its own, taken after our migration released it); for a
+    SQLite file an flock() on the folder that holds it (released by the kernel if the process
+    dies): SQLite's own write lock cannot be held across Optuna's connections.
     """
     backend = make_url(url).get_backend_name()
     path = _sqlite_file(url)
@@ -142,9 +143,14 @@ def optuna_schema_lock(url: str) -> Iterator[None]:
         with _pg_session_lock(url):
             yield
     elif path is not None:
-        with open(f"{path}.schema-lock", "ab") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        # the folder holding the file: no lock file left behind, and never a second descriptor
+        # of the database file itself (closing one drops SQLite's own POSIX locks on it)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released with the descriptor, or by the kernel
             yield
+        finally:
+            os.close(folder)
     else:
         yield
 

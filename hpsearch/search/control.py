@@ -5,10 +5,9 @@ every machine, reads.
 it, write the state on the Optuna study (user attribute CONTROL_ATTR, so optuna-dashboard shows
 it too): {"state": "stopped" | "paused", "reason": ...}; absent or None, the study runs.
 Workers read it (one query) between trials: paused or stopped, no new trial starts and the
-worker leaves. A stop is also read after each epoch: the running trial
-ends there, kept with its checkpoint and queued again (hpsearch.stop.StudyHalted, handled as
-any stop), so that after `resume` the same `hpsearch run` continues it where it was. A pause
-lets running trials finish.
+worker leaves. A stop is also read after each epoch: the running trial ends there, kept with
+its checkpoint and queued again (hpsearch.stop.StudyHalted, handled as any stop), so that after
+`resume` the same `hpsearch run` continues it where it was. A pause lets running trials finish.
 """
 
 from __future__ import annotations
@@ -66,7 +65,8 @@ def set_halt(url: str, name: str, state: str | None) -> str:
         storage.engine.dispose()
     if state is None:
         return (f"study {study.name!r} resumed: workers may start trials again (`hpsearch run` "
-                "of its file continues it)" if was else f"study {study.name!r} was running")
+                "of its file continues it)" if was else
+                f"study {study.name!r} is neither stopped nor paused: nothing to resume")
     return (f"study {study.name!r} {state}: " + (
         "each worker ends its trial at its next epoch (kept, with its checkpoint, to resume) "
         "and leaves" if state == "stopped" else

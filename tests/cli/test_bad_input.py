@@ -260,6 +260,8 @@ CASES = [
     Case("db-downgrade-unconfirmed", ("db", "downgrade", "base", "--db", "{db}"),
          "to base without confirmation (dropping hps_epoch: ", db="recorded"),
     # studies and trials that do not exist
+    Case("study-stop-unknown", ("study", "stop", "nope", "--db", "{db}"),
+         "unknown study 'nope'", db="recorded"),
     Case("trials-unknown-study", ("trials", "nope", "--db", "{db}"), "unknown study 'nope'",
          db="recorded"),
     Case("best-unknown-study", ("best", "nope", "--db", "{db}"), "unknown study 'nope'",
@@ -355,7 +357,7 @@ def prepare(case: Case, tmp: Path, recorded_file: Path) -> tuple[list[str], Path
             conn.close()
         elif case.db == "unwritable-checkpoints":
             with sqlite3.connect(db_file) as conn:
-                conn.execute("UPDATE hps_study SET config = json_set(config, "
+                conn.execute("UPDATE hps_study SET settings = json_set(settings, "
                              "'$.workers.checkpoint_dir', '/proc/hps')")
             conn.close()
         elif case.db == "garbage":
