@@ -77,7 +77,7 @@ class TrialParams:
     min_lr: float = 0.0  # cosine: the lr it decays to (eta_min); plateau: the floor (min_lr)
     step_size: int = 10  # step scheduler: epochs between decays
     gamma: float = 0.1  # step: decay factor; plateau: the factor a cut multiplies the lr by
-    plateau_metric: str = "val_loss"  # what plateau watches (train_* when there is no val split)
+    plateau_metric: str = "val_loss"  # what plateau watches (replayed without a val split)
     plateau_mode: str = "auto"  # min or max; auto: min for val_loss, max for val_acc
     plateau_patience: int = 10  # epochs without improvement tolerated; a cut after one more
     plateau_threshold: float = 1e-4  # relative change that counts as an improvement
