@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
-from hpsearch.search.study_file import load_study
+from hpsearch.errors import ConfigError
+from hpsearch.search.study_file import load_study, parse_study
 from tests.helpers import hps, wait_for
 from tests.study_files import write_tiny_study
 
@@ -139,3 +141,11 @@ def test_a_reached_target_stops_the_study(sqlite_url: str, tmp_path: Path) -> No
     assert run.returncode == 0, output
     assert "study 'aimed' is stopped (target val_acc >= 0 reached" in output, output
     assert len(rows(sqlite_url, "aimed")) < 20
+
+
+def test_a_target_needs_one_objective(tmp_path: Path) -> None:
+    raw = tomllib.loads(study(tmp_path, "two", n_trials=2, epochs_=2, target="0.9").read_text())
+    assert load_study(study(tmp_path, "one", n_trials=2, epochs_=2, target="0.9")).target == 0.9
+    both = {**raw["study"], "objectives": ["val_acc:max", "params:min"]}
+    with pytest.raises(ConfigError, match="target stops a study of one objective"):
+        parse_study({**raw, "study": both})
