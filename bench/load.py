@@ -21,7 +21,11 @@ Separately (--ask-at): the TPE sampler's ask latency on a study already holding 
 10,000 finished trials (made with Optuna's add_trials), first ask and warm p50/p99.
 
     python bench/load.py [--workers 1,4,16,64] [--db postgres|sqlite] [--trials-per-worker 2]
-                         [--epochs 3] [--epoch-seconds 1] [--ask-at 1000,10000]
+                         [--epochs 3] [--epoch-seconds 1] [--ask-at 1000,10000] [--plain]
+
+--plain: with one worker, the same trials are also run by plain Optuna (`study.optimize`, no
+hpsearch) on the same database, and hpsearch's statements and worker CPU per trial are printed
+against it.
 
 Results go to bench/results/load-<db>.json. PostgreSQL runs with fsync off (a throwaway
 cluster, as in the tests): commits on a durable server cost more.
@@ -95,8 +99,8 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    import hpsearch.search.space  # noqa: F401
-    import hpsearch.search.worker  # noqa: F401 - imported before the start line, not timed
+    import hpsearch.search.space
+    import hpsearch.search.worker  # imported before the start line, not timed
     from hpsearch.cli import app
     from hpsearch.db.recorder import Recorder
 
@@ -154,6 +158,89 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
             "seconds": time.monotonic() - started,
             "cpu_s": cpu_seconds() - cpu_at_go,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def plain_main(url: str, name: str, trials: int, epochs: int, epoch_s: float, out: Path,
+               go: Path) -> None:
+    """The same dry-run trials on the same database with plain Optuna, as its docs show it (no
+    hpsearch imported): RDB storage with heartbeats and the retry callback, the same TPE and
+    median pruner, the same five parameters, a sleep and a synthetic value per epoch, reported
+    and pruned each epoch. The baseline of hpsearch's statements and CPU per trial."""
+    import math
+    import random
+
+    import optuna
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements = 0
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def count(*_args: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=2, grace_period=10,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, constant_liar=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        dropout = trial.suggest_float("dropout", 0.0, 0.5)
+        trial.suggest_categorical("hidden_dim", [64, 128, 256])
+        trial.suggest_int("num_blocks", 1, 4)
+        trial.suggest_categorical("batch_size", [64, 128, 256])
+        rng = random.Random(trial.number)
+        ceiling = 0.9 - 0.1 * abs(math.log10(lr) + 2.5) - 0.1 * dropout
+        value = 0.0
+        for epoch in range(1, epochs + 1):
+            time.sleep(epoch_s)
+            value = ceiling * (1 - math.exp(-epoch / 2)) + rng.gauss(0, 0.005)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    Path(f"{out}.ready").touch()
+    while not go.exists():
+        time.sleep(0.02)
+    statements, cpu_at_go = 0, cpu_seconds()
+    study.optimize(objective, n_trials=trials, gc_after_trial=False)
+    out.write_text(json.dumps({"statements": statements, "cpu_s": cpu_seconds() - cpu_at_go,
+                               "finished": len(study.trials)}))
+
+
+def compare_with_plain(url: str, folder: Path, args: argparse.Namespace,
+                       hpsearch_run: dict[str, Any]) -> dict[str, Any]:
+    """One worker of plain Optuna on the same database, against hpsearch's one-worker run."""
+    out, go = folder / "plain.json", folder / "go-plain"
+    proc = subprocess.Popen([sys.executable, __file__, "_plain", url, "plain",
+                             str(args.trials_per_worker), str(args.epochs),
+                             str(args.epoch_seconds), str(out), str(go)],
+                            stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "w"))  # noqa: SIM115
+    while not Path(f"{out}.ready").exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"the plain Optuna worker died while starting: see {out}.log")
+        time.sleep(0.05)
+    go.touch()
+    proc.wait()
+    plain = json.loads(out.read_text())
+    ours = {"statements_per_trial": hpsearch_run["statements_per_trial_total"],
+            "worker_cpu_s_per_trial": hpsearch_run["worker_cpu_s_per_trial"]}
+    theirs = {"statements_per_trial": round(plain["statements"] / max(1, plain["finished"]), 1),
+              "worker_cpu_s_per_trial": round(plain["cpu_s"] / max(1, plain["finished"]), 3)}
+    ratio = {k: round(ours[k] / theirs[k], 2) if theirs[k] else None for k in ours}
+    print(f"1 worker, {args.trials_per_worker} trials: statements per trial hpsearch "
+          f"{ours['statements_per_trial']} vs plain Optuna {theirs['statements_per_trial']} "
+          f"({ratio['statements_per_trial']}x); worker CPU-s per trial "
+          f"{ours['worker_cpu_s_per_trial']} vs {theirs['worker_cpu_s_per_trial']} "
+          f"({ratio['worker_cpu_s_per_trial']}x)", flush=True)
+    return {"hpsearch": ours, "plain_optuna": theirs, "ratio": ratio}
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -348,6 +435,9 @@ def main() -> None:
     parser.add_argument("--ask-at", default="", help="e.g. 1000,10000 (PostgreSQL only)")
     parser.add_argument("--asks", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plain", action="store_true",
+                        help="also run plain Optuna on the same trials and database (1 worker) "
+                        "and compare statements and worker CPU per trial")
     args = parser.parse_args()
     from tests.conftest import PostgresServer, find_pg_bin
 
@@ -381,6 +471,8 @@ def main() -> None:
                 url, poller = f"sqlite:///{folder / f'load-{n}.db'}", None
             run = run_load(n, url, folder, args, poller)
             results["runs"].append(run)
+            if args.plain and n == 1:
+                results["plain_optuna"] = compare_with_plain(url, folder, args, run)
             lat, integ = run["latency"], run["integrity"]
             st = run["statements_per_trial"]
             print(f"{n:>3} {run['wall_s']:>6.1f}s {run['minimum_s']:>5.1f}s "
@@ -406,5 +498,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
         worker_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]),
                     Path(sys.argv[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_plain":
+        plain_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                   float(sys.argv[6]), Path(sys.argv[7]), Path(sys.argv[8]))
     else:
         main()

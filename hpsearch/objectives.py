@@ -52,12 +52,20 @@ class ObjectiveSpec:
     def title(self) -> str:
         return "parameters" if self.measure == "params" else self.key.replace("_", " ")
 
+    def best_index(self, values: Sequence[float]) -> int | None:
+        """Where the best of an epoch measure's values is, in this direction: the earliest of
+        equal ones, NaN never winning (the recorder's rule for a trial's best epoch, there in
+        SQL); None when there is none."""
+        best: int | None = None
+        for index, value in enumerate(values):
+            if not math.isnan(value) and (best is None or self.better(value, values[best])):
+                best = index
+        return best
+
     def best_of(self, values: Sequence[float]) -> float | None:
         """The best of an epoch measure's values in this direction (NaN never wins)."""
-        finite = [v for v in values if not math.isnan(v)]
-        if not finite:
-            return None
-        return max(finite) if self.maximize else min(finite)
+        index = self.best_index(values)
+        return None if index is None else values[index]
 
     def better(self, a: float, b: float) -> bool:
         """Whether `a` is strictly better than `b`."""

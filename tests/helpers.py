@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import optuna
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from hpsearch.cli import main
+from hpsearch.db.engine import make_engine
+from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.search.study import prepare_study
+from hpsearch.search.study_file import load_study
+from hpsearch.search.worker import run_worker
+from tests.study_files import write_tiny_study
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -18,7 +30,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         try:
             if condition():
                 return
-        except Exception:  # noqa: BLE001 - e.g. tables not created yet
+        except Exception:  # e.g. tables not created yet
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
@@ -34,3 +46,87 @@ def hps(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     out, err = capsys.readouterr()
     code = exit_info.value.code
     return (code if isinstance(code, int) else 0 if code is None else 1), out, err
+
+
+def assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None:
+    """The user's promise after faults: n_trials complete, each with every epoch exactly once;
+    every trial a fault ended was resumed by a retry that carried its recorded epochs over
+    unchanged, all but the last at most (recorded, not yet checkpointed: one epoch per fault
+    is recomputed, never more); Optuna agrees (nothing left running or queued)."""
+    engine = make_engine(url)
+    with Session(engine) as session:
+        study_id = session.scalar(select(Study.id).where(Study.name == name))
+        trials = list(session.scalars(select(Trial).where(Trial.study_id == study_id)))
+        counts = session.execute(select(Epoch.trial_id, Epoch.epoch, func.count())
+                                 .group_by(Epoch.trial_id, Epoch.epoch)).all()
+        seconds = {t.id: [e.seconds for e in session.scalars(
+            select(Epoch).where(Epoch.trial_id == t.id).order_by(Epoch.epoch))] for t in trials}
+    engine.dispose()
+    summary = [(t.number, t.state, t.reason, t.retried_from, t.epochs_run) for t in trials]
+    complete = [t for t in trials if t.state == "complete"]
+    assert len(complete) == n_trials and len(complete) + len(
+        [t for t in trials if t.state == "failed"]) == len(trials), summary
+    assert all(count == 1 for _, _, count in counts)
+    for trial in complete:
+        assert sorted(e for t, e, _ in counts if t == trial.id) == list(range(1, epochs + 1))
+    for dead in [t for t in trials if t.state == "failed"]:
+        (retry,) = [t for t in trials if t.retried_from == dead.number]
+        kept = max(len(seconds[dead.id]) - 1, 0)
+        assert seconds[retry.id][:kept] == seconds[dead.id][:kept], summary
+    states = [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == n_trials, states
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_NETWORK = "http://127.0.0.1:1"  # refused at once: a download attempt fails in milliseconds
+
+
+def clean_env(tmp: Path) -> dict[str, str]:
+    """No HPSEARCH_* settings from the caller, a private cache, and no network: downloads
+    are refused by a proxy that does not exist."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HPSEARCH_") and k.lower() not in ("http_proxy", "https_proxy",
+                                                                  "all_proxy", "no_proxy")}
+    env.update(XDG_CACHE_HOME=str(tmp / "cache"), COLUMNS="200", http_proxy=NO_NETWORK,
+               https_proxy=NO_NETWORK, HTTP_PROXY=NO_NETWORK, HTTPS_PROXY=NO_NETWORK)
+    return env
+
+
+def start_worker(name: str, url: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "hpsearch", "worker", name, "--db", url,
+                                 "--threads", "1"], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, start_new_session=True)
+
+
+def run_in_process(path: Path, url: str, trials: int | None = None) -> None:
+    config = load_study(path)
+    prepare_study(config, url, trials)
+    run_worker(config.name, url)
+
+
+def stored_trials(url: str, name: str) -> list[Trial]:
+    with Session(make_engine(url), expire_on_commit=False) as session:
+        study_id = session.scalar(select(Study.id).where(Study.name == name))
+        return list(session.scalars(
+            select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)))
+
+
+def epoch_numbers(url: str, trial_id: int) -> list[int]:
+    with Session(make_engine(url)) as session:
+        return list(session.scalars(
+            select(Epoch.epoch).where(Epoch.trial_id == trial_id).order_by(Epoch.epoch)))
+
+
+def epochs_of(url: str, trial_id: int) -> list[Epoch]:
+    with Session(make_engine(url), expire_on_commit=False) as session:
+        return list(session.scalars(select(Epoch).where(Epoch.trial_id == trial_id)
+                                    .order_by(Epoch.epoch)))
+
+
+def slow_study(folder: Path, n_trials: int, epochs: int = 8) -> Path:
+    """Trials of ~0.3 s per epoch, long enough to kill one mid-way."""
+    path = write_tiny_study(folder, n_trials=n_trials, epochs=epochs, heartbeat=(1, 4))
+    path.write_text(path.read_text().replace("synthetic_size = 300", "synthetic_size = 4000"))
+    return path

@@ -43,3 +43,33 @@ precision = "fp32"
 {extra_space}
 """)
     return path
+
+
+# a valid study file that the bad-input tests each break in one place
+VALID_STUDY = """\
+[study]
+name = "bad-input"
+sampler = "random"
+pruner = "none"
+n_trials = 2
+seed = 0
+
+[data]
+dataset = "synthetic"
+synthetic_size = 300
+
+[budget]
+max_epochs = 2
+
+[workers]
+heartbeat_interval = 1
+grace_period = 4
+checkpoint_dir = "checkpoints"
+
+[space]
+patch_size = [7, 14]
+hidden_dim = { low = 16, high = 32 }
+lr = { low = 1e-3, high = 1e-2, log = true }
+optimizer = ["adam", "sgd"]
+batch_size = 64
+"""

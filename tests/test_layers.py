@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 # and objective too: a dry-run worker never loads torch) must stay torch-free
 TRAINING = {"hpsearch.search.evaluate", "hpsearch.search.ensemble"}
 KERNEL = {"params", "metrics", "objectives", "errors", "paths", "files", "cores", "stop",
-          "spec"}
+          "spec", "masking"}
 MIGRATIONS = PACKAGE.parent / "alembic" / "versions"
 
 
@@ -84,6 +84,7 @@ RULES = {
                 "hpsearch.report", "hpsearch.cli", "hpsearch.api"),
     "db": ("torch", "hpsearch.trainer", "hpsearch.search", "hpsearch.report", "hpsearch.cli"),
     "report": ("torch", "hpsearch.trainer", "hpsearch.search", "hpsearch.cli"),
+    "search": ("hpsearch.report", "hpsearch.cli"),
 }
 
 

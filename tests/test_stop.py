@@ -1,21 +1,18 @@
-"""A stop signal may land anywhere, also inside library clean-up code: it must neither print a
-traceback there nor be lost there. Each case runs in its own process with real signals."""
+"""A stop request is a flag: a worker's safe points (between batches, between trials, any wait)
+raise it; a process without safe points has it raised at once. Real signals, each case in its
+own process."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-from tests.system.test_reliability import ROOT
-
+ROOT = Path(__file__).resolve().parents[1]
 PRELUDE = """
-import logging, os, signal, time
-from hpsearch.cli import _mask_secrets_everywhere
-from hpsearch.stop import install_stop_handlers
-_mask_secrets_everywhere()  # as the CLI's main() does, before a command installs the handlers
-install_stop_handlers()
-logging.basicConfig(format="%(levelname)s %(message)s")
+import os, signal, time
+from hpsearch import stop
 """
 
 
@@ -24,73 +21,62 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_a_library_logging_the_stop_it_was_cut_by_prints_its_line_without_a_traceback() -> None:
-    # What SQLAlchemy's pool does when a stop lands while it closes a connection.
+def test_a_worker_sees_the_stop_at_its_next_safe_point_and_a_wait_ends_at_once() -> None:
     done = run_python("""
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)
-        except BaseException:
-            logging.getLogger("sqlalchemy.pool").error("Exception closing connection",
-                                                       exc_info=True)
-            raise SystemExit(3)
-    """)
-    assert done.returncode == 3, done.stderr
-    assert "ERROR Exception closing connection" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_a_stop_landing_in_a_finaliser_is_raised_again_not_lost() -> None:
-    done = run_python("""
-        class ClosesOnDelete:
-            def __del__(self):
-                os.kill(os.getpid(), signal.SIGTERM)
-                for _ in range(100_000):  # the signal's handler runs here, in the finaliser
-                    pass
-
+        stop.install_stop_handlers(raise_at_once=False)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("not raised where it landed")  # e.g. inside a database call
         started = time.monotonic()
         try:
-            ClosesOnDelete()
-            time.sleep(10)  # a blocking call: the stop asked for again must cut it short
-            print("stop lost")
+            stop.wait(30)  # an idle worker's poll, a dry-run epoch, a wait for the database
         except KeyboardInterrupt as exc:
-            print(f"stopped by {exc} after {time.monotonic() - started:.2f} s")
+            print(f"stopped by {exc} at once: {time.monotonic() - started < 5}")
+        try:
+            stop.check_stop()  # the epoch loop's check between batches
+        except KeyboardInterrupt as exc:
+            print(f"and again at the next check: {stop.interrupted_reason(exc)}")
     """)
-    assert done.stdout.startswith("stopped by SIGTERM after "), done.stdout + done.stderr
-    took = float(done.stdout.split()[-2])
-    assert took < 5  # not the 10 s sleep: the blocking call was cut short
-    assert "Exception ignored" not in done.stderr
-    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "not raised where it landed", done.stdout + done.stderr
+    assert lines[1] == "stopped by SIGTERM at once: True"
+    assert lines[2] == "and again at the next check: interrupted (SIGTERM)"
 
 
-def test_code_that_takes_over_a_swallowed_stop_is_not_cut_short_by_its_redelivery() -> None:
+def test_without_safe_points_the_stop_is_raised_at_once() -> None:
     done = run_python("""
-        from hpsearch.stop import take_over_stop
-
-        class ClosesOnDelete:
-            def __del__(self):
-                os.kill(os.getpid(), signal.SIGTERM)
-                for _ in range(100_000):
-                    pass
-
-        ClosesOnDelete()  # the stop is swallowed here; its redelivery is on its way
-        stop = take_over_stop()  # e.g. the worker settling a trial failed by the stop
-        time.sleep(0.5)  # that handling: a redelivery would land here
-        print(f"handled {stop}")
+        stop.install_stop_handlers()
+        started = time.monotonic()
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(30)
+        except KeyboardInterrupt as exc:
+            print(f"{exc} {stop.exit_code(stop.signum_of(exc))} {time.monotonic() - started < 5}")
     """)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "handled SIGTERM"
+    assert done.stdout.strip() == "SIGHUP 129 True", done.stdout + done.stderr
 
 
 def test_a_second_stop_request_is_ignored_while_the_first_is_handled() -> None:
     done = run_python("""
+        stop.install_stop_handlers()
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(10)
         except KeyboardInterrupt:
             os.kill(os.getpid(), signal.SIGINT)  # e.g. a Ctrl-C after `docker stop`
             time.sleep(0.5)
-            print("handled")
+            print("handled", stop.stop_requested())
     """)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "handled"
+    assert done.stdout.strip() == "handled SIGTERM"
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    """`nohup hpsearch run` must survive the terminal closing."""
+    done = run_python("""
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        stop.install_stop_handlers()
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.2)
+        print("alive", stop.stop_requested())
+    """)
+    assert done.stdout.strip() == "alive None", done.stdout + done.stderr

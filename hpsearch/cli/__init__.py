@@ -55,6 +55,6 @@ def _mask_secrets_everywhere() -> None:
 
 def _masked(text: str) -> str:
     # imported when first needed: SQLAlchemy costs `hpsearch --help` 0.2 s
-    from hpsearch.db.engine import mask_secrets
+    from hpsearch.masking import mask_secrets
 
     return mask_secrets(text)

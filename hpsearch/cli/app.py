@@ -34,7 +34,7 @@ class OneLineErrors(TyperGroup):
         except NoArgsIsHelpError as exc:  # `hpsearch` alone: the help, not an error
             exc.show()
             code = exc.exit_code
-        except Exception as exc:  # noqa: BLE001 - the one place that shows errors to the user
+        except Exception as exc:  # the one place that shows errors to the user
             if isinstance(exc, typer.Abort) and isinstance(exc.__cause__, EOFError):
                 exc = exc.__cause__  # typer turns any EOFError into a bare "Aborted!"
             if self.debug and not isinstance(exc, ClickException):

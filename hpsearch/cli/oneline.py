@@ -11,6 +11,7 @@ import typer
 from typer._click.exceptions import ClickException, UsageError  # typer vendors click
 
 from hpsearch.errors import HpsearchError, out_of_memory
+from hpsearch.masking import one_line
 
 UNEXPECTED = "unexpected"  # starts the line of an exception no command turned into a message
 
@@ -33,6 +34,4 @@ def error_line(exc: BaseException) -> str:
         text = f"{where}{exc.strerror}"
     else:
         text = f"{UNEXPECTED} {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-    from hpsearch.db.engine import mask_secrets  # SQLAlchemy: only once there is an error
-
-    return mask_secrets(" ".join(text.split()))
+    return one_line(text)

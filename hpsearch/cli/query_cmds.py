@@ -206,6 +206,7 @@ def best(
     from hpsearch.db import evaluation_queries, queries
     from hpsearch.errors import HpsearchError
     from hpsearch.report import sheets, tables
+    from hpsearch.search.retrain import retrain_config
 
     if pareto:
         _print_front(name, fmt, db)
@@ -218,7 +219,7 @@ def best(
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
         test = evaluation_queries.study_evaluations(conn, study).get(trial.number)
-    params, data = tables.retrain_config(study, trial)
+    params, data = retrain_config(study, trial)
     if fmt is BestFormat.toml:
         sys.stdout.write(tables.best_toml(study, trial, params, data))
     elif fmt is BestFormat.json:

@@ -275,11 +275,13 @@ def worker(
     """Join an existing study from any machine that reaches its database, and run trials
     until the study has its n_trials finished trials.
 
-    Ctrl-C, SIGTERM and SIGHUP mark the running trial failed with the signal as its reason and
-    exit with 130, 143 or 129."""
+    Ctrl-C, SIGTERM and SIGHUP end the running trial within seconds (failed, with the signal
+    as its reason; queued again, to resume from its last checkpoint) and exit with 130, 143 or
+    129."""
     from hpsearch.stop import install_stop_handlers
 
-    install_stop_handlers()  # first: importing torch takes a second and may be interrupted
+    # first: importing torch takes a second. The stop is checked between batches and trials
+    install_stop_handlers(raise_at_once=False)
     try:
         _worker(name, db, threads, device, timeout, worker_index)
     except KeyboardInterrupt as exc:
@@ -288,10 +290,8 @@ def worker(
         if isinstance(exc, StudyHalted):  # `hpsearch study stop`: this worker's work is done
             typer.echo(f"worker leaves: {exc.reason}")
             return
-        outcome = ("running trial marked failed" if getattr(exc, "settled", True) else
-                   "the database did not answer: the next run resumes the running trial from "
-                   "its last checkpoint")
-        typer.echo(f"stopped by {signal_name(signum_of(exc))}; {outcome}", err=True)
+        typer.echo(f"stopped by {signal_name(signum_of(exc))}; a trial it ended resumes from "
+                   "its last checkpoint in the next run", err=True)
         raise typer.Exit(exit_code(signum_of(exc))) from None
 
 

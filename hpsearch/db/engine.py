@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
 from hpsearch.errors import ConfigError
+from hpsearch.masking import mask_secrets
 
 DEFAULT_URL = "sqlite:///hpsearch.db"
 # the query options SQLAlchemy's pysqlite driver reads from a sqlite:/// URL (without uri=true)
@@ -22,13 +22,14 @@ SQLITE_URL_OPTIONS = frozenset({"uri", "timeout", "isolation_level", "detect_typ
                                 "check_same_thread", "cached_statements"})
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes share one file; writers wait, never fail
 # PostgreSQL has no client-side timeouts by default: a server that accepts TCP and never answers
-# hangs libpq for ever. connect_timeout bounds connecting; TCP keepalives notice a server that
-# vanished under an open connection (idle 30 s, then 3 probes 10 s apart: ~60 s). Each can be
-# overridden in the URL, e.g. ?connect_timeout=3. A reply that never comes on an open
-# connection is bounded too (reply_deadline.py: statement_timeout + 10 s).
+# hangs libpq for ever. These are libpq's own settings: connect_timeout bounds connecting; TCP
+# keepalives notice a server that vanished under an idle connection (idle 30 s, then 3 probes
+# 10 s apart: ~60 s), tcp_user_timeout one that vanished while data was in flight (30 s
+# unacknowledged). Each can be overridden in the URL, e.g. ?connect_timeout=3.
 PG_CONNECT_TIMEOUT_S = 10
 PG_CONNECT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": PG_CONNECT_TIMEOUT_S,
+    "tcp_user_timeout": 30_000,  # ms
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
@@ -110,62 +111,6 @@ def _check_driver_and_options(parsed: URL) -> None:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad option in database URL {mask_url(str(parsed))!r}: "
                           f"{exc}") from None
-
-
-# Credentials come in several forms, all accepted by libpq and psycopg:
-#   postgresql://user:SECRET@host/db                    (userinfo)
-#   postgresql://user@host/db?password=SECRET&sslpassword=SECRET      (query parameters)
-#   host=db user=hps password=SECRET  or  password='SE CRET'          (libpq key=value)
-#   {'password': 'SECRET'}                                (a driver's connect arguments)
-# A key counts as secret when its name ends like one of these (sslpassword, PGPASSWORD,
-# auth_token, aws_secret_access_key), so that "token_mlp_dim=16" stays readable.
-MIN_BARE_SECRET = 4  # shorter values are masked where a key names them, not wherever they occur
-_SECRET_KEY = re.compile(r"(?i)(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key"
-                         r"|access[_-]?key|private[_-]?key|credentials?)$")
-_QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
-# a bare secret ends at ASCII whitespace only, as libpq reads it: a password holding another
-# Unicode space (U+1680, U+3000, ...) is one value there, so it must be hidden whole here
-_SPACE = r" \t\n\r\f\v"
-# up to the last @ of the URL: a password typed with a raw @ in it is hidden whole
-_USERINFO = re.compile(rf"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^{_SPACE}'\"]*)"
-                       r"(?P<tail>@)")
-_KEY_VALUE = re.compile(rf"(?P<head>(?P<key>[A-Za-z_][\w.-]*)\s*=\s*)"
-                        rf"(?P<secret>{_QUOTED}|[^{_SPACE}&#]*)(?P<tail>)")
-_KEY_COLON = re.compile(rf"(?P<head>(?P<q>['\"])(?P<key>[\w.-]+)(?P=q)\s*:\s*)"
-                        rf"(?P<secret>{_QUOTED})(?P<tail>)")
-
-
-def mask_secrets(text: str, *urls: str) -> str:
-    """`text` (a URL, a libpq connection string, an error message, a log line, a traceback)
-    with every credential in it replaced by ***: the one masking function, for everything
-    shown, logged or stored. `urls` whose secrets may be echoed bare (a driver quoting the
-    password it was given) have those values removed too."""
-    def hide(match: re.Match[str]) -> str:
-        key = match.groupdict().get("key")
-        if key is not None and not _SECRET_KEY.search(key):
-            return match.group(0)
-        return f"{match.group('head')}***{match.group('tail')}"
-
-    for url in urls:
-        for secret in _url_secrets(url):  # not shorter ones: "ab" would mangle every message
-            text = text.replace(secret, "***")
-    for pattern in (_USERINFO, _KEY_VALUE, _KEY_COLON):
-        text = pattern.sub(hide, text)
-    return text
-
-
-def _url_secrets(url: str) -> list[str]:
-    """The secret values in a URL, longest first (one may contain another)."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return []
-    values = [parsed.password] if parsed.password else []
-    for key, value in parsed.query.items():
-        if _SECRET_KEY.search(key):
-            values += [value] if isinstance(value, str) else list(value)
-    return sorted({str(v) for v in values if len(str(v)) >= MIN_BARE_SECRET and str(v) != "***"},
-                  key=len, reverse=True)
 
 
 def mask_url(url: str) -> str:
@@ -266,9 +211,4 @@ def make_engine(url: str | None = None) -> Engine:
     kwargs = engine_kwargs(full)
     engine = create_engine(full, **kwargs)
     install_sqlite_pragmas(engine)
-    if engine.dialect.name == "postgresql":
-        # imported here: psycopg costs every SQLite command 0.3 s
-        from hpsearch.db.reply_deadline import bound_replies, reply_timeout_s
-
-        bound_replies(engine, reply_timeout_s(kwargs["connect_args"].get("options") or ""))
     return engine

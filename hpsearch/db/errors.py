@@ -2,7 +2,7 @@
 
 Transient: the server is restarting or unreachable, a connection was dropped, SQLite is locked
 or its disk is full, a statement or connection timed out. Waiting (and reconnecting) heals
-these, so writes retry them (`hpsearch.db.session.retrying`).
+these: a worker waits for them between trials (`hpsearch.search.worker`).
 Permanent: a missing table or column, a read-only or corrupt database file, failed
 authentication, a unique-key clash. Retrying cannot help: they are reported at once.
 """
@@ -16,8 +16,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from hpsearch.db.engine import mask_secrets, mask_url
+from hpsearch.db.engine import mask_url
 from hpsearch.errors import HpsearchError
+from hpsearch.masking import mask_secrets, one_line
 
 # SQLite primary result codes that waiting heals: BUSY, LOCKED (another connection holds the
 # lock), NOMEM, INTERRUPT, FULL (freeing disk space heals it), PROTOCOL (a WAL lock race).
@@ -63,15 +64,19 @@ class DuplicateRowError(DatabaseError):
 def as_database_error(exc: BaseException, url: str | None = None) -> DatabaseError | None:
     """`exc` as a DatabaseError; None when no database error is behind it.
 
-    Follows the cause chain: Optuna wraps SQLAlchemy's errors in its StorageInternalError.
+    Follows the chain of causes (Optuna wraps SQLAlchemy's errors in its StorageInternalError)
+    and contexts: Optuna's bookkeeping after a trial, failing on the same database, can raise
+    an unrelated error (an UnboundLocalError) while handling the database's.
     """
     cause: BaseException | None = exc
-    while cause is not None:
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
         if isinstance(cause, DatabaseError):
             return cause
         if isinstance(cause, SQLAlchemyError):
             return _from_sqlalchemy(cause, url)
-        cause = cause.__cause__
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
     return None
 
 
@@ -127,6 +132,5 @@ def _sqlite_disk_full(exc: DBAPIError, url: str | None) -> str | None:
 
 def _one_line(message: str, url: str | None) -> str:
     """The driver's message on one line, with the password scrubbed should it echo it."""
-    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    line = line.split(" (Background on this error at:")[0]  # SQLAlchemy's link adds nothing
+    line = one_line(message).split(" (Background on this error at:")[0]  # a link adds nothing
     return mask_secrets(line, *([url] if url else []))

@@ -1,8 +1,9 @@
 """Writes of the runner: study rows, trial rows, and one row per finished epoch.
 
-Every write is one short transaction (`session_scope`), retried under the one retry policy
-(`retrying`: transient errors are waited out, permanent ones raised at once), so an epoch is
-never silently dropped.
+Every write is one short transaction (`session_scope`). A failed write is never dropped
+silently: it raises, which ends the trial (resumed from its checkpoint). The writes of a running
+trial apply only while its row is running: once the heartbeat check has failed it, a frozen
+worker that wakes gets TrialLost instead of writing over its retry's history.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from hpsearch.db.models import (
 from hpsearch.db.optuna_link import BrokenLink, check_link, refuse_foreign, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.queries import ranked_query
-from hpsearch.db.session import retrying, session_scope
+from hpsearch.db.session import session_scope
+from hpsearch.errors import TrialLost
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
 
@@ -34,6 +36,10 @@ from hpsearch.objectives import DEFAULT, ObjectiveSpec
 class Recorder:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=False)
 
     def ensure_study(self, name: str, optuna_study_id: int, spec: dict[str, Any],
                      settings: dict[str, Any], dataset: str) -> int:
@@ -60,18 +66,16 @@ class Recorder:
                 study.settings = {**study.settings, "n_trials": settings["n_trials"]}
                 return study.id
         try:
-            return retrying(write, "recording the study")
+            return write()
         except DuplicateRowError:  # another process created the row meanwhile: now it is found
-            return retrying(write, "recording the study")
+            return write()
 
     def replace_settings(self, name: str, settings: dict[str, Any]) -> None:
         """Store the settings of an edited study file (`hpsearch run --update`); the spec
         never changes."""
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                session.execute(update(Study).where(study_named(name))
-                                .values(settings=settings))
-        retrying(write, "recording the study's new settings")
+        with session_scope(self.engine) as session:
+            session.execute(update(Study).where(study_named(name))
+                            .values(settings=settings))
 
     def start_trial(self, study_id: int, number: int, optuna_trial_id: int,
                     params: dict[str, Any], sampled: list[str], worker: str,
@@ -80,53 +84,37 @@ class Recorder:
         """The trial's row: `params` is every parameter that acts in the run (sampled and
         fixed), `sampled` names the ones the sampler chose, `seed` the one it trains with;
         `precision` and `device` are what the run resolved "auto" to."""
-        def write() -> int:
-            with session_scope(self.engine) as session:
-                existing = session.scalar(select(Trial).where(
-                    Trial.study_id == study_id, Trial.number == number))
-                if existing is not None:
-                    if existing.optuna_trial_id != optuna_trial_id:  # another trial's row
-                        raise BrokenLink(
-                            f"trial row {number} of study row {study_id} belongs to Optuna "
-                            f"trial id {existing.optuna_trial_id}, not {optuna_trial_id}; "
-                            "see `hpsearch db check`")
-                    return existing.id  # a write whose commit we did not see: reuse it
-                trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
-                              state="running", params=params, sampled=sampled, worker=worker,
-                              retried_from=retried_from, seed=seed, epochs_run=0,
-                              precision=precision,
-                              device=device)
-                session.add(trial)
-                session.flush()
-                return trial.id
-        return retrying(write, f"recording the start of trial {number}")
+        with session_scope(self.engine) as session:
+            existing = session.scalar(select(Trial).where(
+                Trial.study_id == study_id, Trial.number == number))
+            if existing is not None:
+                if existing.optuna_trial_id != optuna_trial_id:  # another trial's row
+                    raise BrokenLink(
+                        f"trial row {number} of study row {study_id} belongs to Optuna "
+                        f"trial id {existing.optuna_trial_id}, not {optuna_trial_id}; "
+                        "see `hpsearch db check`")
+                return existing.id  # a write whose commit we did not see: reuse it
+            trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
+                          state="running", params=params, sampled=sampled, worker=worker,
+                          retried_from=retried_from, seed=seed, epochs_run=0,
+                          precision=precision,
+                          device=device)
+            session.add(trial)
+            session.flush()
+            return trial.id
 
     def copy_epochs(self, from_trial_id: int, to_trial_id: int, up_to_epoch: int,
                     primary: ObjectiveSpec = DEFAULT[0]) -> None:
         """Carry a retried trial's finished epochs over to the trial that resumes it."""
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                rows = session.scalars(select(Epoch).where(
-                    Epoch.trial_id == from_trial_id, Epoch.epoch <= up_to_epoch)).all()
-                for row in rows:
-                    self._upsert_epoch(session, to_trial_id, EpochMetrics(
-                        epoch=row.epoch, train_loss=row.train_loss, train_acc=row.train_acc,
-                        val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
-                        seconds=row.seconds, images_per_s=row.images_per_s), row.fraction)
-                self._refresh_summary(session, to_trial_id, primary)
-        retrying(write, "copying epochs of a retried trial")
-
-    def record_epoch(self, trial_id: int, metrics: EpochMetrics,
-                     primary: ObjectiveSpec = DEFAULT[0], fraction: float | None = None) -> None:
-        """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
-        update the trial's summary (its value: the `primary` objective's best epoch), in one
-        transaction. `fraction`: the share of the training split it trained on, for a rung of
-        a multi-fidelity budget."""
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                self._upsert_epoch(session, trial_id, metrics, fraction)
-                self._refresh_summary(session, trial_id, primary)
-        retrying(write, f"recording epoch {metrics.epoch}")
+        with session_scope(self.engine) as session:
+            rows = session.scalars(select(Epoch).where(
+                Epoch.trial_id == from_trial_id, Epoch.epoch <= up_to_epoch)).all()
+            for row in rows:
+                self._upsert_epoch(session, to_trial_id, EpochMetrics(
+                    epoch=row.epoch, train_loss=row.train_loss, train_acc=row.train_acc,
+                    val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
+                    seconds=row.seconds, images_per_s=row.images_per_s), row.fraction)
+            self._refresh_summary(session, to_trial_id, primary)
 
     def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics,
                       fraction: float | None = None) -> None:
@@ -140,106 +128,102 @@ class Recorder:
         )
         session.execute(stmt)
 
-    def _refresh_summary(self, session: Session, trial_id: int, primary: ObjectiveSpec) -> None:
+    def record_epoch(self, trial_id: int, metrics: EpochMetrics,
+                     primary: ObjectiveSpec = DEFAULT[0], fraction: float | None = None
+                     ) -> int | None:
+        """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
+        update the trial's summary (its value: the `primary` objective's best epoch), in one
+        transaction; returns the trial's best epoch so far. `fraction`: the share of the
+        training split it trained on, for a rung of a multi-fidelity budget. TrialLost if the
+        trial was failed meanwhile (see the module)."""
+        with session_scope(self.engine) as session:
+            self._upsert_epoch(session, trial_id, metrics, fraction)
+            return self._refresh_summary(session, trial_id, primary, running=True)
+
+    def _refresh_summary(self, session: Session, trial_id: int, primary: ObjectiveSpec,
+                         running: bool = False) -> int | None:
+        """The trial row's value, best epoch and epoch count from its epoch rows; returns the
+        best epoch. The one definition of a trial's best epoch: the `primary` objective's
+        best, the earliest of equal ones. `running`: only while the row is running
+        (TrialLost otherwise)."""
         measure = getattr(Epoch, primary.measure)
         best = session.execute(
             select(measure, Epoch.epoch).where(Epoch.trial_id == trial_id, measure.is_not(None))
             .order_by(measure.desc() if primary.maximize else measure.asc(), Epoch.epoch)
             .limit(1)).first()
         count = session.scalar(select(func.count()).where(Epoch.trial_id == trial_id))
-        session.execute(update(Trial).where(Trial.id == trial_id).values(
+        row = update(Trial).where(Trial.id == trial_id)
+        if running:
+            row = row.where(Trial.state == "running")
+        updated = session.execute(row.values(
             value=best[0] if best else None, best_epoch=best[1] if best else None,
-            epochs_run=count or 0))
+            epochs_run=count or 0)).rowcount
+        if running and not updated:
+            raise TrialLost(f"trial row {trial_id} was failed while it ran here")
+        return best[1] if best else None
 
     def finish_trial(self, trial_id: int, state: str, seconds: float, n_params: int | None,
-                     reason: str | None = None) -> None:
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                session.execute(update(Trial).where(Trial.id == trial_id).values(
-                    state=state, seconds=seconds, n_params=n_params, reason=reason,
-                    finished_at=utcnow()))
-        retrying(write, f"recording the end of trial row {trial_id}")
+                     reason: str | None = None) -> int | None:
+        """End a running trial's row; returns its best epoch (the one rule for it: see
+        _refresh_summary). TrialLost if it was failed meanwhile (see the module)."""
+        with session_scope(self.engine) as session:
+            ended = session.execute(update(Trial).where(
+                Trial.id == trial_id, Trial.state == "running").values(
+                state=state, seconds=seconds, n_params=n_params, reason=reason,
+                finished_at=utcnow()).returning(Trial.best_epoch)).first()
+        if ended is None:
+            raise TrialLost(f"trial row {trial_id} was failed while it ran here")
+        return ended.best_epoch
 
     def trial_id(self, study_id: int, number: int) -> int | None:
-        return retrying(lambda: self._trial_id(study_id, number), "reading a trial")
-
-    def _trial_id(self, study_id: int, number: int) -> int | None:
         with session_scope(self.engine) as session:
             return session.scalar(select(Trial.id).where(
                 Trial.study_id == study_id, Trial.number == number))
 
-    def running_trials(self, study_id: int) -> list[tuple[int, int]]:
-        """(row id, Optuna trial id) of every trial the table shows as running."""
-        def read() -> list[tuple[int, int]]:
-            with session_scope(self.engine) as session:
-                return [(r.id, r.optuna_trial_id) for r in session.execute(
-                    select(Trial.id, Trial.optuna_trial_id).where(
-                        Trial.study_id == study_id, Trial.state == "running"))]
-        return retrying(read, "reading running trials")
+    def mark_dead(self, optuna_trial_id: int, reason: str) -> None:
+        """Fail the row of a trial that Optuna's heartbeat check failed (its worker died, or
+        was frozen or cut off longer than the grace period), if it is still running."""
+        with session_scope(self.engine) as session:
+            session.execute(update(Trial).where(
+                Trial.optuna_trial_id == optuna_trial_id, Trial.state == "running").values(
+                state="failed", reason=reason, finished_at=utcnow()))
 
     def ended_outside_top(self, study_id: int, numbers: list[int], k: int,
                           objectives: tuple[ObjectiveSpec, ...]) -> list[int]:
         """Of the trials `numbers`, those that completed or were pruned and are not among the
         study's `k` best (`queries.ranked_query`): their kept models can go."""
-        def read() -> list[int]:
-            with session_scope(self.engine) as session:
-                best = set(session.scalars(ranked_query(study_id, Trial.number,
-                                                        objectives=objectives).limit(k)))
-                ended = session.scalars(select(Trial.number).where(
-                    Trial.study_id == study_id, Trial.number.in_(numbers),
-                    Trial.state.in_(("complete", "pruned"))))
-                return sorted(set(ended) - best)
-        return retrying(read, "reading the study's best trials")
-
-    def mark_failed(self, trial_id: int, reason: str) -> None:
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                session.execute(update(Trial).where(
-                    Trial.id == trial_id, Trial.state == "running").values(
-                    state="failed", reason=reason, finished_at=utcnow()))
-        retrying(write, "marking a dead trial failed")
-
-    def mark_running_as(self, study_id: int, worker: str, state: str, reason: str) -> int:
-        """End every trial this worker still has running (after Ctrl-C). Returns how many."""
-        def write() -> int:
-            with session_scope(self.engine) as session:
-                result = session.execute(update(Trial).where(
-                    Trial.study_id == study_id, Trial.worker == worker,
-                    Trial.state == "running").values(state=state, reason=reason,
-                                                     finished_at=utcnow()))
-                return result.rowcount or 0
-        return retrying(write, "marking running trials")
+        with session_scope(self.engine) as session:
+            best = set(session.scalars(ranked_query(study_id, Trial.number,
+                                                    objectives=objectives).limit(k)))
+            ended = session.scalars(select(Trial.number).where(
+                Trial.study_id == study_id, Trial.number.in_(numbers),
+                Trial.state.in_(("complete", "pruned"))))
+            return sorted(set(ended) - best)
 
     def study_row(self, name: str) -> Study | None:
         """Our row of study `name`, None if there is none; BrokenLink when Optuna no longer
         has the study the row was recorded for under that name."""
-        def read() -> Study | None:
-            with session_scope(self.engine, expire_on_commit=False) as session:
-                study = session.scalar(select(Study).where(study_named(name)))
-                if study is not None:
-                    check_link(session.connection(), study)
-                else:
-                    refuse_foreign(session.connection(), name)
-                return study
-        return retrying(read, "reading the study")
+        with session_scope(self.engine, expire_on_commit=False) as session:
+            study = session.scalar(select(Study).where(study_named(name)))
+            if study is not None:
+                check_link(session.connection(), study)
+            else:
+                refuse_foreign(session.connection(), name)
+            return study
 
     def store_evaluation(self, trial_id: int, seed: int, epochs: int, test_acc: float,
                          test_loss: float, curve: list[dict[str, float]], checkpoint_path: str,
                          seconds: float) -> None:
         """One final retraining's result; DuplicateRowError if that (trial, seed, epochs) was
         stored meanwhile by another process."""
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                session.add(Evaluation(
-                    trial_id=trial_id, seed=seed, epochs=epochs, test_acc=test_acc,
-                    test_loss=test_loss, curve=curve, checkpoint_path=checkpoint_path,
-                    seconds=seconds))
-        retrying(write, "recording an evaluation")
+        with session_scope(self.engine) as session:
+            session.add(Evaluation(
+                trial_id=trial_id, seed=seed, epochs=epochs, test_acc=test_acc,
+                test_loss=test_loss, curve=curve, checkpoint_path=checkpoint_path,
+                seconds=seconds))
 
     def store_ensemble(self, row: dict[str, Any]) -> None:
         """One ensemble's result for one seed (the columns of hps_ensemble); DuplicateRowError
         if that (study, seed, members_key) was stored meanwhile by another process."""
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                session.add(EnsembleEvaluation(**row))
-        retrying(write, "recording an ensemble")
+        with session_scope(self.engine) as session:
+            session.add(EnsembleEvaluation(**row))

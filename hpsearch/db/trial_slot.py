@@ -33,7 +33,6 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import as_database_error
-from hpsearch.db.session import retrying
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,7 @@ class TrialSlotLock:
 
     def acquire(self) -> None:
         if self._engine is not None:
-            # through the retry policy: a worker between trials waits out an outage like
-            # every other write, instead of dying of the first refused connection
-            retrying(self._lock, "taking the study's trial-slot lock", url=self.url)
+            self._lock()
         elif self._file is not None:
             self._handle = open(self._file, "ab")  # noqa: SIM115 - held until release()
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
@@ -84,7 +81,7 @@ class TrialSlotLock:
             conn, self._conn = self._conn, None
             try:
                 conn.rollback()  # ends the transaction, and the lock with it
-            except Exception as exc:  # noqa: BLE001 - a lost session took its lock with it
+            except Exception as exc:  # a lost session took its lock with it
                 error = as_database_error(exc, self.url)
                 log.warning("trial-slot lock not released (%s); the server drops it with "
                             "the session", error.reason if error else exc)

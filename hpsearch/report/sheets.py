@@ -14,8 +14,6 @@ from typing import Any, TextIO
 
 from hpsearch.errors import ConfigError
 
-FORMATS = ("table", "md", "csv", "json")
-
 
 def _dash(fmt: Callable[[Any], str]) -> Callable[[Any], str]:
     return lambda value: "-" if value is None else fmt(value)

@@ -24,7 +24,6 @@ from hpsearch.db.records import (
     StudySummary,
     TrialRecord,
 )
-from hpsearch.errors import ConfigError
 from hpsearch.objectives import ObjectiveSpec
 from hpsearch.params import DataOptions
 from hpsearch.report.sheets import (
@@ -344,27 +343,7 @@ def budget_sheet(title: str, use: Mapping[str, Any]) -> Sheet:
     return Sheet(title, columns, rows)
 
 
-# --- a retrainable config ------------------------------------------------------------------
-
-def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any], DataOptions]:
-    """The trial's params (those that acted in it, as its row holds them) and the study's data,
-    which retrain `trial` on its own.
-
-    epochs becomes the epoch where the trial peaked, except with a cosine schedule: that one
-    stretches over all epochs, so a shorter run would follow a different learning-rate curve.
-    """
-    from hpsearch.params import TrialParams
-
-    try:
-        checked = TrialParams.from_dict(trial.params)  # checks the stored row
-    except ConfigError as exc:
-        raise ConfigError(f"cannot resolve the params of trial {trial.number} of study "
-                          f"{study.name!r}: {exc}") from None
-    params = {name: getattr(checked, name) for name in trial.params}
-    if trial.best_epoch is not None and checked.scheduler != "cosine":
-        params["epochs"] = trial.best_epoch
-    return params, study.data
-
+# --- a retrainable config as TOML (the config itself: hpsearch.search.retrain) ----------
 
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):

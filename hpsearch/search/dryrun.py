@@ -26,6 +26,7 @@ from typing import Any
 from hpsearch.errors import CheckpointError
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import TrialParams
+from hpsearch.stop import wait
 
 CHANCE = 0.1  # ten classes
 BEST_LOG_LR = -2.5  # the synthetic optimum of the learning rate
@@ -89,5 +90,5 @@ class DryRun:
     def __iter__(self) -> Iterator[EpochMetrics]:
         for epoch in range(1, self.last_epoch + 1):
             started = time.monotonic()
-            time.sleep(self.seconds_per_epoch)  # a stop signal's exception ends it at once
+            wait(self.seconds_per_epoch)  # a stop request ends it at once
             yield synthetic_epoch(self.params, epoch, self.seed, time.monotonic() - started)

@@ -162,7 +162,7 @@ def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
     """A trial's full params (epochs: `epochs`, else those `hpsearch best --format toml` gives:
     the peak epoch, or the full length under cosine) and the study's stored [data] options,
     checked."""
-    from hpsearch.report.tables import retrain_config
+    from hpsearch.search.retrain import retrain_config
 
     if record.state == "running":
         raise HpsearchError(f"trial {record.number} of study {study.name!r} is still running")

@@ -43,7 +43,7 @@ from hpsearch.paths import study_slug
 from hpsearch.search.hours import BudgetKeeper
 from hpsearch.search.progress import render_progress, summary_line
 from hpsearch.spec import StudyConfig
-from hpsearch.stop import signal_name, signum_of
+from hpsearch.stop import check_stop, signal_name, signum_of
 
 # how long stopped workers get to mark their trials. A launcher killed meanwhile (docker stop
 # sends SIGKILL after 10 s) leaves them to finish that on their own: they already got the signal
@@ -180,6 +180,7 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
         view.update(progress)
         try:
             while running := [w for w in workers if w.process.poll() is None]:
+                check_stop()  # raised at once as a rule; this catches one that was swallowed
                 # wakes as soon as the last worker exits, not up to POLL_S later
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     running[0].process.wait(timeout=POLL_S)

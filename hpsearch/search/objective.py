@@ -21,31 +21,28 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.db.engine import mask_secrets
-from hpsearch.db.errors import DatabaseError
+from hpsearch.db.errors import as_database_error
 from hpsearch.db.recorder import Recorder
-from hpsearch.errors import CheckpointError, HpsearchError, TrainingDiverged, out_of_memory
+from hpsearch.errors import (
+    CheckpointError,
+    HpsearchError,
+    TrainingDiverged,
+    TrialInterrupted,
+    TrialLost,
+    out_of_memory,
+)
+from hpsearch.masking import one_line
 from hpsearch.metrics import EpochMetrics
-from hpsearch.objectives import ObjectiveSpec, epoch_values
+from hpsearch.objectives import epoch_values
 from hpsearch.params import TrialParams
 from hpsearch.paths import MODEL_PREFIX, checkpoint_folder, checkpoint_path, model_path
 from hpsearch.search.space import suggest
 from hpsearch.spec import StudyConfig
-from hpsearch.stop import interrupted_reason
+from hpsearch.stop import check_stop, interrupted_reason
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # how torch's CPU and CUDA allocators word a failed allocation
-
-
-def _track_peak(peak: dict[str, Any], primary: ObjectiveSpec, value: float,
-                epoch: int) -> bool:
-    """Keep the first objective's best epoch (the earliest of equal ones), as the trial row's
-    best_epoch. True when `epoch` is the new best."""
-    if peak and not primary.better(value, peak["value"]):
-        return False
-    peak.update(value=value, epoch=epoch)
-    return True
 
 
 def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -111,25 +108,23 @@ class Objective:
         self.trainer = trainer
         self.recorder = recorder
         self.worker = worker
-        # Optuna id of the trial a stop request would cut short: set from the start of a trial
-        # (a stop while it is set up counts too) until its end is recorded
-        self.interrupted: int | None = None
-        # a permanent database error met by the last trial: the worker stops on it (Optuna
-        # catches every exception of an objective and would go on to the next trial)
-        self.fatal: DatabaseError | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        self.fatal = None
+        """Run the trial. Its own failure (a training error, say) is recorded and raised as
+        TrialFailed; a fault that is not its own (a database error, a stop) is recorded as its
+        reason where the database allows, and raised as TrialInterrupted: the worker queues
+        the trial again, to resume from its checkpoint. TrialLost: it was failed meanwhile."""
         try:
             return self._run(trial)
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
+            raise TrialInterrupted(stop) from None
         except Exception as exc:
-            self.interrupted = None  # ended by its own error: no stop's to queue again
-            if isinstance(exc, DatabaseError):
-                self.fatal = exc
-            raise
+            error = as_database_error(exc, self.recorder.url)
+            if error is None:
+                raise
+            raise TrialInterrupted(error) from exc
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        self.interrupted = trial._trial_id
         applied, sampled = suggest(trial, self.config)
         params = TrialParams.from_dict(applied)  # the inactive ones' defaults do nothing
         history = retry_history(trial)
@@ -139,13 +134,13 @@ class Objective:
         resume_from, resumed_number, state, note = (
             self._latest_checkpoint(history) if keeps else (None, -1, None, None))
         precision = self.trainer.precision(params)
+        check_stop()  # a stop while the trial was set up: nothing of ours is written
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
                                         {k: getattr(params, k) for k in applied}, sampled,
                                         self.worker, retried_from=history[-1] if history else None,
                                         seed=seed,
                                         precision=precision, device=self.trainer.device)
         primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
-        peak: dict[str, Any] = {}  # its best epoch so far: {"value": ..., "epoch": ...}
         started = time.monotonic()
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
@@ -173,7 +168,6 @@ class Objective:
                 if previous is not None:
                     self.recorder.copy_epochs(previous, row, int(state["epoch"]), primary)
                 for done_epoch in state.get("history", []):
-                    _track_peak(peak, primary, done_epoch[primary.measure], done_epoch["epoch"])
                     seen[int(done_epoch["epoch"])] = done_epoch
                 self._take_over_model(resumed_number, model)
             done = max(seen, default=0)  # epochs a retried trial's checkpoint already holds
@@ -190,9 +184,9 @@ class Objective:
                                                 "precision": precision,
                                                 "device": self.trainer.device})
                     for metrics in run:
-                        self.recorder.record_epoch(row, metrics, primary, fraction)
+                        best = self.recorder.record_epoch(row, metrics, primary, fraction)
                         value = getattr(metrics, primary.measure)
-                        if _track_peak(peak, primary, value, metrics.epoch) and model:
+                        if best == metrics.epoch and model:  # a new peak
                             run.save_model(model, study=self.config.name, trial=trial.number,
                                            seed=seed, split_seed=self.config.seed,
                                            epoch=metrics.epoch, metrics=metrics.to_dict())
@@ -217,27 +211,26 @@ class Objective:
                         break
         except TrainingDiverged as exc:
             self._finish(trial, row, "pruned", started, n_params,
-                         _noted(note, f"diverged: {exc}"), checkpoint, peak)
+                         _noted(note, f"diverged: {exc}"), checkpoint)
             raise optuna.TrialPruned(f"diverged: {exc}") from None
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
-            # its checkpoint is kept: the worker queues it again. Marking it may fail (a stop
-            # during an outage gives up waiting): the stop goes on, the heartbeat check fails
-            # the trial later and its retry resumes from the checkpoint all the same
-            try:
-                self._finish(trial, row, "failed", started, n_params, interrupted_reason(exc),
-                             None, peak, stopped=True)
-            except Exception as error:  # noqa: BLE001 - the stop must not become this error
-                log.warning("trial %d: stop not recorded (%s)", trial.number, error)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:  # Optuna failed it already
+            raise TrialLost(str(exc)) from None
+        except KeyboardInterrupt as exc:  # its checkpoint is kept: the worker queues it again
+            self._finish_faulted(trial, row, started, n_params, interrupted_reason(exc))
             raise
         except Exception as exc:
-            self._finish(trial, row, "failed", started, n_params,
-                         _noted(note, failure_reason(exc)), None, peak)
-            raise
+            error = as_database_error(exc, self.recorder.url)
+            if error is not None:  # not the trial's fault: queued again, like a stop
+                self._finish_faulted(trial, row, started, n_params, failure_reason(error))
+                raise error from exc
+            reason = _noted(note, failure_reason(exc))
+            self._finish(trial, row, "failed", started, n_params, reason, None)
+            raise TrialFailed(reason) from exc
         if pruned is not None:
             self._finish(trial, row, "pruned", started, n_params, _noted(note, pruned),
-                         checkpoint, peak)
+                         checkpoint)
             raise optuna.TrialPruned(pruned)
-        self._finish(trial, row, "complete", started, n_params, note, checkpoint, peak)
+        self._finish(trial, row, "complete", started, n_params, note, checkpoint)
         values = tuple(v if v is not None else float("nan") for v in epoch_values(
             self.config.objectives, [seen[e] for e in sorted(seen)], n_params))
         return values if self.config.multi_objective else values[0]
@@ -267,18 +260,27 @@ class Objective:
                 f"{rung.epochs}, {primary.measure} {value:.4f})")
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
-                n_params: int | None, reason: str | None, checkpoint: Path | None,
-                peak: dict[str, Any], *, stopped: bool = False) -> None:
+                n_params: int | None, reason: str | None, checkpoint: Path | None) -> None:
         # a reason is shown in reports and tables: a driver's error may carry a connection string
-        reason = mask_secrets(reason) if reason else None
-        self.recorder.finish_trial(row, state, time.monotonic() - started, n_params, reason)
-        if not stopped:
-            self.interrupted = None  # ended for its own reasons: a stop now is not its fault
+        reason = one_line(reason) if reason else None
+        best_epoch = self.recorder.finish_trial(row, state, time.monotonic() - started,
+                                                n_params, reason)
         # the rest of the dashboard's metadata, once at the end (each attribute is a write)
-        _set_user_attrs(trial, {"best_epoch": peak.get("epoch"), "reason": reason})
+        _set_user_attrs(trial, {"best_epoch": best_epoch, "reason": reason})
         if checkpoint is not None:  # finished trials need no resume point, nor a model
             checkpoint.unlink(missing_ok=True)  # unless they are among the best
             self._keep_best_models()
+
+    def _finish_faulted(self, trial: optuna.Trial, row: int, started: float,
+                        n_params: int | None, reason: str) -> None:
+        """Record why a fault ended the trial, if the database lets us: the fault itself (an
+        outage, say) may prevent it, and must not be hidden by that second failure. Its
+        checkpoint is kept for the retry."""
+        try:
+            self._finish(trial, row, "failed", started, n_params, reason, None)
+        except Exception as error:  # see the docstring
+            log.warning("trial %d: its end not recorded (%s)", trial.number,
+                        failure_reason(error))
 
     def _take_over_model(self, resumed_number: int, model: Path | None) -> None:
         """A retry that resumes another attempt's run takes over its peak model too."""
@@ -335,13 +337,17 @@ class Objective:
 def failure_reason(exc: BaseException) -> str:
     """The reason stored for a trial that failed with `exc`, on one line; running out of
     memory is said plainly (torch reports it as a RuntimeError from its allocator)."""
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     memory = out_of_memory(exc)
     if memory is not None:
         return memory
     if isinstance(exc, HpsearchError):  # our own messages are already sentences
         return text
     return f"{type(exc).__name__}: {text}"
+
+
+class TrialFailed(HpsearchError):
+    """A trial ended by its own error (its reason recorded): the worker goes on to the next."""
 
 
 def _noted(note: str | None, reason: str) -> str:

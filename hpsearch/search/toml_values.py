@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
+from hpsearch.masking import one_line
 from hpsearch.params import coerce
 
 MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes; /dev/zero is not one
@@ -67,7 +68,7 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{path}: malformed TOML: {one_line(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
     check_strings(doc, str(path))

@@ -15,28 +15,33 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+import tenacity
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
-from hpsearch.db.errors import DatabaseError
+from hpsearch.db.errors import DatabaseError, as_database_error
 from hpsearch.db.migrate import ensure_schema
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.trial_slot import TrialSlotLock
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, TrialInterrupted, TrialLost
 from hpsearch.files import writable_folder
+from hpsearch.masking import one_line
 from hpsearch.paths import checkpoint_folder
 from hpsearch.search.control import StudyControl
 from hpsearch.search.dryrun import DryRunTrainer
 from hpsearch.search.hours import SearchLimits, published_limits
-from hpsearch.search.objective import COUNTED_STATES, Objective, TrialTrainer
-from hpsearch.search.study import ResilientRDBStorage, open_storage
+from hpsearch.search.objective import COUNTED_STATES, Objective, TrialFailed, TrialTrainer
+from hpsearch.search.study import Storage, open_storage
 from hpsearch.spec import StudyConfig
-from hpsearch.stop import interrupted_reason, stop_requested, take_over_stop
+from hpsearch.stop import check_stop, stop_requested
+from hpsearch.stop import wait as stop_wait
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # How often an idle worker (the study's last trials run elsewhere) looks again: soon at first,
 # because at the end of a study the run waits for it, then less and less often (doubling up to
 # WAIT_POLL_MAX_S), so that 64 idle workers do not poll the database 256 times a second.
@@ -102,7 +107,6 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
-    me = worker_name()
     # an hours budget's limits, published by the `hpsearch run` that plans it
     limits = SearchLimits(lambda: published_limits(storage, study._study_id))
     control = StudyControl(study, config)  # `hpsearch study stop|pause`, a reached target
@@ -110,92 +114,194 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     def after_epoch() -> bool:
         control.after_epoch()  # a central stop ends the trial here (StudyHalted)
         return limits.search_over()
-    objective = Objective(config, row_id, make_trainer(config, device, threads), recorder, me,
-                          search_over=after_epoch)
-    summary = WorkerSummary()
-    last: list[FrozenTrial] = []
-    timeout = timeout if timeout is not None else config.timeout
-    deadline = time.monotonic() + timeout if timeout else None
-    consecutive_failures = 0
+    objective = Objective(config, row_id, make_trainer(config, device, threads), recorder,
+                          worker_name(), search_over=after_epoch)
     # held from counting the trials until Optuna has created ours (then the objective's first
     # step releases it): no two workers can both take the last slot (see db/trial_slot.py)
     slot = TrialSlotLock(url, study._study_id, engine)
     # released as soon as the ask has created the trial, before the sampler runs; a queued
     # retry that the ask picks up instead is released by the objective's first step
     storage.on_trial_created = (threading.get_ident(), slot.release)
-    watcher = StaleTrialWatcher(study, storage, recorder, row_id)
+    watcher = StaleTrialWatcher(study, storage)
     watcher.start()
-    idle_wait = WAIT_POLL_S
-
-    def run_trial(trial: optuna.Trial) -> float:
-        slot.release()  # a queued trial (a retry) is RUNNING now: the next count sees it
-        return objective(trial)
-
+    trials = _Trials(study, config, objective, slot, limits, control)
     try:
-        while deadline is None or time.monotonic() < deadline:
-            if not limits.may_start():
-                log.info("the search time of the hours budget is over: no new trial")
-                break
-            halt = control.before_trial()
-            if halt is not None:
-                log.info("%s", halt.line(name))
-                break
-            _record_checked(recorder, storage, row_id)
-            slot.acquire()
-            try:
-                # Running before finished: another worker's trial may finish between the two
-                # counts. Read in this order it is counted twice (harmless: wait, look again);
-                # in the other order it was counted in neither, and a trial too many started.
-                running = storage.get_n_trials(study._study_id, TrialState.RUNNING)
-                waiting = storage.get_n_trials(study._study_id, TrialState.WAITING)
-                finished = storage.get_n_trials(study._study_id, COUNTED_STATES)
-                if finished >= config.n_trials:
-                    break
-                if not waiting and finished + running >= config.n_trials:
-                    # the last trials run elsewhere; if their worker died, the heartbeat check
-                    # fails them and queues a retry, which this loop then picks up
-                    slot.release()
-                    _fail_stale(study)
-                    time.sleep(idle_wait)
-                    idle_wait = min(WAIT_POLL_MAX_S, 2 * idle_wait)
-                    continue
-                idle_wait = WAIT_POLL_S
-                last.clear()
-                _optimize_one(study, run_trial, objective, last)
-            finally:
-                slot.release()  # also when Optuna failed before running the objective
-            state = last[0].state if last else TrialState.FAIL
-            if state == TrialState.COMPLETE:
-                summary.complete += 1
-            elif state == TrialState.PRUNED:
-                summary.pruned += 1
-            else:
-                summary.failed += 1
-                consecutive_failures += 1
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise HpsearchError(
-                        f"{consecutive_failures} trials in a row failed in this worker; see "
-                        "`hpsearch trials NAME --state failed` for the reasons")
-                continue
-            consecutive_failures = 0
-        _record_dead_trials(recorder, storage, row_id)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as hpsearch.stop.Stopped
-        _settle_stopped_trial(exc, recorder, row_id, me, study, objective)
+        return trials.run(url, timeout if timeout is not None else config.timeout)
+    except KeyboardInterrupt:  # a stop (hpsearch.stop): checked between batches and trials
+        trials.settle_faulted(url)
         raise
-    except Exception as exc:
-        # while a stop is under way, database calls give up after STOP_WAIT_S (db.session) and
-        # Optuna's own bookkeeping then fails in its own way: that is the stop, not an error
-        stop = take_over_stop()
-        if stop is None:
-            raise
-        _settle_stopped_trial(stop, recorder, row_id, me, study, objective)
-        raise stop from exc
     finally:
         slot.close()
         watcher.stop()
         storage.remove_session()
         engine.dispose()
-    return summary
+
+
+class _Trials:
+    """The worker's loop: one trial after another, the database waited for between them."""
+
+    def __init__(self, study: optuna.Study, config: StudyConfig, objective: Objective,
+                 slot: TrialSlotLock, limits: SearchLimits, control: StudyControl) -> None:
+        self.study, self.config, self.objective, self.slot = study, config, objective, slot
+        self.limits, self.control = limits, control
+        self.summary = WorkerSummary()
+        # Optuna ids of trials a fault ended, to fail (True: and queue again), then to queue
+        # again; what the database did not take is done at the next try (see settle_faulted)
+        self.to_fail: dict[int, bool] = {}
+        self.to_copy: set[int] = set()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
+
+    def run(self, url: str, timeout: float | None) -> WorkerSummary:
+        deadline = time.monotonic() + timeout if timeout else None
+        consecutive_failures = 0
+        idle_wait = WAIT_POLL_S
+        while deadline is None or time.monotonic() < deadline:
+            check_stop()
+            try:
+                state = until_the_database_answers(self._next, url)
+            except Exception as exc:
+                error = as_database_error(exc, url)
+                if error is None:
+                    raise
+                self.settle_faulted(url)  # the trial failed in Optuna too, where it still can be
+                raise error from exc  # permanent: the worker ends with its reason
+            if state == "done":
+                break
+            if state == "idle":
+                # the last trials run elsewhere; if their worker died, the heartbeat check
+                # fails them and queues a retry, which this loop then picks up
+                stop_wait(idle_wait)
+                idle_wait = min(WAIT_POLL_MAX_S, 2 * idle_wait)
+                continue
+            idle_wait = WAIT_POLL_S
+            if state in (TrialState.COMPLETE, TrialState.PRUNED):
+                consecutive_failures = 0
+                continue
+            consecutive_failures += state == TrialState.FAIL
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                raise HpsearchError(
+                    f"{consecutive_failures} trials in a row failed in this worker; see "
+                    "`hpsearch trials NAME --state failed` for the reasons")
+        return self.summary
+
+    def _next(self) -> TrialState | str | None:
+        """Run the next trial: its end state; "idle" while the last trials run elsewhere,
+        "done" when the study has its trials; None when it was lost (see TrialLost). A
+        transient database error raised here is waited out, and this is called again."""
+        self.settle_faulted()
+        if not self.limits.may_start():
+            log.info("the search time of the hours budget is over: no new trial")
+            return "done"
+        halt = self.control.before_trial()
+        if halt is not None:
+            log.info("%s", halt.line(self.config.name))
+            return "done"
+        study, slot = self.study, self.slot
+        slot.acquire()
+        try:
+            # Running before finished: another worker's trial may finish between the two
+            # counts. Read in this order it is counted twice (harmless: wait, look again); in
+            # the other order it was counted in neither, and a trial too many started.
+            running = study._storage.get_n_trials(study._study_id, TrialState.RUNNING)
+            waiting = study._storage.get_n_trials(study._study_id, TrialState.WAITING)
+            finished = study._storage.get_n_trials(study._study_id, COUNTED_STATES)
+            if finished >= self.config.n_trials:
+                return "done"
+            if not waiting and finished + running >= self.config.n_trials:
+                return "idle"
+            return self._optimize_one()
+        finally:
+            slot.release()  # also when Optuna failed before running the objective
+
+    def _optimize_one(self) -> TrialState | None:
+        ended: list[FrozenTrial] = []
+        current: list[optuna.Trial] = []
+
+        def run_trial(trial: optuna.Trial) -> float | tuple[float, ...]:
+            self.slot.release()  # a queued trial (a retry) is RUNNING now: the next count sees it
+            current.append(trial)
+            return self.objective(trial)
+
+        try:
+            # Optuna checks for stale trials first, as the watcher does while a trial runs
+            self.study.optimize(run_trial, n_trials=1, catch=(TrialFailed,),
+                                gc_after_trial=False, callbacks=[lambda _s, t: ended.append(t)])
+        except TrialLost as lost:
+            log.warning("trial %d was failed by the heartbeat check while this worker was "
+                        "frozen or cut off (%s); dropped: its retry resumes from its "
+                        "checkpoint", current[0].number, lost)
+            return None
+        except TrialInterrupted as fault:
+            cause = fault.cause
+            again = not isinstance(cause, DatabaseError) or cause.transient
+            log.warning("trial %d ended by %s%s", current[0].number, one_line(cause) or "a stop",
+                        "; it resumes from its checkpoint" if again else "")
+            self.to_fail[current[0]._trial_id] = again
+            raise cause from None
+        state = ended[0].state if ended else TrialState.FAIL
+        if state == TrialState.COMPLETE:
+            self.summary.complete += 1
+        elif state == TrialState.PRUNED:
+            self.summary.pruned += 1
+        else:
+            self.summary.failed += 1
+        return state
+
+    def settle_faulted(self, url: str | None = None) -> None:
+        """Fail each trial a fault ended (Optuna left it running) and, unless the fault was a
+        permanent error, queue a copy that resumes from its checkpoint (a stop or an outage is
+        not the trial's fault: whatever max_retry says), as the heartbeat check does for a
+        dead worker's trial. Failing it is a compare-and-set, as the check's: if the check
+        failed it first, the check queued the copy, and this queues none. `url`: stopping, so
+        the database is tried once, not waited for."""
+        storage = self.study._storage
+        for trial_id, again in sorted(self.to_fail.items()):
+            try:
+                try:
+                    if storage.set_trial_state_values(trial_id, TrialState.FAIL) and again:
+                        self.to_copy.add(trial_id)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # failed by the heartbeat check, which queued the copy
+                del self.to_fail[trial_id]
+                if trial_id in self.to_copy:
+                    self.retry(self.study, storage.get_trial(trial_id))
+                    self.to_copy.discard(trial_id)
+            except Exception as exc:
+                if url is None:
+                    raise  # between trials: waited out, then tried again
+                log.warning("stopped trial not queued again (%s): the heartbeat check of the "
+                            "next run queues it", as_database_error(exc, url) or exc)
+
+
+def until_the_database_answers(step: Callable[[], T], url: str) -> T:
+    """Run `step`, waiting out transient database errors: retried with exponential back-off
+    (0.2 s doubling to 5 s) for as long as they last, saying so when the wait starts, every
+    30 s or so while it lasts and when it ends. A stop request ends the wait. Permanent errors,
+    and anything else, are raised at once."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda exc: _transient(exc, url)), reraise=True,
+        sleep=stop_wait,
+        wait=tenacity.wait_exponential(multiplier=0.2, max=5), before_sleep=_say_waiting)
+    result = retrying(step)
+    if retrying.statistics.get("attempt_number", 1) > 1:
+        log.warning("database back after %.0f s",
+                    retrying.statistics.get("delay_since_first_attempt", 0))
+    return result
+
+
+def _transient(exc: BaseException, url: str) -> bool:
+    error = as_database_error(exc, url)
+    return error is not None and error.transient
+
+
+def _say_waiting(state: tenacity.RetryCallState) -> None:
+    if state.attempt_number == 1 or state.attempt_number % 7 == 0:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = error.reason if exc and (error := as_database_error(exc)) else exc
+        log.warning("database unavailable (%s); retrying with back-off until it is back, "
+                    "%.0f s so far", reason, state.seconds_since_start)
 
 
 class StaleTrialWatcher(threading.Thread):
@@ -205,11 +311,9 @@ class StaleTrialWatcher(threading.Thread):
     storage lets only one check per study per interval through (claim_stale_check): the
     others' attempts cost one UPDATE each."""
 
-    def __init__(self, study: optuna.Study, storage: ResilientRDBStorage, recorder: Recorder,
-                 study_row_id: int) -> None:
+    def __init__(self, study: optuna.Study, storage: Storage) -> None:
         super().__init__(name="stale-trial-watcher", daemon=True)
         self.study, self.storage = study, storage
-        self.recorder, self.study_row_id = recorder, study_row_id
         self.interval = storage.stale_check_interval
         self._stopped = threading.Event()
 
@@ -217,9 +321,8 @@ class StaleTrialWatcher(threading.Thread):
         while not self._stopped.wait(self.interval):
             try:
                 _fail_stale(self.study)
-                _record_checked(self.recorder, self.storage, self.study_row_id)
-            except Exception as exc:  # noqa: BLE001 - a missed check is retried next interval
-                log.warning("stale-trial check failed: %s", exc)
+            except Exception as exc:  # a missed check is retried next interval
+                log.warning("stale-trial check failed: %s", as_database_error(exc) or repr(exc))
             finally:
                 self.storage.remove_session()
 
@@ -229,95 +332,19 @@ class StaleTrialWatcher(threading.Thread):
             self.join(timeout=5)
 
 
-def _record_checked(recorder: Recorder, storage: ResilientRDBStorage,
-                    study_row_id: int) -> None:
-    """After a stale-trial check made by this process (ours or Optuna's before a trial), and
-    only then, the trials it failed are failed in our table too."""
-    if storage.take_checked():
-        _record_dead_trials(recorder, storage, study_row_id)
-
-
-def _record_dead_trials(recorder: Recorder, storage: RDBStorage, study_row_id: int) -> None:
-    """Trials that Optuna failed for lack of heartbeats (their worker died) are failed in our
-    table too, so no trial shows as running forever."""
-    for row, optuna_trial_id in recorder.running_trials(study_row_id):
-        if storage.get_trial(optuna_trial_id).state == TrialState.FAIL:
-            recorder.mark_failed(row, "worker died: no heartbeat within the grace period")
-
-
-def _settle_stopped_trial(stop: KeyboardInterrupt, recorder: Recorder, study_row_id: int,
-                          me: str, study: optuna.Study, objective: Objective) -> None:
-    """Mark this worker's running trial as stopped and queue it again. Each step on its own: a
-    database that fails one must not cost the other, nor turn the stop (and its exit code) into
-    a database error. During an outage both give up STOP_WAIT_S after the stop; the trial is
-    then resumable all the same: it stays "running" until its heartbeat is older than the
-    grace period, when the next run's heartbeat check fails it and queues its retry, which
-    resumes from its last checkpoint. `stop.settled` says whether both steps were done."""
-    settled = True
-    try:
-        recorder.mark_running_as(study_row_id, me, "failed", interrupted_reason(stop))
-    except Exception as error:  # noqa: BLE001 - see the docstring
-        settled = False
-        log.warning("running trials not marked (%s)", error)
-    if objective.interrupted is not None:
-        try:
-            settled = _requeue(study, objective.interrupted) and settled
-        except Exception as error:  # noqa: BLE001 - see the docstring
-            settled = False
-            log.warning("stopped trial not queued again (%s)", error)
-    if not settled:
-        log.warning("stopped without reaching the database: the next run resumes the stopped "
-                    "trial from its last checkpoint once its heartbeat is older than the grace "
-                    "period")
-    stop.settled = settled  # type: ignore[attr-defined]
-
-
-def _requeue(study: optuna.Study, trial_id: int) -> bool:
-    """Queue a copy of a trial stopped by Ctrl-C/SIGTERM/SIGHUP, as Optuna's retry callback does
-    for a dead worker's trial, so the next worker (the same command run again) resumes it from
-    its last checkpoint instead of losing its epochs. A stop is not the trial's fault, so the
-    copy is queued whatever max_retry says. False when Optuna has not recorded the stop (the
-    trial is still running there: the heartbeat check queues it later)."""
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state == TrialState.RUNNING:
-        return False
-    if frozen.state == TrialState.FAIL:  # Optuna recorded the stop; anything else: leave it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
-    return True
-
-
-def _optimize_one(study: optuna.Study, run_trial: Callable[[optuna.Trial], float],
-                  objective: Objective, last: list[FrozenTrial]) -> None:
-    """One trial. A permanent database error stops the worker with its reason: Optuna catches
-    every error of an objective and would go on, and its own bookkeeping after the trial,
-    failing on the same broken database, can hide the reason behind an UnboundLocalError."""
-    try:
-        study.optimize(run_trial, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                       callbacks=[lambda _s, t: last.append(t)])
-    except Exception as exc:
-        if objective.fatal is not None:
-            raise objective.fatal from exc
-        raise
-    if objective.fatal is not None:
-        raise objective.fatal
-
-
-def _database_errors_on_one_line(record: logging.LogRecord) -> bool:
-    """Optuna logs a failed trial with its traceback; for a database error the one line that
-    the worker ends with says everything."""
-    if record.exc_info and isinstance(record.exc_info[1], DatabaseError):
+def _one_line_failures(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback; for a stop or a database error the one
+    line says everything."""
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt | DatabaseError):
         record.exc_info = record.exc_text = None  # the text too: it may be formatted already
     return True
 
 
 # the logger of optuna.study._optimize, which reports failed trials
-logging.getLogger("optuna.study._optimize").addFilter(_database_errors_on_one_line)
+logging.getLogger("optuna.study._optimize").addFilter(_one_line_failures)
 
 
 def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-

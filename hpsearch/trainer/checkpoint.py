@@ -10,6 +10,7 @@ import torch
 
 from hpsearch.errors import CheckpointError, HpsearchError
 from hpsearch.files import atomic_write
+from hpsearch.masking import one_line
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -38,8 +39,8 @@ def load_checkpoint(path: Path) -> dict:
     except pickle.UnpicklingError as exc:  # torch's text here advises weights_only=False: no
         raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint, or holds "
                               "something other than tensors)") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated zip, I/O error, missing file
-        reason = " ".join(str(exc).split())[:120]
+    except Exception as exc:  # truncated zip, I/O error, missing file
+        reason = one_line(exc)[:120]
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
                               f"{reason})") from exc
 

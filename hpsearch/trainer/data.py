@@ -23,6 +23,7 @@ import torch
 
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.files import atomic_write
+from hpsearch.masking import one_line
 from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape, synthetic_test_size
 from hpsearch.paths import cache_dir
 
@@ -181,8 +182,8 @@ def _parse_idx_folder(dataset: str, folder: Path, train: bool
         return _load_torchvision(dataset, root, train)
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - torchvision's checks of a damaged file vary
-        why = " ".join(str(exc).split()) or f"not valid IDX files ({type(exc).__name__})"
+    except Exception as exc:  # torchvision's checks of a damaged file vary
+        why = one_line(exc) or f"not valid IDX files ({type(exc).__name__})"
         raise DataError(f"cannot read the {dataset} files in {folder}: {why} (damaged or "
                         "truncated? replace them)") from exc
 
@@ -210,7 +211,7 @@ def _try_download(dataset: str, root: Path) -> bool:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
         return True
-    except Exception:  # noqa: BLE001 - any network or checksum failure means "not available"
+    except Exception:  # any network or checksum failure means "not available"
         return False
     finally:
         socket.setdefaulttimeout(previous)
@@ -248,7 +249,7 @@ def _cached_tensors(dataset: str, train: bool, sources: list[Path],
         try:
             saved = torch.load(path, weights_only=True)
             return saved["images"], saved["labels"]
-        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the source files remain
+        except Exception as exc:  # whatever is wrong, the source files remain
             log.warning("dataset cache %s unreadable (%s); parsing the files again", path, exc)
     images, labels = load()
     try:

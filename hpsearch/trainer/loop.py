@@ -18,7 +18,9 @@ from torch import nn
 
 from hpsearch.errors import TrainingDiverged
 from hpsearch.metrics import EpochMetrics
+from hpsearch.objectives import DEFAULT
 from hpsearch.params import NUM_CLASSES, TrialParams
+from hpsearch.stop import check_stop
 from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
 from hpsearch.trainer.model import build_model, count_parameters
@@ -170,7 +172,9 @@ class Training:
 
     @property
     def best(self) -> EpochMetrics | None:
-        return max(self.history, key=lambda m: m.val_acc, default=None)
+        """The epoch of the best validation accuracy (the objectives' one rule for it)."""
+        index = DEFAULT[0].best_index([m.val_acc for m in self.history])
+        return None if index is None else self.history[index]
 
     def save_model(self, path: Path, **info: Any) -> None:
         """The model as it is now, in a self-contained model file (`model_file`) with `info`."""
@@ -209,6 +213,7 @@ class Training:
         lr = self.schedule.before_step(epoch, 0)  # the rate the epoch starts with is its record
         for step, (images, labels) in enumerate(iterate_batches(data.train, params.batch_size,
                                                                 self.gen)):
+            check_stop()  # a worker's stop request ends the run here: a batch is never torn
             if self.drop_last and len(labels) < params.batch_size:
                 break
             if augment is not None:

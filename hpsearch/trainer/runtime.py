@@ -123,9 +123,6 @@ class RunSetup:
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.precision == "bf16" else None
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
     def line(self) -> str:
         return (f"{self.device}, {self.precision} ({self.reason}), "
                 f"{self.threads} thread{'s' if self.threads != 1 else ''}")

@@ -17,37 +17,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, clean_env
+from tests.study_files import VALID_STUDY
+
 UNREACHABLE = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
-NO_NETWORK = "http://127.0.0.1:1"  # refused at once: a download attempt fails in milliseconds
 
-VALID_STUDY = """\
-[study]
-name = "bad-input"
-sampler = "random"
-pruner = "none"
-n_trials = 2
-seed = 0
-
-[data]
-dataset = "synthetic"
-synthetic_size = 300
-
-[budget]
-max_epochs = 2
-
-[workers]
-heartbeat_interval = 1
-grace_period = 4
-checkpoint_dir = "checkpoints"
-
-[space]
-patch_size = [7, 14]
-hidden_dim = { low = 16, high = 32 }
-lr = { low = 1e-3, high = 1e-2, log = true }
-optimizer = ["adam", "sgd"]
-batch_size = 64
-"""
 
 
 def study(old: str = "", new: str = "", append: str = "") -> str:
@@ -320,17 +294,6 @@ def recorded_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], cwd=ROOT, check=True,
                    timeout=120)
     return path
-
-
-def clean_env(tmp: Path) -> dict[str, str]:
-    """No HPSEARCH_* settings from the caller, a private cache, and no network: downloads
-    are refused by a proxy that does not exist."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("HPSEARCH_") and k.lower() not in ("http_proxy", "https_proxy",
-                                                                  "all_proxy", "no_proxy")}
-    env.update(XDG_CACHE_HOME=str(tmp / "cache"), COLUMNS="200", http_proxy=NO_NETWORK,
-               https_proxy=NO_NETWORK, HTTP_PROXY=NO_NETWORK, HTTPS_PROXY=NO_NETWORK)
-    return env
 
 
 def hpsearch(args: list[str], tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -39,8 +39,9 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import INT_MAX, PARAM_NAMES, TrialParams
 from hpsearch.search.study_file import Categorical, Range, parse_study
 from hpsearch.trainer import data as data_mod
-from tests.cli.test_bad_input import VALID_STUDY, clean_env
+from tests.helpers import clean_env
 from tests.recorded_study import build_recorded_study
+from tests.study_files import VALID_STUDY
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-s3cret"

@@ -1,9 +1,10 @@
-"""The one classification of database errors and the one retry policy, on real faults: a lock
-held by a second connection, a dropped table, a read-only or corrupt file, a refused or
-silent server."""
+"""The one classification of database errors and the one place that waits (a worker, between
+trials), on real faults: a lock held by a second connection, a dropped table, a read-only or
+corrupt file, a refused or silent server."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -17,10 +18,12 @@ from sqlalchemy import text
 from hpsearch.db.engine import engine_kwargs, make_engine
 from hpsearch.db.errors import DatabaseError, DuplicateRowError, as_database_error
 from hpsearch.db.migrate import upgrade
-from hpsearch.db.models import Study
+from hpsearch.db.models import Study, Trial
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope, session_scope
+from hpsearch.errors import TrialLost
 from hpsearch.metrics import EpochMetrics
+from hpsearch.search.worker import until_the_database_answers
 from tests.net_faults import BlackHole
 
 
@@ -104,7 +107,7 @@ def test_timeouts_default_on_and_the_url_wins() -> None:
     assert engine_kwargs("sqlite:///x.db?timeout=2")["connect_args"]["timeout"] == 2.0
 
 
-def test_writes_wait_out_a_lock_and_fail_fast_on_a_permanent_error(
+def test_a_worker_waits_out_a_lock_between_trials_and_fails_fast_on_a_permanent_error(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "r.db"
     url = f"sqlite:///{path}?timeout=0.2"  # each attempt gives up quickly: the retries show
@@ -118,23 +121,49 @@ def test_writes_wait_out_a_lock_and_fail_fast_on_a_permanent_error(
 
     locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     locker.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(DatabaseError, match="database is locked") as caught:
+        recorder.record_epoch(trial, metrics)  # inside a trial: no waiting, the trial ends
+    assert caught.value.transient
     release = threading.Timer(2.0, lambda: locker.execute("COMMIT"))
     release.start()
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
-        recorder.record_epoch(trial, metrics)  # waits for the lock instead of failing
+        until_the_database_answers(lambda: recorder.record_epoch(trial, metrics), url)
     release.join()
     locker.close()
     assert time.monotonic() - started >= 1.5
-    assert "retrying" in caplog.text and "database is locked" in caplog.text
+    assert "database unavailable (database is locked); retrying" in caplog.text
     assert "database back after" in caplog.text
 
     with connection_scope(make_engine(url)) as conn:
         conn.execute(text("DROP TABLE hps_epoch"))
     started = time.monotonic()
     with pytest.raises(DatabaseError, match="no such table: hps_epoch") as caught:
-        recorder.record_epoch(trial, metrics)
+        until_the_database_answers(lambda: recorder.record_epoch(trial, metrics), url)
     assert not caught.value.transient and time.monotonic() - started < 1.0
+
+
+def test_a_trial_failed_elsewhere_takes_no_more_writes(tmp_path: Path) -> None:
+    """Once the heartbeat check has failed a trial, the worker that ran it (frozen, then woken)
+    can neither add an epoch to it nor end it: TrialLost, and its rows stay as they were."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    recorder = Recorder(make_engine(url))
+    optuna_id = optuna.create_study(study_name="s", storage=url)._study_id
+    study = recorder.ensure_study("s", optuna_id, {}, {}, "synthetic", 2)
+    trial = recorder.start_trial(study, 0, 7, {}, [], "w", None)
+    metrics = EpochMetrics(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
+                           lr=0.01, seconds=1.0, images_per_s=10.0)
+    recorder.record_epoch(trial, metrics)
+    recorder.mark_dead(7, "no heartbeat")
+    with pytest.raises(TrialLost):
+        recorder.record_epoch(trial, dataclasses.replace(metrics, epoch=2))
+    with pytest.raises(TrialLost):
+        recorder.finish_trial(trial, "complete", 1.0, None)
+    with session_scope(make_engine(url)) as session:
+        row = session.get(Trial, trial)
+        assert (row.state, row.reason, row.epochs_run) == ("failed", "no heartbeat", 1)
+        assert session.scalar(text("SELECT count(*) FROM hps_epoch")) == 1
 
 
 def test_session_scope_rolls_back_and_names_duplicates(tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ from hpsearch.db.engine import (
     database_url,
     engine_kwargs,
     make_engine,
-    mask_secrets,
     mask_url,
     normalise_url,
 )
 from hpsearch.errors import ConfigError
+from hpsearch.masking import mask_secrets
 from tests.conftest import PostgresServer
 
 

@@ -20,9 +20,8 @@ from hpsearch.db.migrate import downgrade, upgrade
 from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
 from hpsearch.db.optuna_link import BrokenLink
 from hpsearch.db.recorder import Recorder
-from tests.helpers import hps
+from tests.helpers import hps, run_in_process
 from tests.recorded_study import build_recorded_study
-from tests.search.test_worker import run_in_process
 from tests.study_files import write_tiny_study
 
 OPTUNA_TABLES = ("studies", "study_directions", "study_user_attributes",

@@ -11,8 +11,7 @@ from hpsearch.search.hours import publish_limits
 from hpsearch.search.study import open_storage, prepare_study
 from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
-from tests.helpers import hps
-from tests.search.test_worker import stored_trials
+from tests.helpers import hps, stored_trials
 from tests.study_files import write_tiny_study
 
 

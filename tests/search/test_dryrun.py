@@ -17,7 +17,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import TrialParams
 from hpsearch.search.dryrun import curve_ceiling, synthetic_epoch
 from hpsearch.search.study_file import load_study, parse_study
-from tests.search.test_worker import epoch_numbers, stored_trials
+from tests.helpers import epoch_numbers, stored_trials
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]

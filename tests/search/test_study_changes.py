@@ -17,8 +17,8 @@ from hpsearch.db.models import Study
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_changes import compare
 from hpsearch.search.study_file import StudyConfig, load_study
+from tests.helpers import ROOT, epochs_of, stored_trials
 from tests.study_files import write_tiny_study
-from tests.system.test_reliability import ROOT, epochs_of, trials_of
 
 
 def hpsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -81,7 +81,7 @@ def test_incompatible_changes_are_refused_with_each_difference(sqlite_url: str,
         assert lines[-1].startswith("hpsearch: error: the study file no longer matches study "
                                     "'tiny': space.patch_size, study.seed changed")
     assert stored_config(sqlite_url) == original
-    assert trials_of(sqlite_url, "tiny") == []
+    assert stored_trials(sqlite_url, "tiny") == []
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ def test_compatible_changes_need_update_and_are_stored(sqlite_url: str, tmp_path
     stored = stored_config(sqlite_url)
     assert (stored.sampler, stored.n_trials) == ("tpe", 2)
     assert stored.spec_json() == spec  # --update changes the settings only
-    assert len([t for t in trials_of(sqlite_url, "tiny") if t.state == "complete"]) == 2
+    assert len([t for t in stored_trials(sqlite_url, "tiny") if t.state == "complete"]) == 2
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_best_toml_carries_the_seeds_and_train_repeats_the_trial(sqlite_url: str
     number = int(re.search(r"trial (\d+),", best.stdout).group(1))
     assert f"\nseed = {3 + number} " in best.stdout and "\nsplit_seed = 3 " in best.stdout
 
-    trial = next(t for t in trials_of(sqlite_url, "tiny") if t.number == number)
+    trial = next(t for t in stored_trials(sqlite_url, "tiny") if t.number == number)
     first = epochs_of(sqlite_url, trial.id)[0]
     retrained = hpsearch("train", "--config", str(config), "--threads", "1", "--epochs", "1")
     assert retrained.returncode == 0, retrained.stderr

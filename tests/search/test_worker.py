@@ -15,33 +15,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
-from hpsearch.db.models import Epoch, Study, Trial
-from hpsearch.search.study import prepare_study
+from hpsearch.db.models import Epoch
 from hpsearch.search.study_file import load_study
-from hpsearch.search.worker import run_worker
-from tests.helpers import hps
+from tests.helpers import epoch_numbers, hps, run_in_process, stored_trials
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_in_process(path: Path, url: str, trials: int | None = None) -> None:
-    config = load_study(path)
-    prepare_study(config, url, trials)
-    run_worker(config.name, url)
-
-
-def stored_trials(url: str, name: str) -> list[Trial]:
-    with Session(make_engine(url), expire_on_commit=False) as session:
-        study_id = session.scalar(select(Study.id).where(Study.name == name))
-        return list(session.scalars(
-            select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)))
-
-
-def epoch_numbers(url: str, trial_id: int) -> list[int]:
-    with Session(make_engine(url)) as session:
-        return list(session.scalars(
-            select(Epoch.epoch).where(Epoch.trial_id == trial_id).order_by(Epoch.epoch)))
 
 
 def test_every_epoch_of_every_trial_is_stored_and_optuna_agrees(db_url: str,

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script():  # noqa: ANN202 - the module object
+def _script():  # the module object
     spec = importlib.util.spec_from_file_location("bench_reproductions",
                                                   ROOT / "bench" / "reproductions.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]

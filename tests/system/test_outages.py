@@ -1,6 +1,7 @@
-"""Database faults under a real `hpsearch run`: outages longer than the grace period (waited
-out, no trial lost), permanent errors (the run ends within seconds with the reason), a server
-that never answers (the connect timeout), and two runs starting together on a fresh database.
+"""Database faults under a real `hpsearch run`: outages longer than the grace period (each
+costs at most the epoch in progress: the trials it ended resume from their checkpoints, nothing
+recorded is lost), permanent errors (the run ends within seconds with the reason), a server that
+never answers (the connect timeout), and two runs starting together on a fresh database.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from sqlalchemy.orm import Session
 from hpsearch.db import engine as engine_module
 from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import reading, upgrade
-from hpsearch.db.models import Epoch, Study, Trial
+from hpsearch.db.models import Epoch, Trial
 from hpsearch.db.trial_slot import TrialSlotLock
+from hpsearch.search.launcher import STOP_GRACE_S
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import WorkerOptions
 from tests.conftest import PostgresServer
-from tests.helpers import wait_for
+from tests.helpers import assert_nothing_lost, wait_for
 from tests.net_faults import BlackHole, CuttableProxy
 from tests.study_files import write_tiny_study
 
@@ -78,24 +80,6 @@ def epochs_stored(url: str) -> int:
         engine.dispose()
 
 
-def assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None:
-    """Every trial complete, every epoch stored exactly once, Optuna agrees (no FAIL)."""
-    engine = make_engine(url)
-    with Session(engine) as session:
-        study_id = session.scalar(select(Study.id).where(Study.name == name))
-        trials = list(session.scalars(select(Trial).where(Trial.study_id == study_id)))
-        counts = session.execute(select(Epoch.trial_id, Epoch.epoch, func.count())
-                                 .group_by(Epoch.trial_id, Epoch.epoch)).all()
-    engine.dispose()
-    assert sorted(t.state for t in trials) == ["complete"] * n_trials, \
-        [(t.number, t.state, t.reason) for t in trials]
-    assert all(count == 1 for _, _, count in counts)
-    for trial in trials:
-        assert sorted(e for t, e, _ in counts if t == trial.id) == list(range(1, epochs + 1))
-    states = [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
-    assert states == [optuna.trial.TrialState.COMPLETE] * n_trials, states
-
-
 def assert_no_crash(output: str, logs: str) -> None:
     """No traceback from the run itself, and no worker thread or trial crashed in the logs
     (a worker log may hold Optuna's traceback of a trial that gave way as surplus)."""
@@ -108,8 +92,8 @@ def assert_no_crash(output: str, logs: str) -> None:
 
 def test_sqlite_locked_longer_than_the_grace_period(tmp_path: Path) -> None:
     """A second connection holds the write lock for 8 s, against a 3 s grace period: every
-    trial's heartbeat looks stale afterwards, yet no worker fails its own or the other's live
-    trial, and every epoch is stored once."""
+    trial's heartbeat looks stale afterwards. A trial the heartbeat check fails then is dropped
+    by its worker and resumed from its checkpoint; nothing recorded is lost."""
     db = tmp_path / "locked.db"
     url = f"sqlite:///{db}"
     path = study_file(tmp_path, "locked", n_trials=3, epochs=8, heartbeat=(1, 3))
@@ -169,7 +153,7 @@ def test_sqlite_disk_full_for_longer_than_the_grace_period(tmp_path: Path) -> No
 def test_postgres_heartbeats_blocked_longer_than_the_grace_period(pg_url: str,
                                                                   tmp_path: Path) -> None:
     """A second connection locks Optuna's heartbeat table for 10 s (grace period 4 s): reads
-    go on, heartbeat writes wait. No worker fails its own or the other's live trial."""
+    go on, heartbeat writes wait. Trials failed meanwhile resume from their checkpoints."""
     path = study_file(tmp_path, "blocked", n_trials=3, epochs=10, heartbeat=(1, 4))
     run = start_run(path, pg_url, tmp_path, workers=2)
     try:
@@ -191,8 +175,9 @@ def test_postgres_unreachable_longer_than_the_grace_period(
         pg_url: str, postgres_server: PostgresServer, tmp_path: Path) -> None:
     """The workers reach PostgreSQL through a proxy that is cut (connections reset, new ones
     refused, the server's ends left half-open) for 12 s, three times the grace period: the
-    workers wait, their trials go on. A cut that lands inside a transaction (a heartbeat
-    between its UPDATE and COMMIT) leaves that row locked until the server ends the session
+    trials it cuts short resume from their checkpoints, the workers wait between trials. A cut
+    that lands inside a transaction (a heartbeat between its UPDATE and COMMIT) leaves that
+    row locked until the server ends the session
     (idle_in_transaction_session_timeout, 60 s): the run waits that long at most, not the
     statement timeout (5 min) per blocked heartbeat as it once did."""
     proxy = CuttableProxy(postgres_server.port)
@@ -317,8 +302,8 @@ def test_a_heartbeat_row_locked_by_a_cut_off_session_is_freed_within_the_bound(
 
 def test_a_stop_during_a_long_outage_ends_within_seconds_and_the_trial_resumes(
         pg_url: str, postgres_server: PostgresServer, tmp_path: Path) -> None:
-    """SIGTERM to a run whose database has been unreachable for a while: marking the trial
-    cannot wait for ever, so the run exits 143 within seconds with no traceback; the trial,
+    """SIGTERM to a run whose database has been unreachable for a while: the worker waiting
+    for it stops at once, so the run exits 143 within seconds with no traceback; the trial,
     left running, is resumed from its checkpoint by the same command once the database is
     back (its heartbeat gone stale), its stored epochs carried over, none lost or doubled."""
     proxy = CuttableProxy(postgres_server.port)
@@ -337,13 +322,12 @@ def test_a_stop_during_a_long_outage_ends_within_seconds_and_the_trial_resumes(
         proxy.close()
     everything = output + logs_of(tmp_path)
     assert run.returncode == 143, everything
-    # the worker gave up waiting 10 s after the stop and ended by itself: the launcher kills
-    # one still running after STOP_GRACE_S (20 s), and would then say "worker 0 failed"
-    assert "s: stopping" in everything, everything  # "...: giving up after 10 s: stopping"
+    # the worker ended by itself (the launcher kills one still running after STOP_GRACE_S,
+    # 20 s, and would then say "worker 0 failed")
     assert "Stopped by SIGTERM" in output and "failed (" not in output, output
-    assert took < 30, f"{took:.1f} s: {everything}"
+    assert took < 15, f"{took:.1f} s: {everything}"
     assert "Traceback" not in everything, everything
-    assert "the next run resumes the running trial from its last checkpoint" in everything
+    assert "resumes from its last checkpoint in the next run" in everything
     carried = epochs_stored(pg_url)
 
     again = start_run(path, pg_url, tmp_path)  # the same command, the database back
@@ -356,8 +340,8 @@ def test_a_stop_during_a_long_outage_ends_within_seconds_and_the_trial_resumes(
             select(Epoch).where(Epoch.trial_id == t.id).order_by(Epoch.epoch))]
             for n, t in trials.items()}
     engine.dispose()
-    assert trials[0].state == "failed" and trials[0].reason.startswith("worker died"), \
-        trials[0].reason
+    assert trials[0].state == "failed" and "no heartbeat" in trials[0].reason, trials[0].reason
+    assert 1 in trials, output + logs_of(tmp_path)
     assert trials[1].state == "complete" and trials[1].retried_from == 0
     assert [e for e, _ in epochs[1]] == list(range(1, 11))  # each epoch once
     assert epochs[1][:carried - 1] == epochs[0][:carried - 1]  # carried over, not retrained
@@ -462,29 +446,43 @@ def test_a_silent_server_ends_studies_and_run_within_the_connect_timeout(
             assert "timeout" in line and "secret" not in done.stdout + done.stderr
 
 
-def test_a_server_gone_silent_mid_run_costs_a_bounded_wait_and_nothing_else(
+def test_a_server_gone_silent_mid_run_is_stopped_within_seconds_and_resumed(
         pg_url: str, postgres_server: PostgresServer, tmp_path: Path) -> None:
     """Mid-trial, every open connection of the run goes silent (TCP alive, replies lost: a
-    stuck middlebox or server process); new connections work. Each waiting statement ends at
-    the reply bound (statement_timeout 2 s + 10 s here) as a lost connection, and the run goes
-    on with new ones: it finishes, nothing lost. Before the bound it waited for ever."""
+    stuck middlebox or server process); new connections work. libpq has no bound on a reply
+    that never comes (tcp_user_timeout and keepalives see a live peer), so the run waits: a
+    SIGTERM ends it within seconds (a worker stuck in a call is killed after the launcher's
+    grace), and the same command resumes the trial from its checkpoint, nothing lost."""
     proxy = CuttableProxy(postgres_server.port)
-    options = "-c statement_timeout=2000 -c idle_in_transaction_session_timeout=3000"
-    proxied = make_url(pg_url).set(port=proxy.port).update_query_dict(
-        {"options": options}).render_as_string(hide_password=False)
+    proxied = make_url(pg_url).set(port=proxy.port).render_as_string(hide_password=False)
     path = study_file(tmp_path, "silent", n_trials=2, epochs=8, heartbeat=(1, 4))
     run = start_run(path, proxied, tmp_path, workers=1)
     try:
         wait_for(lambda: epochs_stored(pg_url) >= 2, 180, "two stored epochs")
         proxy.mute()
-        output = finish(run, 150)
+        time.sleep(2)
+        run.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        output = finish(run, 120)
+        took = time.monotonic() - sent
     finally:
         proxy.close()
+    assert run.returncode == 143, output + logs_of(tmp_path)
+    assert took < STOP_GRACE_S + 10, f"{took:.1f} s"
+    assert "Traceback" not in output, output
+
+    epochs_before = epochs_stored(pg_url)
+    again = start_run(path, pg_url, tmp_path)  # the same command, the server answering again
+    output = finish(again, 300)
     everything = output + logs_of(tmp_path)
-    assert run.returncode == 0, everything
-    assert "no reply from the server within 12 s" in everything
-    assert_no_crash(output, everything)
-    assert_nothing_lost(pg_url, "silent", 2, 8)
+    assert again.returncode == 0, everything
+    # Nothing recorded is lost, and every trial ends. A trial whose end was recorded while its
+    # tell to Optuna hung counts as failed in Optuna (the heartbeat check's verdict), so the
+    # study may run one trial more than n_trials
+    assert epochs_stored(pg_url) >= epochs_before
+    states = [t.state for t in optuna.load_study(study_name="silent", storage=pg_url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2, states
+    assert optuna.trial.TrialState.RUNNING not in states, states
 
 
 # --- class 6: two first starts on a fresh PostgreSQL database -----------------------------------

@@ -23,7 +23,7 @@ from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hpsearch.trainer.data import DataError, load_raw
 from hpsearch.trainer.torch_trainer import TorchTrainer
-from tests.cli.test_bad_input import clean_env
+from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # a Linear layer of 128 x 2e9 float32 weights: 1 TB, refused by the allocator at once

@@ -15,8 +15,7 @@ import pytest
 
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study
-from tests.helpers import wait_for
-from tests.system.test_reliability import ROOT, epochs_of, slow_study, start_worker, trials_of
+from tests.helpers import ROOT, epochs_of, slow_study, start_worker, stored_trials, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +54,7 @@ def test_signal_stops_run_like_ctrl_c_and_the_same_command_resumes(
     command = run_command(path, sqlite_url, tmp_path / "logs")
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
-    wait_for(lambda: any(t.epochs_run >= 1 for t in trials_of(sqlite_url, "tiny")), 120,
+    wait_for(lambda: any(t.epochs_run >= 1 for t in stored_trials(sqlite_url, "tiny")), 120,
              "a first epoch")
     workers = children(run.pid)
     assert len(workers) == 2
@@ -67,7 +66,7 @@ def test_signal_stops_run_like_ctrl_c_and_the_same_command_resumes(
     assert output.count(f"Stopped by {name}") == 1, output
     assert "Traceback" not in output
     assert not [pid for pid in workers if alive(pid)]
-    trials = trials_of(sqlite_url, "tiny")
+    trials = stored_trials(sqlite_url, "tiny")
     assert not [t for t in trials if t.state == "running"]
     stopped = {t.number: t.epochs_run for t in trials if t.reason == f"interrupted ({name})"}
     assert any(stopped.values())  # at least one had a checkpoint to resume from
@@ -76,7 +75,7 @@ def test_signal_stops_run_like_ctrl_c_and_the_same_command_resumes(
 
     resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    trials = trials_of(sqlite_url, "tiny")
+    trials = stored_trials(sqlite_url, "tiny")
     assert len([t for t in trials if t.state in ("complete", "pruned")]) == 3, [
         (t.number, t.state, t.reason, t.retried_from, t.epochs_run) for t in trials]
     # each stopped trial was queued again and resumed from its checkpoint (if it had one): its
@@ -98,14 +97,14 @@ def test_workers_stop_when_their_launcher_is_killed(sqlite_url: str, tmp_path: P
     path = slow_study(tmp_path, n_trials=3, epochs=24)
     run = subprocess.Popen(run_command(path, sqlite_url, tmp_path / "logs"), cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: any(t.epochs_run >= 1 for t in trials_of(sqlite_url, "tiny")), 120,
+    wait_for(lambda: any(t.epochs_run >= 1 for t in stored_trials(sqlite_url, "tiny")), 120,
              "a first epoch")
     workers = children(run.pid)
     assert len(workers) == 2
     run.kill()
     run.wait()
     wait_for(lambda: not [pid for pid in workers if alive(pid)], 30, "the workers to exit")
-    trials = trials_of(sqlite_url, "tiny")
+    trials = stored_trials(sqlite_url, "tiny")
     assert not [t for t in trials if t.state == "running"]
     assert any(t.reason == "interrupted (SIGTERM)" for t in trials)
 
@@ -115,14 +114,14 @@ def test_sigterm_stops_a_standalone_worker(sqlite_url: str, tmp_path: Path) -> N
     prepare_study(load_study(path), sqlite_url)
     log = tmp_path / "worker.log"
     worker = start_worker("tiny", sqlite_url, log)
-    wait_for(lambda: any(t.epochs_run >= 1 for t in trials_of(sqlite_url, "tiny")), 120,
+    wait_for(lambda: any(t.epochs_run >= 1 for t in stored_trials(sqlite_url, "tiny")), 120,
              "a first epoch")
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait(timeout=30) == 143
     text = log.read_text()
-    assert "stopped by SIGTERM; running trial marked failed" in text
+    assert "stopped by SIGTERM; a trial it ended resumes from its last checkpoint" in text
     assert "Traceback" not in text
-    trials = trials_of(sqlite_url, "tiny")
+    trials = stored_trials(sqlite_url, "tiny")
     assert [t.reason for t in trials] == ["interrupted (SIGTERM)"]
 
 
@@ -150,11 +149,11 @@ def test_a_stop_while_a_trial_is_set_up_queues_it_again(sqlite_url: str,
     assert worker.returncode == 143, output
     assert "Traceback" not in output, output
     # the stop came before the trial had a row of ours: it was still being set up
-    assert trials_of(sqlite_url, "tiny") == [], "the stop landed after the set-up"
+    assert stored_trials(sqlite_url, "tiny") == [], "the stop landed after the set-up"
     assert optuna_states() == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
 
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    (trial,) = trials_of(sqlite_url, "tiny")
+    (trial,) = stored_trials(sqlite_url, "tiny")
     assert (trial.number, trial.state, trial.retried_from) == (1, "complete", 0)

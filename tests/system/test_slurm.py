@@ -20,8 +20,7 @@ import optuna
 import pytest
 
 from hpsearch.api import create_study
-from tests.helpers import wait_for
-from tests.search.test_worker import epoch_numbers, stored_trials
+from tests.helpers import epoch_numbers, stored_trials, wait_for
 from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +143,7 @@ def slurm(tmp_path: Path) -> Iterator[Slurm]:
     cluster.root.mkdir()
     try:
         cluster.start()
-    except Exception as exc:  # noqa: BLE001 - said loudly, with the daemons' logs
+    except Exception as exc:  # said loudly, with the daemons' logs
         cluster.stop()
         pytest.skip(f"SLURM NOT TESTED: it did not start ({exc})\n{cluster.logs()}")
     try:
