@@ -118,6 +118,8 @@ class Objective:
             return self._run(trial)
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP (hpsearch.stop)
             raise TrialInterrupted(stop) from None
+        except (optuna.TrialPruned, TrialFailed):
+            raise
         except Exception as exc:
             error = as_database_error(exc, self.recorder.url)
             if error is None:

@@ -150,8 +150,8 @@ def test_a_trial_failed_elsewhere_takes_no_more_writes(tmp_path: Path) -> None:
     upgrade(url)
     recorder = Recorder(make_engine(url))
     optuna_id = optuna.create_study(study_name="s", storage=url)._study_id
-    study = recorder.ensure_study("s", optuna_id, {}, {}, "synthetic", 2)
-    trial = recorder.start_trial(study, 0, 7, {}, [], "w", None)
+    study = recorder.ensure_study("s", optuna_id, {}, {"n_trials": 2}, "synthetic")
+    trial = recorder.start_trial(study, 0, 7, {}, [], "w", None, seed=0)
     metrics = EpochMetrics(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
                            lr=0.01, seconds=1.0, images_per_s=10.0)
     recorder.record_epoch(trial, metrics)

@@ -67,6 +67,8 @@ class FakeTrainer:
 
 
 class FakeRecorder:
+    url = "sqlite://"
+
     def __init__(self) -> None:
         self.epochs: list[tuple[int, float | None]] = []
         self.ends: list[tuple[str, str | None]] = []
