@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.search.test_worker import run_in_process, stored_trials
+from tests.helpers import run_in_process, stored_trials
 from tests.study_files import write_tiny_study
 
 
