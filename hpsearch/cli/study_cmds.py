@@ -98,10 +98,19 @@ def note_cmd(
                                         show_default=False)],
     db: DbOption = None,
 ) -> None:
-    """Set a study's note, shown by `hpsearch studies` and in the report."""
+    """Set a study's note, shown by `hpsearch studies` and in the report.
+
+    Examples:
+
+        hpsearch study note try "baseline, 8k subset"
+
+        hpsearch study note try ""        # clears it
+    """
     from hpsearch.db.notes import set_study_note
 
     set_study_note(_url(db), name, text)
+    typer.echo(f"study {name!r}: note set to {text!r}" if text
+               else f"study {name!r}: note cleared")
 
 
 @study_app.command("stop")

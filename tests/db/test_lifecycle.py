@@ -417,7 +417,8 @@ def test_notes_and_tags_are_stored_and_shown(
         monkeypatch: pytest.MonkeyPatch) -> None:
     build_recorded_study(sqlite_url, "demo")
     db = ("--db", sqlite_url)
-    assert hps(capsys, monkeypatch, "study", "note", "demo", "baseline run", *db)[0] == 0
+    code, out, _ = hps(capsys, monkeypatch, "study", "note", "demo", "baseline run", *db)
+    assert code == 0 and out == "study 'demo': note set to 'baseline run'\n", out
     code, out, _ = hps(capsys, monkeypatch, "tag", "demo", "2", "good", "fast", *db)
     assert code == 0 and "tags [good, fast]" in out
     code, out, _ = hps(capsys, monkeypatch, "tag", "demo", "2", "fast", "--remove",
