@@ -32,16 +32,20 @@ class Format(StrEnum):
     json = "json"
 
 
+# One vocabulary: every query command knows table, md, csv, tsv and json; best adds toml (a
+# config to retrain), export leaves out table (it writes files)
 class BestFormat(StrEnum):
     table = "table"
     md = "md"
     csv = "csv"
+    tsv = "tsv"
     json = "json"
     toml = "toml"
 
 
 class ExportFormat(StrEnum):
     csv = "csv"
+    tsv = "tsv"
     json = "json"
     md = "md"
 
@@ -112,7 +116,9 @@ BEST_HELP = ("Best means the complete trial with the best finite value of the st
 
 
 @app.command(help="List every study: trial counts by state, best value and the objective it "
-             "belongs to, dataset, created, last activity.\n\n" + BEST_HELP)
+             "belongs to, dataset, created, last activity.\n\n" + BEST_HELP
+             + "\n\nExamples:\n\nhpsearch studies\n\nhpsearch studies -f json --db "
+             "postgresql+psycopg://hps@db-host/hps")
 def studies(db: DbOption = None, fmt: FormatOption = Format.table,
             columns: ColumnsOption = None, show_all: AllOption = False) -> None:
     from hpsearch.db import queries
@@ -187,17 +193,19 @@ def _on_terminal() -> bool:
 
 
 @app.command(help="The best trial of a study and its full parameters (fixed and sampled, as "
-             "its trial row holds them); with --pareto, the Pareto front.\n\n" + BEST_HELP)
+             "its trial row holds them); with --pareto, the Pareto front.\n\n" + BEST_HELP
+             + "\n\nExamples:\n\nhpsearch best try\n\nhpsearch best try-small --pareto\n\n"
+             "hpsearch best try -f toml > best.toml && hpsearch train --config best.toml")
 def best(
     name: StudyArg,
     pareto: Annotated[bool, typer.Option(
         "--pareto", help="Print the Pareto front instead: the complete trials that no other "
         "complete trial beats in every objective, best first objective first, with each "
-        "objective's value and the chosen trial marked (-f table, md, csv or json; json adds "
+        "objective's value and the chosen trial marked (-f table, md, csv, tsv or json; json adds "
         "the objectives and the chosen trial). Evaluate another one with `hpsearch evaluate "
         "NAME --trial N`.")] = False,
     fmt: Annotated[BestFormat, typer.Option(
-        "--format", "-f", help="table, md, csv, json, or toml: the trial's seeds, a [params] "
+        "--format", "-f", help="table, md, csv, tsv, json, or toml: the trial's seeds, a [params] "
         "table with the full resolved parameters and a [data] table, for `hpsearch train "
         "--config FILE` (which then repeats the trial's training)."
     )] = BestFormat.table,
@@ -238,8 +246,8 @@ def _print_front(name: str, fmt: BestFormat, db: str | None) -> None:
     from hpsearch.report import sheets, tables
 
     if fmt is BestFormat.toml:
-        raise ConfigError("--pareto prints a table of trials: choose -f table, md, csv or json "
-                          "(toml is one trial's config: `hpsearch best NAME -f toml`)")
+        raise ConfigError("--pareto prints a table of trials: choose -f table, md, csv, tsv or "
+                          "json (toml is one trial's config: `hpsearch best NAME -f toml`)")
     with connect(db) as conn:
         study = queries.find_study(conn, name)
         front = queries.pareto(conn, study)
@@ -263,7 +271,14 @@ def show(
     db: DbOption = None,
 ) -> None:
     """One trial: its summary, every parameter (the sampled ones marked), every stored metric
-    of every epoch, and why it was pruned or failed."""
+    of every epoch, and why it was pruned or failed.
+
+    Examples:
+
+        hpsearch show try 3
+
+        hpsearch show try 3 -f csv > trial-3-epochs.csv
+    """
     from hpsearch.db import queries
     from hpsearch.report import sheets, tables
 
@@ -303,7 +318,14 @@ def compare(
     """Studies side by side: best value, trials, pruned share, total compute time, time to
     reach the best (first trial's start to the best trial's finish), and each study's best
     params. Best: the complete trial with the best value of the study's first objective (see
-    `hpsearch best --help`)."""
+    `hpsearch best --help`).
+
+    Examples:
+
+        hpsearch compare try try-small
+
+        hpsearch compare try try-small -f md > comparison.md
+    """
     from hpsearch.db import queries
     from hpsearch.report.tables import compare_sheet, param_names
 
@@ -321,7 +343,8 @@ def compare(
 def export(
     name: StudyArg,
     fmt: Annotated[ExportFormat, typer.Option(
-        "--format", "-f", help="csv, json (an array of records) or md.")] = ExportFormat.csv,
+        "--format", "-f", help="csv, tsv, json (an array of records) or md.")
+    ] = ExportFormat.csv,
     what: Annotated[What, typer.Option(
         help="trials: one row per trial with every column and the sampled params; epochs: one "
         "row per trial and epoch with every stored metric.")] = What.trials,
@@ -331,7 +354,14 @@ def export(
         "folder is refused). Default, or -: standard output.")] = None,
     db: DbOption = None,
 ) -> None:
-    """Dump a study's trials or epochs in full precision, for scripts and notebooks."""
+    """Dump a study's trials or epochs in full precision, for scripts and notebooks.
+
+    Examples:
+
+        hpsearch export try -o trials.csv
+
+        hpsearch export try --what epochs -f json -o epochs.json
+    """
     from hpsearch.db import queries
     from hpsearch.files import STDOUT, output_text
     from hpsearch.report.sheets import write
@@ -373,7 +403,14 @@ def report(
     trials and time, a multi-objective study's Pareto front (the chosen trial marked),
     parallel coordinates, slices (the first objective against each parameter) and parameter
     importances (again with the pruned trials included), and every trial in a table sortable
-    by clicking its headers."""
+    by clicking its headers.
+
+    Examples:
+
+        hpsearch report try -o try-report.html
+
+        hpsearch report try try-small -o reports/ --split
+    """
     from hpsearch.report.html import build_report, write_report, write_split
 
     with connect(db) as conn:

@@ -400,3 +400,23 @@ print("HEAVY", heavy)
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "HEAVY []"
+
+
+def test_one_format_vocabulary(run, recorded: RecordedStudy) -> None:
+    """Every query command writes csv, tsv, json and md alike (best adds toml, export leaves
+    out the terminal table): tsv is csv's header and rows with tabs."""
+    name = recorded.name
+    for args in (["studies"], ["trials", name], ["best", name], ["best", name, "--pareto"],
+                 ["compare", name], ["export", name]):
+        csv_out = run(*args, "-f", "csv")
+        tsv_out = run(*args, "-f", "tsv")
+        rows = list(csv.reader(io.StringIO(csv_out)))
+        assert [line.split("\t") for line in tsv_out.splitlines()] == rows, args
+
+
+@pytest.mark.parametrize("command", ["studies", "trials", "best", "show", "compare", "export",
+                                     "report"])
+def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = hps(capsys, monkeypatch, command, "--help")
+    assert code == 0 and "Examples:" in out and f"hpsearch {command} " in out, out
