@@ -79,6 +79,13 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_columns(self, x: torch.Tensor) -> torch.Tensor:
+        """The same MLP applied to each column of a 2-D `x` (dim, n): W @ x + b as one matrix
+        product each, where `forward` would need x transposed (a copy) and back again."""
+        first, act, drop, second, drop_out = self.net
+        hidden = drop(act(torch.addmm(first.bias[:, None], first.weight, x)))
+        return drop_out(torch.addmm(second.bias[:, None], second.weight, hidden))
+
 
 class MixerBlock(nn.Module):
     """Token mixing across patches, then channel mixing; each pre-normed with a skip.
@@ -112,8 +119,12 @@ class MixerBlock(nn.Module):
         self.channel_mlp = FeedForward(dim=dim, hidden=channel_dim, dropout=dropout,
                                        act_layer=act_layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, patches, dim)
-        x = x + self.token_mlp(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (patches, batch, dim)
+        # patches first: token mixing is one matrix product over all (image, channel) columns
+        # of the (patches, batch * dim) view, with no transposed copy either way
+        patches, batch, dim = x.shape
+        mixed = self.token_mlp.forward_columns(self.token_norm(x).view(patches, batch * dim))
+        x = x + mixed.view(patches, batch, dim)
         return x + self.channel_mlp(self.channel_norm(x))
 
 
@@ -162,15 +173,18 @@ class MLPMixer(nn.Module):
         self.head = nn.Linear(hidden_dim, num_classes)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → (B, patches, C·P·P), patches in row-major order."""
+        """(B, C, H, W) → (B, patches, C·P·P), patches in row-major order; stored patches
+        first (its transpose is contiguous), the layout the blocks work in."""
         b, c, h, w = images.shape
         p = self.patch_size
-        x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), c * p * p)
+        x = images.reshape(b, c, h // p, p, w // p, p).permute(2, 4, 0, 1, 3, 5)
+        return x.reshape((h // p) * (w // p), b, c * p * p).transpose(0, 1)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → normalised patch features (B, patches, hidden_dim)."""
-        return self.norm(self.blocks(self.stem(self.patchify(images))))
+        """(B, C, H, W) → normalised patch features (B, patches, hidden_dim), a view of
+        patches-first memory."""
+        tokens = self.stem(self.patchify(images).transpose(0, 1))  # (patches, B, hidden)
+        return self.norm(self.blocks(tokens)).transpose(0, 1)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Patch features → logits (B, num_classes): the mean over patches, then the head."""
@@ -265,14 +279,41 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def matmul_flops_per_image(params: TrialParams, image_shape: tuple[int, int, int]) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one forward pass, counting the linear layers only."""
+class LinearUse(NamedTuple):
+    """One linear layer as a model applies it: to `rows` vectors per image, `fan_in` → `fan_out`."""
+
+    rows: int
+    fan_in: int
+    fan_out: int
+
+
+def linear_uses(params: TrialParams, image_shape: tuple[int, int, int]) -> list[LinearUse]:
+    """Every linear layer of the model `params` builds, input first, with the rows per image
+    it multiplies (the Mixer's token MLPs run once per channel, over the patches)."""
     c, h, w = image_shape
     if params.model == "mlp":
         dims = [c * h * w] + [params.mlp_width] * params.mlp_layers + [NUM_CLASSES]
-        return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        return [LinearUse(1, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)]
     n, pixels, d = mixer_dims(image_shape, params.patch_size, params.hidden_dim)
-    stem = 2 * n * pixels * d
-    token = 2 * 2 * d * n * params.token_mlp_dim  # two linears over patches, for each channel
-    channel = 2 * 2 * n * d * params.channel_mlp_dim
-    return stem + params.num_blocks * (token + channel) + 2 * d * NUM_CLASSES
+    t, ch = params.token_mlp_dim, params.channel_mlp_dim
+    block = [LinearUse(d, n, t), LinearUse(d, t, n), LinearUse(n, d, ch), LinearUse(n, ch, d)]
+    return [LinearUse(n, pixels, d), *block * params.num_blocks, LinearUse(1, d, NUM_CLASSES)]
+
+
+def matmul_flops_per_image(params: TrialParams, image_shape: tuple[int, int, int]) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass, counting the linear layers only."""
+    return sum(2 * u.rows * u.fan_in * u.fan_out for u in linear_uses(params, image_shape))
+
+
+def training_matmuls(params: TrialParams, image_shape: tuple[int, int, int],
+                     batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product in one training step on `batch` images: each linear
+    layer's forward, its weight gradient, and its input gradient except the first layer's
+    (the images need none)."""
+    shapes = []
+    for i, use in enumerate(linear_uses(params, image_shape)):
+        rows = use.rows * batch
+        shapes += [(rows, use.fan_in, use.fan_out), (use.fan_out, rows, use.fan_in)]
+        if i > 0:
+            shapes.append((rows, use.fan_out, use.fan_in))
+    return shapes

@@ -18,6 +18,7 @@ from hpsearch.trainer.model import (
     count_parameters,
     init_weights,
     matmul_flops_per_image,
+    training_matmuls,
 )
 
 IMAGE = (1, 28, 28)
@@ -215,6 +216,31 @@ def test_matmul_flops_per_image_matches_hand_count() -> None:
     assert matmul_flops_per_image(params, IMAGE) == stem + token + channel + head
     mlp = TrialParams(model="mlp", mlp_width=100, mlp_layers=2)
     assert matmul_flops_per_image(mlp, IMAGE) == 2 * (784 * 100 + 100 * 100 + 100 * 10)
+
+
+def test_training_matmuls_are_forward_and_both_gradients_but_the_images() -> None:
+    params = TrialParams(num_blocks=2)
+    shapes = training_matmuls(params, IMAGE, batch=8)
+    linears = 1 + 4 * 2 + 1  # stem, two token and two channel linears per block, head
+    assert len(shapes) == 3 * linears - 1  # no input gradient for the images
+    stem_input_grad = 2 * 49 * 16 * 128
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    assert flops == 8 * (3 * matmul_flops_per_image(params, IMAGE) - stem_input_grad)
+    assert (8 * 128, 49, 64) in shapes  # token mixing: one row per (image, channel)
+
+
+def test_mixer_computes_the_textbook_transposed_token_mixing() -> None:
+    """The blocks work patches-first; the result is the usual (batch, patches, dim) Mixer's."""
+    torch.manual_seed(0)
+    model = MLPMixer(image_shape=IMAGE, patch_size=7, hidden_dim=8, token_mlp_dim=4,
+                     channel_mlp_dim=8, num_blocks=2).eval()
+    images = torch.randn(3, *IMAGE)
+    x = model.stem(model.patchify(images))  # (batch, patches, dim)
+    for blk in model.blocks:
+        x = x + blk.token_mlp(blk.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        x = x + blk.channel_mlp(blk.channel_norm(x))
+    expected = model.head(model.norm(x).mean(dim=1))
+    assert torch.allclose(model(images), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
