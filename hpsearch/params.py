@@ -90,7 +90,7 @@ class TrialParams:
     random_erasing: float = 0.0  # probability per sample
     # speed
     precision: str = "auto"
-    compile: str = "off"
+    compile: str = "auto"  # auto: where measured to repay its compile over the run (trainer)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)

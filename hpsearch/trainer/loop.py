@@ -22,6 +22,7 @@ from hpsearch.objectives import DEFAULT
 from hpsearch.params import NUM_CLASSES, TrialParams
 from hpsearch.stop import check_stop
 from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from hpsearch.trainer.compile_choice import choose_compile
 from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
 from hpsearch.trainer.model import build_model, count_parameters
 from hpsearch.trainer.model_file import save_model_file
@@ -30,8 +31,7 @@ from hpsearch.trainer.schedule import LrCurve, Schedule
 
 CHANCE_MARGIN = 0.02  # accuracy within this of 1/classes counts as "at chance"
 CHANCE_PATIENCE = 3  # epochs at chance before a run is declared divergent
-EVAL_BATCH = 1024
-COMPILE_MIN_IMAGES = 1_000_000  # compile="auto" compiles only runs this long (~20 s to repay)
+EVAL_BATCH = 1024  # larger batches measured slower on a CPU (cache), smaller no faster
 
 
 def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -140,9 +140,9 @@ class Training:
         self.model: nn.Module = build_model(params, data.image_shape).to(dev)
         self.n_params = count_parameters(self.model)
         self.optimizer = make_optimizer(params, self.model)
-        total_images = params.epochs * len(data.train)
-        self.compiled = params.compile == "on" or (
-            params.compile == "auto" and total_images >= COMPILE_MIN_IMAGES)
+        # the run's length counts from epoch 1 (a resumed run's is shorter: the margin absorbs it)
+        self.compiled, self.compile_reason = choose_compile(
+            params, self.last_epoch * len(data.train), dev, self.setup.precision)
         # one batch shape, so compile traces once (unless there is not even one full batch)
         self.drop_last = self.compiled and len(data.train) >= params.batch_size
         steps = (len(data.train) // params.batch_size if self.drop_last

@@ -267,9 +267,10 @@ def measure_cpu(batch: int = PROBE_BATCH, steps: int = PROBE_STEPS) -> Measureme
                        fp32_loss, bf16_loss, batch, time.perf_counter() - started)
 
 
-def decision_path(key: dict[str, object]) -> Path:
+def decision_path(key: dict[str, object], what: str = "cpu-precision") -> Path:
+    """Where a decision about `what` for the machine `key` is cached."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "runtime" / f"cpu-precision-{digest}.json"
+    return cache_dir() / "runtime" / f"{what}-{digest}.json"
 
 
 _DECIDED: dict[Path, CpuDecision] = {}  # per process: read or measured once
@@ -286,7 +287,7 @@ def cpu_precision(*, remeasure: bool = False) -> CpuDecision:
         if known is not None:
             _DECIDED[path] = known
             return known
-    with _measuring_lock(path):
+    with measuring_lock(path):
         # another process may have measured while this one waited for the lock
         decision = None if remeasure else _read(path, key)
         if decision is None:
@@ -334,7 +335,7 @@ def _write(decision: CpuDecision, key: dict[str, object]) -> None:
 
 
 @contextmanager
-def _measuring_lock(path: Path) -> Iterator[None]:
+def measuring_lock(path: Path) -> Iterator[None]:
     """One process measures at a time: workers starting together would otherwise time each
     other's load, and the later ones then read the first one's decision."""
     try:
