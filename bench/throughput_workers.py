@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -373,13 +374,14 @@ def run_interleaved(jobs: dict[str, dict], gap_s: float = 0.05) -> tuple[dict[st
 
 
 def square_matmul_rate(dtype: torch.dtype, n_max: int, repeats: int = 5,
-                       budget_s: float = 0.5) -> tuple[float, int]:
+                       budget_s: float = 5.0) -> tuple[float, int]:
     """FLOP/s of an n x n x n torch.matmul in `dtype` (median of `repeats` after a warm-up) and
-    the n used: n_max, or the largest power of two below it whose product fits in `budget_s`
-    (a 2048^3 bf16 matmul took ~60 s on an AVX2-only CPU, which has no bf16 kernels worth the
-    name). The size is chosen from a median too: one timed 256^3 product on a busy machine
-    once read 0.5 GFLOP/s and kept the whole run at that size."""
-    def rate(n: int) -> float:
+    the n used: n_max, or the largest power of two from 256 whose product is expected, from the
+    median time of half its size, to take under `budget_s` (a 2048^3 bf16 matmul took ~60 s on
+    an AVX2-only CPU, which has no bf16 kernels worth the name). Each doubling is decided from
+    the size below, not from 256^3 alone: on a busy machine one 256^3 product once took as long
+    as 800 of them do on an idle one, which kept a whole run's reference at that size."""
+    def seconds(n: int) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         torch.matmul(a, b)  # warm-up
         times = []
@@ -387,11 +389,10 @@ def square_matmul_rate(dtype: torch.dtype, n_max: int, repeats: int = 5,
             start = time.perf_counter()
             torch.matmul(a, b)
             times.append(time.perf_counter() - start)
-        return 2 * n**3 / sorted(times)[len(times) // 2]
+        return statistics.median(times)
 
-    small = rate(256)
-    n = 256
-    while n < n_max and 2 * (2 * n) ** 3 / small <= budget_s:
+    n, took = 256, seconds(256)
+    while n < n_max and 8 * took <= budget_s:
         n *= 2
-    return (rate(n) if n > 256 else small), n
-
+        took = seconds(n)
+    return 2 * n**3 / took, n
