@@ -209,8 +209,8 @@ def main() -> None:
                        "env": dict(trainer_env),
                        "params": mixer_params(1, epochs=args.acc_epochs, **changes).to_dict()}
                 for name, changes in (("trainer_fp32", {"precision": "fp32"}),
-                                      ("trainer_default", {}))}
-    accuracy, acc_others = run_interleaved(acc_jobs) if args.acc_epochs else ({}, 0.0)
+                                      ("trainer_default", {}))} if args.acc_epochs else {}
+    accuracy, acc_others = run_interleaved(acc_jobs) if acc_jobs else ({}, 0.0)
     for name, out in accuracy.items():
         log(f"accuracy {name}: val acc per epoch "
             + " ".join(f"{m['val_acc']:.4f}" for m in out["history"])
