@@ -64,7 +64,8 @@ from throughput_workers import (
 
 from hpsearch import OPENMP_SETTINGS
 from hpsearch.paths import cache_dir
-from hpsearch.trainer.data import _find_idx_files, _torchvision_root, candidate_dirs
+from hpsearch.trainer.data import _torchvision_root
+from hpsearch.trainer.data_files import candidate_dirs, find_idx_files
 from hpsearch.trainer.model import training_matmuls
 from hpsearch.trainer.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
 
@@ -134,7 +135,7 @@ def main() -> None:
         f"{torch.backends.cpu.get_cpu_capability()}; probe: fp32 {1 / m.fp32_step_s:.1f} "
         f"steps/s, bf16 {1 / m.bf16_step_s:.1f} steps/s -> precision auto = {default_dtype} "
         f"({decision.reason}; {'cached' if decision.from_cache else 'measured now'})")
-    folder = next(f for f in (_find_idx_files("fashion-mnist", d)
+    folder = next(f for f in (find_idx_files("fashion-mnist", d)
                               for d in candidate_dirs("fashion-mnist", None)) if f is not None)
     tv_root = _torchvision_root("fashion-mnist", folder, cache_dir() / "torchvision")
     common = {"threads": threads, "slice_s": args.slice, "subset": subset, "seed": args.seed,

@@ -292,24 +292,26 @@ class DataOptions:
             raise ConfigError(f"subset must be at least {MIN_TRAIN_IMAGES} images, "
                               f"got {self.subset}")
 
+    def usual_sizes(self) -> tuple[int, int]:
+        """The (training, test) set sizes the dataset has as published (synthetic: as made)."""
+        if self.dataset == "synthetic":
+            return self.synthetic_size, synthetic_test_size(self.synthetic_size)
+        return TRAIN_IMAGES[self.dataset], TEST_IMAGES[self.dataset]
+
     @property
     def training_images(self) -> int:
-        """Images of the training split: after the subset and the validation split, counted
-        as trainer/data.py splits them."""
-        total = self.synthetic_size if self.dataset == "synthetic" else TRAIN_IMAGES[self.dataset]
-        if self.subset is not None:
-            total = min(total, self.subset)
-        return total - max(1, round(total * self.val_fraction))
+        """Images of the training split of the usual-sized dataset: after the subset and the
+        validation split, counted as trainer/data.py splits them."""
+        return self.image_counts().train
 
-    def image_counts(self) -> ImageCounts:
+    def image_counts(self, sizes: tuple[int, int] | None = None) -> ImageCounts:
         """How many images each split holds, known before anything is loaded (an hours budget
-        is planned from them)."""
-        synthetic = self.dataset == "synthetic"
-        full = self.synthetic_size if synthetic else TRAIN_IMAGES[self.dataset]
-        test = synthetic_test_size(full) if synthetic else TEST_IMAGES[self.dataset]
+        is planned from them): of the (training, test) set `sizes` the run's files hold
+        (trainer/data_files.py dataset_sizes), by default of the usual sizes."""
+        full, test = sizes or self.usual_sizes()
         searched = min(full, self.subset) if self.subset is not None else full
-        return ImageCounts(train=self.training_images, val=searched - self.training_images,
-                           full=full, test=test)
+        train = searched - max(1, round(searched * self.val_fraction))
+        return ImageCounts(train=train, val=searched - train, full=full, test=test)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from hpsearch.search.budget import (
 )
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import StudyConfig
+from hpsearch.trainer.data_files import dataset_sizes
 
 PLAN_EVERY_S = 10.0
 LIMITS_READ_EVERY_S = 2.0  # a worker reads the limits at most this often (one query)
@@ -40,9 +41,12 @@ Clock = Callable[[], float]
 
 
 def study_shape(config: StudyConfig) -> StudyShape:
+    """The study as planned, its image counts those of the files the run reads (a data folder
+    may hold fewer images than the dataset as published)."""
     first = ((config.rungs[0].epochs, config.rungs[0].fraction) if config.rungs
              else (config.min_epochs, 1.0))
-    return StudyShape(config.data.image_counts(), config.max_epochs, first)
+    counts = config.data.image_counts(dataset_sizes(config.data))
+    return StudyShape(counts, config.max_epochs, first)
 
 
 class SearchLimits:

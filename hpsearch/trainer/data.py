@@ -1,4 +1,5 @@
-"""Datasets in memory: discovery of the files, tensors, the seeded validation split, augmentation.
+"""Datasets in memory: the files data_files.py finds as tensors, the seeded validation split,
+augmentation.
 
 The whole dataset is loaded once into tensors; batches are slices of them, and augmentation runs
 on whole batches (no per-image Python). The test split is loaded only by `load_test_split`, which
@@ -26,21 +27,16 @@ from hpsearch.files import atomic_write
 from hpsearch.masking import one_line
 from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape, synthetic_test_size
 from hpsearch.paths import cache_dir
-
-DEBIAN_DIRS = {
-    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
-    "mnist": Path("/usr/share/datasets/mnist"),
-}
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
+from hpsearch.trainer.data_files import (
+    MNIST_FILES,
+    TORCHVISION_NAMES,
+    DataError,
+    candidate_dirs,
+    find_idx_files,
+    given_dirs,
+    idx_sources,
 )
-# torchvision's folder name for each dataset
-TORCHVISION_NAMES = {
-    "fashion-mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "cifar-10-batches-py",
-}
+
 DOWNLOAD_TIMEOUT_S = 10.0
 CACHE_FORMAT = 1  # part of every cache key: bump it when what the cache stores changes
 log = logging.getLogger(__name__)
@@ -48,10 +44,6 @@ log = logging.getLogger(__name__)
 
 class DataNotFoundError(ConfigError):
     """No copy of the dataset could be found or downloaded."""
-
-
-class DataError(ConfigError):
-    """Dataset files that are there but cannot be read (truncated, corrupt)."""
 
 
 class _CacheUnwritable(Exception):
@@ -91,41 +83,11 @@ class TrainValData:
         return TrainValData(train, self.val, self.dataset, self.mean, self.std)
 
 
-def _given_dirs(data_dir: str | None) -> list[Path]:
-    """The folders the user named: --data-dir (or the study's data_dir), $HPSEARCH_DATA."""
-    dirs = [Path(data_dir)] if data_dir else []
-    if os.environ.get("HPSEARCH_DATA"):
-        dirs.append(Path(os.environ["HPSEARCH_DATA"]))
-    return dirs
-
-
-def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
-    """Where to look, in order: --data-dir, $HPSEARCH_DATA, Debian's package, our cache."""
-    dirs = _given_dirs(data_dir)
-    if dataset in DEBIAN_DIRS:
-        dirs.append(DEBIAN_DIRS[dataset])
-    dirs.append(cache_dir() / "downloads")
-    return dirs
-
-
-def _find_idx_files(dataset: str, root: Path) -> Path | None:
-    """A folder holding the four MNIST-format files (plain or .gz), in any of the usual layouts."""
-    for folder in (root, root / dataset, root / TORCHVISION_NAMES[dataset] / "raw"):
-        if all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in MNIST_FILES):
-            return folder
-    return None
-
-
 def _source_key(parts: tuple, sources: list[Path]) -> str:
     """A name for what our cache derives from `sources`: any change to their paths, sizes or
     modification times (or to CACHE_FORMAT) gives a new name, so a stale copy is never read."""
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
     return hashlib.sha256(repr((CACHE_FORMAT, parts, stats)).encode()).hexdigest()[:16]
-
-
-def _idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Path]:
-    """The MNIST-format files `names` in `folder`, plain or .gz, as found there."""
-    return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
 
 
 def _torchvision_root(dataset: str, folder: Path, cache: Path) -> Path:
@@ -138,7 +100,7 @@ def _torchvision_root(dataset: str, folder: Path, cache: Path) -> Path:
         (folder / n).exists() for n in MNIST_FILES
     ):
         return folder.parent.parent
-    sources = _idx_sources(folder)
+    sources = idx_sources(folder)
     root = cache / f"{dataset}-{_source_key((dataset,), sources)}"
     raw = root / name / "raw"
     try:
@@ -267,7 +229,7 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
              download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, C, H, W) and labels of the train or test split of a real dataset."""
     tried = candidate_dirs(dataset, data_dir)
-    given = _given_dirs(data_dir)  # the first folders of `tried`: given[:i] are passed over at i
+    given = given_dirs(data_dir)  # the first folders of `tried`: given[:i] are passed over at i
     for i, root in enumerate(tried):
         if dataset == "cifar10":
             for base in (root, root / "cifar10"):
@@ -278,12 +240,12 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
                         dataset, train, sorted(p for p in batches.iterdir() if p.is_file()),
                         lambda base=base: _load_torchvision(dataset, base, train))
             continue
-        folder = _find_idx_files(dataset, root)
+        folder = find_idx_files(dataset, root)
         if folder is not None:
             _warn_passed_over(dataset, given[:i])
             split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
             return _cached_tensors(
-                dataset, train, _idx_sources(folder, split_files),
+                dataset, train, idx_sources(folder, split_files),
                 lambda folder=folder: _parse_idx_folder(dataset, folder, train))
     download_root = cache_dir() / "downloads"
     if download and _try_download(dataset, download_root):

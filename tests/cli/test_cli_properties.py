@@ -39,6 +39,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import INT_MAX, PARAM_NAMES, TrialParams
 from hpsearch.search.study_file import Categorical, Range, parse_study
 from hpsearch.trainer import data as data_mod
+from hpsearch.trainer import data_files
 from tests.helpers import clean_env
 from tests.recorded_study import build_recorded_study
 from tests.study_files import VALID_STUDY
@@ -326,7 +327,7 @@ def sandbox(tmp_path: Path, recorded: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """A folder holding a copy of the recorded database and a garbage one; no dataset is
     reachable (no Debian copy, no download), so nothing trains on real data."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data_mod, "DEBIAN_DIRS", {})
+    monkeypatch.setattr(data_files, "DEBIAN_DIRS", {})
     monkeypatch.setattr(data_mod, "_try_download", lambda *a: False)
     for key in ("HPSEARCH_DB", "HPSEARCH_DATA", "HPSEARCH_DEBUG"):
         monkeypatch.delenv(key, raising=False)

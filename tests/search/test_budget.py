@@ -3,6 +3,10 @@ epoch times and an injected clock: nothing sleeps, nothing depends on this machi
 
 from __future__ import annotations
 
+import gzip
+import struct
+from pathlib import Path
+
 import pytest
 
 from hpsearch.errors import ConfigError
@@ -20,7 +24,7 @@ from hpsearch.search.budget import (
     progress_line,
     speeds,
 )
-from hpsearch.search.hours import LIMITS_READ_EVERY_S, SearchLimits
+from hpsearch.search.hours import LIMITS_READ_EVERY_S, SearchLimits, study_shape
 from hpsearch.search.study_file import parse_study
 
 # 1,000 training and 100 validation images in the search; 2,000 in the final, 500 tested
@@ -191,3 +195,31 @@ def test_image_counts_follow_the_split() -> None:
                                                                      10_000)
     assert DataOptions(dataset="synthetic", synthetic_size=300).image_counts() == ImageCounts(
         270, 30, 300, 200)
+
+
+def write_small_fashion_mnist(folder: Path, train: int, test: int) -> None:
+    """The four Fashion-MNIST files, gzipped: IDX headers for `train` and `test` images (the
+    image bytes are left out: only the headers are read)."""
+    folder.mkdir(parents=True)
+    for split, n in (("train", train), ("t10k", test)):
+        for name, header in (
+                (f"{split}-images-idx3-ubyte", struct.pack(">IIII", 0x0803, n, 28, 28)),
+                (f"{split}-labels-idx1-ubyte", struct.pack(">II", 0x0801, n))):
+            with gzip.open(folder / f"{name}.gz", "wb") as file:
+                file.write(header)
+
+
+def test_a_data_folder_is_priced_by_the_images_it_holds(tmp_path: Path) -> None:
+    """The race's bug: a folder of 12,000 training images was priced as the 60,000 of
+    Fashion-MNIST, so the final looked five times dearer than it was."""
+    write_small_fashion_mnist(tmp_path / "small", train=12_000, test=2_000)
+    config = parse_study({"study": {"name": "s"}, "budget": {"hours": 1},
+                          "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "small")},
+                          "space": {"patch_size": 7}})
+    shape = study_shape(config)
+    assert shape.counts == ImageCounts(train=10_800, val=1_200, full=12_000, test=2_000)
+    # 1 ms per training image and per validation image: the final (its 10 epochs on the
+    # 12,000 images, then the 2,000 tested) takes 122 s, not 610
+    epochs = [EpochTime(0, 10.8 + 1.2, 1000.0)]
+    plan = make_plan(0.0, 1.0, FinalAsk(), shape, epochs, [Candidate(0, epochs=10)])
+    assert plan.final_s == pytest.approx(SETUP_S + 10 * 12.0 + 2.0)

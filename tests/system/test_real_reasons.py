@@ -20,6 +20,7 @@ from hpsearch.paths import checkpoint_path
 from hpsearch.search.objective import Objective, failure_reason
 from hpsearch.search.study_file import parse_study
 from hpsearch.trainer import data as data_mod
+from hpsearch.trainer import data_files
 from hpsearch.trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hpsearch.trainer.data import DataError, load_raw
 from hpsearch.trainer.torch_trainer import TorchTrainer
@@ -176,7 +177,7 @@ def fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fashion-MNIST-format .gz files in a folder of their own; no other copy, no network."""
     from tests.trainer.test_data import write_idx
 
-    monkeypatch.setattr(data_mod, "DEBIAN_DIRS", {})
+    monkeypatch.setattr(data_files, "DEBIAN_DIRS", {})
     monkeypatch.delenv("HPSEARCH_DATA", raising=False)
     monkeypatch.setattr(data_mod, "_try_download", lambda *a: False)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))

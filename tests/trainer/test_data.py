@@ -19,6 +19,7 @@ import torch
 from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions
 from hpsearch.trainer import data as data_mod
+from hpsearch.trainer import data_files
 from hpsearch.trainer.data import (
     MNIST_FILES,
     Augmentation,
@@ -81,7 +82,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     empty folders, and every network connection fails at once."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(data_mod, "DEBIAN_DIRS", {"fashion-mnist": empty / "debian-fm",
+    monkeypatch.setattr(data_files, "DEBIAN_DIRS", {"fashion-mnist": empty / "debian-fm",
                                                   "mnist": empty / "debian-mnist"})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("HPSEARCH_DATA", raising=False)

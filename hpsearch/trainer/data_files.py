@@ -1,0 +1,95 @@
+"""Where a run's dataset files are, and how many images they hold, without torch.
+
+trainer/data.py reads the files it finds here; the hours budget (search/hours.py, in the
+torch-free launcher) prices its plan from the image counts of those same files, which the IDX
+headers give without reading the images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+
+from hpsearch.errors import ConfigError
+from hpsearch.params import DataOptions
+from hpsearch.paths import cache_dir
+
+DEBIAN_DIRS = {
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+    "mnist": Path("/usr/share/datasets/mnist"),
+}
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+IDX_DATASETS = ("fashion-mnist", "mnist")  # stored as MNIST_FILES
+# torchvision's folder name for each dataset
+TORCHVISION_NAMES = {
+    "fashion-mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "cifar-10-batches-py",
+}
+
+
+class DataError(ConfigError):
+    """Dataset files that are there but cannot be read (truncated, corrupt)."""
+
+
+def given_dirs(data_dir: str | None) -> list[Path]:
+    """The folders the user named: --data-dir (or the study's data_dir), $HPSEARCH_DATA."""
+    dirs = [Path(data_dir)] if data_dir else []
+    if os.environ.get("HPSEARCH_DATA"):
+        dirs.append(Path(os.environ["HPSEARCH_DATA"]))
+    return dirs
+
+
+def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
+    """Where to look, in order: --data-dir, $HPSEARCH_DATA, Debian's package, our cache."""
+    dirs = given_dirs(data_dir)
+    if dataset in DEBIAN_DIRS:
+        dirs.append(DEBIAN_DIRS[dataset])
+    dirs.append(cache_dir() / "downloads")
+    return dirs
+
+
+def find_idx_files(dataset: str, root: Path) -> Path | None:
+    """A folder holding the four MNIST-format files (plain or .gz), in any of the usual layouts."""
+    for folder in (root, root / dataset, root / TORCHVISION_NAMES[dataset] / "raw"):
+        if all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in MNIST_FILES):
+            return folder
+    return None
+
+
+def idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Path]:
+    """The MNIST-format files `names` in `folder`, plain or .gz, as found there."""
+    return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
+
+
+def idx_count(path: Path) -> int:
+    """The number of items an IDX file holds, from its header (magic, then the count as a
+    big-endian uint32); a .gz is decompressed only as far as the header."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as file:
+            header = file.read(8)
+        if len(header) < 8:
+            raise EOFError("shorter than an IDX header")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read the header of dataset file {path}: {exc}") from exc
+    return struct.unpack(">I", header[4:])[0]
+
+
+def dataset_sizes(data: DataOptions) -> tuple[int, int] | None:
+    """The (training, test) set sizes of the MNIST-format files a run of `data` reads, the
+    folder chosen as trainer/data.py chooses it; None where the dataset's usual sizes hold
+    (synthetic data, CIFAR-10, or no folder here: a download brings the usual files)."""
+    if data.dataset not in IDX_DATASETS:
+        return None
+    for root in candidate_dirs(data.dataset, data.data_dir):
+        folder = find_idx_files(data.dataset, root)
+        if folder is not None:
+            train, test = idx_sources(folder, (MNIST_FILES[0], MNIST_FILES[2]))
+            return idx_count(train), idx_count(test)
+    return None
