@@ -105,6 +105,12 @@ def atomic_write(path: str | Path, mode: Literal["w", "wb"] = "w") -> Iterator[I
         raise
 
 
+def move_into_place(source: Path, target: Path) -> None:
+    """A complete file renamed over `target` (atomic on one file system): the one other
+    rename besides `atomic_write`'s, for a file another step has already written whole."""
+    os.replace(source, target)
+
+
 @contextmanager
 def output_text(path: str | Path) -> Iterator[IO[str]]:
     """An `-o PATH` option's destination: standard output for "-", else `atomic_write`."""

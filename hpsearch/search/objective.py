@@ -12,7 +12,6 @@ for dry runs).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from hpsearch.errors import (
     TrialLost,
     out_of_memory,
 )
+from hpsearch.files import move_into_place
 from hpsearch.masking import one_line
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import epoch_values
@@ -291,7 +291,7 @@ class Objective:
         earlier = model_path(self.config.workers.checkpoint_dir, self.config.name,
                              resumed_number)
         if earlier.exists():
-            os.replace(earlier, model)
+            move_into_place(earlier, model)
 
     def _keep_best_models(self) -> None:
         """After a trial completed or was pruned: of the models in the study's folder, those of
