@@ -10,12 +10,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from hpsearch.errors import ConfigError
 
 MODELS = ("mixer", "mlp")
+# A model of the user's own: "module:function", the module imported as Python would from the
+# directory hpsearch runs in or from PYTHONPATH (hpsearch.trainer.factory builds it).
+FACTORY_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+MODEL_ARGS = "model_args"  # a factory's keyword argument `width` is the parameter model_args.width
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 INITIALISERS = ("default", "xavier_uniform", "kaiming_uniform", "normal")
 ACTIVATIONS = ("gelu", "relu")
@@ -48,8 +53,11 @@ INT_MAX = 2**31 - 1
 class TrialParams:
     """Everything that defines one training run of one model."""
 
-    # model
+    # model: a built-in name (MODELS) or a factory path (FACTORY_PATH)
     model: str = "mixer"
+    # a factory's keyword arguments, (name, value) sorted by name; in dicts (to_dict, the
+    # trial row, the search space) each is the parameter "model_args.<name>"
+    model_args: tuple[tuple[str, Any], ...] = ()
     patch_size: int = 4
     hidden_dim: int = 128
     token_mlp_dim: int = 64
@@ -93,7 +101,9 @@ class TrialParams:
     compile: str = "auto"  # auto: where measured to repay its compile over the run (trainer)
 
     def __post_init__(self) -> None:
-        _check_choice("model", self.model, MODELS)
+        if self.model not in MODELS and not FACTORY_PATH.fullmatch(self.model):
+            raise ConfigError(f"unknown model {self.model!r} (choose from: {', '.join(MODELS)}, "
+                              "or a factory \"module:function\" such as \"nets:small_cnn\")")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("init", self.init, INITIALISERS)
         _check_choice("activation", self.activation, ACTIVATIONS)
@@ -147,13 +157,24 @@ class TrialParams:
         if self.model == "mixer":
             num_patches(dataset_shape(dataset), self.patch_size, f" of {dataset}")
 
+    @property
+    def is_factory(self) -> bool:
+        return self.model not in MODELS
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out[MODEL_ARGS]
+        return {**out, **{f"{MODEL_ARGS}.{k}": v for k, v in self.model_args}}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialParams:
-        """Build from a plain mapping, rejecting unknown keys and coercing simple types."""
-        known = {f.name: f for f in fields(cls)}
+        """Build from a plain mapping, rejecting unknown keys and coercing simple types; a
+        factory's arguments ("model_args.<name>") are kept as they are."""
+        prefix = f"{MODEL_ARGS}."
+        model_args = tuple(sorted((k.removeprefix(prefix), v) for k, v in values.items()
+                                  if k.startswith(prefix)))
+        values = {k: v for k, v in values.items() if not k.startswith(prefix)}
+        known = {f.name: f for f in fields(cls) if f.name != MODEL_ARGS}
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(
@@ -161,13 +182,14 @@ class TrialParams:
             )
         defaults = cls()
         coerced = {k: coerce(k, v, type(getattr(defaults, k))) for k, v in values.items()}
-        return cls(**coerced)
+        return cls(**coerced, model_args=model_args)
 
     def replace(self, **changes: Any) -> TrialParams:
         return TrialParams.from_dict({**self.to_dict(), **changes})
 
 
-PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialParams))
+PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialParams)
+                                     if f.name != MODEL_ARGS)
 
 # The trainer options that act only under a choice of another (hpsearch.trainer: make_optimizer,
 # Schedule, Augmentation, build_model): option -> (that choice, the values under which it acts).
@@ -176,6 +198,8 @@ APPLIES_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
     **dict.fromkeys(("patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim",
                      "num_blocks"), ("model", ("mixer",))),
     **dict.fromkeys(("mlp_width", "mlp_layers"), ("model", ("mlp",))),
+    # a factory takes only its model_args
+    **dict.fromkeys(("dropout", "activation"), ("model", MODELS)),
     **dict.fromkeys(("momentum", "nesterov"), ("optimizer", ("sgd",))),
     **dict.fromkeys(("beta1", "beta2", "eps"), ("optimizer", ("adam", "adamw", "radam"))),
     "warmup_epochs": ("scheduler", ("cosine",)),

@@ -22,7 +22,7 @@ from typing import Any
 
 from hpsearch.errors import HpsearchError
 from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
-from hpsearch.params import PARAM_NAMES, DataOptions, TrialParams
+from hpsearch.params import MODEL_ARGS, PARAM_NAMES, DataOptions, TrialParams
 
 SPEC_VERSION = 1
 
@@ -133,7 +133,9 @@ class StudyConfig:
         neither chosen nor kept."""
         defaults = TrialParams().to_dict()
         out: dict[str, Any] = {}
-        for name in _parents_first(PARAM_NAMES, self.conditions):
+        model_args = tuple(sorted(n for n in {**self.fixed, **self.space}
+                                  if n.startswith(f"{MODEL_ARGS}.")))
+        for name in _parents_first(PARAM_NAMES + model_args, self.conditions):
             if all(out.get(parent, _INACTIVE) in allowed
                    for parent, allowed in self.conditions.get(name, {}).items()):
                 out[name] = (self.fixed[name] if name in self.fixed

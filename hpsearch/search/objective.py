@@ -137,8 +137,9 @@ class Objective:
             self._latest_checkpoint(history) if keeps else (None, -1, None, None))
         precision = self.trainer.precision(params)
         check_stop()  # a stop while the trial was set up: nothing of ours is written
+        acting = {k: v for k, v in params.to_dict().items() if k in applied}
         row = self.recorder.start_trial(self.study_row_id, trial.number, trial._trial_id,
-                                        {k: getattr(params, k) for k in applied}, sampled,
+                                        acting, sampled,
                                         self.worker, retried_from=history[-1] if history else None,
                                         seed=seed,
                                         precision=precision, device=self.trainer.device)

@@ -24,7 +24,7 @@ def retrain_config(study: StudyInfo, trial: TrialRecord) -> tuple[dict[str, Any]
     except ConfigError as exc:
         raise ConfigError(f"cannot resolve the params of trial {trial.number} of study "
                           f"{study.name!r}: {exc}") from None
-    params = {name: getattr(checked, name) for name in trial.params}
+    params = {k: v for k, v in checked.to_dict().items() if k in trial.params}
     if trial.best_epoch is not None and checked.scheduler != "cosine":
         params["epochs"] = trial.best_epoch
     return params, study.data

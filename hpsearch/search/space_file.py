@@ -8,7 +8,14 @@ import math
 from typing import Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.params import APPLIES_WHEN, PARAM_NAMES, TrialParams, param_type
+from hpsearch.params import (
+    APPLIES_WHEN,
+    FACTORY_PATH,
+    MODEL_ARGS,
+    PARAM_NAMES,
+    TrialParams,
+    param_type,
+)
 from hpsearch.search.toml_values import typed_value
 from hpsearch.spec import Categorical, Conditions, Dimension, Range, StudyConfig
 
@@ -69,6 +76,63 @@ def parse_dimension(where: str, name: str, spec: Any) -> Dimension | Any:
     return value
 
 
+def parse_model_args(config: StudyConfig, table: Any, where: str) -> dict[str, Any]:
+    """[space.model_args]: the keyword arguments of a model factory, each a list of choices, a
+    {low, high, log, step} range (of integers where low and high are) or a fixed value, stored
+    as the parameters "model_args.<name>" that act where the model is a factory. Returns the
+    `when` conditions declared on them."""
+    label = f"{where}: space.{MODEL_ARGS}"
+    model = config.space.get("model")
+    factories = tuple(v for v in (model.choices if isinstance(model, Categorical)
+                                  else (config.fixed.get("model", "mixer"),))
+                      if FACTORY_PATH.fullmatch(v))
+    if not isinstance(table, dict):
+        raise ConfigError(f"{label} must be a table of the factory's keyword arguments")
+    if table and not factories:
+        raise ConfigError(f"{label}: arguments for a model factory, but model is not one "
+                          "(model = \"module:function\")")
+    declared: dict[str, Any] = {}
+    for arg, spec in table.items():
+        name, where_arg = f"{MODEL_ARGS}.{arg}", f"{label}.{arg}"
+        if not arg.isidentifier() or arg in ("in_channels", "image_size", "num_classes"):
+            raise ConfigError(f"{where_arg}: not a keyword argument name of its own")
+        if isinstance(spec, dict) and "when" in spec:
+            declared[name] = spec["when"]
+            spec = {k: v for k, v in spec.items() if k != "when"}
+        if isinstance(spec, dict) and "choices" in spec and set(spec) == {"choices"}:
+            spec = spec["choices"]
+        if isinstance(spec, list):
+            if not spec or len(set(map(repr, spec))) != len(spec) or not all(
+                    isinstance(v, bool | int | float | str) for v in spec):
+                raise ConfigError(f"{where_arg}: choices must be distinct numbers, strings or "
+                                  "booleans, at least one")
+            config.space[name] = Categorical(tuple(spec))
+        elif isinstance(spec, dict):
+            config.space[name] = _model_arg_range(where_arg, spec)
+        elif isinstance(spec, bool | int | float | str):
+            config.fixed[name] = spec
+        else:
+            raise ConfigError(f"{where_arg}: a list of choices, a range or a value")
+        config.conditions[name] = {"model": factories}
+    return declared
+
+
+def _model_arg_range(where: str, spec: dict[str, Any]) -> Range:
+    if set(spec) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(spec):
+        raise ConfigError(f"{where}: a range has low and high (and log, step)")
+    bounds = (spec["low"], spec["high"], spec.get("step", 1))
+    is_int = all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+    low, high = (typed_value(where, b, spec[b], int if is_int else float)
+                 for b in ("low", "high"))
+    log = typed_value(where, "log", spec.get("log", False), bool)
+    step = (typed_value(where, "step", spec["step"], int if is_int else float)
+            if "step" in spec else None)
+    if low > high or (log and low <= 0) or (step is not None and (step <= 0 or log)):
+        raise ConfigError(f"{where}: needs low <= high, low > 0 with log, a positive step "
+                          "without log")
+    return Range(low, high, log, None if is_int and step == 1 else step, is_int=is_int)
+
+
 def _check_value(label: str, name: str, value: Any) -> None:
     try:
         TrialParams.from_dict({name: value})
@@ -81,18 +145,21 @@ def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) 
     and the file's `when = {parameter = value or [values]}` on a searched one; all must hold.
     A searched parameter that can never act is an error: its trials would sample nothing."""
     conditions = {name: {parent: values} for name, (parent, values) in APPLIES_WHEN.items()}
+    conditions.update({name: dict(on) for name, on in config.conditions.items()})  # model_args
     for name, when in declared.items():
         label = f"{where}: space.{name}.when"
         if not isinstance(when, dict) or not when or name in config.fixed:
             raise ConfigError(f"{label} must be a table such as {{ optimizer = \"sgd\" }} on "
                               "a searched parameter")
         for parent, wanted in when.items():
-            if parent not in PARAM_NAMES or parent in (name, "epochs"):
+            if (parent not in {*PARAM_NAMES, *config.space, *config.fixed}
+                    or parent in (name, "epochs")):
                 raise ConfigError(f"{label}: {parent!r} is not another parameter")
             if isinstance(config.space.get(parent), Range):
                 raise ConfigError(f"{label}: {parent} is a range; a condition names a choice "
                                   "(a list in [space]) or a fixed value")
-            values = tuple(typed_value(label, parent, v, param_type(parent))
+            values = tuple(v if parent not in PARAM_NAMES  # a model_arg: as the file has it
+                           else typed_value(label, parent, v, param_type(parent))
                            for v in (wanted if isinstance(wanted, list) else [wanted]))
             own = conditions.setdefault(name, {})
             own[parent] = tuple(v for v in own.get(parent, values) if v in values)
@@ -110,7 +177,7 @@ def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) 
         for parent, values in conditions.get(name, {}).items():
             dim = config.space.get(parent)
             can_be = (dim.choices if isinstance(dim, Categorical)
-                      else (config.fixed.get(parent, defaults[parent]),))
+                      else (config.fixed.get(parent, defaults.get(parent)),))
             if not set(can_be) & set(values):
                 shown = (f"searched over {list(can_be)}" if dim else
                          f"fixed at {can_be[0]!r}" if parent in config.fixed else

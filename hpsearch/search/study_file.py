@@ -20,11 +20,17 @@ from hpsearch.errors import ConfigError
 from hpsearch.objectives import parse_objectives
 from hpsearch.params import (
     MIN_TRAIN_IMAGES,
+    MODEL_ARGS,
     PARAM_NAMES,
     DataOptions,
 )
 from hpsearch.search.budget import parse_final, parse_hours
-from hpsearch.search.space_file import grid_values, parse_conditions, parse_dimension
+from hpsearch.search.space_file import (
+    grid_values,
+    parse_conditions,
+    parse_dimension,
+    parse_model_args,
+)
 from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
 from hpsearch.spec import (
     Categorical,
@@ -230,7 +236,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     workers = check_table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
                                       "checkpoint_dir", "keep_models", "gpus",
                                       "workers_per_gpu"}, where)
-    space_doc = check_table(doc, "space", set(PARAM_NAMES), where)
+    space_doc = dict(check_table(doc, "space", {*PARAM_NAMES, MODEL_ARGS}, where))
+    model_args = space_doc.pop(MODEL_ARGS, {})
     dry_run = check_table(doc, "dry_run", {"seconds_per_epoch"}, where)
     if "epochs" in space_doc:
         raise ConfigError(f"{where}: set the epoch budget with [budget] max_epochs, not space")
@@ -316,6 +323,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             config.space[key] = dim
         else:
             config.fixed[key] = dim
+    declared.update(parse_model_args(config, model_args, where))
     config.conditions = parse_conditions(config, declared, where)
     _check_constraints(config, where)
     if config.sampler == "grid":

@@ -21,7 +21,7 @@ from hpsearch.db import queries, records
 from hpsearch.db.engine import normalise_url
 from hpsearch.db.migrate import current_revision, ensure_schema, reading
 from hpsearch.errors import ConfigError, HpsearchError
-from hpsearch.params import PARAM_NAMES, coerce, param_type
+from hpsearch.params import MODEL_ARGS, PARAM_NAMES, coerce, param_type
 from hpsearch.search.run_file import load_run_config
 from hpsearch.search.study import open_storage, prepare_study
 from hpsearch.spec import StudyConfig, dimension_json
@@ -67,6 +67,8 @@ def fit_to_space(candidate: Candidate, config: StudyConfig) -> dict[str, Any]:
     for key, raw in candidate.params.items():
         if key in PARAM_NAMES:
             given[key] = coerce(key, raw, param_type(key))
+        elif key.startswith(f"{MODEL_ARGS}.") and key in {*config.space, *config.fixed}:
+            given[key] = raw  # a factory's argument: its distribution checks it below
         elif key not in BUDGET_KEYS:
             outside.append(f"{key} (unknown parameter)")
     acting = config.resolve(lambda name, _dim: given.get(name))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hpsearch.params import NUM_CLASSES, TrialParams, num_patches
+from hpsearch.trainer.factory import build_factory_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -262,10 +263,12 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 def build_model(params: TrialParams, image_shape: tuple[int, int, int]) -> nn.Module:
     act_layer = ACTIVATIONS[params.activation]  # resolved once, handed down as a class
-    if params.model == "mlp":
-        model: nn.Module = MLP(image_shape=image_shape, width=params.mlp_width,
-                               layers=params.mlp_layers, dropout=params.dropout,
-                               act_layer=act_layer)
+    if params.is_factory:
+        model: nn.Module = build_factory_model(params.model, dict(params.model_args),
+                                               image_shape, NUM_CLASSES)
+    elif params.model == "mlp":
+        model = MLP(image_shape=image_shape, width=params.mlp_width, layers=params.mlp_layers,
+                    dropout=params.dropout, act_layer=act_layer)
     else:
         model = MLPMixer(image_shape=image_shape, patch_size=params.patch_size,
                          hidden_dim=params.hidden_dim, token_mlp_dim=params.token_mlp_dim,

@@ -1,0 +1,151 @@
+"""A model of the user's own (`model = "module:function"`, [space.model_args]): searched with
+pruning, stored on the trial rows, evaluated; a broken factory fails its trial with one line
+naming the user's file and line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpsearch.errors import ConfigError
+from hpsearch.params import TrialParams
+from hpsearch.search.evaluate import plan_evaluation, run_evaluation
+from hpsearch.search.study import prepare_study
+from hpsearch.search.study_file import load_study, parse_study
+from hpsearch.search.warmstart import Candidate, enqueue
+from hpsearch.search.worker import run_worker
+from hpsearch.trainer.factory import FactoryError
+from hpsearch.trainer.model import build_model
+from tests.helpers import stored_trials
+
+NETS = '''\
+from torch import nn
+
+
+def tiny_cnn(*, in_channels, image_size, num_classes, width=4, pool="max"):
+    pooling = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), pooling,
+                         nn.Flatten(), nn.Linear(width * (image_size // 2) ** 2, num_classes))
+
+
+def raises(**kwargs):
+    return nn.Linear(1, 2, bogus=1)
+
+
+def not_a_module(**kwargs):
+    return "a model"
+
+
+def wrong_shape(*, in_channels, image_size, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 3))
+'''
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A package of factories in the working directory, imported from there as documented."""
+    name = f"userpkg_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "nets.py").write_text(NETS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the working directory it appends
+    return f"{name}.nets"
+
+
+def study_file(folder: Path, model: str) -> Path:
+    """A 2-trial study of `model` (its TOML value) with pruning, on synthetic data."""
+    path = folder / "user.toml"
+    path.write_text(f"""
+[study]
+name = "user"
+sampler = "random"
+pruner = "median"
+n_trials = 2
+
+[pruner]
+startup_trials = 1
+
+[data]
+dataset = "synthetic"
+synthetic_size = 200
+
+[budget]
+max_epochs = 2
+
+[workers]
+checkpoint_dir = "checkpoints"
+
+[space]
+model = {model}
+lr = {{ low = 1e-3, high = 1e-2, log = true }}
+batch_size = 64
+precision = "fp32"
+
+[space.model_args]
+width = {{ low = 2, high = 6 }}
+pool = ["max", "avg"]
+""")
+    return path
+
+
+def run_study(path: Path, url: str) -> None:
+    config = load_study(path)
+    prepare_study(config, url)
+    run_worker(config.name, url, device="cpu")
+
+
+def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    run_study(study_file(tmp_path, f'"{package}:tiny_cnn"'), url)
+    trials = stored_trials(url, "user")
+    assert [t.state for t in trials] in (["complete", "complete"], ["complete", "pruned"])
+    for trial in trials:
+        assert trial.params["model"] == f"{package}:tiny_cnn"
+        assert 2 <= trial.params["model_args.width"] <= 6
+        assert trial.params["model_args.pool"] in ("max", "avg")
+        assert "dropout" not in trial.params and "patch_size" not in trial.params
+    [result] = run_evaluation(plan_evaluation("user", url, epochs=1), url, device="cpu")
+    assert 0.0 <= result.test_acc <= 1.0
+
+
+def test_a_broken_factory_fails_its_trial_with_one_line(package: str, tmp_path: Path) -> None:
+    """The model is searched between a factory that raises and one that works: the broken one's
+    trials fail with the user's file and line as their reason, and the study goes on."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    config = load_study(study_file(tmp_path, f'["{package}:raises", "{package}:tiny_cnn"]'))
+    broken = {"model": f"{package}:raises", "model_args.width": 3, "model_args.pool": "max",
+              "lr": 0.005}
+    enqueue(url, config, [Candidate(broken, "the test")])  # it runs first
+    run_worker(config.name, url, device="cpu")
+    trials = stored_trials(url, "user")
+    nets = tmp_path / package.split(".")[0] / "nets.py"
+    failed = [t for t in trials if t.params["model"].endswith(":raises")]
+    assert broken.items() <= trials[0].params.items()  # the queued trial ran first
+    assert failed[0] == trials[0] and all(t.state == "failed" for t in failed)
+    assert len(trials) - len(failed) == 2  # the study reached its 2 trials all the same
+    for trial in failed:
+        assert trial.reason == (f"model factory {package}:raises raised at {nets}:11: TypeError: "
+                                "Linear.__init__() got an unexpected keyword argument 'bogus'")
+
+
+@pytest.mark.parametrize(("factory", "line", "says"), [
+    ("not_a_module", 14, "returned str, not a torch.nn.Module"),
+    ("wrong_shape", 18, "to shape (2, 3); expected (2, 10) logits"),
+])
+def test_a_factory_that_builds_no_classifier_is_named(package: str, tmp_path: Path,
+                                                      factory: str, line: int, says: str) -> None:
+    params = TrialParams(model=f"{package}:{factory}")
+    with pytest.raises(FactoryError, match=r"^[^\n]+$") as error:
+        build_model(params, (1, 28, 28))
+    nets = tmp_path / package.split(".")[0] / "nets.py"
+    assert f"({nets}:{line})" in str(error.value) and says in str(error.value)
+
+
+def test_model_args_need_a_factory() -> None:
+    with pytest.raises(ConfigError, match="model is not one"):
+        parse_study({"study": {"name": "x"}, "space": {"model_args": {"width": [8, 16]}}})
+    with pytest.raises(ConfigError, match="unknown model 'nets'"):
+        parse_study({"study": {"name": "x"}, "space": {"model": "nets"}})
