@@ -204,8 +204,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         # 2 workers x 1 thread 2,570 images/s each, the final on 2 threads 980)
         _final_models(budget, db, stopped_by, progress.counts.get("complete", 0), device,
                       worker_threads(workers, threads), console)
-    halt = study_halt(url, config.name)
-    if halt is not None and stopped_by is None:
+    # asked only of a run that ended by itself: after a stop or a worker's failure the database
+    # may be unreachable or broken, and the stop or the failure is the result
+    halt = study_halt(url, config.name) if stopped_by is None and not failures else None
+    if halt is not None:
         console.print(f"{halt.line(config.name)}; {progress.finished}/{config.n_trials} trials "
                       "finished", highlight=False, markup=False, soft_wrap=True)
     if stopped_by is not None:
