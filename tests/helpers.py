@@ -63,9 +63,13 @@ def assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None
             select(Epoch).where(Epoch.trial_id == t.id).order_by(Epoch.epoch))] for t in trials}
     engine.dispose()
     summary = [(t.number, t.state, t.reason, t.retried_from, t.epochs_run) for t in trials]
-    complete = [t for t in trials if t.state == "complete"]
-    assert len(complete) == n_trials and len(complete) + len(
-        [t for t in trials if t.state == "failed"]) == len(trials), summary
+    told = {t._trial_id: t.state for t in optuna.load_study(study_name=name, storage=url).trials}
+    # a trial whose end we recorded while its tell to Optuna was held up can be failed there by
+    # the heartbeat check and run again (docs/RELIABILITY.md, known problems): it counts once
+    complete = [t for t in trials if t.state == "complete"
+                and told[t.optuna_trial_id] == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == n_trials and len(
+        [t for t in trials if t.state in ("complete", "failed")]) == len(trials), summary
     assert all(count == 1 for _, _, count in counts)
     for trial in complete:
         assert sorted(e for t, e, _ in counts if t == trial.id) == list(range(1, epochs + 1))
