@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.params import DataOptions, TrialParams, coerce
+from hpsearch.params import MODEL_ARGS, DataOptions, TrialParams, coerce
 from hpsearch.search.study_file import parse_data
 from hpsearch.search.toml_values import read_toml
 
@@ -57,6 +57,11 @@ def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], R
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     params = {**doc.get("fixed", {}), **doc.get("params", {})}
+    # `model_args.width = 24`, as `best --format toml` writes it, is a TOML dotted key: a table
+    factory_args = params.pop(MODEL_ARGS, {})
+    if not isinstance(factory_args, dict):
+        raise ConfigError(f"{path}: {MODEL_ARGS} must be a table of the factory's arguments")
+    params.update({f"{MODEL_ARGS}.{k}": v for k, v in factory_args.items()})
     return params, doc.get("data", {}), seeds
 
 

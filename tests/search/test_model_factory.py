@@ -12,13 +12,14 @@ import pytest
 from hpsearch.errors import ConfigError
 from hpsearch.params import TrialParams
 from hpsearch.search.evaluate import plan_evaluation, run_evaluation
+from hpsearch.search.run_file import resolve_run
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study, parse_study
 from hpsearch.search.warmstart import Candidate, enqueue
 from hpsearch.search.worker import run_worker
 from hpsearch.trainer.factory import FactoryError
 from hpsearch.trainer.model import build_model
-from tests.helpers import stored_trials
+from tests.helpers import hps, stored_trials
 
 NETS = '''\
 from torch import nn
@@ -97,7 +98,9 @@ def run_study(path: Path, url: str) -> None:
     run_worker(config.name, url, device="cpu")
 
 
-def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path) -> None:
+def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     run_study(study_file(tmp_path, f'"{package}:tiny_cnn"'), url)
     trials = stored_trials(url, "user")
@@ -109,6 +112,16 @@ def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path
         assert "dropout" not in trial.params and "patch_size" not in trial.params
     [result] = run_evaluation(plan_evaluation("user", url, epochs=1), url, device="cpu")
     assert 0.0 <= result.test_acc <= 1.0
+
+    # `best --format toml` writes `model_args.width = 4`, a TOML dotted key; `train --config`
+    # reads it back as the factory's argument
+    code, out, _ = hps(capsys, monkeypatch, "best", "user", "--db", url, "-f", "toml")
+    (tmp_path / "best.toml").write_text(out)
+    run = resolve_run(tmp_path / "best.toml")
+    [best] = [t for t in trials if f"trial {t.number}," in out]
+    assert code == 0 and run.params.model == best.params["model"]
+    assert run.params.model_args == (("pool", best.params["model_args.pool"]),
+                                     ("width", best.params["model_args.width"]))
 
 
 def test_a_broken_factory_fails_its_trial_with_one_line(package: str, tmp_path: Path) -> None:
