@@ -181,8 +181,8 @@ class Recorder:
                 Trial.study_id == study_id, Trial.number == number))
 
     def mark_dead(self, optuna_trial_id: int, reason: str) -> None:
-        """Fail the row of a trial that Optuna's heartbeat check failed (its worker died, or
-        was frozen or cut off longer than the grace period), if it is still running."""
+        """Fail the row of a trial Optuna has failed (its heartbeat check, or its worker after a
+        fault the row could not be told of), if it is still running: `reason` says why."""
         with session_scope(self.engine) as session:
             session.execute(update(Trial).where(
                 Trial.optuna_trial_id == optuna_trial_id, Trial.state == "running").values(

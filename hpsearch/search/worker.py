@@ -37,7 +37,7 @@ from hpsearch.search.hours import SearchLimits, published_limits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialFailed, TrialTrainer
 from hpsearch.search.study import Storage, open_storage
 from hpsearch.spec import StudyConfig
-from hpsearch.stop import check_stop, stop_requested
+from hpsearch.stop import check_stop, interrupted_reason, stop_requested
 from hpsearch.stop import wait as stop_wait
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,8 @@ class _Trials:
         self.summary = WorkerSummary()
         # Optuna ids of trials a fault ended, to fail (True: and queue again), then to queue
         # again; what the database did not take is done at the next try (see settle_faulted)
-        self.to_fail: dict[int, bool] = {}
-        self.to_copy: set[int] = set()
+        self.to_fail: dict[int, tuple[bool, str]] = {}  # id: (queue again?, reason)
+        self.to_copy: dict[int, tuple[bool, str]] = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
@@ -238,7 +238,9 @@ class _Trials:
             again = not isinstance(cause, DatabaseError) or cause.transient
             log.warning("trial %d ended by %s%s", current[0].number, one_line(cause) or "a stop",
                         "; it resumes from its checkpoint" if again else "")
-            self.to_fail[current[0]._trial_id] = again
+            reason = (interrupted_reason(cause) if isinstance(cause, KeyboardInterrupt)
+                      else one_line(cause))
+            self.to_fail[current[0]._trial_id] = (again, reason)
             raise cause from None
         state = ended[0].state if ended else TrialState.FAIL
         if state == TrialState.COMPLETE:
@@ -257,22 +259,25 @@ class _Trials:
         failed it first, the check queued the copy, and this queues none. `url`: stopping, so
         the database is tried once, not waited for."""
         storage = self.study._storage
-        for trial_id, again in sorted(self.to_fail.items()):
-            try:
+        try:
+            for trial_id, ended in sorted(self.to_fail.items()):
                 try:
-                    if storage.set_trial_state_values(trial_id, TrialState.FAIL) and again:
-                        self.to_copy.add(trial_id)
+                    if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                        self.to_copy[trial_id] = ended
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # failed by the heartbeat check, which queued the copy
                 del self.to_fail[trial_id]
-                if trial_id in self.to_copy:
+            for trial_id, (again, reason) in sorted(self.to_copy.items()):
+                # our row too, where the fault kept the objective from recording its end
+                self.objective.recorder.mark_dead(trial_id, reason)
+                if again:
                     self.retry(self.study, storage.get_trial(trial_id))
-                    self.to_copy.discard(trial_id)
-            except Exception as exc:
-                if url is None:
-                    raise  # between trials: waited out, then tried again
-                log.warning("stopped trial not queued again (%s): the heartbeat check of the "
-                            "next run queues it", as_database_error(exc, url) or exc)
+                del self.to_copy[trial_id]
+        except Exception as exc:
+            if url is None:
+                raise  # between trials: waited out, then tried again
+            log.warning("stopped trial not queued again (%s): the heartbeat check of the "
+                        "next run queues it", as_database_error(exc, url) or exc)
 
 
 def until_the_database_answers(step: Callable[[], T], url: str) -> T:
