@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hpsearch import api
 from hpsearch.errors import ConfigError
 from hpsearch.params import TrialParams
 from hpsearch.search.evaluate import plan_evaluation, run_evaluation
@@ -122,6 +123,14 @@ def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path
     assert code == 0 and run.params.model == best.params["model"]
     assert run.params.model_args == (("pool", best.params["model_args.pool"]),
                                      ("width", best.params["model_args.width"]))
+
+    # the best trial's kept model is exported and loads again through its factory
+    code, _, err = hps(capsys, monkeypatch, "export-model", "user", "-o",
+                       str(tmp_path / "model.pt"), "--db", url)
+    assert code == 0, err
+    loaded = api.load_model(tmp_path / "model.pt")
+    assert loaded.params == run.params.replace(epochs=2)
+    assert loaded.model[0].out_channels == best.params["model_args.width"]  # tiny_cnn's conv
 
 
 def test_a_broken_factory_fails_its_trial_with_one_line(package: str, tmp_path: Path) -> None:
