@@ -41,8 +41,8 @@ def torch_free_modules() -> list[str]:
     names += ["hpsearch.trainer.data_files"]  # the launcher finds and counts the data files
     names += modules("db") + modules("report")
     names += [m for m in modules("search") if m not in TRAINING]
-    names += ["hpsearch.cli", "hpsearch.cli.query_cmds", "hpsearch.cli.db_cmds",
-              "hpsearch.cli.study_cmds"]
+    names += ["hpsearch.cli", "hpsearch.cli.query_cmds", "hpsearch.cli.output_cmds",
+              "hpsearch.cli.db_cmds", "hpsearch.cli.study_cmds"]
     return names
 
 

@@ -15,6 +15,7 @@ from hpsearch.cli import (  # noqa: F401  (registers commands)
     evaluate_cmd,
     info_cmd,
     model_cmd,
+    output_cmds,
     query_cmds,
     run_cmds,
     study_cmds,
