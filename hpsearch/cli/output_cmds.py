@@ -46,11 +46,11 @@ def compare(
 
         hpsearch compare try try-small -f md > comparison.md
     """
-    from hpsearch.db import queries
+    from hpsearch.db import queries, summary_queries
     from hpsearch.report.tables import compare_sheet, param_names
 
     with connect(db) as conn:  # a study named twice is shown once
-        stats = [queries.study_stats(conn, queries.find_study(conn, n))
+        stats = [summary_queries.study_stats(conn, queries.find_study(conn, n))
                  for n in dict.fromkeys(names)]
     names_union: list[str] = []
     for s in stats:
@@ -131,7 +131,8 @@ def report(
 
         hpsearch report try try-small -o reports/ --split
     """
-    from hpsearch.report.html import build_report, write_report, write_split
+    from hpsearch.report.html import write_report, write_split
+    from hpsearch.report.sections import build_report
 
     with connect(db) as conn:
         doc = build_report(conn, names, curves=curves)

@@ -109,11 +109,11 @@ BEST_HELP = ("Best means the complete trial with the best finite value of the st
              "postgresql+psycopg://hps@db-host/hps")
 def studies(db: DbOption = None, fmt: FormatOption = Format.table,
             columns: ColumnsOption = None, show_all: AllOption = False) -> None:
-    from hpsearch.db import queries
+    from hpsearch.db import summary_queries
     from hpsearch.report.tables import studies_sheet
 
     with connect(db) as conn:
-        emit(studies_sheet(queries.list_studies(conn)), fmt.value, columns=columns,
+        emit(studies_sheet(summary_queries.list_studies(conn)), fmt.value, columns=columns,
              fit=not show_all)
 
 
@@ -199,7 +199,7 @@ def best(
     )] = BestFormat.table,
     db: DbOption = None,
 ) -> None:
-    from hpsearch.db import evaluation_queries, queries
+    from hpsearch.db import evaluation_queries, queries, summary_queries
     from hpsearch.errors import HpsearchError
     from hpsearch.report import sheets, tables
     from hpsearch.search.retrain import retrain_config
@@ -211,7 +211,7 @@ def best(
         study = queries.find_study(conn, name)
         trial = queries.best_trial(conn, study)
         if trial is None:
-            counts = queries.study_stats(conn, study).counts
+            counts = summary_queries.study_stats(conn, study).counts
             have = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials"
             raise HpsearchError(f"study {name!r} has no complete trial yet ({have})")
         test = evaluation_queries.study_evaluations(conn, study).get(trial.number)

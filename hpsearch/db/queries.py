@@ -1,4 +1,6 @@
-"""Every read of the results tables, in one place.
+"""Reads of one study's trials and epochs, finding the study first, and the one definition of
+"best" (`best_query`). Summaries of whole studies: summary_queries.py; the figures' inputs:
+figure_queries.py; test-set results: evaluation_queries.py.
 
 SQLAlchemy 2.x `select()` with bound parameters only. Aggregates (counts, best values, quantiles)
 are computed in SQL so that `best` and `trials --top` stay fast on studies with 10,000 trials:
@@ -18,7 +20,6 @@ from sqlalchemy import (
     Row,
     Select,
     String,
-    case,
     cast,
     func,
     select,
@@ -27,7 +28,6 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from hpsearch.db import optuna_tables
 from hpsearch.db.engine import mask_url
-from hpsearch.db.evaluation_queries import latest_ensemble, study_evaluations
 from hpsearch.db.models import (
     EPOCH_METRICS,
     TRIAL_STATES,
@@ -36,21 +36,17 @@ from hpsearch.db.models import (
     Trial,
     study_named,
 )
-from hpsearch.db.optuna_link import check_link, link_problem, renamed_from
+from hpsearch.db.optuna_link import check_link, renamed_from
 from hpsearch.db.records import (
     EpochRecord,
     ParetoFront,
-    RunningTrial,
     StudyInfo,
-    StudyProgress,
-    StudyStats,
-    StudySummary,
     TrialRecord,
 )
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objectives import DEFAULT, EPOCH_MEASURES, ObjectiveSpec, pareto_front
 from hpsearch.params import PARAM_NAMES, param_type
-from hpsearch.spec import StudyConfig, stored_objectives
+from hpsearch.spec import StudyConfig
 
 # Sort keys of `trials --sort`; `value` (also called best_<first measure>, e.g. best_val_acc)
 # sorts best first in the first objective's direction, every other column ascending.
@@ -144,7 +140,7 @@ def best_query(study_id: Any, *columns: Any,
     the earliest trial number, as in Optuna. `ORDER BY value LIMIT 1` walks the
     (study_id, value) index instead of reading every trial.
 
-    `study_id` may be a column (a correlated subquery, as `list_studies` uses it).
+    `study_id` may be a column (a correlated subquery, as `summary_queries.list_studies` uses it).
     """
     return ranked_query(study_id, *columns, objectives=objectives).limit(1)
 
@@ -185,62 +181,6 @@ def eligible_for_best() -> tuple[ColumnElement[bool], ...]:
 def counts_for_best(state: str, value: float | None) -> bool:
     """`eligible_for_best` for one trial already in memory (best-so-far curves)."""
     return state in BEST_STATES and value is not None and math.isfinite(value)
-
-
-def _count_by_state() -> list[ColumnElement[int]]:
-    return [func.coalesce(func.sum(case((Trial.state == s, 1), else_=0)), 0).label(s)
-            for s in TRIAL_STATES]
-
-
-def list_studies(conn: Connection) -> list[StudySummary]:
-    """Every study with its trial counts by state, best value and last activity (one query,
-    and one for the studies' objectives)."""
-    # each study's best in either direction; its own first objective picks one
-    best_max, best_min = (best_query(Study.id, Trial.value, objectives=(ObjectiveSpec(
-        "val_acc", direction),)).correlate_except(Trial).scalar_subquery()
-        for direction in ("max", "min"))
-    last = func.max(func.coalesce(Trial.finished_at, Trial.started_at))
-    query = (
-        select(Study.id, Study.name, Study.dataset, Study.created_at, Study.note,
-               Study.optuna_study_id, last.label("last"), best_max.label("best_max"),
-               best_min.label("best_min"), *_count_by_state())
-        .outerjoin(Trial, Trial.study_id == Study.id)
-        .group_by(Study.id, Study.name, Study.dataset, Study.created_at, Study.note,
-                  Study.optuna_study_id)
-        .order_by(Study.created_at, Study.name)
-    )
-    out = []
-    optuna = optuna_tables.optuna_studies(conn)
-    specs = dict(conn.execute(select(Study.id, Study.spec)).all())
-    # the central stop's state (hpsearch.search.control.CONTROL_ATTR)
-    control = optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
-    for row in conn.execute(query).all():
-        counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
-        created = utc(row.created_at)
-        problem = link_problem(conn, optuna, row)
-        objectives = stored_objectives(specs[row.id])
-        best = row.best_max if objectives[0].maximize else row.best_min
-        out.append(StudySummary(row.name, row.dataset, created,
-                                _latest(created, _as_datetime(row.last)), counts, best,
-                                row.note, problem.message if problem else None, objectives,
-                                _halted(control.get(row.optuna_study_id))))
-    return out
-
-
-def _halted(control: Any) -> str | None:
-    return control.get("state") if isinstance(control, dict) else None
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    """max() over a DateTime column loses its type on SQLite and comes back as text."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return utc(value)
-
-
-def _latest(*values: datetime | None) -> datetime | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
 
 
 def _trial_record(trial: Row[Any]) -> TrialRecord:
@@ -362,54 +302,6 @@ def trial_lrs(conn: Connection, study: StudyInfo, number: int) -> list[float]:
     its final retraining replays."""
     return list(conn.scalars(select(Epoch.lr).join(Trial, Trial.id == Epoch.trial_id).where(
         Trial.study_id == study.id, Trial.number == number).order_by(Epoch.epoch)))
-
-
-def study_stats(conn: Connection, study: StudyInfo) -> StudyStats:
-    row = conn.execute(
-        select(func.coalesce(func.sum(Trial.seconds), 0.0).label("compute"),
-               func.min(Trial.started_at).label("first"), *_count_by_state())
-        .where(Trial.study_id == study.id)
-    ).one()
-    best = best_trial(conn, study)
-    first = _as_datetime(row.first)
-    to_best = None
-    if best is not None and best.finished_at is not None and first is not None:
-        to_best = (best.finished_at - first).total_seconds()
-    counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
-    tests = study_evaluations(conn, study)  # in insertion order: the last evaluated is last
-    test = tests.get(best.number) if best is not None else None
-    if test is None and tests:
-        test = list(tests.values())[-1]
-    return StudyStats(study, counts, float(row.compute), first, best, to_best, test,
-                      latest_ensemble(conn, study))
-
-
-def read_progress(conn: Connection, name: str) -> StudyProgress:
-    """Counts by state, the best so far and every running trial (the live view)."""
-    study = conn.execute(select(Study.id, Study.spec, Study.optuna_study_id)
-                         .where(study_named(name))).first()
-    progress = StudyProgress()
-    if study is None:
-        return progress
-    progress.halted = _halted(optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
-                              .get(study.optuna_study_id))
-    study_id = study.id
-    for state, count in conn.execute(
-            select(Trial.state, func.count()).where(Trial.study_id == study_id)
-            .group_by(Trial.state)):
-        progress.counts[state] = count
-    # the same rule as `hpsearch best`: pruned trials do not count
-    best = conn.execute(best_query(study_id, Trial.number, Trial.value,
-                                   objectives=stored_objectives(study.spec))).first()
-    if best is not None:
-        progress.best_number, progress.best_value = best
-    progress.running = [
-        RunningTrial(*row) for row in conn.execute(
-            select(Trial.worker, Trial.number, Trial.epochs_run, Trial.value, Trial.precision,
-                   Trial.device)
-            .where(Trial.study_id == study_id, Trial.state == "running")
-            .order_by(Trial.worker))]
-    return progress
 
 
 def objective_values(conn: Connection, study: StudyInfo, *, eligible: bool = False

@@ -1,4 +1,5 @@
-"""The HTML report: one self-contained file that works offline, or one file per figure.
+"""The HTML report's page: one self-contained file that works offline, or one file per figure.
+What goes into it, gathered from the database: sections.py.
 
 plotly.js is inlined once (from the plotly package, never a CDN). Each figure's JSON sits in a
 `<script type="application/json">` block with `<`, `>` and `&` written as \\u escapes, so no
@@ -6,9 +7,6 @@ user string can close the block; one small script draws them all. A Content-Secu
 allows only those two scripts (by hash) and no network at all, as a second line of defence;
 pages with a WebGL figure also allow eval, which Plotly's WebGL code (regl) needs to compile its
 shaders (without it, the figure shows "WebGL is not supported").
-
-Studies of any size stay small: the best `curves` trials are drawn one by one and the rest as a
-per-epoch percentile band computed in SQL.
 """
 
 from __future__ import annotations
@@ -17,25 +15,19 @@ import base64
 import hashlib
 import html
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.db import budget_queries, evaluation_queries, figure_queries, queries, records
-from hpsearch.db.engine import mask_url
 from hpsearch.files import atomic_write, output_text
-from hpsearch.report import figures, importance, sheets, tables
+from hpsearch.report import sheets
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-    from sqlalchemy import Connection
-
-    from hpsearch.objectives import ObjectiveSpec
 
 # Plotly trace types drawn with WebGL (regl): their pages need 'unsafe-eval'
 WEBGL_TRACES = frozenset({"parcoords", "scattergl", "splom", "heatmapgl", "pointcloud",
                           "scatterpolargl", "parcats_gl"})
-CURVE_METRICS = ("val_acc", "train_loss", "val_loss")
 # The one inline script (allowed by its hash): draws the figures, and sorts a table.sortable
 # when a header is clicked (numbers by their raw value in data-v, blanks last). The order goes
 # into the address (#sort=TABLE:COLUMN:asc|desc), so a sorted view can be linked to.
@@ -116,138 +108,9 @@ class ReportDoc:
     sections: list[Section]
 
 
-# --- gathering -----------------------------------------------------------------------------
-
-def build_report(conn: Connection, names: list[str], *, curves: int) -> ReportDoc:
-    """Query everything the report shows and turn it into figures and tables."""
-    infos = [queries.find_study(conn, n) for n in dict.fromkeys(names)]  # fail before work
-    stats = [queries.study_stats(conn, info) for info in infos]
-    sections, overlay_points, overlay_curves = [], [], []
-    for index, study in enumerate(stats):
-        section, points, best_curve = _study_section(conn, study, curves, f"s{index + 1}")
-        sections.append(section)
-        overlay_points.append((study.study.name, points, study.study.objectives[0]))
-        if best_curve is not None:
-            overlay_curves.append((study.study.name, best_curve))
-    if len(infos) > 1:
-        sections.insert(0, _comparison_section(stats, overlay_points, overlay_curves))
-    masked = mask_url(conn.engine.url.render_as_string(hide_password=False))
-    return ReportDoc([i.name for i in infos], masked, datetime.now(UTC), sections)
-
-
-def _study_section(conn: Connection, stats: records.StudyStats, curves: int, key: str
-                   ) -> tuple[Section, list[records.TrialPoint], records.Curve | None]:
-    info = stats.study
-    top = figure_queries.top_curves(conn, info, CURVE_METRICS, curves)
-    many = stats.total > curves
-    bands = {m: figure_queries.epoch_band(conn, info, m, skip_top=curves) if many else None
-             for m in CURVE_METRICS}
-    points = figure_queries.trial_points(conn, info)
-    rows = figure_queries.complete_params(conn, info)
-    names = tables.param_names(info.space, [p for _, _, p in rows])
-    first = info.objectives[0]
-
-    section = Section(f"Study {info.name}", [sheet_html(tables.compare_sheet([stats], names))])
-    rungs = figure_queries.rung_stats(conn, info)
-    if rungs:  # a multi-fidelity budget ([budget] rungs)
-        section.items.append(sheet_html(tables.rungs_sheet("rungs (data fraction × epochs)",
-                                                           rungs)))
-    use = budget_queries.budget_use(conn, info)
-    if use is not None:  # an hours budget ([budget] hours, run --hours)
-        section.items.append(sheet_html(tables.budget_sheet("hours budget: planned and used",
-                                                            use)))
-    if info.note:
-        section.items.append(_note(f"Note: {info.note}"))
-    if many:
-        section.items.append(_note(f"{stats.total:,} trials: the best {curves} are drawn as "
-                                   "curves, the others as a 10-90th percentile band."))
-    section.items += [
-        Figure(f"{key}-accuracy", f"{info.name}: validation accuracy",
-               figures.accuracy_curves(info.name, top, bands["val_acc"])),
-        Figure(f"{key}-loss", f"{info.name}: losses", figures.loss_curves(info.name, top, bands)),
-        Figure(f"{key}-best-by-trial", f"{info.name}: best so far by trial",
-               figures.best_by_trial(info.name, points, first)),
-        Figure(f"{key}-best-by-time", f"{info.name}: best so far by time",
-               figures.best_by_time(info.name, points, first)),
-    ]
-    values = queries.objective_values(conn, info) if len(info.objectives) > 1 else None
-    if values is not None:
-        front = queries.pareto(conn, info)
-        section.items.append(_note(
-            f"Objectives: {tables.objective_text(info.objectives)}. The chosen trial is the "
-            "front's best in the first objective (see `hpsearch best --help`); pruning is off "
-            "for multi-objective studies."))
-        section.items.append(
-            Figure(f"{key}-pareto", f"{info.name}: Pareto front",
-                   figures.pareto_figure(info.name, front, values)) if front.trials
-            else _note("the Pareto front needs at least one complete trial"))
-    section.items += _parameter_views(conn, info, key, rows, names)
-    everything = queries.leaderboard(conn, info)
-    section.items.append(sheet_html(tables.trials_sheet(
-        info, everything, names, tests=evaluation_queries.study_evaluations(conn, info),
-        best=stats.best.number if stats.best else None, values=values, reasons=True,
-        tags=any(t.tags for t in everything),
-        title=f"{info.name}: all {stats.total:,} trials, by {first.title}, best first "
-              "(click a column header to sort)"), table_id=f"{key}-trials"))
-    best_curve = next((c for c in top if stats.best and c.trial_number == stats.best.number),
-                      None)
-    return section, points, best_curve
-
-
-def _parameter_views(conn: Connection, info: records.StudyInfo, key: str,
-                     rows: list[tuple[int, float, dict]], names: list[str]) -> list[str | Figure]:
-    """Parallel coordinates, slices and importances of the complete trials, then parallel
-    coordinates and importances with the pruned trials too (a pruned trial's value is its
-    best before it was stopped: a smaller budget, so it is shown apart)."""
-    first = info.objectives[0]
-    if not rows:
-        return [_note("parallel coordinates, slices and importances need at least one "
-                      "complete trial")]
-    items: list[str | Figure] = [
-        Figure(f"{key}-parameters", f"{info.name}: parameters",
-               figures.parallel_coordinates(info.name, rows, names, info.space, first)),
-        Figure(f"{key}-slices", f"{info.name}: {first.title} by parameter",
-               figures.slice_plots(info.name, rows, names, info.space, first)),
-    ]
-    found, how = importance.param_importances(info.space, rows, first)
-    items.append(Figure(f"{key}-importances", f"{info.name}: importances",
-                        figures.importance_figure(info.name, found, how)) if found else _note(how))
-    with_pruned = figure_queries.complete_params(conn, info, with_pruned=True)
-    if len(with_pruned) == len(rows):
-        return [*items, _note("no pruned trial has a value: the views above hold every trial")]
-    what = "complete and pruned trials"
-    items.append(_note(f"The same views with the pruned trials included ({len(with_pruned):,} "
-                       "trials): a pruned trial's value is its best before it was stopped, "
-                       "at a smaller budget than a complete one's."))
-    items.append(Figure(f"{key}-pruned-parameters", f"{info.name}: parameters, pruned included",
-                        figures.parallel_coordinates(info.name, with_pruned, names, info.space,
-                                                     first, what)))
-    found, how = importance.param_importances(info.space, with_pruned, first, what)
-    items.append(Figure(f"{key}-pruned-importances",
-                        f"{info.name}: importances, pruned included",
-                        figures.importance_figure(info.name, found, how)) if found else _note(how))
-    return items
-
-
-def _comparison_section(stats: list[records.StudyStats],
-                        points: list[tuple[str, list[records.TrialPoint], ObjectiveSpec]],
-                        best_curves: list[tuple[str, records.Curve]]) -> Section:
-    names: list[str] = []
-    for s in stats:
-        found = [s.best.sampled] if s.best else []
-        names += [n for n in tables.param_names(s.study.space, found) if n not in names]
-    section = Section("Studies compared", [sheet_html(tables.compare_sheet(stats, names)),
-                                           Figure("compare-best", "best so far, overlaid",
-                                                  figures.overlay_best(points))])
-    if best_curves:
-        section.items.append(Figure("compare-curves", "best trials, overlaid",
-                                    figures.overlay_best_curves(best_curves)))
-    return section
-
-
 # --- HTML ----------------------------------------------------------------------------------
 
-def _note(text: str) -> str:
+def note_html(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
@@ -266,7 +129,7 @@ def sheet_html(sheet: sheets.Sheet, table_id: str | None = None) -> str:
         opening = f'<table id="{table_id}" class="sortable">'
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     caption = f"<caption>{html.escape(sheet.title)}</caption>" if sheet.title else ""
-    notes = "".join(_note(n) for n in sheet.notes)
+    notes = "".join(note_html(n) for n in sheet.notes)
     return (f'<div class="scroll">{opening}{caption}<thead><tr>{head}</tr></thead>'
             f"<tbody>{rows}</tbody></table></div>{notes}")
 
@@ -341,7 +204,7 @@ def _heading(doc: ReportDoc) -> tuple[str, str]:
     title = "hpsearch report: " + ", ".join(doc.names)
     when = doc.generated.strftime("%Y-%m-%d %H:%M UTC")
     return title, (f"<h1>{html.escape(title)}</h1>\n"
-                   + _note(f"generated {when} from {doc.database}"))
+                   + note_html(f"generated {when} from {doc.database}"))
 
 
 def _section_html(section: Section, figure_html: Any) -> str:

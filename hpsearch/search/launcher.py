@@ -36,9 +36,9 @@ from sqlalchemy import Engine
 from hpsearch.cores import gpu_placement, worker_threads
 from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DatabaseError
-from hpsearch.db.queries import read_progress
 from hpsearch.db.records import StudyProgress
 from hpsearch.db.session import connection_scope
+from hpsearch.db.summary_queries import read_progress
 from hpsearch.paths import study_slug
 from hpsearch.search.hours import BudgetKeeper
 from hpsearch.search.progress import render_progress, summary_line

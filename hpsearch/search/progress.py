@@ -1,5 +1,5 @@
 """The live view of a running study: rendering only (the numbers come from
-`hpsearch.db.queries.read_progress`, which reads our tables and so sees every worker)."""
+`hpsearch.db.summary_queries.read_progress`, which reads our tables and so sees every worker)."""
 
 from __future__ import annotations
 

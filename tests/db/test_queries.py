@@ -9,7 +9,7 @@ import optuna
 import pytest
 from sqlalchemy import Connection, event, select
 
-from hpsearch.db import figure_queries, queries, records
+from hpsearch.db import figure_queries, queries, records, summary_queries
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Trial
 from hpsearch.errors import ConfigError, HpsearchError
@@ -49,7 +49,7 @@ def _trials(conn: Connection, study: records.StudyInfo) -> list:
 
 
 def test_list_studies_counts_every_state(conn: Connection, recorded: RecordedStudy) -> None:
-    summaries = {s.name: s for s in queries.list_studies(conn)}
+    summaries = {s.name: s for s in summary_queries.list_studies(conn)}
     assert set(summaries) == {"other", recorded.name}
     summary = summaries[recorded.name]
     expected = {state: sum(1 for s, _ in PLAN if s == state)
@@ -143,7 +143,7 @@ def test_trial_epochs_and_iterators(conn: Connection, study: records.StudyInfo) 
 
 def test_study_stats(conn: Connection, study: records.StudyInfo,
                      recorded: RecordedStudy) -> None:
-    stats = queries.study_stats(conn, study)
+    stats = summary_queries.study_stats(conn, study)
     rows = _trials(conn, study)
     assert stats.total == len(PLAN)
     assert math.isclose(stats.compute_seconds, sum(t.seconds or 0 for t in rows))

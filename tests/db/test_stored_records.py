@@ -22,8 +22,8 @@ from sqlalchemy import select, update
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Evaluation, Trial
-from hpsearch.db.queries import read_progress
-from hpsearch.report.html import build_report
+from hpsearch.db.summary_queries import read_progress
+from hpsearch.report.sections import build_report
 from hpsearch.search.ensemble import plan_ensemble
 from hpsearch.search.evaluate import plan_evaluation
 from hpsearch.search.progress import summary_line

@@ -25,7 +25,8 @@ from hpsearch.cli import main
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Study, Trial
 from hpsearch.paths import checkpoint_path, study_slug
-from hpsearch.report.html import build_report, write_report, write_split
+from hpsearch.report.html import write_report, write_split
+from hpsearch.report.sections import build_report
 from hpsearch.trainer.checkpoint import CheckpointError, load_checkpoint
 from tests.recorded_study import build_recorded_study
 from tests.study_files import write_tiny_study
