@@ -219,10 +219,14 @@ class _Trials:
         ended: list[FrozenTrial] = []
         current: list[optuna.Trial] = []
 
+        returned: list[bool] = []
+
         def run_trial(trial: optuna.Trial) -> float | tuple[float, ...]:
             self.slot.release()  # a queued trial (a retry) is RUNNING now: the next count sees it
             current.append(trial)
-            return self.objective(trial)
+            result = self.objective(trial)
+            returned.append(True)
+            return result
 
         try:
             # Optuna checks for stale trials first, as the watcher does while a trial runs
@@ -242,6 +246,16 @@ class _Trials:
                       else one_line(cause))
             self.to_fail[current[0]._trial_id] = (again, reason)
             raise cause from None
+        except Exception:
+            # The trial ended here, but its heartbeat was late (blocked, frozen) and another
+            # worker's check failed it and queued its retry first: Optuna's tell then fails (as
+            # "Should not reach." in 5.x). Same as TrialLost: the retry owns the trial now.
+            if not (returned and self._failed_elsewhere(current[0])):
+                raise
+            log.warning("trial %d ended here after the heartbeat check had failed it (its "
+                        "heartbeat was late); dropped: its retry runs it again",
+                        current[0].number)
+            return None
         state = ended[0].state if ended else TrialState.FAIL
         if state == TrialState.COMPLETE:
             self.summary.complete += 1
@@ -250,6 +264,10 @@ class _Trials:
         else:
             self.summary.failed += 1
         return state
+
+    def _failed_elsewhere(self, trial: optuna.Trial) -> bool:
+        state = self.study._storage.get_trial(trial._trial_id).state
+        return state == TrialState.FAIL
 
     def settle_faulted(self, url: str | None = None) -> None:
         """Fail each trial a fault ended (Optuna left it running) and, unless the fault was a
