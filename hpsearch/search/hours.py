@@ -144,7 +144,11 @@ class BudgetKeeper:
         return progress_line(self.plan, self.clock())
 
     def end_search(self) -> None:
+        """The search is over: the final's plan is made from every epoch measured (the last
+        periodic re-plan may predate the first completed trial, when a search is short)."""
         self.search_done = self.clock()
+        self.planned_at = None
+        self.update()
 
     def use(self) -> Use:
         """What was planned and used; the final's use runs until now."""
