@@ -248,6 +248,18 @@ def top_trials(conn: Connection, study: StudyInfo, k: int) -> list[TrialRecord]:
         study.id, Trial.__table__, objectives=study.objectives).limit(k))]
 
 
+def chosen_trial(conn: Connection, study: StudyInfo, number: int | None,
+                 what: str) -> TrialRecord:
+    """Trial `number` of the study, or (None) its best one; `what` names the use in the error
+    while no trial has completed ("to evaluate")."""
+    if number is not None:
+        return get_trial(conn, study, number)
+    record = best_trial(conn, study)
+    if record is None:
+        raise HpsearchError(f"study {study.name!r} has no complete trial {what} yet")
+    return record
+
+
 def get_trial(conn: Connection, study: StudyInfo, number: int) -> TrialRecord:
     trial = conn.execute(select(Trial.__table__).where(Trial.study_id == study.id,
                                                        Trial.number == number)).first()

@@ -121,12 +121,7 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
     try:
         with connection_scope(engine) as conn:
             study = queries.find_study(conn, name)
-            if trial is None:
-                record = queries.best_trial(conn, study)
-                if record is None:
-                    raise HpsearchError(f"study {name!r} has no complete trial to evaluate yet")
-            else:
-                record = queries.get_trial(conn, study, trial)
+            record = queries.chosen_trial(conn, study, trial, "to evaluate")
             lrs = queries.trial_lrs(conn, study, record.number)
     finally:
         engine.dispose()

@@ -36,12 +36,7 @@ def export_model(name: str, out: Path, url: str | None = None, *,
 
     with reading(normalise_url(database_url(url))) as conn:
         study = queries.find_study(conn, name)
-        if trial is None:
-            record = queries.best_trial(conn, study)
-            if record is None:
-                raise HpsearchError(f"study {name!r} has no complete trial yet")
-        else:
-            record = queries.get_trial(conn, study, trial)
+        record = queries.chosen_trial(conn, study, trial, "to export")
     source = model_path(study.config.workers.checkpoint_dir, study.name, record.number)
     if not source.exists():
         raise HpsearchError(
