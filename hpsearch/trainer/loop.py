@@ -21,9 +21,10 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import DEFAULT
 from hpsearch.params import NUM_CLASSES, TrialParams
 from hpsearch.stop import check_stop
+from hpsearch.trainer.batches import Augmentation, iterate_batches
 from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from hpsearch.trainer.compile_choice import choose_compile
-from hpsearch.trainer.data import Augmentation, Split, TrainValData, iterate_batches
+from hpsearch.trainer.data import Split, TrainValData
 from hpsearch.trainer.model import build_model, count_parameters
 from hpsearch.trainer.model_file import save_model_file
 from hpsearch.trainer.runtime import RunSetup, resolve_device, resolve_precision, tune_malloc

@@ -20,13 +20,12 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer import data_files
+from hpsearch.trainer.batches import Augmentation, iterate_batches
 from hpsearch.trainer.data import (
     MNIST_FILES,
-    Augmentation,
     DataError,
     DataNotFoundError,
     Split,
-    iterate_batches,
     load_full_train,
     load_raw,
     load_test_split,
