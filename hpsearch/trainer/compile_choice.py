@@ -23,13 +23,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from hpsearch.errors import HpsearchError
 from hpsearch.files import atomic_write
 from hpsearch.params import NUM_CLASSES, TrialParams
 from hpsearch.trainer.model import build_model, matmul_flops_per_image
-from hpsearch.trainer.runtime import IMAGE_SHAPE, decision_path, machine_key, measuring_lock
+from hpsearch.trainer.runtime import (
+    IMAGE_SHAPE,
+    decision_path,
+    machine_key,
+    measuring_lock,
+    probe_step,
+)
 
 # the estimated saving must repay the compile this many times: the estimate comes from another
 # model's steps on a machine whose speed varies ±10-20%, and a wrong "yes" costs the whole compile
@@ -121,13 +126,8 @@ def measure_compile(precision: str) -> CompileMeasurement:
         labels = torch.randint(0, NUM_CLASSES, (PROBE_BATCH,))
 
         def step(name: str) -> float:
-            begin = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = nn.functional.cross_entropy(models[name](images).float(), labels)
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-            return time.perf_counter() - begin
+            return probe_step(models[name], optimizers[name], images, labels,
+                              precision == "bf16")[0]
 
         step("eager")  # warm-up: thread pools, oneDNN kernels
         first_compiled = step("compiled")

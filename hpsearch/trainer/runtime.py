@@ -231,6 +231,18 @@ def choose_precision(m: Measurement) -> tuple[str, str]:
     return "fp32", f"{speed}, needs {BF16_MIN_SPEEDUP}x"
 
 
+def probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, bf16: bool) -> tuple[float, float]:
+    """One timed training step (forward, backward, optimiser) of a probe: (seconds, loss)."""
+    begin = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = nn.functional.cross_entropy(model(images).float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - begin, loss.item()
+
+
 def measure_cpu(batch: int = PROBE_BATCH, steps: int = PROBE_STEPS) -> Measurement:
     """Time training steps (forward, backward, Adam) of the default Mixer in fp32 and in bf16
     autocast, alternating, so a slow moment of a shared machine hits both alike. The caller's
@@ -246,13 +258,7 @@ def measure_cpu(batch: int = PROBE_BATCH, steps: int = PROBE_STEPS) -> Measureme
         labels = torch.randint(0, NUM_CLASSES, (batch,))
 
         def step(name: str) -> tuple[float, float]:
-            begin = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                loss = nn.functional.cross_entropy(models[name](images).float(), labels)
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-            return time.perf_counter() - begin, loss.item()
+            return probe_step(models[name], optimizers[name], images, labels, name == "bf16")
 
         # untimed warm-ups (thread pools, oneDNN kernel generation) on the same weights and batch
         _, fp32_loss = step("fp32")
