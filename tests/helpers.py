@@ -97,6 +97,16 @@ def clean_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+def finish(run: subprocess.Popen[str], timeout: float = 120) -> str:
+    """A started `hpsearch run`'s output once it ends (killed if it outlives `timeout`)."""
+    try:
+        return run.communicate(timeout=timeout)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
 def start_worker(name: str, url: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "hpsearch", "worker", name, "--db", url,

@@ -20,7 +20,7 @@ from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Epoch, Study, Trial
 from hpsearch.errors import ConfigError
 from hpsearch.search.study_file import load_study, parse_study
-from tests.helpers import hps, wait_for
+from tests.helpers import finish, hps, wait_for
 from tests.study_files import write_tiny_study
 
 EPOCH_S = 1.0  # a dry-run epoch: a sleep
@@ -32,15 +32,6 @@ def start_run(path: Path, url: str, folder: Path) -> subprocess.Popen[str]:
         [sys.executable, "-m", "hpsearch", "run", str(path), "--db", url, "--workers", "2",
          "--threads", "1", "--log-dir", str(folder / "logs"), "--top", "0"],
         cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(run: subprocess.Popen[str], timeout: float = 120) -> str:
-    try:
-        return run.communicate(timeout=timeout)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
 
 
 def rows(url: str, name: str) -> list[Trial]:

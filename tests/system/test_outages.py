@@ -33,7 +33,7 @@ from hpsearch.search.launcher import STOP_GRACE_S
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import WorkerOptions
 from tests.conftest import PostgresServer
-from tests.helpers import assert_nothing_lost, wait_for
+from tests.helpers import assert_nothing_lost, finish, wait_for
 from tests.net_faults import BlackHole, CuttableProxy
 from tests.study_files import write_tiny_study
 
@@ -56,15 +56,6 @@ def start_run(path: Path, url: str, folder: Path, workers: int = 1) -> subproces
          str(workers), "--threads", "1", "--device", "cpu", "--log-dir", str(folder / "logs"),
          "--top", "0"],
         cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(run: subprocess.Popen[str], timeout: float) -> str:
-    try:
-        return run.communicate(timeout=timeout)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
 
 
 def logs_of(folder: Path) -> str:
