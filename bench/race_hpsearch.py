@@ -4,14 +4,16 @@ The study file is studies/fashion-mnist-mixer-fidelity.toml's (TPE, successive h
 rungs of data fraction × epochs, reduction factor 3) with its top rung at the race's trial
 length and the space of bench/race_arms.py (`space_params`). One worker with one thread.
 
-Two settings: `hours=True`, `hpsearch run --hours` (the hours budget of issue 23 item 2), which
+Three settings: `hours=True`, `hpsearch run --hours` (the hours budget of issue 23 item 2), which
 plans the search and the final retraining inside the arm's budget and scores the test set
 itself; `hours=False`, what a user has without it: a search timeout of SEARCH_SHARE of the
-budget, then `hpsearch evaluate`.
+budget, then `hpsearch evaluate`; and `hours=True, ensemble=2`: the hours budget with
+`[budget] final = {ensemble = 2}`, the test accuracy being the ensemble's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -42,7 +44,7 @@ val_fraction = {val_fraction}
 [budget]
 rungs = [{{ fraction = 0.2, epochs = {r1} }}, {{ fraction = 0.5, epochs = {r2} }},
          {{ fraction = 1.0, epochs = {epochs} }}]
-
+{final}
 [space]
 model = "mixer"
 patch_size = 4
@@ -68,14 +70,18 @@ compile = "off"
 
 
 def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
-                 folder: Path, *, hours: bool) -> ArmResult:
-    work = folder / f"hpsearch{'-hours' if hours else ''}-seed-{seed}"
+                 folder: Path, *, hours: bool, ensemble: int = 1) -> ArmResult:
+    suffix = "-ensemble" if ensemble > 1 else "-hours" if hours else ""
+    work = folder / f"hpsearch{suffix}-seed-{seed}"
     work.mkdir(parents=True, exist_ok=True)
     name = f"race-{work.name}"
     study = work / "study.toml"
     study.write_text(STUDY.format(name=name, seed=seed, val_fraction=options.val_fraction,
                                   r1=max(1, round(epochs * 0.2)),
-                                  r2=max(2, round(epochs * 0.4)), epochs=epochs))
+                                  r2=max(2, round(epochs * 0.4)), epochs=epochs,
+                                  final=(f"final = {{ ensemble = {ensemble} }}\nhours = 1.0  "
+                                         "# replaced by run --hours\n" if ensemble > 1
+                                         else "")))
     db = f"sqlite:///{work / 'race.db'}"
     # the data folder as a user gives it ($HPSEARCH_DATA), the checkpoints beside the database
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPSEARCH_DATA": options.data_dir or ""}
@@ -91,16 +97,16 @@ def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
         subprocess.run([sys.executable, "-m", "hpsearch", "evaluate", name, *common,
                         "--threads", "1"], cwd=work, env=env, check=True)
     used = clock.elapsed()
-    result = read_database(work / "race.db", clock)
+    result = read_database(work / "race.db", clock, ensemble=ensemble > 1)
     result.used_s = used
     result.notes["hours_budget"] = hours
     return result
 
 
-def read_database(path: Path, clock: Clock) -> ArmResult:
+def read_database(path: Path, clock: Clock, *, ensemble: bool = False) -> ArmResult:
     """The curve (each epoch's validation accuracy at the time it ended: its trial's start plus
     the trial's epoch seconds so far; one worker, so trials do not overlap) and the test
-    accuracy of the final model (the run's one retraining)."""
+    accuracy of the final model (the run's one retraining), or of the final ensemble."""
     start = datetime.now(UTC).timestamp() - clock.elapsed()
     result = ArmResult()
     with sqlite3.connect(path) as conn:
@@ -113,12 +119,21 @@ def read_database(path: Path, clock: Clock) -> ArmResult:
             done[number] = done.get(number, 0.0) + seconds
             result.curve.append((begun - start + done[number], val_acc))
         result.curve.sort()
-        final = conn.execute(
+        finals = conn.execute(
             "SELECT t.number, v.test_acc, v.epochs, v.seconds, t.params FROM hps_evaluation v "
-            "JOIN hps_trial t ON t.id = v.trial_id ORDER BY v.id DESC").fetchone()
+            "JOIN hps_trial t ON t.id = v.trial_id ORDER BY v.id").fetchall()
         states = [s for (s,) in conn.execute("SELECT state FROM hps_trial")]
-    number, result.test_acc, final_epochs, final_s, params = final
+        scored = conn.execute("SELECT test_acc, members FROM hps_ensemble ORDER BY id DESC"
+                              ).fetchone() if ensemble else None
+    # the best trial's retraining: the ensemble's first member, else the one retraining
+    members = json.loads(scored[1]) if scored is not None else []
+    best = members[0]["trial"] if members else finals[-1][0]
+    number, result.test_acc, final_epochs, final_s, params = next(
+        row for row in finals if row[0] == best)
     result.chosen = {"trial": number, "params": params}
+    if scored is not None:
+        result.chosen |= {"single_test_acc": result.test_acc, "ensemble": members}
+        result.test_acc = scored[0]
     result.notes = {"trials": len(states), "complete": states.count("complete"),
                     "pruned": states.count("pruned"), "final_epochs": final_epochs,
                     "final_s": final_s}

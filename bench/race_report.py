@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
 LABELS = {"hand": "(a) hand-tuned, 1 run", "optuna": "(b) Optuna TPE + median",
           "asha": "(c) random + ASHA", "hpsearch": "(d) hpsearch, timeout + evaluate",
-          "hpsearch-hours": "(d) hpsearch run --hours"}
+          "hpsearch-hours": "(d) hpsearch run --hours",
+          "hpsearch-ensemble": "(d) hpsearch run --hours, ensemble of 2"}
 GRID_POINTS = 200
 
 
