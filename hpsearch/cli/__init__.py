@@ -14,6 +14,7 @@ from hpsearch.cli import (  # noqa: F401  (registers commands)
     enqueue_cmd,
     evaluate_cmd,
     info_cmd,
+    init_cmd,
     model_cmd,
     output_cmds,
     query_cmds,

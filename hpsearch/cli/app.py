@@ -65,7 +65,7 @@ app = typer.Typer(
 
 # `hpsearch --help` lists the commands in the order a user meets them; any other command
 # follows, alphabetically
-COMMAND_ORDER = ("run", "worker", "studies", "trials", "best", "show", "compare", "export",
+COMMAND_ORDER = ("init", "run", "worker", "studies", "trials", "best", "show", "compare", "export",
                  "report", "evaluate", "train", "study", "db")
 
 

@@ -176,7 +176,7 @@ COMMANDS = ("run", "worker", "studies", "trials", "best", "show", "compare", "ex
             "evaluate", "export-model", "train", "enqueue", "dashboard", "info", "tag",
             "study delete", "study rename", "study copy", "study note", "study stop",
             "study pause", "study resume", "db upgrade", "db downgrade", "db current",
-            "db check")
+            "db check", "init")
 
 
 def _leaf_commands(command: typing.Any, path: str = "") -> Iterator[str]:
@@ -254,6 +254,10 @@ def command_lines(draw: st.DrawFn, recorded: str, tmp: Path) -> list[str]:
         return ["info", "--device", draw(st.sampled_from(["cpu", "auto", "cuda", "tpu", ""])),
                 "--threads", draw(int_text()), "--format",
                 draw(st.sampled_from(["text", "json", "xml"]))]
+    if command == "init":
+        path = draw(st.one_of(st.sampled_from(["s.toml", ".", "no/s.toml", "garbage.db"]),
+                              NASTY_TEXT))
+        return ["init", path, "--example", draw(st.sampled_from(["mixer", "try", "cnn", "x"]))]
     if command == "tag":
         args = ["tag", name, draw(int_text()), *draw(st.lists(st.one_of(TEXT, NASTY_TEXT),
                                                               max_size=3)), *db]

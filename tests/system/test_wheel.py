@@ -1,5 +1,6 @@
-"""The wheel alone carries hpsearch and its migrations: built from the sources, installed into
-a fresh venv outside the checkout, it creates its tables and runs a one-trial study.
+"""The wheel alone carries hpsearch, its migrations and its example studies: built from the
+sources, installed into a fresh venv outside the checkout, it creates its tables, runs a
+one-trial study and writes an example study (`hpsearch init`).
 
 The venv borrows the dependencies (torch is 5 GB) from the interpreter running the tests through
 a .pth file, which appends that site-packages AFTER the venv's own: hpsearch itself can only come
@@ -22,7 +23,7 @@ from tests.study_files import write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]
 # what a build reads; copied so the build leaves nothing in the checkout
-SOURCES = ("pyproject.toml", "README.md", "hpsearch", "alembic")
+SOURCES = ("pyproject.toml", "README.md", "hpsearch", "alembic", "studies", "examples")
 pytestmark = pytest.mark.slow
 
 
@@ -72,3 +73,6 @@ def test_the_installed_wheel_migrates_and_runs_a_study(tmp_path: Path) -> None:
     assert out.splitlines()[1].startswith("0,complete,"), out
     out = run(hpsearch, "db", "check", "--db", url, cwd=work, env=env)
     assert "schema matches the models" in out
+    out = run(hpsearch, "init", "--example", "cnn", cwd=work, env=env)
+    assert "wrote cnn-fashion-mnist.toml, cnn.py" in out
+    assert (work / "cnn.py").read_text().startswith('"""A small CNN')
