@@ -31,6 +31,12 @@ def dashboard(
     user attributes hpsearch records per trial (size, best epoch, reason, worker) and, after
     `hpsearch evaluate`, each evaluated trial's test accuracy as a study attribute. Needs the
     optional extra: pip install 'hpsearch[dashboard]'.
+
+    Examples:
+
+        hpsearch dashboard
+
+        hpsearch dashboard --port 8081 --db postgresql+psycopg://hps@db-host/hps
     """
     from hpsearch.errors import HpsearchError
 

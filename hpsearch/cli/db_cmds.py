@@ -49,6 +49,10 @@ def upgrade_cmd(
 
     Commands that write (run, worker) do this on first use; run it once by hand to prepare a
     shared PostgreSQL database before starting workers on several machines.
+
+    Examples:
+
+        hpsearch db upgrade --db postgresql+psycopg://hps@db-host/hps
     """
     from hpsearch.db import migrate
 
@@ -75,6 +79,12 @@ def downgrade_cmd(
     What newer revisions added is dropped with its data (base: every trial, epoch and
     evaluation of hpsearch's): it lists what would be lost, rows per table and values per
     column, and asks first. Refused while a study's workers run.
+
+    Examples:
+
+        hpsearch db downgrade -1
+
+        hpsearch db downgrade base --yes --db sqlite:///old.db
     """
     from hpsearch.db import migrate
     from hpsearch.errors import HpsearchError
@@ -99,7 +109,14 @@ def downgrade_cmd(
 
 @db_app.command("current")
 def current_cmd(db: DbOption = None) -> None:
-    """Print the database's hpsearch schema revision (and whether it is the newest)."""
+    """Print the database's hpsearch schema revision (and whether it is the newest).
+
+    Examples:
+
+        hpsearch db current
+
+        hpsearch db current --db postgresql+psycopg://hps@db-host/hps
+    """
     from hpsearch.db import migrate
 
     typer.echo(_describe(migrate.current_revision(db)))
@@ -112,6 +129,12 @@ def check_cmd(db: DbOption = None) -> None:
     exit 1 and list any difference or orphan.
 
     Exits 2 when the schema is missing, older or newer than this hpsearch.
+
+    Examples:
+
+        hpsearch db check
+
+        hpsearch db check --db sqlite:///results.db
     """
     from hpsearch.db import migrate
     from hpsearch.db.engine import database_url

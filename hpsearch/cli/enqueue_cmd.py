@@ -32,6 +32,12 @@ def enqueue(
     every other parameter equal to the value the study fixes (`epochs` is ignored: the study's
     budget decides). Nothing is queued unless all fit. Queued trials count towards n_trials and
     run when workers next ask for a trial (`hpsearch run` / `hpsearch worker`).
+
+    Examples:
+
+        hpsearch enqueue studies/try-small.toml --from try --top 2
+
+        hpsearch enqueue try --params best.toml
     """
     import optuna
 

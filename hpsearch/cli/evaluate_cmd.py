@@ -80,6 +80,14 @@ def evaluate(
 
     The final weights are saved as CHECKPOINT_DIR/<study>/final-trial-N-seed-S.pt ([workers]
     checkpoint_dir of the study). Searching never reads the test set; only this command does.
+
+    Examples:
+
+        hpsearch evaluate try
+
+        hpsearch evaluate try --trial 3 --seeds 3
+
+        hpsearch evaluate try --ensemble 3 --select greedy --tta flip --seeds 3
     """
     if ensemble is not None:
         if trial is not None:

@@ -34,6 +34,14 @@ def info(
     On a CPU, "auto" is decided by timing a few training steps in both precisions on the first
     run per machine (CPU, torch version, thread count); the decision is cached in the user's
     cache folder ($XDG_CACHE_HOME/hpsearch, else ~/.cache/hpsearch) and shown with its path.
+
+    Examples:
+
+        hpsearch info
+
+        hpsearch info --threads 2 --remeasure
+
+        hpsearch info -f json
     """
     from hpsearch.trainer.runtime import configure_threads, machine_report, resolve_device
 

@@ -26,7 +26,14 @@ def export_model(
     epoch, its resolved parameters, the seed it trained with and the input normalisation.
     A search keeps the models of its best [workers] keep_models trials (3 by default); load
     one with `hpsearch.api.load_model(PATH)`. Nothing is retrained and the test set is not
-    read."""
+    read.
+
+    Examples:
+
+        hpsearch export-model try -o model.pt
+
+        hpsearch export-model try 3 -o trial-3.pt
+    """
     from hpsearch.search.model_export import export_model as export
 
     done = export(name, output, db, trial=trial)

@@ -77,6 +77,16 @@ def run(
     (kill, docker stop, systemctl stop) and SIGHUP stop the workers cleanly (their running
     trials are marked, exit code 130, 143 or 129), and running the same command again
     continues the study.
+
+    Examples:
+
+        hpsearch run studies/try.toml
+
+        hpsearch run studies/fashion-mnist-mixer.toml --workers 2
+
+        hpsearch run studies/fashion-mnist-mixer-hours.toml --hours 2.5
+
+        hpsearch run studies/try.toml --trials 12 --db postgresql+psycopg://hps@db-host/hps
     """
     from rich.console import Console
 
@@ -279,7 +289,14 @@ def worker(
 
     Ctrl-C, SIGTERM and SIGHUP end the running trial within seconds (failed, with the signal
     as its reason; queued again, to resume from its last checkpoint) and exit with 130, 143 or
-    129."""
+    129.
+
+    Examples:
+
+        hpsearch worker try --db postgresql+psycopg://hps@db-host/hps
+
+        hpsearch worker fashion-mnist-mixer --threads 4 --worker-index 1 --db postgresql+psycopg://hps@db-host/hps
+    """
     from hpsearch.stop import install_stop_handlers
 
     # first: importing torch takes a second. The stop is checked between batches and trials

@@ -39,6 +39,12 @@ def delete_cmd(
     """Delete a study: its trials, epochs and evaluations, and Optuna's study of that name.
 
     Also removes either half left alone (after `optuna delete-study`, say). Asks first.
+
+    Examples:
+
+        hpsearch study delete try
+
+        hpsearch study delete try --yes
     """
     from hpsearch.db.lifecycle import check_deletable, delete_study
     from hpsearch.errors import HpsearchError
@@ -64,6 +70,10 @@ def rename_cmd(
     """Rename a study in hpsearch's tables and in Optuna's, in one transaction.
 
     After a rename in optuna-dashboard, `hpsearch study rename OLD NEW` makes ours follow.
+
+    Examples:
+
+        hpsearch study rename try try-2026
     """
     from hpsearch.db.lifecycle import rename_study
     from hpsearch.search.study_file import check_study_name
@@ -83,7 +93,14 @@ def copy_cmd(
     db: DbOption = None,
 ) -> None:
     """Copy a study under a new name: Optuna's study with every trial, and every trial row,
-    epoch and evaluation of hpsearch's."""
+    epoch and evaluation of hpsearch's.
+
+    Examples:
+
+        hpsearch study copy try try-backup
+
+        hpsearch study copy try try --to-db sqlite:///archive.db
+    """
     from hpsearch.db.lifecycle import copy_study
     from hpsearch.search.study_file import check_study_name
 
@@ -118,21 +135,36 @@ def stop_cmd(name: NameArg, db: DbOption = None) -> None:
     """Stop a study on every machine: each worker ends its trial at the end of its current
     epoch (kept with its checkpoint, to resume) and leaves; new workers start nothing. `hpsearch
     study resume NAME` undoes it; then `hpsearch run` of its file continues where it stopped.
-    Also what a study's `[study] target` does once a trial reaches it."""
+    Also what a study's `[study] target` does once a trial reaches it.
+
+    Examples:
+
+        hpsearch study stop try --db postgresql+psycopg://hps@db-host/hps
+    """
     typer.echo(_set_halt(db, name, "stopped"))
 
 
 @study_app.command("pause")
 def pause_cmd(name: NameArg, db: DbOption = None) -> None:
     """Pause a study on every machine: each worker finishes its running trial, then leaves;
-    new workers start nothing until `hpsearch study resume NAME`."""
+    new workers start nothing until `hpsearch study resume NAME`.
+
+    Examples:
+
+        hpsearch study pause try --db postgresql+psycopg://hps@db-host/hps
+    """
     typer.echo(_set_halt(db, name, "paused"))
 
 
 @study_app.command("resume")
 def resume_cmd(name: NameArg, db: DbOption = None) -> None:
     """Undo `study stop` or `study pause` (or a reached target): workers may start trials
-    again; `hpsearch run` of the study's file continues it."""
+    again; `hpsearch run` of the study's file continues it.
+
+    Examples:
+
+        hpsearch study resume try --db postgresql+psycopg://hps@db-host/hps
+    """
     typer.echo(_set_halt(db, name, None))
 
 
@@ -155,7 +187,16 @@ def tag(
         help="Set the trial's note (\"\" clears it).", show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
-    """Tag a trial, or set its note; `hpsearch show NAME NUMBER` shows both."""
+    """Tag a trial, or set its note; `hpsearch show NAME NUMBER` shows both.
+
+    Examples:
+
+        hpsearch tag try 3 keeper baseline
+
+        hpsearch tag try 3 baseline --remove
+
+        hpsearch tag try 3 --note "diverged after epoch 2"
+    """
     from hpsearch.db.notes import tag_trial
 
     given = tuple(tags or ())

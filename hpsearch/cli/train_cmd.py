@@ -47,6 +47,12 @@ def train(
     """Train one configuration on the training split and report validation metrics per epoch.
 
     The test set is never touched here (see `hpsearch evaluate`).
+
+    Examples:
+
+        hpsearch train --config best.toml
+
+        hpsearch train --dataset synthetic --epochs 2 --set lr=0.003 --set hidden_dim=64
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
