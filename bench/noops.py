@@ -1,10 +1,10 @@
 """How fast the commands with nothing to do answer: `run` and `worker` on a finished study, and
-`info` when its precision decision is cached. Whole processes, medians over --repeat rounds.
+`info` when its answer is cached. Whole processes, medians over --repeat rounds.
 
     .venv/bin/python bench/noops.py            # about a minute; prints one line per command
 
 The study is a dry run (no training), finished once in a temporary folder; the first `info`
-measures and caches (not timed), the timed ones read the cache.
+measures and caches its answer (not timed), the timed ones read the cache.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
         hpsearch("info", cwd=cwd, env=env)  # measures and caches the precision decision
         commands = {"run on a finished study": ("run", "noop.toml"),
                     "worker on a finished study": ("worker", "noop"),
-                    "info, decision cached": ("info",)}
+                    "info, answer cached": ("info",)}
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeat):  # alternating, so a busy moment hits every command alike
             for name, command in commands.items():

@@ -66,8 +66,9 @@ from hpsearch import OPENMP_SETTINGS
 from hpsearch.paths import cache_dir
 from hpsearch.trainer.data import _torchvision_root
 from hpsearch.trainer.data_files import candidate_dirs, find_idx_files
+from hpsearch.trainer.machine import cpu_info
 from hpsearch.trainer.model import training_matmuls
-from hpsearch.trainer.runtime import configure_threads, cpu_info, cpu_precision, resolve_precision
+from hpsearch.trainer.runtime import configure_threads, cpu_precision, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_TRAIN = 60_000

@@ -39,6 +39,7 @@ def torch_free_modules() -> list[str]:
     # leaves first, so that the module blamed is the one that imports torch itself
     names = [f"hpsearch.{name}" for name in sorted(KERNEL)]
     names += ["hpsearch.trainer.data_files"]  # the launcher finds and counts the data files
+    names += ["hpsearch.trainer.machine"]  # `hpsearch info` answers from its cache
     names += modules("db") + modules("report")
     names += [m for m in modules("search") if m not in TRAINING]
     names += ["hpsearch.cli", "hpsearch.cli.query_cmds", "hpsearch.cli.output_cmds",

@@ -34,6 +34,8 @@ def info(
     On a CPU, "auto" is decided by timing a few training steps in both precisions on the first
     run per machine (CPU, torch version, thread count); the decision is cached in the user's
     cache folder ($XDG_CACHE_HOME/hpsearch, else ~/.cache/hpsearch) and shown with its path.
+    The answer itself is kept there too, so the next `info` (same CPU, threads, torch and
+    GPUs) shows it without loading torch.
 
     Examples:
 
@@ -43,11 +45,18 @@ def info(
 
         hpsearch info -f json
     """
-    from hpsearch.trainer.runtime import configure_threads, machine_report, resolve_device
+    from hpsearch.params import check_device
+    from hpsearch.trainer.machine import cache_info, cached_info, info_key
 
-    dev = resolve_device(device)
-    configure_threads(threads)
-    report = machine_report(dev, remeasure=remeasure)
+    key = info_key(check_device(device), threads)
+    report = None if remeasure else cached_info(key)
+    if report is None:  # torch answers, and the answer is kept for the next time
+        from hpsearch.trainer.runtime import configure_threads, machine_report, resolve_device
+
+        dev = resolve_device(device)
+        configure_threads(threads)
+        report = machine_report(dev, remeasure=remeasure)
+        cache_info(key, report)
     if fmt == InfoFormat.json:
         typer.echo(json.dumps(report, indent=2))
         return

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import hashlib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from hpsearch.cores import available_cores
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.files import atomic_write
 from hpsearch.params import NUM_CLASSES, TrialParams, check_device
-from hpsearch.paths import cache_dir
+from hpsearch.trainer.machine import KERNEL_ENV, cpu_info, decision_path
 from hpsearch.trainer.model import build_model
 
 try:
@@ -56,10 +55,6 @@ PROBE_STEPS = 3  # timed steps per precision (after one untimed warm-up step eac
 PROBE_GIVE_UP = 1.5
 IMAGE_SHAPE = (1, 28, 28)
 CACHE_FORMAT = 1  # part of the cache key: bump it when the probe or the rule changes
-# the CPU flags that decide how fast bf16 runs; shown by `hpsearch info` and the benchmark
-CPU_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-# environment variables that change which kernels torch/oneDNN use, so part of the key
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 log = logging.getLogger(__name__)
 
 
@@ -148,34 +143,6 @@ def resolve_precision(precision: str, device: torch.device) -> RunSetup:
 # the CPU probe and its cached decision
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CpuInfo:
-    model: str
-    flags: frozenset[str]  # every flag the CPU reports
-
-    @property
-    def relevant_flags(self) -> dict[str, bool]:
-        return {flag: flag in self.flags for flag in CPU_FLAGS}
-
-
-def cpu_info() -> CpuInfo:
-    """The CPU's model name and flags from /proc/cpuinfo (elsewhere: platform's name, no
-    flags; the measurement decides either way)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return CpuInfo(platform.processor() or platform.machine(), frozenset())
-    model, flags = "", frozenset[str]()
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        name = name.strip()
-        if name in ("model name", "Model") and not model:
-            model = value.strip()
-        elif name in ("flags", "Features") and not flags:  # x86, ARM
-            flags = frozenset(value.split())
-    return CpuInfo(model or platform.machine(), flags)
-
-
 def machine_key() -> dict[str, object]:
     """Everything that changes which precision is faster here. A cached decision counts only
     for the same key; a home folder shared by different machines keeps one file per key."""
@@ -184,7 +151,7 @@ def machine_key() -> dict[str, object]:
         "format": CACHE_FORMAT,
         "cpu": cpu.model,
         "arch": platform.machine(),
-        "flags": hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:16],
+        "flags": cpu.flags_digest,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": "cpu",
@@ -271,12 +238,6 @@ def measure_cpu(batch: int = PROBE_BATCH, steps: int = PROBE_STEPS) -> Measureme
                 break
     return Measurement(statistics.median(times["fp32"]), statistics.median(times["bf16"]),
                        fp32_loss, bf16_loss, batch, time.perf_counter() - started)
-
-
-def decision_path(key: dict[str, object], what: str = "cpu-precision") -> Path:
-    """Where a decision about `what` for the machine `key` is cached."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "runtime" / f"{what}-{digest}.json"
 
 
 _DECIDED: dict[Path, CpuDecision] = {}  # per process: read or measured once

@@ -18,9 +18,9 @@ from hpsearch.params import DataOptions, TrialParams
 from hpsearch.trainer import runtime
 from hpsearch.trainer.data import load_train_val
 from hpsearch.trainer.loop import fit
+from hpsearch.trainer.machine import CPU_FLAGS, CpuInfo
 from hpsearch.trainer.runtime import (
     BF16_MIN_SPEEDUP,
-    CpuInfo,
     Measurement,
     choose_precision,
     cpu_precision,
@@ -234,10 +234,16 @@ def test_the_probe_leaves_the_random_state_alone() -> None:
 # ---------------------------------------------------------------------------------------------
 
 def info(*args: str, cache_home: Path) -> subprocess.CompletedProcess[str]:
+    """`hpsearch info ARGS`; its stderr lists what it imported (-X importtime)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
     env.pop("HPSEARCH_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "hpsearch", "info", "--threads", "1", *args],
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "hpsearch", "info",
+                           "--threads", "1", *args],
                           env=env, capture_output=True, text=True, timeout=120)
+
+
+def imported_torch(run: subprocess.CompletedProcess[str]) -> bool:
+    return any(line.rsplit("|", 1)[-1].strip() == "torch" for line in run.stderr.splitlines())
 
 
 def test_info_measures_once_and_then_shows_the_cached_decision(tmp_path: Path) -> None:
@@ -245,7 +251,7 @@ def test_info_measures_once_and_then_shows_the_cached_decision(tmp_path: Path) -
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert report["precision"] in ("fp32", "bf16") and report["device"] == "cpu"
-    assert set(report["cpu_flags"]) == set(runtime.CPU_FLAGS)
+    assert set(report["cpu_flags"]) == set(CPU_FLAGS)
     assert report["measurement"]["from_cache"] is False
     assert Path(report["cache"]).is_file()
     assert Path(report["cache"]).is_relative_to(tmp_path / "hpsearch")
@@ -256,3 +262,10 @@ def test_info_measures_once_and_then_shows_the_cached_decision(tmp_path: Path) -
     assert lines["precision"].split()[0] == report["precision"]
     assert "cached" in lines["measured"] and "measured now" not in lines["measured"]
     assert lines["cached in"].strip() == report["cache"]
+    assert imported_torch(first) and not imported_torch(second)  # the answer kept, shown again
+    assert json.loads(info("-f", "json", cache_home=tmp_path).stdout) == {
+        **report, "measurement": {**report["measurement"], "from_cache": True}}
+
+    Path(report["cache"]).unlink()  # the decision gone: measured again, not the old answer
+    third = info("-f", "json", cache_home=tmp_path)
+    assert imported_torch(third) and json.loads(third.stdout)["measurement"]["from_cache"] is False
