@@ -1,6 +1,7 @@
 """A small CNN for hpsearch's model factory: `model = "examples.cnn:small_cnn"` in a study's
-[space] (run hpsearch from the folder that holds `examples/`), its arguments searched in
-[space.model_args]. hpsearch calls it with the data's shape and class count."""
+[space] run from the folder that holds `examples/` (or "cnn:small_cnn" beside a study that
+`hpsearch init --example cnn` wrote), its arguments searched in [space.model_args]. hpsearch
+calls it with the data's shape and class count."""
 
 from __future__ import annotations
 

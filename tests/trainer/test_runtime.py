@@ -239,7 +239,7 @@ def info(*args: str, cache_home: Path) -> subprocess.CompletedProcess[str]:
     env.pop("HPSEARCH_DEBUG", None)
     return subprocess.run([sys.executable, "-X", "importtime", "-m", "hpsearch", "info",
                            "--threads", "1", *args],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
 def imported_torch(run: subprocess.CompletedProcess[str]) -> bool:
