@@ -12,7 +12,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from hpsearch.errors import ConfigError
 
@@ -30,17 +30,35 @@ PLATEAU_MODES = ("auto", "min", "max")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 
-# Image shape (channels, height, width) and class count per dataset; known without loading data
-# so that configs can be validated before anything runs.
-DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
-    "fashion-mnist": (1, 28, 28),
-    "mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-    "synthetic": (1, 28, 28),
+
+
+class DatasetFacts(NamedTuple):
+    """A dataset's images' shape (channels, height, width), its class count, its training and
+    test set sizes: for the datasets known by name as published, known without loading
+    anything, so that configs can be validated before anything runs."""
+
+    shape: tuple[int, int, int]
+    classes: int
+    train: int
+    test: int
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return self.train, self.test
+
+
+# the datasets known by name (torchvision's; trainer/data.py loads them); any other [data]
+# dataset is the path of an image folder or a .npz file (trainer/data_files.py reads its facts)
+DATASETS: dict[str, DatasetFacts] = {
+    "fashion-mnist": DatasetFacts((1, 28, 28), 10, 60_000, 10_000),
+    "mnist": DatasetFacts((1, 28, 28), 10, 60_000, 10_000),
+    "kmnist": DatasetFacts((1, 28, 28), 10, 60_000, 10_000),
+    "cifar10": DatasetFacts((3, 32, 32), 10, 50_000, 10_000),
+    "cifar100": DatasetFacts((3, 32, 32), 100, 50_000, 10_000),
+    "svhn": DatasetFacts((3, 32, 32), 10, 73_257, 26_032),
 }
-NUM_CLASSES = 10
-TRAIN_IMAGES = {"fashion-mnist": 60_000, "mnist": 60_000, "cifar10": 50_000}  # before the split
-TEST_IMAGES = {"fashion-mnist": 10_000, "mnist": 10_000, "cifar10": 10_000}
+SYNTHETIC_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10  # of the synthetic set, and the default of a model built without data
 MIN_TRAIN_IMAGES = 20  # fewer says nothing about a configuration (a subset, a rung)
 DEVICES = ("auto", "cpu", "cuda")  # --device: "auto" is a GPU if there is one
 # Every integer a study file or option holds must fit a 32-bit signed INTEGER column (PostgreSQL's
@@ -152,10 +170,11 @@ class TrialParams:
         """"min" or "max": the direction in which plateau_metric improves."""
         return "max" if self.plateau_metric == "val_acc" else "min"
 
-    def check_image(self, dataset: str) -> None:
-        """Raise ConfigError if the patch size does not tile this dataset's images."""
+    def check_image(self, dataset: str, shape: tuple[int, int, int] | None = None) -> None:
+        """Raise ConfigError if the patch size does not tile the images of `dataset`, which
+        are of `shape` (C, H, W) where given (a folder's or .npz file's, read from its files)."""
         if self.model == "mixer":
-            num_patches(dataset_shape(dataset), self.patch_size, f" of {dataset}")
+            num_patches(shape or dataset_shape(dataset), self.patch_size, f" of {dataset}")
 
     @property
     def is_factory(self) -> bool:
@@ -282,11 +301,17 @@ def check_device(name: str) -> str:
 
 
 def dataset_shape(dataset: str) -> tuple[int, int, int]:
-    if dataset not in DATASET_SHAPES:
-        raise ConfigError(
-            f"unknown dataset {dataset!r} (known: {', '.join(DATASET_SHAPES)})"
-        )
-    return DATASET_SHAPES[dataset]
+    """The image shape of a dataset known by name (or the synthetic set's)."""
+    if dataset == "synthetic":
+        return SYNTHETIC_SHAPE
+    if dataset not in DATASETS:
+        raise ConfigError(unknown_dataset(dataset))
+    return DATASETS[dataset].shape
+
+
+def unknown_dataset(dataset: str) -> str:
+    return (f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)}, synthetic; or the "
+            "path of an image folder or of a .npz file)")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -307,7 +332,8 @@ class DataOptions:
     synthetic_blend: float = 0.0
 
     def __post_init__(self) -> None:
-        dataset_shape(self.dataset)
+        if not self.dataset.strip():
+            raise ConfigError(unknown_dataset(self.dataset))
         if not 0.0 <= self.synthetic_blend < 1.0:
             raise ConfigError(f"synthetic_blend must be in [0, 1), got {self.synthetic_blend}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -320,13 +346,7 @@ class DataOptions:
         """The (training, test) set sizes the dataset has as published (synthetic: as made)."""
         if self.dataset == "synthetic":
             return self.synthetic_size, synthetic_test_size(self.synthetic_size)
-        return TRAIN_IMAGES[self.dataset], TEST_IMAGES[self.dataset]
-
-    @property
-    def training_images(self) -> int:
-        """Images of the training split of the usual-sized dataset: after the subset and the
-        validation split, counted as trainer/data.py splits them."""
-        return self.image_counts().train
+        return DATASETS[self.dataset].train, DATASETS[self.dataset].test
 
     def image_counts(self, sizes: tuple[int, int] | None = None) -> ImageCounts:
         """How many images each split holds, known before anything is loaded (an hours budget

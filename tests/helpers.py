@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
@@ -21,6 +23,9 @@ from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study
 from hpsearch.search.worker import run_worker
 from tests.study_files import write_tiny_study
+
+if TYPE_CHECKING:
+    import torch
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -144,3 +149,12 @@ def slow_study(folder: Path, n_trials: int, epochs: int = 8) -> Path:
     path = write_tiny_study(folder, n_trials=n_trials, epochs=epochs, heartbeat=(1, 4))
     path.write_text(path.read_text().replace("synthetic_size = 300", "synthetic_size = 4000"))
     return path
+
+
+def idx_images(images: torch.Tensor) -> bytes:
+    n, h, w = images.shape
+    return struct.pack(">IIII", 0x0803, n, h, w) + images.numpy().tobytes()
+
+
+def idx_labels(labels: torch.Tensor) -> bytes:
+    return struct.pack(">II", 0x0801, len(labels)) + labels.numpy().astype("uint8").tobytes()

@@ -38,7 +38,8 @@ def modules(part: str) -> list[str]:
 def torch_free_modules() -> list[str]:
     # leaves first, so that the module blamed is the one that imports torch itself
     names = [f"hpsearch.{name}" for name in sorted(KERNEL)]
-    names += ["hpsearch.trainer.data_files"]  # the launcher finds and counts the data files
+    # the launcher finds and counts the data files
+    names += ["hpsearch.trainer.data_files", "hpsearch.trainer.data_sources"]
     names += ["hpsearch.trainer.machine"]  # `hpsearch info` answers from its cache
     names += modules("db") + modules("report")
     names += [m for m in modules("search") if m not in TRAINING]

@@ -315,7 +315,7 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
         # a missing, corrupt or mismatched file alike: the member is retrained, as said here
         path = Path(earlier.checkpoint_path)
         try:
-            model = build_model(member.params, full.image_shape)
+            model = build_model(member.params, full.image_shape, full.num_classes)
             load_weights(model, load_checkpoint(path), path)
         except CheckpointError as exc:
             log.warning("trial %d's final weights cannot be used (%s): retrained", number, exc)

@@ -39,6 +39,7 @@ from hpsearch.params import DataOptions, TrialParams
 from hpsearch.paths import checkpoint_folder
 from hpsearch.search.study import publish_test_accuracy
 from hpsearch.trainer import data as data_mod
+from hpsearch.trainer.data_sources import dataset_facts
 from hpsearch.trainer.epochs_auto import AutoEpochs, choose_epochs
 from hpsearch.trainer.schedule import LrCurve, replay_curve
 
@@ -168,7 +169,7 @@ def retrain_params(study: records.StudyInfo, record: records.TrialRecord,
     # params, at the peak epoch except that a cosine schedule keeps its full length
     resolved, data = retrain_config(study, record)
     params = TrialParams.from_dict({**resolved, "epochs": epochs or resolved["epochs"]})
-    params.check_image(data.dataset)
+    params.check_image(data.dataset, dataset_facts(data).shape)
     return params, data
 
 

@@ -33,7 +33,7 @@ from hpsearch.search.budget import (
 )
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import StudyConfig
-from hpsearch.trainer.data_files import dataset_sizes
+from hpsearch.trainer.data_sources import dataset_sizes
 
 PLAN_EVERY_S = 10.0
 LIMITS_READ_EVERY_S = 2.0  # a worker reads the limits at most this often (one query)

@@ -16,6 +16,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.params import MODEL_ARGS, DataOptions, TrialParams, coerce
 from hpsearch.search.study_file import parse_data
 from hpsearch.search.toml_values import read_toml
+from hpsearch.trainer.data_sources import dataset_facts
 
 
 @dataclass(frozen=True)
@@ -97,5 +98,5 @@ def resolve_run(path: Path | None = None, assignments: list[str] | None = None, 
         seeds.split_seed if seeds.split_seed is not None else train_seed)
     trial_params = TrialParams.from_dict(values)
     options = parse_data(data_table, "train")
-    trial_params.check_image(options.dataset)
+    trial_params.check_image(options.dataset, dataset_facts(options).shape)
     return RunConfig(trial_params, options, train_seed, split_seed)

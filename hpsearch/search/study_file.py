@@ -23,6 +23,7 @@ from hpsearch.params import (
     MODEL_ARGS,
     PARAM_NAMES,
     DataOptions,
+    DatasetFacts,
 )
 from hpsearch.search.budget import parse_final, parse_hours
 from hpsearch.search.space_file import (
@@ -39,6 +40,7 @@ from hpsearch.spec import (
     StudyConfig,
     WorkerOptions,
 )
+from hpsearch.trainer.data_sources import dataset_facts
 
 SAMPLERS = ("tpe", "nsga2", "random", "cmaes", "qmc", "grid")
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "qmc", "grid")  # Optuna's CMA-ES: one
@@ -209,9 +211,18 @@ def _parse_target(study: dict[str, Any], multi: bool, where: str) -> float | Non
     return typed_value(where, "target", study["target"], float)
 
 
-def _check_rung_sizes(config: StudyConfig, where: str) -> None:
+def _data_facts(data: DataOptions, where: str) -> DatasetFacts:
+    """The dataset's facts; for a folder or .npz file, read from it (so a missing or malformed
+    one is found before anything runs)."""
+    try:
+        return dataset_facts(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_rung_sizes(config: StudyConfig, facts: DatasetFacts, where: str) -> None:
     """A rung on a handful of images ranks trials by noise (0.001 of a subset is one image)."""
-    total = config.data.training_images
+    total = config.data.image_counts(facts.sizes).train
     for i, rung in enumerate(config.rungs, 1):
         images = max(1, round(total * rung.fraction))  # as TrainValData.train_fraction counts
         if images < MIN_TRAIN_IMAGES:
@@ -309,7 +320,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                              float, minimum=0, maximum=MAX_DRY_RUN_EPOCH_S)
                  if "dry_run" in doc else None),
     )
-    _check_rung_sizes(config, where)
+    facts = _data_facts(config.data, where)
+    _check_rung_sizes(config, facts, where)
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
     config.fixed["epochs"] = max_epochs
@@ -325,7 +337,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
             config.fixed[key] = dim
     declared.update(parse_model_args(config, model_args, where))
     config.conditions = parse_conditions(config, declared, where)
-    _check_constraints(config, where)
+    _check_constraints(config, facts.shape, where)
     if config.sampler == "grid":
         try:
             grid_values(config)  # raises if the space has no grid
@@ -334,14 +346,14 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     return config
 
 
-def _check_constraints(config: StudyConfig, where: str) -> None:
+def _check_constraints(config: StudyConfig, shape: tuple[int, int, int], where: str) -> None:
     """Every fixed value and every patch size choice must make a valid model for the dataset."""
     try:
         base = config.base_params()
-        base.check_image(config.data.dataset)
+        base.check_image(config.data.dataset, shape)
         patch = config.space.get("patch_size")
         if isinstance(patch, Categorical):
             for choice in patch.choices:
-                base.replace(patch_size=choice).check_image(config.data.dataset)
+                base.replace(patch_size=choice).check_image(config.data.dataset, shape)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None

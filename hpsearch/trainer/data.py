@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -22,28 +23,35 @@ from pathlib import Path
 
 import torch
 
-from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.errors import HpsearchError
 from hpsearch.files import atomic_write
 from hpsearch.masking import one_line
-from hpsearch.params import NUM_CLASSES, DataOptions, dataset_shape, synthetic_test_size
+from hpsearch.params import NUM_CLASSES, SYNTHETIC_SHAPE, DataOptions, synthetic_test_size
 from hpsearch.paths import cache_dir
 from hpsearch.trainer.data_files import (
+    LAYOUTS,
     MNIST_FILES,
     TORCHVISION_NAMES,
     DataError,
+    DataNotFoundError,
     candidate_dirs,
     find_idx_files,
+    find_layout,
     given_dirs,
     idx_sources,
+    layout_sources,
+)
+from hpsearch.trainer.data_sources import (
+    dataset_facts,
+    folder_listing,
+    is_local,
+    local_path,
+    read_local,
 )
 
 DOWNLOAD_TIMEOUT_S = 10.0
 CACHE_FORMAT = 1  # part of every cache key: bump it when what the cache stores changes
 log = logging.getLogger(__name__)
-
-
-class DataNotFoundError(ConfigError):
-    """No copy of the dataset could be found or downloaded."""
 
 
 class _CacheUnwritable(Exception):
@@ -68,6 +76,7 @@ class TrainValData:
     dataset: str
     mean: float
     std: float
+    num_classes: int = NUM_CLASSES
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -80,7 +89,7 @@ class TrainValData:
         multi-fidelity budget only adds images)."""
         n = max(1, round(len(self.train) * fraction))
         train = Split(self.train.images[:n], self.train.labels[:n])  # views, no copy
-        return TrainValData(train, self.val, self.dataset, self.mean, self.std)
+        return TrainValData(train, self.val, self.dataset, self.mean, self.std, self.num_classes)
 
 
 def _source_key(parts: tuple, sources: list[Path]) -> str:
@@ -150,28 +159,31 @@ def _parse_idx_folder(dataset: str, folder: Path, train: bool
                         "truncated? replace them)") from exc
 
 
-def _load_torchvision(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _torchvision_dataset(dataset: str, root: Path, train: bool, download: bool):  # noqa: ANN202
     from torchvision import datasets
 
-    if dataset == "cifar10":
-        ds = datasets.CIFAR10(str(root), train=train, download=False)
-        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return images, torch.tensor(ds.targets, dtype=torch.long)
-    cls = datasets.FashionMNIST if dataset == "fashion-mnist" else datasets.MNIST
-    ds = cls(str(root), train=train, download=False)
-    return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    cls = getattr(datasets, TORCHVISION_NAMES[dataset])
+    split = {"split": "train" if train else "test"} if dataset == "svhn" else {"train": train}
+    return cls(str(root), download=download, **split)
+
+
+def _load_torchvision(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = _torchvision_dataset(dataset, root, train, download=False)
+    images = torch.as_tensor(ds.data)  # MNIST's (N, H, W), CIFAR's (N, H, W, C), SVHN's NCHW
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif dataset.startswith("cifar"):
+        images = images.permute(0, 3, 1, 2)
+    labels = ds.labels if dataset == "svhn" else ds.targets
+    return images.contiguous(), torch.as_tensor(labels).long()
 
 
 def _try_download(dataset: str, root: Path) -> bool:
-    from torchvision import datasets
-
-    cls = {"fashion-mnist": datasets.FashionMNIST, "mnist": datasets.MNIST,
-           "cifar10": datasets.CIFAR10}[dataset]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail within seconds when offline
     try:
-        cls(str(root), train=True, download=True)
-        cls(str(root), train=False, download=True)
+        _torchvision_dataset(dataset, root, train=True, download=True)
+        _torchvision_dataset(dataset, root, train=False, download=True)
         return True
     except Exception:  # any network or checksum failure means "not available"
         return False
@@ -179,12 +191,17 @@ def _try_download(dataset: str, root: Path) -> bool:
         socket.setdefaulttimeout(previous)
 
 
+_LAYOUT_FILES = {
+    "cifar10": "the folder cifar-10-batches-py (from cifar-10-python.tar.gz)",
+    "cifar100": "the folder cifar-100-python (from cifar-100-python.tar.gz)",
+    "svhn": "the files train_32x32.mat and test_32x32.mat",
+}
+
+
 def _missing_message(dataset: str, tried: list[Path]) -> str:
     where = ", ".join(str(p) for p in tried)
-    if dataset == "cifar10":
-        files = "the folder cifar-10-batches-py (from cifar-10-python.tar.gz)"
-    else:
-        files = "the four files " + ", ".join(f"{n}.gz" for n in MNIST_FILES)
+    files = _LAYOUT_FILES.get(dataset) or "the four files " + ", ".join(
+        f"{n}.gz" for n in MNIST_FILES)
     hint = ""
     if dataset == "fashion-mnist":
         hint = " or install them with `apt-get install dataset-fashion-mnist`,"
@@ -206,7 +223,8 @@ def _cached_tensors(dataset: str, train: bool, sources: list[Path],
     start-up time, nothing else."""
     split = "train" if train else "test"
     key = _source_key((dataset, split), sources)
-    path = cache_dir() / "tensors" / f"{dataset}-{split}-{key}.pt"
+    name = re.sub(r"[^\w.-]", "_", Path(dataset).name)  # a path's last part
+    path = cache_dir() / "tensors" / f"{name}-{split}-{key}.pt"
     if path.exists():
         try:
             saved = torch.load(path, weights_only=True)
@@ -227,18 +245,21 @@ def _cached_tensors(dataset: str, train: bool, sources: list[Path],
 
 def load_raw(dataset: str, data_dir: str | None, train: bool,
              download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, C, H, W) and labels of the train or test split of a real dataset."""
+    """uint8 images (N, C, H, W) and labels of the train or test split of a real dataset: one
+    known by name, or an image folder or .npz file (data_sources.py)."""
+    if is_local(dataset):
+        path = local_path(dataset)
+        return _cached_tensors(dataset, train, _local_sources(path, train),
+                               lambda: _local_tensors(path, train))
     tried = candidate_dirs(dataset, data_dir)
     given = given_dirs(data_dir)  # the first folders of `tried`: given[:i] are passed over at i
     for i, root in enumerate(tried):
-        if dataset == "cifar10":
-            for base in (root, root / "cifar10"):
-                batches = base / "cifar-10-batches-py"
-                if batches.is_dir():
-                    _warn_passed_over(dataset, given[:i])
-                    return _cached_tensors(
-                        dataset, train, sorted(p for p in batches.iterdir() if p.is_file()),
-                        lambda base=base: _load_torchvision(dataset, base, train))
+        if dataset in LAYOUTS:
+            base = find_layout(dataset, root)
+            if base is not None:
+                _warn_passed_over(dataset, given[:i])
+                return _cached_tensors(dataset, train, layout_sources(base, dataset),
+                                       lambda base=base: _load_torchvision(dataset, base, train))
             continue
         folder = find_idx_files(dataset, root)
         if folder is not None:
@@ -252,6 +273,19 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
         _warn_passed_over(dataset, given)
         return load_raw(dataset, str(download_root), train, download=False)
     raise DataNotFoundError(_missing_message(dataset, tried))
+
+
+def _local_sources(path: Path, train: bool) -> list[Path]:
+    if path.suffix == ".npz":
+        return [path]
+    listing = folder_listing(path)  # the first training image decides the shape of both splits
+    return [listing.images["train"][0][0]] + [
+        image for image, _ in listing.images["train" if train else "test"]]
+
+
+def _local_tensors(path: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = read_local(path, train)
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 _warned: set[tuple[str, Path]] = set()
@@ -268,7 +302,7 @@ def _warn_passed_over(dataset: str, passed: list[Path]) -> None:
                         folder, "no such folder" if not folder.is_dir() else "no dataset files")
 
 
-def synthetic_raw(n: int, seed: int, shape: tuple[int, int, int] = (1, 28, 28),
+def synthetic_raw(n: int, seed: int, shape: tuple[int, int, int] = SYNTHETIC_SHAPE,
                   blend: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A learnable toy dataset with real shapes: each class is a fixed random pattern plus
     noise. With `blend`, each image also leans towards another class's pattern, by a uniform
@@ -295,7 +329,7 @@ def _normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 def load_train_val(options: DataOptions, seed: int) -> TrainValData:
     """The training set, split into train and validation by a permutation seeded by `seed`."""
-    dataset_shape(options.dataset)
+    classes = dataset_facts(options).classes
     if options.dataset == "synthetic":
         images, labels = synthetic_raw(options.synthetic_size, seed=0,
                                        blend=options.synthetic_blend)
@@ -316,6 +350,7 @@ def load_train_val(options: DataOptions, seed: int) -> TrainValData:
         dataset=options.dataset,
         mean=mean,
         std=std,
+        num_classes=classes,
     )
 
 
@@ -330,7 +365,8 @@ def load_full_train(options: DataOptions) -> TrainValData:
     mean, std = _stats(images)
     full = Split(_normalise(images, mean, std), labels)
     return TrainValData(train=full, val=Split(full.images[:0], full.labels[:0]),
-                        dataset=options.dataset, mean=mean, std=std)
+                        dataset=options.dataset, mean=mean, std=std,
+                        num_classes=dataset_facts(options).classes)
 
 
 def load_test_split(options: DataOptions, mean: float, std: float) -> Split:

@@ -27,15 +27,25 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-IDX_DATASETS = ("fashion-mnist", "mnist")  # stored as MNIST_FILES
-# torchvision's folder name for each dataset
+IDX_DATASETS = ("fashion-mnist", "mnist", "kmnist")  # stored as MNIST_FILES
+# torchvision's class for each dataset known by name; an IDX dataset's folder is named so too
 TORCHVISION_NAMES = {
-    "fashion-mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "cifar-10-batches-py",
+    "fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST",
+    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN",
+}
+# the other named datasets torchvision reads in its own layout: what a folder must hold
+LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py",), "cifar100": ("cifar-100-python",),
+    "svhn": ("train_32x32.mat", "test_32x32.mat"),
 }
 
 
 class DataError(ConfigError):
-    """Dataset files that are there but cannot be read (truncated, corrupt)."""
+    """Dataset files that are there but cannot be read (truncated, corrupt, malformed)."""
+
+
+class DataNotFoundError(ConfigError):
+    """No copy of the dataset could be found or downloaded."""
 
 
 def given_dirs(data_dir: str | None) -> list[Path]:
@@ -63,6 +73,23 @@ def find_idx_files(dataset: str, root: Path) -> Path | None:
     return None
 
 
+def find_layout(dataset: str, root: Path) -> Path | None:
+    """The folder, ROOT or ROOT/<dataset>, holding a dataset of LAYOUTS as torchvision reads it."""
+    for base in (root, root / dataset):
+        if all((base / name).exists() for name in LAYOUTS[dataset]):
+            return base
+    return None
+
+
+def layout_sources(base: Path, dataset: str) -> list[Path]:
+    """The files a dataset of LAYOUTS is read from (a folder's: every file in it)."""
+    found: list[Path] = []
+    for name in LAYOUTS[dataset]:
+        path = base / name
+        found += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return found
+
+
 def idx_sources(folder: Path, names: tuple[str, ...] = MNIST_FILES) -> list[Path]:
     """The MNIST-format files `names` in `folder`, plain or .gz, as found there."""
     return [folder / n if (folder / n).exists() else folder / f"{n}.gz" for n in names]
@@ -81,10 +108,10 @@ def idx_count(path: Path) -> int:
     return struct.unpack(">I", header[4:])[0]
 
 
-def dataset_sizes(data: DataOptions) -> tuple[int, int] | None:
+def idx_sizes(data: DataOptions) -> tuple[int, int] | None:
     """The (training, test) set sizes of the MNIST-format files a run of `data` reads, the
     folder chosen as trainer/data.py chooses it; None where the dataset's usual sizes hold
-    (synthetic data, CIFAR-10, or no folder here: a download brings the usual files)."""
+    (other datasets, or no folder here: a download brings the usual files)."""
     if data.dataset not in IDX_DATASETS:
         return None
     for root in candidate_dirs(data.dataset, data.data_dir):

@@ -138,7 +138,7 @@ class Training:
         self.setup: RunSetup = resolve_precision(params.precision, dev)
         torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
-        self.model: nn.Module = build_model(params, data.image_shape).to(dev)
+        self.model: nn.Module = build_model(params, data.image_shape, data.num_classes).to(dev)
         self.n_params = count_parameters(self.model)
         self.optimizer = make_optimizer(params, self.model)
         # the run's length counts from epoch 1 (a resumed run's is shorter: the margin absorbs it)
@@ -179,8 +179,8 @@ class Training:
 
     def save_model(self, path: Path, **info: Any) -> None:
         """The model as it is now, in a self-contained model file (`model_file`) with `info`."""
-        save_model_file(path, self.model, self.params, self.data.image_shape, self.data.mean,
-                        self.data.std, **info)
+        save_model_file(path, self.model, self.params, self.data.image_shape,
+                        self.data.num_classes, self.data.mean, self.data.std, **info)
 
     def run_to_end(self) -> Training:
         """Train every epoch without looking at them (benchmarks, tests)."""
@@ -199,7 +199,7 @@ class Training:
             # the caller handled the epoch (recorded it, say) and asked for the next one
             if self.checkpoint is not None:
                 self._save(epoch)
-            _check_chance(self.history)
+            _check_chance(self.history, self.data.num_classes)
 
     def _epoch(self, epoch: int) -> EpochMetrics:
         params, data, dev, model = self.params, self.data, self.device, self.model
@@ -262,11 +262,11 @@ class Training:
         })
 
 
-def _check_chance(history: list[EpochMetrics]) -> None:
+def _check_chance(history: list[EpochMetrics], num_classes: int) -> None:
     """Stop a run whose accuracy has sat at chance for CHANCE_PATIENCE epochs."""
     if len(history) < CHANCE_PATIENCE:
         return
-    chance = 1.0 / NUM_CLASSES + CHANCE_MARGIN
+    chance = 1.0 / num_classes + CHANCE_MARGIN
     recent = history[-CHANCE_PATIENCE:]
     if all(m.val_acc <= chance and m.train_acc <= chance for m in recent):
         raise TrainingDiverged(

@@ -261,19 +261,20 @@ def init_weights(model: nn.Module, scheme: str) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_model(params: TrialParams, image_shape: tuple[int, int, int]) -> nn.Module:
+def build_model(params: TrialParams, image_shape: tuple[int, int, int],
+                num_classes: int = NUM_CLASSES) -> nn.Module:
     act_layer = ACTIVATIONS[params.activation]  # resolved once, handed down as a class
     if params.is_factory:
         model: nn.Module = build_factory_model(params.model, dict(params.model_args),
-                                               image_shape, NUM_CLASSES)
+                                               image_shape, num_classes)
     elif params.model == "mlp":
         model = MLP(image_shape=image_shape, width=params.mlp_width, layers=params.mlp_layers,
-                    dropout=params.dropout, act_layer=act_layer)
+                    num_classes=num_classes, dropout=params.dropout, act_layer=act_layer)
     else:
         model = MLPMixer(image_shape=image_shape, patch_size=params.patch_size,
                          hidden_dim=params.hidden_dim, token_mlp_dim=params.token_mlp_dim,
                          channel_mlp_dim=params.channel_mlp_dim, num_blocks=params.num_blocks,
-                         dropout=params.dropout, act_layer=act_layer)
+                         num_classes=num_classes, dropout=params.dropout, act_layer=act_layer)
     init_weights(model, params.init)
     return model
 

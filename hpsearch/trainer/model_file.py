@@ -21,7 +21,7 @@ from torch import nn
 
 from hpsearch.errors import CheckpointError, ConfigError
 from hpsearch.files import atomic_write
-from hpsearch.params import TrialParams
+from hpsearch.params import NUM_CLASSES, TrialParams
 from hpsearch.trainer.checkpoint import load_checkpoint, save_checkpoint
 from hpsearch.trainer.model import build_model
 
@@ -29,14 +29,14 @@ FORMAT = "hpsearch-model/1"
 
 
 def save_model_file(path: Path, model: nn.Module, params: TrialParams,
-                    image_shape: tuple[int, ...], mean: float, std: float,
+                    image_shape: tuple[int, ...], num_classes: int, mean: float, std: float,
                     **info: Any) -> None:
-    """Write `model` with its params, input shape and normalisation, and `info` (plain values:
-    seed, epoch, metrics, study, trial...), atomically."""
+    """Write `model` with its params, input shape, class count and normalisation, and `info`
+    (plain values: seed, epoch, metrics, study, trial...), atomically."""
     save_checkpoint(path, {
         "format": FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "params": params.to_dict(), "image_shape": list(image_shape), "mean": mean, "std": std,
-        **info})
+        "params": params.to_dict(), "image_shape": list(image_shape),
+        "num_classes": num_classes, "mean": mean, "std": std, **info})
 
 
 def read_model_file(path: Path) -> dict[str, Any]:
@@ -89,11 +89,14 @@ def load_model_file(path: Path) -> LoadedModel:
     state = read_model_file(path)
     try:
         params = TrialParams.from_dict(state["params"])
-        model = build_model(params, tuple(state["image_shape"]))  # type: ignore[arg-type]
+        # files written before class counts came from the data hold no num_classes: 10
+        model = build_model(params, tuple(state["image_shape"]),  # type: ignore[arg-type]
+                            state.get("num_classes", NUM_CLASSES))
         model.load_state_dict(state["model"])
     except (ConfigError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: the model cannot be rebuilt ({exc})".splitlines()[0]
                               ) from None
     info = {k: v for k, v in state.items()
-            if k not in ("format", "model", "params", "image_shape", "mean", "std")}
+            if k not in ("format", "model", "params", "image_shape", "mean", "std",
+                         "num_classes")}
     return LoadedModel(model.eval(), params, float(state["mean"]), float(state["std"]), info)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
-import struct
 import time
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import torch
 from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions
 from hpsearch.trainer import data as data_mod
-from hpsearch.trainer import data_files
 from hpsearch.trainer.batches import Augmentation, iterate_batches
 from hpsearch.trainer.data import (
     MNIST_FILES,
@@ -32,6 +29,7 @@ from hpsearch.trainer.data import (
     load_train_val,
     synthetic_raw,
 )
+from tests.helpers import idx_images, idx_labels
 
 N_TRAIN, N_TEST = 30, 12
 
@@ -39,15 +37,6 @@ N_TRAIN, N_TEST = 30, 12
 # --------------------------------------------------------------------------------------------
 # fake IDX files and an isolated environment
 # --------------------------------------------------------------------------------------------
-
-def idx_images(images: torch.Tensor) -> bytes:
-    n, h, w = images.shape
-    return struct.pack(">IIII", 0x0803, n, h, w) + images.numpy().tobytes()
-
-
-def idx_labels(labels: torch.Tensor) -> bytes:
-    return struct.pack(">II", 0x0801, len(labels)) + labels.to(torch.uint8).numpy().tobytes()
-
 
 def fake_dataset() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(7)
@@ -73,25 +62,6 @@ def write_idx(folder: Path, gz: bool) -> dict[str, tuple[torch.Tensor, torch.Ten
             else:
                 (folder / name).write_bytes(payload)
     return dataset
-
-
-@pytest.fixture
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No real copy of any dataset is visible: Debian dirs, cache and $HPSEARCH_DATA point to
-    empty folders, and every network connection fails at once."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setattr(data_files, "DEBIAN_DIRS", {"fashion-mnist": empty / "debian-fm",
-                                                  "mnist": empty / "debian-mnist"})
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("HPSEARCH_DATA", raising=False)
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    return tmp_path
 
 
 # --------------------------------------------------------------------------------------------
