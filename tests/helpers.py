@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -112,11 +113,35 @@ def finish(run: subprocess.Popen[str], timeout: float = 120) -> str:
             run.wait()
 
 
-def start_worker(name: str, url: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(name: str, url: str, log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "hpsearch", "worker", name, "--db", url,
                                  "--threads", "1"], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=cwd, start_new_session=True)
+
+
+def kill_mid_trial(url: str, name: str, workers: list[subprocess.Popen[bytes]],
+                   epochs: int = 2, timeout: float = 120) -> tuple[Trial, subprocess.Popen[bytes]]:
+    """SIGKILL the worker of a running trial once it has finished `epochs` epochs: (that trial
+    as it was at the kill, its dead worker). The worker is stopped first; on a loaded machine
+    the trial may end between reading and stopping, so it is read again once frozen."""
+    def mid_trial() -> list[Trial]:
+        return [t for t in stored_trials(url, name)
+                if t.state == "running" and t.epochs_run >= epochs]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for trial in mid_trial():
+            worker = next(w for w in workers if trial.worker.endswith(f":{w.pid}"))
+            worker.send_signal(signal.SIGSTOP)
+            still = [t for t in mid_trial() if t.number == trial.number]
+            if still:
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()
+                return still[0], worker
+            worker.send_signal(signal.SIGCONT)
+        assert time.monotonic() < deadline, f"no worker finished {epochs} epochs of a trial"
+        time.sleep(0.05)
 
 
 def run_in_process(path: Path, url: str, trials: int | None = None) -> None:

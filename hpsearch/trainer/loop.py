@@ -262,7 +262,7 @@ class Training:
         })
 
 
-def _check_chance(history: list[EpochMetrics], num_classes: int) -> None:
+def _check_chance(history: list[EpochMetrics], num_classes: int = NUM_CLASSES) -> None:
     """Stop a run whose accuracy has sat at chance for CHANCE_PATIENCE epochs."""
     if len(history) < CHANCE_PATIENCE:
         return

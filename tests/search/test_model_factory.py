@@ -5,6 +5,7 @@ naming the user's file and line."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from hpsearch.search.warmstart import Candidate, enqueue
 from hpsearch.search.worker import run_worker
 from hpsearch.trainer.factory import FactoryError
 from hpsearch.trainer.model import build_model
-from tests.helpers import hps, stored_trials
+from tests.helpers import epochs_of, hps, kill_mid_trial, start_worker, stored_trials
 
 NETS = '''\
 from torch import nn
@@ -57,7 +58,7 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"{name}.nets"
 
 
-def study_file(folder: Path, model: str) -> Path:
+def study_file(folder: Path, model: str, images: int = 200, epochs: int = 2) -> Path:
     """A 2-trial study of `model` (its TOML value) with pruning, on synthetic data."""
     path = folder / "user.toml"
     path.write_text(f"""
@@ -72,13 +73,15 @@ startup_trials = 1
 
 [data]
 dataset = "synthetic"
-synthetic_size = 200
+synthetic_size = {images}
 
 [budget]
-max_epochs = 2
+max_epochs = {epochs}
 
 [workers]
 checkpoint_dir = "checkpoints"
+heartbeat_interval = 1
+grace_period = 4
 
 [space]
 model = {model}
@@ -131,6 +134,47 @@ def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path
     loaded = api.load_model(tmp_path / "model.pt")
     assert loaded.params == run.params.replace(epochs=2)
     assert loaded.model[0].out_channels == best.params["model_args.width"]  # tiny_cnn's conv
+
+
+def test_a_killed_factory_trial_resumes_from_its_checkpoint_and_is_ensembled(
+        package: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker (a process of its own, importing the factory from its working directory) is
+    killed mid-trial; a second worker fails the dead trial and its retry resumes from the
+    checkpoint; both trials are then retrained, scored and ensembled."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    config = load_study(study_file(tmp_path, f'"{package}:tiny_cnn"', images=4000, epochs=6))
+    factory = f"{package}:tiny_cnn"
+    # the second is the better, so that the median pruner lets both complete (an ensemble
+    # needs two)
+    enqueue(url, config, [
+        Candidate({"model": factory, "model_args.width": 4, "model_args.pool": "max",
+                   "lr": 0.003}, "the test"),
+        Candidate({"model": factory, "model_args.width": 6, "model_args.pool": "max",
+                   "lr": 0.01}, "the test")])
+    worker = start_worker("user", url, tmp_path / "worker.log", cwd=tmp_path)
+    try:
+        killed, _ = kill_mid_trial(url, "user", [worker])
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    time.sleep(config.workers.grace_period + 1)  # its heartbeat is stale by then
+    run_worker("user", url, device="cpu")
+
+    trials = stored_trials(url, "user")
+    (retry,) = [t for t in trials if t.retried_from == killed.number]
+    assert [t.state for t in trials if t.number != killed.number] == ["complete", "complete"]
+    assert retry.state == "complete" and retry.epochs_run == 6
+    # the epochs finished before the kill are carried over (same timings), not trained again
+    before, after = epochs_of(url, killed.id), epochs_of(url, retry.id)
+    assert [e.epoch for e in after] == list(range(1, 7)) and killed.epochs_run >= 2
+    for old, new in zip(before[:killed.epochs_run - 1], after, strict=False):
+        assert (new.seconds, new.val_acc) == (old.seconds, old.val_acc)
+
+    code, out, err = hps(capsys, monkeypatch, "evaluate", "user", "--ensemble", "2",
+                         "--epochs", "1", "--db", url, "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    assert "test acc ensemble (2 trials)" in out
 
 
 def test_a_broken_factory_fails_its_trial_with_one_line(package: str, tmp_path: Path) -> None:

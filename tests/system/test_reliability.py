@@ -16,7 +16,15 @@ import pytest
 from hpsearch.db.models import Trial
 from hpsearch.search.study import prepare_study
 from hpsearch.search.study_file import load_study
-from tests.helpers import ROOT, epochs_of, slow_study, start_worker, stored_trials, wait_for
+from tests.helpers import (
+    ROOT,
+    epochs_of,
+    kill_mid_trial,
+    slow_study,
+    start_worker,
+    stored_trials,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,30 +35,8 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(db_url: str,
     prepare_study(load_study(path), db_url)
     workers = [start_worker("tiny", db_url, tmp_path / f"worker-{i}.log") for i in range(2)]
     try:
-        def mid_trial() -> list[Trial]:
-            return [t for t in stored_trials(db_url, "tiny")
-                    if t.state == "running" and t.epochs_run >= 2]
-
-        def freeze_mid_trial() -> Trial | None:
-            """Stop a worker mid-trial; on a loaded machine the trial may end between reading
-            and stopping, so check again once the worker is frozen."""
-            for trial in mid_trial():
-                worker = next(w for w in workers if trial.worker.endswith(f":{w.pid}"))
-                worker.send_signal(signal.SIGSTOP)
-                still = [t for t in mid_trial() if t.number == trial.number]
-                if still:
-                    return still[0]
-                worker.send_signal(signal.SIGCONT)
-            return None
-
-        deadline = time.monotonic() + 120
-        while (killed := freeze_mid_trial()) is None:
-            assert time.monotonic() < deadline, "no worker finished two epochs of a trial"
-            time.sleep(0.05)
-        (victim,) = [w for w in workers if killed.worker.endswith(f":{w.pid}")]
-        victim.send_signal(signal.SIGKILL)
+        killed, victim = kill_mid_trial(db_url, "tiny", workers)
         killed_at = time.monotonic()
-        victim.wait()
         done_before_kill = killed.epochs_run
         (survivor,) = [w for w in workers if w is not victim]
         # the survivor notices while it trains: grace period 4 s, checked every second

@@ -278,6 +278,13 @@ def test_check_chance_directly() -> None:
         _check_chance([_metrics(1, 0.9)] + [_metrics(i, 0.05) for i in range(2, 5)])
 
 
+def test_chance_is_one_over_the_data_s_class_count() -> None:
+    """With 100 classes (CIFAR-100), 8% accuracy is learning; with 3, 30% is chance."""
+    _check_chance([_metrics(i, 0.08) for i in range(1, 4)], num_classes=100)
+    with pytest.raises(TrainingDiverged):
+        _check_chance([_metrics(i, 0.3) for i in range(1, 4)], num_classes=3)
+
+
 # --------------------------------------------------------------------------------------------
 # reproducibility and checkpoints
 # --------------------------------------------------------------------------------------------
