@@ -22,7 +22,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(
         help="Number of epochs (overrides the config).", min=1, max=INT_MAX)] = None,
     dataset: Annotated[str | None, typer.Option(
-        help="fashion-mnist (default), mnist, cifar10, or synthetic (a tiny learnable toy set).")
+        help="fashion-mnist (default), mnist, kmnist, cifar10, cifar100, svhn, synthetic (a "
+        "tiny learnable toy set), or the path of an image folder (train/ and test/, a folder "
+        "per class) or of a .npz file (x_train, y_train, x_test, y_test).")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="Folder holding the dataset files (else $HPSEARCH_DATA, Debian's package, download)."

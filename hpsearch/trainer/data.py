@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -48,6 +49,9 @@ from hpsearch.trainer.data_sources import (
     local_path,
     read_local,
 )
+
+if TYPE_CHECKING:
+    from torchvision.datasets import VisionDataset
 
 DOWNLOAD_TIMEOUT_S = 10.0
 CACHE_FORMAT = 1  # part of every cache key: bump it when what the cache stores changes
@@ -159,7 +163,8 @@ def _parse_idx_folder(dataset: str, folder: Path, train: bool
                         "truncated? replace them)") from exc
 
 
-def _torchvision_dataset(dataset: str, root: Path, train: bool, download: bool):  # noqa: ANN202
+def _torchvision_dataset(dataset: str, root: Path, train: bool, download: bool
+                         ) -> VisionDataset:
     from torchvision import datasets
 
     cls = getattr(datasets, TORCHVISION_NAMES[dataset])
