@@ -228,12 +228,19 @@ class LiveView:
 
 class LogView:
     """Output redirected to a file (`nohup hpsearch run ... > run.log`): a redrawn view would
-    only appear at the end, so write one timestamped line each time a trial finishes."""
+    only appear at the end, so write one timestamped line each time a trial finishes, and while
+    trials run longer, a line of their epochs: for a new epoch at most once per EPOCH_LINE_S,
+    and at least once per QUIET_LINE_S (a 60-epoch trial said "finished 0/1" for an hour)."""
+
+    EPOCH_LINE_S = 60.0
+    QUIET_LINE_S = 180.0
 
     def __init__(self, config: StudyConfig, console: Console,
                  budget: BudgetKeeper | None = None) -> None:
         self.config, self.console, self.budget = config, console, budget
         self.last: dict[str, int] | None = None
+        self.last_epochs: dict[tuple[str, int], int] = {}
+        self.written_at = time.monotonic()
 
     def __enter__(self) -> LogView:
         return self
@@ -245,12 +252,24 @@ class LogView:
         finished: dict[str, int] = {k: v for k, v in progress.counts.items() if k != "running"}
         if progress.unavailable_since is not None:  # one line per 30 s of an outage
             finished["outage"] = int(time.monotonic() - progress.unavailable_since) // 30
+        epochs = {(run.worker, run.number): run.epochs_run for run in progress.running}
+        quiet = time.monotonic() - self.written_at
         if finished != self.last:
             self.last = finished
             budget = f"  {self.budget.line()}" if self.budget else ""
-            self.console.print(f"{time.strftime('%H:%M:%S')} "
-                               f"{summary_line(progress, self.config)}{budget}",
-                               highlight=False, markup=False, soft_wrap=True)
+            self._write(f"{summary_line(progress, self.config)}{budget}", epochs)
+        elif epochs and (quiet >= self.QUIET_LINE_S
+                         or (epochs != self.last_epochs and quiet >= self.EPOCH_LINE_S)):
+            title = self.config.objectives[0].title
+            self._write("running: " + "; ".join(
+                f"trial {run.number} epoch {run.epochs_run}/{self.config.max_epochs} {title} "
+                + (f"{run.value:.4f}" if run.value is not None else "–")
+                for run in progress.running), epochs)
+
+    def _write(self, line: str, epochs: dict[tuple[str, int], int]) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} {line}", highlight=False,
+                           markup=False, soft_wrap=True)
+        self.last_epochs, self.written_at = epochs, time.monotonic()
 
 
 def _poll_progress(engine: Engine, name: str, last: StudyProgress) -> StudyProgress:
