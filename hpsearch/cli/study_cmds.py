@@ -115,7 +115,7 @@ def note_cmd(
                                         show_default=False)],
     db: DbOption = None,
 ) -> None:
-    """Set a study's note, shown by `hpsearch studies` and in the report.
+    """Set a study's note, shown by `hpsearch studies`, the report and optuna-dashboard.
 
     Examples:
 

@@ -293,6 +293,8 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
     study_id = dst.execute(insert(Study).values(**study).returning(Study.id)).scalar_one()
     created = dst.execute(select(Study.created_at).where(Study.id == study_id)).scalar_one()
     set_marker(dst, optuna_id, row_marker(study_id, created))  # copy_study copied the source's
+    # the trials' notes (optuna-dashboard's place) are keyed by Optuna trial id: the copy's
+    notes = ot.dashboard_notes(src, [ours.optuna_study_id])
     count = 0
     for trial in src.execute(select(Trial.__table__).where(Trial.study_id == ours.id)
                              .order_by(Trial.number)).all():
@@ -301,6 +303,9 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
                                 "trial to copy; see `hpsearch db check`")
         row = {c: v for c, v in trial._mapping.items() if c != "id"}
         row.update(study_id=study_id, optuna_trial_id=trial_ids[trial.number])
+        if (ours.optuna_study_id, trial.optuna_trial_id) in notes:
+            ot.save_dashboard_note(dst, optuna_id, trial_ids[trial.number],
+                                   notes[ours.optuna_study_id, trial.optuna_trial_id])
         if trial.number in failed:
             row.update(state="failed", reason=COPIED_RUNNING)
         trial_id = dst.execute(insert(Trial).values(**row).returning(Trial.id)).scalar_one()

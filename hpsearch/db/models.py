@@ -55,7 +55,7 @@ class Study(Base):
     # how the search runs, changed by `hpsearch run --update` (StudyConfig.settings_json)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     dataset: Mapped[str] = mapped_column(String(64))
-    note: Mapped[str | None] = mapped_column(Text)  # `hpsearch study note`
+    note: Mapped[str | None] = mapped_column(Text)  # older notes (db/notes.py)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     trials: Mapped[list[Trial]] = relationship(back_populates="study")
@@ -101,7 +101,7 @@ class Trial(Base):
     precision: Mapped[str | None] = mapped_column(String(16))  # what it ran with: fp32 | bf16
     device: Mapped[str | None] = mapped_column(String(64))  # e.g. cpu, cuda:0
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)  # `hpsearch tag`
-    note: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)  # older notes (db/notes.py)
 
     study: Mapped[Study] = relationship(back_populates="trials")
     epochs: Mapped[list[Epoch]] = relationship(back_populates="trial", order_by="Epoch.epoch")

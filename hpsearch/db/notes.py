@@ -1,4 +1,8 @@
-"""Study and trial notes, and trial tags (`hpsearch study note`, `hpsearch tag`)."""
+"""Study and trial notes, and trial tags (`hpsearch study note`, `hpsearch tag`).
+
+A note is written where optuna-dashboard keeps its notes (hpsearch.db.optuna_tables,
+save_dashboard_note), so each side shows the other's; our rows' note column, where notes lived
+before, is cleared as a note is written there and read only while the dashboard has none."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from hpsearch.db.lifecycle import grace_period_s, write_transaction
 from hpsearch.db.migrate import require_schema
 from hpsearch.db.models import Study, Trial, study_named
 from hpsearch.db.optuna_link import check_link
-from hpsearch.db.optuna_tables import live_trials
+from hpsearch.db.optuna_tables import dashboard_notes, live_trials, save_dashboard_note
 from hpsearch.errors import ConfigError, HpsearchError
 
 
@@ -45,7 +49,8 @@ def set_study_note(url: str, name: str, text: str) -> None:
     require_schema(url)
     with write_transaction(url) as conn:
         study = _our_study(conn, name)
-        conn.execute(update(Study).where(Study.id == study.id).values(note=text or None))
+        save_dashboard_note(conn, study.optuna_study_id, None, text)
+        conn.execute(update(Study).where(Study.id == study.id).values(note=None))
 
 
 def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
@@ -61,8 +66,8 @@ def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
     require_schema(url)
     with write_transaction(url) as conn:
         study = _our_study(conn, name)
-        trial = conn.execute(select(Trial.id, Trial.tags, Trial.note).where(
-            Trial.study_id == study.id, Trial.number == number)).first()
+        trial = conn.execute(select(Trial.id, Trial.tags, Trial.note, Trial.optuna_trial_id)
+                             .where(Trial.study_id == study.id, Trial.number == number)).first()
         if trial is None:
             raise HpsearchError(f"study {name!r} has no trial {number}")
         if number in live_trials(conn, study.optuna_study_id, grace_period_s(study)):
@@ -71,6 +76,12 @@ def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
                                 "ended")
         tags = [t for t in (trial.tags or []) if t not in remove]
         tags += [t for t in dict.fromkeys(add) if t not in tags]
-        new_note = trial.note if note is None else (note or None)
-        conn.execute(update(Trial).where(Trial.id == trial.id).values(tags=tags, note=new_note))
-    return tags, new_note
+        column = trial.note
+        if note is None:
+            note = dashboard_notes(conn, [study.optuna_study_id]).get(
+                (study.optuna_study_id, trial.optuna_trial_id), column)
+        else:
+            save_dashboard_note(conn, study.optuna_study_id, trial.optuna_trial_id, note)
+            column = None
+        conn.execute(update(Trial).where(Trial.id == trial.id).values(tags=tags, note=column))
+    return tags, note or None

@@ -8,6 +8,9 @@ its ORM), so deleting a study deletes children first: TRIAL_CHILDREN, trials, ST
 from __future__ import annotations
 
 import json
+import re
+from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +26,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    or_,
     select,
     table,
     text,
@@ -61,6 +65,12 @@ BUDGET_USE_KEY = "hpsearch:budget_use"
 METRIC_NAMES_KEY = "study:metric_names"
 # A study's central stop or pause (written by hpsearch.search.control, read here for the views)
 CONTROL_ATTR = "hpsearch.control"
+# optuna-dashboard's notes (optuna_dashboard/_note.py, 0.12-0.21): a study system attribute
+# holding the note's version, and its Markdown in chunks of NOTE_CHUNK characters; a trial's
+# note is the study's attribute too, keyed by the Optuna trial id. hpsearch keeps its notes
+# there as well, so the dashboard shows ours and `hpsearch show` the dashboard's.
+NOTE_CHUNK = 2045
+NOTE_KEY = re.compile(r"dashboard:(?:(\d+):)?note_(?:ver|str:(\d+))")
 # Optuna's default grace period: a study file without [workers] grace_period uses 120 s too.
 DEFAULT_GRACE_S = 120
 
@@ -109,6 +119,57 @@ def set_study_system_attr(conn: Connection, optuna_study_id: int, key: str,
     conn.execute(delete(attrs).where(attrs.c.study_id == optuna_study_id, attrs.c.key == key))
     conn.execute(insert(attrs).values(study_id=optuna_study_id, key=key,
                                       value_json=json.dumps(value)))
+
+
+def _note_keys(trial_id: int | None) -> tuple[str, str]:
+    """(the version's key, the chunks' key prefix) of a study's note (None) or a trial's."""
+    scope = "dashboard:" if trial_id is None else f"dashboard:{trial_id}:"
+    return f"{scope}note_ver", f"{scope}note_str:"
+
+
+def dashboard_notes(conn: Connection, optuna_study_ids: Collection[int] | None = None
+                    ) -> dict[tuple[int, int | None], str]:
+    """The notes optuna-dashboard shows (of the given studies, else of all): by (Optuna study
+    id, Optuna trial id, or None for the study's own note). A note cleared there is ""."""
+    attrs = study_system_attributes
+    query = select(attrs.c.study_id, attrs.c.key, attrs.c.value_json).where(
+        attrs.c.key.like("dashboard:%"))
+    if optuna_study_ids is not None:
+        query = query.where(attrs.c.study_id.in_(list(optuna_study_ids)))
+    elif not has_optuna_tables(conn):  # our tables only (`hpsearch db upgrade`)
+        return {}
+    versioned: set[tuple[int, int | None]] = set()
+    chunks: dict[tuple[int, int | None], dict[int, str]] = defaultdict(dict)
+    for row in conn.execute(query):
+        match = NOTE_KEY.fullmatch(row.key)
+        if match is None:  # the dashboard's other attributes
+            continue
+        scope = (row.study_id, None if match[1] is None else int(match[1]))
+        if match[2] is None:
+            versioned.add(scope)
+        else:
+            chunks[scope][int(match[2])] = json.loads(row.value_json)
+    # the dashboard shows a note once its version is set, the chunks in their order
+    return {scope: "".join(text for _, text in sorted(chunks[scope].items()))
+            for scope in versioned}
+
+
+def save_dashboard_note(conn: Connection, optuna_study_id: int, trial_id: int | None,
+                        body: str) -> None:
+    """optuna_dashboard.save_note on the caller's connection and transaction: the next
+    version (so a dashboard page editing the older one is told of the change), the body's
+    chunks, and the chunks of a longer earlier note emptied, as the dashboard does."""
+    version_key, prefix = _note_keys(trial_id)
+    attrs = study_system_attributes
+    stored = dict(conn.execute(select(attrs.c.key, attrs.c.value_json).where(
+        attrs.c.study_id == optuna_study_id,
+        or_(attrs.c.key == version_key, attrs.c.key.startswith(prefix)))).all())
+    version = int(json.loads(stored.pop(version_key, "0"))) + 1
+    parts = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
+    set_study_system_attr(conn, optuna_study_id, version_key, version)
+    for i in range(max(len(parts), len(stored))):
+        set_study_system_attr(conn, optuna_study_id, f"{prefix}{i}",
+                              parts[i] if i < len(parts) else "")
 
 
 def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,

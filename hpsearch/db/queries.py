@@ -101,9 +101,18 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
             hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
         raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
     check_link(conn, study)
+    note = dashboard_notes(conn, study.optuna_study_id).get(None, study.note)
     return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset,
                      StudyConfig.from_stored(study.name, study.spec, study.settings),
-                     utc(study.created_at), study.note)
+                     utc(study.created_at), note or None)
+
+
+def dashboard_notes(conn: Connection, optuna_study_id: int) -> dict[int | None, str]:
+    """The notes of a study (None) and of its trials (by Optuna trial id) where
+    optuna-dashboard keeps them, hpsearch's too; a note stored before that lives in our
+    row's note column, which shows while the dashboard has none."""
+    return {trial: body for (_, trial), body in
+            optuna_tables.dashboard_notes(conn, [optuna_study_id]).items()}
 
 
 def finished_trials(conn: Connection, name: str) -> tuple[int, int] | None:
@@ -183,7 +192,8 @@ def counts_for_best(state: str, value: float | None) -> bool:
     return state in BEST_STATES and value is not None and math.isfinite(value)
 
 
-def _trial_record(trial: Row[Any]) -> TrialRecord:
+def _trial_record(trial: Row[Any], notes: dict[int | None, str]) -> TrialRecord:
+    """The trial's record; `notes`: the study's `dashboard_notes`."""
     return TrialRecord(
         id=trial.id, number=trial.number, state=trial.state, value=trial.value,
         best_epoch=trial.best_epoch, epochs_run=trial.epochs_run, n_params=trial.n_params,
@@ -191,7 +201,8 @@ def _trial_record(trial: Row[Any]) -> TrialRecord:
         finished_at=utc(trial.finished_at), worker=trial.worker, reason=trial.reason,
         retried_from=trial.retried_from, optuna_trial_id=trial.optuna_trial_id, seed=trial.seed,
         params=dict(trial.params or {}), sampled=tuple(trial.sampled or ()),
-        tags=tuple(trial.tags or ()), note=trial.note, precision=trial.precision,
+        tags=tuple(trial.tags or ()),
+        note=notes.get(trial.optuna_trial_id, trial.note) or None, precision=trial.precision,
         device=trial.device,
     )
 
@@ -232,19 +243,23 @@ def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
     for tag in tags:  # the tag as the JSON list holds it, quoted: a whole tag, not a part
         query = query.where(cast(Trial.tags, String).contains(json.dumps(tag), autoescape=True))
     query = query.order_by(_sort_key(sort, study), Trial.number).limit(top)
-    return [_trial_record(t) for t in conn.execute(query)]
+    notes = dashboard_notes(conn, study.optuna_study_id)
+    return [_trial_record(t, notes) for t in conn.execute(query)]
 
 
 def best_trial(conn: Connection, study: StudyInfo) -> TrialRecord | None:
     """The study's best trial by `best_query`'s rule, or None before any trial completes."""
     trial = conn.execute(best_query(study.id, Trial.__table__,
                                     objectives=study.objectives)).first()
-    return _trial_record(trial) if trial is not None else None
+    if trial is None:
+        return None
+    return _trial_record(trial, dashboard_notes(conn, study.optuna_study_id))
 
 
 def top_trials(conn: Connection, study: StudyInfo, k: int) -> list[TrialRecord]:
     """The study's `k` best trials by `best_query`'s rule, best first (fewer if fewer count)."""
-    return [_trial_record(t) for t in conn.execute(ranked_query(
+    notes = dashboard_notes(conn, study.optuna_study_id)
+    return [_trial_record(t, notes) for t in conn.execute(ranked_query(
         study.id, Trial.__table__, objectives=study.objectives).limit(k))]
 
 
@@ -268,15 +283,16 @@ def get_trial(conn: Connection, study: StudyInfo, number: int) -> TrialRecord:
                                  .where(Trial.study_id == study.id)).one()
         have = f"trials {low}..{high}" if low is not None else "no trials yet"
         raise HpsearchError(f"study {study.name!r} has no trial {number} ({have})")
-    return _trial_record(trial)
+    return _trial_record(trial, dashboard_notes(conn, study.optuna_study_id))
 
 
 def iter_trials(conn: Connection, study: StudyInfo) -> Iterator[TrialRecord]:
     """Every trial of the study in trial-number order, streamed."""
     query = (select(Trial.__table__).where(Trial.study_id == study.id).order_by(Trial.number)
              .execution_options(yield_per=2000))
+    notes = dashboard_notes(conn, study.optuna_study_id)
     for trial in conn.execute(query):
-        yield _trial_record(trial)
+        yield _trial_record(trial, notes)
 
 
 def sampled_names(conn: Connection, study: StudyInfo) -> list[str]:
@@ -357,6 +373,7 @@ def pareto(conn: Connection, study: StudyInfo) -> ParetoFront:
         select(Trial.__table__).where(Trial.study_id == study.id,
                                       Trial.number.in_(numbers))).all()}
     best = best_trial(conn, study)
-    return ParetoFront(study.objectives, [_trial_record(trials[n]) for n in numbers],
+    notes = dashboard_notes(conn, study.optuna_study_id)
+    return ParetoFront(study.objectives, [_trial_record(trials[n], notes) for n in numbers],
                        {n: values[n] for n in numbers},  # type: ignore[misc]
                        best.number if best else None, len(values))

@@ -55,6 +55,7 @@ def list_studies(conn: Connection) -> list[StudySummary]:
     specs = dict(conn.execute(select(Study.id, Study.spec)).all())
     # the central stop's state (hpsearch.search.control.CONTROL_ATTR)
     control = optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
+    notes = optuna_tables.dashboard_notes(conn)  # where hpsearch and optuna-dashboard keep them
     for row in conn.execute(query).all():
         counts = {s: int(getattr(row, s)) for s in TRIAL_STATES}
         created = utc(row.created_at)
@@ -63,7 +64,8 @@ def list_studies(conn: Connection) -> list[StudySummary]:
         best = row.best_max if objectives[0].maximize else row.best_min
         out.append(StudySummary(row.name, row.dataset, created,
                                 _latest(created, _as_datetime(row.last)), counts, best,
-                                row.note, problem.message if problem else None, objectives,
+                                notes.get((row.optuna_study_id, None), row.note) or None,
+                                problem.message if problem else None, objectives,
                                 _halted(control.get(row.optuna_study_id))))
     return out
 
