@@ -161,11 +161,9 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
-            missing = [key for key in NPZ_KEYS if f"{key}.npy" not in names]
-            if missing:
-                raise DataError(f"{path} lacks the array(s) {', '.join(missing)} (a .npz "
-                                f"dataset holds {', '.join(NPZ_KEYS)})")
             for key in NPZ_KEYS:
+                if f"{key}.npy" not in names:
+                    continue
                 with archive.open(f"{key}.npy") as file:
                     version = np.lib.format.read_magic(file)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -174,6 +172,14 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     headers[key] = (shape, dtype)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as a .npz file: {exc}") from None
+    missing = [key for key in NPZ_KEYS if key not in headers]
+    if missing:
+        raise DataError(f"{path} lacks the array(s) {', '.join(missing)} (a .npz dataset "
+                        f"holds {', '.join(NPZ_KEYS)})")
+    objects = [key for key, (_, dtype) in headers.items() if dtype.hasobject]
+    if objects:  # numpy would have to unpickle them
+        raise DataError(f"{path}: {', '.join(objects)} holds Python objects; expected arrays "
+                        "of numbers")
     return headers
 
 

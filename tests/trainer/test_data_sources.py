@@ -174,7 +174,8 @@ def test_npz_floats_in_0_1_are_pixels(isolated: Path) -> None:
 
 
 @pytest.mark.parametrize(("arrays", "message"), [
-    ({"x_test": None}, "lacks the array.s. x_test"),
+    ({"x_test": None}, r"^\S+bad.npz lacks the array\(s\) x_test"),
+    ({"y_test": np.array([None] * 6)}, "y_test holds Python objects"),
     ({"y_train": np.zeros(5, int)}, r"y_train has shape \(5,\); expected \(6,\)"),
     ({"y_train": np.full(6, 0.5)}, "y_train must hold integer class labels"),
     ({"x_train": np.full((6, 10, 12), 300)}, "x_train holds int64 values from 300 to 300"),
