@@ -210,3 +210,24 @@ def sqlite_url(tmp_path: Path) -> str:
 def db_url(request: pytest.FixtureRequest) -> str:
     """The same test on SQLite and on PostgreSQL (the server starts only if needed)."""
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture(scope="module")
+def three_trials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tiny study of three 2-epoch trials (synthetic data), run once per module; tests
+    work on copies of its database (`three_trials_url`)."""
+    from tests.helpers import run_in_process
+    from tests.study_files import write_tiny_study
+
+    folder = tmp_path_factory.mktemp("three-trials")
+    run_in_process(write_tiny_study(folder, n_trials=3, epochs=2),
+                   f"sqlite:///{folder / 'h.db'}", device="cpu")
+    return folder
+
+
+@pytest.fixture
+def three_trials_url(three_trials: Path, tmp_path: Path) -> str:
+    """A copy of `three_trials`' database, this test's own."""
+    from tests.db_rows import sqlite_copy
+
+    return sqlite_copy(three_trials, tmp_path)

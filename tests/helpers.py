@@ -54,6 +54,13 @@ def hps(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     return (code if isinstance(code, int) else 0 if code is None else 1), out, err
 
 
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpsearch: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
 def assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None:
     """The user's promise after faults: n_trials complete, each with every epoch exactly once;
     every trial a fault ended was resumed by a retry that carried its recorded epochs over
@@ -144,10 +151,26 @@ def kill_mid_trial(url: str, name: str, workers: list[subprocess.Popen[bytes]],
         time.sleep(0.05)
 
 
-def run_in_process(path: Path, url: str, trials: int | None = None) -> None:
+def run_in_process(path: Path, url: str, trials: int | None = None,
+                   device: str = "auto") -> None:
     config = load_study(path)
     prepare_study(config, url, trials)
-    run_worker(config.name, url)
+    run_worker(config.name, url, device=device)
+
+
+def count_test_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time the test split is read."""
+    from hpsearch.trainer import data as data_mod
+
+    calls: list[int] = []
+    real = data_mod.load_test_split
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_mod, "load_test_split", counting)
+    return calls
 
 
 def stored_trials(url: str, name: str) -> list[Trial]:

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Evaluation, Study, Trial
 from tests.conftest import free_port
-from tests.db.test_lifecycle import _rows, add_ensemble, one_error_line, row_counts
-from tests.helpers import hps, wait_for
+from tests.db_rows import add_ensemble, row_counts, study_rows
+from tests.helpers import hps, one_error_line, wait_for
 from tests.recorded_study import build_recorded_study
 
 pytest.importorskip("optuna_dashboard", reason="OPTUNA-DASHBOARD IS MISSING: the rename in "
@@ -84,7 +84,7 @@ def test_a_rename_in_optuna_dashboard_is_followed(
     assert hps(capsys, monkeypatch, "study", "note", "demo", "baseline run", *db)[0] == 0
     assert hps(capsys, monkeypatch, "tag", "demo", str(recorded.best_number), "keeper",
                "--note", "retrain this", *db)[0] == 0
-    before = _rows(sqlite_url, "demo")
+    before = study_rows(sqlite_url, "demo")
 
     with dashboard(sqlite_url, tmp_path) as base:
         rename_in_dashboard(base, "demo", "demo-v2")
@@ -110,7 +110,7 @@ def test_a_rename_in_optuna_dashboard_is_followed(
     assert code == 0 and "following Optuna" in out, out
     # every row of ours kept (epochs, evaluations, ensembles, notes, tags), each trial tied to
     # the dashboard's copy of its Optuna trial
-    assert _rows(sqlite_url, "demo-v2") == before
+    assert study_rows(sqlite_url, "demo-v2") == before
     copy = optuna.load_study(study_name="demo-v2", storage=sqlite_url)
     engine = make_engine(sqlite_url)
     with Session(engine) as session:

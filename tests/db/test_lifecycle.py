@@ -11,35 +11,19 @@ from typing import Any
 
 import optuna
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
 from hpsearch.db.lifecycle import COPIED_RUNNING
 from hpsearch.db.migrate import downgrade, upgrade
-from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial
+from hpsearch.db.models import Evaluation, Study, Trial
 from hpsearch.db.optuna_link import BrokenLink
 from hpsearch.db.recorder import Recorder
-from tests.helpers import hps, run_in_process
+from tests.db_rows import OPTUNA_TABLES, OUR_TABLES, add_ensemble, row_counts, study_rows
+from tests.helpers import hps, one_error_line, run_in_process
 from tests.recorded_study import build_recorded_study
 from tests.study_files import write_tiny_study
-
-OPTUNA_TABLES = ("studies", "study_directions", "study_user_attributes",
-                 "study_system_attributes", "trials", "trial_params", "trial_values",
-                 "trial_intermediate_values", "trial_user_attributes",
-                 "trial_system_attributes", "trial_heartbeats")
-OUR_TABLES = ("hps_study", "hps_trial", "hps_epoch", "hps_evaluation", "hps_ensemble")
-
-
-def row_counts(url: str) -> dict[str, int]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            present = set(inspect(conn).get_table_names())  # an older schema has fewer
-            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                    for t in OPTUNA_TABLES + OUR_TABLES if t in present}
-    finally:
-        engine.dispose()
 
 
 def execute(url: str, sql: str, **params: Any) -> None:
@@ -50,12 +34,6 @@ def execute(url: str, sql: str, **params: Any) -> None:
     finally:
         engine.dispose()
 
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hpsearch: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture
@@ -283,7 +261,7 @@ def test_a_killed_copy_is_repeated_by_the_same_command(
                          "--db", db_url)
     assert code == 0, err
     assert "the remains of an interrupted copy were removed first" in out
-    assert _rows(target, "dst") == _as_copied(_rows(db_url, "src"))
+    assert study_rows(target, "dst") == _as_copied(study_rows(db_url, "src"))
     code, out, _ = hps(capsys, monkeypatch, "db", "check", "--db", target)
     assert code == 0, out
     # someone else's study of that name is never taken for a leftover
@@ -308,50 +286,6 @@ def test_a_study_made_by_optuna_is_not_adopted_by_run(
     assert ("study 'tiny' exists in Optuna's tables with 8 trial(s) but was not made by "
             "hpsearch") in one_error_line(err)
     assert row_counts(sqlite_url) == before
-
-
-def as_utc(value: Any) -> Any:
-    """Datetimes compared as UTC: SQLite hands them back naive, PostgreSQL with a zone."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value
-
-
-def add_ensemble(study_id: int, number: int) -> EnsembleEvaluation:
-    """An ensemble row of the study (its members named by trial number)."""
-    return EnsembleEvaluation(study_id=study_id, seed=0, selection="top",
-                              members=[{"trial": number, "epochs": 3, "weight": 1.0}],
-                              members_key=f"top/{number}:3:1.0", test_acc=0.9, test_loss=0.3,
-                              seconds=5.0)
-
-
-def _rows(url: str, name: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of a study in our tables, without ids that a copy renumbers."""
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            study = session.scalars(select(Study).where(Study.name == name)).one()
-            trials = session.scalars(select(Trial).where(Trial.study_id == study.id)
-                                     .order_by(Trial.number)).all()
-            skip = {"id", "study_id", "trial_id", "optuna_trial_id"}
-
-            def values(row: Any) -> tuple[Any, ...]:
-                return tuple(as_utc(getattr(row, c.key)) for c in row.__table__.columns
-                             if c.key not in skip)
-            out: dict[str, list[tuple[Any, ...]]] = {"trial": [], "epoch": [], "evaluation": []}
-            for trial in trials:
-                out["trial"].append(values(trial))
-                out["epoch"] += [(trial.number, *values(e)) for e in session.scalars(
-                    select(Epoch).where(Epoch.trial_id == trial.id).order_by(Epoch.epoch))]
-                out["evaluation"] += [(trial.number, *values(e)) for e in session.scalars(
-                    select(Evaluation).where(Evaluation.trial_id == trial.id)
-                    .order_by(Evaluation.seed))]
-            out["ensemble"] = [values(e) for e in session.scalars(
-                select(EnsembleEvaluation).where(EnsembleEvaluation.study_id == study.id)
-                .order_by(EnsembleEvaluation.seed))]
-            return out
-    finally:
-        engine.dispose()
 
 
 def _as_copied(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
@@ -388,7 +322,7 @@ def test_copy_to_a_second_database_round_trips_every_row(
     code, out, _ = hps(capsys, monkeypatch, "study", "copy", "src", "dst", "--to-db", target,
                        "--db", db_url)
     assert code == 0 and "8 trials" in out, out
-    source, copied = _rows(db_url, "src"), _rows(target, "dst")
+    source, copied = study_rows(db_url, "src"), study_rows(target, "dst")
     assert len(copied["epoch"]) == 21 and len(copied["evaluation"]) == 2
     assert len(copied["ensemble"]) == 1
     assert copied == _as_copied(source)
@@ -407,7 +341,7 @@ def test_copy_to_a_second_database_round_trips_every_row(
     # within one database: the copy is a study of its own, tied to its own Optuna study
     code, out, _ = hps(capsys, monkeypatch, "study", "copy", "src", "twin", "--db", db_url)
     assert code == 0, out
-    assert _rows(db_url, "twin") == _as_copied(source)
+    assert study_rows(db_url, "twin") == _as_copied(source)
     code, out, _ = hps(capsys, monkeypatch, "db", "check", "--db", db_url)
     assert code == 0, out
 

@@ -34,7 +34,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.params import TrialParams
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import WorkerOptions
-from tests.db.test_lifecycle import add_ensemble
+from tests.db_rows import add_ensemble
 from tests.recorded_study import build_recorded_study
 
 OUR_TABLES = {"hps_study", "hps_trial", "hps_epoch"}

@@ -5,13 +5,11 @@ hps_evaluation, and the ensemble beside the single best in compare and report.""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy import inspect
 
 from hpsearch.db import queries
 from hpsearch.db.engine import make_engine
@@ -20,33 +18,14 @@ from hpsearch.db.models import EnsembleEvaluation, Evaluation
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.search.ensemble import plan_ensemble
 from hpsearch.trainer.ensemble_select import average, greedy_weights, score_probs
-from tests.helpers import hps
-from tests.search.test_evaluate import count_test_loads, run_study
+from tests.db_rows import model_rows
+from tests.helpers import count_test_loads, hps, run_in_process
 from tests.study_files import write_tiny_study
 
 
-@pytest.fixture(scope="module")
-def three_trials(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("ensemble")
-    run_study(write_tiny_study(folder, n_trials=3, epochs=2), f"sqlite:///{folder / 'h.db'}")
-    return folder
-
-
 @pytest.fixture
-def url(three_trials: Path, tmp_path: Path) -> str:
-    for suffix in ("", "-wal", "-shm"):
-        if (three_trials / f"h.db{suffix}").exists():
-            shutil.copy(three_trials / f"h.db{suffix}", tmp_path / f"h.db{suffix}")
-    return f"sqlite:///{tmp_path / 'h.db'}"
-
-
-def rows(url: str, model: type) -> list:
-    engine = make_engine(url)
-    try:
-        with Session(engine, expire_on_commit=False) as session:
-            return list(session.scalars(select(model).order_by(model.id)))
-    finally:
-        engine.dispose()
+def url(three_trials_url: str) -> str:
+    return three_trials_url
 
 
 def test_ensemble_cli_stores_members_and_ensemble_and_compare_shows_both(
@@ -62,14 +41,14 @@ def test_ensemble_cli_stores_members_and_ensemble_and_compare_shows_both(
     with engine.connect() as conn:
         top = queries.top_trials(conn, queries.find_study(conn, "tiny"), 2)
     engine.dispose()
-    ens = rows(url, EnsembleEvaluation)
+    ens = model_rows(url, EnsembleEvaluation)
     assert [r.seed for r in ens] == [top[0].seed, top[0].seed + 1]  # the best trial's
     assert [m["trial"] for m in ens[0].members] == [t.number for t in top]  # best first
     assert [m["weight"] for m in ens[0].members] == [0.5, 0.5]
     assert all(r.selection == "top" and r.tta == "flip" for r in ens)
     assert all(0 <= r.test_acc <= 1 and 0 <= r.test_acc_tta <= 1 for r in ens)
     # each member's own retraining is an ordinary evaluation row, per seed: its own k-th
-    members = rows(url, Evaluation)
+    members = model_rows(url, Evaluation)
     assert sorted((r.trial_id, r.seed) for r in members) == sorted(
         (t.id, t.seed + k) for t in top for k in (0, 1))
     assert f"test acc single best (trial {top[0].number})" in out
@@ -80,7 +59,8 @@ def test_ensemble_cli_stores_members_and_ensemble_and_compare_shows_both(
     code, out, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--ensemble", "2", "--seeds",
                          "2", "--epochs", "1", "--tta", "flip", "--db", url, "--device", "cpu")
     assert code == 0, err
-    assert calls == [] and out.count("stored earlier") == 2 and len(rows(url, Evaluation)) == 4
+    assert calls == [] and out.count("stored earlier") == 2
+    assert len(model_rows(url, Evaluation)) == 4
 
     code, out, err = hps(capsys, monkeypatch, "compare", "tiny", "--format", "json", "--db",
                          url)
@@ -106,7 +86,7 @@ def test_ensemble_reuses_weights_stored_by_evaluate(url: str,
     code, _, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--epochs", "1", "--db", url,
                        "--device", "cpu")
     assert code == 0, err
-    [single] = rows(url, Evaluation)
+    [single] = model_rows(url, Evaluation)
     code, out, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--ensemble", "2",
                          "--epochs", "1", "--db", url, "--device", "cpu")
     assert code == 0, err
@@ -119,7 +99,7 @@ def test_ensemble_reuses_weights_stored_by_evaluate(url: str,
     assert f"seed {best.seed} trial {best.number} epoch" not in err
     assert f"seed {second.seed} trial {second.number} epoch" in err
     assert f"single best {single.test_acc:.4f}" in out
-    assert len(rows(url, Evaluation)) == 2
+    assert len(model_rows(url, Evaluation)) == 2
 
 
 def test_greedy_weights_with_replacement() -> None:
@@ -150,12 +130,12 @@ def test_ensemble_errors_are_one_line(url: str, capsys: pytest.CaptureFixture[st
     assert code != 0 and err.startswith("hpsearch: error: --trial and --ensemble")
     code, _, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--tta", "flip", "--db", url)
     assert code != 0 and err.startswith("hpsearch: error: --select and --tta apply")
-    assert rows(url, EnsembleEvaluation) == [] and rows(url, Evaluation) == []
+    assert model_rows(url, EnsembleEvaluation) == [] and model_rows(url, Evaluation) == []
 
 
 def test_ensemble_needs_two_complete_trials(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'h.db'}"
-    run_study(write_tiny_study(tmp_path, "one", n_trials=1, epochs=1), db)
+    run_in_process(write_tiny_study(tmp_path, "one", n_trials=1, epochs=1), db, device="cpu")
     with pytest.raises(HpsearchError, match="has 1 complete trial"):
         plan_ensemble("one", db, k=3)
 
@@ -187,7 +167,7 @@ def test_unusable_stored_weights_are_retrained_alike(
     code, _, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--epochs", "1", "--db", url,
                        "--device", "cpu")
     assert code == 0, err
-    [single] = rows(url, Evaluation)
+    [single] = model_rows(url, Evaluation)
     weights = Path(single.checkpoint_path)
     if damage == "missing":
         weights.unlink()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import optuna
@@ -27,38 +26,29 @@ from hpsearch.search import ensemble as ensemble_mod
 from hpsearch.search import launcher
 from hpsearch.search.ensemble import plan_ensemble, run_ensemble
 from hpsearch.search.evaluate import final_checkpoint_path, plan_evaluation, run_evaluation
-from hpsearch.search.study import prepare_study
-from hpsearch.search.study_file import load_study, parse_study
-from hpsearch.search.worker import run_worker
+from hpsearch.search.study_file import parse_study
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer import loop as train_mod
 from hpsearch.trainer.model import build_model, count_parameters
-from tests.helpers import hps
+from tests.db_rows import sqlite_copy
+from tests.helpers import count_test_loads, hps, run_in_process
 from tests.study_files import write_tiny_study
 
 EPOCHS = 3
-
-
-def run_study(path: Path, url: str) -> None:
-    config = load_study(path)
-    prepare_study(config, url)
-    run_worker(config.name, url, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tiny study (synthetic data), run once; tests work on copies of its database."""
     folder = tmp_path_factory.mktemp("evaluate")
-    run_study(write_tiny_study(folder, n_trials=2, epochs=EPOCHS), f"sqlite:///{folder / 'h.db'}")
+    run_in_process(write_tiny_study(folder, n_trials=2, epochs=EPOCHS),
+                   f"sqlite:///{folder / 'h.db'}", device="cpu")
     return folder
 
 
 @pytest.fixture
 def url(tiny_study: Path, tmp_path: Path) -> str:
-    for suffix in ("", "-wal", "-shm"):
-        if (tiny_study / f"h.db{suffix}").exists():
-            shutil.copy(tiny_study / f"h.db{suffix}", tmp_path / f"h.db{suffix}")
-    return f"sqlite:///{tmp_path / 'h.db'}"
+    return sqlite_copy(tiny_study, tmp_path)
 
 
 def evaluations(url: str) -> list[Evaluation]:
@@ -91,18 +81,6 @@ def stored_trials(url: str, name: str) -> list[Trial]:
         engine.dispose()
 
 
-
-
-def count_test_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = data_mod.load_test_split
-
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(data_mod, "load_test_split", counting)
-    return calls
 
 
 def test_evaluate_the_best_trial_stores_one_row(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,7 +211,8 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     monkeypatch.setattr(data_mod, "load_test_split", forbidden)
     monkeypatch.setattr(data_mod, "synthetic_raw", synthetic_train_only)
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    run_study(write_tiny_study(tmp_path, "guarded", n_trials=2, epochs=2), url)
+    run_in_process(write_tiny_study(tmp_path, "guarded", n_trials=2, epochs=2), url,
+                   device="cpu")
     trials = stored_trials(url, "guarded")
     assert [t.state for t in trials] == ["complete", "complete"]  # a read would fail a trial
     assert all(t.reason is None for t in trials)
@@ -336,7 +315,7 @@ def test_mlp_baseline_trains_in_a_study(tmp_path: Path) -> None:
     mixer_only = ("patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim")
     path.write_text("\n".join(line for line in path.read_text().splitlines()
                                if not line.startswith(mixer_only)))
-    run_study(path, url)
+    run_in_process(path, url, device="cpu")
     trials = stored_trials(url, "mlp")
     assert [t.state for t in trials] == ["complete", "complete"]
     mlp_params = count_parameters(build_model(

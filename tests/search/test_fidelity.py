@@ -20,8 +20,7 @@ from hpsearch.params import TrialParams
 from hpsearch.search.study_file import Rung, StudyConfig, load_study, parse_study
 from hpsearch.trainer.data import DataOptions, load_train_val
 from hpsearch.trainer.loop import fit
-from tests.helpers import hps
-from tests.search.test_evaluate import run_study
+from tests.helpers import hps, run_in_process
 
 RUNGS = ("[{fraction = 0.25, epochs = 1}, {fraction = 0.5, epochs = 2}, "
          "{fraction = 1.0, epochs = 3}]")
@@ -116,7 +115,7 @@ def test_a_rung_study_promotes_by_successive_halving(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    run_study(rung_study(tmp_path), url)
+    run_in_process(rung_study(tmp_path), url, device="cpu")
     engine = make_engine(url)
     with Session(engine) as session:
         trials = session.scalars(select(Trial).order_by(Trial.number)).all()

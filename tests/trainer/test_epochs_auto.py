@@ -9,8 +9,8 @@ from hpsearch.db.models import Evaluation
 from hpsearch.params import TrialParams
 from hpsearch.trainer.data import DataOptions
 from hpsearch.trainer.epochs_auto import AUTO_FACTOR, COSINE_FACTORS, PATIENCE, choose_epochs
+from tests.db_rows import model_rows
 from tests.helpers import hps
-from tests.search.test_ensemble import rows, three_trials, url  # noqa: F401 - fixtures
 
 SMALL = TrialParams(patch_size=14, hidden_dim=16, token_mlp_dim=8, channel_mlp_dim=16,
                     batch_size=50, precision="fp32", lr=3e-3)
@@ -36,13 +36,15 @@ def test_cosine_tries_whole_runs_of_each_length() -> None:
     assert auto.epochs == max(auto.scores, key=lambda e: (auto.scores[e], -e))
 
 
-def test_evaluate_epochs_auto_on_the_cli(url: str, capsys: pytest.CaptureFixture[str],  # noqa: F811
+def test_evaluate_epochs_auto_on_the_cli(three_trials_url: str,
+                                         capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--epochs", "auto", "--db",
-                         url, "--device", "cpu", "--threads", "1")
+                         three_trials_url, "--device", "cpu", "--threads", "1")
     assert code == 0, err
-    [row] = rows(url, Evaluation)
+    [row] = model_rows(three_trials_url, Evaluation)
     assert f"--epochs auto: {row.epochs} epoch(s) (held-out acc by length:" in out
     assert "held-out run: epoch" in err
-    code, _, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--epochs", "soon", "--db", url)
+    code, _, err = hps(capsys, monkeypatch, "evaluate", "tiny", "--epochs", "soon", "--db",
+                       three_trials_url)
     assert code == 2 and "must be a number or 'auto'" in err
