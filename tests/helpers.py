@@ -206,3 +206,37 @@ def idx_images(images: torch.Tensor) -> bytes:
 
 def idx_labels(labels: torch.Tensor) -> bytes:
     return struct.pack(">II", 0x0801, len(labels)) + labels.numpy().astype("uint8").tobytes()
+
+
+IDX_TRAIN, IDX_TEST = 30, 12  # images in fake_dataset's splits
+
+
+def fake_dataset() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """IDX_TRAIN training and IDX_TEST test images of random pixels and labels."""
+    import torch
+
+    gen = torch.Generator().manual_seed(7)
+    out = {}
+    for split, n in (("train", IDX_TRAIN), ("t10k", IDX_TEST)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n,), generator=gen)
+        out[split] = (images, labels)
+    return out
+
+
+def write_idx(folder: Path, gz: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The four MNIST-format files in `folder`, gzipped (Debian / download layout) or plain."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = fake_dataset()
+    for split, (images, labels) in dataset.items():
+        for kind, payload in (("images-idx3-ubyte", idx_images(images)),
+                              ("labels-idx1-ubyte", idx_labels(labels))):
+            name = f"{split}-{kind}"
+            if gz:
+                with gzip.open(folder / f"{name}.gz", "wb") as f:
+                    f.write(payload)
+            else:
+                (folder / name).write_bytes(payload)
+    return dataset

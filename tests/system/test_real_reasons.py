@@ -175,7 +175,7 @@ def test_train_onto_a_full_disk_is_one_line(full_disk: Path, tmp_path: Path) -> 
 @pytest.fixture
 def fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fashion-MNIST-format .gz files in a folder of their own; no other copy, no network."""
-    from tests.trainer.test_data import write_idx
+    from tests.helpers import write_idx
 
     monkeypatch.setattr(data_files, "DEBIAN_DIRS", {})
     monkeypatch.delenv("HPSEARCH_DATA", raising=False)

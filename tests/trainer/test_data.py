@@ -29,40 +29,11 @@ from hpsearch.trainer.data import (
     load_train_val,
     synthetic_raw,
 )
-from tests.helpers import idx_images, idx_labels
-
-N_TRAIN, N_TEST = 30, 12
-
+from tests.helpers import IDX_TEST, IDX_TRAIN, idx_images, idx_labels, write_idx
 
 # --------------------------------------------------------------------------------------------
 # fake IDX files and an isolated environment
 # --------------------------------------------------------------------------------------------
-
-def fake_dataset() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(7)
-    out = {}
-    for split, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-        images = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
-        labels = torch.randint(0, 10, (n,), generator=gen)
-        out[split] = (images, labels)
-    return out
-
-
-def write_idx(folder: Path, gz: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The four MNIST-format files in `folder`, gzipped (Debian / download layout) or plain."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset = fake_dataset()
-    for split, (images, labels) in dataset.items():
-        for kind, payload in (("images-idx3-ubyte", idx_images(images)),
-                              ("labels-idx1-ubyte", idx_labels(labels))):
-            name = f"{split}-{kind}"
-            if gz:
-                with gzip.open(folder / f"{name}.gz", "wb") as f:
-                    f.write(payload)
-            else:
-                (folder / name).write_bytes(payload)
-    return dataset
-
 
 # --------------------------------------------------------------------------------------------
 # discovery
@@ -74,7 +45,7 @@ def test_files_found_in_data_dir(isolated: Path, layout: str) -> None:
     folder = {"flat-gz": root, "flat-plain": root, "named-subdir": root / "fashion-mnist",
               "torchvision-raw": root / "FashionMNIST" / "raw"}[layout]
     expected = write_idx(folder, gz=layout in ("flat-gz", "named-subdir"))
-    for train, key, n in ((True, "train", N_TRAIN), (False, "t10k", N_TEST)):
+    for train, key, n in ((True, "train", IDX_TRAIN), (False, "t10k", IDX_TEST)):
         images, labels = load_raw("fashion-mnist", str(root), train=train, download=False)
         assert images.shape == (n, 1, 28, 28)
         assert images.dtype == torch.uint8
@@ -115,8 +86,8 @@ def test_second_load_reads_the_cached_tensors_without_torchvision(
 
 
 def _replace_test_split(folder: Path, mtime_ns: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.randint(0, 256, (N_TEST, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (N_TEST,))
+    images = torch.randint(0, 256, (IDX_TEST, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (IDX_TEST,))
     for name, payload in (("t10k-images-idx3-ubyte.gz", idx_images(images)),
                           ("t10k-labels-idx1-ubyte.gz", idx_labels(labels))):
         with gzip.open(folder / name, "wb") as f:
@@ -189,7 +160,7 @@ def test_hpsearch_data_env_var(isolated: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("HPSEARCH_DATA", str(isolated / "from-env"))
     images, labels = load_raw("fashion-mnist", None, train=False, download=False)
     assert torch.equal(labels, expected["t10k"][1])
-    assert images.shape == (N_TEST, 1, 28, 28)
+    assert images.shape == (IDX_TEST, 1, 28, 28)
 
 
 def test_data_dir_comes_before_env_var(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,7 +178,7 @@ def test_load_train_val_from_fake_files(isolated: Path) -> None:
     assert (len(data.train), len(data.val)) == (24, 6)
     assert data.image_shape == (1, 28, 28)
     test = load_test_split(options, data.mean, data.std)
-    assert len(test) == N_TEST
+    assert len(test) == IDX_TEST
 
 
 def test_nothing_found_fails_fast_with_instructions(isolated: Path) -> None:
