@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 # and objective too: a dry-run worker never loads torch) must stay torch-free
 TRAINING = {"hpsearch.search.evaluate", "hpsearch.search.ensemble"}
 KERNEL = {"params", "metrics", "objectives", "errors", "paths", "files", "cores", "stop",
-          "spec", "masking"}
+          "spec", "masking", "limits"}
 MIGRATIONS = PACKAGE.parent / "alembic" / "versions"
 
 

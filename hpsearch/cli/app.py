@@ -12,9 +12,10 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer v
 from typer.core import TyperGroup
 
 from hpsearch.cli.oneline import error_line
+from hpsearch.limits import MAX_THREADS, MAX_WORKERS
 from hpsearch.params import INT_MAX
 
-__all__ = ["INT_MAX", "OneLineErrors", "app", "finite"]
+__all__ = ["INT_MAX", "MAX_THREADS", "MAX_WORKERS", "OneLineErrors", "app", "finite"]
 
 
 class OneLineErrors(TyperGroup):
@@ -108,9 +109,6 @@ def open_fraction(value: float | None) -> float | None:
     return value
 
 
-# Bounds of options that start processes or threads: past these a typo, not a plan.
-MAX_WORKERS = 256
-MAX_THREADS = 1024
 
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "
            "postgresql+psycopg://user:pw@host:5432/db). Default: $HPSEARCH_DB, else "

@@ -9,22 +9,15 @@ import typer
 
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, app
 from hpsearch.errors import ConfigError
-
-MAX_SEEDS = 1000  # each seed is one full retraining
-MAX_ENSEMBLE = 100  # members are retrained once per seed each
+from hpsearch.limits import MAX_ENSEMBLE, MAX_SEEDS, check_epochs
 
 
 def epochs_option(value: str | None) -> int | str | None:
-    """--epochs: a count from 1 to INT_MAX, or 'auto'."""
-    if value is None or value == "auto":
-        return value
+    """--epochs: a count from 1 to INT_MAX, or 'auto' (api.evaluate's check)."""
     try:
-        count = int(value)
-    except ValueError:
-        raise typer.BadParameter(f"must be a number or 'auto', got {value!r}") from None
-    if not 1 <= count <= INT_MAX:
-        raise typer.BadParameter(f"must be between 1 and {INT_MAX}, got {count}")
-    return count
+        return check_epochs(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("epochs ")) from None
 
 
 class Selection(StrEnum):

@@ -163,7 +163,8 @@ def save_dashboard_note(conn: Connection, optuna_study_id: int, trial_id: int | 
     attrs = study_system_attributes
     stored = dict(conn.execute(select(attrs.c.key, attrs.c.value_json).where(
         attrs.c.study_id == optuna_study_id,
-        or_(attrs.c.key == version_key, attrs.c.key.startswith(prefix)))).all())
+        or_(attrs.c.key == version_key,
+            attrs.c.key.startswith(prefix, autoescape=True)))).all())
     version = int(json.loads(stored.pop(version_key, "0"))) + 1
     parts = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
     set_study_system_attr(conn, optuna_study_id, version_key, version)

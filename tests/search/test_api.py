@@ -24,7 +24,7 @@ from tests.study_files import write_tiny_study
 def finished(sqlite_url: str, tmp_path: Path) -> str:
     """`tiny`: three trials of one epoch, created and run through the API."""
     path = write_tiny_study(tmp_path, "tiny", n_trials=3, epochs=1)
-    assert api.create_study(path, sqlite_url) == "tiny"
+    assert api.create_study(path, sqlite_url) == api.Study("tiny", sqlite_url)
     summary = api.run_worker("tiny", sqlite_url)
     assert summary.complete + summary.pruned == 3
     return sqlite_url
@@ -32,7 +32,7 @@ def finished(sqlite_url: str, tmp_path: Path) -> str:
 
 def test_create_study_from_a_dict_trains_nothing(sqlite_url: str, tmp_path: Path) -> None:
     raw = tomllib.loads(write_tiny_study(tmp_path, "from-dict").read_text())
-    assert api.create_study(raw, sqlite_url, trials=7) == "from-dict"
+    assert api.create_study(raw, sqlite_url, trials=7).name == "from-dict"
     assert api.trials("from-dict", sqlite_url) == []
     with pytest.raises(ConfigError, match="unknown key"):
         api.create_study({**raw, "study": {**raw["study"], "colour": "red"}}, sqlite_url)
@@ -157,7 +157,7 @@ def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path:
     composed, decomposed = "caf\u00e9", "cafe\u0301"
     raw = tomllib.loads(write_tiny_study(tmp_path, "x", n_trials=1, epochs=1).read_text())
     assert api.create_study({**raw, "study": {**raw["study"], "name": decomposed}},
-                            sqlite_url) == composed
+                            sqlite_url).name == composed
     summary = api.run_worker(decomposed, sqlite_url)
     assert summary.complete + summary.pruned == 1
     for name in (composed, decomposed):
@@ -180,3 +180,40 @@ def test_api_arguments_of_the_wrong_type_are_config_errors(call: Callable[[str],
     with pytest.raises(ConfigError, match="must be"):
         call(f"sqlite:///{db}")
     assert not db.exists()
+
+
+# --- parity with the CLI: a study object and every lifecycle command ------------------------
+
+def test_a_study_object_does_what_the_commands_do(finished: str, tmp_path: Path) -> None:
+    study = api.study("tiny", finished)
+    assert [t.number for t in study.trials()] == [t.number for t in api.trials("tiny", finished)]
+    # warm start: another study queues this one's best two
+    other = api.create_study(write_tiny_study(tmp_path, "other", n_trials=2, epochs=1),
+                             finished)
+    queued = other.enqueue(source="tiny", top=2)
+    assert [q.new for q in queued] == [True, True]
+    assert other.enqueue(source="tiny", top=2)[0].new is False  # not queued twice
+    page = study.report(tmp_path / "tiny.html")
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    final = study.evaluate(epochs=1)
+    best = study.best_trial()
+    assert best is not None and final.trial_number == best.number and len(final.test_accs) == 1
+    assert "stopped" in study.stop() and "resumed" in study.resume()
+    backup = study.copy("tiny-backup")
+    assert backup == api.Study("tiny-backup", finished)
+    assert [t.params for t in backup.trials()] == [t.params for t in study.trials()]
+    assert "deleted" in backup.delete()
+    with pytest.raises(HpsearchError, match="unknown study 'tiny-backup'"):
+        api.study("tiny-backup", finished)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(threads=COUNTS, seeds=COUNTS)
+def test_threads_and_seeds_are_bounded_as_the_cli_does(tmp_path: Path, threads: int,
+                                                        seeds: int) -> None:
+    nowhere = f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}"
+    api_says = _api_accepts(lambda: api.run_worker("bounded", nowhere, threads=threads))
+    assert api_says == _cli_accepts("worker", "threads", threads)
+    assert _api_accepts(lambda: api.evaluate("bounded", nowhere, seeds=seeds)) == \
+        _cli_accepts("evaluate", "seeds", seeds)
