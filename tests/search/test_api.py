@@ -23,7 +23,9 @@ from tests.study_files import write_tiny_study
 @pytest.fixture
 def finished(sqlite_url: str, tmp_path: Path) -> str:
     """`tiny`: three trials of one epoch, created and run through the API."""
-    path = write_tiny_study(tmp_path, "tiny", n_trials=3, epochs=1)
+    # a grace period a starved machine cannot miss: a worker frozen past the default 4 s had
+    # its trial 0 failed by the heartbeat check and retried as trial 3
+    path = write_tiny_study(tmp_path, "tiny", n_trials=3, epochs=1, heartbeat=(1, 120))
     assert api.create_study(path, sqlite_url) == api.Study("tiny", sqlite_url)
     summary = api.run_worker("tiny", sqlite_url)
     assert summary.complete + summary.pruned == 3
