@@ -58,8 +58,10 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"{name}.nets"
 
 
-def study_file(folder: Path, model: str, images: int = 200, epochs: int = 2) -> Path:
-    """A 2-trial study of `model` (its TOML value) with pruning, on synthetic data."""
+def study_file(folder: Path, model: str, images: int = 200, epochs: int = 2,
+               workers: str = "") -> Path:
+    """A 2-trial study of `model` (its TOML value) with pruning, on synthetic data; `workers`:
+    more lines of its [workers] table."""
     path = folder / "user.toml"
     path.write_text(f"""
 [study]
@@ -80,8 +82,7 @@ max_epochs = {epochs}
 
 [workers]
 checkpoint_dir = "checkpoints"
-heartbeat_interval = 1
-grace_period = 4
+{workers}
 
 [space]
 model = {model}
@@ -136,6 +137,7 @@ def test_a_factory_is_searched_stored_and_evaluated(package: str, tmp_path: Path
     assert loaded.model[0].out_channels == best.params["model_args.width"]  # tiny_cnn's conv
 
 
+@pytest.mark.slow
 def test_a_killed_factory_trial_resumes_from_its_checkpoint_and_is_ensembled(
         package: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +145,9 @@ def test_a_killed_factory_trial_resumes_from_its_checkpoint_and_is_ensembled(
     killed mid-trial; a second worker fails the dead trial and its retry resumes from the
     checkpoint; both trials are then retrained, scored and ensembled."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    config = load_study(study_file(tmp_path, f'"{package}:tiny_cnn"', images=4000, epochs=6))
+    # a grace period long enough for the live worker's heartbeats on a loaded machine
+    config = load_study(study_file(tmp_path, f'"{package}:tiny_cnn"', images=4000, epochs=6,
+                                   workers="heartbeat_interval = 2\ngrace_period = 30"))
     factory = f"{package}:tiny_cnn"
     # the second is the better, so that the median pruner lets both complete (an ensemble
     # needs two)
