@@ -35,6 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import TableClause
 
+from hpsearch.db.session import dialect_insert
+
 studies = table("studies", column("study_id"), column("study_name"))
 trials = table("trials", column("trial_id"), column("study_id"), column("number"),
                column("state"), column("datetime_start"), column("datetime_complete"))
@@ -44,6 +46,10 @@ trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbe
 study_system_attributes = table("study_system_attributes", column("study_id"), column("key"),
                                 column("value_json"))
 study_user_attributes = table("study_user_attributes", column("study_id"), column("key"),
+                              column("value_json"))
+trial_system_attributes = table("trial_system_attributes", column("trial_id"), column("key"),
+                                column("value_json"))
+trial_user_attributes = table("trial_user_attributes", column("trial_id"), column("key"),
                               column("value_json"))
 
 TRIAL_CHILDREN = ("trial_heartbeats", "trial_intermediate_values", "trial_values",
@@ -176,24 +182,83 @@ def save_dashboard_note(conn: Connection, optuna_study_id: int, trial_id: int | 
 def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,
                       interval: float) -> bool:
     """True for the one caller that may check the study for dead trials now: the last check
-    (by any worker) is `interval` seconds old or more. A compare-and-set on one row, so that of
-    N workers asking at once one wins; the others cost one UPDATE that changes nothing.
-    Workers' clocks only need to agree to within a fraction of the interval."""
+    (by any worker) is `interval` seconds old or more, or there was none. A compare-and-set on
+    one row (an upsert that updates only an old enough value), so that of N workers asking at
+    once one wins; the others cost one statement that changes nothing. Workers' clocks only
+    need to agree to within a fraction of the interval."""
     attrs = study_system_attributes
-    claimed = conn.execute(update(attrs).where(
-        attrs.c.study_id == optuna_study_id, attrs.c.key == STALE_CHECK_KEY,
-        cast(attrs.c.value_json, Float) <= now - interval).values(value_json=json.dumps(now)))
-    if claimed.rowcount:
-        return True
-    exists = conn.scalar(select(attrs.c.key).where(attrs.c.study_id == optuna_study_id,
-                                                   attrs.c.key == STALE_CHECK_KEY))
-    if exists is not None:
-        return False
-    # the study's first check: the insert of the one who gets there first; a second one
-    # fails on Optuna's unique (study_id, key) and is told no by the caller
-    conn.execute(insert(attrs).values(study_id=optuna_study_id, key=STALE_CHECK_KEY,
-                                      value_json=json.dumps(now)))
-    return True
+    stmt = dialect_insert(conn)(attrs).values(study_id=optuna_study_id, key=STALE_CHECK_KEY,
+                                       value_json=json.dumps(now))
+    return conn.execute(stmt.on_conflict_do_update(
+        index_elements=["study_id", "key"], set_={"value_json": stmt.excluded.value_json},
+        where=cast(attrs.c.value_json, Float) <= now - interval).returning(attrs.c.key)
+    ).first() is not None
+
+
+def trial_counts(conn: Connection, optuna_study_id: int) -> dict[str, int]:
+    """The study's trials by state name (RUNNING, WAITING, COMPLETE, ...): one statement, one
+    snapshot (Optuna's get_n_trials loads every trial of the state it counts)."""
+    state = cast(trials.c.state, String)  # an enum type on PostgreSQL, text on SQLite
+    return dict(conn.execute(select(state, func.count()).where(
+        trials.c.study_id == optuna_study_id).group_by(state)).tuples().all())
+
+
+def trial_state(conn: Connection, trial_id: int) -> str:
+    """A trial's state name (RUNNING, COMPLETE, ...): one statement (Optuna's get_trial loads
+    the whole trial: seven)."""
+    return conn.execute(select(cast(trials.c.state, String)).where(
+        trials.c.trial_id == trial_id)).scalar_one()
+
+
+def study_attr(conn: Connection, optuna_study_id: int, key: str, *,
+               system: bool = False) -> Any:
+    """One user (or `system`) attribute of a study, None when absent: one statement (Optuna's
+    storage reads the study row, then every attribute)."""
+    attrs = study_system_attributes if system else study_user_attributes
+    value = conn.scalar(select(attrs.c.value_json).where(attrs.c.study_id == optuna_study_id,
+                                                         attrs.c.key == key))
+    return json.loads(value) if value is not None else None
+
+
+def trial_system_attr(conn: Connection, trial_id: int, key: str) -> Any:
+    """One system attribute of a trial, None when absent (Optuna's storage loads the whole
+    trial: 7 statements)."""
+    attrs = trial_system_attributes
+    value = conn.scalar(select(attrs.c.value_json).where(attrs.c.trial_id == trial_id,
+                                                         attrs.c.key == key))
+    return json.loads(value) if value is not None else None
+
+
+def set_trial_user_attrs(conn: Connection, trial_id: int, values: dict[str, Any]) -> None:
+    """Optuna's Trial.set_user_attr for several attributes in one statement (Optuna's is two
+    per attribute)."""
+    if not values:
+        return
+    stmt = dialect_insert(conn)(trial_user_attributes).values(
+        [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+         for key, value in values.items()])
+    conn.execute(stmt.on_conflict_do_update(index_elements=["trial_id", "key"],
+                                            set_={"value_json": stmt.excluded.value_json}))
+
+
+def record_heartbeat(conn: Connection, trial_id: int) -> None:
+    """Optuna's RDBStorage.record_heartbeat in one statement (its own takes four): the trial's
+    heartbeat row, at the database's clock."""
+    now = func.current_timestamp()
+    stmt = dialect_insert(conn)(trial_heartbeats).values(trial_id=trial_id, heartbeat=now)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": now}))
+
+
+def stale_trial_ids(conn: Connection, optuna_study_id: int, grace_s: float) -> list[int]:
+    """Optuna's RDBStorage._get_stale_trial_ids in one statement (its own takes three): the
+    study's running trials whose heartbeat is older than the grace period by the database's
+    clock; one without a heartbeat yet is not stale."""
+    rows = conn.execute(
+        select(trials.c.trial_id, trial_heartbeats.c.heartbeat,
+               func.current_timestamp().label("now"))
+        .join(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+        .where(trials.c.study_id == optuna_study_id, cast(trials.c.state, String) == "RUNNING"))
+    return [row.trial_id for row in rows if _age_s(row.now, row.heartbeat) > grace_s]
 
 
 def live_trials(conn: Connection, optuna_id: int, grace_s: float) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from hpsearch.db.errors import DuplicateRowError
@@ -27,7 +26,7 @@ from hpsearch.db.models import (
 from hpsearch.db.optuna_link import BrokenLink, check_link, refuse_foreign, row_marker
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.queries import ranked_query
-from hpsearch.db.session import session_scope
+from hpsearch.db.session import dialect_insert, session_scope
 from hpsearch.errors import TrialLost
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
@@ -85,23 +84,23 @@ class Recorder:
         fixed), `sampled` names the ones the sampler chose, `seed` the one it trains with;
         `precision` and `device` are what the run resolved "auto" to."""
         with session_scope(self.engine) as session:
-            existing = session.scalar(select(Trial).where(
-                Trial.study_id == study_id, Trial.number == number))
-            if existing is not None:
-                if existing.optuna_trial_id != optuna_trial_id:  # another trial's row
-                    raise BrokenLink(
-                        f"trial row {number} of study row {study_id} belongs to Optuna "
-                        f"trial id {existing.optuna_trial_id}, not {optuna_trial_id}; "
-                        "see `hpsearch db check`")
-                return existing.id  # a write whose commit we did not see: reuse it
-            trial = Trial(study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
-                          state="running", params=params, sampled=sampled, worker=worker,
-                          retried_from=retried_from, seed=seed, epochs_run=0,
-                          precision=precision,
-                          device=device)
-            session.add(trial)
-            session.flush()
-            return trial.id
+            # one statement: a row already there (a write whose commit we did not see) is kept
+            created = session.execute(dialect_insert(session.connection())(Trial).values(
+                study_id=study_id, number=number, optuna_trial_id=optuna_trial_id,
+                state="running", params=params, sampled=sampled, worker=worker,
+                retried_from=retried_from, seed=seed, epochs_run=0, precision=precision,
+                device=device).on_conflict_do_nothing(
+                index_elements=[Trial.study_id, Trial.number]).returning(Trial.id)).first()
+            if created is not None:
+                return created.id
+            existing = session.execute(select(Trial.id, Trial.optuna_trial_id).where(
+                Trial.study_id == study_id, Trial.number == number)).one()
+            if existing.optuna_trial_id != optuna_trial_id:  # another trial's row
+                raise BrokenLink(
+                    f"trial row {number} of study row {study_id} belongs to Optuna "
+                    f"trial id {existing.optuna_trial_id}, not {optuna_trial_id}; "
+                    "see `hpsearch db check`")
+            return existing.id
 
     def copy_epochs(self, from_trial_id: int, to_trial_id: int, up_to_epoch: int,
                     primary: ObjectiveSpec = DEFAULT[0]) -> None:
@@ -119,9 +118,7 @@ class Recorder:
     def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics,
                       fraction: float | None = None) -> None:
         values = {"trial_id": trial_id, **metrics.to_dict(), "fraction": fraction}
-        dialect = session.bind.dialect.name  # type: ignore[union-attr]
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(Epoch).values(**values)
+        stmt = dialect_insert(session.connection())(Epoch).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=[Epoch.trial_id, Epoch.epoch],
             set_={k: v for k, v in values.items() if k not in ("trial_id", "epoch")},
@@ -147,20 +144,22 @@ class Recorder:
         best, the earliest of equal ones. `running`: only while the row is running
         (TrialLost otherwise)."""
         measure = getattr(Epoch, primary.measure)
-        best = session.execute(
-            select(measure, Epoch.epoch).where(Epoch.trial_id == trial_id, measure.is_not(None))
-            .order_by(measure.desc() if primary.maximize else measure.asc(), Epoch.epoch)
-            .limit(1)).first()
-        count = session.scalar(select(func.count()).where(Epoch.trial_id == trial_id))
+        best = (select(Epoch).where(Epoch.trial_id == trial_id, measure.is_not(None))
+                .order_by(measure.desc() if primary.maximize else measure.asc(), Epoch.epoch)
+                .limit(1))
         row = update(Trial).where(Trial.id == trial_id)
         if running:
             row = row.where(Trial.state == "running")
         updated = session.execute(row.values(
-            value=best[0] if best else None, best_epoch=best[1] if best else None,
-            epochs_run=count or 0)).rowcount
-        if running and not updated:
-            raise TrialLost(f"trial row {trial_id} was failed while it ran here")
-        return best[1] if best else None
+            value=best.with_only_columns(measure).scalar_subquery(),
+            best_epoch=best.with_only_columns(Epoch.epoch).scalar_subquery(),
+            epochs_run=select(func.count()).where(Epoch.trial_id == trial_id).scalar_subquery(),
+        ).returning(Trial.best_epoch)).first()
+        if updated is None:
+            if running:
+                raise TrialLost(f"trial row {trial_id} was failed while it ran here")
+            return None
+        return updated.best_epoch
 
     def finish_trial(self, trial_id: int, state: str, seconds: float, n_params: int | None,
                      reason: str | None = None) -> int | None:
@@ -227,3 +226,4 @@ class Recorder:
         if that (study, seed, members_key) was stored meanwhile by another process."""
         with session_scope(self.engine) as session:
             session.add(EnsembleEvaluation(**row))
+

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from hpsearch.db.errors import as_database_error
@@ -78,3 +79,8 @@ def begin_write(conn: Connection) -> None:
     they touch. Call it before any other statement of the transaction."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def dialect_insert(conn: Connection) -> Any:
+    """`conn`'s dialect's INSERT, the one with ON CONFLICT (an upsert: one statement)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert

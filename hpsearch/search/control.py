@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from sqlalchemy import Engine
 
 from hpsearch.db.engine import normalise_url
 from hpsearch.db.migrate import reading
-from hpsearch.db.optuna_tables import CONTROL_ATTR
+from hpsearch.db.optuna_tables import CONTROL_ATTR, study_attr
 from hpsearch.db.queries import find_study
+from hpsearch.db.session import connection_scope
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import StudyConfig, WorkerOptions
 from hpsearch.stop import StudyHalted
@@ -41,9 +43,8 @@ class Halt:
                 f"{name!r}` lets workers in again")
 
 
-def halt_of(user_attrs: dict[str, Any]) -> Halt | None:
-    """The study's state from its Optuna user attributes; None: it runs."""
-    value = user_attrs.get(CONTROL_ATTR)
+def halt_of(value: Any) -> Halt | None:
+    """The study's state from its CONTROL_ATTR user attribute; None: it runs."""
     if not isinstance(value, dict) or value.get("state") not in HALTS:
         return None
     return Halt(value["state"], str(value.get("reason") or HALTS[value["state"]]))
@@ -54,9 +55,9 @@ def set_halt(url: str, name: str, state: str | None) -> str:
     url = normalise_url(url)
     with reading(url) as conn:
         study = find_study(conn, name)
+        was = halt_of(study_attr(conn, study.optuna_study_id, CONTROL_ATTR))
     storage = open_storage(url, WorkerOptions())
     try:
-        was = halt_of(storage.get_study_user_attrs(study.optuna_study_id))
         halt = Halt(state, HALTS[state]) if state is not None else None
         storage.set_study_user_attr(study.optuna_study_id, CONTROL_ATTR,
                                     halt.__dict__ if halt is not None else None)
@@ -76,31 +77,32 @@ def set_halt(url: str, name: str, state: str | None) -> str:
 
 def study_halt(url: str, name: str) -> Halt | None:
     """The state of study `name` (created: `hpsearch run` asks after preparing it)."""
-    storage = open_storage(url, WorkerOptions())
-    try:
-        return halt_of(storage.get_study_user_attrs(storage.get_study_id_from_name(name)))
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
+    with reading(url) as conn:
+        return halt_of(study_attr(conn, find_study(conn, name).optuna_study_id, CONTROL_ATTR))
 
 
 class StudyControl:
     """A worker's view of its study's state, and the study's target. Read afresh each time
-    (one query, a small fraction of an epoch): a stop takes effect at the first epoch's end."""
+    (one statement, a small fraction of an epoch): a stop takes effect at the first epoch's
+    end."""
 
-    def __init__(self, study: optuna.Study, config: StudyConfig) -> None:
-        self.study, self.config = study, config
+    def __init__(self, study: optuna.Study, config: StudyConfig, engine: Engine) -> None:
+        self.study, self.config, self.engine = study, config, engine
+
+    def _halt(self) -> Halt | None:
+        with connection_scope(self.engine) as conn:
+            return halt_of(study_attr(conn, self.study._study_id, CONTROL_ATTR))
 
     def after_epoch(self) -> None:
         """Raise StudyHalted when the study was stopped: the trial ends at this epoch."""
-        halt = halt_of(self.study.user_attrs)
+        halt = self._halt()
         if halt is not None and halt.state == "stopped":
             raise StudyHalted(f"{halt.reason}: ended at an epoch's end, to resume")
 
     def before_trial(self) -> Halt | None:
         """Why no trial may start now (None: one may). A target the study's best trial
         reached stops the study, here, for every worker."""
-        halt = halt_of(self.study.user_attrs)
+        halt = self._halt()
         target = self.config.target
         if halt is None and target is not None:
             best = _best_value(self.study)

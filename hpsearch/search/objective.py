@@ -21,7 +21,9 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.db.errors import as_database_error
+from hpsearch.db.optuna_tables import set_trial_user_attrs, trial_system_attr
 from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import connection_scope
 from hpsearch.errors import (
     CheckpointError,
     HpsearchError,
@@ -45,24 +47,24 @@ COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # how torch's CPU and CUDA allocators word a failed allocation
 
 
-def _set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Optuna user attributes (shown by optuna-dashboard and `optuna trials`); None values are
-    skipped. They copy what our tables hold, so a write that fails costs only the copy: it is
-    logged, never allowed to fail the trial or hide the error that is ending it."""
-    for key, value in attrs.items():
-        if value is None:
-            continue
-        try:
-            trial.set_user_attr(key, value)
-        except Exception as exc:  # noqa: BLE001 - see the docstring
-            log.warning("trial %d: user attribute %s not set (%s)", trial.number, key, exc)
+def _set_user_attrs(recorder: Recorder, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Optuna user attributes (shown by optuna-dashboard and `optuna trials`), in one write;
+    None values are skipped. They copy what our tables hold, so a write that fails costs only
+    the copy: it is logged, never allowed to fail the trial or hide the error ending it."""
+    try:
+        with connection_scope(recorder.engine) as conn:
+            set_trial_user_attrs(conn, trial._trial_id,
+                                 {k: v for k, v in attrs.items() if v is not None})
+    except Exception as exc:  # see the docstring
+        log.warning("trial %d: user attributes %s not set (%s)", trial.number,
+                    ", ".join(attrs), as_database_error(exc) or exc)
 
 
-def retry_history(trial: optuna.Trial) -> list[int]:
+def retry_history(recorder: Recorder, trial: optuna.Trial) -> list[int]:
     """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
     callback in the trial's system attributes)."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)
-    return list(frozen.system_attrs.get("retry_history", []))
+    with connection_scope(recorder.engine) as conn:
+        return list(trial_system_attr(conn, trial._trial_id, "retry_history") or [])
 
 
 class TrialRun(Protocol):
@@ -129,7 +131,7 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         applied, sampled = suggest(trial, self.config)
         params = TrialParams.from_dict(applied)  # the inactive ones' defaults do nothing
-        history = retry_history(trial)
+        history = retry_history(self.recorder, trial)
         # the seed follows the first attempt, so a resumed retry continues that run
         seed = self.config.seed + (history[0] if history else trial.number)
         keeps = self.trainer.keeps_checkpoints
@@ -183,9 +185,9 @@ class Objective:
                     if n_params is None:  # known before the first epoch: pruned trials have it
                         n_params = run.n_params
                         # for optuna-dashboard and `optuna trials`: what is known now, in one go
-                        _set_user_attrs(trial, {"n_params": n_params, "worker": self.worker,
-                                                "precision": precision,
-                                                "device": self.trainer.device})
+                        _set_user_attrs(self.recorder, trial, {
+                            "n_params": n_params, "worker": self.worker,
+                            "precision": precision, "device": self.trainer.device})
                     for metrics in run:
                         best = self.recorder.record_epoch(row, metrics, primary, fraction)
                         value = getattr(metrics, primary.measure)
@@ -269,7 +271,7 @@ class Objective:
         best_epoch = self.recorder.finish_trial(row, state, time.monotonic() - started,
                                                 n_params, reason)
         # the rest of the dashboard's metadata, once at the end (each attribute is a write)
-        _set_user_attrs(trial, {"best_epoch": best_epoch, "reason": reason})
+        _set_user_attrs(self.recorder, trial, {"best_epoch": best_epoch, "reason": reason})
         if checkpoint is not None:  # finished trials need no resume point, nor a model
             checkpoint.unlink(missing_ok=True)  # unless they are among the best
             self._keep_best_models()

@@ -19,9 +19,9 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.pool import Pool
 
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
-from hpsearch.db.errors import DuplicateRowError, as_database_error
+from hpsearch.db.errors import as_database_error
 from hpsearch.db.migrate import ensure_schema, optuna_schema_lock
-from hpsearch.db.optuna_tables import claim_stale_check
+from hpsearch.db.optuna_tables import claim_stale_check, record_heartbeat, stale_trial_ids
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope, translating
 from hpsearch.errors import HpsearchError
@@ -39,11 +39,13 @@ class Storage(RDBStorage):
     """Optuna's RDBStorage with three differences, none about outages (a database error inside
     a trial ends the trial, which is resumed from its checkpoint; see hpsearch.search.worker):
 
-    - a heartbeat that cannot be written is logged and skipped, not raised: an exception would
-      end Optuna's heartbeat thread, with a traceback, for the rest of the trial;
+    - a heartbeat is one statement (Optuna's takes four), and one that cannot be written is
+      logged and skipped, not raised: an exception would end Optuna's heartbeat thread, with
+      a traceback, for the rest of the trial;
     - one stale-trial check per study per interval, across all workers (claim_stale_check):
       the check loads every running trial, and N workers each doing it before every trial
-      made the statements per trial grow with N;
+      made the statements per trial grow with N; a worker tries at most once per interval,
+      and the check is one statement (Optuna's takes three);
     - `on_trial_created`: called once an ask of `study.ask()` has created its (running) trial,
       in the thread that asked: the worker's trial-slot lock is released there, before the
       sampler runs (TPE is the slow part of an ask, and under the lock every worker's ask
@@ -54,6 +56,7 @@ class Storage(RDBStorage):
         super().__init__(url, **kwargs)
         self.heartbeat_stale_trial_callback = RetryStaleTrial(Recorder(self.engine), max_retry)
         self.stale_check_interval = max(1.0, (self.grace_period or 0) / 4)
+        self.next_stale_check = 0.0  # time.time() from which this process may try again
         self.on_trial_created: tuple[int, Callable[[], None]] | None = None
 
     def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
@@ -65,7 +68,8 @@ class Storage(RDBStorage):
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            super().record_heartbeat(trial_id)
+            with connection_scope(self.engine) as conn:
+                record_heartbeat(conn, trial_id)
         except Exception as exc:
             error = as_database_error(exc, self.url)
             if error is None:
@@ -73,13 +77,18 @@ class Storage(RDBStorage):
             log.warning("heartbeat of trial id %d not recorded (%s)", trial_id, error.reason)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # this process's own tries too, once per interval: Optuna's at each trial's start and
+        # the watcher's (StaleTrialWatcher) would otherwise both cost a statement
+        now = time.time()
+        if now < self.next_stale_check:
+            return []
+        self.next_stale_check = now + self.stale_check_interval
         with connection_scope(self.engine) as conn:
-            try:
-                claimed = claim_stale_check(conn, study_id, time.time(),
-                                            self.stale_check_interval)
-            except DuplicateRowError:  # another worker made the study's first check just now
-                claimed = False
-        return super()._get_stale_trial_ids(study_id) if claimed else []
+            if not claim_stale_check(conn, study_id, now, self.stale_check_interval):
+                return []
+            # Optuna's default grace period, where none is set
+            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+            return stale_trial_ids(conn, study_id, grace)
 
 
 class RetryStaleTrial:

@@ -20,12 +20,14 @@ from typing import TypeVar
 import optuna
 import tenacity
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import DatabaseError, as_database_error
 from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, study_attr, trial_counts, trial_state
 from hpsearch.db.recorder import Recorder
+from hpsearch.db.session import connection_scope
 from hpsearch.db.trial_slot import TrialSlotLock
 from hpsearch.errors import HpsearchError, TrialInterrupted, TrialLost
 from hpsearch.files import writable_folder
@@ -33,7 +35,7 @@ from hpsearch.masking import one_line
 from hpsearch.paths import checkpoint_folder
 from hpsearch.search.control import StudyControl
 from hpsearch.search.dryrun import DryRunTrainer
-from hpsearch.search.hours import SearchLimits, published_limits
+from hpsearch.search.hours import SearchLimits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialFailed, TrialTrainer
 from hpsearch.search.study import Storage, open_storage
 from hpsearch.spec import StudyConfig
@@ -108,8 +110,11 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                               sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
     # an hours budget's limits, published by the `hpsearch run` that plans it
-    limits = SearchLimits(lambda: published_limits(storage, study._study_id))
-    control = StudyControl(study, config)  # `hpsearch study stop|pause`, a reached target
+    def read_limits() -> dict[str, float] | None:
+        with connection_scope(engine) as conn:
+            return study_attr(conn, study._study_id, BUDGET_LIMITS_KEY, system=True)
+    limits = SearchLimits(read_limits)
+    control = StudyControl(study, config, engine)  # `hpsearch study stop|pause`, a target
 
     def after_epoch() -> bool:
         control.after_epoch()  # a central stop ends the trial here (StudyHalted)
@@ -201,12 +206,10 @@ class _Trials:
         study, slot = self.study, self.slot
         slot.acquire()
         try:
-            # Running before finished: another worker's trial may finish between the two
-            # counts. Read in this order it is counted twice (harmless: wait, look again); in
-            # the other order it was counted in neither, and a trial too many started.
-            running = study._storage.get_n_trials(study._study_id, TrialState.RUNNING)
-            waiting = study._storage.get_n_trials(study._study_id, TrialState.WAITING)
-            finished = study._storage.get_n_trials(study._study_id, COUNTED_STATES)
+            with connection_scope(self.objective.recorder.engine) as conn:
+                counts = trial_counts(conn, study._study_id)
+            running, waiting = counts.get("RUNNING", 0), counts.get("WAITING", 0)
+            finished = sum(counts.get(state.name, 0) for state in COUNTED_STATES)
             if finished >= self.config.n_trials:
                 return "done"
             if not waiting and finished + running >= self.config.n_trials:
@@ -216,7 +219,6 @@ class _Trials:
             slot.release()  # also when Optuna failed before running the objective
 
     def _optimize_one(self) -> TrialState | None:
-        ended: list[FrozenTrial] = []
         current: list[optuna.Trial] = []
 
         returned: list[bool] = []
@@ -231,7 +233,7 @@ class _Trials:
         try:
             # Optuna checks for stale trials first, as the watcher does while a trial runs
             self.study.optimize(run_trial, n_trials=1, catch=(TrialFailed,),
-                                gc_after_trial=False, callbacks=[lambda _s, t: ended.append(t)])
+                                gc_after_trial=False)
         except TrialLost as lost:
             log.warning("trial %d was failed by the heartbeat check while this worker was "
                         "frozen or cut off (%s); dropped: its retry resumes from its "
@@ -256,7 +258,7 @@ class _Trials:
                         "heartbeat was late); dropped: its retry runs it again",
                         current[0].number)
             return None
-        state = ended[0].state if ended else TrialState.FAIL
+        state = self._state_of(current[0]) if current else TrialState.FAIL
         if state == TrialState.COMPLETE:
             self.summary.complete += 1
         elif state == TrialState.PRUNED:
@@ -265,9 +267,12 @@ class _Trials:
             self.summary.failed += 1
         return state
 
+    def _state_of(self, trial: optuna.Trial) -> TrialState:
+        with connection_scope(self.objective.recorder.engine) as conn:
+            return TrialState[trial_state(conn, trial._trial_id)]
+
     def _failed_elsewhere(self, trial: optuna.Trial) -> bool:
-        state = self.study._storage.get_trial(trial._trial_id).state
-        return state == TrialState.FAIL
+        return self._state_of(trial) == TrialState.FAIL
 
     def settle_faulted(self, url: str | None = None) -> None:
         """Fail each trial a fault ended (Optuna left it running) and, unless the fault was a
@@ -337,17 +342,19 @@ class StaleTrialWatcher(threading.Thread):
     def __init__(self, study: optuna.Study, storage: Storage) -> None:
         super().__init__(name="stale-trial-watcher", daemon=True)
         self.study, self.storage = study, storage
-        self.interval = storage.stale_check_interval
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while not self._stopped.wait(self.interval):
+        delay = self.storage.stale_check_interval
+        while not self._stopped.wait(delay):
             try:
                 _fail_stale(self.study)
             except Exception as exc:  # a missed check is retried next interval
                 log.warning("stale-trial check failed: %s", as_database_error(exc) or repr(exc))
             finally:
                 self.storage.remove_session()
+            # due an interval after this process's last try (Optuna's at a trial's start too)
+            delay = max(0.1, self.storage.next_stale_check - time.time())
 
     def stop(self) -> None:
         self._stopped.set()
