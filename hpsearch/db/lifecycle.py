@@ -32,9 +32,10 @@ COPIED_RUNNING = "running when the study was copied (its worker had died): not r
 
 @contextmanager
 def write_transaction(url: str) -> Iterator[Connection]:
-    """One connection, one write transaction (the session module's), committed at the end: the
-    checks (is a worker running? is the new name free?) and the writes see the same database,
-    as no other writer can slip in between."""
+    """One connection, one write transaction (the session module's), committed at the end, to
+    a database whose schema is at head: the checks (is a worker running? is the new name
+    free?) and the writes see the same database, as no other writer can slip in between."""
+    require_schema(url)
     engine = make_engine(url)
     try:
         with connection_scope(engine, write=True) as conn:
@@ -149,8 +150,6 @@ def delete_study(url: str, name: str) -> str:
     """Delete study `name` from hpsearch's tables and Optuna's, in one transaction. Either half
     may already be gone (an orphan); an Optuna study that re-used the name is not touched, and
     neither half of a study renamed in Optuna but not yet followed."""
-    url = normalise_url(url)
-    require_schema(url)
     with write_transaction(url) as conn:
         halves = _halves(conn, name)
         _require_some(conn, halves)
@@ -168,8 +167,6 @@ def delete_study(url: str, name: str) -> str:
 def rename_study(url: str, old: str, new: str) -> str:
     """Rename both halves of a study in one transaction. When Optuna's half was already
     renamed to `new` (in place, or by optuna-dashboard's copy), ours follows it."""
-    url = normalise_url(url)
-    require_schema(url)
     with write_transaction(url) as conn:
         halves = _halves(conn, old)
         _require_some(conn, halves)
@@ -207,8 +204,8 @@ def _relink(conn: Connection, ours: Any, optuna_id: int) -> None:
                      .values(optuna_trial_id=trial_ids[number]))
     conn.execute(update(Study).where(Study.id == ours.id).values(optuna_study_id=optuna_id))
     set_marker(conn, optuna_id, row_marker(ours.id, ours.created_at))
-    ot.set_study_system_attr(conn, optuna_id, ot.METRIC_NAMES_KEY,
-                             [o.measure for o in stored_objectives(ours.spec)])
+    ot.set_study_attr(conn, optuna_id, ot.METRIC_NAMES_KEY,
+                      [o.measure for o in stored_objectives(ours.spec)], system=True)
 
 
 def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
@@ -222,37 +219,32 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
 
     url = normalise_url(url)
     target = normalise_url(to_url) if to_url else url
-    require_schema(url)
     ensure_schema(target)  # the target may be a new file
-    source_engine = make_engine(url)
-    try:
-        with connection_scope(source_engine, reader=True) as src:
-            halves = _halves(src, name)
-            if halves.ours is None:
-                raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(url)}")
-            if halves.problem is not None:
-                raise HpsearchError(halves.problem.message)
-            _refuse_if_running(src, halves, "copy")
+    with reading(url) as src:
+        halves = _halves(src, name)
+        if halves.ours is None:
+            raise HpsearchError(f"no hpsearch study {name!r} in {mask_url(url)}")
+        if halves.problem is not None:
+            raise HpsearchError(halves.problem.message)
+        _refuse_if_running(src, halves, "copy")
+        with write_transaction(target) as dst:
+            redone = _remove_interrupted_copy(dst, new, halves.ours)
+            taken = _halves(dst, new)
+            if taken.ours is not None or taken.optuna_id is not None:
+                raise HpsearchError(f"a study called {new!r} already exists in "
+                                    f"{mask_url(target)}")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target,
+                          to_study_name=new)
+        try:
             with write_transaction(target) as dst:
-                redone = _remove_interrupted_copy(dst, new, halves.ours)
-                taken = _halves(dst, new)
-                if taken.ours is not None or taken.optuna_id is not None:
-                    raise HpsearchError(f"a study called {new!r} already exists in "
-                                        f"{mask_url(target)}")
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target,
-                              to_study_name=new)
-            try:
-                with write_transaction(target) as dst:
-                    copied, failed = _copy_rows(src, dst, halves.ours, new)
-            except BaseException:
-                with write_transaction(target) as dst:  # undo the Optuna half
-                    gone = _halves(dst, new)
-                    if gone.optuna_id is not None and gone.ours is None:
-                        _delete_optuna_study(dst, gone.optuna_id)
-                raise
-    finally:
-        source_engine.dispose()
+                copied, failed = _copy_rows(src, dst, halves.ours, new)
+        except BaseException:
+            with write_transaction(target) as dst:  # undo the Optuna half
+                gone = _halves(dst, new)
+                if gone.optuna_id is not None and gone.ours is None:
+                    _delete_optuna_study(dst, gone.optuna_id)
+            raise
     where = f" in {mask_url(target)}" if target != url else ""
     notes = ([f"trial{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} left "
               "running by a dead worker, copied as failed"] if failed else []) + (
@@ -329,7 +321,7 @@ def orphans(url: str) -> list[str]:
     """One line per broken tie between our rows and Optuna's: a study of ours whose Optuna
     study is gone, renamed or re-created; an Optuna study with no rows of ours; trial rows whose
     Optuna trial is gone (or is another study's)."""
-    engine = make_engine(normalise_url(url))
+    engine = make_engine(url)
     try:
         with connection_scope(engine) as conn:
             return _orphans(conn)

@@ -10,9 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from hpsearch.db.engine import mask_url, normalise_url
+from hpsearch.db.engine import mask_url
 from hpsearch.db.lifecycle import grace_period_s, write_transaction
-from hpsearch.db.migrate import require_schema
 from hpsearch.db.models import Study, Trial, study_named
 from hpsearch.db.optuna_link import check_link
 from hpsearch.db.optuna_tables import dashboard_notes, live_trials, save_dashboard_note
@@ -45,8 +44,6 @@ def _check_tag(tag: str) -> None:
 def set_study_note(url: str, name: str, text: str) -> None:
     """Set (or with an empty text, clear) the study's note."""
     _check_text("note", text)
-    url = normalise_url(url)
-    require_schema(url)
     with write_transaction(url) as conn:
         study = _our_study(conn, name)
         save_dashboard_note(conn, study.optuna_study_id, None, text)
@@ -62,8 +59,6 @@ def tag_trial(url: str, name: str, number: int, *, add: tuple[str, ...] = (),
         _check_tag(tag)
     if note is not None:
         _check_text("note", note)
-    url = normalise_url(url)
-    require_schema(url)
     with write_transaction(url) as conn:
         study = _our_study(conn, name)
         trial = conn.execute(select(Trial.id, Trial.tags, Trial.note, Trial.optuna_trial_id)

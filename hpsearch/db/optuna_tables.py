@@ -22,15 +22,14 @@ from sqlalchemy import (
     and_,
     cast,
     column,
-    delete,
     func,
-    insert,
     inspect,
     or_,
     select,
     table,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.sql.expression import TableClause
@@ -47,8 +46,6 @@ study_system_attributes = table("study_system_attributes", column("study_id"), c
                                 column("value_json"))
 study_user_attributes = table("study_user_attributes", column("study_id"), column("key"),
                               column("value_json"))
-trial_system_attributes = table("trial_system_attributes", column("trial_id"), column("key"),
-                                column("value_json"))
 trial_user_attributes = table("trial_user_attributes", column("trial_id"), column("key"),
                               column("value_json"))
 
@@ -115,16 +112,18 @@ def optuna_studies(conn: Connection) -> dict[int, OptunaStudy]:
 
 def set_marker(conn: Connection, optuna_study_id: int, marker: str) -> None:
     """Tie Optuna's study to our row (replacing a marker copied from another study)."""
-    set_study_system_attr(conn, optuna_study_id, MARKER_KEY, marker)
+    set_study_attr(conn, optuna_study_id, MARKER_KEY, marker, system=True)
 
 
-def set_study_system_attr(conn: Connection, optuna_study_id: int, key: str,
-                          value: object) -> None:
-    """Optuna's Storage.set_study_system_attr, on the caller's connection and transaction."""
-    attrs = study_system_attributes
-    conn.execute(delete(attrs).where(attrs.c.study_id == optuna_study_id, attrs.c.key == key))
-    conn.execute(insert(attrs).values(study_id=optuna_study_id, key=key,
-                                      value_json=json.dumps(value)))
+def set_study_attr(conn: Connection, optuna_study_id: int, key: str, value: object, *,
+                   system: bool = False) -> None:
+    """Optuna's Storage.set_study_user_attr (or `system` attr), on the caller's connection
+    and transaction."""
+    attrs = study_system_attributes if system else study_user_attributes
+    stmt = dialect_insert(conn)(attrs).values(study_id=optuna_study_id, key=key,
+                                              value_json=json.dumps(value))
+    conn.execute(stmt.on_conflict_do_update(index_elements=["study_id", "key"],
+                                            set_={"value_json": stmt.excluded.value_json}))
 
 
 def _note_keys(trial_id: int | None) -> tuple[str, str]:
@@ -210,23 +209,16 @@ def trial_state(conn: Connection, trial_id: int) -> str:
         trials.c.trial_id == trial_id)).scalar_one()
 
 
-def study_attr(conn: Connection, optuna_study_id: int, key: str, *,
-               system: bool = False) -> Any:
-    """One user (or `system`) attribute of a study, None when absent: one statement (Optuna's
-    storage reads the study row, then every attribute)."""
-    attrs = study_system_attributes if system else study_user_attributes
-    value = conn.scalar(select(attrs.c.value_json).where(attrs.c.study_id == optuna_study_id,
-                                                         attrs.c.key == key))
-    return json.loads(value) if value is not None else None
-
-
-def trial_system_attr(conn: Connection, trial_id: int, key: str) -> Any:
-    """One system attribute of a trial, None when absent (Optuna's storage loads the whole
-    trial: 7 statements)."""
-    attrs = trial_system_attributes
-    value = conn.scalar(select(attrs.c.value_json).where(attrs.c.trial_id == trial_id,
-                                                         attrs.c.key == key))
-    return json.loads(value) if value is not None else None
+def study_attrs(conn: Connection, optuna_study_id: int, keys: tuple[str, ...] = (),
+                system_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Some user attributes (`keys`) and system attributes of a study, those present, in one
+    statement (Optuna's storage reads the study row, then every attribute of one kind)."""
+    user, system = study_user_attributes, study_system_attributes
+    rows = conn.execute(union_all(*(
+        select(attrs.c.key, attrs.c.value_json).where(attrs.c.study_id == optuna_study_id,
+                                                      attrs.c.key.in_(names))
+        for attrs, names in ((user, keys), (system, system_keys)) if names)))
+    return {row.key: json.loads(row.value_json) for row in rows}
 
 
 def set_trial_user_attrs(conn: Connection, trial_id: int, values: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from hpsearch.db.models import (
     utcnow,
 )
 from hpsearch.db.optuna_link import BrokenLink, check_link, refuse_foreign, row_marker
-from hpsearch.db.optuna_tables import set_marker
+from hpsearch.db.optuna_tables import set_marker, set_trial_user_attrs
 from hpsearch.db.queries import ranked_query
 from hpsearch.db.session import dialect_insert, session_scope
 from hpsearch.errors import TrialLost
@@ -173,6 +173,12 @@ class Recorder:
         if ended is None:
             raise TrialLost(f"trial row {trial_id} was failed while it ran here")
         return ended.best_epoch
+
+    def set_user_attrs(self, optuna_trial_id: int, attrs: dict[str, Any]) -> None:
+        """Optuna user attributes of a trial, in one statement (see
+        optuna_tables.set_trial_user_attrs)."""
+        with session_scope(self.engine) as session:
+            set_trial_user_attrs(session.connection(), optuna_trial_id, attrs)
 
     def trial_id(self, study_id: int, number: int) -> int | None:
         with session_scope(self.engine) as session:

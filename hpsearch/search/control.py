@@ -18,13 +18,18 @@ from typing import Any
 import optuna
 from sqlalchemy import Engine
 
-from hpsearch.db.engine import normalise_url
+from hpsearch.db.lifecycle import write_transaction
 from hpsearch.db.migrate import reading
-from hpsearch.db.optuna_tables import CONTROL_ATTR, study_attr
+from hpsearch.db.optuna_tables import (
+    BUDGET_LIMITS_KEY,
+    CONTROL_ATTR,
+    set_study_attr,
+    study_attrs,
+)
 from hpsearch.db.queries import find_study
 from hpsearch.db.session import connection_scope
-from hpsearch.search.study import open_storage
-from hpsearch.search.study_file import StudyConfig, WorkerOptions
+from hpsearch.search.hours import SearchLimits
+from hpsearch.search.study_file import StudyConfig
 from hpsearch.stop import StudyHalted
 
 HALTS = {  # state: why, for a reason nobody gave
@@ -43,8 +48,9 @@ class Halt:
                 f"{name!r}` lets workers in again")
 
 
-def halt_of(value: Any) -> Halt | None:
-    """The study's state from its CONTROL_ATTR user attribute; None: it runs."""
+def halt_of(attrs: dict[str, Any]) -> Halt | None:
+    """The study's state from its (CONTROL_ATTR) user attribute; None: it runs."""
+    value = attrs.get(CONTROL_ATTR)
     if not isinstance(value, dict) or value.get("state") not in HALTS:
         return None
     return Halt(value["state"], str(value.get("reason") or HALTS[value["state"]]))
@@ -52,18 +58,13 @@ def halt_of(value: Any) -> Halt | None:
 
 def set_halt(url: str, name: str, state: str | None) -> str:
     """Stop, pause or (state None) resume study `name` for every worker; what was done."""
-    url = normalise_url(url)
     with reading(url) as conn:
         study = find_study(conn, name)
-        was = halt_of(study_attr(conn, study.optuna_study_id, CONTROL_ATTR))
-    storage = open_storage(url, WorkerOptions())
-    try:
-        halt = Halt(state, HALTS[state]) if state is not None else None
-        storage.set_study_user_attr(study.optuna_study_id, CONTROL_ATTR,
-                                    halt.__dict__ if halt is not None else None)
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
+        was = halt_of(study_attrs(conn, study.optuna_study_id, (CONTROL_ATTR,)))
+    halt = Halt(state, HALTS[state]) if state is not None else None
+    with write_transaction(url) as conn:
+        set_study_attr(conn, study.optuna_study_id, CONTROL_ATTR,
+                       halt.__dict__ if halt is not None else None)
     if state is None:
         return (f"study {study.name!r} resumed: workers may start trials again (`hpsearch run` "
                 "of its file continues it)" if was else
@@ -78,20 +79,25 @@ def set_halt(url: str, name: str, state: str | None) -> str:
 def study_halt(url: str, name: str) -> Halt | None:
     """The state of study `name` (created: `hpsearch run` asks after preparing it)."""
     with reading(url) as conn:
-        return halt_of(study_attr(conn, find_study(conn, name).optuna_study_id, CONTROL_ATTR))
+        return halt_of(study_attrs(conn, find_study(conn, name).optuna_study_id,
+                                   (CONTROL_ATTR,)))
 
 
 class StudyControl:
     """A worker's view of its study's state, and the study's target. Read afresh each time
     (one statement, a small fraction of an epoch): a stop takes effect at the first epoch's
-    end."""
+    end. The same statement reads the hours budget's limits for `limits`."""
 
-    def __init__(self, study: optuna.Study, config: StudyConfig, engine: Engine) -> None:
-        self.study, self.config, self.engine = study, config, engine
+    def __init__(self, study: optuna.Study, config: StudyConfig, engine: Engine,
+                 limits: SearchLimits) -> None:
+        self.study, self.config, self.engine, self.limits = study, config, engine, limits
 
     def _halt(self) -> Halt | None:
         with connection_scope(self.engine) as conn:
-            return halt_of(study_attr(conn, self.study._study_id, CONTROL_ATTR))
+            attrs = study_attrs(conn, self.study._study_id, (CONTROL_ATTR,),
+                                (BUDGET_LIMITS_KEY,))
+        self.limits.seen(attrs.get(BUDGET_LIMITS_KEY))
+        return halt_of(attrs)
 
     def after_epoch(self) -> None:
         """Raise StudyHalted when the study was stopped: the trial ends at this epoch."""

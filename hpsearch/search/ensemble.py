@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from hpsearch.db import evaluation_queries, queries, records
-from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DuplicateRowError
-from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.migrate import ensure_schema, reading
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
 from hpsearch.errors import CheckpointError, ConfigError, HpsearchError
@@ -144,16 +146,11 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_epochs(epochs)
-    full_url = normalise_url(database_url(url))
-    ensure_schema(full_url)
-    engine = make_engine(full_url)
-    try:
-        with connection_scope(engine) as conn:
-            study = queries.find_study(conn, name)
-            top = queries.top_trials(conn, study, k)
-            lrs = [queries.trial_lrs(conn, study, record.number) for record in top]
-    finally:
-        engine.dispose()
+    ensure_schema(url)  # evaluations are stored later
+    with reading(url) as conn:
+        study = queries.find_study(conn, name)
+        top = queries.top_trials(conn, study, k)
+        lrs = [queries.trial_lrs(conn, study, record.number) for record in top]
     if len(top) < 2:
         raise HpsearchError(f"study {name!r} has {len(top)} complete trial(s); an ensemble "
                             "needs at least 2")
@@ -221,9 +218,8 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
     metrics)` follows the retrainings."""
     from hpsearch.trainer.runtime import resolve_device
 
-    full_url = normalise_url(database_url(url))
     dev = _device(device, resolve_device)
-    engine = make_engine(full_url)
+    engine = make_engine(url)  # this command's one engine, for every read and write
     try:
         with connection_scope(engine) as conn:
             done = evaluation_queries.stored_ensembles(conn, plan.study, plan.members_key,
@@ -231,35 +227,35 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
             stored = {m.trial.number: evaluation_queries.stored_evaluations(
                 conn, m.trial.id, m.params.epochs, evaluation_seeds(m.trial, len(plan.seeds)))
                 for m in plan.retrained}
+        results = []
+        full: data_mod.TrainValData | None = None
+        for k, seed in enumerate(plan.seeds):
+            if seed in done:
+                row = done[seed]
+                baseline = stored[plan.baseline.trial.number].get(seed)
+                result = EnsembleResult(seed, row.test_acc, row.test_loss, row.seconds,
+                                        baseline.test_acc if baseline else None,
+                                        test_acc_tta=row.test_acc_tta,
+                                        test_loss_tta=row.test_loss_tta, stored=True)
+            else:
+                if full is None:  # loaded once, and only when something needs scoring
+                    check_weights_folder(plan.checkpoint_dir, plan.study.name)
+                    full = data_mod.load_full_train(plan.data)
+                result = _one_seed(plan, engine, full, k, dev, stored, on_epoch)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
     finally:
         engine.dispose()
-    results = []
-    full: data_mod.TrainValData | None = None
-    for k, seed in enumerate(plan.seeds):
-        if seed in done:
-            row = done[seed]
-            baseline = stored[plan.baseline.trial.number].get(seed)
-            result = EnsembleResult(seed, row.test_acc, row.test_loss, row.seconds,
-                                    baseline.test_acc if baseline else None,
-                                    test_acc_tta=row.test_acc_tta,
-                                    test_loss_tta=row.test_loss_tta, stored=True)
-        else:
-            if full is None:  # loaded once, and only when something needs scoring
-                check_weights_folder(plan.checkpoint_dir, plan.study.name)
-                full = data_mod.load_full_train(plan.data)
-            result = _one_seed(plan, full_url, full, k, dev, stored, on_epoch)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    return results
 
 
-def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, k: int,
+def _one_seed(plan: EnsemblePlan, engine: Engine, full: data_mod.TrainValData, k: int,
               dev, stored: dict[int, dict[int, records.StoredEvaluation]],  # noqa: ANN001
               on_epoch: Callable[[int, int, EpochMetrics], None] | None) -> EnsembleResult:
+    """The k-th seed: each member retrains with its own k-th evaluation seed."""
     from hpsearch.trainer.loop import predict_probs
 
-    """The k-th seed: each member retrains with its own k-th evaluation seed."""
     models = {}  # trial number -> (model, autocast dtype, curve or None when stored)
     seconds = 0.0
     for member in plan.retrained:
@@ -282,7 +278,7 @@ def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, k: int,
         loss, acc = score_probs(probs[number], test.labels)
         seed = member.trial.seed + k
         if curve is not None:  # retrained now: its own result is an ordinary evaluation
-            _store_member(url, plan, member, seed, acc, loss, curve, took)
+            _store_member(engine, plan, member, seed, acc, loss, curve, took)
         members.append(MemberResult(number, seed, acc, stored=curve is None))
     weights = [m.weight for m in plan.members]
     loss, acc = score_probs(average([probs[m.trial.number] for m in plan.members], weights),
@@ -295,7 +291,7 @@ def _one_seed(plan: EnsemblePlan, url: str, full: data_mod.TrainValData, k: int,
     baseline = next(m.test_acc for m in members if m.trial_number == plan.baseline.trial.number)
     result = EnsembleResult(plan.seeds[k], acc, loss, seconds, baseline, tuple(members), acc_tta,
                             loss_tta)
-    _store_ensemble(url, plan, result)
+    _store_ensemble(engine, plan, result)
     return result
 
 
@@ -340,9 +336,8 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
     return trained.model, trained.setup.autocast_dtype, curve, time.perf_counter() - started
 
 
-def _store_member(url: str, plan: EnsemblePlan, member: Member, seed: int, acc: float,
+def _store_member(engine: Engine, plan: EnsemblePlan, member: Member, seed: int, acc: float,
                   loss: float, curve: list[dict], seconds: float) -> None:
-    engine = make_engine(url)
     path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, member.trial.number,
                                  seed)
     try:
@@ -352,12 +347,9 @@ def _store_member(url: str, plan: EnsemblePlan, member: Member, seed: int, acc: 
         raise HpsearchError(f"trial {member.trial.number} was evaluated with seed {seed} and "
                             f"{member.params.epochs} epochs by another process meanwhile; run "
                             "again to see it") from None
-    finally:
-        engine.dispose()
 
 
-def _store_ensemble(url: str, plan: EnsemblePlan, result: EnsembleResult) -> None:
-    engine = make_engine(url)
+def _store_ensemble(engine: Engine, plan: EnsemblePlan, result: EnsembleResult) -> None:
     try:
         Recorder(engine).store_ensemble({
             "study_id": plan.study.id, "seed": result.seed, "selection": plan.selection,
@@ -368,5 +360,3 @@ def _store_ensemble(url: str, plan: EnsemblePlan, result: EnsembleResult) -> Non
     except DuplicateRowError:
         raise HpsearchError(f"this ensemble was evaluated with seed {result.seed} by another "
                             "process meanwhile; run again to see it") from None
-    finally:
-        engine.dispose()

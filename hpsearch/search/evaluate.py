@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from hpsearch.db import evaluation_queries, queries, records
-from hpsearch.db.engine import database_url, make_engine, normalise_url
+from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import DuplicateRowError
-from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.migrate import ensure_schema, reading
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.records import StoredEvaluation
 from hpsearch.db.session import connection_scope
@@ -116,16 +118,11 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_epochs(epochs)
-    full_url = normalise_url(database_url(url))
-    ensure_schema(full_url)
-    engine = make_engine(full_url)
-    try:
-        with connection_scope(engine) as conn:
-            study = queries.find_study(conn, name)
-            record = queries.chosen_trial(conn, study, trial, "to evaluate")
-            lrs = queries.trial_lrs(conn, study, record.number)
-    finally:
-        engine.dispose()
+    ensure_schema(url)  # evaluations are stored later
+    with reading(url) as conn:
+        study = queries.find_study(conn, name)
+        record = queries.chosen_trial(conn, study, trial, "to evaluate")
+        lrs = queries.trial_lrs(conn, study, record.number)
     retraining, data = plan_retraining(study, record, lrs, epochs, device=device,
                                        on_epoch=on_epoch)
     return EvaluationPlan(study, data, study.config.workers.checkpoint_dir, record, retraining,
@@ -186,14 +183,10 @@ def evaluation_seeds(trial: records.TrialRecord, seeds: int) -> tuple[int, ...]:
     return tuple(trial.seed + k for k in range(seeds))
 
 
-def _stored(url: str, plan: EvaluationPlan) -> dict[int, FinalResult]:
-    engine = make_engine(url)
-    try:
-        with connection_scope(engine) as conn:
-            rows = evaluation_queries.stored_evaluations(conn, plan.trial.id, plan.epochs,
-                                                        plan.seeds)
-    finally:
-        engine.dispose()
+def _stored(engine: Engine, plan: EvaluationPlan) -> dict[int, FinalResult]:
+    with connection_scope(engine) as conn:
+        rows = evaluation_queries.stored_evaluations(conn, plan.trial.id, plan.epochs,
+                                                    plan.seeds)
     return {seed: FinalResult(r.seed, r.epochs, r.test_acc, r.test_loss, r.seconds,
                               r.checkpoint_path, stored=True) for seed, r in rows.items()}
 
@@ -209,52 +202,55 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
     from hpsearch.trainer.loop import evaluate as score
     from hpsearch.trainer.runtime import resolve_device
 
-    full_url = normalise_url(database_url(url))
     dev = resolve_device(device)
-    stored = _stored(full_url, plan)
-    results: list[FinalResult] = []
-    options = plan.data
-    data: data_mod.TrainValData | None = None
-    for seed in plan.seeds:
-        if seed in stored:
-            results.append(stored[seed])
+    engine = make_engine(url)  # this command's one engine, for every read and write
+    try:
+        stored = _stored(engine, plan)
+        results: list[FinalResult] = []
+        options = plan.data
+        data: data_mod.TrainValData | None = None
+        for seed in plan.seeds:
+            if seed in stored:
+                results.append(stored[seed])
+                if on_result is not None:
+                    on_result(stored[seed])
+                continue
+            if data is None:  # loaded once, and only when something needs training
+                check_weights_folder(plan.checkpoint_dir, plan.study.name)
+                data = data_mod.load_full_train(options)
+            started = time.perf_counter()
+            try:
+                trained = fit(plan.params, data, seed=seed, device=device,
+                              lr_curve=plan.retraining.lr_curve)
+                for metrics in trained:
+                    if on_epoch is not None:
+                        on_epoch(seed, metrics)
+            except TrainingDiverged as exc:
+                raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
+                                    f"diverged: {exc}") from None
+            # the one look at the test set, after training is over, in the training's precision
+            test = data_mod.load_test_split(options, data.mean, data.std)
+            test_loss, test_acc = score(trained.model, test, dev, trained.setup.autocast_dtype)
+            path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
+                                         plan.trial.number, seed)
+            save_checkpoint(path, {k: v.detach().cpu() for k, v in
+                                   trained.model.state_dict().items()})
+            result = FinalResult(seed, plan.epochs, test_acc, test_loss,
+                                 time.perf_counter() - started, str(path))
+            curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
+            _store(engine, plan, result, curve)
+            results.append(result)
             if on_result is not None:
-                on_result(stored[seed])
-            continue
-        if data is None:  # loaded once, and only when something needs training
-            check_weights_folder(plan.checkpoint_dir, plan.study.name)
-            data = data_mod.load_full_train(options)
-        started = time.perf_counter()
-        try:
-            trained = fit(plan.params, data, seed=seed, device=device,
-                          lr_curve=plan.retraining.lr_curve)
-            for metrics in trained:
-                if on_epoch is not None:
-                    on_epoch(seed, metrics)
-        except TrainingDiverged as exc:
-            raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
-                                f"diverged: {exc}") from None
-        # the one look at the test set, after training is over, in the training's precision
-        test = data_mod.load_test_split(options, data.mean, data.std)
-        test_loss, test_acc = score(trained.model, test, dev, trained.setup.autocast_dtype)
-        path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
-                                     plan.trial.number, seed)
-        save_checkpoint(path, {k: v.detach().cpu() for k, v in
-                               trained.model.state_dict().items()})
-        result = FinalResult(seed, plan.epochs, test_acc, test_loss,
-                             time.perf_counter() - started, str(path))
-        curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
-        _store(full_url, plan, result, curve)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    publish_test_accuracy(full_url, plan.study.optuna_study_id, plan.trial.number,
-                          summarise(plan, results).to_dict())
-    return results
+                on_result(result)
+        publish_test_accuracy(engine, plan.study.optuna_study_id, plan.trial.number,
+                              summarise(plan, results).to_dict())
+        return results
+    finally:
+        engine.dispose()
 
 
-def _store(url: str, plan: EvaluationPlan, result: FinalResult, curve: list[dict]) -> None:
-    engine = make_engine(url)
+def _store(engine: Engine, plan: EvaluationPlan, result: FinalResult,
+           curve: list[dict]) -> None:
     try:
         Recorder(engine).store_evaluation(
             plan.trial.id, result.seed, result.epochs, result.test_acc, result.test_loss,
@@ -264,8 +260,6 @@ def _store(url: str, plan: EvaluationPlan, result: FinalResult, curve: list[dict
             f"trial {plan.trial.number} was evaluated with seed {result.seed} and "
             f"{result.epochs} epochs by another process meanwhile; run again to see it"
         ) from None
-    finally:
-        engine.dispose()
 
 
 def summarise(plan: EvaluationPlan, results: list[FinalResult]) -> records.EvaluationSummary:

@@ -64,6 +64,11 @@ class SearchLimits:
             self.limits, self.read_at = self.read(), now
         return self.limits
 
+    def seen(self, limits: dict[str, Any] | None) -> None:
+        """The limits as just read by someone else (the worker's study state, one statement):
+        they stand for the next LIMITS_READ_EVERY_S seconds."""
+        self.limits, self.read_at = limits, self.clock()
+
     def may_start(self) -> bool:
         limits = self._current()
         return limits is None or self.clock() < limits["start_by"]

@@ -21,9 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.db.errors import as_database_error
-from hpsearch.db.optuna_tables import set_trial_user_attrs, trial_system_attr
 from hpsearch.db.recorder import Recorder
-from hpsearch.db.session import connection_scope
 from hpsearch.errors import (
     CheckpointError,
     HpsearchError,
@@ -52,19 +50,17 @@ def _set_user_attrs(recorder: Recorder, trial: optuna.Trial, attrs: dict[str, An
     None values are skipped. They copy what our tables hold, so a write that fails costs only
     the copy: it is logged, never allowed to fail the trial or hide the error ending it."""
     try:
-        with connection_scope(recorder.engine) as conn:
-            set_trial_user_attrs(conn, trial._trial_id,
-                                 {k: v for k, v in attrs.items() if v is not None})
+        recorder.set_user_attrs(trial._trial_id, {k: v for k, v in attrs.items() if v is not None})
     except Exception as exc:  # see the docstring
         log.warning("trial %d: user attributes %s not set (%s)", trial.number,
                     ", ".join(attrs), as_database_error(exc) or exc)
 
 
-def retry_history(recorder: Recorder, trial: optuna.Trial) -> list[int]:
+def retry_history(trial: optuna.Trial) -> list[int]:
     """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
     callback in the trial's system attributes)."""
-    with connection_scope(recorder.engine) as conn:
-        return list(trial_system_attr(conn, trial._trial_id, "retry_history") or [])
+    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    return list(attrs.get("retry_history", []))
 
 
 class TrialRun(Protocol):
@@ -131,7 +127,7 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         applied, sampled = suggest(trial, self.config)
         params = TrialParams.from_dict(applied)  # the inactive ones' defaults do nothing
-        history = retry_history(self.recorder, trial)
+        history = retry_history(trial)
         # the seed follows the first attempt, so a resumed retry continues that run
         seed = self.config.seed + (history[0] if history else trial.number)
         keeps = self.trainer.keeps_checkpoints

@@ -16,12 +16,18 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
+from sqlalchemy import Engine
 from sqlalchemy.pool import Pool
 
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import as_database_error
 from hpsearch.db.migrate import ensure_schema, optuna_schema_lock
-from hpsearch.db.optuna_tables import claim_stale_check, record_heartbeat, stale_trial_ids
+from hpsearch.db.optuna_tables import (
+    claim_stale_check,
+    record_heartbeat,
+    set_study_attr,
+    stale_trial_ids,
+)
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope, translating
 from hpsearch.errors import HpsearchError
@@ -161,14 +167,10 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
                                  config.data.dataset)
 
 
-def publish_test_accuracy(url: str, optuna_study_id: int, number: int,
+def publish_test_accuracy(engine: Engine, optuna_study_id: int, number: int,
                           summary: dict[str, Any]) -> None:
     """Show a trial's final test accuracy (`hpsearch evaluate`) in optuna-dashboard and
     `optuna` tools. Optuna refuses attribute writes to a finished trial, so it goes on the
     study: user attribute `test_acc_final.trial_N` = {mean, std, seeds, epochs, trial}."""
-    storage = open_storage(url, WorkerOptions())
-    try:
-        storage.set_study_user_attr(optuna_study_id, f"test_acc_final.trial_{number}", summary)
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
+    with connection_scope(engine) as conn:
+        set_study_attr(conn, optuna_study_id, f"test_acc_final.trial_{number}", summary)

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import DatabaseError, as_database_error
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, study_attr, trial_counts, trial_state
+from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, study_attrs, trial_counts, trial_state
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
 from hpsearch.db.trial_slot import TrialSlotLock
@@ -112,9 +112,11 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     # an hours budget's limits, published by the `hpsearch run` that plans it
     def read_limits() -> dict[str, float] | None:
         with connection_scope(engine) as conn:
-            return study_attr(conn, study._study_id, BUDGET_LIMITS_KEY, system=True)
+            return study_attrs(conn, study._study_id, system_keys=(BUDGET_LIMITS_KEY,)).get(
+                BUDGET_LIMITS_KEY)
     limits = SearchLimits(read_limits)
-    control = StudyControl(study, config, engine)  # `hpsearch study stop|pause`, a target
+    # `hpsearch study stop|pause`, a target; its reads refresh the limits too
+    control = StudyControl(study, config, engine, limits)
 
     def after_epoch() -> bool:
         control.after_epoch()  # a central stop ends the trial here (StudyHalted)
@@ -196,12 +198,12 @@ class _Trials:
         "done" when the study has its trials; None when it was lost (see TrialLost). A
         transient database error raised here is waited out, and this is called again."""
         self.settle_faulted()
-        if not self.limits.may_start():
-            log.info("the search time of the hours budget is over: no new trial")
-            return "done"
-        halt = self.control.before_trial()
+        halt = self.control.before_trial()  # reads the budget's limits too
         if halt is not None:
             log.info("%s", halt.line(self.config.name))
+            return "done"
+        if not self.limits.may_start():
+            log.info("the search time of the hours budget is over: no new trial")
             return "done"
         study, slot = self.study, self.slot
         slot.acquire()

@@ -84,6 +84,9 @@ class FakeRecorder:
                      reason: str | None) -> None:
         self.ends.append((state, reason))
 
+    def set_user_attrs(self, optuna_trial_id: int, attrs: dict[str, Any]) -> None:
+        pass
+
 
 def objective(study: str, trainer: FakeTrainer, recorder: FakeRecorder) -> Objective:
     doc = {"study": {"name": "t"}, "budget": {"max_epochs": 5}, "data": {"dataset": "synthetic"}}
