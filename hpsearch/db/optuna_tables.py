@@ -172,10 +172,10 @@ def save_dashboard_note(conn: Connection, optuna_study_id: int, trial_id: int | 
             attrs.c.key.startswith(prefix, autoescape=True)))).all())
     version = int(json.loads(stored.pop(version_key, "0"))) + 1
     parts = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
-    set_study_system_attr(conn, optuna_study_id, version_key, version)
+    set_study_attr(conn, optuna_study_id, version_key, version, system=True)
     for i in range(max(len(parts), len(stored))):
-        set_study_system_attr(conn, optuna_study_id, f"{prefix}{i}",
-                              parts[i] if i < len(parts) else "")
+        set_study_attr(conn, optuna_study_id, f"{prefix}{i}",
+                       parts[i] if i < len(parts) else "", system=True)
 
 
 def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,
@@ -187,7 +187,7 @@ def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,
     need to agree to within a fraction of the interval."""
     attrs = study_system_attributes
     stmt = dialect_insert(conn)(attrs).values(study_id=optuna_study_id, key=STALE_CHECK_KEY,
-                                       value_json=json.dumps(now))
+                                              value_json=json.dumps(now))
     return conn.execute(stmt.on_conflict_do_update(
         index_elements=["study_id", "key"], set_={"value_json": stmt.excluded.value_json},
         where=cast(attrs.c.value_json, Float) <= now - interval).returning(attrs.c.key)
