@@ -46,6 +46,8 @@ study_system_attributes = table("study_system_attributes", column("study_id"), c
                                 column("value_json"))
 study_user_attributes = table("study_user_attributes", column("study_id"), column("key"),
                               column("value_json"))
+trial_system_attributes = table("trial_system_attributes", column("trial_id"), column("key"),
+                                column("value_json"))
 trial_user_attributes = table("trial_user_attributes", column("trial_id"), column("key"),
                               column("value_json"))
 
@@ -199,7 +201,7 @@ def trial_counts(conn: Connection, optuna_study_id: int) -> dict[str, int]:
     snapshot (Optuna's get_n_trials loads every trial of the state it counts)."""
     state = cast(trials.c.state, String)  # an enum type on PostgreSQL, text on SQLite
     return dict(conn.execute(select(state, func.count()).where(
-        trials.c.study_id == optuna_study_id).group_by(state)).tuples().all())
+        trials.c.study_id == optuna_study_id).group_by(state)).all())
 
 
 def trial_state(conn: Connection, trial_id: int) -> str:
@@ -219,6 +221,14 @@ def study_attrs(conn: Connection, optuna_study_id: int, keys: tuple[str, ...] = 
                                                       attrs.c.key.in_(names))
         for attrs, names in ((user, keys), (system, system_keys)) if names)))
     return {row.key: json.loads(row.value_json) for row in rows}
+
+
+def trial_system_attrs(conn: Connection, trial_id: int) -> dict[str, Any]:
+    """A trial's system attributes in one statement (Optuna's storage loads the whole trial:
+    seven)."""
+    attrs = trial_system_attributes
+    return {row.key: json.loads(row.value_json) for row in conn.execute(
+        select(attrs.c.key, attrs.c.value_json).where(attrs.c.trial_id == trial_id))}
 
 
 def set_trial_user_attrs(conn: Connection, trial_id: int, values: dict[str, Any]) -> None:

@@ -22,10 +22,6 @@ class StudyInfo:
     note: str | None = None
 
     @property
-    def planned_trials(self) -> int:
-        return self.config.n_trials
-
-    @property
     def seed(self) -> int:
         """The study's seed: the train/validation split's, and each trial's plus the number
         of its first attempt (the trial row's seed)."""
