@@ -24,7 +24,7 @@ from hpsearch.db.models import (
     utcnow,
 )
 from hpsearch.db.optuna_link import BrokenLink, check_link, refuse_foreign, row_marker
-from hpsearch.db.optuna_tables import set_marker, set_trial_user_attrs
+from hpsearch.db.optuna_tables import set_marker, set_trial_user_attrs, trial_system_attrs
 from hpsearch.db.queries import ranked_query
 from hpsearch.db.session import dialect_insert, session_scope
 from hpsearch.errors import TrialLost
@@ -179,6 +179,14 @@ class Recorder:
         optuna_tables.set_trial_user_attrs)."""
         with session_scope(self.engine) as session:
             set_trial_user_attrs(session.connection(), optuna_trial_id, attrs)
+
+    def retry_history(self, optuna_trial_id: int) -> list[int]:
+        """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
+        callback in the trial's system attributes; one statement, where Optuna's storage
+        loads the whole trial)."""
+        with session_scope(self.engine) as session:
+            attrs = trial_system_attrs(session.connection(), optuna_trial_id)
+        return list(attrs.get("retry_history", []))
 
     def trial_id(self, study_id: int, number: int) -> int | None:
         with session_scope(self.engine) as session:

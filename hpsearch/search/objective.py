@@ -56,13 +56,6 @@ def _set_user_attrs(recorder: Recorder, trial: optuna.Trial, attrs: dict[str, An
                     ", ".join(attrs), as_database_error(exc) or exc)
 
 
-def retry_history(trial: optuna.Trial) -> list[int]:
-    """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
-    callback in the trial's system attributes)."""
-    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
-    return list(attrs.get("retry_history", []))
-
-
 class TrialRun(Protocol):
     """One run, built and ready: iterating it trains and yields each epoch's metrics; stopping
     the loop stops the training (hpsearch.trainer.loop.Training is one)."""
@@ -127,7 +120,7 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         applied, sampled = suggest(trial, self.config)
         params = TrialParams.from_dict(applied)  # the inactive ones' defaults do nothing
-        history = retry_history(trial)
+        history = self.recorder.retry_history(trial._trial_id)
         # the seed follows the first attempt, so a resumed retry continues that run
         seed = self.config.seed + (history[0] if history else trial.number)
         keeps = self.trainer.keeps_checkpoints

@@ -27,7 +27,6 @@ from hpsearch.db.optuna_tables import (
     record_heartbeat,
     set_study_attr,
     stale_trial_ids,
-    trial_system_attrs,
 )
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope, translating
@@ -52,8 +51,7 @@ class Storage(RDBStorage):
     - one stale-trial check per study per interval, across all workers (claim_stale_check):
       the check loads every running trial, and N workers each doing it before every trial
       made the statements per trial grow with N; a worker tries at most once per interval,
-      and the check is one statement (Optuna's takes three); a trial's system attributes
-      (the objective's retry_history) are one statement too (Optuna's loads the whole trial);
+      and the check is one statement (Optuna's takes three);
     - `on_trial_created`: called once an ask of `study.ask()` has created its (running) trial,
       in the thread that asked: the worker's trial-slot lock is released there, before the
       sampler runs (TPE is the slow part of an ask, and under the lock every worker's ask
@@ -83,10 +81,6 @@ class Storage(RDBStorage):
             if error is None:
                 raise
             log.warning("heartbeat of trial id %d not recorded (%s)", trial_id, error.reason)
-
-    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
-        with connection_scope(self.engine) as conn:
-            return trial_system_attrs(conn, trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         # this process's own tries too, once per interval: Optuna's at each trial's start and

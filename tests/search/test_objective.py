@@ -87,6 +87,9 @@ class FakeRecorder:
     def set_user_attrs(self, optuna_trial_id: int, attrs: dict[str, Any]) -> None:
         pass
 
+    def retry_history(self, optuna_trial_id: int) -> list[int]:
+        return []
+
 
 def objective(study: str, trainer: FakeTrainer, recorder: FakeRecorder) -> Objective:
     doc = {"study": {"name": "t"}, "budget": {"max_epochs": 5}, "data": {"dataset": "synthetic"}}
