@@ -408,8 +408,9 @@ def test_root_options_and_command_order() -> None:
     assert "--debug" in help_text and "--version" in help_text
     listed = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines()
               if line.startswith("  ") and not line.startswith("   ")]
-    assert listed[:13] == ["run", "worker", "studies", "trials", "best", "show", "compare",
-                           "export", "report", "evaluate", "train", "study", "db"]
+    # in the order of a first day: init writes the study that run starts
+    assert listed[:14] == ["init", "run", "worker", "studies", "trials", "best", "show",
+                           "compare", "export", "report", "evaluate", "train", "study", "db"]
     version = CliRunner().invoke(app, ["--version"])
     assert version.exit_code == 0 and version.stdout.startswith("hpsearch 0.")
 
