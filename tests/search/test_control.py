@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -75,10 +74,11 @@ def test_stop_ends_a_two_worker_study_at_the_next_epoch_and_resume_continues_it(
     code, out, err = hps(capsys, monkeypatch, "study", "stop", "central", "--db", sqlite_url)
     assert code == 0, err
     assert "each worker ends its trial at its next epoch" in out
-    stopped_at, at_stop = time.monotonic(), epochs(sqlite_url)
+    at_stop = epochs(sqlite_url)
     output = finish(run)
-    # far sooner than the trials' 40 epochs; each trial ran on by one epoch at most
-    assert run.returncode == 0 and time.monotonic() - stopped_at < 30, output
+    # each trial ran on by one epoch at most (counted in epochs, not seconds: a loaded machine
+    # stretches seconds, and a stop that did not work would let the trials run all 40 epochs)
+    assert run.returncode == 0, output
     assert "study 'central' is stopped (stopped by `hpsearch study stop`)" in output, output
     after = epochs(sqlite_url)
     stopped = [t for t in rows(sqlite_url, "central") if t.state == "failed"]
