@@ -30,7 +30,7 @@ from hpsearch.search.study_file import parse_study
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer import loop as train_mod
 from hpsearch.trainer.model import build_model, count_parameters
-from tests.db_rows import sqlite_copy
+from tests.db_rows import model_rows, sqlite_copy
 from tests.helpers import count_test_loads, hps, run_in_process
 from tests.study_files import write_tiny_study
 
@@ -52,12 +52,7 @@ def url(tiny_study: Path, tmp_path: Path) -> str:
 
 
 def evaluations(url: str) -> list[Evaluation]:
-    engine = make_engine(url)
-    try:
-        with Session(engine, expire_on_commit=False) as session:
-            return list(session.scalars(select(Evaluation).order_by(Evaluation.id)))
-    finally:
-        engine.dispose()
+    return model_rows(url, Evaluation)
 
 
 def ensemble_rows(url: str) -> list[EnsembleEvaluation]:
