@@ -8,7 +8,9 @@ Three settings: `hours=True`, `hpsearch run --hours` (the hours budget of issue 
 plans the search and the final retraining inside the arm's budget and scores the test set
 itself; `hours=False`, what a user has without it: a search timeout of SEARCH_SHARE of the
 budget, then `hpsearch evaluate`; and `hours=True, ensemble=2`: the hours budget with
-`[budget] final = {ensemble = 2}`, the test accuracy being the ensemble's.
+`[budget] final = {ensemble = 2}`, the test accuracy being the ensemble's; and `hours=True,
+rungs=False`: the hours budget with epochs as the only fidelity (successive halving over epochs
+of the whole training split, as ASHA), so that a finalist's first epochs are on all the data.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ dataset = "fashion-mnist"
 val_fraction = {val_fraction}
 
 [budget]
-rungs = [{{ fraction = 0.2, epochs = {r1} }}, {{ fraction = 0.5, epochs = {r2} }},
-         {{ fraction = 1.0, epochs = {epochs} }}]
+{fidelity}
 {final}
 [space]
 model = "mixer"
@@ -69,16 +70,27 @@ compile = "off"
 """
 
 
+def fidelity_lines(epochs: int, *, rungs: bool) -> str:
+    """Rungs of data fraction x epochs (the fidelity study's), or epochs as the only fidelity:
+    successive halving over epochs 1, 3, 9, 27... of the whole training split."""
+    if not rungs:
+        return f"max_epochs = {epochs}"
+    return (f"rungs = [{{ fraction = 0.2, epochs = {max(1, round(epochs * 0.2))} }}, "
+            f"{{ fraction = 0.5, epochs = {max(2, round(epochs * 0.4))} }},\n"
+            f"         {{ fraction = 1.0, epochs = {epochs} }}]")
+
+
 def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
-                 folder: Path, *, hours: bool, ensemble: int = 1) -> ArmResult:
-    suffix = "-ensemble" if ensemble > 1 else "-hours" if hours else ""
+                 folder: Path, *, hours: bool, ensemble: int = 1,
+                 rungs: bool = True) -> ArmResult:
+    suffix = ("-ensemble" if ensemble > 1 else "-hours" if hours and rungs
+              else "-epochs" if hours else "")
     work = folder / f"hpsearch{suffix}-seed-{seed}"
     work.mkdir(parents=True, exist_ok=True)
     name = f"race-{work.name}"
     study = work / "study.toml"
     study.write_text(STUDY.format(name=name, seed=seed, val_fraction=options.val_fraction,
-                                  r1=max(1, round(epochs * 0.2)),
-                                  r2=max(2, round(epochs * 0.4)), epochs=epochs,
+                                  fidelity=fidelity_lines(epochs, rungs=rungs),
                                   final=(f"final = {{ ensemble = {ensemble} }}\nhours = 1.0  "
                                          "# replaced by run --hours\n" if ensemble > 1
                                          else "")))

@@ -21,7 +21,8 @@ BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
 LABELS = {"hand": "(a) hand-tuned, 1 run", "optuna": "(b) Optuna TPE + median",
           "asha": "(c) random + ASHA", "hpsearch": "(d) hpsearch, timeout + evaluate",
           "hpsearch-hours": "(d) hpsearch run --hours",
-          "hpsearch-ensemble": "(d) hpsearch run --hours, ensemble of 2"}
+          "hpsearch-ensemble": "(d) hpsearch run --hours, ensemble of 2",
+          "hpsearch-epochs": "(d) hpsearch run --hours, epochs as the only fidelity"}
 GRID_POINTS = 200
 
 
