@@ -7,6 +7,7 @@ import csv
 import html
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -164,7 +165,12 @@ def _fit(headers: list[str], body: list[list[str]], width: int, essential: list[
          ) -> tuple[list[str], list[list[str]], list[str]]:
     """The columns that fit `width` (rich's default box: a border and one space of padding on
     each side of every cell), in their order, and the titles of those left out."""
-    needs = [max([len(h), *(len(row[i]) for row in body)]) + 3 for i, h in enumerate(headers)]
+    cells = [max((len(row[i]) for row in body), default=0) for i in range(len(headers))]
+    if 1 + sum(max(len(h), c) + 3 for h, c in zip(headers, cells, strict=True)) > width:
+        # too narrow for every column on one header line: headers wrap at their words
+        headers = [_wrap(h, max(c, *map(len, _words(h)))) for h, c in
+                   zip(headers, cells, strict=True)]
+    needs = [max(c, *map(len, h.split("\n"))) + 3 for h, c in zip(headers, cells, strict=True)]
     used = 1 + sum(needs[:KEPT_COLUMNS])
     keep = set(range(min(KEPT_COLUMNS, len(headers))))
     optional = range(KEPT_COLUMNS, len(headers))
@@ -173,8 +179,26 @@ def _fit(headers: list[str], body: list[list[str]], width: int, essential: list[
             keep.add(i)
             used += needs[i]
     kept = sorted(keep)
-    dropped = [h for i, h in enumerate(headers) if i not in keep]
+    dropped = [h.replace("_\n", "_").replace("\n", " ") for i, h in enumerate(headers)
+               if i not in keep]
     return [headers[i] for i in kept], [[row[i] for i in kept] for row in body], dropped
+
+
+def _words(header: str) -> list[str]:
+    """A header's pieces a line may end after: words, and a name's parts after "_"."""
+    return re.findall(r"[^ _]+_?|_", header) or [header]
+
+
+def _wrap(header: str, width: int) -> str:
+    """The header on lines of at most `width` characters (greedy, at its words)."""
+    lines: list[str] = []
+    for word in _words(header):
+        joined = lines[-1] + ("" if lines[-1].endswith("_") else " ") + word if lines else word
+        if lines and len(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 def select_columns(sheet: Sheet, wanted: Sequence[str]) -> Sheet:

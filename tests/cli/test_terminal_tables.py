@@ -73,8 +73,7 @@ def test_all_and_columns_choose_what_a_terminal_shows(recorded: str) -> None:
     wide = on_terminal(100, "trials", NAME, "--all", "--db", recorded)
     assert max(len(line) for line in wide) > 100  # every column, as asked
     picked = on_terminal(100, "trials", NAME, "--columns", "number,state,lr", "--db", recorded)
-    header = next(line for line in picked if "┃" in line)
-    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["trial", "state", "lr"]
+    assert header_cells(picked) == ["trial", "state", "lr"]
 
 
 def test_a_pipe_keeps_every_column(recorded: str, capsys: pytest.CaptureFixture[str],
@@ -102,8 +101,16 @@ def test_failed_and_pruned_trials_show_their_reason(recorded: str,
 
 
 def header_cells(lines: list[str]) -> list[str]:
-    header = next(line for line in lines if "┃" in line)
-    return [cell.strip() for cell in header.split("┃")[1:-1]]
+    """The column titles, a title wrapped over several header lines joined again."""
+    top = next(i for i, line in enumerate(lines) if "┏" in line)
+    end = next(i for i, line in enumerate(lines) if "┡" in line)
+    titles: list[str] = []
+    for line in lines[top + 1:end]:
+        pieces = [cell.strip() for cell in line.split("┃")[1:-1]]
+        titles = titles or [""] * len(pieces)
+        titles = [t + ("" if not t or t.endswith("_") or not p else " ") + p
+                  for t, p in zip(titles, pieces, strict=True)]
+    return titles
 
 
 def ranked_params(url: str, name: str) -> list[str]:
@@ -127,14 +134,17 @@ def test_a_narrow_terminal_shows_the_objective_and_the_top_parameters(recorded: 
     important sampled parameters; 120 columns: every sampled parameter."""
     ranked = ranked_params(recorded, NAME)
     narrow = on_terminal(80, "trials", NAME, "--db", recorded)
-    assert header_cells(narrow) == ["trial", "state", "best val acc", "best", *ranked[:3]]
+    assert max(len(line) for line in narrow) <= 80, "\n".join(narrow)
+    cells = header_cells(narrow)
+    assert cells[:7] == ["trial", "state", "best val acc", "best", *ranked[:3]], cells
     assert "parameters by importance: PED-ANOVA" in " ".join(narrow)
     wide = header_cells(on_terminal(120, "trials", NAME, "--db", recorded))
     assert wide[:4 + len(ranked)] == ["trial", "state", "best val acc", "best", *ranked]
 
 
 def test_a_narrow_terminal_keeps_every_objective(tmp_path: Path) -> None:
-    """A multi-objective study: the second objective is never the column left out."""
+    """A multi-objective study: the second objective is never the column left out, and the
+    three most important parameters still fit (the headers wrap at their words)."""
     url = f"sqlite:///{tmp_path / 'multi.db'}"
     build_recorded_study(url, "multi")
     engine = make_engine(url)
@@ -143,9 +153,12 @@ def test_a_narrow_terminal_keeps_every_objective(tmp_path: Path) -> None:
         conn.execute(update(Study).values(spec={**spec,
                                                 "objectives": ["val_acc:max", "val_loss:min"]}))
     engine.dispose()
-    cells = header_cells(on_terminal(80, "trials", "multi", "--db", url))
-    assert cells[:5] == ["trial", "state", "best val acc", "best val loss", "best"], cells
-    assert len(cells) >= 7, cells  # and parameters after them
+    narrow = on_terminal(80, "trials", "multi", "--db", url)
+    assert max(len(line) for line in narrow) <= 80, "\n".join(narrow)
+    cells = header_cells(narrow)
+    ranked = ranked_params(url, "multi")  # and the three most important parameters after them
+    assert cells[:8] == ["trial", "state", "best val acc", "best val loss", "best",
+                         *ranked[:3]], cells
 
 
 def test_tags_are_shown_and_filter_the_trials(
