@@ -87,8 +87,11 @@ class StudyConfig:
     name: str
     sampler: str = "tpe"
     pruner: str = "hyperband"
-    # what it optimises: the first objective is reported each epoch (pruning, `value`)
+    # what it optimises: the first objective is the trials' `value` and picks the chosen trial
     objectives: tuple[ObjectiveSpec, ...] = DEFAULT
+    # which objective is reported each epoch and pruned on ([pruner] objective): an index into
+    # objectives, of an epoch measure
+    pruned_objective: int = 0
     n_trials: int = 20
     timeout: float | None = None  # seconds, per worker
     # the first objective's value that ends the search once a trial reaches it (search/control)
@@ -111,9 +114,9 @@ class StudyConfig:
     dry_run: float | None = None
 
     @property
-    def metric(self) -> str:
-        """The first objective's measure: the one reported each epoch."""
-        return self.objectives[0].measure
+    def pruned(self) -> ObjectiveSpec:
+        """The objective whose every-epoch value goes to Optuna and the pruner."""
+        return self.objectives[self.pruned_objective]
 
     @property
     def multi_objective(self) -> bool:
@@ -154,6 +157,7 @@ class StudyConfig:
                            for name, on in self.conditions.items()},
             "fixed": dict(self.fixed),
             "objectives": [o.label for o in self.objectives],
+            "pruned_objective": self.pruned.measure,
             "min_epochs": self.min_epochs,
             "rungs": [[r.fraction, r.epochs] for r in self.rungs],
             "seed": self.seed,
@@ -181,9 +185,13 @@ class StudyConfig:
                                 f"{SPEC_VERSION} (upgrade hpsearch, or `hpsearch db upgrade`)")
         workers = dict(settings["workers"])
         workers["gpus"] = tuple(workers.get("gpus", ()))
+        objectives = stored_objectives(spec)
+        # specs stored before [pruner] objective existed prune on the first objective
+        pruned = [o.measure for o in objectives].index(
+            spec.get("pruned_objective", objectives[0].measure))
         return cls(
             name=name, sampler=settings["sampler"], pruner=settings["pruner"],
-            objectives=stored_objectives(spec), n_trials=settings["n_trials"],
+            objectives=objectives, pruned_objective=pruned, n_trials=settings["n_trials"],
             timeout=settings["timeout"], target=settings["target"], hours=settings["hours"],
             final=FinalAsk(**settings["final"]), seed=spec["seed"], min_epochs=spec["min_epochs"],
             pruner_options=dict(settings["pruner_options"]),

@@ -175,7 +175,8 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     on_gpus = f" on GPU(s) {','.join(gpus)}" if gpus else ""
     console.print(f"study {config.name} in {mask_url(url)}: {workers} worker(s){on_gpus}, "
                   f"{'up to ' if hours else ''}{config.n_trials} trials, sampler "
-                  f"{config.sampler}, pruner {config.pruner}",
+                  f"{config.sampler}, pruner {config.pruner}"
+                  f"{f' on {config.pruned.measure}' if config.multi_objective else ''}",
                   highlight=False, markup=False, soft_wrap=True)
     budget = (_budget(config, url, hours, console, began) if hours is not None else None)
     if budget is None:

@@ -86,10 +86,11 @@ def _study_section(conn: Connection, stats: records.StudyStats, curves: int, key
     values = queries.objective_values(conn, info) if len(info.objectives) > 1 else None
     if values is not None:
         front = queries.pareto(conn, info)
+        pruning = ("pruning is off" if info.config.pruner == "none" else
+                   f"the {info.config.pruner} pruner follows {info.config.pruned.measure}")
         section.items.append(note_html(
             f"Objectives: {tables.objective_text(info.objectives)}. The chosen trial is the "
-            "front's best in the first objective (see `hpsearch best --help`); pruning is off "
-            "for multi-objective studies."))
+            f"front's best in the first objective (see `hpsearch best --help`); {pruning}."))
         section.items.append(
             Figure(f"{key}-pareto", f"{info.name}: Pareto front",
                    figures.pareto_figure(info.name, front, values)) if front.trials

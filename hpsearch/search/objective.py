@@ -1,7 +1,8 @@
 """One Optuna trial: sample params → train → record each epoch → report → prune.
 
-The first objective is reported each epoch; a multi-objective study is never pruned (Optuna does
-not prune them) and gets every objective's value at the end (hpsearch.objectives).
+The pruned objective (the first, or `[pruner] objective`) is reported each epoch, in a study of
+several objectives too (hpsearch.search.pruning); a multi-objective study gets every
+objective's value at the end (hpsearch.objectives).
 
 The glue between the trainer (which knows nothing of Optuna or the database), Optuna, and the
 recorder. Divergent runs end as pruned trials with their reason stored. No torch here: the
@@ -36,6 +37,7 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import epoch_values
 from hpsearch.params import TrialParams
 from hpsearch.paths import MODEL_PREFIX, checkpoint_folder, checkpoint_path, model_path
+from hpsearch.search.pruning import PruningView
 from hpsearch.search.space import suggest
 from hpsearch.spec import StudyConfig
 from hpsearch.stop import check_stop, interrupted_reason
@@ -99,6 +101,7 @@ class Objective:
         self.trainer = trainer
         self.recorder = recorder
         self.worker = worker
+        self.pruning = PruningView(config)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         """Run the trial. Its own failure (a training error, say) is recorded and raised as
@@ -134,7 +137,8 @@ class Objective:
                                         self.worker, retried_from=history[-1] if history else None,
                                         seed=seed,
                                         precision=precision, device=self.trainer.device)
-        primary = self.config.objectives[0]  # reported every epoch; the pruners follow it
+        primary = self.config.objectives[0]  # the trial's value and best epoch follow it
+        pruned = self.config.pruned  # reported every epoch; the pruner follows it
         started = time.monotonic()
         n_params: int | None = None
         checkpoint = checkpoint_path(self.config.workers.checkpoint_dir, self.config.name,
@@ -147,14 +151,14 @@ class Objective:
         # every epoch's metrics (a resumed trial's earlier ones too), by epoch: the rung ends
         # compare them, and the objectives' values are taken from them at the end
         seen: dict[int, dict[str, Any]] = {}
-        # Optuna neither takes reports nor prunes multi-objective studies; with rungs the trials
-        # are compared at the end of each rung only
-        each_epoch = not (self.config.multi_objective or self.config.rungs)
-        pruned: str | None = None  # why the loop was stopped early, if it was
+        # with rungs the trials are compared at the end of each rung only
+        each_epoch = not self.config.rungs
+        stopped: str | None = None  # why the loop was stopped early, if it was
 
         # from here on every way out records the trial's end with its reason; an exception
         # that escaped would leave the row "running" until another worker called it dead
         try:
+            reported = self.pruning.trial(trial)  # whom the epochs are reported to
             if resume_from is not None and state is not None:
                 log.info("trial %d: resuming from %s (epoch %d of trial %d)", trial.number,
                          resume_from, int(state["epoch"]), resumed_number)
@@ -179,29 +183,29 @@ class Objective:
                             "precision": precision, "device": self.trainer.device})
                     for metrics in run:
                         best = self.recorder.record_epoch(row, metrics, primary, fraction)
-                        value = getattr(metrics, primary.measure)
                         if best == metrics.epoch and model:  # a new peak
                             run.save_model(model, study=self.config.name, trial=trial.number,
                                            seed=seed, split_seed=self.config.seed,
                                            epoch=metrics.epoch, metrics=metrics.to_dict())
                         seen[metrics.epoch] = metrics.to_dict()
                         if each_epoch:
-                            trial.report(value, metrics.epoch)
-                            if trial.should_prune():  # stopping the loop stops the training
-                                pruned = (f"pruned at epoch {metrics.epoch} "
-                                          f"({primary.measure} {value:.4f})")
-                        if (pruned is None and metrics.epoch < self.config.max_epochs
+                            value = getattr(metrics, pruned.measure)
+                            reported.report(value, metrics.epoch)
+                            if reported.should_prune():  # stopping the loop stops the training
+                                stopped = (f"pruned at epoch {metrics.epoch} "
+                                           f"({pruned.measure} {value:.4f})")
+                        if (stopped is None and metrics.epoch < self.config.max_epochs
                                 and self.search_over()):
-                            pruned = (f"stopped at epoch {metrics.epoch}: the search time of "
-                                      "the hours budget is over")
-                        if pruned is not None:
+                            stopped = (f"stopped at epoch {metrics.epoch}: the search time of "
+                                       "the hours budget is over")
+                        if stopped is not None:
                             break
-                    if pruned is not None:
+                    if stopped is not None:
                         break
                     done, resume_from = max(seen, default=done), checkpoint
                 if end is not None and stage < len(self.config.rungs) - 1:
-                    pruned = self._rung_end(trial, stage, seen)
-                    if pruned is not None:
+                    stopped = self._rung_end(reported, stage, seen)
+                    if stopped is not None:
                         break
         except TrainingDiverged as exc:
             self._finish(trial, row, "pruned", started, n_params,
@@ -220,10 +224,10 @@ class Objective:
             reason = _noted(note, failure_reason(exc))
             self._finish(trial, row, "failed", started, n_params, reason, None)
             raise TrialFailed(reason) from exc
-        if pruned is not None:
-            self._finish(trial, row, "pruned", started, n_params, _noted(note, pruned),
+        if stopped is not None:
+            self._finish(trial, row, "pruned", started, n_params, _noted(note, stopped),
                          checkpoint)
-            raise optuna.TrialPruned(pruned)
+            raise optuna.TrialPruned(stopped)
         self._finish(trial, row, "complete", started, n_params, note, checkpoint)
         values = tuple(v if v is not None else float("nan") for v in epoch_values(
             self.config.objectives, [seen[e] for e in sorted(seen)], n_params))
@@ -240,18 +244,18 @@ class Objective:
 
     def _rung_end(self, trial: optuna.Trial, index: int,
                   seen: dict[int, dict[str, Any]]) -> str | None:
-        """At the end of every rung but the last, its last epoch's first objective is reported
+        """At the end of every rung but the last, its last epoch's pruned objective is reported
         as one intermediate value at step reduction_factor**index (the resources of Optuna's
         successive halving and Hyperband with min_resource 1), and the pruner decides the
         promotion. Returns why the trial is pruned, or None when it is promoted."""
         rung = self.config.rungs[index]
-        primary = self.config.objectives[0]
-        value = float(seen[rung.epochs][primary.measure])
+        pruned = self.config.pruned
+        value = float(seen[rung.epochs][pruned.measure])
         trial.report(value, self.config.pruner_options["reduction_factor"] ** index)
         if not trial.should_prune():
             return None
         return (f"pruned at the end of rung {index + 1} (fraction {rung.fraction:g}, epoch "
-                f"{rung.epochs}, {primary.measure} {value:.4f})")
+                f"{rung.epochs}, {pruned.measure} {value:.4f})")
 
     def _finish(self, trial: optuna.Trial, row: int, state: str, started: float,
                 n_params: int | None, reason: str | None, checkpoint: Path | None) -> None:

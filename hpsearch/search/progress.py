@@ -23,8 +23,9 @@ def summary_line(progress: StudyProgress, config: StudyConfig) -> str:
     line = (f"finished {progress.finished}/{config.n_trials}  (complete {c.get('complete', 0)}, "
             f"pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)})  {first.title} {best}")
     if config.multi_objective:  # the best above is the chosen trial: the front's best first
-        line += (f"  objectives {', '.join(o.label for o in config.objectives)}, "
-                 "pruning off (multi-objective)")
+        line += f"  objectives {', '.join(o.label for o in config.objectives)}"
+        if config.pruner != "none":
+            line += f", pruned on {config.pruned.measure}"
     if progress.halted is not None:  # `hpsearch study stop|pause`: the workers are leaving
         line += f"  study {progress.halted}, workers leaving"
     if progress.unavailable_since is not None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from hpsearch.search.pruning import RankingPrunedTPESampler, pruned_direction
 from hpsearch.search.space_file import grid_values
 from hpsearch.spec import Categorical, Dimension, StudyConfig
 
@@ -40,10 +41,13 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
         # one space; grouped multivariate TPE models each set of parameters that occur together
         # on the trials where they did, where plain multivariate TPE falls back to sampling
         # every parameter independently as soon as the spaces differ
+        options: dict[str, Any] = {"seed": seed, "multivariate": True, "group": True,
+                                   "constant_liar": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                              constant_liar=True)
+            if config.multi_objective:  # its pruned trials ranked on the pruned objective
+                return RankingPrunedTPESampler(pruned_direction(config), **options)
+            return optuna.samplers.TPESampler(**options)
     if config.sampler == "nsga2":  # the genetic multi-objective sampler
         return optuna.samplers.NSGAIISampler(seed=seed)
     if config.sampler == "random":

@@ -12,7 +12,8 @@ kinds:
   they hold). Applied only with `--update`, which stores the new settings.
   n_trials is no difference: each run states its target (the file's, or `run --trials`).
 - incompatible: the spec, what a trial is: the search space, its conditions and the fixed
-  parameters, the epoch budget, the seed, the objectives, and the data (dataset, validation
+  parameters, the epoch budget, the seed, the objectives and which of them the trials report
+  each epoch ([pruner] objective), and the data (dataset, validation
   share, subset, synthetic size and blend). Refused: such a study needs a new name.
 
 Values are compared after parsing, with defaults filled in, so writing out a default that the
@@ -32,6 +33,9 @@ from hpsearch.spec import Categorical, Range, StudyConfig
 COMPATIBLE_KEYS = {"study.timeout", "study.target", "study.sampler", "study.pruner",
                    "data.data_dir", "budget.hours", "budget.final"}
 COMPATIBLE_PREFIXES = ("workers.", "pruner.")
+# under a compatible prefix, but what the trials' reported curves measure: the pruner would
+# compare one measure's curves with another's
+SPEC_KEYS = {"pruner.objective"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class Change:
 
     @property
     def compatible(self) -> bool:
-        return self.key in COMPATIBLE_KEYS or self.key.startswith(COMPATIBLE_PREFIXES)
+        return self.key not in SPEC_KEYS and (self.key in COMPATIBLE_KEYS
+                                              or self.key.startswith(COMPATIBLE_PREFIXES))
 
     def line(self) -> str:
         return f"  {self.key}: {_shown(self.old)} -> {_shown(self.new)}"
@@ -63,6 +68,7 @@ def settings(config: StudyConfig) -> dict[str, Any]:
     out["budget.hours"] = config.hours
     out["budget.final"] = dataclasses.asdict(config.final)
     out |= {f"pruner.{k}": v for k, v in config.pruner_options.items()}
+    out["pruner.objective"] = config.pruned.measure
     out |= {f"data.{k}": v for k, v in dataclasses.asdict(config.data).items()}
     out |= {f"workers.{k}": v for k, v in dataclasses.asdict(config.workers).items()}
     fixed = config.base_params().to_dict()  # every parameter, defaults included

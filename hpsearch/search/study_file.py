@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.objectives import parse_objectives
+from hpsearch.objectives import EPOCH_MEASURES, ObjectiveSpec, parse_objectives
 from hpsearch.params import (
     MIN_TRAIN_IMAGES,
     MODEL_ARGS,
@@ -137,19 +137,34 @@ def check_timeout(value: object, where: str = "timeout") -> float:
 
 
 def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
-    """[pruner]: options of the pruner named in [study]; an option of another pruner is an
-    error, not silently ignored."""
+    """[pruner]: options of the pruner named in [study] (and `objective`, which every pruner
+    takes: parse_pruned_objective); an option of another pruner is an error, not silently
+    ignored."""
     options = PRUNER_OPTIONS[pruner]
     value = doc.get("pruner", {})
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: [pruner] must be a table")
     for key in value:
-        if key not in options:
-            takes = ", ".join(options) or "no options"
+        if key not in options and key != "objective":
+            takes = ", ".join(["objective", *options])
             raise ConfigError(f"{where}: [pruner] {key} does not apply to pruner {pruner!r} "
                               f"(it takes: {takes})")
     return {key: typed_value(where, key, value.get(key, default), int, minimum=minimum)
             for key, (default, minimum) in options.items()}
+
+
+def parse_pruned_objective(doc: dict[str, Any], objectives: tuple[ObjectiveSpec, ...],
+                           where: str) -> int:
+    """[pruner] objective = "val_loss": the objective whose every-epoch value goes to Optuna
+    (its intermediate values, which optuna-dashboard draws) and to the pruner; one of the
+    study's objectives measured every epoch, the first by default. Returns its index."""
+    measures = [o.measure for o in objectives]
+    name = doc.get("pruner", {}).get("objective", measures[0])
+    reported = [m for m in measures if m in EPOCH_MEASURES]
+    if name not in reported:
+        raise ConfigError(f"{where}: [pruner] objective {name!r} is not one of the study's "
+                          f"objectives measured every epoch (choose from: {', '.join(reported)})")
+    return measures.index(name)
 
 
 def parse_rungs(budget: dict[str, Any], pruner: str, where: str) -> tuple[Rung, ...]:
@@ -256,16 +271,10 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     objectives = parse_objectives(study, where)
     multi = len(objectives) > 1
     if multi and "rungs" in budget:
-        raise ConfigError(f"{where}: [budget] rungs cannot be combined with several objectives: "
-                          "promotion between rungs is pruning, and Optuna prunes "
-                          "single-objective studies only (keep one objective or drop the rungs)")
-    # Optuna prunes single-objective studies only: a multi-objective one defaults to no pruner
-    pruner = choice_value(where, "pruner", study.get("pruner", "none" if multi else "hyperband"),
-                          PRUNERS)
+        raise ConfigError(f"{where}: [budget] rungs cannot be combined with several objectives "
+                          "(keep one objective or drop the rungs)")
+    pruner = choice_value(where, "pruner", study.get("pruner", "hyperband"), PRUNERS)
     sampler = choice_value(where, "sampler", study.get("sampler", "tpe"), SAMPLERS)
-    if multi and pruner != "none":
-        raise ConfigError(f"{where}: pruning is off for multi-objective studies (Optuna does "
-                          f"not prune them): remove pruner = {pruner!r} or set it to 'none'")
     if multi and sampler not in MULTI_OBJECTIVE_SAMPLERS:
         raise ConfigError(f"{where}: sampler {sampler!r} takes one objective (for several "
                           f"choose from: {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
@@ -292,6 +301,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         pruner_options=parse_pruner_options(doc, pruner, where),
         rungs=rungs,
         objectives=objectives,
+        pruned_objective=parse_pruned_objective(doc, objectives, where),
         n_trials=check_n_trials(study.get("n_trials", 20), where),
         timeout=check_timeout(study["timeout"], where) if "timeout" in study else None,
         target=_parse_target(study, multi, where),

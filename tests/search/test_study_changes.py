@@ -64,6 +64,25 @@ def test_an_hours_budget_may_change_between_runs(tmp_path: Path) -> None:
     assert changes[1].line() == "  budget.hours: (unset) -> 2.0"
 
 
+def test_the_pruned_objective_is_what_a_trial_reports(tmp_path: Path) -> None:
+    """[pruner] objective: stored with the spec (an old spec without it prunes on the first
+    objective), and a change is incompatible: the curves already reported measure the other."""
+    path = write_tiny_study(tmp_path, pruner="median")
+    edit(path, "seed = 0", 'seed = 0\nobjectives = ["val_acc", "val_loss"]')
+    before = load_study(path)
+    assert before.pruned.measure == "val_acc"
+    edit(path, "[space]", '[pruner]\nobjective = "val_loss"\n\n[space]')
+    after = load_study(path)
+    assert after.pruned.measure == "val_loss"
+    spec = after.spec_json()
+    assert StudyConfig.from_stored("tiny", spec, after.settings_json()).pruned_objective == 1
+    del spec["pruned_objective"]
+    assert StudyConfig.from_stored("tiny", spec, after.settings_json()).pruned_objective == 0
+    (change,) = compare(before, after)
+    assert change.line() == "  pruner.objective: 'val_acc' -> 'val_loss'"
+    assert not change.compatible
+
+
 def test_incompatible_changes_are_refused_with_each_difference(sqlite_url: str,
                                                                tmp_path: Path) -> None:
     path = write_tiny_study(tmp_path, n_trials=1, epochs=1)

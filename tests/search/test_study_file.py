@@ -78,9 +78,13 @@ def test_space_kinds() -> None:
     ({"study": {"name": "t", "sampler": "grid"}, "space": {"lr": {"low": 0.1, "high": 0.2}}},
      "grid sampler"),
     ({"study": {"name": "t", "pruner": "median"}, "pruner": {"reduction_factor": 3}},
-     "reduction_factor does not apply to pruner 'median' (it takes: startup_trials)"),
+     "reduction_factor does not apply to pruner 'median' (it takes: objective, "
+     "startup_trials)"),
     ({"study": {"name": "t", "pruner": "none"}, "pruner": {"startup_trials": 3}},
-     "(it takes: no options)"),
+     "startup_trials does not apply to pruner 'none' (it takes: objective)"),
+    ({"study": {"name": "t", "metric": "val_loss"}, "pruner": {"objective": "val_acc"}},
+     "[pruner] objective 'val_acc' is not one of the study's objectives measured every epoch "
+     "(choose from: val_loss)"),
     ({"study": {"name": "t", "pruner": "hyperband"}, "pruner": {"reduction_factor": 1}},
      "reduction_factor must be at least 2"),
     ({"study": {"name": "t", "pruner": "median"}, "pruner": {"startup_trials": -1}},
