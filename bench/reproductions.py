@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -143,7 +143,8 @@ def run_one(repro: Reproduction, out: Path, common: list[str]) -> None:
     with atomic_write(marker) as f:
         json.dump({"study": repro.name, "commit": commit(),
                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                   "this_invocation_minutes": (time.monotonic() - started) / 60}, f)
+                   "this_invocation_minutes": (time.monotonic() - started) / 60,
+                   **asdict(measured(repro, url))}, f)
         f.write("\n")
 
 
@@ -154,14 +155,11 @@ class Row:
     test_acc: float
     eval_epochs: int
     minutes: float  # the trial's training plus the final retraining and test pass
-    commit: str
 
 
-def result(repro: Reproduction, out: Path) -> Row | None:
-    marker = out / f"{repro.stem}.json"
-    if not marker.exists():
-        return None
-    url = repro.db_url(out)
+def measured(repro: Reproduction, url: str) -> Row:
+    """A finished study's row, read from its database (kept in its marker file: the
+    databases are not committed, the table is rebuilt from the markers)."""
     best = api.best_trial(repro.name, url)
     engine = make_engine(url)
     try:
@@ -173,10 +171,9 @@ def result(repro: Reproduction, out: Path) -> Row | None:
     finally:
         engine.dispose()
     if best is None or best.value is None or evaluation is None:
-        return None
+        sys.exit(f"{repro.stem}: no best trial or no evaluation in {url}")
     return Row(best.value, best.best_epoch or 0, evaluation.test_acc, evaluation.epochs,
-               ((best.seconds or 0.0) + evaluation.seconds) / 60,
-               json.loads(marker.read_text())["commit"])
+               ((best.seconds or 0.0) + evaluation.seconds) / 60)
 
 
 def table(repros: list[Reproduction], out: Path, smoke_note: str | None) -> str:
@@ -190,13 +187,14 @@ def table(repros: list[Reproduction], out: Path, smoke_note: str | None) -> str:
     lines = [title, "", "| study | reproduces | val peak (epoch) | test acc (epochs) | minutes "
              "| commit |", "|---|---|---|---|---|---|"]
     for repro in repros:
-        row = result(repro, out)
-        if row is None:
+        marker = out / f"{repro.stem}.json"
+        if not marker.exists():
             lines.append(f"| {repro.stem} | {repro.what} | not run | – | – | – |")
-        else:
-            lines.append(f"| {repro.stem} | {repro.what} | {row.val_peak:.2%} ({row.peak_epoch}) "
-                         f"| **{row.test_acc:.2%}** ({row.eval_epochs}) | {row.minutes:.1f} "
-                         f"| {row.commit} |")
+            continue
+        row = json.loads(marker.read_text())
+        lines.append(f"| {repro.stem} | {repro.what} | {row['val_peak']:.2%} "
+                     f"({row['peak_epoch']}) | **{row['test_acc']:.2%}** ({row['eval_epochs']}) "
+                     f"| {row['minutes']:.1f} | {row['commit']} |")
     return "\n".join(lines)
 
 
