@@ -23,9 +23,9 @@ Separately (--ask-at): the TPE sampler's ask latency on a study already holding 
     python bench/load.py [--workers 1,4,16,64] [--db postgres|sqlite] [--trials-per-worker 2]
                          [--epochs 3] [--epoch-seconds 1] [--ask-at 1000,10000] [--plain]
 
---plain: with one worker, the same trials are also run by plain Optuna (`study.optimize`, no
-hpsearch) on the same database, and hpsearch's statements and worker CPU per trial are printed
-against it.
+--plain: with one worker, the same trials are also run by plain Optuna (`study.optimize` with
+the same sampler, pruner and dry-run curve, nothing else of hpsearch) on the same database, and
+hpsearch's statements and worker CPU per trial are printed against it.
 
 Results go to bench/results/load-<db>.json. PostgreSQL runs with fsync off (a throwaway
 cluster, as in the tests): commits on a durable server cost more.
@@ -162,16 +162,18 @@ def worker_main(url: str, name: str, index: int, out: Path, go: Path) -> None:
 
 def plain_main(url: str, name: str, trials: int, epochs: int, epoch_s: float, out: Path,
                go: Path) -> None:
-    """The same dry-run trials on the same database with plain Optuna, as its docs show it (no
-    hpsearch imported): RDB storage with heartbeats and the retry callback, the same TPE and
-    median pruner, the same five parameters, a sleep and a synthetic value per epoch, reported
-    and pruned each epoch. The baseline of hpsearch's statements and CPU per trial."""
-    import math
-    import random
-
+    """The same dry-run trials on the same database with plain Optuna, as its docs show it:
+    RDB storage with heartbeats and the retry callback, the same TPE (seed and options) and
+    median pruner, the same five parameters, a sleep and the dry run's synthetic value per
+    epoch, reported and pruned each epoch. Of hpsearch only the dry run's curve (a pure
+    function) is used, so that both arms run the same trials and prune the same epochs. The
+    baseline of hpsearch's statements and CPU per trial."""
     import optuna
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
+
+    from hpsearch.params import TrialParams
+    from hpsearch.search.dryrun import synthetic_epoch
 
     statements = 0
 
@@ -186,25 +188,27 @@ def plain_main(url: str, name: str, trials: int, epochs: int, epoch_s: float, ou
         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, constant_liar=True),
+        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True,
+                                           constant_liar=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5))
 
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-        dropout = trial.suggest_float("dropout", 0.0, 0.5)
+        # in the order hpsearch's worker asks for them, so that both draw the same values
         trial.suggest_categorical("hidden_dim", [64, 128, 256])
         trial.suggest_int("num_blocks", 1, 4)
+        trial.suggest_float("dropout", 0.0, 0.5)
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         trial.suggest_categorical("batch_size", [64, 128, 256])
-        rng = random.Random(trial.number)
-        ceiling = 0.9 - 0.1 * abs(math.log10(lr) + 2.5) - 0.1 * dropout
-        value = 0.0
+        params = TrialParams.from_dict(trial.params)
+        best = 0.0
         for epoch in range(1, epochs + 1):
             time.sleep(epoch_s)
-            value = ceiling * (1 - math.exp(-epoch / 2)) + rng.gauss(0, 0.005)
+            value = synthetic_epoch(params, epoch, trial.number, epoch_s).val_acc
+            best = max(best, value)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return value
+        return best
 
     Path(f"{out}.ready").touch()
     while not go.exists():
@@ -212,7 +216,9 @@ def plain_main(url: str, name: str, trials: int, epochs: int, epoch_s: float, ou
     statements, cpu_at_go = 0, cpu_seconds()
     study.optimize(objective, n_trials=trials, gc_after_trial=False)
     out.write_text(json.dumps({"statements": statements, "cpu_s": cpu_seconds() - cpu_at_go,
-                               "finished": len(study.trials)}))
+                               "finished": len(study.trials),
+                               "epochs_run": sum(len(t.intermediate_values)
+                                                 for t in study.trials)}))
 
 
 def compare_with_plain(url: str, folder: Path, args: argparse.Namespace,
@@ -235,12 +241,14 @@ def compare_with_plain(url: str, folder: Path, args: argparse.Namespace,
     theirs = {"statements_per_trial": round(plain["statements"] / max(1, plain["finished"]), 1),
               "worker_cpu_s_per_trial": round(plain["cpu_s"] / max(1, plain["finished"]), 3)}
     ratio = {k: round(ours[k] / theirs[k], 2) if theirs[k] else None for k in ours}
-    print(f"1 worker, {args.trials_per_worker} trials: statements per trial hpsearch "
+    epochs = {"hpsearch": hpsearch_run["integrity"]["epochs_run"], "plain": plain["epochs_run"]}
+    print(f"1 worker, {args.trials_per_worker} trials ({epochs['hpsearch']} and "
+          f"{epochs['plain']} epochs run): statements per trial hpsearch "
           f"{ours['statements_per_trial']} vs plain Optuna {theirs['statements_per_trial']} "
           f"({ratio['statements_per_trial']}x); worker CPU-s per trial "
           f"{ours['worker_cpu_s_per_trial']} vs {theirs['worker_cpu_s_per_trial']} "
           f"({ratio['worker_cpu_s_per_trial']}x)", flush=True)
-    return {"hpsearch": ours, "plain_optuna": theirs, "ratio": ratio}
+    return {"hpsearch": ours, "plain_optuna": theirs, "ratio": ratio, "epochs_run": epochs}
 
 
 # --- the driver ----------------------------------------------------------------------------------
