@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import sys
 import traceback
@@ -30,7 +32,17 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Run the CLI (`hpsearch --debug ...` or HPSEARCH_DEBUG=1 shows tracebacks)."""
     _mask_secrets_everywhere()
+    _no_last_collection()
     app()
+
+
+def _no_last_collection() -> None:
+    """At exit the interpreter collects every object left in a reference cycle: the classes
+    and functions of every module imported (SQLAlchemy, pydantic, typer), 0.25 CPU seconds of
+    a 0.8-s no-op command, for memory the exit frees anyway. Frozen (gc.freeze) they are left
+    alone; files are closed where they are written (`with`), so no write waits for it."""
+    atexit.unregister(gc.freeze)  # registered once, however often main() runs (tests)
+    atexit.register(gc.freeze)
 
 
 def _mask_secrets_everywhere() -> None:

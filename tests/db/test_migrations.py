@@ -138,6 +138,19 @@ def test_upgrade_after_downgrade_and_ensure_schema_are_idempotent(db_url: str) -
     assert current_revision(db_url) == head_revision()
 
 
+def test_the_head_is_the_newest_file_and_each_revision_follows_the_one_before() -> None:
+    """head_revision reads the versions folder's file names, so a command at head need not
+    import Alembic: each revision must be named by its number and follow the one before."""
+    from hpsearch.db.migrate import _script
+
+    scripts = sorted(_script().walk_revisions(), key=lambda script: script.revision)
+    for number, script in enumerate(scripts, 1):
+        assert script.revision == f"{number:04d}", script.path
+        assert Path(script.path).name.startswith(f"{script.revision}_"), script.path
+        assert script.down_revision == (f"{number - 1:04d}" if number > 1 else None)
+    assert head_revision() == _script().get_current_head() == scripts[-1].revision
+
+
 def _create_schema(url: str, barrier: Any) -> str | None:
     """What every command that writes does first (ours, then Optuna's tables), started at
     once with the other processes; the error line, if any."""
