@@ -11,6 +11,8 @@ MAX_WORKERS = 256
 MAX_THREADS = 1024
 MAX_SEEDS = 1000  # each seed is one full retraining
 MAX_ENSEMBLE = 100  # members are retrained once per seed each
+# how long a study runs: n_trials and timeout (in the study file, run's options, the API)
+MIN_TRIALS, MIN_TIMEOUT_S = 1, 1
 
 
 def check_count(what: str, value: object, low: int, high: int = INT_MAX) -> int:

@@ -10,8 +10,8 @@ import typer
 
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, MAX_WORKERS, app, finite
 from hpsearch.errors import ConfigError
+from hpsearch.limits import MIN_TIMEOUT_S, MIN_TRIALS
 from hpsearch.params import check_device
-from hpsearch.search.study_file import MIN_TIMEOUT_S, MIN_TRIALS
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import ConfigError
+from hpsearch.limits import MIN_TIMEOUT_S, MIN_TRIALS
 from hpsearch.objectives import EPOCH_MEASURES, ObjectiveSpec, parse_objectives
 from hpsearch.params import (
     MIN_TRAIN_IMAGES,
@@ -120,10 +121,6 @@ def read_study(study: object) -> StudyConfig:
     raise ConfigError(f"study must be a study file's path or its content as a dict, "
                       f"got {type(study).__name__}")
 
-
-# The bounds of how long a study runs, one home for the study file, the CLI's options (which
-# declare the same numbers: tests/cli/test_cli_properties.py compares them) and the API.
-MIN_TRIALS, MIN_TIMEOUT_S = 1, 1
 
 
 def check_n_trials(value: object, where: str = "trials") -> int:
