@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     String,
     and_,
+    case,
     cast,
     column,
     func,
@@ -32,7 +33,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.expression import ScalarSelect, TableClause
 
 from hpsearch.db.session import dialect_insert
 
@@ -46,11 +47,11 @@ study_system_attributes = table("study_system_attributes", column("study_id"), c
                                 column("value_json"))
 study_user_attributes = table("study_user_attributes", column("study_id"), column("key"),
                               column("value_json"))
-trial_system_attributes = table("trial_system_attributes", column("trial_id"), column("key"),
-                                column("value_json"))
 trial_user_attributes = table("trial_user_attributes", column("trial_id"), column("key"),
                               column("value_json"))
 
+# Optuna's TrialState names, as its `trials.state` column holds them
+TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 TRIAL_CHILDREN = ("trial_heartbeats", "trial_intermediate_values", "trial_values",
                   "trial_params", "trial_system_attributes", "trial_user_attributes")
 STUDY_CHILDREN = ("study_directions", "study_user_attributes", "study_system_attributes")
@@ -196,12 +197,28 @@ def claim_stale_check(conn: Connection, optuna_study_id: int, now: float,
     ).first() is not None
 
 
-def trial_counts(conn: Connection, optuna_study_id: int) -> dict[str, int]:
-    """The study's trials by state name (RUNNING, WAITING, COMPLETE, ...): one statement, one
-    snapshot (Optuna's get_n_trials loads every trial of the state it counts)."""
+def attr_value(optuna_study_id: Any, key: str, *, system: bool = False) -> ScalarSelect[Any]:
+    """A study attribute's JSON text (NULL where absent) as a scalar subquery; `optuna_study_id`
+    an id or a column, so that another statement reads it along."""
+    attrs = study_system_attributes if system else study_user_attributes
+    return select(attrs.c.value_json).where(attrs.c.study_id == optuna_study_id,
+                                            attrs.c.key == key).scalar_subquery()
+
+
+def study_state(conn: Connection, optuna_study_id: int, keys: tuple[str, ...] = (),
+                system_keys: tuple[str, ...] = ()) -> tuple[dict[str, int], dict[str, Any]]:
+    """The study's trials counted by state name (TRIAL_STATES), and some of its user
+    attributes (`keys`) and system attributes, those present: one statement, one snapshot
+    (Optuna's get_n_trials loads every trial of the state it counts, and its storage reads
+    each kind of attribute apart)."""
     state = cast(trials.c.state, String)  # an enum type on PostgreSQL, text on SQLite
-    return dict(conn.execute(select(state, func.count()).where(
-        trials.c.study_id == optuna_study_id).group_by(state)).all())
+    values = [*(attr_value(optuna_study_id, key) for key in keys),
+              *(attr_value(optuna_study_id, key, system=True) for key in system_keys)]
+    row = conn.execute(select(*(func.count(case((state == name, 1))) for name in TRIAL_STATES),
+                              *values).where(trials.c.study_id == optuna_study_id)).one()
+    counts = dict(zip(TRIAL_STATES, row[:len(TRIAL_STATES)], strict=True))
+    return counts, {key: json.loads(value) for key, value in zip(
+        (*keys, *system_keys), row[len(TRIAL_STATES):], strict=True) if value is not None}
 
 
 def trial_state(conn: Connection, trial_id: int) -> str:
@@ -221,14 +238,6 @@ def study_attrs(conn: Connection, optuna_study_id: int, keys: tuple[str, ...] = 
                                                       attrs.c.key.in_(names))
         for attrs, names in ((user, keys), (system, system_keys)) if names)))
     return {row.key: json.loads(row.value_json) for row in rows}
-
-
-def trial_system_attrs(conn: Connection, trial_id: int) -> dict[str, Any]:
-    """A trial's system attributes in one statement (Optuna's storage loads the whole trial:
-    seven)."""
-    attrs = trial_system_attributes
-    return {row.key: json.loads(row.value_json) for row in conn.execute(
-        select(attrs.c.key, attrs.c.value_json).where(attrs.c.trial_id == trial_id))}
 
 
 def set_trial_user_attrs(conn: Connection, trial_id: int, values: dict[str, Any]) -> None:

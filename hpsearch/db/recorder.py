@@ -8,9 +8,11 @@ worker that wakes gets TrialLost instead of writing over its retry's history.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Row, func, select, update
 from sqlalchemy.orm import Session
 
 from hpsearch.db.errors import DuplicateRowError
@@ -24,12 +26,28 @@ from hpsearch.db.models import (
     utcnow,
 )
 from hpsearch.db.optuna_link import BrokenLink, check_link, refuse_foreign, row_marker
-from hpsearch.db.optuna_tables import set_marker, set_trial_user_attrs, trial_system_attrs
+from hpsearch.db.optuna_tables import (
+    BUDGET_LIMITS_KEY,
+    CONTROL_ATTR,
+    attr_value,
+    set_marker,
+    set_trial_user_attrs,
+)
 from hpsearch.db.queries import ranked_query
 from hpsearch.db.session import dialect_insert, session_scope
 from hpsearch.errors import TrialLost
 from hpsearch.metrics import EpochMetrics
 from hpsearch.objectives import DEFAULT, ObjectiveSpec
+
+# What a worker checks after each epoch, read back by the epoch's write: (key, system
+# attribute?) of the trial's Optuna study. A central stop or pause, and an hours budget's limits.
+WATCHED = ((CONTROL_ATTR, False), (BUDGET_LIMITS_KEY, True))
+
+
+@dataclass(frozen=True)
+class EpochWritten:
+    best_epoch: int | None  # the trial's best epoch so far
+    study_attrs: dict[str, Any]  # the WATCHED attributes present
 
 
 class Recorder:
@@ -127,22 +145,30 @@ class Recorder:
 
     def record_epoch(self, trial_id: int, metrics: EpochMetrics,
                      primary: ObjectiveSpec = DEFAULT[0], fraction: float | None = None
-                     ) -> int | None:
+                     ) -> EpochWritten:
         """Insert the epoch row (or overwrite it, if a resumed trial redoes that epoch) and
         update the trial's summary (its value: the `primary` objective's best epoch), in one
-        transaction; returns the trial's best epoch so far. `fraction`: the share of the
+        transaction; returns the trial's best epoch so far, and what a worker checks after
+        each epoch (WATCHED), read by the same statement. `fraction`: the share of the
         training split it trained on, for a rung of a multi-fidelity budget. TrialLost if the
         trial was failed meanwhile (see the module)."""
+        optuna_study = (select(Study.optuna_study_id).where(Study.id == Trial.study_id)
+                        .correlate(Trial).scalar_subquery())
+        watched = [attr_value(optuna_study, key, system=system) for key, system in WATCHED]
         with session_scope(self.engine) as session:
             self._upsert_epoch(session, trial_id, metrics, fraction)
-            return self._refresh_summary(session, trial_id, primary, running=True)
+            row = self._refresh_summary(session, trial_id, primary, *watched, running=True)
+            if row is None:  # raised inside: the epoch row is rolled back
+                raise TrialLost(f"trial row {trial_id} was failed while it ran here")
+        return EpochWritten(row[0], {key: json.loads(value) for (key, _), value in zip(
+            WATCHED, row[1:], strict=True) if value is not None})
 
     def _refresh_summary(self, session: Session, trial_id: int, primary: ObjectiveSpec,
-                         running: bool = False) -> int | None:
+                         *returning: Any, running: bool = False) -> Row[Any] | None:
         """The trial row's value, best epoch and epoch count from its epoch rows; returns the
-        best epoch. The one definition of a trial's best epoch: the `primary` objective's
-        best, the earliest of equal ones. `running`: only while the row is running
-        (TrialLost otherwise)."""
+        best epoch and `returning` (None: no such row). The one definition of a trial's best
+        epoch: the `primary` objective's best, the earliest of equal ones. `running`: only
+        while the row is running."""
         measure = getattr(Epoch, primary.measure)
         best = (select(Epoch).where(Epoch.trial_id == trial_id, measure.is_not(None))
                 .order_by(measure.desc() if primary.maximize else measure.asc(), Epoch.epoch)
@@ -150,16 +176,11 @@ class Recorder:
         row = update(Trial).where(Trial.id == trial_id)
         if running:
             row = row.where(Trial.state == "running")
-        updated = session.execute(row.values(
+        return session.execute(row.values(
             value=best.with_only_columns(measure).scalar_subquery(),
             best_epoch=best.with_only_columns(Epoch.epoch).scalar_subquery(),
             epochs_run=select(func.count()).where(Epoch.trial_id == trial_id).scalar_subquery(),
-        ).returning(Trial.best_epoch)).first()
-        if updated is None:
-            if running:
-                raise TrialLost(f"trial row {trial_id} was failed while it ran here")
-            return None
-        return updated.best_epoch
+        ).returning(Trial.best_epoch, *returning)).first()
 
     def finish_trial(self, trial_id: int, state: str, seconds: float, n_params: int | None,
                      reason: str | None = None) -> int | None:
@@ -179,14 +200,6 @@ class Recorder:
         optuna_tables.set_trial_user_attrs)."""
         with session_scope(self.engine) as session:
             set_trial_user_attrs(session.connection(), optuna_trial_id, attrs)
-
-    def retry_history(self, optuna_trial_id: int) -> list[int]:
-        """Numbers of the dead trials this one re-runs, oldest first (set by Optuna's retry
-        callback in the trial's system attributes; one statement, where Optuna's storage
-        loads the whole trial)."""
-        with session_scope(self.engine) as session:
-            attrs = trial_system_attrs(session.connection(), optuna_trial_id)
-        return list(attrs.get("retry_history", []))
 
     def trial_id(self, study_id: int, number: int) -> int | None:
         with session_scope(self.engine) as session:

@@ -25,6 +25,7 @@ from hpsearch.db.optuna_tables import (
     CONTROL_ATTR,
     set_study_attr,
     study_attrs,
+    study_state,
 )
 from hpsearch.db.queries import find_study
 from hpsearch.db.session import connection_scope
@@ -84,31 +85,34 @@ def study_halt(url: str, name: str) -> Halt | None:
 
 
 class StudyControl:
-    """A worker's view of its study's state, and the study's target. Read afresh each time
-    (one statement, a small fraction of an epoch): a stop takes effect at the first epoch's
-    end. The same statement reads the hours budget's limits for `limits`."""
+    """A worker's view of its study's state, and the study's target. Read afresh each time:
+    before a trial with the trial counts (one statement), after each epoch by the epoch's write
+    (db.recorder's WATCHED), so a stop takes effect at the first epoch's end. The hours
+    budget's limits are read along for `limits`."""
 
     def __init__(self, study: optuna.Study, config: StudyConfig, engine: Engine,
                  limits: SearchLimits) -> None:
         self.study, self.config, self.engine, self.limits = study, config, engine, limits
 
-    def _halt(self) -> Halt | None:
-        with connection_scope(self.engine) as conn:
-            attrs = study_attrs(conn, self.study._study_id, (CONTROL_ATTR,),
-                                (BUDGET_LIMITS_KEY,))
+    def _seen(self, attrs: dict[str, Any]) -> Halt | None:
         self.limits.seen(attrs.get(BUDGET_LIMITS_KEY))
         return halt_of(attrs)
 
-    def after_epoch(self) -> None:
-        """Raise StudyHalted when the study was stopped: the trial ends at this epoch."""
-        halt = self._halt()
+    def after_epoch(self, attrs: dict[str, Any]) -> None:
+        """Raise StudyHalted when the study was stopped: the trial ends at this epoch.
+        `attrs`: the state and the limits, as the epoch's write read them back."""
+        halt = self._seen(attrs)
         if halt is not None and halt.state == "stopped":
             raise StudyHalted(f"{halt.reason}: ended at an epoch's end, to resume")
 
-    def before_trial(self) -> Halt | None:
-        """Why no trial may start now (None: one may). A target the study's best trial
-        reached stops the study, here, for every worker."""
-        halt = self._halt()
+    def before_trial(self) -> tuple[Halt | None, dict[str, int]]:
+        """Why no trial may start now (None: one may), and the study's trials by state
+        (optuna_tables.TRIAL_STATES), read together. A target the study's best trial reached
+        stops the study, here, for every worker."""
+        with connection_scope(self.engine) as conn:
+            counts, attrs = study_state(conn, self.study._study_id, (CONTROL_ATTR,),
+                                        (BUDGET_LIMITS_KEY,))
+        halt = self._seen(attrs)
         target = self.config.target
         if halt is None and target is not None:
             best = _best_value(self.study)
@@ -118,7 +122,7 @@ class StudyControl:
                             f"{'>=' if objective.maximize else '<='} {target:g} reached "
                             f"(best {best:.4f})")
                 self.study.set_user_attr(CONTROL_ATTR, halt.__dict__)
-        return halt
+        return halt, counts
 
 
 def _best_value(study: optuna.Study) -> float | None:

@@ -93,9 +93,10 @@ class TrialTrainer(Protocol):
 class Objective:
     def __init__(self, config: StudyConfig, study_row_id: int, trainer: TrialTrainer,
                  recorder: Recorder, worker: str,
-                 search_over: Callable[[], bool] = lambda: False) -> None:
+                 search_over: Callable[[dict[str, Any]], bool] = lambda _: False) -> None:
         self.config = config
-        # asked after each epoch: the hours budget's search time is over (search/hours.py)
+        # asked after each epoch, with the study attributes its write read back (the
+        # recorder's WATCHED): the hours budget's search time is over (search/hours.py)
         self.search_over = search_over
         self.study_row_id = study_row_id
         self.trainer = trainer
@@ -123,7 +124,9 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         applied, sampled = suggest(trial, self.config)
         params = TrialParams.from_dict(applied)  # the inactive ones' defaults do nothing
-        history = self.recorder.retry_history(trial._trial_id)
+        # the trials this one re-runs (set by Optuna's retry callback), as the ask loaded the
+        # trial: no read of its own
+        history = list(trial._cached_frozen_trial.system_attrs.get("retry_history", []))
         # the seed follows the first attempt, so a resumed retry continues that run
         seed = self.config.seed + (history[0] if history else trial.number)
         keeps = self.trainer.keeps_checkpoints
@@ -182,8 +185,8 @@ class Objective:
                             "n_params": n_params, "worker": self.worker,
                             "precision": precision, "device": self.trainer.device})
                     for metrics in run:
-                        best = self.recorder.record_epoch(row, metrics, primary, fraction)
-                        if best == metrics.epoch and model:  # a new peak
+                        written = self.recorder.record_epoch(row, metrics, primary, fraction)
+                        if written.best_epoch == metrics.epoch and model:  # a new peak
                             run.save_model(model, study=self.config.name, trial=trial.number,
                                            seed=seed, split_seed=self.config.seed,
                                            epoch=metrics.epoch, metrics=metrics.to_dict())
@@ -195,7 +198,7 @@ class Objective:
                                 stopped = (f"pruned at epoch {metrics.epoch} "
                                            f"({pruned.measure} {value:.4f})")
                         if (stopped is None and metrics.epoch < self.config.max_epochs
-                                and self.search_over()):
+                                and self.search_over(written.study_attrs)):
                             stopped = (f"stopped at epoch {metrics.epoch}: the search time of "
                                        "the hours budget is over")
                         if stopped is not None:

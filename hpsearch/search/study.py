@@ -10,12 +10,12 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine
 from sqlalchemy.pool import Pool
 
@@ -55,7 +55,9 @@ class Storage(RDBStorage):
     - `on_trial_created`: called once an ask of `study.ask()` has created its (running) trial,
       in the thread that asked: the worker's trial-slot lock is released there, before the
       sampler runs (TPE is the slow part of an ask, and under the lock every worker's ask
-      would wait for every other's). Not for copies queued by the retry callback.
+      would wait for every other's). Not for copies queued by the retry callback;
+    - `ended_here`: the state a thread's last tell ended a trial with, so the worker knows how
+      its trial ended without reading it back.
     """
 
     def __init__(self, url: str, *, max_retry: int | None, **kwargs: Any) -> None:
@@ -64,6 +66,19 @@ class Storage(RDBStorage):
         self.stale_check_interval = max(1.0, (self.grace_period or 0) / 4)
         self.next_stale_check = 0.0  # time.time() from which this process may try again
         self.on_trial_created: tuple[int, Callable[[], None]] | None = None
+        self._ended = threading.local()  # .trial: (trial id, state) this thread last ended
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        written = super().set_trial_state_values(trial_id, state, values)
+        if written and state.is_finished():
+            self._ended.trial = (trial_id, state)
+        return written
+
+    def ended_here(self, trial_id: int) -> TrialState | None:
+        """The state this thread last ended trial `trial_id` with; None if it did not."""
+        ended = getattr(self._ended, "trial", None)
+        return ended[1] if ended is not None and ended[0] == trial_id else None
 
     def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import optuna
 import tenacity
@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import DatabaseError, as_database_error
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, study_attrs, trial_counts, trial_state
+from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, study_attrs, trial_state
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
 from hpsearch.db.trial_slot import TrialSlotLock
@@ -118,8 +118,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     # `hpsearch study stop|pause`, a target; its reads refresh the limits too
     control = StudyControl(study, config, engine, limits)
 
-    def after_epoch() -> bool:
-        control.after_epoch()  # a central stop ends the trial here (StudyHalted)
+    def after_epoch(study_attrs: dict[str, Any]) -> bool:
+        control.after_epoch(study_attrs)  # a central stop ends the trial here (StudyHalted)
         return limits.search_over()
     objective = Objective(config, row_id, make_trainer(config, device, threads), recorder,
                           worker_name(), search_over=after_epoch)
@@ -131,7 +131,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     storage.on_trial_created = (threading.get_ident(), slot.release)
     watcher = StaleTrialWatcher(study, storage)
     watcher.start()
-    trials = _Trials(study, config, objective, slot, limits, control)
+    trials = _Trials(study, storage, config, objective, slot, limits, control)
     try:
         return trials.run(url, timeout if timeout is not None else config.timeout)
     except KeyboardInterrupt:  # a stop (hpsearch.stop): checked between batches and trials
@@ -147,9 +147,11 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
 class _Trials:
     """The worker's loop: one trial after another, the database waited for between them."""
 
-    def __init__(self, study: optuna.Study, config: StudyConfig, objective: Objective,
-                 slot: TrialSlotLock, limits: SearchLimits, control: StudyControl) -> None:
-        self.study, self.config, self.objective, self.slot = study, config, objective, slot
+    def __init__(self, study: optuna.Study, storage: Storage, config: StudyConfig,
+                 objective: Objective, slot: TrialSlotLock, limits: SearchLimits,
+                 control: StudyControl) -> None:
+        self.study, self.storage, self.config = study, storage, config
+        self.objective, self.slot = objective, slot
         self.limits, self.control = limits, control
         self.summary = WorkerSummary()
         # Optuna ids of trials a fault ended, to fail (True: and queue again), then to queue
@@ -198,27 +200,25 @@ class _Trials:
         "done" when the study has its trials; None when it was lost (see TrialLost). A
         transient database error raised here is waited out, and this is called again."""
         self.settle_faulted()
-        halt = self.control.before_trial()  # reads the budget's limits too
-        if halt is not None:
-            log.info("%s", halt.line(self.config.name))
-            return "done"
-        if not self.limits.may_start():
-            log.info("the search time of the hours budget is over: no new trial")
-            return "done"
-        study, slot = self.study, self.slot
-        slot.acquire()
+        self.slot.acquire()
         try:
-            with connection_scope(self.objective.recorder.engine) as conn:
-                counts = trial_counts(conn, study._study_id)
-            running, waiting = counts.get("RUNNING", 0), counts.get("WAITING", 0)
-            finished = sum(counts.get(state.name, 0) for state in COUNTED_STATES)
+            # one read: the study's stop or pause, the budget's limits and the trial counts
+            halt, counts = self.control.before_trial()
+            if halt is not None:
+                log.info("%s", halt.line(self.config.name))
+                return "done"
+            if not self.limits.may_start():
+                log.info("the search time of the hours budget is over: no new trial")
+                return "done"
+            running, waiting = counts["RUNNING"], counts["WAITING"]
+            finished = sum(counts[state.name] for state in COUNTED_STATES)
             if finished >= self.config.n_trials:
                 return "done"
             if not waiting and finished + running >= self.config.n_trials:
                 return "idle"
             return self._optimize_one()
         finally:
-            slot.release()  # also when Optuna failed before running the objective
+            self.slot.release()  # also when Optuna failed before running the objective
 
     def _optimize_one(self) -> TrialState | None:
         current: list[optuna.Trial] = []
@@ -260,7 +260,9 @@ class _Trials:
                         "heartbeat was late); dropped: its retry runs it again",
                         current[0].number)
             return None
-        state = self._state_of(current[0]) if current else TrialState.FAIL
+        # as Optuna's tell ended it (no trial: Optuna failed before the objective ran)
+        state = self.storage.ended_here(current[0]._trial_id) if current else None
+        state = TrialState.FAIL if state is None else state
         if state == TrialState.COMPLETE:
             self.summary.complete += 1
         elif state == TrialState.PRUNED:
@@ -269,12 +271,9 @@ class _Trials:
             self.summary.failed += 1
         return state
 
-    def _state_of(self, trial: optuna.Trial) -> TrialState:
-        with connection_scope(self.objective.recorder.engine) as conn:
-            return TrialState[trial_state(conn, trial._trial_id)]
-
     def _failed_elsewhere(self, trial: optuna.Trial) -> bool:
-        return self._state_of(trial) == TrialState.FAIL
+        with connection_scope(self.objective.recorder.engine) as conn:
+            return trial_state(conn, trial._trial_id) == TrialState.FAIL.name
 
     def settle_faulted(self, url: str | None = None) -> None:
         """Fail each trial a fault ended (Optuna left it running) and, unless the fault was a

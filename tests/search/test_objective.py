@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 
+from hpsearch.db.recorder import EpochWritten
 from hpsearch.metrics import EpochMetrics
 from hpsearch.params import TrialParams
 from hpsearch.search.objective import Objective
@@ -77,8 +78,9 @@ class FakeRecorder:
         return 1
 
     def record_epoch(self, row: int, metrics: EpochMetrics, primary: Any,
-                     fraction: float | None = None) -> None:
+                     fraction: float | None = None) -> EpochWritten:
         self.epochs.append((metrics.epoch, fraction))
+        return EpochWritten(best_epoch=None, study_attrs={})
 
     def finish_trial(self, row: int, state: str, seconds: float, n_params: int | None,
                      reason: str | None) -> None:
@@ -86,9 +88,6 @@ class FakeRecorder:
 
     def set_user_attrs(self, optuna_trial_id: int, attrs: dict[str, Any]) -> None:
         pass
-
-    def retry_history(self, optuna_trial_id: int) -> list[int]:
-        return []
 
 
 def objective(study: str, trainer: FakeTrainer, recorder: FakeRecorder) -> Objective:
