@@ -192,6 +192,8 @@ def table(repros: list[Reproduction], out: Path, smoke_note: str | None) -> str:
             lines.append(f"| {repro.stem} | {repro.what} | not run | – | – | – |")
             continue
         row = json.loads(marker.read_text())
+        if "val_peak" not in row:  # a marker written before the row was kept in it
+            row |= asdict(measured(repro, repro.db_url(out)))
         lines.append(f"| {repro.stem} | {repro.what} | {row['val_peak']:.2%} "
                      f"({row['peak_epoch']}) | **{row['test_acc']:.2%}** ({row['eval_epochs']}) "
                      f"| {row['minutes']:.1f} | {row['commit']} |")
