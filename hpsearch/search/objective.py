@@ -194,7 +194,9 @@ class Objective:
                         if each_epoch:
                             value = getattr(metrics, pruned.measure)
                             reported.report(value, metrics.epoch)
-                            if reported.should_prune():  # stopping the loop stops the training
+                            # not at the last epoch: a trial that trained them all is complete
+                            # (Hyperband's last rung would prune it, off the Pareto front)
+                            if metrics.epoch < params.epochs and reported.should_prune():
                                 stopped = (f"pruned at epoch {metrics.epoch} "
                                            f"({pruned.measure} {value:.4f})")
                         if (stopped is None and metrics.epoch < self.config.max_epochs
