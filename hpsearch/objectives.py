@@ -1,9 +1,10 @@
 """What a study optimises: one objective or several, each a measure of a trial and a direction.
 
 `[study] metric = "val_loss"` names one objective in its natural direction; `[study] objectives =
-["val_acc:max", "params:min"]` names several. The first objective is reported each epoch (so it
-must be an epoch measure): the pruners and the trials' `value` column follow it, and among the
-Pareto front it picks the chosen trial (see `hpsearch.db.queries.best_query`).
+["val_acc:max", "params:min"]` names several. The first objective must be an epoch measure:
+the trials' `value` column and best epoch follow it, and among the Pareto front it picks the
+chosen trial (see `hpsearch.db.queries.best_query`). The pruners follow the pruned objective
+(`[pruner] objective`, the first by default), the one reported each epoch.
 
 Every measure has one definition, computed by the objective for Optuna and in SQL for the views:
 an epoch measure counts its best epoch in its direction (val_acc: the highest, val_loss: the
@@ -22,7 +23,7 @@ from hpsearch.errors import ConfigError
 
 # measure -> its natural direction (the one `metric = ...` and a bare name in `objectives` get)
 MEASURES = {"val_acc": "max", "val_loss": "min", "params": "min", "seconds_per_epoch": "min"}
-EPOCH_MEASURES = ("val_acc", "val_loss")  # reported every epoch: may come first
+EPOCH_MEASURES = ("val_acc", "val_loss")  # measured every epoch: may come first, be pruned on
 DIRECTIONS = ("max", "min")
 
 
@@ -97,8 +98,8 @@ def parse_objectives(study: dict[str, Any], where: str) -> tuple[ObjectiveSpec, 
     if repeated:
         raise ConfigError(f"{where}: objectives name {', '.join(repeated)} more than once")
     if specs[0].measure not in EPOCH_MEASURES:
-        raise ConfigError(f"{where}: the first objective must be val_acc or val_loss (it is "
-                          f"reported every epoch and picks the chosen trial), got "
+        raise ConfigError(f"{where}: the first objective must be val_acc or val_loss (its best "
+                          f"epoch is the trial's value and picks the chosen trial), got "
                           f"{specs[0].measure!r}")
     return specs
 
