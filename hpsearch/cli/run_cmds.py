@@ -117,6 +117,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     from hpsearch.paths import checkpoint_folder, study_slug
     from hpsearch.search.study_file import load_study, parse_gpus, parse_hours
     from hpsearch.stop import exit_code, signal_name, signum_of
+    from hpsearch.trainer.data_files import missing_here
 
     config = load_study(study_file)  # every check runs before anything is written
     hours = parse_hours(hours_option, "--hours") if hours_option is not None else config.hours
@@ -133,6 +134,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
     writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
+    if missing_here(config.data):  # downloaded once, here, or one line on why not
+        from hpsearch.trainer.data import load_raw
+
+        load_raw(config.data.dataset, config.data.data_dir, train=True)
     changes = _check_stored_config(config, url, update)
     done = None if hours is not None or changes else _nothing_to_do(url, config.name,
                                                                     trials or config.n_trials)

@@ -81,6 +81,24 @@ def find_layout(dataset: str, root: Path) -> Path | None:
     return None
 
 
+def find_dataset(dataset: str, data_dir: str | None) -> Path | None:
+    """The folder trainer/data.py reads `dataset` (known by name) from: the first place of
+    candidate_dirs that holds it; None: no copy here (a download may bring one)."""
+    for root in candidate_dirs(dataset, data_dir):
+        found = (find_layout(dataset, root) if dataset in LAYOUTS
+                 else find_idx_files(dataset, root))
+        if found is not None:
+            return found
+    return None
+
+
+def missing_here(data: DataOptions) -> bool:
+    """A dataset known by name of which no copy is here: a run downloads it (or fails) before
+    it writes anything, not each of its workers after the study is made."""
+    return data.dataset in TORCHVISION_NAMES and find_dataset(data.dataset,
+                                                              data.data_dir) is None
+
+
 def layout_sources(base: Path, dataset: str) -> list[Path]:
     """The files a dataset of LAYOUTS is read from (a folder's: every file in it)."""
     found: list[Path] = []
@@ -114,9 +132,8 @@ def idx_sizes(data: DataOptions) -> tuple[int, int] | None:
     (other datasets, or no folder here: a download brings the usual files)."""
     if data.dataset not in IDX_DATASETS:
         return None
-    for root in candidate_dirs(data.dataset, data.data_dir):
-        folder = find_idx_files(data.dataset, root)
-        if folder is not None:
-            train, test = idx_sources(folder, (MNIST_FILES[0], MNIST_FILES[2]))
-            return idx_count(train), idx_count(test)
-    return None
+    folder = find_dataset(data.dataset, data.data_dir)
+    if folder is None:
+        return None
+    train, test = idx_sources(folder, (MNIST_FILES[0], MNIST_FILES[2]))
+    return idx_count(train), idx_count(test)

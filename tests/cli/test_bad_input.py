@@ -116,6 +116,10 @@ CASES = [
          toml=study("max_epochs = 2", "max_epochs = -3")),
     Case("run-unknown-dataset", RUN, "unknown dataset 'imagenet'",
          toml=study('dataset = "synthetic"', 'dataset = "imagenet"')),
+    # a dataset known by name that is neither here nor downloadable (no network): said before
+    # the study is made, not by each worker after
+    Case("run-dataset-not-here", RUN, "kmnist not found",
+         toml=study('dataset = "synthetic"', 'dataset = "kmnist"')),
     Case("run-grace-not-above-heartbeat", RUN, "grace_period must exceed heartbeat_interval",
          toml=study("grace_period = 4", "grace_period = 2",)
          .replace("heartbeat_interval = 1", "heartbeat_interval = 5")),
