@@ -80,9 +80,18 @@ def fidelity_lines(epochs: int, *, rungs: bool) -> str:
             f"         {{ fraction = 1.0, epochs = {epochs} }}]")
 
 
+def final_lines(ensemble: int, seeds: int) -> str:
+    """[budget] final: the one best trial by default; else the ensemble and/or the seeds."""
+    if ensemble == 1 and seeds == 1:
+        return ""
+    asked = ", ".join(f"{key} = {value}" for key, value in
+                      (("seeds", seeds), ("ensemble", ensemble)) if value > 1)
+    return f"final = {{ {asked} }}\nhours = 1.0  # replaced by run --hours\n"
+
+
 def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
                  folder: Path, *, hours: bool, ensemble: int = 1,
-                 rungs: bool = True) -> ArmResult:
+                 rungs: bool = True, final_seeds: int = 1) -> ArmResult:
     suffix = ("-ensemble" if ensemble > 1 else "-hours" if hours and rungs
               else "-epochs" if hours else "")
     work = folder / f"hpsearch{suffix}-seed-{seed}"
@@ -91,9 +100,7 @@ def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
     study = work / "study.toml"
     study.write_text(STUDY.format(name=name, seed=seed, val_fraction=options.val_fraction,
                                   fidelity=fidelity_lines(epochs, rungs=rungs),
-                                  final=(f"final = {{ ensemble = {ensemble} }}\nhours = 1.0  "
-                                         "# replaced by run --hours\n" if ensemble > 1
-                                         else "")))
+                                  final=final_lines(ensemble, final_seeds)))
     db = f"sqlite:///{work / 'race.db'}"
     # the data folder as a user gives it ($HPSEARCH_DATA), the checkpoints beside the database
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPSEARCH_DATA": options.data_dir or ""}
@@ -140,9 +147,11 @@ def read_database(path: Path, clock: Clock, *, ensemble: bool = False) -> ArmRes
     # the best trial's retraining: the ensemble's first member, else the one retraining
     members = json.loads(scored[1]) if scored is not None else []
     best = members[0]["trial"] if members else finals[-1][0]
-    number, result.test_acc, final_epochs, final_s, params = next(
-        row for row in finals if row[0] == best)
-    result.chosen = {"trial": number, "params": params}
+    retrained = [row for row in finals if row[0] == best]  # one row per final seed
+    number, _, final_epochs, final_s, params = retrained[0]
+    seed_accs = [row[1] for row in retrained]
+    result.test_acc = sum(seed_accs) / len(seed_accs)
+    result.chosen = {"trial": number, "params": params, "seed_test_accs": seed_accs}
     if scored is not None:
         result.chosen |= {"single_test_acc": result.test_acc, "ensemble": members}
         result.test_acc = scored[0]
