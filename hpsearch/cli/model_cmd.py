@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app
+from hpsearch.cli.app import INT_MAX, DbOption, app, file_path
 
 
 @app.command("export-model")
@@ -19,7 +19,7 @@ def export_model(
         min=0, max=INT_MAX, show_default=False)] = None,
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="The model file to write (atomically: complete or not at all; "
-        "its folder must exist).")] = Path("model.pt"),
+        "its folder must exist).", parser=file_path)] = Path("model.pt"),
     db: DbOption = None,
 ) -> None:
     """Write a trial's kept model to one self-contained file: its weights at the trial's peak

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app
+from hpsearch.cli.app import INT_MAX, DbOption, app, file_path
 from hpsearch.cli.query_cmds import Format, FormatOption, StudyArg, connect, emit
 
 
@@ -71,7 +71,7 @@ def export(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write to this file (atomically: complete or not at all; "
         "regular files only: a directory, a device such as /dev/null or a symlink out of its "
-        "folder is refused). Default, or -: standard output.")] = None,
+        "folder is refused). Default, or -: standard output.", parser=file_path)] = None,
     db: DbOption = None,
 ) -> None:
     """Dump a study's trials or epochs in full precision, for scripts and notebooks.
@@ -106,7 +106,7 @@ def export(
 def report(
     names: Annotated[list[str], typer.Argument(help="One or more study names; several are "
                                                "also overlaid.", metavar="NAME...")],
-    output: Annotated[Path | None, typer.Option(
+    output: Annotated[str | None, typer.Option(
         "--output", "-o", help="The HTML file to write (default report.html; - for standard "
         "output), or with --split the folder (default report/). Written atomically, regular "
         "files only: a directory, a device such as /dev/null or a symlink out of its folder "
@@ -137,8 +137,8 @@ def report(
     with connect(db) as conn:
         doc = build_report(conn, names, curves=curves)
     if split:
-        written = write_split(doc, output or Path("report"))
+        written = write_split(doc, Path(output or "report"))
     else:
-        written = write_report(doc, output or Path("report.html"))
+        written = write_report(doc, file_path(output) or Path("report.html"))
     if str(written) != "-":  # the report itself went to standard output
         typer.echo(f"wrote {written}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, open_fraction
+from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, file_path, open_fraction
 
 
 @app.command()
@@ -43,8 +43,8 @@ def train(
         help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Write a checkpoint here after every epoch (atomically; a regular file: a device, "
-        "folder or symlink out of its folder is refused); if it exists, resume from it.")
-    ] = None,
+        "folder or symlink out of its folder is refused); if it exists, resume from it.",
+        parser=file_path)] = None,
 ) -> None:
     """Train one configuration on the training split and report validation metrics per epoch.
 

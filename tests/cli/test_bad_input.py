@@ -279,6 +279,11 @@ CASES = [
          "cannot write /nonexistent/dir/x.csv", db="recorded"),
     Case("report-unwritable", ("report", "demo", "-o", "/proc/x.html", "--db", "{db}"),
          "cannot write /proc/x.html", db="recorded"),
+    # a name ending in / names a folder: not silently written as a file of that name
+    Case("export-to-a-folder-name", ("export", "demo", "-o", "{tmp}/out/", "--db", "{db}"),
+         "names a folder", db="recorded", usage=True),
+    Case("report-to-a-folder-name", ("report", "demo", "-o", "out/", "--db", "{db}"),
+         "names a folder", db="recorded", usage=True),
     # folders the results would go to, checked before any work (before the database is written)
     Case("run-unwritable-checkpoint-dir", RUN, "cannot write checkpoints to /proc/hps/bad-input",
          toml=study('checkpoint_dir = "checkpoints"', 'checkpoint_dir = "/proc/hps"')),
