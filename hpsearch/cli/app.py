@@ -119,6 +119,7 @@ def file_path(value: str | Path | None) -> Path | None:
                                  f"{value}out")
     return None if value is None else Path(value)
 
+
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "
            "postgresql+psycopg://user:pw@host:5432/db). Default: $HPSEARCH_DB, else "
            "sqlite:///hpsearch.db. Timeouts go in the URL: ?connect_timeout=SECONDS "
