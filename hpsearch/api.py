@@ -151,7 +151,7 @@ def export_model(name: str, path: str | Path, db: str | None = None, *,
     from hpsearch.search.model_export import export_model as export
 
     _check_name(name)
-    return export(name, Path(path), _url(db), trial=trial)
+    return export(name, path, _url(db), trial=trial)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -245,7 +245,8 @@ def report(names: str | list[str], path: str | Path = "report.html", db: str | N
     curves = check_count("curves", curves, 1)
     with _reading(db) as conn:
         doc = build_report(conn, names, curves=curves)
-    return (write_split if split else write_report)(doc, Path(path))
+    # the path as given: "out/" names a folder, which a single report refuses
+    return write_split(doc, Path(path)) if split else Path(write_report(doc, path))
 
 
 def delete_study(name: str, db: str | None = None) -> str:

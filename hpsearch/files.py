@@ -31,6 +31,8 @@ STDOUT = "-"  # `-o -`: write to standard output instead of a file
 def writable_target(path: str | Path) -> Path:
     """The regular file that writing `path` replaces (a symlink into its own folder resolved);
     raises HpsearchError, naming the path, for anything else."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() would drop the slash
+        raise HpsearchError(f"refusing to write {path}: a name ending in / names a folder")
     path = Path(path)
     target = path
     if path.is_symlink():

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -109,15 +107,6 @@ def open_fraction(value: float | None) -> float | None:
     if finite(value) is not None and not 0 < value < 1:
         raise typer.BadParameter(f"must be between 0 and 1 (both excluded), got {value}")
     return value
-
-
-def file_path(value: str | Path | None) -> Path | None:
-    """Parser of options that name one file to write: a name that ends in / names a folder,
-    which Path() would silently turn into a file of that name."""
-    if isinstance(value, str) and value.endswith(("/", os.sep)):
-        raise typer.BadParameter(f"{value!r} names a folder: name the file in it, e.g. "
-                                 f"{value}out")
-    return None if value is None else Path(value)
 
 
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app, file_path
+from hpsearch.cli.app import INT_MAX, DbOption, app
 
 
 @app.command("export-model")
@@ -17,9 +16,10 @@ def export_model(
     trial: Annotated[int | None, typer.Argument(
         help="Trial number (default: the study's best trial, as `hpsearch best` shows it).",
         min=0, max=INT_MAX, show_default=False)] = None,
-    output: Annotated[Path, typer.Option(
+    # a str, not a Path: Path("out/") would drop the slash that says "a folder"
+    output: Annotated[str, typer.Option(
         "--output", "-o", help="The model file to write (atomically: complete or not at all; "
-        "its folder must exist).", parser=file_path)] = Path("model.pt"),
+        "its folder must exist).")] = "model.pt",
     db: DbOption = None,
 ) -> None:
     """Write a trial's kept model to one self-contained file: its weights at the trial's peak

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app, file_path
+from hpsearch.cli.app import INT_MAX, DbOption, app
 from hpsearch.cli.query_cmds import Format, FormatOption, StudyArg, connect, emit
 
 
@@ -68,10 +68,10 @@ def export(
     what: Annotated[What, typer.Option(
         help="trials: one row per trial with every column and the sampled params; epochs: one "
         "row per trial and epoch with every stored metric.")] = What.trials,
-    output: Annotated[Path | None, typer.Option(
+    output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Write to this file (atomically: complete or not at all; "
         "regular files only: a directory, a device such as /dev/null or a symlink out of its "
-        "folder is refused). Default, or -: standard output.", parser=file_path)] = None,
+        "folder is refused). Default, or -: standard output.")] = None,
     db: DbOption = None,
 ) -> None:
     """Dump a study's trials or epochs in full precision, for scripts and notebooks.
@@ -139,6 +139,6 @@ def report(
     if split:
         written = write_split(doc, Path(output or "report"))
     else:
-        written = write_report(doc, file_path(output) or Path("report.html"))
+        written = write_report(doc, output or "report.html")
     if str(written) != "-":  # the report itself went to standard output
         typer.echo(f"wrote {written}")

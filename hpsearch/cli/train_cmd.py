@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, file_path, open_fraction
+from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, open_fraction
 
 
 @app.command()
@@ -41,10 +41,10 @@ def train(
     device: Annotated[str, typer.Option(help="auto (GPU if present), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
-    checkpoint: Annotated[Path | None, typer.Option(
+    checkpoint: Annotated[str | None, typer.Option(
         help="Write a checkpoint here after every epoch (atomically; a regular file: a device, "
-        "folder or symlink out of its folder is refused); if it exists, resume from it.",
-        parser=file_path)] = None,
+        "folder or symlink out of its folder is refused); if it exists, resume from it.")
+    ] = None,
 ) -> None:
     """Train one configuration on the training split and report validation metrics per epoch.
 
@@ -68,13 +68,14 @@ def train(
     run_config = resolve_run(config, set_, params={"epochs": epochs}, seed=seed,
                              data={"dataset": dataset, "data_dir": data_dir, "subset": subset,
                                    "val_fraction": val_fraction})
+    checkpoint_path = None if checkpoint is None else Path(checkpoint)
     if checkpoint is not None:
         from hpsearch.files import writable_target
 
         writable_target(checkpoint)  # before training: a device or folder is refused at once
     resolve_device(device)  # an unknown name or a missing GPU: before any data is loaded
 
-    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
+    resume = checkpoint_path if checkpoint_path is not None and checkpoint_path.exists() else None
     if resume is not None:
         load_checkpoint(resume)  # a damaged one is refused before anything starts
 
@@ -93,7 +94,7 @@ def train(
             progress.update(task, completed=done, total=total)
 
         run = fit(run_config.params, data, seed=run_config.seed, device=device,
-                  on_step=on_step, checkpoint=checkpoint, resume_from=resume)
+                  on_step=on_step, checkpoint=checkpoint_path, resume_from=resume)
         console.print(f"running on {run.setup.line()}", markup=False, highlight=False,
                       soft_wrap=True)
         try:

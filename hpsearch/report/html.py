@@ -213,7 +213,7 @@ def _section_html(section: Section, figure_html: Any) -> str:
     return "\n".join(parts)
 
 
-def write_report(doc: ReportDoc, path: Path) -> Path:
+def write_report(doc: ReportDoc, path: str | Path) -> str | Path:
     """One self-contained file: plotly.js inlined once, every figure, every table."""
     from plotly.offline import get_plotlyjs
 

@@ -15,6 +15,7 @@ from hpsearch.db import queries
 from hpsearch.db.engine import database_url, normalise_url
 from hpsearch.db.migrate import reading
 from hpsearch.errors import HpsearchError
+from hpsearch.files import writable_target
 from hpsearch.paths import model_path
 
 
@@ -29,10 +30,12 @@ class ExportedModel:
     path: Path  # where it was written
 
 
-def export_model(name: str, out: Path, url: str | None = None, *,
+def export_model(name: str, out: str | Path, url: str | None = None, *,
                  trial: int | None = None) -> ExportedModel:
     """Write trial `trial`'s kept model (default: the study's best trial) to `out`."""
     from hpsearch.trainer.model_file import copy_model_file
+
+    writable_target(out)  # a folder or a device is refused before anything is read
 
     with reading(normalise_url(database_url(url))) as conn:
         study = queries.find_study(conn, name)
@@ -47,4 +50,4 @@ def export_model(name: str, out: Path, url: str | None = None, *,
     state = copy_model_file(source, out, value=record.value, objective=objective.key,
                             dataset=study.dataset)
     return ExportedModel(study.name, record.number, int(state["epoch"]), record.value,
-                         objective.key, int(state["seed"]), out)
+                         objective.key, int(state["seed"]), Path(out))

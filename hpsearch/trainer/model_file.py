@@ -48,7 +48,7 @@ def read_model_file(path: Path) -> dict[str, Any]:
     return state
 
 
-def copy_model_file(source: Path, target: Path, **info: Any) -> dict[str, Any]:
+def copy_model_file(source: Path, target: str | Path, **info: Any) -> dict[str, Any]:
     """`source`'s contents with `info` added, written to `target` (whose folder must exist)
     atomically: complete or not at all. Returns what was written."""
     state = {**read_model_file(source), **info}

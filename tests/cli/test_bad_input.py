@@ -281,9 +281,11 @@ CASES = [
          "cannot write /proc/x.html", db="recorded"),
     # a name ending in / names a folder: not silently written as a file of that name
     Case("export-to-a-folder-name", ("export", "demo", "-o", "{tmp}/out/", "--db", "{db}"),
-         "names a folder", db="recorded", usage=True),
+         "refusing to write {tmp}/out/: a name ending in / names a folder", db="recorded"),
     Case("report-to-a-folder-name", ("report", "demo", "-o", "out/", "--db", "{db}"),
-         "names a folder", db="recorded", usage=True),
+         "refusing to write out/: a name ending in / names a folder", db="recorded"),
+    Case("export-model-to-a-folder-name", ("export-model", "demo", "-o", "out/", "--db", "{db}"),
+         "names a folder", db="recorded"),
     # folders the results would go to, checked before any work (before the database is written)
     Case("run-unwritable-checkpoint-dir", RUN, "cannot write checkpoints to /proc/hps/bad-input",
          toml=study('checkpoint_dir = "checkpoints"', 'checkpoint_dir = "/proc/hps"')),

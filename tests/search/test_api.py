@@ -197,6 +197,10 @@ def test_a_study_object_does_what_the_commands_do(finished: str, tmp_path: Path)
     assert other.enqueue(source="tiny", top=2)[0].new is False  # not queued twice
     page = study.report(tmp_path / "tiny.html")
     assert page.read_text().startswith("<!DOCTYPE html>")
+    for write in (study.report, study.export_model):  # "out/" names a folder, as in the CLI
+        with pytest.raises(HpsearchError, match="a name ending in / names a folder"):
+            write(f"{tmp_path}/out/")
+    assert not (tmp_path / "out").exists()
     final = study.evaluate(epochs=1)
     best = study.best_trial()
     assert best is not None and final.trial_number == best.number and len(final.test_accs) == 1
