@@ -208,18 +208,21 @@ def evaluate_ensemble(name: str, db: str | None = None, *, k: int, select: str =
     return run_ensemble(plan, _url(db), device=device)
 
 
-def enqueue(study: str | Path, db: str | None = None, *, params: str | Path | None = None,
-            source: str | None = None, top: int = 1) -> list[Queued]:
-    """Queue configurations to run first, as `hpsearch enqueue` does: the [params] of a file
-    (`params`) or the `top` best trials of another study (`source`). `study`: a stored
-    study's name, or a study file (created in the database if new). Nothing is queued unless
-    every configuration fits the study."""
+def enqueue(study: str | Path, db: str | None = None, *,
+            params: str | Path | dict[str, Any] | None = None, source: str | None = None,
+            top: int = 1) -> list[Queued]:
+    """Queue configurations to run first, as `hpsearch enqueue` does: `params` (a dict of
+    parameter values, or the path of a file whose [params] table holds them) or the `top`
+    best trials of another study (`source`). `study`: a stored study's name, or a study file
+    (created in the database if new). Nothing is queued unless every configuration fits the
+    study."""
     from hpsearch.search.study_file import load_study
-    from hpsearch.search.warmstart import candidates_from_file, candidates_from_study
+    from hpsearch.search.warmstart import Candidate, candidates_from_file, candidates_from_study
     from hpsearch.search.warmstart import enqueue as queue
 
     if (params is None) == (source is None):
-        raise ConfigError("give exactly one of params (a file) or source (another study)")
+        raise ConfigError("give exactly one of params (a dict or a file) or source (another "
+                          "study)")
     top = check_count("top", top, 1, 1000)
     url = _url(db)
     if isinstance(study, Path) or (isinstance(study, str) and study.endswith(".toml")):
@@ -227,8 +230,17 @@ def enqueue(study: str | Path, db: str | None = None, *, params: str | Path | No
     else:
         _check_name(study)
         target = study
-    candidates = (candidates_from_file(Path(params)) if params is not None
-                  else candidates_from_study(url, source or "", top))
+    if isinstance(params, dict):
+        if not all(isinstance(key, str) for key in params):
+            raise ConfigError("params: parameter names must be strings")
+        candidates = [Candidate(dict(params), "params")]
+    elif isinstance(params, str | Path):
+        candidates = candidates_from_file(Path(params))
+    elif params is not None:
+        raise ConfigError(f"params must be a dict of parameter values or a file's path, got "
+                          f"{type(params).__name__}")
+    else:
+        candidates = candidates_from_study(url, source or "", top)
     return queue(url, target, candidates)
 
 

@@ -173,8 +173,9 @@ def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path:
     lambda url: api.epochs(b"tiny", url),  # type: ignore[arg-type]
     lambda url: api.export_model(None, "m.pt", url),  # type: ignore[arg-type]
     lambda url: api.trials("tiny", 3),  # type: ignore[arg-type]
+    lambda url: api.enqueue("tiny", url, params=[1]),  # type: ignore[arg-type]
 ], ids=["run_worker-None", "trials-int", "best_trial-None", "epochs-bytes", "export-None",
-        "trials-db-int"])
+        "trials-db-int", "enqueue-params-list"])
 def test_api_arguments_of_the_wrong_type_are_config_errors(call: Callable[[str], object],
                                                            tmp_path: Path) -> None:
     """run_worker(None) raised a bare TypeError after creating the database file."""
@@ -195,6 +196,11 @@ def test_a_study_object_does_what_the_commands_do(finished: str, tmp_path: Path)
     queued = other.enqueue(source="tiny", top=2)
     assert [q.new for q in queued] == [True, True]
     assert other.enqueue(source="tiny", top=2)[0].new is False  # not queued twice
+    # or a dict of values, checked against the space as a file's are
+    given = dict(queued[0].params)
+    assert other.enqueue(params=given)[0].new is False
+    with pytest.raises(ConfigError, match="nosuch \\(unknown parameter\\)"):
+        other.enqueue(params={**given, "nosuch": 1})
     page = study.report(tmp_path / "tiny.html")
     assert page.read_text().startswith("<!DOCTYPE html>")
     for write in (study.report, study.export_model):  # "out/" names a folder, as in the CLI
