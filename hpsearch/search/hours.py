@@ -36,7 +36,6 @@ from hpsearch.search.study_file import StudyConfig
 from hpsearch.trainer.data_sources import dataset_sizes
 
 PLAN_EVERY_S = 10.0
-LIMITS_READ_EVERY_S = 2.0  # a worker reads the limits at most this often (one query)
 Clock = Callable[[], float]
 
 
@@ -50,32 +49,21 @@ def study_shape(config: StudyConfig) -> StudyShape:
 
 
 class SearchLimits:
-    """A worker's view of the published limits (none published: no limits)."""
+    """A worker's view of the published limits (none published: no limits), as last read
+    along with the study's state: before each trial and by each epoch's write (StudyControl)."""
 
-    def __init__(self, read: Callable[[], dict[str, Any] | None],
-                 clock: Clock = time.time) -> None:
-        self.read, self.clock = read, clock
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
         self.limits: dict[str, Any] | None = None
-        self.read_at: float | None = None
-
-    def _current(self) -> dict[str, Any] | None:
-        now = self.clock()
-        if self.read_at is None or now - self.read_at >= LIMITS_READ_EVERY_S:
-            self.limits, self.read_at = self.read(), now
-        return self.limits
 
     def seen(self, limits: dict[str, Any] | None) -> None:
-        """The limits as just read by someone else (the worker's study state, one statement):
-        they stand for the next LIMITS_READ_EVERY_S seconds."""
-        self.limits, self.read_at = limits, self.clock()
+        self.limits = limits
 
     def may_start(self) -> bool:
-        limits = self._current()
-        return limits is None or self.clock() < limits["start_by"]
+        return self.limits is None or self.clock() < self.limits["start_by"]
 
     def search_over(self) -> bool:
-        limits = self._current()
-        return limits is not None and self.clock() >= limits["search_end"]
+        return self.limits is not None and self.clock() >= self.limits["search_end"]
 
 
 def published_limits(storage: BaseStorage, study_id: int) -> dict[str, float] | None:

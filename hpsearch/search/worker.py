@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import DatabaseError, as_database_error
 from hpsearch.db.migrate import ensure_schema
-from hpsearch.db.optuna_tables import BUDGET_LIMITS_KEY, study_attrs, trial_state
+from hpsearch.db.optuna_tables import trial_state
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
 from hpsearch.db.trial_slot import TrialSlotLock
@@ -110,12 +110,8 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                               sampler=make_sampler(config, worker_index, existing),
                               pruner=make_pruner(config))
     # an hours budget's limits, published by the `hpsearch run` that plans it
-    def read_limits() -> dict[str, float] | None:
-        with connection_scope(engine) as conn:
-            return study_attrs(conn, study._study_id, system_keys=(BUDGET_LIMITS_KEY,)).get(
-                BUDGET_LIMITS_KEY)
-    limits = SearchLimits(read_limits)
-    # `hpsearch study stop|pause`, a target; its reads refresh the limits too
+    limits = SearchLimits()
+    # `hpsearch study stop|pause`, a target; its reads bring the limits too
     control = StudyControl(study, config, engine, limits)
 
     def after_epoch(study_attrs: dict[str, Any]) -> bool:

@@ -24,7 +24,7 @@ from hpsearch.search.budget import (
     progress_line,
     speeds,
 )
-from hpsearch.search.hours import LIMITS_READ_EVERY_S, SearchLimits, study_shape
+from hpsearch.search.hours import SearchLimits, study_shape
 from hpsearch.search.study_file import parse_study
 
 # 1,000 training and 100 validation images in the search; 2,000 in the final, 500 tested
@@ -137,29 +137,18 @@ def test_use_says_when_the_deadline_was_passed() -> None:
     assert "used 1:01:40 (102.8%)" in late.line()
 
 
-def test_limits_are_read_at_most_every_few_seconds() -> None:
+def test_limits_keep_what_was_last_read() -> None:
     now = [100.0]
-    reads: list[float] = []
-    published: list[dict[str, float] | None] = [{"start_by": 100.5, "search_end": 101.0}]
-
-    def read() -> dict[str, float] | None:
-        reads.append(now[0])
-        return published[0]
-
-    limits = SearchLimits(read, clock=lambda: now[0])
-    assert LIMITS_READ_EVERY_S > 1
+    limits = SearchLimits(clock=lambda: now[0])
+    assert limits.may_start() and not limits.search_over()  # none read yet: no limits
+    limits.seen({"start_by": 100.5, "search_end": 101.0})
     assert limits.may_start() and not limits.search_over()
     now[0] = 100.75
     assert not limits.may_start() and not limits.search_over()
     now[0] = 101.0
     assert not limits.may_start() and limits.search_over()
-    assert len(reads) == 1  # the first read stands for LIMITS_READ_EVERY_S seconds
-    published[0] = None  # the launcher cleared them
-    now[0] = 100.0 + LIMITS_READ_EVERY_S
+    limits.seen(None)  # the launcher cleared them
     assert limits.may_start() and not limits.search_over()
-    assert len(reads) == 2
-    no_budget = SearchLimits(lambda: None, clock=lambda: 1e12)
-    assert no_budget.may_start() and not no_budget.search_over()
 
 
 def study_doc(**budget: object) -> dict[str, object]:
