@@ -121,7 +121,7 @@ def write_cost(url: str, repeats: int = 60) -> float:
     return statistics.median(times)
 
 
-def start_postgres():  # noqa: ANN201 - tests.conftest.PostgresServer
+def start_postgres():
     from tests.conftest import PostgresServer, find_pg_bin
 
     bin_dir = find_pg_bin()

@@ -38,7 +38,7 @@ def profile_steps(steps: int, threads: int) -> None:
             print_profile(prof.key_averages(), blocks, precision, wall / steps, steps)
 
 
-def print_profile(events, blocks: int, precision: str, step_s: float,  # noqa: ANN001
+def print_profile(events, blocks: int, precision: str, step_s: float,
                   steps: int) -> None:
     ops = sorted((e for e in events if e.self_cpu_time_total > 0),
                  key=lambda e: e.self_cpu_time_total, reverse=True)

@@ -93,7 +93,7 @@ class Turns:
     """A worker's side of the turn-taking: `tick()` after every training step hands the CPU back
     once this turn has lasted `slice_s`; only time inside turns is counted."""
 
-    def __init__(self, conn, slice_s: float) -> None:  # noqa: ANN001 - a multiprocessing pipe
+    def __init__(self, conn, slice_s: float) -> None:
         self.conn, self.slice_s = conn, slice_s
         self.counted = 0.0
         self.turns = 0
@@ -289,16 +289,16 @@ def warm_up(data: TrainValData, precision: str) -> None:
     fit(mixer_params(1, epochs=1, precision=precision), small, device="cpu").run_to_end()
 
 
-def worker(conn, job: dict) -> None:  # noqa: ANN001
+def worker(conn, job: dict) -> None:
     try:
         _work(conn, job)
-    except BaseException:  # noqa: BLE001 - report any failure to the scheduler, then exit
+    except BaseException:
         import traceback
 
         conn.send(("error", traceback.format_exc()))
 
 
-def _work(conn, job: dict) -> None:  # noqa: ANN001
+def _work(conn, job: dict) -> None:
     configure_threads(job["threads"])
     turns = Turns(conn, job["slice_s"])
     if job["kind"] == "coursework":

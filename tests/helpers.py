@@ -165,7 +165,7 @@ def count_test_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = data_mod.load_test_split
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, app
 from hpsearch.errors import ConfigError
 from hpsearch.limits import MAX_ENSEMBLE, MAX_SEEDS, check_epochs
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from hpsearch.metrics import EpochMetrics
+    from hpsearch.search.ensemble import EnsembleResult
+    from hpsearch.search.evaluate import FinalResult
+    from hpsearch.trainer.epochs_auto import AutoEpochs
 
 
 def epochs_option(value: str | None) -> int | str | None:
@@ -124,12 +132,12 @@ def _evaluate_single(name: str, db: str | None, trial: int | None, epochs: int |
                f"epoch {plan.trial.best_epoch}): retraining on train + validation for "
                f"{plan.epochs} epoch(s), {len(plan.seeds)} seed(s), {n_threads} thread(s)")
 
-    def on_epoch(seed: int, metrics) -> None:  # noqa: ANN001 - EpochMetrics
+    def on_epoch(seed: int, metrics: EpochMetrics) -> None:
         console.print(f"seed {seed} epoch {metrics.epoch:3d}  train loss {metrics.train_loss:.4f}"
                       f" acc {metrics.train_acc:.4f}  lr {metrics.lr:.2e}  "
                       f"{metrics.seconds:.1f}s", markup=False)
 
-    def on_result(result) -> None:  # noqa: ANN001 - FinalResult
+    def on_result(result: FinalResult) -> None:
         how = "stored earlier" if result.stored else f"{result.seconds:.1f}s"
         typer.echo(f"seed {result.seed}: test acc {result.test_acc:.4f}, test loss "
                    f"{result.test_loss:.4f} ({how}; weights {result.checkpoint_path})")
@@ -143,12 +151,12 @@ def _evaluate_single(name: str, db: str | None, trial: int | None, epochs: int |
                    f"(mean ± std over {summary.seeds} seeds, {plan.epochs} epoch(s))")
 
 
-def _print_auto_epoch(console, m) -> None:  # noqa: ANN001 - rich Console, EpochMetrics
+def _print_auto_epoch(console: Console, m: EpochMetrics) -> None:
     console.print(f"held-out run: epoch {m.epoch:3d}  val acc {m.val_acc:.4f}  "
                   f"{m.seconds:.1f}s", markup=False)
 
 
-def _auto_scores(auto) -> str:  # noqa: ANN001 - AutoEpochs
+def _auto_scores(auto: AutoEpochs) -> str:
     """'held-out acc by length: 3: 0.81, 5: 0.84, ...; 12.3s'"""
     scores = ", ".join(f"{e}: {a:.4f}" for e, a in sorted(auto.scores.items()))
     return f"held-out acc by length: {scores}; {auto.seconds:.1f}s"
@@ -166,7 +174,7 @@ def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str,
     console = Console(stderr=True, highlight=False)
     n_threads = configure_threads(threads)
 
-    def on_select_epoch(number: int, m) -> None:  # noqa: ANN001 - EpochMetrics
+    def on_select_epoch(number: int, m: EpochMetrics) -> None:
         console.print(f"choosing: trial {number} epoch {m.epoch:3d}  val acc {m.val_acc:.4f}",
                       markup=False)
 
@@ -184,11 +192,11 @@ def _evaluate_ensemble(name: str, db: str | None, k: int, selection: str,
                f"{plan.candidates} best trials ({selection}): {members}{chosen}; "
                f"{len(plan.seeds)} seed(s), {n_threads} thread(s)")
 
-    def on_epoch(seed: int, number: int, m) -> None:  # noqa: ANN001 - EpochMetrics
+    def on_epoch(seed: int, number: int, m: EpochMetrics) -> None:
         console.print(f"seed {seed} trial {number} epoch {m.epoch:3d}  train loss "
                       f"{m.train_loss:.4f} acc {m.train_acc:.4f}  {m.seconds:.1f}s", markup=False)
 
-    def on_result(r) -> None:  # noqa: ANN001 - EnsembleResult
+    def on_result(r: EnsembleResult) -> None:
         how = "stored earlier" if r.stored else f"{r.seconds:.1f}s"
         tta_part = f", with {tta} {r.test_acc_tta:.4f}" if r.test_acc_tta is not None else ""
         single = f"{r.baseline_acc:.4f}" if r.baseline_acc is not None else "-"

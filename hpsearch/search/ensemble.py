@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -50,6 +51,10 @@ from hpsearch.search.evaluate import (
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.ensemble_select import average, greedy_weights, score_probs
 from hpsearch.trainer.epochs_auto import AutoEpochs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SELECTIONS = ("top", "greedy")
 TTA_MODES = ("flip",)
@@ -202,7 +207,7 @@ def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.Tr
     return weights, acc
 
 
-def _device(device: str, resolve):  # noqa: ANN001, ANN202 - runtime.resolve_device
+def _device(device: str, resolve: Callable[[str], torch.device]) -> torch.device:
     try:
         return resolve(device)
     except ValueError as exc:
@@ -251,7 +256,7 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
 
 
 def _one_seed(plan: EnsemblePlan, engine: Engine, full: data_mod.TrainValData, k: int,
-              dev, stored: dict[int, dict[int, records.StoredEvaluation]],  # noqa: ANN001
+              dev: torch.device, stored: dict[int, dict[int, records.StoredEvaluation]],
               on_epoch: Callable[[int, int, EpochMetrics], None] | None) -> EnsembleResult:
     """The k-th seed: each member retrains with its own k-th evaluation seed."""
     from hpsearch.trainer.loop import predict_probs
@@ -296,8 +301,9 @@ def _one_seed(plan: EnsemblePlan, engine: Engine, full: data_mod.TrainValData, k
 
 
 def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValData, seed: int,
-                  dev, earlier: records.StoredEvaluation | None,  # noqa: ANN001
-                  on_epoch: Callable[[int, int, EpochMetrics], None] | None):  # noqa: ANN202
+                  dev: torch.device, earlier: records.StoredEvaluation | None,
+                  on_epoch: Callable[[int, int, EpochMetrics], None] | None
+                  ) -> tuple[nn.Module, torch.dtype | None, list[dict] | None, float]:
     """(model, autocast dtype, curve, seconds): the stored weights of an earlier retraining
     with this seed and length where they are still on disk (curve None: nothing to store),
     else a retraining on train + validation saved like `hpsearch evaluate`'s."""

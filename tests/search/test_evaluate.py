@@ -192,13 +192,13 @@ def test_best_and_report_show_the_test_accuracy(url: str, tmp_path: Path,
 
 def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def forbidden(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+    def forbidden(*_args, **_kwargs):
         raise AssertionError("the test split was read during a study or before every choice "
                              "was fixed")
 
     real_synthetic = data_mod.synthetic_raw
 
-    def synthetic_train_only(n: int, seed: int, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def synthetic_train_only(n: int, seed: int, *args, **kwargs):
         if seed != 0:  # seed 1 makes the synthetic test images
             raise AssertionError("synthetic test images were made during a study")
         return real_synthetic(n, seed, *args, **kwargs)
@@ -260,7 +260,7 @@ def test_an_hours_budget_reads_the_test_split_once_per_seed_after_every_choice(
     def noting(module: object, name: str, event: str) -> None:
         real = getattr(module, name)
 
-        def noted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def noted(*args, **kwargs):
             if event == "test":  # a read comes before its result, the other events after
                 events.append(event)
                 return real(*args, **kwargs)

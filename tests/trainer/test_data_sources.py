@@ -135,7 +135,7 @@ def _empty_class(root: Path) -> None:
     (_one_class, "at least 2 classes"),
     (_empty_class, "train/cat/ holds no images"),
 ])
-def test_a_malformed_image_folder_is_one_line(isolated: Path, damage, message: str) -> None:  # noqa: ANN001
+def test_a_malformed_image_folder_is_one_line(isolated: Path, damage, message: str) -> None:
     root = isolated / "photos"
     write_folder(root)
     damage(root)
