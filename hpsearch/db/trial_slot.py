@@ -5,7 +5,9 @@ the later one's becomes a surplus: a trial in Optuna's table (failed, or worse, 
 optuna-dashboard and `optuna trials` count. Deleting the surplus afterwards would still leave a
 window in which the dashboard shows it and a gap in the trial numbers; MaxTrialsCallback only
 stops a worker after its trial ends. So the count and the ask happen under one lock, and the
-race cannot happen at all.
+race cannot happen at all. The heartbeat check holds it too, from failing a dead trial to
+queueing its retry: a count between the two would see neither and start a new trial in the
+retry's place.
 
 Why not SQLite's write lock: Optuna creates the trial on its own connection, which a
 transaction of ours holding that lock would block for good. So on SQLite the lock is an flock()

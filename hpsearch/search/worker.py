@@ -125,7 +125,9 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     # released as soon as the ask has created the trial, before the sampler runs; a queued
     # retry that the ask picks up instead is released by the objective's first step
     storage.on_trial_created = (threading.get_ident(), slot.release)
-    watcher = StaleTrialWatcher(study, storage)
+    # the heartbeat check fails a dead trial and queues its retry under the same lock, so that
+    # no count falls between the two and starts a new trial in the retry's place
+    watcher = StaleTrialWatcher(study, storage, TrialSlotLock(url, study._study_id, engine))
     watcher.start()
     trials = _Trials(study, storage, config, objective, slot, limits, control)
     try:
@@ -195,7 +197,7 @@ class _Trials:
         """Run the next trial: its end state; "idle" while the last trials run elsewhere,
         "done" when the study has its trials; None when it was lost (see TrialLost). A
         transient database error raised here is waited out, and this is called again."""
-        self.settle_faulted()
+        self.settle_faulted()  # before the count: a trial it queues again is counted
         self.slot.acquire()
         try:
             # one read: the study's stop or pause, the budget's limits and the trial counts
@@ -278,8 +280,13 @@ class _Trials:
         dead worker's trial. Failing it is a compare-and-set, as the check's: if the check
         failed it first, the check queued the copy, and this queues none. `url`: stopping, so
         the database is tried once, not waited for."""
+        if not (self.to_fail or self.to_copy):
+            return
         storage = self.study._storage
         try:
+            # under the slot lock, as the heartbeat check: no count between failing a trial
+            # and queueing its copy (it would start a new trial in the copy's place)
+            self.slot.acquire()
             for trial_id, ended in sorted(self.to_fail.items()):
                 try:
                     if storage.set_trial_state_values(trial_id, TrialState.FAIL):
@@ -298,6 +305,8 @@ class _Trials:
                 raise  # between trials: waited out, then tried again
             log.warning("stopped trial not queued again (%s): the heartbeat check of the "
                         "next run queues it", as_database_error(exc, url) or exc)
+        finally:
+            self.slot.release()
 
 
 def until_the_database_answers(step: Callable[[], T], url: str) -> T:
@@ -336,19 +345,21 @@ class StaleTrialWatcher(threading.Thread):
     storage lets only one check per study per interval through (claim_stale_check): the
     others' attempts cost one UPDATE each."""
 
-    def __init__(self, study: optuna.Study, storage: Storage) -> None:
+    def __init__(self, study: optuna.Study, storage: Storage, slot: TrialSlotLock) -> None:
         super().__init__(name="stale-trial-watcher", daemon=True)
-        self.study, self.storage = study, storage
+        self.study, self.storage, self.slot = study, storage, slot
         self._stopped = threading.Event()
 
     def run(self) -> None:
         delay = self.storage.stale_check_interval
         while not self._stopped.wait(delay):
             try:
+                self.slot.acquire()
                 _fail_stale(self.study)
             except Exception as exc:  # a missed check is retried next interval
                 log.warning("stale-trial check failed: %s", as_database_error(exc) or repr(exc))
             finally:
+                self.slot.release()
                 self.storage.remove_session()
             # due an interval after this process's last try (Optuna's at a trial's start too)
             delay = max(0.1, self.storage.next_stale_check - time.time())
@@ -357,6 +368,7 @@ class StaleTrialWatcher(threading.Thread):
         self._stopped.set()
         if stop_requested() is None:  # a stop does not wait: the thread dies with the process
             self.join(timeout=5)
+        self.slot.close()
 
 
 def _one_line_failures(record: logging.LogRecord) -> bool:

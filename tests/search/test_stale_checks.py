@@ -4,6 +4,7 @@ workers): one stale-trial check per study per interval, and idle polls that back
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlalchemy import event
 from hpsearch.db.engine import make_engine
 from hpsearch.db.optuna_tables import claim_stale_check
 from hpsearch.db.session import connection_scope
+from hpsearch.db.trial_slot import TrialSlotLock
 from hpsearch.search import worker as runner
 from hpsearch.search.study import open_storage, prepare_study
 from hpsearch.search.study_file import WorkerOptions, load_study
@@ -80,3 +82,37 @@ def test_an_idle_worker_polls_less_and_less_often(sqlite_url: str, tmp_path: Pat
     assert len(waits) >= 4, waits
     assert waits[:4] == [0.25, 0.5, 1.0, 2.0]
     assert max(waits) <= runner.WAIT_POLL_MAX_S
+
+
+def _slot_taken(sqlite_path: str) -> bool:
+    """Whether some thread or process holds the study's trial-slot lock (SQLite: an flock)."""
+    with open(f"{sqlite_path}.trial-lock", "ab") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def test_the_watcher_fails_and_queues_again_under_the_trial_slot_lock(
+        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen under load: a worker counted the trials after the heartbeat check had failed a dead
+    trial but before it had queued the retry, started a new trial in the retry's place, and the
+    study ended with its trials and the retry left waiting. The check (failing, then queueing)
+    now holds the lock under which a worker counts and asks."""
+    prepare_study(load_study(write_tiny_study(tmp_path)), sqlite_url)
+    storage = open_storage(sqlite_url, WorkerOptions(heartbeat_interval=1, grace_period=4))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    path = sqlite_url.removeprefix("sqlite:///")
+    held: list[bool] = []
+    monkeypatch.setattr(runner, "_fail_stale", lambda _study: held.append(_slot_taken(path)))
+    watcher = runner.StaleTrialWatcher(study, storage,
+                                       TrialSlotLock(sqlite_url, study._study_id))
+    watcher.start()
+    try:
+        wait_for(lambda: held, 60, "a stale-trial check")
+    finally:
+        watcher.stop()
+    assert held[0] is True
+    assert not _slot_taken(path)  # and released after it
