@@ -36,8 +36,7 @@ from hpsearch.trainer.data_files import (
     DataError,
     DataNotFoundError,
     candidate_dirs,
-    find_idx_files,
-    find_layout,
+    find_dataset,
     given_dirs,
     idx_sources,
     layout_sources,
@@ -256,28 +255,22 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
         path = local_path(dataset)
         return _cached_tensors(dataset, train, _local_sources(path, train),
                                lambda: _local_tensors(path, train))
-    tried = candidate_dirs(dataset, data_dir)
-    given = given_dirs(data_dir)  # the first folders of `tried`: given[:i] are passed over at i
-    for i, root in enumerate(tried):
+    given = given_dirs(data_dir)  # candidate_dirs' first places: given[:i] passed over at i
+    found = find_dataset(dataset, data_dir)
+    if found is not None:
+        position, folder = found
+        _warn_passed_over(dataset, given[:position])
         if dataset in LAYOUTS:
-            base = find_layout(dataset, root)
-            if base is not None:
-                _warn_passed_over(dataset, given[:i])
-                return _cached_tensors(dataset, train, layout_sources(base, dataset),
-                                       lambda base=base: _load_torchvision(dataset, base, train))
-            continue
-        folder = find_idx_files(dataset, root)
-        if folder is not None:
-            _warn_passed_over(dataset, given[:i])
-            split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
-            return _cached_tensors(
-                dataset, train, idx_sources(folder, split_files),
-                lambda folder=folder: _parse_idx_folder(dataset, folder, train))
+            return _cached_tensors(dataset, train, layout_sources(folder, dataset),
+                                   lambda: _load_torchvision(dataset, folder, train))
+        split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
+        return _cached_tensors(dataset, train, idx_sources(folder, split_files),
+                               lambda: _parse_idx_folder(dataset, folder, train))
     download_root = cache_dir() / "downloads"
     if download and _try_download(dataset, download_root):
         _warn_passed_over(dataset, given)
         return load_raw(dataset, str(download_root), train, download=False)
-    raise DataNotFoundError(_missing_message(dataset, tried))
+    raise DataNotFoundError(_missing_message(dataset, candidate_dirs(dataset, data_dir)))
 
 
 def _local_sources(path: Path, train: bool) -> list[Path]:

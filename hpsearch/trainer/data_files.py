@@ -81,14 +81,15 @@ def find_layout(dataset: str, root: Path) -> Path | None:
     return None
 
 
-def find_dataset(dataset: str, data_dir: str | None) -> Path | None:
-    """The folder trainer/data.py reads `dataset` (known by name) from: the first place of
-    candidate_dirs that holds it; None: no copy here (a download may bring one)."""
-    for root in candidate_dirs(dataset, data_dir):
+def find_dataset(dataset: str, data_dir: str | None) -> tuple[int, Path] | None:
+    """Where trainer/data.py reads `dataset` (known by name) from: the first place of
+    candidate_dirs that holds it, as (its position there, the folder); None: no copy here
+    (a download may bring one)."""
+    for position, root in enumerate(candidate_dirs(dataset, data_dir)):
         found = (find_layout(dataset, root) if dataset in LAYOUTS
                  else find_idx_files(dataset, root))
         if found is not None:
-            return found
+            return position, found
     return None
 
 
@@ -132,8 +133,8 @@ def idx_sizes(data: DataOptions) -> tuple[int, int] | None:
     (other datasets, or no folder here: a download brings the usual files)."""
     if data.dataset not in IDX_DATASETS:
         return None
-    folder = find_dataset(data.dataset, data.data_dir)
-    if folder is None:
+    found = find_dataset(data.dataset, data.data_dir)
+    if found is None:
         return None
-    train, test = idx_sources(folder, (MNIST_FILES[0], MNIST_FILES[2]))
+    train, test = idx_sources(found[1], (MNIST_FILES[0], MNIST_FILES[2]))
     return idx_count(train), idx_count(test)
