@@ -354,7 +354,9 @@ def _chattr(flag: str, *paths: Path) -> None:
 
 FAULTS = {  # the reason the run must give (SQLite words a truncated file either way)
     "drop-table": ("no such table: hps_epoch",),
-    "delete-file": ("no such table",),  # whichever table the next statement reads first
+    # a new connection finds an empty file (whichever table the next statement reads first); one
+    # still open on the deleted -wal/-shm files gets an I/O error: which comes first is timing
+    "delete-file": ("no such table", "disk I/O error"),
     "truncate-file": ("database disk image is malformed", "file is not a database"),
     # read-only: a write fails, or (when SQLite must create its -wal file anew) the open does
     "read-only": ("attempt to write a readonly database", "unable to open database file"),
