@@ -64,15 +64,17 @@ class CompileMeasurement:
         return 1.0 - self.compiled_step_s / self.eager_step_s
 
 
-def training_flops(params: TrialParams, images: int) -> float:
-    return 3.0 * matmul_flops_per_image(params, IMAGE_SHAPE) * images
+def training_flops(params: TrialParams, image_shape: tuple[int, int, int], images: int) -> float:
+    return 3.0 * matmul_flops_per_image(params, image_shape) * images
 
 
-def compile_pays(params: TrialParams, images: int, m: CompileMeasurement) -> tuple[bool, str]:
+def compile_pays(params: TrialParams, image_shape: tuple[int, int, int], images: int,
+                 m: CompileMeasurement) -> tuple[bool, str]:
     """Whether compiling saves COMPILE_MARGIN times its cost over a run of `images` training
-    images of `params`' model, from the default Mixer's measurement scaled by matmul FLOPs (the
-    compile by the number of blocks: each adds its own graph)."""
-    scale = training_flops(params, images) / training_flops(TrialParams(), PROBE_BATCH)
+    images of `image_shape` on `params`' model, from the default Mixer's measurement scaled by
+    matmul FLOPs (the compile by the number of blocks: each adds its own graph)."""
+    scale = (training_flops(params, image_shape, images)
+             / training_flops(TrialParams(), IMAGE_SHAPE, PROBE_BATCH))
     saved = scale * m.eager_step_s * m.saving
     cost = m.compile_s * (params.num_blocks if params.model == "mixer" else 1)
     verdict = saved >= COMPILE_MARGIN * cost
@@ -81,16 +83,18 @@ def compile_pays(params: TrialParams, images: int, m: CompileMeasurement) -> tup
                      f"{'at least' if verdict else 'less than'} {COMPILE_MARGIN:g}x its cost")
 
 
-def choose_compile(params: TrialParams, images: int, device: torch.device,
-                   precision: str) -> tuple[bool, str]:
-    """(compile this run?, why), for a run of `images` training images in all."""
+def choose_compile(params: TrialParams, image_shape: tuple[int, int, int], images: int,
+                   device: torch.device, precision: str) -> tuple[bool, str]:
+    """(compile this run?, why), for a run of `images` training images of `image_shape` in all."""
     if params.compile != "auto":
         return params.compile == "on", "set explicitly"
     if device.type != "cpu":
         return False, "auto: measured on CPUs only"
-    if training_flops(params, images) < MIN_RUN_S * FAST_FLOPS:
+    if params.is_factory:  # the FLOPs that scale the measurement are counted for ours only
+        return False, 'auto: no cost model for a model of your own (compile = "on" compiles it)'
+    if training_flops(params, image_shape, images) < MIN_RUN_S * FAST_FLOPS:
         return False, "auto: too short a run to repay a compile"
-    return compile_pays(params, images, compile_measurement(precision))
+    return compile_pays(params, image_shape, images, compile_measurement(precision))
 
 
 _MEASURED: dict[Path, CompileMeasurement] = {}  # per process: read or measured once

@@ -143,7 +143,7 @@ class Training:
         self.optimizer = make_optimizer(params, self.model)
         # the run's length counts from epoch 1 (a resumed run's is shorter: the margin absorbs it)
         self.compiled, self.compile_reason = choose_compile(
-            params, self.last_epoch * len(data.train), dev, self.setup.precision)
+            params, data.image_shape, self.last_epoch * len(data.train), dev, self.setup.precision)
         # one batch shape, so compile traces once (unless there is not even one full batch)
         self.drop_last = self.compiled and len(data.train) >= params.batch_size
         steps = (len(data.train) // params.batch_size if self.drop_last
