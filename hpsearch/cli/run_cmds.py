@@ -118,6 +118,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     from hpsearch.search.study_file import load_study, parse_gpus, parse_hours
     from hpsearch.stop import exit_code, signal_name, signum_of
     from hpsearch.trainer.data_files import missing_here
+    from hpsearch.trainer.data_sources import is_local
 
     config = load_study(study_file)  # every check runs before anything is written
     hours = parse_hours(hours_option, "--hours") if hours_option is not None else config.hours
@@ -134,7 +135,10 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
     writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
-    if missing_here(config.data):  # downloaded once, here, or one line on why not
+    # a dataset known by name is downloaded once, here, or one line says why not; a folder or
+    # .npz file of the user's is read here (and cached for the workers), so that a bad pixel
+    # range or label is one line before anything is written, not a failed worker after
+    if missing_here(config.data) or is_local(config.data.dataset):
         from hpsearch.trainer.data import load_raw
 
         load_raw(config.data.dataset, config.data.data_dir, train=True)

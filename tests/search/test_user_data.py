@@ -114,3 +114,19 @@ def test_a_study_on_a_missing_folder_is_one_line(tmp_path: Path) -> None:
 
 def torch_images(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def test_run_reads_a_bad_npz_before_it_writes_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pixels stored as floats 0..255 (not uint8, not [0, 1]) are found by `run` itself, in one
+    line, before the study is made (was: the study made, then each worker failing)."""
+    x = images_of(1, 40, (8, 8), seed=0).astype(np.float32)
+    y = np.ones(40, dtype=np.int64)
+    np.savez(tmp_path / "floats.npz", x_train=x, y_train=y, x_test=x[:8], y_test=y[:8])
+    path = study(tmp_path, str(tmp_path / "floats.npz"), "patch_size = 4\nhidden_dim = 16")
+    db = tmp_path / "h.db"
+    code, out, err = hps(capsys, monkeypatch, "run", str(path), "--db", f"sqlite:///{db}")
+    assert code == 2
+    assert "x_train holds float32 values from 110.0 to " in err and err.count("\n") == 1, err
+    assert not db.exists()
