@@ -14,6 +14,7 @@ import pwd
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,6 +32,11 @@ from hypothesis import settings
 # loaded machine fails. No property test here is about speed.
 settings.register_profile("hpsearch", deadline=None)
 settings.load_profile("hpsearch")
+
+# The signal tests send SIGHUP to the processes they start, which inherit an ignored SIGHUP
+# (pytest under `nohup`, as a long check runs) and keep it ignored, as nohup asks of hpsearch.
+# The tests are about a terminal that closes, so their processes start with the default.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 PG_BIN_ENV = "HPSEARCH_PG_BIN"  # folder holding initdb and pg_ctl, to override the search
 PG_USER = "hps"

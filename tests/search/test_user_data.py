@@ -40,7 +40,7 @@ dataset = "{dataset}"
 max_epochs = 2
 
 [workers]
-checkpoint_dir = "checkpoints"
+checkpoint_dir = "{folder / 'checkpoints'}"
 
 [space]
 {model}

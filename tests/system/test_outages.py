@@ -358,8 +358,10 @@ FAULTS = {  # the reason the run must give (SQLite words a truncated file either
     # still open on the deleted -wal/-shm files gets an I/O error: which comes first is timing
     "delete-file": ("no such table", "disk I/O error"),
     "truncate-file": ("database disk image is malformed", "file is not a database"),
-    # read-only: a write fails, or (when SQLite must create its -wal file anew) the open does
-    "read-only": ("attempt to write a readonly database", "unable to open database file"),
+    # read-only: a write fails, or (when SQLite must create its -wal file anew) the open does,
+    # or a connection still open on the -wal/-shm files fails to write them
+    "read-only": ("attempt to write a readonly database", "unable to open database file",
+                  "disk I/O error"),
 }
 
 
