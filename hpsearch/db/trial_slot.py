@@ -21,20 +21,29 @@ session-level lock would outlive a cut-off worker until the server noticed the d
 (hours), and every worker of the study would wait for it. Losing the lock early (a holder that
 waits longer than that timeout) is harmless once Optuna has created the trial, which it does
 before sampling.
+
+A holder that never lets go (SIGSTOP, a paused VM) would block every worker of the study for
+good on SQLite: there a worker waits for the flock at most `wait_s` (the study's grace period,
+after which the heartbeat check counts a silent worker as dead) and then goes on without it,
+at the risk of the surplus trial above rather than a study that waits for ever.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import IO
 
+import tenacity
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import as_database_error
+from hpsearch.stop import wait
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +54,14 @@ _PG_NAMESPACE = 0x687073_01
 class TrialSlotLock:
     """A cross-process mutex for one Optuna study; release() may be called more than once."""
 
-    def __init__(self, url: str, optuna_study_id: int, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, optuna_study_id: int, engine: Engine | None = None,
+                 wait_s: float | None = None) -> None:
         """`engine`: the worker's engine to take the lock's connection from (PostgreSQL);
-        by default one of its own."""
+        by default one of its own. `wait_s`: the longest wait for another holder's flock
+        (SQLite; None: no limit)."""
         self.url = url
         self.study_id = optuna_study_id
+        self.wait_s = wait_s
         parsed = make_url(url)
         self._pg = parsed.get_backend_name() == "postgresql"
         database = parsed.database or ""
@@ -64,8 +76,31 @@ class TrialSlotLock:
         if self._engine is not None:
             self._lock()
         elif self._file is not None:
-            self._handle = open(self._file, "ab")  # noqa: SIM115 - held until release()
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+            handle = open(self._file, "ab")  # noqa: SIM115 - held until release()
+            if self._flock(handle):
+                self._handle = handle
+            else:
+                handle.close()
+                log.warning("another worker has held the trial-slot lock for over %g s (frozen?);"
+                            " going on without it", self.wait_s)
+
+    def _flock(self, handle: IO[bytes]) -> bool:
+        """Take the flock; False if another process held it for all of `wait_s`."""
+        if self.wait_s is None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            return True
+        # a stop request ends the main thread's wait (stop.wait raises); the heartbeat
+        # check's thread just waits: it ends with the process
+        main = threading.current_thread() is threading.main_thread()
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(BlockingIOError), reraise=True,
+            stop=tenacity.stop_after_delay(self.wait_s), wait=tenacity.wait_fixed(0.05),
+            sleep=wait if main else time.sleep)
+        try:
+            retrying(fcntl.flock, handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def _lock(self) -> None:
         assert self._engine is not None

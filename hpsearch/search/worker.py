@@ -121,13 +121,15 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
                           worker_name(), search_over=after_epoch)
     # held from counting the trials until Optuna has created ours (then the objective's first
     # step releases it): no two workers can both take the last slot (see db/trial_slot.py)
-    slot = TrialSlotLock(url, study._study_id, engine)
+    grace = config.workers.grace_period  # a holder silent that long is frozen or dead
+    slot = TrialSlotLock(url, study._study_id, engine, wait_s=grace)
     # released as soon as the ask has created the trial, before the sampler runs; a queued
     # retry that the ask picks up instead is released by the objective's first step
     storage.on_trial_created = (threading.get_ident(), slot.release)
     # the heartbeat check fails a dead trial and queues its retry under the same lock, so that
     # no count falls between the two and starts a new trial in the retry's place
-    watcher = StaleTrialWatcher(study, storage, TrialSlotLock(url, study._study_id, engine))
+    watcher = StaleTrialWatcher(study, storage, TrialSlotLock(url, study._study_id, engine,
+                                                                wait_s=grace))
     watcher.start()
     trials = _Trials(study, storage, config, objective, slot, limits, control)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -116,3 +117,31 @@ def test_the_watcher_fails_and_queues_again_under_the_trial_slot_lock(
         watcher.stop()
     assert held[0] is True
     assert not _slot_taken(path)  # and released after it
+
+
+def test_a_frozen_holder_of_the_trial_slot_lock_delays_others_only_its_grace_period(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """Seen under load: a worker stopped (SIGSTOP) while its heartbeat check held the lock
+    kept the other worker from ever starting a trial or queueing the retry. On SQLite the lock
+    is an flock that only the holder's exit releases, so a waiter gives up after `wait_s`."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, signal, sys\n"
+         f"f = open({sqlite_url.removeprefix('sqlite:///') + '.trial-lock'!r}, 'ab')\n"
+         "fcntl.flock(f.fileno(), fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+         "os.kill(os.getpid(), signal.SIGSTOP)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        waiter = TrialSlotLock(sqlite_url, 1, wait_s=0.5)
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (waiter.acquire(), done.set()), daemon=True)
+        thread.start()
+        assert done.wait(60), "still waiting for a frozen holder's lock"
+        waiter.release()  # nothing held: a no-op
+        assert not waiter._handle
+    finally:
+        holder.kill()
+        holder.wait()
+    free = TrialSlotLock(sqlite_url, 1, wait_s=0.5)
+    free.acquire()  # the holder gone, the lock is taken
+    assert free._handle is not None
+    free.close()
