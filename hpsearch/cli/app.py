@@ -12,7 +12,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer v
 from typer.core import TyperGroup
 
 from hpsearch.cli.oneline import error_line
-from hpsearch.limits import MAX_THREADS, MAX_WORKERS
+from hpsearch.limits import MAX_THREADS, MAX_WORKERS, MIN_TIMEOUT_S
 from hpsearch.params import INT_MAX
 
 __all__ = ["INT_MAX", "MAX_THREADS", "MAX_WORKERS", "OneLineErrors", "app", "finite"]
@@ -114,3 +114,12 @@ DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or
            "sqlite:///hpsearch.db. Timeouts go in the URL: ?connect_timeout=SECONDS "
            "(PostgreSQL, default 10), ?timeout=SECONDS (SQLite lock wait, default 60).")
 DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
+DeviceOption = Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)]
+TimeoutOption = Annotated[float | None, typer.Option(
+    help="Each worker stops starting new trials after this many seconds (default: the study "
+    "file's [study] timeout, if any); a running trial finishes.", min=MIN_TIMEOUT_S,
+    callback=finite)]
+StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
+                                         metavar="NAME")]

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DbOption, app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_BOUND_S = 10  # a stop signal ends the process within this, whatever holds it
@@ -19,7 +19,7 @@ STOP_BOUND_S = 10  # a stop signal ends the process within this, whatever holds 
 
 @app.command()
 def dashboard(
-    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    db: DbOption = None,
     host: Annotated[str, typer.Option(
         help="Address to listen on. The dashboard has no login and can edit studies: keep it "
         "on loopback and reach it through an SSH tunnel.")] = "127.0.0.1",

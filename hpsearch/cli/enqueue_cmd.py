@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, app
+from hpsearch.cli.app import DbOption, app
 
 
 @app.command()
@@ -24,7 +24,7 @@ def enqueue(
         metavar="OTHER_STUDY")] = None,
     top: Annotated[int, typer.Option(help="With --from: how many of its best trials.",
                                      min=1, max=1000)] = 1,
-    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    db: DbOption = None,
 ) -> None:
     """Queue configurations to run first, before the sampler proposes its own.
 

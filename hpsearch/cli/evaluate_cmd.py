@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, app
+from hpsearch.cli.app import INT_MAX, DbOption, DeviceOption, StudyArg, ThreadsOption, app
 from hpsearch.errors import ConfigError
 from hpsearch.limits import MAX_ENSEMBLE, MAX_SEEDS, check_epochs
 
@@ -39,8 +39,7 @@ class Tta(StrEnum):
 
 @app.command()
 def evaluate(
-    name: Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
-                                        metavar="NAME")],
+    name: StudyArg,
     trial: Annotated[int | None, typer.Option(
         help="Trial number to evaluate, e.g. one from `hpsearch best NAME --pareto` (default: "
         "the study's best trial, as `hpsearch best` shows it).", min=0, max=INT_MAX)] = None,
@@ -69,10 +68,9 @@ def evaluate(
         help="With --ensemble: also score the ensemble with test-time augmentation ('flip': "
         "outputs averaged with those of the mirrored test images), reported separately.")
     ] = None,
-    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
-    device: Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")] = "auto",
-    threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
+    db: DbOption = None,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """Retrain a trial's configuration on the FULL training set (train + validation) and score
     it once on the test set; the result is stored and shown by trials, best, compare and report

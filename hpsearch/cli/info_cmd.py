@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import MAX_THREADS, app
+from hpsearch.cli.app import MAX_THREADS, DeviceOption, app
 
 
 class InfoFormat(StrEnum):
@@ -18,7 +18,7 @@ class InfoFormat(StrEnum):
 
 @app.command()
 def info(
-    device: Annotated[str, typer.Option(help="auto (a GPU if present), cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     threads: Annotated[int | None, typer.Option(
         help="CPU threads to measure with (default: every available core, as `train` uses; "
         "each of `run --workers N` gets cores/N).", min=1, max=MAX_THREADS)] = None,

@@ -6,13 +6,12 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app
+from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app
 
 
 @app.command("export-model")
 def export_model(
-    name: Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
-                                        metavar="NAME")],
+    name: StudyArg,
     trial: Annotated[int | None, typer.Argument(
         help="Trial number (default: the study's best trial, as `hpsearch best` shows it).",
         min=0, max=INT_MAX, show_default=False)] = None,

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app
-from hpsearch.cli.query_cmds import Format, FormatOption, StudyArg, connect, emit
+from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app
+from hpsearch.cli.query_cmds import Format, FormatOption, connect, emit
 
 
 class ExportFormat(StrEnum):

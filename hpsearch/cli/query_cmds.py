@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app
+from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -53,8 +53,6 @@ class State(StrEnum):
 FORMAT_HELP = ("Output: table (terminal; cut to its width), md (Markdown), csv, tsv (for cut, "
                "awk, sort) or json (full precision, every column, for scripts).")
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help=FORMAT_HELP)]
-StudyArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
-                                         metavar="NAME")]
 
 
 @contextmanager

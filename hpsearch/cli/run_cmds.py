@@ -8,9 +8,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import DB_HELP, INT_MAX, MAX_THREADS, MAX_WORKERS, app, finite
+from hpsearch.cli.app import (
+    INT_MAX,
+    MAX_THREADS,
+    MAX_WORKERS,
+    DbOption,
+    DeviceOption,
+    ThreadsOption,
+    TimeoutOption,
+    app,
+    finite,
+)
 from hpsearch.errors import ConfigError
-from hpsearch.limits import MIN_TIMEOUT_S, MIN_TRIALS
+from hpsearch.limits import MIN_TRIALS
 from hpsearch.params import check_device
 
 if TYPE_CHECKING:
@@ -20,14 +30,11 @@ if TYPE_CHECKING:
     from hpsearch.search.study_changes import Change
     from hpsearch.spec import StudyConfig
 
-DEVICE_HELP = "auto (a GPU if present), cpu or cuda."
-
-
 @app.command()
 def run(
     study_file: Annotated[Path, typer.Argument(
         help="Study definition (TOML), e.g. studies/quick.toml.", metavar="STUDY.toml")],
-    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    db: DbOption = None,
     workers: Annotated[int | None, typer.Option(
         help="Local worker processes; the CPU cores are divided between them (default 1, or "
         "with GPUs one per GPU slot: GPUs × --workers-per-gpu).", min=1,
@@ -37,10 +44,7 @@ def run(
     trials: Annotated[int | None, typer.Option(
         help="Total finished trials the study should reach (overrides n_trials; counts trials "
         "from earlier runs).", min=MIN_TRIALS, max=INT_MAX)] = None,
-    timeout: Annotated[float | None, typer.Option(
-        help="Each worker stops starting new trials after this many seconds (default: the "
-        "study file's [study] timeout, if any); a running trial finishes.", min=MIN_TIMEOUT_S,
-        callback=finite)] = None,
+    timeout: TimeoutOption = None,
     hours: Annotated[float | None, typer.Option(
         help="Wall-clock budget in hours for the search AND the final models (default: the "
         "study file's [budget] hours, if any). The run plans the search, the final retraining "
@@ -50,7 +54,7 @@ def run(
         "trial (or the K best) on the whole training set and scores each model once on the "
         "test set, as `hpsearch evaluate --seeds S [--ensemble K]` does. n_trials and --timeout "
         "still end the search if they come first.", callback=finite)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    device: DeviceOption = "auto",
     gpus: Annotated[str | None, typer.Option(
         help="GPUs to place the workers on, round-robin, e.g. 0,1 (numbers as nvidia-smi "
         "counts them, or GPU-/MIG- UUIDs): each worker sees one GPU through "
@@ -282,14 +286,10 @@ def _final_models(budget: BudgetKeeper, db: str | None, stopped_by: int | None, 
 @app.command()
 def worker(
     name: Annotated[str, typer.Argument(help="Name of an existing study in the database.")],
-    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
-    threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    timeout: Annotated[float | None, typer.Option(
-        help="Each worker stops starting new trials after this many seconds (default: the "
-        "study file's [study] timeout, if any); a running trial finishes.", min=MIN_TIMEOUT_S,
-        callback=finite)] = None,
+    db: DbOption = None,
+    threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
+    timeout: TimeoutOption = None,
     worker_index: Annotated[int, typer.Option(
         help="Offsets the sampler seed so parallel workers draw different start-up points.",
         min=0, max=MAX_WORKERS)] = 0,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, app
+from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app
 
 study_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
@@ -17,9 +17,6 @@ app.add_typer(
     help="Delete, rename, copy or annotate a study: hpsearch's rows and Optuna's study "
     "together (refused while its workers run); stop, pause or resume it on every machine.",
 )
-
-NameArg = Annotated[str, typer.Argument(help="Study name (see `hpsearch studies`).",
-                                        metavar="NAME", show_default=False)]
 
 
 def _url(db: str | None) -> str:
@@ -30,7 +27,7 @@ def _url(db: str | None) -> str:
 
 @study_app.command("delete")
 def delete_cmd(
-    name: NameArg,
+    name: StudyArg,
     yes: Annotated[bool, typer.Option(
         "--yes", "-y", help="Delete without asking (needed when stdin is not a terminal).")
     ] = False,
@@ -84,7 +81,7 @@ def rename_cmd(
 
 @study_app.command("copy")
 def copy_cmd(
-    name: NameArg,
+    name: StudyArg,
     new: Annotated[str, typer.Argument(help="Name of the copy.", metavar="NEW",
                                        show_default=False)],
     to_db: Annotated[str | None, typer.Option(
@@ -110,7 +107,7 @@ def copy_cmd(
 
 @study_app.command("note")
 def note_cmd(
-    name: NameArg,
+    name: StudyArg,
     text: Annotated[str, typer.Argument(help="The note; \"\" clears it.", metavar="TEXT",
                                         show_default=False)],
     db: DbOption = None,
@@ -131,7 +128,7 @@ def note_cmd(
 
 
 @study_app.command("stop")
-def stop_cmd(name: NameArg, db: DbOption = None) -> None:
+def stop_cmd(name: StudyArg, db: DbOption = None) -> None:
     """Stop a study on every machine: each worker ends its trial at the end of its current
     epoch (kept with its checkpoint, to resume) and leaves; new workers start nothing. `hpsearch
     study resume NAME` undoes it; then `hpsearch run` of its file continues where it stopped.
@@ -145,7 +142,7 @@ def stop_cmd(name: NameArg, db: DbOption = None) -> None:
 
 
 @study_app.command("pause")
-def pause_cmd(name: NameArg, db: DbOption = None) -> None:
+def pause_cmd(name: StudyArg, db: DbOption = None) -> None:
     """Pause a study on every machine: each worker finishes its running trial, then leaves;
     new workers start nothing until `hpsearch study resume NAME`.
 
@@ -157,7 +154,7 @@ def pause_cmd(name: NameArg, db: DbOption = None) -> None:
 
 
 @study_app.command("resume")
-def resume_cmd(name: NameArg, db: DbOption = None) -> None:
+def resume_cmd(name: StudyArg, db: DbOption = None) -> None:
     """Undo `study stop` or `study pause` (or a reached target): workers may start trials
     again; `hpsearch run` of the study's file continues it.
 
@@ -176,7 +173,7 @@ def _set_halt(db: str | None, name: str, state: str | None) -> str:
 
 @app.command()
 def tag(
-    name: NameArg,
+    name: StudyArg,
     number: Annotated[int, typer.Argument(help="Trial number.", metavar="NUMBER", min=0,
                                           max=INT_MAX, show_default=False)],
     tags: Annotated[list[str] | None, typer.Argument(

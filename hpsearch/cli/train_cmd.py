@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, MAX_THREADS, app, open_fraction
+from hpsearch.cli.app import INT_MAX, ThreadsOption, app, open_fraction
 
 
 @app.command()
@@ -39,8 +39,7 @@ def train(
         help="Seed for the split, init, shuffling (default: the config's seed and split_seed, "
         "else 0).", min=0, max=INT_MAX)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU if present), cpu or cuda.")] = "auto",
-    threads: Annotated[int | None, typer.Option(
-        help="CPU threads (default: every available core).", min=1, max=MAX_THREADS)] = None,
+    threads: ThreadsOption = None,
     checkpoint: Annotated[str | None, typer.Option(
         help="Write a checkpoint here after every epoch (atomically; a regular file: a device, "
         "folder or symlink out of its folder is refused); if it exists, resume from it.")
