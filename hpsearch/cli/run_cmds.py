@@ -8,20 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpsearch.cli.app import (
-    INT_MAX,
-    MAX_THREADS,
-    MAX_WORKERS,
-    DbOption,
-    DeviceOption,
-    ThreadsOption,
-    TimeoutOption,
-    app,
-    finite,
-)
+from hpsearch.cli.app import DbOption, DeviceOption, ThreadsOption, TimeoutOption, app, finite
 from hpsearch.errors import ConfigError
-from hpsearch.limits import MIN_TRIALS
-from hpsearch.params import check_device
+from hpsearch.limits import MAX_THREADS, MAX_WORKERS, MIN_TRIALS
+from hpsearch.params import INT_MAX, check_device
 
 if TYPE_CHECKING:
     from rich.console import Console
