@@ -28,13 +28,8 @@ def epochs_option(value: str | None) -> int | str | None:
         raise typer.BadParameter(str(exc).removeprefix("epochs ")) from None
 
 
-class Selection(StrEnum):
-    top = "top"
-    greedy = "greedy"
-
-
-class Tta(StrEnum):
-    flip = "flip"
+Selection = StrEnum("Selection", "top greedy")
+Tta = StrEnum("Tta", "flip")
 
 
 @app.command()

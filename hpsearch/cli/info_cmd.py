@@ -10,10 +10,7 @@ import typer
 
 from hpsearch.cli.app import MAX_THREADS, DeviceOption, app
 
-
-class InfoFormat(StrEnum):
-    text = "text"
-    json = "json"
+InfoFormat = StrEnum("InfoFormat", "text json")
 
 
 @app.command()

@@ -15,17 +15,8 @@ import typer
 from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app
 from hpsearch.cli.query_cmds import Format, FormatOption, connect, emit
 
-
-class ExportFormat(StrEnum):
-    csv = "csv"
-    tsv = "tsv"
-    json = "json"
-    md = "md"
-
-
-class What(StrEnum):
-    trials = "trials"
-    epochs = "epochs"
+ExportFormat = StrEnum("ExportFormat", "csv tsv json md")
+What = StrEnum("What", "trials epochs")
 
 
 @app.command()

@@ -24,30 +24,11 @@ if TYPE_CHECKING:
     from hpsearch.report.sheets import Sheet
 
 
-class Format(StrEnum):
-    table = "table"
-    md = "md"
-    csv = "csv"
-    tsv = "tsv"
-    json = "json"
-
-
 # One vocabulary: every query command knows table, md, csv, tsv and json; best adds toml (a
 # config to retrain), export leaves out table (it writes files: output_cmds.ExportFormat)
-class BestFormat(StrEnum):
-    table = "table"
-    md = "md"
-    csv = "csv"
-    tsv = "tsv"
-    json = "json"
-    toml = "toml"
-
-
-class State(StrEnum):
-    running = "running"
-    complete = "complete"
-    pruned = "pruned"
-    failed = "failed"
+Format = StrEnum("Format", "table md csv tsv json")
+BestFormat = StrEnum("BestFormat", "table md csv tsv json toml")
+State = StrEnum("State", "running complete pruned failed")
 
 
 FORMAT_HELP = ("Output: table (terminal; cut to its width), md (Markdown), csv, tsv (for cut, "
