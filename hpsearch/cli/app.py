@@ -12,6 +12,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer v
 from typer.core import TyperGroup
 
 from hpsearch.cli.oneline import error_line
+from hpsearch.errors import HpsearchError
 from hpsearch.limits import MAX_THREADS, MAX_WORKERS, MIN_TIMEOUT_S
 from hpsearch.params import INT_MAX
 
@@ -107,6 +108,15 @@ def open_fraction(value: float | None) -> float | None:
     if finite(value) is not None and not 0 < value < 1:
         raise typer.BadParameter(f"must be between 0 and 1 (both excluded), got {value}")
     return value
+
+
+def confirm(yes: bool, question: str, refusal: str) -> None:
+    """Ask `question` unless --yes was given; with no terminal to ask on, refuse (one line)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise HpsearchError(f"{refusal}: pass --yes")
+    typer.confirm(question, abort=True)
 
 
 DB_HELP = ("Results database URL (SQLAlchemy form, e.g. sqlite:///hpsearch.db or "

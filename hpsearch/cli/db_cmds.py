@@ -5,12 +5,11 @@ Alembic and the models are imported inside the commands, so other commands start
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 
-from hpsearch.cli.app import DbOption, app
+from hpsearch.cli.app import DbOption, app, confirm
 
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
@@ -18,8 +17,6 @@ app.add_typer(
     help="Create, migrate and check hpsearch's tables in the results database. Optuna's own "
     "tables in the same database are never touched.",
 )
-
-
 
 def _describe(revision: str | None) -> str:
     from hpsearch.db.migrate import head_revision
@@ -30,6 +27,15 @@ def _describe(revision: str | None) -> str:
     if revision == head:
         return f"{revision} (head)"
     return f"{revision} (head is {head})"
+
+
+def _moved(db: str | None, before: str | None, verb: str) -> str:
+    """'URL: upgraded from A to B (head)', or 'URL: already at B' when nothing changed."""
+    from hpsearch.db.migrate import current_revision
+
+    after = current_revision(db)
+    change = "already at" if before == after else f"{verb} from {before or 'empty'} to"
+    return f"{_shown_url(db)}: {change} {_describe(after)}"
 
 
 def _shown_url(db: str | None) -> str:
@@ -58,9 +64,7 @@ def upgrade_cmd(
 
     before = migrate.current_revision(db)
     migrate.upgrade(db, revision)
-    after = migrate.current_revision(db)
-    change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
-    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}")
+    typer.echo(_moved(db, before, "upgraded"))
 
 
 # "-1" (one step back, as Alembic writes it) is a revision, not an option
@@ -87,24 +91,17 @@ def downgrade_cmd(
         hpsearch db downgrade base --yes --db sqlite:///old.db
     """
     from hpsearch.db import migrate
-    from hpsearch.errors import HpsearchError
 
     before = migrate.current_revision(db)
     losses = migrate.downgrade_losses(db, revision)  # also refuses while workers run
     dropping = ("dropping " + ", ".join(
         f"{what}: {count} {'value' if '.' in what else 'row'}{'s' if count != 1 else ''}"
         for what, count in losses.items())) if losses else "no stored data is lost"
-    if not yes:
-        if not sys.stdin.isatty():
-            raise HpsearchError(f"refusing to downgrade {_shown_url(db)} to {revision} without "
-                                f"confirmation ({dropping}): pass --yes")
-        typer.confirm(f"Downgrade hpsearch's tables in {_shown_url(db)} to {revision}, "
-                      f"{dropping}?", abort=True)
+    confirm(yes, f"Downgrade hpsearch's tables in {_shown_url(db)} to {revision}, {dropping}?",
+            f"refusing to downgrade {_shown_url(db)} to {revision} without confirmation "
+            f"({dropping})")
     migrate.downgrade(db, revision)
-    after = migrate.current_revision(db)
-    change = "already at" if before == after else f"downgraded from {before or 'empty'} to"
-    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}"
-               + (f" ({dropping})" if losses else ""))
+    typer.echo(_moved(db, before, "downgraded") + (f" ({dropping})" if losses else ""))
 
 
 @db_app.command("current")

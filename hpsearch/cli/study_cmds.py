@@ -4,12 +4,11 @@ atomic that is), or the study's state that every worker reads (hpsearch/search/c
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app
+from hpsearch.cli.app import INT_MAX, DbOption, StudyArg, app, confirm
 
 study_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(
@@ -44,14 +43,10 @@ def delete_cmd(
         hpsearch study delete try --yes
     """
     from hpsearch.db.lifecycle import check_deletable, delete_study
-    from hpsearch.errors import HpsearchError
 
     check_deletable(_url(db), name)  # an unknown study is said before any question
-    if not yes:
-        if not sys.stdin.isatty():
-            raise HpsearchError(f"refusing to delete study {name!r} without confirmation: "
-                                "pass --yes")
-        typer.confirm(f"Delete study {name!r} and all its results?", abort=True)
+    confirm(yes, f"Delete study {name!r} and all its results?",
+            f"refusing to delete study {name!r} without confirmation")
     typer.echo(delete_study(_url(db), name))
 
 
