@@ -18,6 +18,7 @@ app.add_typer(
     "tables in the same database are never touched.",
 )
 
+
 def _describe(revision: str | None) -> str:
     from hpsearch.db.migrate import head_revision
 
@@ -27,15 +28,6 @@ def _describe(revision: str | None) -> str:
     if revision == head:
         return f"{revision} (head)"
     return f"{revision} (head is {head})"
-
-
-def _moved(db: str | None, before: str | None, verb: str) -> str:
-    """'URL: upgraded from A to B (head)', or 'URL: already at B' when nothing changed."""
-    from hpsearch.db.migrate import current_revision
-
-    after = current_revision(db)
-    change = "already at" if before == after else f"{verb} from {before or 'empty'} to"
-    return f"{_shown_url(db)}: {change} {_describe(after)}"
 
 
 def _shown_url(db: str | None) -> str:
@@ -64,7 +56,9 @@ def upgrade_cmd(
 
     before = migrate.current_revision(db)
     migrate.upgrade(db, revision)
-    typer.echo(_moved(db, before, "upgraded"))
+    after = migrate.current_revision(db)
+    change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}")
 
 
 # "-1" (one step back, as Alembic writes it) is a revision, not an option
@@ -101,7 +95,10 @@ def downgrade_cmd(
             f"refusing to downgrade {_shown_url(db)} to {revision} without confirmation "
             f"({dropping})")
     migrate.downgrade(db, revision)
-    typer.echo(_moved(db, before, "downgraded") + (f" ({dropping})" if losses else ""))
+    after = migrate.current_revision(db)
+    change = "already at" if before == after else f"downgraded from {before or 'empty'} to"
+    typer.echo(f"{_shown_url(db)}: {change} {_describe(after)}"
+               + (f" ({dropping})" if losses else ""))
 
 
 @db_app.command("current")
