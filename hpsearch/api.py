@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pandas
     from sqlalchemy import Connection
 
+    from hpsearch.db.records import StudyInfo
     from hpsearch.search.ensemble import EnsembleResult
     from hpsearch.search.model_export import ExportedModel
     from hpsearch.search.warmstart import Queued
@@ -74,9 +75,8 @@ def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
 
 def study(name: str, db: str | None = None) -> Study:
     """The stored study `name` (a one-line error naming the known ones if there is none)."""
-    _check_name(name)
-    with _reading(db) as conn:
-        return Study(queries.find_study(conn, name).name, db)
+    with _study(name, db) as (_, found):
+        return Study(found.name, db)
 
 
 def run_worker(name: str, db: str | None = None, *, device: str = "auto",
@@ -100,32 +100,28 @@ def run_worker(name: str, db: str | None = None, *, device: str = "auto",
 
 def trials(name: str, db: str | None = None) -> list[TrialRecord]:
     """Every trial of the study in number order, each with its full parameters."""
-    _check_name(name)
-    with _reading(db) as conn:
-        return list(queries.iter_trials(conn, queries.find_study(conn, name)))
+    with _study(name, db) as (conn, found):
+        return list(queries.iter_trials(conn, found))
 
 
 def best_trial(name: str, db: str | None = None) -> TrialRecord | None:
     """The study's best trial, by the same rule as `hpsearch best`; None before any finished."""
-    _check_name(name)
-    with _reading(db) as conn:
-        return queries.best_trial(conn, queries.find_study(conn, name))
+    with _study(name, db) as (conn, found):
+        return queries.best_trial(conn, found)
 
 
 def pareto_front(name: str, db: str | None = None) -> ParetoFront:
     """The study's Pareto front, as `hpsearch best NAME --pareto` prints it: `trials` (best
     first objective first), `values` (trial number -> one value per objective), `chosen` (the
     trial `best_trial` returns) and `objectives`. For one objective: the trials tied for best."""
-    _check_name(name)
-    with _reading(db) as conn:
-        return queries.pareto(conn, queries.find_study(conn, name))
+    with _study(name, db) as (conn, found):
+        return queries.pareto(conn, found)
 
 
 def epochs(name: str, db: str | None = None) -> list[EpochRecord]:
     """Every epoch row of every trial of the study, ordered by trial number and epoch."""
-    _check_name(name)
-    with _reading(db) as conn:
-        return list(queries.iter_epochs(conn, queries.find_study(conn, name)))
+    with _study(name, db) as (conn, found):
+        return list(queries.iter_epochs(conn, found))
 
 
 def trials_dataframe(name: str, db: str | None = None) -> pandas.DataFrame:
@@ -248,6 +244,7 @@ def report(names: str | list[str], path: str | Path = "report.html", db: str | N
            *, split: bool = False, curves: int = 50) -> Path:
     """Write the offline HTML report of one or more studies, as `hpsearch report` does
     (`split`: one file per figure in the folder `path`). Returns what was written."""
+    from hpsearch.db.migrate import reading
     from hpsearch.report.html import write_report, write_split
     from hpsearch.report.sections import build_report
 
@@ -255,7 +252,7 @@ def report(names: str | list[str], path: str | Path = "report.html", db: str | N
     for name in names:
         _check_name(name)
     curves = check_count("curves", curves, 1)
-    with _reading(db) as conn:
+    with reading(_url(db)) as conn:
         doc = build_report(conn, names, curves=curves)
     # the path as given: "out/" names a folder, which a single report refuses
     return write_split(doc, Path(path)) if split else Path(write_report(doc, path))
@@ -379,8 +376,10 @@ def _check_name(name: object) -> None:
 
 
 @contextmanager
-def _reading(db: str | None) -> Iterator[Connection]:
+def _study(name: str, db: str | None) -> Iterator[tuple[Connection, StudyInfo]]:
+    """A read connection and the stored study `name` (a one-line error if there is none)."""
     from hpsearch.db.migrate import reading
 
+    _check_name(name)
     with reading(_url(db)) as conn:
-        yield conn
+        yield conn, queries.find_study(conn, name)
