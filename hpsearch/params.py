@@ -22,14 +22,14 @@ MODELS = ("mixer", "mlp")
 FACTORY_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 MODEL_ARGS = "model_args"  # a factory's keyword argument `width` is the parameter model_args.width
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
-INITIALISERS = ("default", "xavier_uniform", "kaiming_uniform", "normal")
 ACTIVATIONS = ("gelu", "relu")
 SCHEDULERS = ("none", "cosine", "plateau", "step")
-PLATEAU_METRICS = ("val_loss", "val_acc")
-PLATEAU_MODES = ("auto", "min", "max")
-PRECISIONS = ("auto", "fp32", "bf16")
-COMPILE_MODES = ("auto", "on", "off")
-
+# each parameter with a fixed set of values -> those values
+CHOICES = {"optimizer": OPTIMIZERS,
+           "init": ("default", "xavier_uniform", "kaiming_uniform", "normal"),
+           "activation": ACTIVATIONS, "scheduler": SCHEDULERS,
+           "plateau_metric": ("val_loss", "val_acc"), "plateau_mode": ("auto", "min", "max"),
+           "precision": ("auto", "fp32", "bf16"), "compile": ("auto", "on", "off")}
 
 
 class DatasetFacts(NamedTuple):
@@ -122,37 +122,27 @@ class TrialParams:
         if self.model not in MODELS and not FACTORY_PATH.fullmatch(self.model):
             raise ConfigError(f"unknown model {self.model!r} (choose from: {', '.join(MODELS)}, "
                               "or a factory \"module:function\" such as \"nets:small_cnn\")")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("init", self.init, INITIALISERS)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("scheduler", self.scheduler, SCHEDULERS)
-        _check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
-        _check_choice("plateau_mode", self.plateau_mode, PLATEAU_MODES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("compile", self.compile, COMPILE_MODES)
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r} (choose from: "
+                                  f"{', '.join(choices)})")
         for name in ("patch_size", "hidden_dim", "token_mlp_dim", "channel_mlp_dim",
                      "num_blocks", "mlp_width", "mlp_layers", "batch_size", "epochs", "step_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        for name in ("weight_decay", "warmup_epochs", "crop_padding"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        for name in ("dropout", "label_smoothing", "random_erasing", "momentum"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         # written as `not (valid)` so that nan, which fails every comparison, is refused too
-        if not 0.0 < self.gamma < 1.0:  # 1 would never decay; PyTorch's plateau refuses >= 1
-            raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not self.eps > 0:
-            raise ConfigError(f"eps must be positive, got {self.eps}")
-        for name in ("min_lr", "plateau_threshold", "plateau_patience", "plateau_cooldown"):
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_epochs", "crop_padding", "min_lr",
+                     "plateau_threshold", "plateau_patience", "plateau_cooldown"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("dropout", "label_smoothing", "random_erasing", "momentum", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.gamma < 1.0:  # 1 would never decay; PyTorch's plateau refuses >= 1
+            raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         # combinations are checked only where they apply, so that a study may fix nesterov or
         # plateau_mode and still sample an optimiser or scheduler that ignores them
         if self.optimizer == "sgd" and self.nesterov and not self.momentum > 0:
@@ -312,11 +302,6 @@ def dataset_shape(dataset: str) -> tuple[int, int, int]:
 def unknown_dataset(dataset: str) -> str:
     return (f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)}, synthetic; or the "
             "path of an image folder or of a .npz file)")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r} (choose from: {', '.join(choices)})")
 
 
 @dataclass
