@@ -57,11 +57,9 @@ class ObjectiveSpec:
         """Where the best of an epoch measure's values is, in this direction: the earliest of
         equal ones, NaN never winning (the recorder's rule for a trial's best epoch, there in
         SQL); None when there is none."""
-        best: int | None = None
-        for index, value in enumerate(values):
-            if not math.isnan(value) and (best is None or self.better(value, values[best])):
-                best = index
-        return best
+        pick = max if self.maximize else min  # both return the first of equal ones
+        return pick((i for i, v in enumerate(values) if not math.isnan(v)),
+                    key=values.__getitem__, default=None)
 
     def best_of(self, values: Sequence[float]) -> float | None:
         """The best of an epoch measure's values in this direction (NaN never wins)."""
