@@ -55,16 +55,9 @@ __all__ = ["EpochRecord", "EvaluationSummary", "ParetoFront", "Study", "TrialRec
 
 def create_study(study: str | Path | dict[str, Any], db: str | None = None, *,
                  trials: int | None = None) -> Study:
-    """Create a study (or find it again: same name, same database) without training anything.
-
-    Args:
-        study: a study file (TOML) or the same content as a dict.
-        db: results database URL.
-        trials: finished trials the study should reach (overrides the file's n_trials).
-
-    Returns:
-        The study (its name and database), every function of this API at hand.
-    """
+    """Create a study from a study file (TOML) or the same content as a dict (or find it again:
+    same name, same database) without training anything; `trials`: the finished trials it
+    should reach (overrides the file's n_trials)."""
     from hpsearch.search.study import prepare_study
     from hpsearch.search.study_file import read_study
 

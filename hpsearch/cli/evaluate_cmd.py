@@ -12,8 +12,6 @@ from hpsearch.errors import ConfigError
 from hpsearch.limits import MAX_ENSEMBLE, MAX_SEEDS, check_epochs
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from hpsearch.metrics import EpochMetrics
     from hpsearch.search.ensemble import EnsembleResult
     from hpsearch.search.evaluate import FinalResult
@@ -115,8 +113,13 @@ def _evaluate_single(name: str, db: str | None, trial: int | None, epochs: int |
 
     console = Console(stderr=True, highlight=False)
     n_threads = configure_threads(threads)
+
+    def on_auto_epoch(m: EpochMetrics) -> None:
+        console.print(f"held-out run: epoch {m.epoch:3d}  val acc {m.val_acc:.4f}  "
+                      f"{m.seconds:.1f}s", markup=False)
+
     plan = plan_evaluation(name, db, trial=trial, epochs=epochs, seeds=seeds, device=device,
-                           on_epoch=lambda m: _print_auto_epoch(console, m))
+                           on_epoch=on_auto_epoch)
     if plan.auto is not None:
         typer.echo(f"--epochs auto: {plan.epochs} epoch(s) ({_auto_scores(plan.auto)})")
     value = "-" if plan.trial.value is None else f"{plan.trial.value:.4f}"
@@ -142,11 +145,6 @@ def _evaluate_single(name: str, db: str | None, trial: int | None, epochs: int |
     else:
         typer.echo(f"test acc (final): {summary.mean:.4f} ± {summary.std:.4f} "
                    f"(mean ± std over {summary.seeds} seeds, {plan.epochs} epoch(s))")
-
-
-def _print_auto_epoch(console: Console, m: EpochMetrics) -> None:
-    console.print(f"held-out run: epoch {m.epoch:3d}  val acc {m.val_acc:.4f}  "
-                  f"{m.seconds:.1f}s", markup=False)
 
 
 def _auto_scores(auto: AutoEpochs) -> str:
