@@ -76,11 +76,8 @@ def run_worker(name: str, db: str | None = None, *, device: str = "auto",
                timeout: float | None = None, threads: int | None = None) -> WorkerSummary:
     """Run trials of study `name` in this process until it has its n_trials finished trials
     (or `timeout` seconds have passed) with `threads` CPU threads (default: every available
-    core), as `hpsearch worker` does. Other workers may join from anywhere.
-
-    Returns:
-        How many trials this worker completed, pruned and failed.
-    """
+    core), as `hpsearch worker` does; returns how many it completed, pruned and failed.
+    Other workers may join from anywhere."""
     from hpsearch.params import check_device
     from hpsearch.search.study_file import check_timeout
     from hpsearch.search.worker import run_worker as run

@@ -1,8 +1,5 @@
 """Read-only commands that write studies out: compare (side by side), export (full-precision
-files), report (HTML). Their shared formats and options: query_cmds.py.
-
-They never import torch, as query_cmds.py's commands do not.
-"""
+files), report (HTML). Their shared formats and options: query_cmds.py; no torch, as there."""
 
 from __future__ import annotations
 
