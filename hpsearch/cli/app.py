@@ -13,10 +13,10 @@ from typer.core import TyperGroup
 
 from hpsearch.cli.oneline import error_line
 from hpsearch.errors import HpsearchError
-from hpsearch.limits import MAX_THREADS, MAX_WORKERS, MIN_TIMEOUT_S
+from hpsearch.limits import MAX_THREADS, MIN_TIMEOUT_S
 from hpsearch.params import INT_MAX
 
-__all__ = ["INT_MAX", "MAX_THREADS", "MAX_WORKERS", "OneLineErrors", "app", "finite"]
+__all__ = ["INT_MAX", "MAX_THREADS", "OneLineErrors", "app", "finite"]
 
 
 class OneLineErrors(TyperGroup):
