@@ -6,9 +6,8 @@ the study row holds two JSON records and every reader reads those, never the fil
   objectives, the epoch budget, the seed, the data and a dry run's epoch time. Versioned
   (SPEC_VERSION): a later hpsearch reads it as written, and a migration upgrades old versions.
 - the settings, which `hpsearch run --update` may change: sampler, pruner and its options,
-  n_trials, the per-worker timeout, the target, the hours budget and its final models, the [workers]
-  options and data_dir (where the data is, not
-  what it is).
+  n_trials, the per-worker timeout, the target, the hours budget and its final models, the
+  [workers] options and data_dir (where the data is, not what it is).
 In the spec a dimension is Optuna's JSON form of its distribution, as optuna.distributions writes
 it, so reports and warm starts hand it to Optuna as it is. No torch, Optuna or SQL here.
 """

@@ -40,11 +40,10 @@ def compare(
     with connect(db) as conn:  # a study named twice is shown once
         stats = [summary_queries.study_stats(conn, queries.find_study(conn, n))
                  for n in dict.fromkeys(names)]
-    names_union: list[str] = []
-    for s in stats:
-        sampled = [s.best.sampled] if s.best else []
-        names_union += [n for n in param_names(s.study.space, sampled) if n not in names_union]
-    emit(compare_sheet(stats, names_union), fmt.value)
+    # every study's parameters, each once, in the order they first appear
+    union = dict.fromkeys(n for s in stats
+                          for n in param_names(s.study.space, [s.best.sampled] if s.best else []))
+    emit(compare_sheet(stats, list(union)), fmt.value)
 
 
 @app.command()
