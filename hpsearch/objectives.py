@@ -136,12 +136,9 @@ def epoch_values(objectives: Sequence[ObjectiveSpec], epochs: Sequence[dict[str,
 def dominates(a: Sequence[float], b: Sequence[float],
               objectives: Sequence[ObjectiveSpec]) -> bool:
     """`a` is at least as good as `b` in every objective and better in one."""
-    strictly = False
-    for x, y, spec in zip(a, b, objectives, strict=True):
-        if spec.better(y, x):
-            return False
-        strictly = strictly or spec.better(x, y)
-    return strictly
+    pairs = list(zip(a, b, objectives, strict=True))
+    return (not any(spec.better(y, x) for x, y, spec in pairs)
+            and any(spec.better(x, y) for x, y, spec in pairs))
 
 
 def pareto_front(points: Sequence[tuple[Hashable, Sequence[float]]],
