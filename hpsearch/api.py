@@ -137,6 +137,8 @@ def export_model(name: str, path: str | Path, db: str | None = None, *,
     from hpsearch.search.model_export import export_model as export
 
     _check_name(name)
+    if trial is not None:
+        check_count("trial", trial, 0)
     return export(name, path, _url(db), trial=trial)
 
 
@@ -238,7 +240,10 @@ def report(names: str | list[str], path: str | Path = "report.html", db: str | N
     from hpsearch.report.html import write_report, write_split
     from hpsearch.report.sections import build_report
 
-    names = [names] if isinstance(names, str) else list(names)
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list | tuple) or not names:
+        raise ConfigError(f"names must be a study name or a non-empty list of them, got "
+                          f"{names!r}"[:120])
     for name in names:
         _check_name(name)
     curves = check_count("curves", curves, 1)

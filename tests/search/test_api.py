@@ -174,8 +174,12 @@ def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path:
     lambda url: api.export_model(None, "m.pt", url),  # type: ignore[arg-type]
     lambda url: api.trials("tiny", 3),  # type: ignore[arg-type]
     lambda url: api.enqueue("tiny", url, params=[1]),  # type: ignore[arg-type]
+    lambda url: api.report(5, "r.html", url),  # type: ignore[arg-type]
+    lambda url: api.report([], "r.html", url),
+    lambda url: api.export_model("tiny", "m.pt", url, trial="x"),  # type: ignore[arg-type]
 ], ids=["run_worker-None", "trials-int", "best_trial-None", "epochs-bytes", "export-None",
-        "trials-db-int", "enqueue-params-list"])
+        "trials-db-int", "enqueue-params-list", "report-int", "report-no-study",
+        "export-trial-str"])
 def test_api_arguments_of_the_wrong_type_are_config_errors(call: Callable[[str], object],
                                                            tmp_path: Path) -> None:
     """run_worker(None) raised a bare TypeError after creating the database file."""
