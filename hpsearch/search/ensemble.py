@@ -2,18 +2,13 @@
 trials a search already ran.
 
 Two phases, so that the test set cannot influence any choice:
-1. `plan_ensemble` fixes everything: the K best trials by the one definition of best
-   (`queries.top_trials`), each one's retraining length, and the members' weights: equal
-   ("top"), or Caruana's greedy selection with replacement ("greedy") on validation
-   predictions. For those, each candidate is retrained on the study's own train split (its
-   [data] subset and split seed) and predicts the validation split. The plan is frozen.
-2. `run_ensemble`, per seed: every member (and the single best trial, the baseline it is
-   compared with, even where greedy selection gave it no weight) is retrained on train +
-   validation, exactly as `hpsearch evaluate` does (replaying its searched learning rate), or
-   its stored weights are reloaded. Then the
-   test set is read once; each member's own score is an ordinary hps_evaluation row, and the
-   weighted mean of the members' softmax outputs is the ensemble's (a row of hps_ensemble).
-   `tta="flip"` also scores the outputs averaged with those of the mirrored test images.
+1. `plan_ensemble` fixes the K best trials (`queries.top_trials`), each one's retraining length
+   and the members' weights: equal ("top"), or Caruana's greedy selection with replacement
+   ("greedy") on validation predictions of candidates retrained on the study's train split.
+2. `run_ensemble`, per seed: every member, and the single best trial it is compared with, is
+   retrained as `hpsearch evaluate` does (or its stored weights reloaded); then the test set is
+   read once: each member's score is an hps_evaluation row, the weighted mean of the members'
+   softmax outputs the ensemble's (hps_ensemble); `tta="flip"` adds mirrored test images.
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +34,6 @@ from hpsearch.metrics import EpochMetrics
 from hpsearch.params import DataOptions, TrialParams
 from hpsearch.search.evaluate import (
     AUTO,
-    CURVE_KEYS,
     Epochs,
     Retraining,
     check_epochs,
@@ -46,7 +41,10 @@ from hpsearch.search.evaluate import (
     evaluation_seeds,
     final_checkpoint_path,
     plan_retraining,
+    retrain,
     retrain_params,
+    save_final,
+    store_final,
 )
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.ensemble_select import average, greedy_weights, score_probs
@@ -185,31 +183,26 @@ def _greedy(study: records.StudyInfo, options: DataOptions, top: list[records.Tr
             ) -> tuple[list[float], float]:
     """Greedy weights from validation predictions: each candidate retrained on the study's own
     train split (its subset and split seed) with the seed it trained with in the search."""
-    from hpsearch.trainer.loop import TrainingDiverged, fit, predict_probs
-    from hpsearch.trainer.runtime import resolve_device
+    from hpsearch.trainer.loop import predict_probs
 
     data = data_mod.load_train_val(options, study.seed)
-    dev = _device(device, resolve_device)
+    dev = _device(device)
     probs = []
     for record, retraining in zip(top, retrainings, strict=True):
-        try:
-            trained = fit(retraining.params, data, seed=record.seed, device=str(dev),
-                          lr_curve=retraining.lr_curve)
-            for metrics in trained:
-                if on_epoch is not None:
-                    on_epoch(record.number, metrics)
-        except TrainingDiverged as exc:
-            raise HpsearchError(f"retraining trial {record.number} for ensemble selection "
-                                f"diverged: {exc}") from None
+        trained = retrain(retraining.params, data, record.seed, str(dev), retraining.lr_curve,
+                          partial(on_epoch, record.number) if on_epoch else None,
+                          f"retraining trial {record.number} for ensemble selection")
         probs.append(predict_probs(trained.model, data.val, dev, trained.setup.autocast_dtype))
     weights = greedy_weights(probs, data.val.labels)
     _, acc = score_probs(average(probs, weights), data.val.labels)
     return weights, acc
 
 
-def _device(device: str, resolve: Callable[[str], torch.device]) -> torch.device:
+def _device(device: str) -> torch.device:
+    from hpsearch.trainer.runtime import resolve_device
+
     try:
-        return resolve(device)
+        return resolve_device(device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -221,9 +214,7 @@ def run_ensemble(plan: EnsemblePlan, url: str | None = None, *, device: str = "a
     """Retrain and score the plan once per seed (results stored earlier are reused), storing
     each member's and the ensemble's result as it comes. `on_epoch(seed, trial number,
     metrics)` follows the retrainings."""
-    from hpsearch.trainer.runtime import resolve_device
-
-    dev = _device(device, resolve_device)
+    dev = _device(device)
     engine = make_engine(url)  # this command's one engine, for every read and write
     try:
         with connection_scope(engine) as conn:
@@ -283,7 +274,9 @@ def _one_seed(plan: EnsemblePlan, engine: Engine, full: data_mod.TrainValData, k
         loss, acc = score_probs(probs[number], test.labels)
         seed = member.trial.seed + k
         if curve is not None:  # retrained now: its own result is an ordinary evaluation
-            _store_member(engine, plan, member, seed, acc, loss, curve, took)
+            path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, number, seed)
+            store_final(engine, member.trial, seed, member.params.epochs, acc, loss, curve,
+                        str(path), took)
         members.append(MemberResult(number, seed, acc, stored=curve is None))
     weights = [m.weight for m in plan.members]
     loss, acc = score_probs(average([probs[m.trial.number] for m in plan.members], weights),
@@ -307,8 +300,7 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
     """(model, autocast dtype, curve, seconds): the stored weights of an earlier retraining
     with this seed and length where they are still on disk (curve None: nothing to store),
     else a retraining on train + validation saved like `hpsearch evaluate`'s."""
-    from hpsearch.trainer.checkpoint import load_checkpoint, load_weights, save_checkpoint
-    from hpsearch.trainer.loop import TrainingDiverged, fit
+    from hpsearch.trainer.checkpoint import load_checkpoint, load_weights
     from hpsearch.trainer.model import build_model
     from hpsearch.trainer.runtime import resolve_precision
 
@@ -325,34 +317,14 @@ def _member_model(plan: EnsemblePlan, member: Member, full: data_mod.TrainValDat
             dtype = resolve_precision(member.params.precision, dev).autocast_dtype
             return model.to(dev), dtype, None, earlier.seconds
     started = time.perf_counter()
-    try:
-        trained = fit(member.params, full, seed=seed, device=str(dev),
-                      lr_curve=member.retraining.lr_curve)
-        for metrics in trained:
-            if on_epoch is not None:
-                on_epoch(seed, number, metrics)
-    except TrainingDiverged as exc:
-        raise HpsearchError(f"retraining trial {number} with seed {seed} diverged: "
-                            f"{exc}") from None
-    path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, number, seed)
-    save_checkpoint(path, {k: v.detach().cpu() for k, v in trained.model.state_dict().items()})
-    curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
-    if earlier is not None:  # stored, but its weights are gone: retrained, not stored again
-        curve = None
-    return trained.model, trained.setup.autocast_dtype, curve, time.perf_counter() - started
-
-
-def _store_member(engine: Engine, plan: EnsemblePlan, member: Member, seed: int, acc: float,
-                  loss: float, curve: list[dict], seconds: float) -> None:
-    path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name, member.trial.number,
-                                 seed)
-    try:
-        Recorder(engine).store_evaluation(member.trial.id, seed, member.params.epochs, acc,
-                                          loss, curve, str(path), seconds)
-    except DuplicateRowError:
-        raise HpsearchError(f"trial {member.trial.number} was evaluated with seed {seed} and "
-                            f"{member.params.epochs} epochs by another process meanwhile; run "
-                            "again to see it") from None
+    trained = retrain(member.params, full, seed, str(dev), member.retraining.lr_curve,
+                      partial(on_epoch, seed, number) if on_epoch else None,
+                      f"retraining trial {number} with seed {seed}")
+    curve = save_final(trained, final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
+                                                      number, seed))
+    # stored, but its weights were gone: retrained, not stored again
+    return (trained.model, trained.setup.autocast_dtype, curve if earlier is None else None,
+            time.perf_counter() - started)
 
 
 def _store_ensemble(engine: Engine, plan: EnsemblePlan, result: EnsembleResult) -> None:

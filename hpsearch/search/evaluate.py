@@ -1,21 +1,12 @@
 """Final evaluation: retrain one trial's configuration on train + validation, score it ONCE on
 the test set, and store the result (table hps_evaluation).
 
-A study only ever sees the validation split; its best validation accuracy is optimistically
-biased (it is the maximum over many trials and epochs). The honest number is this one: the
-chosen configuration retrained from scratch on the whole training set (`load_full_train`) up to
-the epoch at which the trial peaked, on the learning rate the trial had at every epoch (its
-recorded `hps_epoch.lr`, replayed: a plateau schedule has no validation split to watch here, and
-a schedule that counts steps keeps its shape over epochs on the larger data; see
-`trainer.schedule`), then evaluated a single time on the test set, normalised with the full
-training set's statistics. So the model scored is the one whose validation peak chose it.
-This module is the only caller of `load_test_split`. A study's [data] subset is not applied
-here: `load_full_train` returns every training image (a subset only makes the search cheaper;
-the final model should see all the data there is).
-
-With several seeds, each seed is one retraining and one row; a (trial, seed, epochs) result that
-is already stored is reused rather than retrained, so asking for more seeds later only trains
-the new ones and never re-scores the test set for nothing.
+A study only sees the validation split, and its best validation accuracy is optimistically
+biased (the maximum over many trials and epochs). The honest number is this one: the trial
+retrained from scratch on every training image (no [data] subset: that only makes the search
+cheaper) up to its peak epoch, replaying the learning rate it had at every epoch (a plateau
+schedule has no validation split to watch here; see `trainer.schedule`), then scored once on
+the test set. A stored (trial, seed, epochs) result is reused, never retrained nor re-scored.
 """
 
 from __future__ import annotations
@@ -23,7 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -44,6 +37,9 @@ from hpsearch.trainer import data as data_mod
 from hpsearch.trainer.data_sources import dataset_facts
 from hpsearch.trainer.epochs_auto import AutoEpochs, choose_epochs
 from hpsearch.trainer.schedule import LrCurve, replay_curve
+
+if TYPE_CHECKING:
+    from hpsearch.trainer.loop import Training
 
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "lr", "seconds")
 AUTO = "auto"  # --epochs auto
@@ -92,11 +88,9 @@ class FinalResult(StoredEvaluation):
 
 def final_checkpoint_path(root: str | Path, study_name: str, number: int, seed: int) -> Path:
     """Where the final weights of one retraining go: CHECKPOINT_DIR/<study slug>/..."""
-    base = checkpoint_folder(root, study_name)
-    path = (base / f"final-trial-{int(number)}-seed-{int(seed)}.pt").resolve()
-    if not path.is_relative_to(base):  # defence in depth; the slug and ints already prevent it
-        raise ValueError(f"checkpoint path escapes {base}")
-    return path
+    # the slug (paths.study_slug) and the ints keep it inside the study's folder
+    return (checkpoint_folder(root, study_name)
+            / f"final-trial-{int(number)}-seed-{int(seed)}.pt").resolve()
 
 
 def check_epochs(epochs: Epochs) -> None:
@@ -197,8 +191,6 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
     """Retrain once per seed of the plan (reusing stored results), score each final model once
     on the test set, store each result as it comes. `on_epoch(seed, metrics)` follows the
     retraining; its val_loss/val_acc are nan (there is no validation split)."""
-    from hpsearch.trainer.checkpoint import save_checkpoint
-    from hpsearch.trainer.loop import TrainingDiverged, fit
     from hpsearch.trainer.loop import evaluate as score
     from hpsearch.trainer.runtime import resolve_device
 
@@ -219,26 +211,19 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
                 check_weights_folder(plan.checkpoint_dir, plan.study.name)
                 data = data_mod.load_full_train(options)
             started = time.perf_counter()
-            try:
-                trained = fit(plan.params, data, seed=seed, device=device,
-                              lr_curve=plan.retraining.lr_curve)
-                for metrics in trained:
-                    if on_epoch is not None:
-                        on_epoch(seed, metrics)
-            except TrainingDiverged as exc:
-                raise HpsearchError(f"retraining trial {plan.trial.number} with seed {seed} "
-                                    f"diverged: {exc}") from None
+            trained = retrain(plan.params, data, seed, device, plan.retraining.lr_curve,
+                              partial(on_epoch, seed) if on_epoch else None,
+                              f"retraining trial {plan.trial.number} with seed {seed}")
             # the one look at the test set, after training is over, in the training's precision
             test = data_mod.load_test_split(options, data.mean, data.std)
             test_loss, test_acc = score(trained.model, test, dev, trained.setup.autocast_dtype)
             path = final_checkpoint_path(plan.checkpoint_dir, plan.study.name,
                                          plan.trial.number, seed)
-            save_checkpoint(path, {k: v.detach().cpu() for k, v in
-                                   trained.model.state_dict().items()})
+            curve = save_final(trained, path)
             result = FinalResult(seed, plan.epochs, test_acc, test_loss,
                                  time.perf_counter() - started, str(path))
-            curve = [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
-            _store(engine, plan, result, curve)
+            store_final(engine, plan.trial, result.seed, result.epochs, result.test_acc,
+                        result.test_loss, curve, result.checkpoint_path, result.seconds)
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -249,17 +234,39 @@ def run_evaluation(plan: EvaluationPlan, url: str | None = None, *, device: str 
         engine.dispose()
 
 
-def _store(engine: Engine, plan: EvaluationPlan, result: FinalResult,
-           curve: list[dict]) -> None:
+def retrain(params: TrialParams, data: data_mod.TrainValData, seed: int, device: str,
+            lr_curve: LrCurve, on_epoch: Callable[[EpochMetrics], None] | None,
+            what: str) -> Training:
+    """`params` trained to their end on `data`; a divergence is an HpsearchError naming
+    `what` (e.g. "retraining trial 3 with seed 0")."""
+    from hpsearch.trainer.loop import TrainingDiverged, fit
+
     try:
-        Recorder(engine).store_evaluation(
-            plan.trial.id, result.seed, result.epochs, result.test_acc, result.test_loss,
-            curve, result.checkpoint_path, result.seconds)
+        trained = fit(params, data, seed=seed, device=device, lr_curve=lr_curve)
+        for metrics in trained:
+            if on_epoch is not None:
+                on_epoch(metrics)
+    except TrainingDiverged as exc:
+        raise HpsearchError(f"{what} diverged: {exc}") from None
+    return trained
+
+
+def save_final(trained: Training, path: Path) -> list[dict]:
+    """Save a retraining's final weights to `path`; its curve, as hps_evaluation stores it."""
+    from hpsearch.trainer.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {k: v.detach().cpu() for k, v in trained.model.state_dict().items()})
+    return [{k: m.to_dict()[k] for k in CURVE_KEYS} for m in trained.history]
+
+
+def store_final(engine: Engine, trial: records.TrialRecord, seed: int, epochs: int,
+                acc: float, loss: float, curve: list[dict], path: str, seconds: float) -> None:
+    try:
+        Recorder(engine).store_evaluation(trial.id, seed, epochs, acc, loss, curve, path,
+                                          seconds)
     except DuplicateRowError:
-        raise HpsearchError(
-            f"trial {plan.trial.number} was evaluated with seed {result.seed} and "
-            f"{result.epochs} epochs by another process meanwhile; run again to see it"
-        ) from None
+        raise HpsearchError(f"trial {trial.number} was evaluated with seed {seed} and {epochs} "
+                            "epochs by another process meanwhile; run again to see it") from None
 
 
 def summarise(plan: EvaluationPlan, results: list[FinalResult]) -> records.EvaluationSummary:
