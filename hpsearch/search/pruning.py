@@ -25,18 +25,15 @@ from optuna.study import StudyDirection
 from hpsearch.spec import StudyConfig
 
 
-class _OneDirectionStorage:
-    """A study's storage as it is, but for the directions: the pruned objective's alone."""
+class _Overridden:
+    """`target` as it is, but for the attributes given (a study's storage, or a study)."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, direction: StudyDirection) -> None:
-        self._storage = storage
-        self._direction = direction
-
-    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        return [self._direction]
+    def __init__(self, target: Any, **attrs: Any) -> None:
+        self._target = target
+        self.__dict__.update(attrs)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._storage, name)
+        return getattr(self._target, name)
 
 
 def pruned_direction(config: StudyConfig) -> StudyDirection:
@@ -59,24 +56,15 @@ class PruningView:
             return trial
         if self._view is None:
             study = trial.study
-            storage = _OneDirectionStorage(study._storage, pruned_direction(self.config))
+            # the storage answers with the pruned objective's direction alone
+            direction = pruned_direction(self.config)
+            storage = _Overridden(study._storage,
+                                  get_study_directions=lambda _study_id: [direction])
             # the sampler is asked nothing (a Trial tells it before_trial, a no-op in Random)
             self._view = optuna.Study(study.study_name, storage,
                                       sampler=optuna.samplers.RandomSampler(),
                                       pruner=study.pruner)
         return optuna.Trial(self._view, trial._trial_id)
-
-
-class _PrunedDirection:
-    """A multi-objective study (or Hyperband's bracket of it) with a `direction`: the pruned
-    objective's."""
-
-    def __init__(self, study: optuna.Study, direction: StudyDirection) -> None:
-        self._study = study
-        self.direction = direction
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
 
 class RankingPrunedTPESampler(optuna.samplers.TPESampler):
@@ -90,10 +78,10 @@ class RankingPrunedTPESampler(optuna.samplers.TPESampler):
 
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                         search_space: dict[str, Any]) -> dict[str, Any]:
-        return super().sample_relative(_PrunedDirection(study, self._pruned), trial,
+        return super().sample_relative(_Overridden(study, direction=self._pruned), trial,
                                        search_space)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                            param_name: str, param_distribution: Any) -> Any:
-        return super().sample_independent(_PrunedDirection(study, self._pruned), trial,
+        return super().sample_independent(_Overridden(study, direction=self._pruned), trial,
                                           param_name, param_distribution)
