@@ -1,30 +1,16 @@
 """Planning an hours budget (`[budget] hours`, `hpsearch run --hours`): the search, the final
-retraining and, where asked, the ensemble inside the same wall-clock hours.
-
-The plan is made from the epoch times the search measures (each hps_epoch row holds the epoch's
-seconds and its training throughput, images_per_s) and is remade as they come in:
-
-    deadline   = start + hours
-    final      = seeds x (for each configuration the final would retrain if the search ended
-                 now: the best trial, or the K best for an ensemble)
-                 epochs x whole training set / its training throughput + one test pass
-                 + SETUP_S (starting the final: torch, the data)
-    search_end = deadline - final - reserve - MARGIN_SHARE x hours
-    start_by   = search_end - a trial's first stage (its first rung, or min_epochs epochs)
+retraining and, where asked, the ensemble inside the same wall-clock hours, remade from the epoch
+times the search measures (each hps_epoch row: its seconds and training throughput).
 
 A worker starts no trial after start_by (a later one could not reach its first comparison); a
-trial still training at search_end is stopped at the end of its epoch (it ends pruned, its epochs
-recorded): the reserve is half a whole-split epoch, the wait that stop costs on average. Reserving
-instead for every running trial to finish would hold back the longest rung (12 full epochs in the
-shipped study, 8% of its hours) in case a trial got promoted into it.
+trial still training at search_end is stopped at the end of its epoch (pruned, its epochs
+recorded): the reserve is half a whole-split epoch, the wait that stop costs on average.
+Reserving instead for every running trial to finish would hold back the longest rung (12 full
+epochs in the shipped study, 8% of its hours) in case a trial got promoted into it. Until a
+first trial completes (no final model to train yet) the limits are the deadline itself.
 
-The search is not cut short before a first trial completes (without one there is no final
-model to train): until then its limits are the deadline itself. Until then, and for the members
-of an ensemble not yet chosen, the final is priced at the median speed measured at the full epoch
-budget; until an epoch is measured it has no price.
-
-No torch, no Optuna, no database: the inputs are values and every time is passed in (wall-clock
-seconds), so the planning is tested on synthetic epoch times.
+No torch, no Optuna, no database: every time is passed in (wall-clock seconds), so the planning
+is tested on synthetic epoch times.
 """
 
 from __future__ import annotations
@@ -180,7 +166,8 @@ def final_seconds(final: FinalAsk, shape: StudyShape, candidates: Sequence[Candi
 def make_plan(started: float, hours: float, final: FinalAsk, shape: StudyShape,
               epochs: Sequence[EpochTime], candidates: Sequence[Candidate]) -> Plan:
     """The plan of a run that started at `started` (wall-clock seconds) with `hours` to spend,
-    from the epochs measured so far and the final's candidates (best first)."""
+    from the epochs measured so far and the final's candidates (best first):
+    search_end = deadline - final - reserve - margin; start_by = search_end - a first stage."""
     deadline = started + hours * 3600.0
     measured = speeds(epochs, shape.counts)
     final_s = final_seconds(final, shape, candidates, measured) if measured else None
@@ -211,11 +198,6 @@ class Use:
     @property
     def left_s(self) -> float:
         return self.hours_s - self.used_s
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {"hours_s": self.hours_s, "search_planned_s": self.search_planned_s,
-                "search_used_s": self.search_used_s, "final_planned_s": self.final_planned_s,
-                "final_used_s": self.final_used_s}
 
     def line(self) -> str:
         final_plan = clock(self.final_planned_s) if self.final_planned_s is not None else "-"

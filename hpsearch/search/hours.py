@@ -10,6 +10,7 @@ outright leaves them behind; the next `hpsearch run` of the study replaces them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,13 +67,9 @@ class SearchLimits:
         return self.limits is not None and self.clock() >= self.limits["search_end"]
 
 
-def published_limits(storage: BaseStorage, study_id: int) -> dict[str, float] | None:
-    """The limits a worker keeps ({"start_by": t, "search_end": t}; None: no limits)."""
-    return storage.get_study_system_attrs(study_id).get(BUDGET_LIMITS_KEY)
-
-
 def publish_limits(storage: BaseStorage, study_id: int,
                    limits: dict[str, float] | None) -> None:
+    """The limits every worker keeps: {"start_by": t, "search_end": t}; None: no limits."""
     storage.set_study_system_attr(study_id, BUDGET_LIMITS_KEY, limits)
 
 
@@ -82,7 +79,7 @@ def clear_limits_left_behind(url: str, config: StudyConfig) -> None:
     storage = open_storage(url, config.workers)
     try:
         study_id = storage.get_study_id_from_name(config.name)
-        if published_limits(storage, study_id) is not None:
+        if storage.get_study_system_attrs(study_id).get(BUDGET_LIMITS_KEY) is not None:
             publish_limits(storage, study_id, None)
     finally:
         storage.remove_session()
@@ -156,7 +153,8 @@ class BudgetKeeper:
         try:
             publish_limits(self.storage, self.study_id, None)
             if use is not None:
-                self.storage.set_study_user_attr(self.study_id, BUDGET_USE_KEY, use.to_dict())
+                self.storage.set_study_user_attr(self.study_id, BUDGET_USE_KEY,
+                                                 dataclasses.asdict(use))
         finally:
             self.storage.remove_session()
             self.engine.dispose()
