@@ -85,6 +85,20 @@ def parse_gpus(value: Any, where: str) -> tuple[str, ...]:
 
 
 RUNG_PRUNERS = ("successive-halving", "hyperband")  # the pruners that promote across rungs
+# [workers]: each option's (smallest, largest) value; the defaults are WorkerOptions'
+WORKER_LIMITS: dict[str, tuple[int | None, int | None]] = {
+    "heartbeat_interval": (1, None), "grace_period": (2, None), "max_retry": (0, None),
+    "checkpoint_dir": (None, None), "keep_models": (0, 1000), "gpus": (None, None),
+    "workers_per_gpu": (1, 64)}
+
+
+def parse_workers(table: dict[str, Any], where: str) -> WorkerOptions:
+    defaults, values = WorkerOptions(), {}
+    for key, (low, high) in WORKER_LIMITS.items():
+        value = table.get(key, getattr(defaults, key))
+        values[key] = (parse_gpus(value, where) if key == "gpus" else typed_value(
+            where, key, value, type(getattr(defaults, key)), minimum=low, maximum=high))
+    return WorkerOptions(**values)
 
 
 def parse_data(table: dict[str, Any], where: str) -> DataOptions:
@@ -256,9 +270,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     name = check_study_name(study["name"], where)
     budget = check_table(doc, "budget", {"max_epochs", "min_epochs", "rungs", "hours", "final"},
                          where)
-    workers = check_table(doc, "workers", {"heartbeat_interval", "grace_period", "max_retry",
-                                      "checkpoint_dir", "keep_models", "gpus",
-                                      "workers_per_gpu"}, where)
+    workers = check_table(doc, "workers", set(WORKER_LIMITS), where)
     space_doc = dict(check_table(doc, "space", {*PARAM_NAMES, MODEL_ARGS}, where))
     model_args = space_doc.pop(MODEL_ARGS, {})
     dry_run = check_table(doc, "dry_run", {"seconds_per_epoch"}, where)
@@ -307,20 +319,7 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
         data=parse_data(check_table(doc, "data", {"dataset", "data_dir", "val_fraction", "subset",
                                              "synthetic_size", "synthetic_blend"}, where),
                         where),
-        workers=WorkerOptions(
-            heartbeat_interval=typed_value(where, "heartbeat_interval",
-                                           workers.get("heartbeat_interval", 30), int, minimum=1),
-            grace_period=typed_value(where, "grace_period", workers.get("grace_period", 120), int,
-                                     minimum=2),
-            max_retry=typed_value(where, "max_retry", workers.get("max_retry", 2), int, minimum=0),
-            checkpoint_dir=typed_value(where, "checkpoint_dir",
-                                       workers.get("checkpoint_dir", "hpsearch-checkpoints"), str),
-            keep_models=typed_value(where, "keep_models", workers.get("keep_models", 3), int,
-                                    minimum=0, maximum=1000),
-            gpus=parse_gpus(workers.get("gpus", []), where),
-            workers_per_gpu=typed_value(where, "workers_per_gpu", workers.get("workers_per_gpu", 1),
-                                        int, minimum=1, maximum=64),
-        ),
+        workers=parse_workers(workers, where),
         hours=parse_hours(budget["hours"], f"{where}: [budget]") if "hours" in budget else None,
         final=parse_final(budget, where),
         dry_run=(typed_value(where, "seconds_per_epoch", dry_run.get("seconds_per_epoch", 1.0),
