@@ -185,8 +185,10 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     running[0].process.wait(timeout=POLL_S)
                 progress = _poll_progress(engine, config.name, progress)
-                if budget is not None:
-                    _replan(budget)
+                if budget is not None:  # while the database cannot be read, the last plan
+                    # stands (its limits were published; the workers wait for it too)
+                    with contextlib.suppress(DatabaseError):
+                        budget.update()
                 view.update(progress)
         except KeyboardInterrupt as exc:
             stopped_by = signum_of(exc)
@@ -197,13 +199,6 @@ def supervise(config: StudyConfig, url: str, workers: list[WorkerProcess],
         view.update(progress)
     engine.dispose()
     return progress, stopped_by
-
-
-def _replan(budget: BudgetKeeper) -> None:
-    """Plan again; while the database cannot be read, the last plan stands (its limits were
-    published, and the workers are waiting for the database too)."""
-    with contextlib.suppress(DatabaseError):
-        budget.update()
 
 
 class LiveView:
