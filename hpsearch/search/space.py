@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 
 from hpsearch.search.pruning import RankingPrunedTPESampler, pruned_direction
 from hpsearch.search.space_file import grid_values
@@ -43,8 +44,7 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
         # every parameter independently as soon as the spaces differ
         options: dict[str, Any] = {"seed": seed, "multivariate": True, "group": True,
                                    "constant_liar": True}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
             if config.multi_objective:  # its pruned trials ranked on the pruned objective
                 return RankingPrunedTPESampler(pruned_direction(config), **options)
             return optuna.samplers.TPESampler(**options)

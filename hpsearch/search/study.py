@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine
@@ -112,16 +113,19 @@ class Storage(RDBStorage):
             return stale_trial_ids(conn, study_id, grace)
 
 
+def retry_callback(max_retry: int | None = None) -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's retry callback: it queues a copy of a failed trial that keeps its values."""
+    with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
+        return RetryHeartbeatStaleTrialCallback(max_retry=max_retry,
+                                                inherit_intermediate_values=True)
+
+
 class RetryStaleTrial:
     """The heartbeat check's callback for a trial it failed: our row of it is failed too, then
     Optuna's retry callback queues a copy that resumes from its checkpoint."""
 
     def __init__(self, recorder: Recorder, max_retry: int | None) -> None:
-        self.recorder = recorder
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry,
-                                                          inherit_intermediate_values=True)
+        self.recorder, self.retry = recorder, retry_callback(max_retry)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.recorder.mark_dead(trial._trial_id, NO_HEARTBEAT)
@@ -136,8 +140,9 @@ def open_storage(url: str, workers: WorkerOptions, pool: Pool | None = None) -> 
     # our pool, also where none is given: every connection gets our settings (db/engine.py)
     kwargs = {"pool": pool if pool is not None else make_engine(url).pool}
     # a failure here is at start-up: reported at once (no waiting), like every other start-up
-    with translating(url), warnings.catch_warnings(), optuna_schema_lock(url):
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with (translating(url),
+          warnings.catch_warnings(action="ignore", category=ExperimentalWarning),
+          optuna_schema_lock(url)):
         try:
             return Storage(url, engine_kwargs=kwargs,
                            heartbeat_interval=workers.heartbeat_interval,
@@ -170,8 +175,7 @@ def prepare_study(config: StudyConfig, url: str, n_trials: int | None = None) ->
             directions=["maximize" if o.maximize else "minimize" for o in config.objectives])
         names = [o.measure for o in config.objectives]  # what the objective returns, in order
         if study.metric_names != names:  # named once; optuna-dashboard shows them
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
                 study.set_metric_names(names)
     finally:
         storage.remove_session()

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
+from optuna.exceptions import ExperimentalWarning
 
 from hpsearch.db import queries, records
 from hpsearch.db.engine import normalise_url
@@ -137,8 +138,7 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
     out = []
     try:
         loaded = optuna.load_study(study_name=config.name, storage=storage)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
             for params, candidate in zip(queued, candidates, strict=True):
                 before = storage.get_n_trials(loaded._study_id)
                 loaded.enqueue_trial(params, user_attrs={"enqueued_from": candidate.source},

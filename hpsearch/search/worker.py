@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import optuna
 import tenacity
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
@@ -37,7 +37,7 @@ from hpsearch.search.control import StudyControl
 from hpsearch.search.dryrun import DryRunTrainer
 from hpsearch.search.hours import SearchLimits
 from hpsearch.search.objective import COUNTED_STATES, Objective, TrialFailed, TrialTrainer
-from hpsearch.search.study import Storage, open_storage
+from hpsearch.search.study import Storage, open_storage, retry_callback
 from hpsearch.spec import StudyConfig
 from hpsearch.stop import check_stop, interrupted_reason, stop_requested
 from hpsearch.stop import wait as stop_wait
@@ -158,9 +158,7 @@ class _Trials:
         # again; what the database did not take is done at the next try (see settle_faulted)
         self.to_fail: dict[int, tuple[bool, str]] = {}  # id: (queue again?, reason)
         self.to_copy: dict[int, tuple[bool, str]] = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
+        self.retry = retry_callback()
 
     def run(self, url: str, timeout: float | None) -> WorkerSummary:
         deadline = time.monotonic() + timeout if timeout else None
@@ -357,7 +355,8 @@ class StaleTrialWatcher(threading.Thread):
         while not self._stopped.wait(delay):
             try:
                 self.slot.acquire()
-                _fail_stale(self.study)
+                with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
+                    optuna.storages.fail_stale_trials(self.study)
             except Exception as exc:  # a missed check is retried next interval
                 log.warning("stale-trial check failed: %s", as_database_error(exc) or repr(exc))
             finally:
@@ -383,9 +382,3 @@ def _one_line_failures(record: logging.LogRecord) -> bool:
 
 # the logger of optuna.study._optimize, which reports failed trials
 logging.getLogger("optuna.study._optimize").addFilter(_one_line_failures)
-
-
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
