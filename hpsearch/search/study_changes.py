@@ -1,20 +1,11 @@
 """A study file edited between runs, compared with the study as stored (hpsearch.spec).
 
-Rerunning `hpsearch run FILE` continues the stored study, whose spec and settings the workers
-follow. If the file no longer says the same, continuing silently would run one thing while the
-file (and the run header) say another, so every difference is named and sorted into one of two
-kinds:
-
-- compatible: the settings, which change how the search goes on, not what a trial means: the
-  per-worker timeout, the hours budget and its final models ([budget] hours, final), the
-  sampler and the pruner (how the next points are chosen and when a weak trial stops), the
-  heartbeat and retry options, the checkpoint folder and data_dir (where files are, not what
-  they hold). Applied only with `--update`, which stores the new settings.
-  n_trials is no difference: each run states its target (the file's, or `run --trials`).
-- incompatible: the spec, what a trial is: the search space, its conditions and the fixed
-  parameters, the epoch budget, the seed, the objectives and which of them the trials report
-  each epoch ([pruner] objective), and the data (dataset, validation
-  share, subset, synthetic size and blend). Refused: such a study needs a new name.
+Rerunning `hpsearch run FILE` continues the stored study; if the file no longer says the same,
+every difference is named, and sorted: compatible settings change how the search goes on, not
+what a trial means (timeout, target, hours budget, sampler, pruner, [workers], data_dir), and
+are applied only with `--update`; any other change (the space, fixed values, epoch budget,
+seed, objectives, the pruned objective, the data) is refused: such a study needs a new name.
+n_trials is no difference: each run states its target.
 
 Values are compared after parsing, with defaults filled in, so writing out a default that the
 stored file left implicit (`precision = "fp32"`) is no change. No torch, no SQL here.
