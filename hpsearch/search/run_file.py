@@ -15,7 +15,7 @@ from typing import Any
 from hpsearch.errors import ConfigError
 from hpsearch.params import MODEL_ARGS, DataOptions, TrialParams, coerce
 from hpsearch.search.study_file import parse_data
-from hpsearch.search.toml_values import read_toml
+from hpsearch.search.toml_values import prefixed, read_toml
 from hpsearch.trainer.data_sources import dataset_facts
 
 
@@ -52,11 +52,9 @@ def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], R
     for key in ("params", "fixed", "data"):
         if not isinstance(doc.get(key, {}), dict):
             raise ConfigError(f"{path}: [{key}] must be a table")
-    try:
+    with prefixed(str(path)):
         seeds = RunSeeds(*(coerce(key, doc[key], int) if key in doc else None
                            for key in ("seed", "split_seed")))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
     params = {**doc.get("fixed", {}), **doc.get("params", {})}
     # `model_args.width = 24`, as `best --format toml` writes it, is a TOML dotted key: a table
     factory_args = params.pop(MODEL_ARGS, {})

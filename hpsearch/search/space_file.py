@@ -16,7 +16,7 @@ from hpsearch.params import (
     TrialParams,
     param_type,
 )
-from hpsearch.search.toml_values import typed_value
+from hpsearch.search.toml_values import prefixed, typed_value
 from hpsearch.spec import Categorical, Conditions, Dimension, Range, StudyConfig
 
 MAX_GRID_POINTS = 1_000_000  # Optuna's grid sampler lists every point up front
@@ -134,10 +134,8 @@ def _model_arg_range(where: str, spec: dict[str, Any]) -> Range:
 
 
 def _check_value(label: str, name: str, value: Any) -> None:
-    try:
+    with prefixed(label):
         TrialParams.from_dict({name: value})
-    except ConfigError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
 
 
 def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) -> Conditions:

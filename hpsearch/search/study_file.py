@@ -33,7 +33,7 @@ from hpsearch.search.space_file import (
     parse_dimension,
     parse_model_args,
 )
-from hpsearch.search.toml_values import check_table, choice_value, read_toml, typed_value
+from hpsearch.search.toml_values import check_table, choice_value, prefixed, read_toml, typed_value
 from hpsearch.spec import (
     Categorical,
     Range,
@@ -136,7 +136,6 @@ def read_study(study: object) -> StudyConfig:
                       f"got {type(study).__name__}")
 
 
-
 def check_n_trials(value: object, where: str = "trials") -> int:
     """Finished trials a study should reach: 1..INT_MAX (a 32-bit column)."""
     return typed_value(where, "n_trials", value, int, minimum=MIN_TRIALS)
@@ -237,15 +236,6 @@ def _parse_target(study: dict[str, Any], multi: bool, where: str) -> float | Non
     return typed_value(where, "target", study["target"], float)
 
 
-def _data_facts(data: DataOptions, where: str) -> DatasetFacts:
-    """The dataset's facts; for a folder or .npz file, read from it (so a missing or malformed
-    one is found before anything runs)."""
-    try:
-        return dataset_facts(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
 def _check_rung_sizes(config: StudyConfig, facts: DatasetFacts, where: str) -> None:
     """A rung on a handful of images ranks trials by noise (0.001 of a subset is one image)."""
     total = config.data.image_counts(facts.sizes).train
@@ -326,7 +316,8 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
                              float, minimum=0, maximum=MAX_DRY_RUN_EPOCH_S)
                  if "dry_run" in doc else None),
     )
-    facts = _data_facts(config.data, where)
+    with prefixed(where):  # a folder or .npz file is read: a missing or malformed one is
+        facts = dataset_facts(config.data)  # found before anything runs
     _check_rung_sizes(config, facts, where)
     if config.workers.grace_period <= config.workers.heartbeat_interval:
         raise ConfigError(f"{where}: grace_period must exceed heartbeat_interval")
@@ -345,21 +336,17 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
     config.conditions = parse_conditions(config, declared, where)
     _check_constraints(config, facts.shape, where)
     if config.sampler == "grid":
-        try:
+        with prefixed(where):
             grid_values(config)  # raises if the space has no grid
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
     return config
 
 
 def _check_constraints(config: StudyConfig, shape: tuple[int, int, int], where: str) -> None:
     """Every fixed value and every patch size choice must make a valid model for the dataset."""
-    try:
+    with prefixed(where):
         base = config.base_params()
         base.check_image(config.data.dataset, shape)
         patch = config.space.get("patch_size")
         if isinstance(patch, Categorical):
             for choice in patch.choices:
                 base.replace(patch_size=choice).check_image(config.data.dataset, shape)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None

@@ -3,9 +3,11 @@ tables and values: each problem is one ConfigError naming the file and the key."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,19 @@ def check_table(doc: dict[str, Any], key: str, allowed: set[str], where: str) ->
     return value
 
 
-def typed_value(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None,
-                maximum: float | None = None) -> Any:
+@contextlib.contextmanager
+def prefixed(where: str) -> Iterator[None]:
+    """A ConfigError raised inside is raised again with `where: ` in front."""
     try:
-        out = coerce(key, value, kind)
+        yield
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def typed_value(where: str, key: str, value: Any, kind: type, *, minimum: float | None = None,
+                maximum: float | None = None) -> Any:
+    with prefixed(where):
+        out = coerce(key, value, kind)
     if minimum is not None and out < minimum:
         raise ConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
     if maximum is not None and out > maximum:
