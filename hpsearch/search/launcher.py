@@ -47,7 +47,7 @@ from hpsearch.stop import check_stop, signal_name, signum_of
 
 # how long stopped workers get to mark their trials. A launcher killed meanwhile (docker stop
 # sends SIGKILL after 10 s) leaves them to finish that on their own: they already got the signal
-STOP_GRACE_S = 20.0  # how long interrupted workers get to mark their trials
+STOP_GRACE_S = 20.0
 POLL_S = 1.0
 TAIL_LINES = 20  # a dead worker's last lines kept in memory
 OUTPUT_DRAIN_S = 5.0  # after a worker exited, how long its last output may take to arrive

@@ -44,7 +44,6 @@ from hpsearch.stop import check_stop, interrupted_reason
 
 log = logging.getLogger(__name__)
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-# how torch's CPU and CUDA allocators word a failed allocation
 
 
 def _set_user_attrs(recorder: Recorder, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
