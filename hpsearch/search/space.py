@@ -48,12 +48,10 @@ def make_sampler(config: StudyConfig, worker_index: int = 0,
             if config.multi_objective:  # its pruned trials ranked on the pruned objective
                 return RankingPrunedTPESampler(pruned_direction(config), **options)
             return optuna.samplers.TPESampler(**options)
-    if config.sampler == "nsga2":  # the genetic multi-objective sampler
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if config.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
+    seeded = {"nsga2": optuna.samplers.NSGAIISampler,  # the genetic multi-objective sampler
+              "random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler}
+    if config.sampler in seeded:
+        return seeded[config.sampler](seed=seed)
     if config.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=config.seed)  # a QMC sequence is shared
     return optuna.samplers.GridSampler(grid_values(config), seed=config.seed)
