@@ -147,9 +147,7 @@ def check_timeout(value: object, where: str = "timeout") -> float:
 
 
 def parse_pruner_options(doc: dict[str, Any], pruner: str, where: str) -> dict[str, int]:
-    """[pruner]: options of the pruner named in [study] (and `objective`, which every pruner
-    takes: parse_pruned_objective); an option of another pruner is an error, not silently
-    ignored."""
+    """[pruner]: the options of the pruner named in [study] (`objective`: below)."""
     options = PRUNER_OPTIONS[pruner]
     value = doc.get("pruner", {})
     if not isinstance(value, dict):
@@ -178,10 +176,7 @@ def parse_pruned_objective(doc: dict[str, Any], objectives: tuple[ObjectiveSpec,
 
 
 def parse_rungs(budget: dict[str, Any], pruner: str, where: str) -> tuple[Rung, ...]:
-    """[budget] rungs = [{fraction = 0.1, epochs = 3}, ..., {fraction = 1.0, epochs = 15}]:
-    at least two, fractions and cumulative epochs both strictly increasing, the last on the
-    whole training split; promotion between them is the pruner's (successive halving or
-    Hyperband), so min_epochs (their minimum resource in epochs) does not apply."""
+    """[budget] rungs = [{fraction = 0.1, epochs = 3}, ..., {fraction = 1.0, epochs = 15}]."""
     label = f"{where}: [budget] rungs"
     value = budget["rungs"]
     if not isinstance(value, list) or len(value) < 2:

@@ -310,10 +310,8 @@ class _Trials:
 
 
 def until_the_database_answers(step: Callable[[], T], url: str) -> T:
-    """Run `step`, waiting out transient database errors: retried with exponential back-off
-    (0.2 s doubling to 5 s) for as long as they last, saying so when the wait starts, every
-    30 s or so while it lasts and when it ends. A stop request ends the wait. Permanent errors,
-    and anything else, are raised at once."""
+    """Run `step`, waiting out transient database errors for as long as they last (saying so
+    now and then); a stop request ends the wait. Anything else is raised at once."""
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(lambda exc: _transient(exc, url)), reraise=True,
         sleep=stop_wait,
