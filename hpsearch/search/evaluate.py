@@ -172,8 +172,7 @@ def check_weights_folder(checkpoint_dir: str, study_name: str) -> None:
 
 
 def evaluation_seeds(trial: records.TrialRecord, seeds: int) -> tuple[int, ...]:
-    """The seeds of `seeds` retrainings: the first is the one the trial trained with in the
-    search, then the following ones."""
+    """The seed the trial trained with in the search, then the next ones."""
     return tuple(trial.seed + k for k in range(seeds))
 
 
