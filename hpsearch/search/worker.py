@@ -353,8 +353,7 @@ class StaleTrialWatcher(threading.Thread):
         while not self._stopped.wait(delay):
             try:
                 self.slot.acquire()
-                with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
-                    optuna.storages.fail_stale_trials(self.study)
+                _fail_stale(self.study)
             except Exception as exc:  # a missed check is retried next interval
                 log.warning("stale-trial check failed: %s", as_database_error(exc) or repr(exc))
             finally:
@@ -380,3 +379,8 @@ def _one_line_failures(record: logging.LogRecord) -> bool:
 
 # the logger of optuna.study._optimize, which reports failed trials
 logging.getLogger("optuna.study._optimize").addFilter(_one_line_failures)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
+        optuna.storages.fail_stale_trials(study)
