@@ -389,14 +389,17 @@ def run_load(n: int, url: str, folder: Path, args: argparse.Namespace,
 def ask_latency(url: str, sizes: list[int], asks: int) -> list[dict[str, Any]]:
     """TPE's ask on a study that already holds `size` finished trials of the bench's space."""
     import optuna
+    from optuna.distributions import json_to_distribution
 
-    from hpsearch.search.space import distribution, make_sampler, suggest
+    from hpsearch.search.space import make_sampler, suggest
     from hpsearch.search.study_file import load_study
+    from hpsearch.spec import dimension_json
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="hps-ask-"))
     config = load_study(study_toml(folder, "ask", 1, 3, 0))
-    dists = {k: distribution(d) for k, d in config.space.items()}
+    dists = {k: json_to_distribution(json.dumps(dimension_json(d)))
+             for k, d in config.space.items()}
     out = []
     for size in sizes:
         name = f"ask-{size}"
