@@ -30,24 +30,11 @@ def fmt_plain(value: Any) -> str:
     return str(value)
 
 
-fmt_acc = _dash(lambda v: f"{v:.4f}")
-
-
-fmt_loss = _dash(lambda v: f"{v:.4f}")
-
-
+fmt_acc = fmt_loss = _dash(lambda v: f"{v:.4f}")
 fmt_int = _dash(lambda v: f"{v:,}")
-
-
 fmt_sci = _dash(lambda v: f"{v:.3g}")
-
-
 fmt_share = _dash(lambda v: f"{100 * v:.0f}%")
-
-
 fmt_rate = _dash(lambda v: f"{v:,.0f}")
-
-
 fmt_time = _dash(lambda v: v.strftime("%Y-%m-%d %H:%M:%S"))
 
 
@@ -117,8 +104,6 @@ def write(sheet: Sheet, fmt: str, out: TextIO) -> None:
 # then the others in order while they fit; a cell longer than CELL_MAX is shortened (the full
 # text is in -f csv/json).
 KEPT_COLUMNS = 3
-
-
 CELL_MAX = 40
 
 
@@ -248,26 +233,29 @@ def write_markdown(sheet: Sheet, out: TextIO) -> None:
         out.write(f"\n{_md_cell(note)}\n")
 
 
+def _raw_text(value: Any) -> str:
+    """A value as CSV and TSV hold it: blank for None, ISO times, JSON for dicts and lists,
+    str() otherwise (a float's str() is its repr(), which round-trips exactly)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
 def write_csv(sheet: Sheet, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.key for c in sheet.columns])
-    for row in sheet.rows:
-        # repr() of a float round-trips exactly; csv writes floats with repr already
-        writer.writerow(["" if v is None else v.isoformat() if isinstance(v, datetime)
-                         else json.dumps(v) if isinstance(v, dict | list) else v for v in row])
+    writer.writerows([_raw_text(v) for v in row] for row in sheet.rows)
 
 
 def write_tsv(sheet: Sheet, out: TextIO) -> None:
     """Tab-separated, one line per row, for `cut`/`awk`/`sort`: tabs and line breaks inside a
     value become spaces."""
-    def cell(value: Any) -> str:
-        text = ("" if value is None else value.isoformat() if isinstance(value, datetime)
-                else json.dumps(value) if isinstance(value, dict | list) else str(value))
-        return " ".join(text.replace("\t", " ").splitlines())
-
     out.write("\t".join(c.key for c in sheet.columns) + "\n")
     for row in sheet.rows:
-        out.write("\t".join(cell(v) for v in row) + "\n")
+        out.write("\t".join(" ".join(_raw_text(v).replace("\t", " ").splitlines())
+                            for v in row) + "\n")
 
 
 def _json_default(value: Any) -> Any:
