@@ -11,6 +11,7 @@ import html
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import count
 from typing import Any
 
 import plotly.graph_objects as go
@@ -64,12 +65,8 @@ def _integer_ticks(fig: go.Figure) -> None:
 
 def _whole_step(span: float) -> int:
     """1, 2, 5, 10, 20, 50, ...: the first that cuts `span` into at most 10 steps."""
-    magnitude = 1
-    while True:
-        for mantissa in (1, 2, 5):
-            if span <= 10 * mantissa * magnitude:
-                return mantissa * magnitude
-        magnitude *= 10
+    return next(step for e in count() for step in (10**e, 2 * 10**e, 5 * 10**e)
+                if span <= 10 * step)
 
 
 def _line(state: str, color: str) -> dict[str, Any]:

@@ -123,10 +123,7 @@ def _parameter_views(conn: Connection, info: records.StudyInfo, key: str,
         Figure(f"{key}-slices", f"{info.name}: {first.title} by parameter",
                figures.slice_plots(info.name, rows, names, info.space, first)),
     ]
-    found, how = importance.param_importances(info.space, rows, first)
-    items.append(Figure(f"{key}-importances", f"{info.name}: importances",
-                        figures.importance_figure(info.name, found, how))
-                 if found else note_html(how))
+    items.append(_importances(info, rows, f"{key}-importances", "importances"))
     with_pruned = figure_queries.complete_params(conn, info, with_pruned=True)
     if len(with_pruned) == len(rows):
         return [*items, note_html("no pruned trial has a value: the views above hold every "
@@ -138,12 +135,18 @@ def _parameter_views(conn: Connection, info: records.StudyInfo, key: str,
     items.append(Figure(f"{key}-pruned-parameters", f"{info.name}: parameters, pruned included",
                         figures.parallel_coordinates(info.name, with_pruned, names, info.space,
                                                      first, what)))
-    found, how = importance.param_importances(info.space, with_pruned, first, what)
-    items.append(Figure(f"{key}-pruned-importances",
-                        f"{info.name}: importances, pruned included",
-                        figures.importance_figure(info.name, found, how))
-                 if found else note_html(how))
+    items.append(_importances(info, with_pruned, f"{key}-pruned-importances",
+                              "importances, pruned included", what))
     return items
+
+
+def _importances(info: records.StudyInfo, rows: list[tuple[int, float, dict]], key: str,
+                 title: str, what: str = "complete trials") -> str | Figure:
+    """The importance figure of `rows`, or a note saying why there is none."""
+    found, how = importance.param_importances(info.space, rows, info.objectives[0], what)
+    if not found:
+        return note_html(how)
+    return Figure(key, f"{info.name}: {title}", figures.importance_figure(info.name, found, how))
 
 
 def _comparison_section(stats: list[records.StudyStats],

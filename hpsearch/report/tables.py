@@ -41,10 +41,6 @@ from hpsearch.report.sheets import (
     fmt_time,
 )
 
-# --- writers -------------------------------------------------------------------------------
-
-
-# --- sheets for each command ---------------------------------------------------------------
 
 def param_names(space: Mapping[str, Any], found: Iterable[Iterable[str]]) -> list[str]:
     """Sampled parameter names: the stored search space's order, then any other names `found`
@@ -53,10 +49,6 @@ def param_names(space: Mapping[str, Any], found: Iterable[Iterable[str]]) -> lis
     for keys in found:
         names.extend(k for k in keys if k not in names)
     return names
-
-
-def _param_columns(names: Sequence[str]) -> list[Column]:
-    return [param_column(n) for n in names]
 
 
 def studies_sheet(summaries: Sequence[StudySummary]) -> Sheet:
@@ -190,7 +182,7 @@ def front_sheet(study: StudyInfo, front: ParetoFront) -> Sheet:
     names = param_names(study.space, [t.sampled for t in front.trials])
     columns = [Column("number", "trial"), *(value_column(o) for o in front.objectives),
                Column("is_chosen", "chosen", lambda v: "*" if v else ""),
-               Column("best_epoch", "at epoch"), *_param_columns(names)]
+               Column("best_epoch", "at epoch"), *map(param_column, names)]
     rows = [(t.number, *front.values[t.number], t.number == front.chosen, t.best_epoch,
              *(t.params.get(n) for n in names)) for t in front.trials]
     notes = [f"{len(rows)} of {front.candidates} complete trials are on the front "
@@ -296,7 +288,7 @@ def compare_sheet(stats: Sequence[StudyStats], names: Sequence[str]) -> Sheet:
         Column("best_epoch", "at epoch"), *test_columns, Column("trials", "trials", fmt_int),
         Column("complete", "complete", fmt_int), Column("pruned_share", "pruned", fmt_share),
         Column("compute_seconds", "compute time", fmt_seconds),
-        Column("time_to_best_s", "time to best", fmt_seconds), *_param_columns(names),
+        Column("time_to_best_s", "time to best", fmt_seconds), *map(param_column, names),
     ]
     rows = []
     for s in stats:
