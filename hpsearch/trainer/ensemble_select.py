@@ -39,13 +39,8 @@ def greedy_weights(probs: Sequence[torch.Tensor], labels: torch.Tensor,
     counts = [0] * len(probs)
     running = torch.zeros_like(probs[0])
     for done in range(rounds):
-        best: tuple[float, float, int] | None = None
-        for i, candidate in enumerate(probs):
-            loss, acc = score_probs((running + candidate) / (done + 1), labels)
-            key = (-acc, loss, i)
-            if best is None or key < best:
-                best = key
-        assert best is not None
-        counts[best[2]] += 1
-        running += probs[best[2]]
+        scores = [score_probs((running + candidate) / (done + 1), labels) for candidate in probs]
+        pick = min(range(len(probs)), key=lambda i: (-scores[i][1], scores[i][0]))
+        counts[pick] += 1
+        running += probs[pick]
     return [c / rounds for c in counts]

@@ -51,14 +51,8 @@ class Dropout(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Linear → activation → dropout → linear → dropout, on the last dimension.
-
-    Args:
-        dim: Width of the input and the output.
-        hidden: Width of the hidden layer.
-        dropout: Probability of zeroing an element, after each linear layer's output.
-        act_layer: The activation's class (instantiated here, once per layer).
-    """
+    """Linear (dim → hidden) → activation → dropout → linear (→ dim) → dropout, on the last
+    dimension."""
 
     def __init__(
         self,
@@ -89,17 +83,8 @@ class FeedForward(nn.Module):
 
 
 class MixerBlock(nn.Module):
-    """Token mixing across patches, then channel mixing; each pre-normed with a skip.
-
-    Args:
-        num_patches: Patches per image (the width the token MLP mixes over).
-        dim: Channels per patch (the hidden width of the whole Mixer).
-        token_dim: Hidden width of the token-mixing MLP.
-        channel_dim: Hidden width of the channel-mixing MLP.
-        dropout: Dropout probability inside both MLPs.
-        act_layer: The activation's class.
-        norm_layer: The normalisation's class, called with `dim`.
-    """
+    """Token mixing across the `num_patches` patches, then channel mixing over `dim`
+    channels; each pre-normed (`norm_layer(dim)`) with a skip."""
 
     def __init__(
         self,
@@ -131,20 +116,8 @@ class MixerBlock(nn.Module):
 
 class MLPMixer(nn.Module):
     """MLP-Mixer (Tolstikhin et al., 2021): patches → linear stem → mixer blocks → norm →
-    mean over patches → linear head.
-
-    Args:
-        image_shape: (channels, height, width) of the input images.
-        patch_size: Side of the square patches; must divide height and width (ConfigError).
-        hidden_dim: Channels per patch after the stem.
-        token_mlp_dim: Hidden width of every token-mixing MLP.
-        channel_mlp_dim: Hidden width of every channel-mixing MLP.
-        num_blocks: Number of mixer blocks.
-        dropout: Dropout probability inside the MLPs.
-        act_layer: The activation's class, e.g. nn.GELU.
-        norm_layer: The normalisation's class, called with hidden_dim.
-        num_classes: Outputs of the head.
-    """
+    mean over patches → linear head. `patch_size` must divide the images' height and width
+    (ConfigError)."""
 
     def __init__(
         self,
@@ -161,11 +134,11 @@ class MLPMixer(nn.Module):
         num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
-        dims = mixer_dims(image_shape, patch_size, hidden_dim)
+        patches, patch_pixels = mixer_dims(image_shape, patch_size)
         self.patch_size = patch_size
-        self.stem = nn.Linear(dims.patch_pixels, hidden_dim)
+        self.stem = nn.Linear(patch_pixels, hidden_dim)
         self.blocks = nn.Sequential(*[
-            MixerBlock(num_patches=dims.patches, dim=hidden_dim, token_dim=token_mlp_dim,
+            MixerBlock(num_patches=patches, dim=hidden_dim, token_dim=token_mlp_dim,
                        channel_dim=channel_mlp_dim, dropout=dropout, act_layer=act_layer,
                        norm_layer=norm_layer)
             for _ in range(num_blocks)
@@ -196,16 +169,8 @@ class MLPMixer(nn.Module):
 
 
 class MLP(nn.Module):
-    """The classic baseline: flatten, hidden layers of linear → activation → dropout, linear.
-
-    Args:
-        image_shape: (channels, height, width) of the input images.
-        width: Width of every hidden layer.
-        layers: Number of hidden layers.
-        dropout: Dropout probability after each hidden activation.
-        act_layer: The activation's class.
-        num_classes: Outputs of the last layer.
-    """
+    """The classic baseline: flatten, `layers` hidden layers of linear (`width`) → activation
+    → dropout, linear."""
 
     def __init__(
         self,
@@ -228,19 +193,10 @@ class MLP(nn.Module):
         return self.net(images)
 
 
-class MixerDims(NamedTuple):
-    """The widths a Mixer's layers derive from the images: computed in one place."""
-
-    patches: int  # patches per image
-    patch_pixels: int  # C·P·P, the stem's input width
-    hidden: int
-
-
-def mixer_dims(image_shape: tuple[int, int, int], patch_size: int, hidden_dim: int) -> MixerDims:
-    """ConfigError (via params.num_patches, the one divisibility check) if the patches do not
-    tile the images."""
-    return MixerDims(num_patches(image_shape, patch_size),
-                     image_shape[0] * patch_size * patch_size, hidden_dim)
+def mixer_dims(image_shape: tuple[int, int, int], patch_size: int) -> tuple[int, int]:
+    """(patches per image, C·P·P pixels per patch: the stem's input width); ConfigError (via
+    params.num_patches, the one divisibility check) if the patches do not tile the images."""
+    return num_patches(image_shape, patch_size), image_shape[0] * patch_size * patch_size
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -298,8 +254,8 @@ def linear_uses(params: TrialParams, image_shape: tuple[int, int, int]) -> list[
     if params.model == "mlp":
         dims = [c * h * w] + [params.mlp_width] * params.mlp_layers + [NUM_CLASSES]
         return [LinearUse(1, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)]
-    n, pixels, d = mixer_dims(image_shape, params.patch_size, params.hidden_dim)
-    t, ch = params.token_mlp_dim, params.channel_mlp_dim
+    n, pixels = mixer_dims(image_shape, params.patch_size)
+    d, t, ch = params.hidden_dim, params.token_mlp_dim, params.channel_mlp_dim
     block = [LinearUse(d, n, t), LinearUse(d, t, n), LinearUse(n, d, ch), LinearUse(n, ch, d)]
     return [LinearUse(n, pixels, d), *block * params.num_blocks, LinearUse(1, d, NUM_CLASSES)]
 
