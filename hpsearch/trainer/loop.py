@@ -92,11 +92,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str = "auto",
-        on_step: Callable[[int, int], None] | None = None, checkpoint: Path | None = None,
-        resume_from: Path | None = None, stop_after: int | None = None,
-        lr_curve: LrCurve | None = None) -> Training:
-    """Train `params` on `data`: iterate the result for one EpochMetrics per epoch.
+class Training:
+    """One training run of `params` on `data`: iterate it for one EpochMetrics per epoch.
 
         run = fit(params, data, seed=0)
         for metrics in run:        # stop the loop to stop training (pruning, say)
@@ -114,20 +111,14 @@ def fit(params: TrialParams, data: TrainValData, *, seed: int = 0, device: str =
     (a final retraining replays the searched run's with `schedule.replay_curve`); without it a
     plateau schedule needs a validation split.
     `on_step(done, total)` is called after each training batch (for progress bars).
-    Raises TrainingDiverged from the loop when a run cannot produce a useful model.
+    Iterating raises TrainingDiverged when a run cannot produce a useful model; a run can be
+    iterated once.
     """
-    return Training(params, data, seed=seed, device=device, on_step=on_step,
-                    checkpoint=checkpoint, resume_from=resume_from, stop_after=stop_after,
-                    lr_curve=lr_curve)
 
-
-class Training:
-    """One training run, built and ready; iterating it trains (once) and yields each epoch."""
-
-    def __init__(self, params: TrialParams, data: TrainValData, *, seed: int, device: str,
-                 on_step: Callable[[int, int], None] | None, checkpoint: Path | None,
-                 resume_from: Path | None, stop_after: int | None = None,
-                 lr_curve: LrCurve | None = None) -> None:
+    def __init__(self, params: TrialParams, data: TrainValData, *, seed: int = 0,
+                 device: str = "auto", on_step: Callable[[int, int], None] | None = None,
+                 checkpoint: Path | None = None, resume_from: Path | None = None,
+                 stop_after: int | None = None, lr_curve: LrCurve | None = None) -> None:
         self.params, self.data, self.on_step, self.checkpoint = params, data, on_step, checkpoint
         self.seed = seed
         self.last_epoch = params.epochs if stop_after is None else min(params.epochs, stop_after)
@@ -260,6 +251,9 @@ class Training:
             # what the run is, so that the file alone says what trained it
             "params": self.params.to_dict(), "seed": self.seed,
         })
+
+
+fit = Training  # the name callers train with: `for metrics in fit(params, data): ...`
 
 
 def _check_chance(history: list[EpochMetrics], num_classes: int = NUM_CLASSES) -> None:
