@@ -325,14 +325,25 @@ def _normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+def _stats(images: torch.Tensor) -> tuple[float, float]:
+    as_float = images.float() / 255.0
+    return as_float.mean().item(), as_float.std().item()
+
+
+def _images(options: DataOptions, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 images and labels of the training or test set of `options`' dataset."""
+    if options.dataset != "synthetic":
+        return load_raw(options.dataset, options.data_dir, train=train)
+    if train:
+        return synthetic_raw(options.synthetic_size, seed=0, blend=options.synthetic_blend)
+    return synthetic_raw(synthetic_test_size(options.synthetic_size), seed=1,
+                         blend=options.synthetic_blend)
+
+
 def load_train_val(options: DataOptions, seed: int) -> TrainValData:
     """The training set, split into train and validation by a permutation seeded by `seed`."""
     classes = dataset_facts(options).classes
-    if options.dataset == "synthetic":
-        images, labels = synthetic_raw(options.synthetic_size, seed=0,
-                                       blend=options.synthetic_blend)
-    else:
-        images, labels = load_raw(options.dataset, options.data_dir, train=True)
+    images, labels = _images(options, train=True)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=gen)
     if options.subset is not None:
@@ -340,26 +351,17 @@ def load_train_val(options: DataOptions, seed: int) -> TrainValData:
     n_val = max(1, round(len(order) * options.val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
     # statistics of the training part only, so nothing about validation leaks into training
-    train_float = images[train_idx].float() / 255.0
-    mean, std = train_float.mean().item(), train_float.std().item()
-    return TrainValData(
-        train=Split(_normalise(images[train_idx], mean, std), labels[train_idx]),
-        val=Split(_normalise(images[val_idx], mean, std), labels[val_idx]),
-        dataset=options.dataset,
-        mean=mean,
-        std=std,
-        num_classes=classes,
-    )
+    train_images = images[train_idx]
+    mean, std = _stats(train_images)
+    return TrainValData(Split(_normalise(train_images, mean, std), labels[train_idx]),
+                        Split(_normalise(images[val_idx], mean, std), labels[val_idx]),
+                        options.dataset, mean, std, classes)
 
 
 def load_full_train(options: DataOptions) -> TrainValData:
     """The whole training set (train + validation) for retraining a final model: an empty
     validation split, and the statistics the test set must be normalised with."""
-    if options.dataset == "synthetic":
-        images, labels = synthetic_raw(options.synthetic_size, seed=0,
-                                       blend=options.synthetic_blend)
-    else:
-        images, labels = load_raw(options.dataset, options.data_dir, train=True)
+    images, labels = _images(options, train=True)
     mean, std = _stats(images)
     full = Split(_normalise(images, mean, std), labels)
     return TrainValData(train=full, val=Split(full.images[:0], full.labels[:0]),
@@ -369,14 +371,5 @@ def load_full_train(options: DataOptions) -> TrainValData:
 
 def load_test_split(options: DataOptions, mean: float, std: float) -> Split:
     """The test set, normalised with the training statistics. Only final evaluation calls this."""
-    if options.dataset == "synthetic":
-        images, labels = synthetic_raw(synthetic_test_size(options.synthetic_size), seed=1,
-                                       blend=options.synthetic_blend)
-    else:
-        images, labels = load_raw(options.dataset, options.data_dir, train=False)
+    images, labels = _images(options, train=False)
     return Split(_normalise(images, mean, std), labels)
-
-
-def _stats(images: torch.Tensor) -> tuple[float, float]:
-    as_float = images.float() / 255.0
-    return as_float.mean().item(), as_float.std().item()
