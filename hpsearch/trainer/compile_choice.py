@@ -14,7 +14,6 @@ GPU) "auto" runs eagerly: not measured there.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import statistics
@@ -26,14 +25,14 @@ import torch
 
 from hpsearch.errors import HpsearchError
 from hpsearch.files import atomic_write
-from hpsearch.params import NUM_CLASSES, TrialParams
-from hpsearch.trainer.model import build_model, matmul_flops_per_image
+from hpsearch.params import TrialParams
+from hpsearch.trainer.model import matmul_flops_per_image
 from hpsearch.trainer.runtime import (
     IMAGE_SHAPE,
     decision_path,
     machine_key,
     measuring_lock,
-    probe_step,
+    probe_steps,
 )
 
 # the estimated saving must repay the compile this many times: the estimate comes from another
@@ -120,25 +119,15 @@ def measure_compile(precision: str) -> CompileMeasurement:
     alternating, and a cold compile (inductor's caches off). Leaves the random state alone."""
     import torch._inductor.config as inductor  # loads the compiler: only when measuring
 
+    bf16 = precision == "bf16"
     with torch.random.fork_rng(devices=[]), inductor.patch(force_disable_caches=True):
-        torch.manual_seed(0)
-        eager = build_model(TrialParams(batch_size=PROBE_BATCH), IMAGE_SHAPE)
-        models = {"eager": eager, "compiled": torch.compile(copy.deepcopy(eager))}
-        optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)
-                      for name, m in models.items()}
-        images = torch.randn(PROBE_BATCH, *IMAGE_SHAPE)
-        labels = torch.randint(0, NUM_CLASSES, (PROBE_BATCH,))
-
-        def step(name: str) -> float:
-            return probe_step(models[name], optimizers[name], images, labels,
-                              precision == "bf16")[0]
-
+        step = probe_steps(PROBE_BATCH, {"eager": bf16, "compiled": bf16}, torch.compile)
         step("eager")  # warm-up: thread pools, oneDNN kernels
-        first_compiled = step("compiled")
+        first_compiled = step("compiled")[0]
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         for _ in range(PROBE_STEPS):
             for name in times:
-                times[name].append(step(name))
+                times[name].append(step(name)[0])
         torch._dynamo.reset()  # the probe's graphs are of no use to the run
     compiled_s = statistics.median(times["compiled"])
     return CompileMeasurement(statistics.median(times["eager"]), compiled_s,

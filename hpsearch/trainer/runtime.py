@@ -21,7 +21,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -210,23 +210,30 @@ def probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return time.perf_counter() - begin, loss.item()
 
 
+def probe_steps(batch: int, bf16: dict[str, bool],
+                wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+                ) -> Callable[[str], tuple[float, float]]:
+    """step(name) -> (seconds, loss) of a training step (forward, backward, Adam) of one of two
+    copies of the default Mixer (the second `wrap`ped), named by `bf16`'s keys, in bf16
+    autocast where it says so, on one random batch. Seeds torch: call it under fork_rng."""
+    torch.manual_seed(0)
+    model = build_model(TrialParams(batch_size=batch), IMAGE_SHAPE)
+    first, second = bf16
+    models = {first: model, second: wrap(copy.deepcopy(model))}
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)
+                  for name, m in models.items()}
+    images = torch.randn(batch, *IMAGE_SHAPE)
+    labels = torch.randint(0, NUM_CLASSES, (batch,))
+    return lambda name: probe_step(models[name], optimizers[name], images, labels, bf16[name])
+
+
 def measure_cpu(batch: int = PROBE_BATCH, steps: int = PROBE_STEPS) -> Measurement:
     """Time training steps (forward, backward, Adam) of the default Mixer in fp32 and in bf16
     autocast, alternating, so a slow moment of a shared machine hits both alike. The caller's
     random state is left as it was: a run's results must not depend on whether it measured."""
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(TrialParams(batch_size=batch), IMAGE_SHAPE)
-        models = {"fp32": model, "bf16": copy.deepcopy(model)}
-        optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)
-                      for name, m in models.items()}
-        images = torch.randn(batch, *IMAGE_SHAPE)
-        labels = torch.randint(0, NUM_CLASSES, (batch,))
-
-        def step(name: str) -> tuple[float, float]:
-            return probe_step(models[name], optimizers[name], images, labels, name == "bf16")
-
+        step = probe_steps(batch, {"fp32": False, "bf16": True})
         # untimed warm-ups (thread pools, oneDNN kernel generation) on the same weights and batch
         _, fp32_loss = step("fp32")
         _, bf16_loss = step("bf16")
