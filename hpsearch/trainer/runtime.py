@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import fcntl
 import json
 import logging
 import math
@@ -35,11 +36,6 @@ from hpsearch.files import atomic_write
 from hpsearch.params import NUM_CLASSES, TrialParams, check_device
 from hpsearch.trainer.machine import KERNEL_ENV, cpu_info, decision_path
 from hpsearch.trainer.model import build_model
-
-try:
-    import fcntl
-except ImportError:  # not Unix: processes may then measure side by side, nothing worse
-    fcntl = None  # type: ignore[assignment]
 
 # bf16 must be this much faster per step to be chosen: a smaller gain is within what the noise of
 # a shared machine does to a sub-second measurement (±10-20% between identical runs), and bf16
@@ -319,8 +315,7 @@ def measuring_lock(path: Path) -> Iterator[None]:
         yield
         return
     with handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
