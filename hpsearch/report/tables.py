@@ -156,13 +156,10 @@ def trials_sheet(study: StudyInfo, records: Iterable[TrialRecord], names: Sequen
                  tests: Mapping[int, EvaluationSummary] | None = None,
                  best: int | None = None, reasons: bool = False, tags: bool = False,
                  values: Mapping[int, Sequence[float | None]] | None = None) -> Sheet:
-    """The leaderboard, its columns in the order that explains the ranking: the trial, its
-    state, the objectives (every one when `values`, `queries.objective_values`, is given), the
-    best mark (`best`: the study's best trial number, by `queries.best_query`), the sampled
-    parameters `names` in the order given (by importance on a terminal: the first KEPT_PARAMS
-    stay when columns are left out), the final test accuracy when any trial has one (`tests`,
-    by trial number), then the rest: epochs, time, size, and why a pruned or failed trial
-    ended (`reasons`), its tags (`tags`), or with `full` (exports) times, worker and ids."""
+    """The leaderboard, its columns in the order that explains the ranking. `values`
+    (`queries.objective_values`): every objective; `best`: the trial to mark; `names`: the
+    parameters in order (on a terminal the first KEPT_PARAMS stay when columns are left out);
+    `tests`: final test accuracies by trial number; `full` (exports): every stored column."""
     objectives = objective_columns(study, values is not None)
     columns = (
         [Column("number", "trial"), Column("state", "state"), *objectives]
