@@ -35,7 +35,10 @@ def test_gpu_ids_are_checked() -> None:
 
 
 def test_the_study_file_places_workers_and_the_options_win(tmp_path: Path) -> None:
-    path = write_tiny_study(tmp_path, dry_run=0.0)
+    # trials of ~6 s (3 dry-run epochs of 2 s): a worker that starts late on a loaded machine
+    # still finds the study unfinished and joins (logging its GPU), rather than exiting with
+    # nothing to run after the others have done all four
+    path = write_tiny_study(tmp_path, dry_run=2.0)
     path.write_text(path.read_text().replace(
         "[workers]", "[workers]\ngpus = [2, 5]\nworkers_per_gpu = 2"))
     assert (load_study(path).workers.gpus, load_study(path).workers.workers_per_gpu) == (
