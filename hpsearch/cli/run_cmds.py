@@ -231,6 +231,11 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         raise typer.Exit(exit_code(stopped_by))
     if failures and progress.finished < config.n_trials:
         raise typer.Exit(1)
+    if budget is not None and halt is None and not progress.counts.get("complete"):
+        from hpsearch.errors import HpsearchError
+
+        raise HpsearchError("no trial completed within the hours budget, so there is no final "
+                            "model: raise --hours (or [budget] hours)")
 
 
 def _budget(config: StudyConfig, url: str, hours: float, console: Console,
@@ -257,9 +262,7 @@ def _final_models(budget: BudgetKeeper, db: str | None, stopped_by: int | None, 
     budget.end_search()
     use = None
     try:
-        if stopped_by is not None or complete == 0:
-            if stopped_by is None:
-                console.print("no complete trial to retrain: no final models", style="yellow")
+        if stopped_by is not None or complete == 0:  # (run says why, last)
             return
         final, planned = budget.final, budget.plan.final_s
         console.print(f"\nfinal models: {final.describe()}"

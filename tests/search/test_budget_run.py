@@ -66,3 +66,17 @@ def test_a_bad_hours_option_is_one_line_before_anything_is_written(
                          f"sqlite:///{tmp_path / 'h.db'}", "--hours", hours)
     assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "h.db").exists()
+
+
+def test_an_hours_budget_too_short_for_any_trial_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget over before one trial completes leaves no final model: the run said so in a
+    yellow line and exited 0, as if it had delivered."""
+    path = write_tiny_study(tmp_path)
+    code, _, err = hps(capsys, monkeypatch, "run", str(path), "--db",
+                       f"sqlite:///{tmp_path / 'h.db'}", "--hours", "0.00001", "--top", "0",
+                       "--threads", "1")
+    assert code == 2
+    assert err.strip() == ("hpsearch: error: no trial completed within the hours budget, so "
+                           "there is no final model: raise --hours (or [budget] hours)")

@@ -206,8 +206,8 @@ def test_study_never_reads_the_test_split_but_evaluate_does_once_per_seed(
     monkeypatch.setattr(data_mod, "load_test_split", forbidden)
     monkeypatch.setattr(data_mod, "synthetic_raw", synthetic_train_only)
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    run_in_process(write_tiny_study(tmp_path, "guarded", n_trials=2, epochs=2, heartbeat=(1, 120)), url,
-                   device="cpu")
+    run_in_process(write_tiny_study(tmp_path, "guarded", n_trials=2, epochs=2,
+                                    heartbeat=(1, 120)), url, device="cpu")
     trials = stored_trials(url, "guarded")
     assert [t.state for t in trials] == ["complete", "complete"]  # a read would fail a trial
     assert all(t.reason is None for t in trials)
