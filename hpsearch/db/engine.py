@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -26,9 +25,8 @@ SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes share one file; writers w
 # keepalives notice a server that vanished under an idle connection (idle 30 s, then 3 probes
 # 10 s apart: ~60 s), tcp_user_timeout one that vanished while data was in flight (30 s
 # unacknowledged). Each can be overridden in the URL, e.g. ?connect_timeout=3.
-PG_CONNECT_TIMEOUT_S = 10
 PG_CONNECT_DEFAULTS: dict[str, Any] = {
-    "connect_timeout": PG_CONNECT_TIMEOUT_S,
+    "connect_timeout": 10,  # s
     "tcp_user_timeout": 30_000,  # ms
     "keepalives": 1,
     "keepalives_idle": 30,
@@ -133,24 +131,15 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     if parsed.drivername.startswith("sqlite"):
         # NullPool: each use opens a fresh connection, so no connection outlives a fork and
         # writers from several processes never hold the file lock while idle.
-        return {"connect_args": {"timeout": sqlite_busy_timeout(url)}, "poolclass": NullPool}
+        # sqlite3's busy timeout: `?timeout=` (normalise_url checked it is a number) or ours
+        timeout = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_S))
+        return {"connect_args": {"timeout": timeout}, "poolclass": NullPool}
     # pre_ping: a connection dropped by a server restart is replaced instead of failing a trial.
     # A worker shares one pool between its writes, Optuna's storage and the trial-slot lock:
     # 2 connections kept, a 3rd opened only while the lock, a heartbeat and a call overlap
     # (docs/distributed.md: what that means for one server's max_connections).
     return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1, "pool_recycle": 1800,
             "connect_args": _postgres_connect_args(dict(parsed.query))}
-
-
-def sqlite_busy_timeout(url: str) -> float:
-    """How long a SQLite statement waits for another connection's lock: `?timeout=` in the
-    URL, else SQLITE_BUSY_TIMEOUT_S."""
-    value = make_url(url).query.get("timeout")
-    try:
-        return float(value) if isinstance(value, str) else SQLITE_BUSY_TIMEOUT_S
-    except ValueError:
-        raise ConfigError(f"?timeout= in the database URL must be a number of seconds, "
-                          f"got {value!r}") from None
 
 
 def _postgres_connect_args(query: dict[str, Any]) -> dict[str, Any]:
@@ -165,17 +154,6 @@ def _postgres_connect_args(query: dict[str, Any]) -> dict[str, Any]:
     if options is None or isinstance(options, str):
         args["options"] = f"{given} {added}".strip()
     return args
-
-
-def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        _use_wal(cursor, busy_timeout_s)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-    return on_connect
 
 
 def _use_wal(cursor: Any, busy_timeout_s: float) -> None:
@@ -198,17 +176,20 @@ def _use_wal(cursor: Any, busy_timeout_s: float) -> None:
             delay = min(delay * 2, 0.5)
 
 
-def install_sqlite_pragmas(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        busy_timeout = sqlite_busy_timeout(engine.url.render_as_string(hide_password=False))
-        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
-
-
 def make_engine(url: str | None = None) -> Engine:
     """The one engine factory: every engine of ours comes from here, and every connection
     Optuna's storage uses comes from the pool of one (hpsearch.search.study.open_storage)."""
     full = normalise_url(database_url(url))
     kwargs = engine_kwargs(full)
     engine = create_engine(full, **kwargs)
-    install_sqlite_pragmas(engine)
+    if engine.dialect.name == "sqlite":
+        busy_timeout_s = kwargs["connect_args"]["timeout"]
+
+        @event.listens_for(engine, "connect")
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            _use_wal(cursor, busy_timeout_s)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
     return engine

@@ -1,11 +1,5 @@
-"""One classification of database errors: transient (waiting heals it) or permanent.
-
-Transient: the server is restarting or unreachable, a connection was dropped, SQLite is locked
-or its disk is full, a statement or connection timed out. Waiting (and reconnecting) heals
-these: a worker waits for them between trials (`hpsearch.search.worker`).
-Permanent: a missing table or column, a read-only or corrupt database file, failed
-authentication, a unique-key clash. Retrying cannot help: they are reported at once.
-"""
+"""One classification of database errors: transient (waiting heals it: a worker waits for them
+between trials, `hpsearch.search.worker`) or permanent (reported at once); the codes below."""
 
 from __future__ import annotations
 
@@ -43,10 +37,8 @@ _PG_PERMANENT_CONNECT = ("authentication failed", "does not exist", "no pg_hba.c
 
 
 class DatabaseError(HpsearchError):
-    """A database error as the user sees it: one line, the URL masked.
-
-    `transient` says whether waiting can heal it (see the module docstring).
-    """
+    """A database error as the user sees it: one line, the URL masked; `transient`: waiting
+    can heal it."""
 
     def __init__(self, reason: str, *, transient: bool, url: str | None = None) -> None:
         self.reason = reason
