@@ -16,9 +16,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from hpsearch.db.engine import make_engine
 from hpsearch.db.migrate import context_options
 from hpsearch.db.models import Base
+from hpsearch.db.session import url_scope
 
 
 def run_migrations(connection: Connection) -> None:
@@ -27,21 +27,11 @@ def run_migrations(connection: Connection) -> None:
         context.run_migrations()
 
 
-def run_online() -> None:
-    connection = context.config.attributes.get("connection")
-    if connection is not None:
-        run_migrations(connection)
-        return
-    # make_engine: the same SQLite pragmas and PostgreSQL pool settings as everywhere else
-    engine = make_engine(context.config.get_main_option("sqlalchemy.url"))
-    try:
-        with engine.begin() as conn:
-            run_migrations(conn)
-    finally:
-        engine.dispose()
-
-
 if context.is_offline_mode():
     raise SystemExit("hpsearch migrations run against a database; offline (--sql) mode is not "
                      "supported")
-run_online()
+if context.config.attributes.get("connection") is not None:
+    run_migrations(context.config.attributes["connection"])
+else:  # $HPSEARCH_DB, with the same SQLite pragmas and PostgreSQL settings as everywhere else
+    with url_scope(None) as conn:
+        run_migrations(conn)

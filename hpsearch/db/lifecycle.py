@@ -2,7 +2,7 @@
 
 Delete and rename change both halves of a study (Optuna's tables and ours) with SQL on ONE
 connection in ONE transaction, so they either happen together or not at all; Optuna's foreign
-keys do not cascade, so its rows are deleted children first (optuna_tables.DELETE_ORDER). Copy
+keys do not cascade, so its rows are deleted children first (optuna_tables.TRIAL_CHILDREN). Copy
 goes through `optuna.copy_study` (a real Optuna study in the target, trial ids assigned by
 Optuna) and then writes our rows in one transaction; should that fail, the Optuna copy is
 deleted again, so nothing half-copied stays behind.
@@ -15,15 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, column, delete, func, insert, select, table, update
 
 from hpsearch.db import optuna_tables as ot
-from hpsearch.db.engine import make_engine, mask_url, normalise_url
+from hpsearch.db.engine import mask_url, normalise_url
 from hpsearch.db.migrate import ensure_schema, reading, require_schema
 from hpsearch.db.models import EnsembleEvaluation, Epoch, Evaluation, Study, Trial, study_named
 from hpsearch.db.optuna_link import LinkProblem, link_problem, renamed_from, row_marker
 from hpsearch.db.optuna_tables import set_marker
-from hpsearch.db.session import connection_scope
+from hpsearch.db.session import url_scope
 from hpsearch.errors import HpsearchError
 from hpsearch.spec import WorkerOptions, stored_objectives
 
@@ -36,12 +36,8 @@ def write_transaction(url: str) -> Iterator[Connection]:
     a database whose schema is at head: the checks (is a worker running? is the new name
     free?) and the writes see the same database, as no other writer can slip in between."""
     require_schema(url)
-    engine = make_engine(url)
-    try:
-        with connection_scope(engine, write=True) as conn:
-            yield conn
-    finally:
-        engine.dispose()
+    with url_scope(url, write=True) as conn:
+        yield conn
 
 
 @dataclass(frozen=True)
@@ -85,13 +81,13 @@ def _refuse_if_running(conn: Connection, halves: Halves, doing: str,
     optuna_id = halves.optuna_id if optuna_id is None else optuna_id
     if optuna_id is None:
         return
-    live = ot.live_trials(conn, optuna_id, grace_period_s(halves.ours))
+    grace = grace_period_s(halves.ours)
+    live = ot.live_trials(conn, optuna_id, grace)
     if live:
         shown = ", ".join(str(n) for n in sorted(live)[:5]) + (", ..." if len(live) > 5 else "")
         raise HpsearchError(
             f"cannot {doing} study {halves.name!r}: its workers are still running "
-            f"(trial {shown} sent a heartbeat within the last "
-            f"{grace_period_s(halves.ours):.0f} s); "
+            f"(trial {shown} sent a heartbeat within the last {grace:.0f} s); "
             "stop them first, or wait for the study to finish")
 
 
@@ -112,11 +108,11 @@ def _delete_optuna_study(conn: Connection, optuna_id: int) -> int:
     """Delete one Optuna study and everything under it; returns its number of trials."""
     trial_ids = select(ot.trials.c.trial_id).where(ot.trials.c.study_id == optuna_id)
     for name in ot.TRIAL_CHILDREN:
-        child = ot.by_trial_id(name)
+        child = table(name, column("trial_id"))
         conn.execute(delete(child).where(child.c.trial_id.in_(trial_ids)))
     deleted = conn.execute(delete(ot.trials).where(ot.trials.c.study_id == optuna_id)).rowcount
     for name in ot.STUDY_CHILDREN:
-        child = ot.by_study_id(name)
+        child = table(name, column("study_id"))
         conn.execute(delete(child).where(child.c.study_id == optuna_id))
     conn.execute(delete(ot.studies).where(ot.studies.c.study_id == optuna_id))
     return deleted or 0
@@ -140,10 +136,15 @@ def check_deletable(url: str, name: str) -> None:
     """delete_study's checks (the study exists, nothing of it runs), without deleting: made
     before the user is asked to confirm."""
     with reading(url) as conn:
-        halves = _halves(conn, name)
-        _require_some(conn, halves)
-        _refuse_if_renamed(halves)
-        _refuse_if_running(conn, halves, "delete")
+        _deletable(conn, name)
+
+
+def _deletable(conn: Connection, name: str) -> Halves:
+    halves = _halves(conn, name)
+    _require_some(conn, halves)
+    _refuse_if_renamed(halves)
+    _refuse_if_running(conn, halves, "delete")
+    return halves
 
 
 def delete_study(url: str, name: str) -> str:
@@ -151,10 +152,7 @@ def delete_study(url: str, name: str) -> str:
     may already be gone (an orphan); an Optuna study that re-used the name is not touched, and
     neither half of a study renamed in Optuna but not yet followed."""
     with write_transaction(url) as conn:
-        halves = _halves(conn, name)
-        _require_some(conn, halves)
-        _refuse_if_renamed(halves)
-        _refuse_if_running(conn, halves, "delete")
+        halves = _deletable(conn, name)
         ours = _delete_our_study(conn, halves.ours.id) if halves.ours is not None else None
         theirs = (_delete_optuna_study(conn, halves.optuna_id)
                   if halves.optuna_id is not None else None)
@@ -280,8 +278,7 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
     # optuna.copy_study adds the trials in number order, so numbers carry over unchanged
     trial_ids = dict(dst.execute(select(ot.trials.c.number, ot.trials.c.trial_id)
                                  .where(ot.trials.c.study_id == optuna_id)).all())
-    study = {c: v for c, v in ours._mapping.items() if c != "id"}
-    study.update(name=new, optuna_study_id=optuna_id)
+    study = _without_id(ours) | {"name": new, "optuna_study_id": optuna_id}
     study_id = dst.execute(insert(Study).values(**study).returning(Study.id)).scalar_one()
     created = dst.execute(select(Study.created_at).where(Study.id == study_id)).scalar_one()
     set_marker(dst, optuna_id, row_marker(study_id, created))  # copy_study copied the source's
@@ -293,8 +290,8 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
         if trial.number not in trial_ids:
             raise HpsearchError(f"trial {trial.number} of study {ours.name!r} has no Optuna "
                                 "trial to copy; see `hpsearch db check`")
-        row = {c: v for c, v in trial._mapping.items() if c != "id"}
-        row.update(study_id=study_id, optuna_trial_id=trial_ids[trial.number])
+        row = _without_id(trial) | {"study_id": study_id,
+                                    "optuna_trial_id": trial_ids[trial.number]}
         if (ours.optuna_study_id, trial.optuna_trial_id) in notes:
             ot.save_dashboard_note(dst, optuna_id, trial_ids[trial.number],
                                    notes[ours.optuna_study_id, trial.optuna_trial_id])
@@ -302,31 +299,29 @@ def _copy_rows(src: Connection, dst: Connection, ours: Any, new: str
             row.update(state="failed", reason=COPIED_RUNNING)
         trial_id = dst.execute(insert(Trial).values(**row).returning(Trial.id)).scalar_one()
         for model in (Epoch, Evaluation):
-            children = [{c: v for c, v in r._mapping.items() if c != "id"} | {"trial_id": trial_id}
-                        for r in src.execute(select(model.__table__)
-                                             .where(model.trial_id == trial.id))]
+            children = [_without_id(r) | {"trial_id": trial_id} for r in src.execute(
+                select(model.__table__).where(model.trial_id == trial.id))]
             if children:
                 dst.execute(insert(model), children)
         count += 1
     # ensembles name their members by trial number, which the copy keeps
-    ensembles = [{c: v for c, v in r._mapping.items() if c != "id"} | {"study_id": study_id}
-                 for r in src.execute(select(EnsembleEvaluation.__table__)
-                                      .where(EnsembleEvaluation.study_id == ours.id))]
+    ensembles = [_without_id(r) | {"study_id": study_id} for r in src.execute(
+        select(EnsembleEvaluation.__table__).where(EnsembleEvaluation.study_id == ours.id))]
     if ensembles:
         dst.execute(insert(EnsembleEvaluation), ensembles)
     return count, failed
+
+
+def _without_id(row: Any) -> dict[str, Any]:
+    return {c: v for c, v in row._mapping.items() if c != "id"}
 
 
 def orphans(url: str) -> list[str]:
     """One line per broken tie between our rows and Optuna's: a study of ours whose Optuna
     study is gone, renamed or re-created; an Optuna study with no rows of ours; trial rows whose
     Optuna trial is gone (or is another study's)."""
-    engine = make_engine(url)
-    try:
-        with connection_scope(engine) as conn:
-            return _orphans(conn)
-    finally:
-        engine.dispose()
+    with url_scope(url) as conn:
+        return _orphans(conn)
 
 
 def _orphans(conn: Connection) -> list[str]:

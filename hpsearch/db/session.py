@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from hpsearch.db.engine import make_engine
 from hpsearch.db.errors import as_database_error
 
 
@@ -69,6 +70,17 @@ def connection_scope(engine: Engine, *, write: bool = False,
         elif reader and conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         yield conn
+
+
+@contextmanager
+def url_scope(url: str | None, **options: Any) -> Iterator[Connection]:
+    """connection_scope (same `options`) on an engine of its own, disposed at the end."""
+    engine = make_engine(url)
+    try:
+        with connection_scope(engine, **options) as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def begin_write(conn: Connection) -> None:

@@ -64,9 +64,7 @@ class TrialSlotLock:
         self.wait_s = wait_s
         parsed = make_url(url)
         self._pg = parsed.get_backend_name() == "postgresql"
-        database = parsed.database or ""
-        self._file = (Path(f"{database}.trial-lock")
-                      if not self._pg and database and database != ":memory:" else None)
+        self._file = None if self._pg else Path(f"{parsed.database}.trial-lock")
         self._owns_engine = engine is None
         self._engine = (engine or make_engine(url)) if self._pg else None
         self._conn: Connection | None = None
