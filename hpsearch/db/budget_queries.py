@@ -17,8 +17,7 @@ def epoch_times(conn: Connection, study: StudyInfo) -> list[tuple[int, float, fl
     """(trial number, seconds, images_per_s, fraction) of every epoch the study's trials ran."""
     query = (select(Trial.number, Epoch.seconds, Epoch.images_per_s, Epoch.fraction)
              .join(Trial, Trial.id == Epoch.trial_id).where(Trial.study_id == study.id))
-    return [(number, seconds, ips, fraction) for number, seconds, ips, fraction
-            in conn.execute(query)]
+    return [tuple(row) for row in conn.execute(query)]
 
 
 def budget_use(conn: Connection, study: StudyInfo) -> dict[str, Any] | None:

@@ -6,22 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    select,
-)
+from sqlalchemy import Connection, select
 
-from hpsearch.db.models import (
-    EnsembleEvaluation,
-    Evaluation,
-    Trial,
-)
-from hpsearch.db.records import (
-    EnsembleSummary,
-    EvaluationSummary,
-    StoredEvaluation,
-    StudyInfo,
-)
+from hpsearch.db.models import EnsembleEvaluation, Evaluation, Trial
+from hpsearch.db.records import EnsembleSummary, EvaluationSummary, StoredEvaluation, StudyInfo
 
 
 def latest_ensemble(conn: Connection, study: StudyInfo) -> EnsembleSummary | None:
@@ -58,10 +46,8 @@ def study_evaluations(conn: Connection, study: StudyInfo) -> dict[int, Evaluatio
              .where(Trial.study_id == study.id)
              .order_by(Evaluation.created_at, Evaluation.id))
     by_trial: dict[int, list[tuple[int, float]]] = {}
-    for number, epochs, acc in conn.execute(query):
-        rows = by_trial.pop(number, [])  # re-inserted: the last evaluated trial comes last
-        rows.append((epochs, acc))
-        by_trial[number] = rows
+    for number, epochs, acc in conn.execute(query):  # re-inserted: the last evaluated comes last
+        by_trial[number] = [*by_trial.pop(number, []), (epochs, acc)]
     out: dict[int, EvaluationSummary] = {}
     for number, rows in by_trial.items():
         epochs = rows[-1][0]  # the epoch count of the trial's latest evaluation

@@ -6,27 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    case,
-    func,
-    select,
-)
+from sqlalchemy import Connection, case, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from hpsearch.db.models import (
-    EPOCH_METRICS,
-    Epoch,
-    Trial,
-)
+from hpsearch.db.models import EPOCH_METRICS, Epoch, Trial
 from hpsearch.db.queries import BEST_STATES, eligible_for_best, in_best_order, utc
-from hpsearch.db.records import (
-    Band,
-    Curve,
-    RungStats,
-    StudyInfo,
-    TrialPoint,
-)
+from hpsearch.db.records import Band, Curve, RungStats, StudyInfo, TrialPoint
 
 QUANTILES = (10, 50, 90)  # percentiles of the per-epoch band in reports
 

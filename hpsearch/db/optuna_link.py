@@ -57,7 +57,7 @@ def link_problem(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
     `optuna`: every Optuna study (optuna_tables.optuna_studies)."""
     name, linked = row.name, row.optuna_study_id
     theirs = optuna.get(linked)
-    if theirs is not None and _same_study(theirs, row):
+    if theirs is not None and theirs.marker == row_marker(row.id, row.created_at):
         return None if theirs.name == name else _renamed(name, {linked: theirs.name})
     successors = renamed_copies(conn, optuna, row)
     if successors:
@@ -141,10 +141,6 @@ def _same_params(ours: dict[str, Any], theirs: dict[str, Any] | None) -> bool:
     return all(a == b or (isinstance(a, float | int) and isinstance(b, float | int)
                           and math.isclose(a, b, rel_tol=1e-12))
                for a, b in ((ours[k], theirs[k]) for k in ours))
-
-
-def _same_study(theirs: ot.OptunaStudy, row: Any) -> bool:
-    return theirs.marker == row_marker(row.id, row.created_at)
 
 
 def refuse_foreign(conn: Connection, name: str) -> None:

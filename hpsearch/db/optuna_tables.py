@@ -30,10 +30,9 @@ from sqlalchemy import (
     table,
     text,
     true,
-    union_all,
     update,
 )
-from sqlalchemy.sql.expression import ScalarSelect, TableClause
+from sqlalchemy.sql.expression import ScalarSelect
 
 from hpsearch.db.session import dialect_insert
 
@@ -81,14 +80,6 @@ NOTE_KEY = re.compile(r"dashboard:(?:(\d+):)?note_(?:ver|str:(\d+))")
 DEFAULT_GRACE_S = 120
 
 
-def by_trial_id(name: str) -> TableClause:
-    return table(name, column("trial_id"))
-
-
-def by_study_id(name: str) -> TableClause:
-    return table(name, column("study_id"))
-
-
 @dataclass(frozen=True)
 class OptunaStudy:
     name: str
@@ -129,12 +120,6 @@ def set_study_attr(conn: Connection, optuna_study_id: int, key: str, value: obje
                                             set_={"value_json": stmt.excluded.value_json}))
 
 
-def _note_keys(trial_id: int | None) -> tuple[str, str]:
-    """(the version's key, the chunks' key prefix) of a study's note (None) or a trial's."""
-    scope = "dashboard:" if trial_id is None else f"dashboard:{trial_id}:"
-    return f"{scope}note_ver", f"{scope}note_str:"
-
-
 def dashboard_notes(conn: Connection, optuna_study_ids: Collection[int] | None = None
                     ) -> dict[tuple[int, int | None], str]:
     """The notes optuna-dashboard shows (of the given studies, else of all): by (Optuna study
@@ -167,7 +152,8 @@ def save_dashboard_note(conn: Connection, optuna_study_id: int, trial_id: int | 
     """optuna_dashboard.save_note on the caller's connection and transaction: the next
     version (so a dashboard page editing the older one is told of the change), the body's
     chunks, and the chunks of a longer earlier note emptied, as the dashboard does."""
-    version_key, prefix = _note_keys(trial_id)
+    scope = "dashboard:" if trial_id is None else f"dashboard:{trial_id}:"
+    version_key, prefix = f"{scope}note_ver", f"{scope}note_str:"
     attrs = study_system_attributes
     stored = dict(conn.execute(select(attrs.c.key, attrs.c.value_json).where(
         attrs.c.study_id == optuna_study_id,
@@ -212,13 +198,22 @@ def study_state(conn: Connection, optuna_study_id: int, keys: tuple[str, ...] = 
     (Optuna's get_n_trials loads every trial of the state it counts, and its storage reads
     each kind of attribute apart)."""
     state = cast(trials.c.state, String)  # an enum type on PostgreSQL, text on SQLite
-    values = [*(attr_value(optuna_study_id, key) for key in keys),
-              *(attr_value(optuna_study_id, key, system=True) for key in system_keys)]
     row = conn.execute(select(*(func.count(case((state == name, 1))) for name in TRIAL_STATES),
-                              *values).where(trials.c.study_id == optuna_study_id)).one()
+                              *_attr_values(optuna_study_id, keys, system_keys))
+                       .where(trials.c.study_id == optuna_study_id)).one()
     counts = dict(zip(TRIAL_STATES, row[:len(TRIAL_STATES)], strict=True))
-    return counts, {key: json.loads(value) for key, value in zip(
-        (*keys, *system_keys), row[len(TRIAL_STATES):], strict=True) if value is not None}
+    return counts, _present((*keys, *system_keys), row[len(TRIAL_STATES):])
+
+
+def _attr_values(optuna_study_id: int, keys: tuple[str, ...], system_keys: tuple[str, ...]
+                 ) -> list[ScalarSelect[Any]]:
+    return [*(attr_value(optuna_study_id, key) for key in keys),
+            *(attr_value(optuna_study_id, key, system=True) for key in system_keys)]
+
+
+def _present(keys: tuple[str, ...], values: Any) -> dict[str, Any]:
+    return {key: json.loads(value) for key, value in zip(keys, values, strict=True)
+            if value is not None}
 
 
 def trial_state(conn: Connection, trial_id: int) -> str:
@@ -232,12 +227,8 @@ def study_attrs(conn: Connection, optuna_study_id: int, keys: tuple[str, ...] = 
                 system_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Some user attributes (`keys`) and system attributes of a study, those present, in one
     statement (Optuna's storage reads the study row, then every attribute of one kind)."""
-    user, system = study_user_attributes, study_system_attributes
-    rows = conn.execute(union_all(*(
-        select(attrs.c.key, attrs.c.value_json).where(attrs.c.study_id == optuna_study_id,
-                                                      attrs.c.key.in_(names))
-        for attrs, names in ((user, keys), (system, system_keys)) if names)))
-    return {row.key: json.loads(row.value_json) for row in rows}
+    return _present((*keys, *system_keys), conn.execute(
+        select(*_attr_values(optuna_study_id, keys, system_keys))).one())
 
 
 def set_trial_user_attrs(conn: Connection, trial_id: int, values: dict[str, Any]) -> None:

@@ -15,34 +15,14 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Row,
-    Select,
-    String,
-    cast,
-    func,
-    select,
-)
+from sqlalchemy import Connection, Row, Select, String, cast, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from hpsearch.db import optuna_tables
 from hpsearch.db.engine import mask_url
-from hpsearch.db.models import (
-    EPOCH_METRICS,
-    TRIAL_STATES,
-    Epoch,
-    Study,
-    Trial,
-    study_named,
-)
+from hpsearch.db.models import EPOCH_METRICS, TRIAL_STATES, Epoch, Study, Trial, study_named
 from hpsearch.db.optuna_link import check_link, renamed_from
-from hpsearch.db.records import (
-    EpochRecord,
-    ParetoFront,
-    StudyInfo,
-    TrialRecord,
-)
+from hpsearch.db.records import EpochRecord, ParetoFront, StudyInfo, TrialRecord
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objectives import DEFAULT, EPOCH_MEASURES, ObjectiveSpec, pareto_front
 from hpsearch.params import PARAM_NAMES, param_type
@@ -71,14 +51,6 @@ def utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _masked(conn: Connection) -> str:
-    return mask_url(conn.engine.url.render_as_string(hide_password=False))
-
-
-def study_names(conn: Connection, limit: int | None = None) -> list[str]:
-    return list(conn.scalars(select(Study.name).order_by(Study.name).limit(limit)))
-
-
 def has_study(conn: Connection, name: str) -> bool:
     return conn.scalar(select(Study.id).where(study_named(name))) is not None
 
@@ -93,13 +65,15 @@ def find_study(conn: Connection, name: str) -> StudyInfo:
             raise HpsearchError(f"study {name!r} is hpsearch's study {renamed!r}, renamed in "
                                 f"Optuna; run `hpsearch study rename {renamed!r} {name!r}` "
                                 "to follow it")
-        known = study_names(conn, KNOWN_NAMES_SHOWN + 1)
+        known = list(conn.scalars(select(Study.name).order_by(Study.name)
+                                  .limit(KNOWN_NAMES_SHOWN + 1)))
         if not known:
             hint = "the database holds no studies yet"
         else:
             more = ", ..." if len(known) > KNOWN_NAMES_SHOWN else ""
             hint = "known: " + ", ".join(repr(n) for n in known[:KNOWN_NAMES_SHOWN]) + more
-        raise HpsearchError(f"unknown study {name!r} in {_masked(conn)} ({hint})")
+        raise HpsearchError(f"unknown study {name!r} in {mask_url(str(conn.engine.url))} "
+                            f"({hint})")
     check_link(conn, study)
     note = dashboard_notes(conn, study.optuna_study_id).get(None, study.note)
     return StudyInfo(study.id, study.name, study.optuna_study_id, study.dataset,
@@ -249,11 +223,7 @@ def leaderboard(conn: Connection, study: StudyInfo, *, top: int | None = None,
 
 def best_trial(conn: Connection, study: StudyInfo) -> TrialRecord | None:
     """The study's best trial by `best_query`'s rule, or None before any trial completes."""
-    trial = conn.execute(best_query(study.id, Trial.__table__,
-                                    objectives=study.objectives)).first()
-    if trial is None:
-        return None
-    return _trial_record(trial, dashboard_notes(conn, study.optuna_study_id))
+    return next(iter(top_trials(conn, study, 1)), None)
 
 
 def top_trials(conn: Connection, study: StudyInfo, k: int) -> list[TrialRecord]:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from hpsearch.db.errors import DuplicateRowError
 from hpsearch.db.models import (
+    EPOCH_METRICS,
     EnsembleEvaluation,
     Epoch,
     Evaluation,
@@ -127,10 +128,9 @@ class Recorder:
             rows = session.scalars(select(Epoch).where(
                 Epoch.trial_id == from_trial_id, Epoch.epoch <= up_to_epoch)).all()
             for row in rows:
-                self._upsert_epoch(session, to_trial_id, EpochMetrics(
-                    epoch=row.epoch, train_loss=row.train_loss, train_acc=row.train_acc,
-                    val_loss=row.val_loss, val_acc=row.val_acc, lr=row.lr,
-                    seconds=row.seconds, images_per_s=row.images_per_s), row.fraction)
+                metrics = EpochMetrics(epoch=row.epoch,
+                                       **{m: getattr(row, m) for m in EPOCH_METRICS})
+                self._upsert_epoch(session, to_trial_id, metrics, row.fraction)
             self._refresh_summary(session, to_trial_id, primary)
 
     def _upsert_epoch(self, session: Session, trial_id: int, metrics: EpochMetrics,

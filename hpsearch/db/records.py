@@ -22,19 +22,15 @@ class StudyInfo:
     note: str | None = None
 
     @property
-    def seed(self) -> int:
-        """The study's seed: the train/validation split's, and each trial's plus the number
-        of its first attempt (the trial row's seed)."""
+    def seed(self) -> int:  # the split's; a trial's is this plus its first attempt's number
         return self.config.seed
 
     @property
     def objectives(self) -> tuple[ObjectiveSpec, ...]:
-        """What the study optimises, first objective first ([study] metric or objectives)."""
         return self.config.objectives
 
     @property
     def data(self) -> DataOptions:
-        """The data its trials trained on, which retraining needs."""
         return self.config.data
 
     @property

@@ -17,13 +17,7 @@ from hpsearch.db.evaluation_queries import latest_ensemble, study_evaluations
 from hpsearch.db.models import TRIAL_STATES, Study, Trial, study_named
 from hpsearch.db.optuna_link import link_problem
 from hpsearch.db.queries import best_query, best_trial, utc
-from hpsearch.db.records import (
-    RunningTrial,
-    StudyInfo,
-    StudyProgress,
-    StudyStats,
-    StudySummary,
-)
+from hpsearch.db.records import RunningTrial, StudyInfo, StudyProgress, StudyStats, StudySummary
 from hpsearch.objectives import ObjectiveSpec
 from hpsearch.spec import stored_objectives
 
@@ -62,8 +56,8 @@ def list_studies(conn: Connection) -> list[StudySummary]:
         problem = link_problem(conn, optuna, row)
         objectives = stored_objectives(specs[row.id])
         best = row.best_max if objectives[0].maximize else row.best_min
-        out.append(StudySummary(row.name, row.dataset, created,
-                                _latest(created, _as_datetime(row.last)), counts, best,
+        latest = max(filter(None, (created, _as_datetime(row.last))), default=None)
+        out.append(StudySummary(row.name, row.dataset, created, latest, counts, best,
                                 notes.get((row.optuna_study_id, None), row.note) or None,
                                 problem.message if problem else None, objectives,
                                 _halted(control.get(row.optuna_study_id))))
@@ -79,11 +73,6 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return utc(value)
-
-
-def _latest(*values: datetime | None) -> datetime | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
 
 
 
