@@ -94,10 +94,6 @@ def head_revision() -> str:
     return max(numbers)
 
 
-def _known_revisions() -> set[str]:
-    return {script.revision for script in _script().walk_revisions()}
-
-
 @contextmanager
 def _connection(url: str, *, write: bool = False) -> Iterator[Connection]:
     """A connection in one transaction (no retrying: a command that cannot reach its database
@@ -198,7 +194,7 @@ def _read_revision(conn: Connection) -> str | None:
 
 
 def _refuse_newer(current: str | None) -> None:
-    if current is not None and current not in _known_revisions():
+    if current is not None and current not in {s.revision for s in _script().walk_revisions()}:
         raise HpsearchError(
             f"database schema revision {current} is newer than this hpsearch "
             f"(head {head_revision()}); upgrade hpsearch"

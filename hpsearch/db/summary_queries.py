@@ -106,10 +106,9 @@ def read_progress(conn: Connection, name: str) -> StudyProgress:
     progress.halted = _halted(optuna_tables.study_user_attr(conn, optuna_tables.CONTROL_ATTR)
                               .get(study.optuna_study_id))
     study_id = study.id
-    for state, count in conn.execute(
-            select(Trial.state, func.count()).where(Trial.study_id == study_id)
-            .group_by(Trial.state)):
-        progress.counts[state] = count
+    progress.counts = dict(conn.execute(select(Trial.state, func.count())
+                                        .where(Trial.study_id == study_id)
+                                        .group_by(Trial.state)).all())
     # the same rule as `hpsearch best`: pruned trials do not count
     best = conn.execute(best_query(study_id, Trial.number, Trial.value,
                                    objectives=stored_objectives(study.spec))).first()
