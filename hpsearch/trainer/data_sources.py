@@ -212,6 +212,11 @@ def _npz_facts(path: Path) -> DatasetFacts:
         counts[split] = n
     with np.load(path) as arrays:
         classes = int(_labels(path, "train", arrays["y_train"]).max()) + 1
+        # the test labels too, as an image folder's test/ class names are: a label outside
+        # the training classes would fail the final evaluation, hours after the search began
+        highest = _labels(path, "test", arrays["y_test"]).max()
+    if highest >= classes:
+        raise DataError(f"{path}: y_test has label {highest}; y_train's are 0..{classes - 1}")
     return DatasetFacts(shapes["train"], classes, counts["train"], counts["test"])
 
 
@@ -228,13 +233,10 @@ def _labels(path: Path, split: str, labels: np.ndarray) -> np.ndarray:
 def _read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
 
-    facts = _npz_facts(path)
+    _npz_facts(path)  # every check of the file's form
     split = "train" if train else "test"
     with np.load(path) as arrays:
         images, labels = arrays[f"x_{split}"], _labels(path, split, arrays[f"y_{split}"])
-    if labels.max() >= facts.classes:
-        raise DataError(f"{path}: y_{split} has label {labels.max()}; y_train's are "
-                        f"0..{facts.classes - 1}")
     if images.ndim == 3:
         images = images[:, None]
     elif images.shape[3] in (1, 3):  # channels last, as _image_shape reads it

@@ -194,6 +194,15 @@ def test_a_malformed_npz_file_is_one_line(isolated: Path, arrays: dict, message:
     assert "\n" not in str(error.value)
 
 
+def test_a_test_label_outside_the_training_classes_is_found_when_the_study_is_read(
+        isolated: Path) -> None:
+    """As an image folder's stray test/ class is: not at the final evaluation, hours later."""
+    x, y = npz_arrays(6, "NHW")
+    path = write_npz(isolated / "labels.npz", x, y, x, np.full(6, 7))
+    with pytest.raises(DataError, match="y_test has label 7; y_train's are 0..2"):
+        dataset_facts(DataOptions(dataset=str(path)))
+
+
 def test_a_file_that_is_no_npz_is_one_line(isolated: Path) -> None:
     path = isolated / "broken.npz"
     path.write_bytes(b"not a zip file")
