@@ -33,9 +33,12 @@ from hypothesis import settings
 settings.register_profile("hpsearch", deadline=None)
 settings.load_profile("hpsearch")
 
-# The signal tests send SIGHUP to the processes they start, which inherit an ignored SIGHUP
-# (pytest under `nohup`, as a long check runs) and keep it ignored, as nohup asks of hpsearch.
-# The tests are about a terminal that closes, so their processes start with the default.
+# The signal tests send SIGINT and SIGHUP to the processes they start. Started from a
+# background job of a shell without job control, those inherit SIGINT ignored, and under
+# `nohup` SIGHUP ignored (as a long check runs), and hpsearch keeps an ignored stop signal
+# ignored, as the shell and nohup ask. The tests are about the signals arriving, so their
+# processes start with the defaults.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 PG_BIN_ENV = "HPSEARCH_PG_BIN"  # folder holding initdb and pg_ctl, to override the search
