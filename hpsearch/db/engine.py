@@ -19,6 +19,7 @@ DEFAULT_URL = "sqlite:///hpsearch.db"
 # the query options SQLAlchemy's pysqlite driver reads from a sqlite:/// URL (without uri=true)
 SQLITE_URL_OPTIONS = frozenset({"uri", "timeout", "isolation_level", "detect_types",
                                 "check_same_thread", "cached_statements"})
+MAX_SQLITE_TIMEOUT_S = 2_147_483  # SQLite's busy timeout is an int of milliseconds
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes share one file; writers wait, never fail
 # PostgreSQL has no client-side timeouts by default: a server that accepts TCP and never answers
 # hangs libpq for ever. These are libpq's own settings: connect_timeout bounds connecting; TCP
@@ -109,6 +110,13 @@ def _check_driver_and_options(parsed: URL) -> None:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad option in database URL {mask_url(str(parsed))!r}: "
                           f"{exc}") from None
+    timeout = parsed.query.get("timeout")
+    # sqlite3 turns a busy timeout that is no whole number of ms (inf, nan, 1e400) into 0:
+    # "wait as long as needed" would become "fail at once"
+    if parsed.get_backend_name() == "sqlite" and isinstance(timeout, str) and not (
+            0 <= float(timeout) <= MAX_SQLITE_TIMEOUT_S):
+        raise ConfigError(f"?timeout= in database URL {mask_url(str(parsed))!r} must be 0 to "
+                          f"{MAX_SQLITE_TIMEOUT_S:,} seconds, got {timeout}")
 
 
 def mask_url(url: str) -> str:

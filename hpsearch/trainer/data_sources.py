@@ -214,7 +214,7 @@ def _npz_facts(path: Path) -> DatasetFacts:
         classes = int(_labels(path, "train", arrays["y_train"]).max()) + 1
         # the test labels too, as an image folder's test/ class names are: a label outside
         # the training classes would fail the final evaluation, hours after the search began
-        highest = _labels(path, "test", arrays["y_test"]).max()
+        highest = _labels(path, "test", arrays["y_test"]).max() if counts["test"] else -1
     if highest >= classes:
         raise DataError(f"{path}: y_test has label {highest}; y_train's are 0..{classes - 1}")
     return DatasetFacts(shapes["train"], classes, counts["train"], counts["test"])

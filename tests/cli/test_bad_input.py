@@ -155,6 +155,9 @@ CASES = [
          "unknown option(s) timout in database URL"),
     Case("studies-bad-sqlite-option-value", ("studies", "--db", "sqlite:///x.db?timeout=abc"),
          "bad option in database URL"),
+    # sqlite3 would make an infinite busy timeout 0: "fail at once" (nothing written either)
+    Case("db-upgrade-infinite-sqlite-timeout", ("db", "upgrade", "--db", "{new_db}?timeout=inf"),
+         "must be 0 to 2,147,483 seconds, got inf"),
     Case("studies-unknown-postgres-option", ("studies", "--db", UNREACHABLE + "?bogus=1"),
          'invalid connection option "bogus"', forbidden=("secret",)),
     Case("show-huge-trial-number", ("show", "demo", "99999999999999999999", "--db", "{db}"),

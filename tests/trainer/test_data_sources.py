@@ -201,6 +201,9 @@ def test_a_test_label_outside_the_training_classes_is_found_when_the_study_is_re
     path = write_npz(isolated / "labels.npz", x, y, x, np.full(6, 7))
     with pytest.raises(DataError, match="y_test has label 7; y_train's are 0..2"):
         dataset_facts(DataOptions(dataset=str(path)))
+    # a file with an empty test set (a search that never tests) is read as before
+    empty = write_npz(isolated / "empty.npz", x, y, x[:0], y[:0])
+    assert dataset_facts(DataOptions(dataset=str(empty))).sizes == (6, 0)
 
 
 def test_a_file_that_is_no_npz_is_one_line(isolated: Path) -> None:
