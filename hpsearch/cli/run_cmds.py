@@ -235,7 +235,7 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         from hpsearch.errors import HpsearchError
 
         raise HpsearchError("no trial completed within the hours budget, so there is no final "
-                            "model: raise --hours (or [budget] hours)")
+                            "model to retrain")
 
 
 def _budget(config: StudyConfig, url: str, hours: float, console: Console,

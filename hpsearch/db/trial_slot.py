@@ -75,7 +75,12 @@ class TrialSlotLock:
             self._lock()
         elif self._file is not None:
             handle = open(self._file, "ab")  # noqa: SIM115 - held until release()
-            if self._flock(handle):
+            try:
+                taken = self._flock(handle)
+            except BaseException:  # a stop ended the wait
+                handle.close()
+                raise
+            if taken:
                 self._handle = handle
             else:
                 handle.close()

@@ -79,4 +79,4 @@ def test_an_hours_budget_too_short_for_any_trial_is_an_error(
                        "--threads", "1")
     assert code == 2
     assert err.strip() == ("hpsearch: error: no trial completed within the hours budget, so "
-                           "there is no final model: raise --hours (or [budget] hours)")
+                           "there is no final model to retrain")
