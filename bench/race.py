@@ -13,6 +13,7 @@ Arms, each given the same wall-clock budget, its final model and its one test pa
                 best configurations retrained inside the same hours, their ensemble scored
   hpsearch-epochs  (d) `hpsearch run --hours` with epochs as the only fidelity (successive
                 halving over epochs 1, 3, 9, 27 of the whole split) instead of data-fraction rungs
+  hpsearch-epochs-ensemble  (d) the same with `[budget] final = {ensemble = 2}`
 (b)-(d) search the same space (bench/race_arms.py, space_params). (a)-(c) train with hpsearch's
 trainer as a library, so the race compares how the hours are spent, not trainers. Every choice
 is made on the validation split; the test set is read once per arm and seed, at the end.
@@ -55,7 +56,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ARM_ORDER = ("hand", "optuna", "asha", "hpsearch", "hpsearch-hours", "hpsearch-ensemble",
-             "hpsearch-epochs")
+             "hpsearch-epochs", "hpsearch-epochs-ensemble")
 SUBSET_SEED = 1234  # which training images make up a subset: fixed, the same for every arm
 
 
@@ -139,8 +140,9 @@ def run_one(size_name: str, arm: str, seed: int, minutes: float, folder: Path) -
 
         result = hpsearch_arm(options, seed, clock, size.epochs, folder,
                               hours=arm != "hpsearch",
-                              ensemble=2 if arm == "hpsearch-ensemble" else 1,
-                              rungs=arm != "hpsearch-epochs", final_seeds=size.final_seeds)
+                              ensemble=2 if arm.endswith("-ensemble") else 1,
+                              rungs=not arm.startswith("hpsearch-epochs"),
+                              final_seeds=size.final_seeds)
         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     else:
         result = ARMS[arm](options, seed, clock, size.epochs)

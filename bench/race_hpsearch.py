@@ -10,7 +10,8 @@ itself; `hours=False`, what a user has without it: a search timeout of SEARCH_SH
 budget, then `hpsearch evaluate`; and `hours=True, ensemble=2`: the hours budget with
 `[budget] final = {ensemble = 2}`, the test accuracy being the ensemble's; and `hours=True,
 rungs=False`: the hours budget with epochs as the only fidelity (successive halving over epochs
-of the whole training split, as ASHA), so that a finalist's first epochs are on all the data.
+of the whole training split, as ASHA), so that a finalist's first epochs are on all the data,
+alone or with `ensemble=2`.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def final_lines(ensemble: int, seeds: int) -> str:
 def hpsearch_arm(options: DataOptions, seed: int, clock: Clock, epochs: int,
                  folder: Path, *, hours: bool, ensemble: int = 1,
                  rungs: bool = True, final_seeds: int = 1) -> ArmResult:
-    suffix = ("-ensemble" if ensemble > 1 else "-hours" if hours and rungs
-              else "-epochs" if hours else "")
+    suffix = ("" if not hours else "-hours" if rungs and ensemble == 1 else
+              "-ensemble" if rungs else "-epochs" + ("-ensemble" if ensemble > 1 else ""))
     work = folder / f"hpsearch{suffix}-seed-{seed}"
     work.mkdir(parents=True, exist_ok=True)
     name = f"race-{work.name}"

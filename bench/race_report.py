@@ -22,7 +22,9 @@ LABELS = {"hand": "(a) hand-tuned, 1 run", "optuna": "(b) Optuna TPE + median",
           "asha": "(c) random + ASHA", "hpsearch": "(d) hpsearch, timeout + evaluate",
           "hpsearch-hours": "(d) hpsearch run --hours",
           "hpsearch-ensemble": "(d) hpsearch run --hours, ensemble of 2",
-          "hpsearch-epochs": "(d) hpsearch run --hours, epochs as the only fidelity"}
+          "hpsearch-epochs": "(d) hpsearch run --hours, epochs as the only fidelity",
+          "hpsearch-epochs-ensemble": "(d) hpsearch run --hours, epochs as the only fidelity, "
+                                      "ensemble of 2"}
 GRID_POINTS = 200
 
 
