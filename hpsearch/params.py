@@ -144,7 +144,8 @@ class TrialParams:
         if not 0.0 < self.gamma < 1.0:  # 1 would never decay; PyTorch's plateau refuses >= 1
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         # combinations are checked only where they apply, so that a study may fix nesterov or
-        # plateau_mode and still sample an optimiser or scheduler that ignores them
+        # plateau_mode and still sample an optimiser or scheduler that ignores them (a new
+        # check of several parameters: add them to CHECKED_TOGETHER)
         if self.optimizer == "sgd" and self.nesterov and not self.momentum > 0:
             raise ConfigError("nesterov needs momentum > 0 (PyTorch's SGD refuses Nesterov "
                               f"without momentum), got momentum {self.momentum}")
@@ -199,6 +200,15 @@ class TrialParams:
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialParams)
                                      if f.name != MODEL_ARGS)
+
+# The parameters whose values TrialParams.__post_init__ and check_image judge together, beside
+# each one's own range: a study's space may hold no combination of them that fails, since a
+# trial sampled into one cannot run (search/study_file.py checks every combination).
+CHECKED_TOGETHER: tuple[tuple[str, ...], ...] = (
+    ("optimizer", "nesterov", "momentum"),
+    ("scheduler", "plateau_metric", "plateau_mode"),
+    ("model", "patch_size"),
+)
 
 # The trainer options that act only under a choice of another (hpsearch.trainer: make_optimizer,
 # Schedule, Augmentation, build_model): option -> (that choice, the values under which it acts).

@@ -5,6 +5,7 @@ ConfigError naming the key."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hpsearch.errors import ConfigError
@@ -183,6 +184,43 @@ def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) 
                 raise ConfigError(f"{where}: space.{name} never acts: it acts only when {parent} "
                                   f"is {' or '.join(map(repr, values))}, and {parent} is {shown}")
     return conditions
+
+
+def corner_combinations(config: StudyConfig, names: tuple[str, ...]
+                        ) -> Iterator[dict[str, Any]]:
+    """Every way the parameters `names` can act together in a trial, define-by-run: each
+    searched one at each choice and range end (the checks of a value are intervals, so the
+    ends stand for a range), under each choice of every parameter they depend on; every other
+    searched one at its first. Yields each trial's resolved parameters."""
+    relevant, todo = set(), list(names)
+    while todo:  # the parameters whose values decide whether and how `names` act
+        name = todo.pop()
+        if name not in relevant:
+            relevant.add(name)
+            todo.extend(config.conditions.get(name, {}))
+    pending: list[tuple[int, ...]] = [()]  # the picks (corner indices) to replay, depth first
+    while pending:
+        yield config.resolve(_replay(pending.pop(), relevant, pending))
+
+
+def _replay(script: tuple[int, ...], relevant: set[str], pending: list[tuple[int, ...]]
+            ) -> Callable[[str, Dimension], Any]:
+    """StudyConfig.resolve's `choose` for one branch of corner_combinations: the corners that
+    `script` lists, then at each new branch point the first, its others queued in `pending`."""
+    picks: list[int] = []
+
+    def choose(name: str, dim: Dimension) -> Any:
+        corners = dim.choices if isinstance(dim, Categorical) else (dim.low, dim.high)
+        if name not in relevant:
+            return corners[0]
+        if len(picks) < len(script):
+            pick = script[len(picks)]
+        else:
+            pick = 0
+            pending.extend((*picks, i) for i in range(1, len(corners)))
+        picks.append(pick)
+        return corners[pick]
+    return choose
 
 
 def grid_values(config: StudyConfig) -> dict[str, list[Any]]:

@@ -20,14 +20,17 @@ from hpsearch.errors import ConfigError
 from hpsearch.limits import MIN_TIMEOUT_S, MIN_TRIALS
 from hpsearch.objectives import EPOCH_MEASURES, ObjectiveSpec, parse_objectives
 from hpsearch.params import (
+    CHECKED_TOGETHER,
     MIN_TRAIN_IMAGES,
     MODEL_ARGS,
     PARAM_NAMES,
     DataOptions,
     DatasetFacts,
+    TrialParams,
 )
 from hpsearch.search.budget import parse_final, parse_hours
 from hpsearch.search.space_file import (
+    corner_combinations,
     grid_values,
     parse_conditions,
     parse_dimension,
@@ -337,11 +340,14 @@ def parse_study(doc: dict[str, Any], where: str = "study") -> StudyConfig:
 
 
 def _check_constraints(config: StudyConfig, shape: tuple[int, int, int], where: str) -> None:
-    """Every fixed value and every patch size choice must make a valid model for the dataset."""
-    with prefixed(where):
-        base = config.base_params()
-        base.check_image(config.data.dataset, shape)
-        patch = config.space.get("patch_size")
-        if isinstance(patch, Categorical):
-            for choice in patch.choices:
-                base.replace(patch_size=choice).check_image(config.data.dataset, shape)
+    """Every trial the space can make must be a valid model for the dataset. Each value alone
+    was checked as it was parsed; here every combination of the parameters checked together
+    (CHECKED_TOGETHER), as trials resolve them: each choice and range end of each searched one,
+    under each choice of those they depend on, fixed values and defaults elsewhere."""
+    for group in CHECKED_TOGETHER:
+        for applied in corner_combinations(config, group):
+            try:
+                TrialParams.from_dict(applied).check_image(config.data.dataset, shape)
+            except ConfigError as exc:
+                trial = ", ".join(f"{n} = {applied[n]!r}" for n in group if n in applied)
+                raise ConfigError(f"{where}: a trial with {trial}: {exc}") from None

@@ -13,6 +13,7 @@ name), and a failure prints the example that caused it. No deadline: CI machines
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -394,11 +395,14 @@ def test_an_accepted_study_can_be_stored_and_every_corner_is_a_valid_model(study
     for value in (config.n_trials, config.seed, config.max_epochs):
         assert abs(value) <= INT_MAX
     assert config.timeout is None or math.isfinite(config.timeout)
-    for name, dim in config.space.items():
-        corners = dim.choices if isinstance(dim, Categorical) else (dim.low, dim.high)
-        assert isinstance(dim, Categorical | Range)
-        for corner in corners:
-            TrialParams.from_dict({**config.fixed, name: corner})
+    # every combination of range ends and choices, as a trial resolves it (a combination of
+    # valid values, nesterov with momentum 0, stopped the worker that sampled it)
+    corners = {name: dim.choices if isinstance(dim, Categorical) else (dim.low, dim.high)
+               for name, dim in config.space.items()}
+    assert all(isinstance(dim, Categorical | Range) for dim in config.space.values())
+    for values in itertools.islice(itertools.product(*corners.values()), 4096):
+        picked = dict(zip(corners, values, strict=True))
+        TrialParams.from_dict(config.resolve(lambda name, _dim, picked=picked: picked[name]))
 
 
 def test_db_downgrade_minus_one_works_as_its_help_says(recorded: Path, tmp_path: Path) -> None:

@@ -197,3 +197,41 @@ def test_a_study_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path: Pa
     plain.write_text(text)
     marked.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert load_study(marked) == load_study(plain)
+
+
+@pytest.mark.parametrize(("space", "fragment"), [
+    # each value is valid alone; together they make a trial that stopped its worker at once
+    ({"optimizer": "sgd", "nesterov": [True, False], "momentum": [0.0, 0.9]},
+     "a trial with optimizer = 'sgd', nesterov = True, momentum = 0.0: nesterov needs"),
+    ({"optimizer": ["adam", "sgd"], "nesterov": True}, "nesterov needs momentum > 0"),
+    ({"optimizer": "sgd", "nesterov": [False, True], "momentum": {"low": 0.0, "high": 0.9}},
+     "nesterov needs momentum > 0"),
+    ({"scheduler": ["none", "plateau"], "plateau_mode": ["min", "max"]},
+     "plateau_mode 'max' contradicts plateau_metric 'val_loss'"),
+    ({"scheduler": "plateau", "plateau_mode": "min", "plateau_metric": ["val_loss", "val_acc"]},
+     "plateau_mode 'min' contradicts plateau_metric 'val_acc'"),
+    ({"model": ["mlp", "mixer"], "patch_size": [7, 5]}, "patch_size 5 does not divide"),
+])
+def test_a_combination_the_space_holds_that_makes_no_valid_trial_is_refused(
+        space: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_study(minimal(**space), "s.toml")
+    assert str(info.value).startswith("s.toml: ") and fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("space", [
+    # momentum is searched above 0: every SGD trial has some (was refused: the check used
+    # momentum's default, 0, for a searched momentum)
+    {"optimizer": "sgd", "nesterov": True, "momentum": {"low": 0.5, "high": 0.9}},
+    {"optimizer": ["sgd", "adam"], "nesterov": True, "momentum": [0.5, 0.9]},
+    {"scheduler": "plateau", "plateau_mode": "max", "plateau_metric": {"choices": ["val_acc"]}},
+    # Nesterov only where momentum is not 0: the way out that `when` gives
+    {"optimizer": "sgd", "momentum": [0.0, 0.9],
+     "nesterov": {"choices": [True, False], "when": {"momentum": 0.9}}},
+    # patch_size acts only in a Mixer, and no trial builds one
+    {"model": ["mlp", "nets:small_cnn"], "patch_size": 5},
+])
+def test_every_combination_the_space_holds_is_valid_so_it_is_accepted(space: dict) -> None:
+    config = parse_study(minimal(**space), "s.toml")
+    assert set(config.space) | set(config.fixed) >= set(space)
