@@ -139,7 +139,7 @@ def export_model(name: str, path: str | Path, db: str | None = None, *,
     _check_name(name)
     if trial is not None:
         check_count("trial", trial, 0)
-    return export(name, path, _url(db), trial=trial)
+    return export(name, _check_path(path), _url(db), trial=trial)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -148,7 +148,7 @@ def load_model(path: str | Path) -> LoadedModel:
     trial...), and `.predict(images)` for uint8 images as the dataset stores them."""
     from hpsearch.trainer.model_file import load_model_file
 
-    return load_model_file(Path(path))
+    return load_model_file(Path(_check_path(path)))
 
 
 def evaluate(name: str, db: str | None = None, *, trial: int | None = None,
@@ -205,6 +205,7 @@ def enqueue(study: str | Path, db: str | None = None, *,
     (created in the database if new). Nothing is queued unless every configuration fits the
     study."""
     from hpsearch.search.study_file import load_study
+    from hpsearch.search.toml_values import check_strings
     from hpsearch.search.warmstart import Candidate, candidates_from_file, candidates_from_study
     from hpsearch.search.warmstart import enqueue as queue
 
@@ -219,8 +220,7 @@ def enqueue(study: str | Path, db: str | None = None, *,
         _check_name(study)
         target = study
     if isinstance(params, dict):
-        if not all(isinstance(key, str) for key in params):
-            raise ConfigError("params: parameter names must be strings")
+        check_strings(params, "params")  # as a file's are
         candidates = [Candidate(dict(params), "params")]
     elif isinstance(params, str | Path):
         candidates = candidates_from_file(Path(params))
@@ -228,7 +228,8 @@ def enqueue(study: str | Path, db: str | None = None, *,
         raise ConfigError(f"params must be a dict of parameter values or a file's path, got "
                           f"{type(params).__name__}")
     else:
-        candidates = candidates_from_study(url, source or "", top)
+        _check_name(source)
+        candidates = candidates_from_study(url, source, top)
     return queue(url, target, candidates)
 
 
@@ -247,6 +248,7 @@ def report(names: str | list[str], path: str | Path = "report.html", db: str | N
     for name in names:
         _check_name(name)
     curves = check_count("curves", curves, 1)
+    _check_path(path)
     with reading(_url(db)) as conn:
         doc = build_report(conn, names, curves=curves)
     # the path as given: "out/" names a folder, which a single report refuses
@@ -368,6 +370,13 @@ def _url(db: str | None) -> str:
 def _check_name(name: object) -> None:
     if not isinstance(name, str):
         raise ConfigError(f"study name must be text, got {type(name).__name__}")
+
+
+def _check_path(path: object) -> str | Path:
+    if not isinstance(path, str | Path):
+        raise ConfigError(f"path must be a file's path (text or a Path), got "
+                          f"{type(path).__name__}")
+    return path
 
 
 @contextmanager

@@ -36,7 +36,14 @@ from hpsearch.search.space_file import (
     parse_dimension,
     parse_model_args,
 )
-from hpsearch.search.toml_values import check_table, choice_value, prefixed, read_toml, typed_value
+from hpsearch.search.toml_values import (
+    check_strings,
+    check_table,
+    choice_value,
+    prefixed,
+    read_toml,
+    typed_value,
+)
 from hpsearch.spec import (
     Categorical,
     Range,
@@ -132,6 +139,7 @@ def load_study(path: str | Path) -> StudyConfig:
 def read_study(study: object) -> StudyConfig:
     """A study given as a file path or as the file's content (a dict): the API's entrance."""
     if isinstance(study, dict):
+        check_strings(study, "study")  # as read_toml checks a file's
         return parse_study(study, "study")
     if isinstance(study, str | Path):
         return load_study(study)

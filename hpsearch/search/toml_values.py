@@ -86,9 +86,13 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
 
 def check_strings(value: Any, where: str, key: str = "") -> None:
     """No control characters in any key or string: they end up in paths, logs, one-line
-    errors and database text (PostgreSQL cannot store NUL at all)."""
+    errors and database text (PostgreSQL cannot store NUL at all). Keys are text (a dict
+    given to the API may hold others)."""
     if isinstance(value, dict):
         for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: {key or 'a table'}: keys must be text, got "
+                                  f"{type(k).__name__}")
             check_strings(k, where, key)
             check_strings(v, where, f"{key}.{k}" if key else str(k))
     elif isinstance(value, list):

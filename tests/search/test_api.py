@@ -177,9 +177,16 @@ def test_a_study_name_is_found_in_either_unicode_form(sqlite_url: str, tmp_path:
     lambda url: api.report(5, "r.html", url),  # type: ignore[arg-type]
     lambda url: api.report([], "r.html", url),
     lambda url: api.export_model("tiny", "m.pt", url, trial="x"),  # type: ignore[arg-type]
+    # were TypeErrors from deep inside
+    lambda url: api.enqueue("tiny", url, source=3),  # type: ignore[arg-type]
+    lambda url: api.export_model("tiny", None, url),  # type: ignore[arg-type]
+    lambda url: api.report("tiny", 5, url),  # type: ignore[arg-type]
+    lambda url: api.load_model(None),  # type: ignore[arg-type]
+    lambda url: api.create_study({"study": {"name": "k", 1: 2}}, url),
 ], ids=["run_worker-None", "trials-int", "best_trial-None", "epochs-bytes", "export-None",
         "trials-db-int", "enqueue-params-list", "report-int", "report-no-study",
-        "export-trial-str"])
+        "export-trial-str", "enqueue-source-int", "export-path-None", "report-path-int",
+        "load_model-None", "create-key-int"])
 def test_api_arguments_of_the_wrong_type_are_config_errors(call: Callable[[str], object],
                                                            tmp_path: Path) -> None:
     """run_worker(None) raised a bare TypeError after creating the database file."""
@@ -187,6 +194,24 @@ def test_api_arguments_of_the_wrong_type_are_config_errors(call: Callable[[str],
     with pytest.raises(ConfigError, match="must be"):
         call(f"sqlite:///{db}")
     assert not db.exists()
+
+
+@pytest.mark.parametrize(("table", "key", "value", "message"), [
+    ("workers", "checkpoint_dir", "ckpt\x00", "control characters are not allowed"),
+    ("study", "name", "tiny", "control characters are not allowed"),  # in a key, below
+])
+def test_a_study_given_as_a_dict_is_checked_as_its_file_is(sqlite_url: str, tmp_path: Path,
+                                                            table: str, key: str, value: str,
+                                                            message: str) -> None:
+    """A dict skipped the file's check of every key and string: a NUL in a path, an escape
+    sequence in a key were stored (a file with them is refused in one line)."""
+    raw = tomllib.loads(write_tiny_study(tmp_path, "tiny").read_text())
+    raw[table][key] = value
+    if value == "tiny":
+        raw["space"]["\x1b[31mlr"] = raw["space"].pop("lr")
+    with pytest.raises(ConfigError, match=message):
+        api.create_study(raw, sqlite_url)
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
 
 
 # --- parity with the CLI: a study object and every lifecycle command ------------------------
