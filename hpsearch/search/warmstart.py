@@ -41,8 +41,6 @@ class Candidate:
 def candidates_from_file(path: Path) -> list[Candidate]:
     """The [params] of a `best --format toml` (or `train --config`) file."""
     params, _data, _seeds = load_run_config(path)
-    if not params:
-        raise ConfigError(f"{path}: no [params] table to queue")
     return [Candidate(params, f"file {path.name}")]
 
 
@@ -131,6 +129,10 @@ def enqueue(url: str, study: str | StudyConfig, candidates: list[Candidate]) -> 
         with reading(url) as conn:  # a name the database does not hold: find_study says so
             queries.find_study(conn, str(study))
     config = stored.config if stored is not None else study
+    for candidate in candidates:  # Optuna would queue {}: a trial that fixes nothing
+        if not set(candidate.params) - set(BUDGET_KEYS):
+            raise ConfigError(f"{candidate.source}: no parameter values to queue (a [params] "
+                              "table of parameter = value)")
     queued = [fit_to_space(c, config) for c in candidates]
     if stored is None:
         prepare_study(config, url)

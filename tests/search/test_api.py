@@ -214,6 +214,15 @@ def test_a_study_given_as_a_dict_is_checked_as_its_file_is(sqlite_url: str, tmp_
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
 
 
+def test_an_empty_configuration_is_not_queued(finished: str) -> None:
+    """`hpsearch enqueue --params` refuses a file without values; the API queued {}: a trial
+    that fixes nothing (or only the epochs, which the study's budget decides)."""
+    for params in ({}, {"epochs": 5}):
+        with pytest.raises(ConfigError, match="no parameter values to queue"):
+            api.enqueue("tiny", finished, params=params)
+    assert len(api.trials("tiny", finished)) == 3
+
+
 # --- parity with the CLI: a study object and every lifecycle command ------------------------
 
 def test_a_study_object_does_what_the_commands_do(finished: str, tmp_path: Path) -> None:
