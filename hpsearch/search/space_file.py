@@ -145,6 +145,7 @@ def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) 
     A searched parameter that can never act is an error: its trials would sample nothing."""
     conditions = {name: {parent: values} for name, (parent, values) in APPLIES_WHEN.items()}
     conditions.update({name: dict(on) for name, on in config.conditions.items()})  # model_args
+    wanted_by_file: dict[tuple[str, str], tuple[Any, ...]] = {}  # the values `when` names
     for name, when in declared.items():
         label = f"{where}: space.{name}.when"
         if not isinstance(when, dict) or not when or name in config.fixed:
@@ -162,6 +163,7 @@ def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) 
                            for v in (wanted if isinstance(wanted, list) else [wanted]))
             own = conditions.setdefault(name, {})
             own[parent] = tuple(v for v in own.get(parent, values) if v in values)
+            wanted_by_file[name, parent] = values
     for name in conditions:  # a parameter that depends on itself would never be resolved
         todo, seen = list(conditions[name]), set()
         while todo:
@@ -177,12 +179,16 @@ def parse_conditions(config: StudyConfig, declared: dict[str, Any], where: str) 
             dim = config.space.get(parent)
             can_be = (dim.choices if isinstance(dim, Categorical)
                       else (config.fixed.get(parent, defaults.get(parent)),))
+            shown = (f"searched over {list(can_be)}" if dim else
+                     f"fixed at {can_be[0]!r}" if parent in config.fixed else
+                     f"{can_be[0]!r} by default")
             if not set(can_be) & set(values):
-                shown = (f"searched over {list(can_be)}" if dim else
-                         f"fixed at {can_be[0]!r}" if parent in config.fixed else
-                         f"{can_be[0]!r} by default")
                 raise ConfigError(f"{where}: space.{name} never acts: it acts only when {parent} "
                                   f"is {' or '.join(map(repr, values))}, and {parent} is {shown}")
+            never = [v for v in wanted_by_file.get((name, parent), ()) if v not in can_be]
+            if never:  # a typo beside a value it can take
+                raise ConfigError(f"{where}: space.{name}.when: {parent} is never "
+                                  f"{' or '.join(map(repr, never))}: it is {shown}")
     return conditions
 
 

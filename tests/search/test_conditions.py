@@ -131,6 +131,12 @@ def test_warm_starts_are_checked_against_the_conditions() -> None:
       "scheduler": {"choices": ["none", "step"], "when": {"optimizer": "sgd"}}},
      "its conditions lead back to it"),
     ({"optimizer": {"choices": ["sgd", "adam"], "step": 2}}, "a table with choices takes when"),
+    # a typo beside a valid value was passed over: the condition held for 'sgd' alone
+    ({"optimizer": ["sgd", "adam"],
+      "label_smoothing": {"low": 0.0, "high": 0.2, "when": {"optimizer": ["sgd", "sdg"]}}},
+     "space.label_smoothing.when: optimizer is never 'sdg': it is searched over ['sgd', 'adam']"),
+    ({"num_blocks": [1, 2], "lr": {"low": 0.1, "high": 0.5, "when": {"num_blocks": [2, 4]}}},
+     "space.lr.when: num_blocks is never 4"),
 ])
 def test_impossible_conditions_are_one_line(space: dict, message: str) -> None:
     with pytest.raises(ConfigError, match="never acts|when|not another|lead back|choices") as exc:
