@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import socket
 import tempfile
 import zlib
@@ -125,17 +124,22 @@ def _torchvision_root(dataset: str, folder: Path, cache: Path) -> Path:
         target = raw / n
         if target.exists():
             continue
+        # read whole (at most MNIST's 47 MB), then written: a file that is no gzip or is
+        # truncated is named as the source it is, not as a target that could not be written
         try:
-            # atomic: a concurrent worker never sees a half-written file, and a failed unpack
-            # leaves no temporary file behind
-            with atomic_write(target, "wb") as dst, (
-                    gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")
-            ) as src:
-                shutil.copyfileobj(src, dst)
-        except (OSError, EOFError, zlib.error) as exc:  # truncated/corrupt .gz, full disk
+            with gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb") as src:
+                content = src.read()
+        except (OSError, EOFError, zlib.error) as exc:  # truncated/corrupt .gz
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise DataError(f"cannot unpack dataset file {source} into {raw}: {reason}"
                             ) from exc
+        try:
+            # atomic: a concurrent worker never sees a half-written file, and a failed write
+            # (a full disk) leaves no temporary file behind
+            with atomic_write(target, "wb") as dst:
+                dst.write(content)
+        except HpsearchError as exc:
+            raise DataError(f"cannot unpack dataset file {source} into {raw}: {exc}") from exc
     return root
 
 
@@ -145,21 +149,61 @@ def _parse_idx_folder(dataset: str, folder: Path, train: bool
     in our cache; where the cache cannot be written (a read-only home, XDG_CACHE_HOME naming a
     file) they are unpacked into a temporary folder that is removed afterwards."""
     try:
-        try:
-            root = _torchvision_root(dataset, folder, cache_dir() / "torchvision")
-        except _CacheUnwritable as exc:
-            log.warning("dataset cache cannot be written (%s); unpacking into a temporary "
-                        "folder", exc)
-            with tempfile.TemporaryDirectory(prefix="hpsearch-data-") as tmp:
-                return _load_torchvision(dataset, _torchvision_root(dataset, folder, Path(tmp)),
-                                         train)
-        return _load_torchvision(dataset, root, train)
+        root = _torchvision_root(dataset, folder, cache_dir() / "torchvision")
+    except _CacheUnwritable as exc:
+        log.warning("dataset cache cannot be written (%s); unpacking into a temporary "
+                    "folder", exc)
+        with tempfile.TemporaryDirectory(prefix="hpsearch-data-") as tmp:
+            return _load_torchvision(dataset, _torchvision_root(dataset, folder, Path(tmp)),
+                                     train)
+    return _load_torchvision(dataset, root, train)
+
+
+def _read_named(dataset: str, folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of a dataset known by name from the folder it was found in. Whatever is wrong
+    with its files (one missing, not the published one, damaged, images and labels of two
+    counts) is one DataError naming the folder, never torchvision's own error (CIFAR's and
+    SVHN's say 'Dataset not found or corrupted. You can use download=True')."""
+    try:
+        images, labels = (_load_torchvision(dataset, folder, train) if dataset in LAYOUTS
+                          else _parse_idx_folder(dataset, folder, train))
     except DataError:
         raise
     except Exception as exc:  # torchvision's checks of a damaged file vary
-        why = one_line(exc) or f"not valid IDX files ({type(exc).__name__})"
-        raise DataError(f"cannot read the {dataset} files in {folder}: {why} (damaged or "
-                        "truncated? replace them)") from exc
+        raise DataError(f"cannot read the {dataset} files in {folder}: "
+                        f"{_what_is_wrong(dataset, folder, exc)}") from exc
+    if len(images) != len(labels):
+        raise DataError(f"cannot read the {dataset} files in {folder}: {len(images)} images "
+                        f"but {len(labels)} labels (damaged or truncated? replace them)")
+    return images, labels
+
+
+def _what_is_wrong(dataset: str, folder: Path, exc: Exception) -> str:
+    """The first of the published files (torchvision's list and checksums) missing or
+    different; else the error itself."""
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    cls = getattr(datasets, TORCHVISION_NAMES[dataset])
+    if dataset == "svhn":
+        published = [(folder / cls.split_list[s][1], cls.split_list[s][2])
+                     for s in ("train", "test")]
+    elif dataset in LAYOUTS:  # CIFAR
+        base = folder / cls.base_folder
+        published = [(base / name, md5) for name, md5 in cls.train_list + cls.test_list]
+        published.append((base / cls.meta["filename"], cls.meta["md5"]))
+    else:
+        published = []
+    missing = [path for path, _ in published if not path.is_file()]
+    if missing:
+        return (f"{', '.join(str(p.relative_to(folder)) for p in missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing")
+    for path, md5 in published:
+        if not check_integrity(str(path), md5):
+            return (f"{path.relative_to(folder)} is not the published file (its MD5 checksum "
+                    "differs: damaged? replace it)")
+    why = one_line(exc) or f"not valid {dataset} files ({type(exc).__name__})"
+    return f"{why} (damaged or truncated? replace them)"
 
 
 def _torchvision_dataset(dataset: str, root: Path, train: bool, download: bool
@@ -260,12 +304,10 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
     if found is not None:
         position, folder = found
         _warn_passed_over(dataset, given[:position])
-        if dataset in LAYOUTS:
-            return _cached_tensors(dataset, train, layout_sources(folder, dataset),
-                                   lambda: _load_torchvision(dataset, folder, train))
-        split_files = MNIST_FILES[:2] if train else MNIST_FILES[2:]
-        return _cached_tensors(dataset, train, idx_sources(folder, split_files),
-                               lambda: _parse_idx_folder(dataset, folder, train))
+        sources = (layout_sources(folder, dataset) if dataset in LAYOUTS else
+                   idx_sources(folder, MNIST_FILES[:2] if train else MNIST_FILES[2:]))
+        return _cached_tensors(dataset, train, sources,
+                               lambda: _read_named(dataset, folder, train))
     download_root = cache_dir() / "downloads"
     if download and _try_download(dataset, download_root):
         _warn_passed_over(dataset, given)

@@ -288,3 +288,69 @@ def test_svhn_is_read_with_its_zeros_labelled_0(isolated: Path, no_checksums: No
     assert labels.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
     data = load_train_val(options, seed=0)
     assert data.image_shape == (3, 32, 32) and data.num_classes == 10
+
+
+def write_cifar10(folder: Path, n: int = 4) -> Path:
+    """cifar-10-batches-py as the published archive unpacks it (tiny batches)."""
+    base = folder / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                 "labels": [i % 10 for i in range(n)]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    return base
+
+
+def write_mnist(folder: Path, n_images: int = 20, n_labels: int = 20) -> Path:
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_images), ("t10k", 8)):
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as file:
+            file.write(idx_images(torch.zeros((n, 28, 28), dtype=torch.uint8)))
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as file:
+            file.write(idx_labels(torch.arange(n_labels if prefix == "train" else n) % 10))
+    return folder
+
+
+def _cifar_batch_missing(data: Path) -> str:
+    (write_cifar10(data) / "data_batch_3").unlink()
+    return "cifar10"
+
+
+def _cifar_of_another_source(data: Path) -> str:
+    write_cifar10(data)  # files of the right form that are not the published ones
+    return "cifar10"
+
+
+def _mnist_labels_short(data: Path) -> str:
+    write_mnist(data, n_images=20, n_labels=15)
+    return "mnist"
+
+
+def _mnist_not_gzip(data: Path) -> str:
+    (write_mnist(data) / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip data")
+    return "mnist"
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_cifar_batch_missing, r"^cannot read the cifar10 files in \S+/data: "
+                           r"cifar-10-batches-py/data_batch_3 is missing"),
+    (_cifar_of_another_source, r"^cannot read the cifar10 files in \S+/data: "
+                               r"cifar-10-batches-py/data_batch_1 is not the published file "
+                               r"\(its MD5 checksum differs"),
+    (_mnist_labels_short, r"^cannot read the mnist files in \S+/data: 20 images but 15 labels"),
+    (_mnist_not_gzip, r"^cannot unpack dataset file \S+/train-labels-idx1-ubyte.gz into \S+: "
+                      r"Not a gzipped file"),
+])
+def test_damaged_files_of_a_dataset_known_by_name_are_one_line_naming_them(
+        isolated: Path, damage, message: str) -> None:
+    """Before: torchvision's `RuntimeError: Dataset not found or corrupted. You can use
+    download=True to download it` (unexpected, and no download is meant), a training set
+    silently cut to its labels' count, and a file that is no gzip reported as 'cannot write
+    ...: None'."""
+    dataset = damage(isolated / "data")
+    with pytest.raises(DataError, match=message) as error:
+        for train in (True, False):
+            load_raw(dataset, str(isolated / "data"), train)
+    assert "\n" not in str(error.value) and "cannot write" not in str(error.value)
