@@ -129,13 +129,14 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
     writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
-    # a dataset known by name is downloaded once, here, or one line says why not; a folder or
-    # .npz file of the user's is read here (and cached for the workers), so that a bad pixel
-    # range or label is one line before anything is written, not a failed worker after
-    if missing_here(config.data) or is_local(config.data.dataset):
-        from hpsearch.trainer.data import load_raw
+    # the data is read here, both splits (and cached for the workers), so that a missing or
+    # damaged file, a bad pixel range or label is one line before anything is written, not a
+    # failed worker after, nor a failed final evaluation hours later; a dry run reads only a
+    # dataset it must download or of the user's (its launcher stays torch-free)
+    if config.dry_run is None or missing_here(config.data) or is_local(config.data.dataset):
+        from hpsearch.trainer.data import read_ahead
 
-        load_raw(config.data.dataset, config.data.data_dir, train=True)
+        read_ahead(config.data)
     changes = _check_stored_config(config, url, update)
     done = None if hours is not None or changes else _nothing_to_do(url, config.name,
                                                                     trials or config.n_trials)

@@ -315,6 +315,17 @@ def load_raw(dataset: str, data_dir: str | None, train: bool,
     raise DataNotFoundError(_missing_message(dataset, candidate_dirs(dataset, data_dir)))
 
 
+def read_ahead(options: DataOptions) -> None:
+    """Both splits of a real dataset read once, as `hpsearch run` does before it writes
+    anything: one known by name and missing here is downloaded, or one line says why not; a
+    file missing, damaged or malformed, in the training set or the test set that the final
+    evaluation reads hours later, is one DataError line. The tensors are cached for the
+    workers and the evaluation; the test set is only read here, never scored."""
+    if options.dataset != "synthetic":
+        for train in (True, False):
+            load_raw(options.dataset, options.data_dir, train=train)
+
+
 def _local_sources(path: Path, train: bool) -> list[Path]:
     if path.suffix == ".npz":
         return [path]

@@ -3,6 +3,8 @@ searched, evaluated on their test split, and their model exported and loaded aga
 
 from __future__ import annotations
 
+import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,14 @@ from PIL import Image
 from hpsearch import api
 from hpsearch.errors import ConfigError
 from hpsearch.search.study_file import parse_study
-from tests.helpers import hps, run_in_process, stored_trials
+from tests.helpers import (
+    hps,
+    idx_images,
+    idx_labels,
+    one_error_line,
+    run_in_process,
+    stored_trials,
+)
 
 CLASSES = ("ant", "bee", "cat")
 
@@ -129,4 +138,54 @@ def test_run_reads_a_bad_npz_before_it_writes_anything(
     code, out, err = hps(capsys, monkeypatch, "run", str(path), "--db", f"sqlite:///{db}")
     assert code == 2
     assert "x_train holds float32 values from 110.0 to " in err and err.count("\n") == 1, err
+    assert not db.exists()
+
+
+def _mnist_test_images_truncated(folder: Path) -> str:
+    data = folder / "data"
+    data.mkdir()
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        images = torch.from_numpy(images_of(1, n, (28, 28), seed=0))
+        for kind, content in (("images-idx3", idx_images(images)),
+                              ("labels-idx1", idx_labels(torch.arange(n) % 10))):
+            with gzip.open(data / f"{prefix}-{kind}-ubyte.gz", "wb") as file:
+                file.write(content)
+    whole = (data / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(whole[: len(whole) // 2])
+    return f'mnist"\ndata_dir = "{data}'
+
+
+def _folder_with_a_broken_test_image(folder: Path) -> str:
+    for split in ("train", "test"):
+        for label, name in enumerate(CLASSES[:2]):
+            (folder / "photos" / split / name).mkdir(parents=True)
+            for i, pixels in enumerate(images_of(label, 8, (8, 8), seed=label)):
+                Image.fromarray(pixels).save(folder / "photos" / split / name / f"{i}.png")
+    (folder / "photos" / "test" / "bee" / "3.png").write_bytes(b"half a png")
+    return str(folder / "photos")
+
+
+def _npz_with_test_pixels_out_of_range(folder: Path) -> str:
+    x, y = images_of(1, 40, (8, 8), seed=0), np.arange(40) % 2
+    np.savez(folder / "arrays.npz", x_train=x, y_train=y, x_test=x[:8] * 2.0, y_test=y[:8])
+    return str(folder / "arrays.npz")
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (_mnist_test_images_truncated, "cannot unpack dataset file .*t10k-images-idx3-ubyte.gz"),
+    (_folder_with_a_broken_test_image, "cannot read image .*photos/test/bee/3.png"),
+    (_npz_with_test_pixels_out_of_range, "x_test holds float64 values from 220.0 to 338.0"),
+])
+def test_run_reads_the_test_set_and_named_datasets_before_it_writes_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        write, message: str) -> None:
+    """A damaged file in the test set (found before: by `evaluate` after the whole search) or
+    in a dataset known by name that is here (before: the study made, then its worker failed,
+    exit 1) is one line from `run`, exit 2, before the database exists."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = study(tmp_path, write(tmp_path), "patch_size = 4\nhidden_dim = 16")
+    db = tmp_path / "h.db"
+    code, _, err = hps(capsys, monkeypatch, "run", str(path), "--db", f"sqlite:///{db}")
+    assert code == 2, err
+    assert re.search(message, one_error_line(err)), err
     assert not db.exists()
