@@ -6,8 +6,9 @@ its files where they are here (data_files.py). Any other name is a path, of
 
 - an image folder: train/ and test/, each with one sub-folder of images per class (the classes
   are train/'s sub-folders, sorted by name, as torchvision's ImageFolder orders them). Every
-  image must have the first one's size; the first one's mode decides the channels (greyscale:
-  1, any other: 3, every image converted to RGB);
+  image must have the first one's size; the first one's mode decides the channels (greyscale,
+  8-bit or more: 1, any other: 3, every image converted to RGB); a 16- or 32-bit image's
+  values are taken as a .npz file's are;
 - a .npz file of the arrays x_train, y_train, x_test, y_test: images (N, H, W),
   (N, H, W, C) or (N, C, H, W) with C 1 or 3, uint8 or floats in [0, 1]; labels the integers
   0..K-1 (K, the class count, is one more than y_train's largest label).
@@ -33,12 +34,12 @@ from hpsearch.trainer.data_files import DataError, DataNotFoundError, idx_sizes
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff",
                   ".webp")
 SPLITS = ("train", "test")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-GREYSCALE_MODES = ("1", "L", "LA")
 
 
 def is_local(dataset: str) -> bool:
@@ -119,9 +120,29 @@ def _image_header(path: Path) -> tuple[int, tuple[int, int]]:
 
     try:
         with Image.open(path) as image:
-            return (1 if image.mode in GREYSCALE_MODES else 3), image.size
+            return _channels(image.mode), image.size
     except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
         raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _channels(mode: str) -> int:
+    """1 for a greyscale mode (Pillow's "1", "L", "LA", and 16- and 32-bit "I;16", "I", "F"),
+    else 3."""
+    from PIL import Image
+
+    return 1 if Image.getmodebase(mode) == "L" else 3
+
+
+def _pixels(path: Path, image: Image.Image, channels: int) -> np.ndarray:
+    """An image's pixels, (H, W) or (H, W, 3) uint8. A 16- or 32-bit image (modes "I;16",
+    "I", "F") has its values checked as a .npz file's are, where Pillow's convert would clip
+    every one over 255."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        image = Image.fromarray(_as_uint8(path, "the image", np.asarray(image)))
+    return np.asarray(image.convert("L" if channels == 1 else "RGB"))
 
 
 def _folder_facts(root: Path) -> DatasetFacts:
@@ -146,7 +167,7 @@ def _read_folder(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
                 if image.size != size:
                     raise DataError(f"image {path} is {image.size[0]}x{image.size[1]}; every "
                                     f"image must be {size[0]}x{size[1]}, as {first} is")
-                pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+                pixels = _pixels(path, image, channels)
         except OSError as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
         images[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)

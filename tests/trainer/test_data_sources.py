@@ -144,6 +144,26 @@ def test_a_malformed_image_folder_is_one_line(isolated: Path, damage, message: s
     assert "\n" not in str(error.value)
 
 
+def test_16_bit_greyscale_images_are_greyscale_and_never_clipped(isolated: Path) -> None:
+    """16-bit PNGs (Pillow's mode I;16): before, read as 3 channels with every value over
+    255 clipped to 255 (a real 16-bit image turned white). Now one channel, the values as a
+    .npz file's are taken: integers 0-255 as they are, larger ones refused in one line."""
+    root = isolated / "photos"
+    written = write_folder(root, "L")
+    for image in root.rglob("*.png"):
+        Image.fromarray(np.asarray(Image.open(image)).astype(np.uint16)).save(image)
+    assert Image.open(image).mode == "I;16"
+    options = DataOptions(dataset=str(root))
+    assert dataset_facts(options).shape == (1, 6, 8)
+    images, _ = load_raw(str(root), None, train=False)
+    assert torch.equal(images, torch.from_numpy(np.stack(written["test"])[:, None]))
+
+    Image.fromarray(np.full((6, 8), 60000, np.uint16)).save(root / "train" / "bee" / "0.png")
+    with pytest.raises(DataError, match=r"bee/0.png: the image holds uint16 values from 60000 "
+                                        r"to 60000; expected uint8 pixels \(0-255\)"):
+        load_raw(str(root), None, train=True)
+
+
 # --------------------------------------------------------------------------------------------
 # a .npz file
 # --------------------------------------------------------------------------------------------
