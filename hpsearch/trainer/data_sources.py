@@ -232,7 +232,16 @@ def _npz_facts(path: Path) -> DatasetFacts:
                             f"label per image of x_{split}")
         counts[split] = n
     with np.load(path) as arrays:
-        classes = int(_labels(path, "train", arrays["y_train"]).max()) + 1
+        train_labels = _labels(path, "train", arrays["y_train"])
+        classes = int(train_labels.max()) + 1
+        # as an image folder's empty class is refused: labels 1..K (or with gaps) would give
+        # the model outputs for classes that have no image
+        unused = np.setdiff1d(np.arange(classes), train_labels)
+        if unused.size:
+            named = ", ".join(str(k) for k in unused[:5]) + (", ..." if unused.size > 5 else "")
+            raise DataError(f"{path}: y_train has no label {named} (its labels are "
+                            f"{train_labels.min()}..{classes - 1}); labels must be 0..K-1, "
+                            "each class with training images")
         # the test labels too, as an image folder's test/ class names are: a label outside
         # the training classes would fail the final evaluation, hours after the search began
         highest = _labels(path, "test", arrays["y_test"]).max() if counts["test"] else -1
@@ -245,9 +254,12 @@ def _labels(path: Path, split: str, labels: np.ndarray) -> np.ndarray:
     import numpy as np
 
     labels = labels.reshape(-1)
-    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+    if labels.size == 0:
+        raise DataError(f"{path}: y_{split} holds no labels")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        low = f", min {labels.min()}" if np.issubdtype(labels.dtype, np.number) else ""
         raise DataError(f"{path}: y_{split} must hold integer class labels 0, 1, 2, ... "
-                        f"(got {labels.dtype}{f', min {labels.min()}' if labels.size else ''})")
+                        f"(got {labels.dtype}{low})")
     return labels.astype(np.int64)
 
 

@@ -202,6 +202,15 @@ def test_npz_floats_in_0_1_are_pixels(isolated: Path) -> None:
     ({"x_test": np.zeros((6, 5, 5), np.uint8)}, "both must have one shape"),
     ({"x_train": np.zeros((6, 2, 3, 4, 5), np.uint8)}, "x_train has shape"),
     ({"y_test": np.full(6, 7)}, "y_test has label 7; y_train's are 0..2"),
+    # before: an unexpected UFuncTypeError
+    ({"y_train": np.array(list("abcabc"))},
+     r"y_train must hold integer class labels .*\(got <U1\)$"),
+    # before: read as 4 and 6 classes, the model given outputs for classes with no image
+    ({"y_train": np.arange(6) % 3 + 1}, r"y_train has no label 0 \(its labels are 1\.\.3\); "
+                                        r"labels must be 0\.\.K-1, each class with training"),
+    ({"y_train": np.arange(6) % 3 * 2}, r"y_train has no label 1, 3 \(its labels are 0\.\.4\)"),
+    ({"x_train": np.zeros((0, 10, 12), np.uint8), "y_train": np.zeros(0, int)},
+     "y_train holds no labels"),
 ])
 def test_a_malformed_npz_file_is_one_line(isolated: Path, arrays: dict, message: str) -> None:
     x, y = npz_arrays(6, "NHW")
