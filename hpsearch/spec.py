@@ -21,7 +21,7 @@ from typing import Any
 
 from hpsearch.errors import HpsearchError
 from hpsearch.objectives import DEFAULT, ObjectiveSpec, parse_objectives
-from hpsearch.params import MODEL_ARGS, PARAM_NAMES, DataOptions, TrialParams
+from hpsearch.params import FACTORY_PATH, MODEL_ARGS, PARAM_NAMES, DataOptions, TrialParams
 
 SPEC_VERSION = 1
 
@@ -128,6 +128,18 @@ class StudyConfig:
     def base_params(self) -> TrialParams:
         return TrialParams.from_dict(self.fixed)
 
+    def factories(self) -> tuple[str, ...]:
+        """The model factories ("module:function") a trial may build."""
+        model = self.space.get("model")
+        choices = (model.choices if isinstance(model, Categorical)
+                   else (self.fixed.get("model", "mixer"),))
+        return tuple(v for v in choices if isinstance(v, str) and FACTORY_PATH.fullmatch(v))
+
+    def model_args(self) -> set[str]:
+        """The names of the keyword arguments [space.model_args] gives a factory."""
+        return {n.removeprefix(f"{MODEL_ARGS}.") for n in {**self.fixed, **self.space}
+                if n.startswith(f"{MODEL_ARGS}.")}
+
     def resolve(self, choose: Callable[[str, Dimension], Any]) -> dict[str, Any]:
         """A trial's parameters, define-by-run: every parameter that acts in it, each after
         those it depends on, valued by `choose(name, dimension)` where searched, else fixed,
@@ -135,8 +147,7 @@ class StudyConfig:
         neither chosen nor kept."""
         defaults = TrialParams().to_dict()
         out: dict[str, Any] = {}
-        model_args = tuple(sorted(n for n in {**self.fixed, **self.space}
-                                  if n.startswith(f"{MODEL_ARGS}.")))
+        model_args = tuple(sorted(f"{MODEL_ARGS}.{n}" for n in self.model_args()))
         for name in _parents_first(PARAM_NAMES + model_args, self.conditions):
             if all(out.get(parent, _INACTIVE) in allowed
                    for parent, allowed in self.conditions.get(name, {}).items()):

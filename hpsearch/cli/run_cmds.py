@@ -137,6 +137,11 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         from hpsearch.trainer.data import read_ahead
 
         read_ahead(config.data)
+    if config.dry_run is None:  # a model factory imports and takes the arguments it is given
+        from hpsearch.trainer.factory import check_factory_args
+
+        for factory in config.factories():
+            check_factory_args(factory, config.model_args())
     changes = _check_stored_config(config, url, update)
     done = None if hours is not None or changes else _nothing_to_do(url, config.name,
                                                                     trials or config.n_trials)

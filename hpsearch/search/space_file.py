@@ -11,7 +11,6 @@ from typing import Any
 from hpsearch.errors import ConfigError
 from hpsearch.params import (
     APPLIES_WHEN,
-    FACTORY_PATH,
     MODEL_ARGS,
     PARAM_NAMES,
     TrialParams,
@@ -83,10 +82,7 @@ def parse_model_args(config: StudyConfig, table: Any, where: str) -> dict[str, A
     as the parameters "model_args.<name>" that act where the model is a factory. Returns the
     `when` conditions declared on them."""
     label = f"{where}: space.{MODEL_ARGS}"
-    model = config.space.get("model")
-    factories = tuple(v for v in (model.choices if isinstance(model, Categorical)
-                                  else (config.fixed.get("model", "mixer"),))
-                      if FACTORY_PATH.fullmatch(v))
+    factories = config.factories()
     if not isinstance(table, dict):
         raise ConfigError(f"{label} must be a table of the factory's keyword arguments")
     if table and not factories:

@@ -5,6 +5,7 @@ is one FactoryError naming the user's file and line; the trial fails with it as 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 import traceback
@@ -33,8 +34,7 @@ def build_factory_model(path: str, model_args: dict[str, Any],
     """The factory's model, checked: an nn.Module mapping a batch of images to (batch,
     num_classes) logits."""
     factory = load_factory(path)
-    code = getattr(factory, "__code__", None)
-    defined = f"{code.co_filename}:{code.co_firstlineno}" if code else path
+    defined = _defined(factory, path)
     channels, height, width = image_shape
     try:
         model = factory(in_channels=channels, image_size=height, num_classes=num_classes,
@@ -62,6 +62,35 @@ def build_factory_model(path: str, model_args: dict[str, Any],
                            f"of {channels}x{height}x{width} to shape {shape}; expected "
                            f"(2, {num_classes}) logits")
     return model
+
+
+def check_factory_args(path: str, model_args: set[str]) -> None:
+    """Before a run writes anything: the factory imports, and its signature fits the keyword
+    arguments every trial passes (the data's three and [space.model_args]'s names): one
+    FactoryError naming the user's file and line, not every trial failing alike."""
+    factory = load_factory(path)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: its trial will tell
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = [p for p in signature.parameters.values() if p.kind in named]
+    given = {"in_channels", "image_size", "num_classes"} | model_args
+    needs = [p.name for p in params if p.default is p.empty and p.name not in given]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                    for p in signature.parameters.values())
+    unknown = [] if takes_any else sorted(given - {p.name for p in params})
+    problems = ([f"needs {', '.join(needs)}, which [space.model_args] does not give"] * bool(needs)
+                + [f"does not take {', '.join(unknown)}, which every trial passes (in_channels, "
+                   "image_size, num_classes and [space.model_args])"] * bool(unknown))
+    if problems:
+        raise FactoryError(f"model factory {path} ({_defined(factory, path)}) "
+                           f"{'; it '.join(problems)}")
+
+
+def _defined(factory: Callable[..., Any], path: str) -> str:
+    code = getattr(factory, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else path
 
 
 def load_factory(path: str) -> Callable[..., Any]:

@@ -4,6 +4,7 @@ naming the user's file and line."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,14 @@ from hpsearch.search.warmstart import Candidate, enqueue
 from hpsearch.search.worker import run_worker
 from hpsearch.trainer.factory import FactoryError
 from hpsearch.trainer.model import build_model
-from tests.helpers import epochs_of, hps, kill_mid_trial, start_worker, stored_trials
+from tests.helpers import (
+    epochs_of,
+    hps,
+    kill_mid_trial,
+    one_error_line,
+    start_worker,
+    stored_trials,
+)
 
 NETS = '''\
 from torch import nn
@@ -43,6 +51,14 @@ def not_a_module(**kwargs):
 
 def wrong_shape(*, in_channels, image_size, num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 3))
+
+
+def needs_depth(*, in_channels, image_size, num_classes, width, pool, depth):
+    return tiny_cnn(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+
+
+def no_pool(in_channels, image_size, num_classes, width=4):
+    return tiny_cnn(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
 '''
 
 
@@ -212,6 +228,25 @@ def test_a_factory_that_builds_no_classifier_is_named(package: str, tmp_path: Pa
         build_model(params, (1, 28, 28))
     nets = tmp_path / package.split(".")[0] / "nets.py"
     assert f"({nets}:{line})" in str(error.value) and says in str(error.value)
+
+
+@pytest.mark.parametrize(("factory", "says"), [
+    ("needs_depth", r"\(\S+nets.py:22\) needs depth, which \[space.model_args\] does not give$"),
+    ("no_pool", r"\(\S+nets.py:26\) does not take pool, which every trial passes"),
+    ("absent", "has no function 'absent'"),
+])
+def test_run_checks_the_factory_before_it_writes_anything(
+        package: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, factory: str, says: str) -> None:
+    """A factory that does not fit the arguments every trial passes (before: each trial
+    failed alike until the worker gave up, exit 1) or cannot be imported is one line from
+    `run`, exit 2, before the database exists."""
+    db = tmp_path / "h.db"
+    path = study_file(tmp_path, f'"{package}:{factory}"')
+    code, _, err = hps(capsys, monkeypatch, "run", str(path), "--db", f"sqlite:///{db}")
+    assert code == 2 and re.search(f"model factory {package}:{factory}\\b.*{says}",
+                                   one_error_line(err)), err
+    assert not db.exists()
 
 
 def test_model_args_need_a_factory() -> None:
