@@ -287,8 +287,9 @@ def num_patches(image_shape: tuple[int, int, int], patch_size: int, what: str = 
     the grid tiles them (ConfigError otherwise, naming `what`, e.g. " of fashion-mnist")."""
     _, height, width = image_shape
     if patch_size < 1 or height % patch_size or width % patch_size:
+        both = f" (it must divide {height} and {width})" if height != width else ""
         raise ConfigError(f"patch_size {patch_size} does not divide the {height}x{width} "
-                          f"images{what}; choose a divisor of {height}")
+                          f"images{what}; choose a divisor of {math.gcd(height, width)}{both}")
     return (height // patch_size) * (width // patch_size)
 
 

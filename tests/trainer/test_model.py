@@ -104,6 +104,17 @@ def test_patch_size_not_dividing_the_image_is_an_error(patch: int) -> None:
         TrialParams(patch_size=patch).check_image("fashion-mnist")
 
 
+def test_a_patch_size_for_non_square_images_is_advised_by_both_sides() -> None:
+    """12x20 images: 8 divides neither side well; the advice was "a divisor of 12" (6 and 12
+    do not divide 20)."""
+    with pytest.raises(ConfigError, match=r"does not divide the 12x20 images; choose a "
+                                          r"divisor of 4 \(it must divide 12 and 20\)$"):
+        build_model(TrialParams(patch_size=8), (3, 12, 20))
+    with pytest.raises(ConfigError, match=r"does not divide the 28x28 images; choose a "
+                                          r"divisor of 28$"):
+        build_model(TrialParams(patch_size=8), (1, 28, 28))
+
+
 @pytest.mark.parametrize(("width", "layers"), [(32, 1), (16, 3)])
 def test_mlp_baseline_shapes_and_count(width: int, layers: int) -> None:
     model = build_model(TrialParams(model="mlp", mlp_width=width, mlp_layers=layers), IMAGE)
