@@ -40,7 +40,8 @@ def build_factory_model(path: str, model_args: dict[str, Any],
         model = factory(in_channels=channels, image_size=height, num_classes=num_classes,
                         **model_args)
     except Exception as exc:
-        raise FactoryError(f"model factory {path} raised at {_user_frame(exc.__traceback__)}"
+        raise FactoryError(f"model factory {path} raised at "
+                           f"{_user_frame(exc.__traceback__, defined)}"
                            f": {type(exc).__name__}: {one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise FactoryError(f"model factory {path} ({defined}) returned "
@@ -52,7 +53,8 @@ def build_factory_model(path: str, model_args: dict[str, Any],
             logits = model(torch.zeros(2, channels, height, width))
     except Exception as exc:
         raise FactoryError(f"the model of factory {path} failed on a batch of 2 images of "
-                           f"{channels}x{height}x{width} at {_user_frame(exc.__traceback__)}: "
+                           f"{channels}x{height}x{width} at "
+                           f"{_user_frame(exc.__traceback__, defined)}: "
                            f"{type(exc).__name__}: {one_line(exc)}") from None
     finally:
         model.train(training)
@@ -121,8 +123,10 @@ def load_factory(path: str) -> Callable[..., Any]:
     return factory
 
 
-def _user_frame(tb: TracebackType | None) -> str:
-    """file:line of the deepest frame of the user's code in a traceback."""
+def _user_frame(tb: TracebackType | None, fallback: str = "?") -> str:
+    """file:line of the deepest frame of the user's code in a traceback; `fallback` (the
+    factory's own file:line) where none is (a missing argument, a model of torch's layers
+    only)."""
     frames = [f for f in traceback.extract_tb(tb)
               if not f.filename.startswith(_NOT_THE_USERS) and not f.filename.startswith("<")]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else fallback
