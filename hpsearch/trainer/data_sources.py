@@ -5,7 +5,8 @@ A dataset known by name (params.DATASETS) has its published facts, its set sizes
 its files where they are here (data_files.py). Any other name is a path, of
 
 - an image folder: train/ and test/, each with one sub-folder of images per class (the classes
-  are train/'s sub-folders, sorted by name, as torchvision's ImageFolder orders them). Every
+  are train/'s sub-folders, sorted by name, as torchvision's ImageFolder orders them; hidden
+  files and folders, named ".*", are not data). Every
   image must have the first one's size; the first one's mode decides the channels (greyscale,
   8-bit or more: 1, any other: 3, every image converted to RGB); a 16- or 32-bit image's
   values are taken as a .npz file's are;
@@ -91,9 +92,9 @@ def folder_listing(root: Path) -> FolderListing:
         if not (root / split).is_dir():
             raise DataError(f"image folder {root} has no {split}/ sub-folder (expected train/ "
                             "and test/, each with one folder of images per class)")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    classes = sorted(p.name for p in (root / "train").iterdir() if _shown(p) and p.is_dir())
     stray = sorted(p.name for p in (root / "test").iterdir()
-                   if p.is_dir() and p.name not in classes)
+                   if _shown(p) and p.is_dir() and p.name not in classes)
     if stray:
         raise DataError(f"image folder {root}: test/ has class folders that train/ lacks: "
                         f"{', '.join(stray)}")
@@ -101,8 +102,10 @@ def folder_listing(root: Path) -> FolderListing:
     for split in SPLITS:
         images[split] = []
         for index, name in enumerate(classes):
-            found = sorted(p for p in (root / split / name).rglob("*")
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            folder = root / split / name
+            found = sorted(p for p in folder.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and _shown(p, within=folder))
             if split == "train" and not found:
                 raise DataError(f"image folder {root}: train/{name}/ holds no images "
                                 f"({', '.join(IMAGE_SUFFIXES)})")
@@ -112,6 +115,13 @@ def folder_listing(root: Path) -> FolderListing:
                         f"{len(images['test'])} images in test/; a classifier needs at least "
                         "2 classes and a test set")
     return FolderListing(classes, images)
+
+
+def _shown(path: Path, within: Path | None = None) -> bool:
+    """Not hidden (no name from `within` down starts with "."): Jupyter's .ipynb_checkpoints,
+    macOS's ._* and .DS_Store files are not data."""
+    parts = path.relative_to(within).parts if within else (path.name,)
+    return not any(part.startswith(".") for part in parts)
 
 
 def _image_header(path: Path) -> tuple[int, tuple[int, int]]:

@@ -144,6 +144,21 @@ def test_a_malformed_image_folder_is_one_line(isolated: Path, damage, message: s
     assert "\n" not in str(error.value)
 
 
+def test_hidden_files_and_folders_are_not_data(isolated: Path) -> None:
+    """What Jupyter, macOS and editors leave in a folder: before, `.ipynb_checkpoints` was a
+    class ("holds no images") and macOS's `._0.png` an image that cannot be read."""
+    root = isolated / "photos"
+    written = write_folder(root)
+    for split in ("train", "test"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+    (root / "train" / "ant" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "train" / "bee" / ".thumbs").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "train" / "bee" / ".thumbs" / "0.png")
+    assert dataset_facts(DataOptions(dataset=str(root))) == DatasetFacts((3, 6, 8), 3, 12, 6)
+    images, _ = load_raw(str(root), None, train=True)
+    assert torch.equal(images, torch.from_numpy(np.stack(written["train"]).transpose(0, 3, 1, 2)))
+
+
 def test_16_bit_greyscale_images_are_greyscale_and_never_clipped(isolated: Path) -> None:
     """16-bit PNGs (Pillow's mode I;16): before, read as 3 channels with every value over
     255 clipped to 255 (a real 16-bit image turned white). Now one channel, the values as a
