@@ -131,7 +131,7 @@ def test_run_reads_a_bad_npz_before_it_writes_anything(
     """Pixels stored as floats 0..255 (not uint8, not [0, 1]) are found by `run` itself, in one
     line, before the study is made (was: the study made, then each worker failing)."""
     x = images_of(1, 40, (8, 8), seed=0).astype(np.float32)
-    y = np.ones(40, dtype=np.int64)
+    y = np.arange(40) % 2  # both classes of 0..1 (labels 1 only: class 0 has no image)
     np.savez(tmp_path / "floats.npz", x_train=x, y_train=y, x_test=x[:8], y_test=y[:8])
     path = study(tmp_path, str(tmp_path / "floats.npz"), "patch_size = 4\nhidden_dim = 16")
     db = tmp_path / "h.db"
