@@ -69,12 +69,26 @@ class LoadedModel:
     mean: float  # inputs are scaled to [0, 1], then (x - mean) / std, as in training
     std: float
     info: dict[str, Any]  # everything else the file holds: seed, epoch, metrics, study, trial...
+    image_shape: tuple[int, int, int]  # (C, H, W) of the data it trained on
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, H, W) or (N, C, H, W), as the dataset stores them, normalised as
-        the model saw them in training."""
-        if images.dim() == 3:
-            images = images.unsqueeze(1)
+    def prepare(self, images: torch.Tensor | Any) -> torch.Tensor:
+        """uint8 images (a tensor or numpy array) in a layout a dataset stores them in:
+        (N, C, H, W), channels last (N, H, W, C), or (N, H, W) for one channel; normalised as
+        the model saw them in training. Anything else is one ConfigError line (floats would be
+        scaled by 1/255 a second time, a channels-last batch fail deep inside the model)."""
+        images = torch.as_tensor(images)
+        c, h, w = self.image_shape
+        shape = tuple(images.shape)
+        if images.dtype == torch.uint8 and len(shape) >= 3:
+            if shape[1:] == (h, w) and c == 1:
+                images = images.unsqueeze(1)
+            elif shape[1:] == (h, w, c) and shape[1:] != (c, h, w):
+                images = images.permute(0, 3, 1, 2)
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, h, w):
+            raise ConfigError(f"predict takes uint8 images (N, {c}, {h}, {w}) or (N, {h}, {w}, "
+                              f"{c}){f' or (N, {h}, {w})' if c == 1 else ''}, as the model "
+                              f"trained on; got {str(images.dtype).removeprefix('torch.')} "
+                              f"{shape}")
         return (images.float() / 255.0 - self.mean) / self.std
 
     @torch.inference_mode()
@@ -99,4 +113,5 @@ def load_model_file(path: Path) -> LoadedModel:
     info = {k: v for k, v in state.items()
             if k not in ("format", "model", "params", "image_shape", "mean", "std",
                          "num_classes")}
-    return LoadedModel(model.eval(), params, float(state["mean"]), float(state["std"]), info)
+    return LoadedModel(model.eval(), params, float(state["mean"]), float(state["std"]), info,
+                       tuple(state["image_shape"]))  # type: ignore[arg-type]

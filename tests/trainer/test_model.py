@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from hpsearch.trainer.model import (
     matmul_flops_per_image,
     training_matmuls,
 )
+from hpsearch.trainer.model_file import load_model_file, save_model_file
 
 IMAGE = (1, 28, 28)
 PATCHES_DIVIDING_28 = (1, 2, 4, 7, 14, 28)
@@ -302,3 +304,23 @@ def test_dropout_gradient_passes_only_through_kept_elements() -> None:
     assert x.grad is not None
     expected = (out != 0).float() / (1 - layer.p)
     assert torch.allclose(x.grad, expected)
+
+
+def test_a_loaded_model_predicts_from_the_layouts_data_comes_in_and_refuses_others(
+        tmp_path: Path) -> None:
+    """A channels-last batch (a .npz file's, numpy's) failed deep inside the model with
+    torch's `shape '[4, 8, 4, 0, 4]' is invalid`; float images were scaled by 1/255 a second
+    time and predicted silently."""
+    params = TrialParams(patch_size=4, hidden_dim=8, token_mlp_dim=4, channel_mlp_dim=8)
+    shape = (3, 8, 12)
+    save_model_file(tmp_path / "m.pt", build_model(params, shape, 5), params, shape, 5, 0.5, 0.25)
+    loaded = load_model_file(tmp_path / "m.pt")
+    nchw = torch.randint(0, 256, (4, *shape), dtype=torch.uint8)
+    expected = loaded.predict(nchw)
+    assert torch.equal(loaded.predict(nchw.permute(0, 2, 3, 1).numpy()), expected)
+    for images, got in ((nchw.float() / 255, r"float32 \(4, 3, 8, 12\)"),
+                        (nchw[..., :8], r"uint8 \(4, 3, 8, 8\)")):
+        says = (r"^predict takes uint8 images \(N, 3, 8, 12\) or \(N, 8, 12, 3\), as the "
+                rf"model trained on; got {got}$")
+        with pytest.raises(ConfigError, match=says):
+            loaded.predict(images)
