@@ -64,10 +64,10 @@ from throughput_workers import (
 
 from hpsearch import OPENMP_SETTINGS
 from hpsearch.paths import cache_dir
-from hpsearch.trainer.data import _torchvision_root
 from hpsearch.trainer.data_files import candidate_dirs, find_idx_files
 from hpsearch.trainer.machine import cpu_info
 from hpsearch.trainer.model import training_matmuls
+from hpsearch.trainer.named_datasets import torchvision_root
 from hpsearch.trainer.runtime import configure_threads, cpu_precision, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,7 +163,7 @@ def main() -> None:
         f"({decision.reason}; {'cached' if decision.from_cache else 'measured now'})")
     folder = next(f for f in (find_idx_files("fashion-mnist", d)
                               for d in candidate_dirs("fashion-mnist", None)) if f is not None)
-    tv_root = _torchvision_root("fashion-mnist", folder, cache_dir() / "torchvision")
+    tv_root = torchvision_root("fashion-mnist", folder, cache_dir() / "torchvision")
     common = {"threads": threads, "slice_s": args.slice, "subset": subset, "seed": args.seed,
               "tv_root": str(tv_root)}
 

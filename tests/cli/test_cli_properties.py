@@ -333,7 +333,7 @@ def sandbox(tmp_path: Path, recorded: Path, monkeypatch: pytest.MonkeyPatch) -> 
     reachable (no Debian copy, no download), so nothing trains on real data."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data_files, "DEBIAN_DIRS", {})
-    monkeypatch.setattr(data_mod, "_try_download", lambda *a: False)
+    monkeypatch.setattr(data_mod, "try_download", lambda *a: False)
     for key in ("HPSEARCH_DB", "HPSEARCH_DATA", "HPSEARCH_DEBUG"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -22,7 +22,8 @@ from hpsearch.search.study_file import parse_study
 from hpsearch.trainer import data as data_mod
 from hpsearch.trainer import data_files
 from hpsearch.trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hpsearch.trainer.data import DataError, load_raw
+from hpsearch.trainer.data import load_raw
+from hpsearch.trainer.data_files import DataError
 from hpsearch.trainer.torch_trainer import TorchTrainer
 from tests.helpers import clean_env
 
@@ -179,7 +180,7 @@ def fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(data_files, "DEBIAN_DIRS", {})
     monkeypatch.delenv("HPSEARCH_DATA", raising=False)
-    monkeypatch.setattr(data_mod, "_try_download", lambda *a: False)
+    monkeypatch.setattr(data_mod, "try_download", lambda *a: False)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     folder = tmp_path / "data"

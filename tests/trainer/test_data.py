@@ -17,11 +17,9 @@ import torch
 from hpsearch.errors import ConfigError
 from hpsearch.params import DataOptions
 from hpsearch.trainer import data as data_mod
+from hpsearch.trainer import named_datasets
 from hpsearch.trainer.batches import Augmentation, iterate_batches
 from hpsearch.trainer.data import (
-    MNIST_FILES,
-    DataError,
-    DataNotFoundError,
     Split,
     load_full_train,
     load_raw,
@@ -29,6 +27,7 @@ from hpsearch.trainer.data import (
     load_train_val,
     synthetic_raw,
 )
+from hpsearch.trainer.data_files import MNIST_FILES, DataError, DataNotFoundError
 from tests.helpers import IDX_TEST, IDX_TRAIN, idx_images, idx_labels, write_idx
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +78,7 @@ def test_second_load_reads_the_cached_tensors_without_torchvision(
     def no_torchvision(*args: object) -> None:
         raise AssertionError("torchvision was asked to parse the files again")
 
-    monkeypatch.setattr(data_mod, "_load_torchvision", no_torchvision)
+    monkeypatch.setattr(named_datasets, "load_torchvision", no_torchvision)
     images, labels = load_raw("fashion-mnist", str(isolated / "gz"), train=True, download=False)
     assert torch.equal(images, first[0]) and torch.equal(labels, first[1])
     assert torch.equal(images[:, 0], expected["train"][0])
