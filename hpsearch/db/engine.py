@@ -57,8 +57,11 @@ PG_SESSION_SETTINGS: dict[str, int] = {
 
 
 def database_url(url: str | None = None) -> str:
-    """--db, else $HPSEARCH_DB, else hpsearch.db in the working directory."""
-    return url or os.environ.get("HPSEARCH_DB") or DEFAULT_URL
+    """--db, else $HPSEARCH_DB, else hpsearch.db in the working directory. An empty --db is
+    kept (and refused as malformed): `--db "$DB"` with DB unset is not the default database."""
+    if url is not None:
+        return url
+    return os.environ.get("HPSEARCH_DB") or DEFAULT_URL
 
 
 def normalise_url(url: str) -> str:

@@ -226,6 +226,8 @@ CASES = [
     # databases
     Case("studies-malformed-url", ("studies", "--db", "not a url"),
          "malformed database URL 'not a url': "),
+    # `--db "$DB"` with DB unset: not the default database in the working directory
+    Case("studies-empty-url", ("studies", "--db", ""), "malformed database URL '': "),
     Case("studies-malformed-url-with-a-password", ("studies", "--db", "postgresql://u:s3cret@h:"
                                                    "port/db"), "malformed database URL "
          "'<malformed URL>'", forbidden=("s3cret",)),
