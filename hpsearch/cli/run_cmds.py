@@ -356,10 +356,12 @@ def _nothing_to_do(url: str, name: str, target: int | None = None) -> str | None
     target its stored settings set), else None (or no such study yet). From our rows alone: a
     command with nothing to do answers before it imports Optuna or torch and loads any data.
     """
-    from hpsearch.db.migrate import ensure_schema, reading
+    from hpsearch.db.migrate import current_revision, ensure_schema, reading
     from hpsearch.db.queries import finished_trials
 
-    ensure_schema(url)  # as the command would next: the same answer for a new database
+    if current_revision(url) is None:  # no study yet; made (or refused) by the command next
+        return None
+    ensure_schema(url)  # an older schema upgraded, as the command would next
     with reading(url) as conn:
         found = finished_trials(conn, name)
     if found is None or found[0] < (target or found[1]):

@@ -217,7 +217,7 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
 
     url = normalise_url(url)
     target = normalise_url(to_url) if to_url else url
-    ensure_schema(target)  # the target may be a new file
+    ensure_schema(url, create=False)  # the source must hold the study
     with reading(url) as src:
         halves = _halves(src, name)
         if halves.ours is None:
@@ -225,6 +225,7 @@ def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:
         if halves.problem is not None:
             raise HpsearchError(halves.problem.message)
         _refuse_if_running(src, halves, "copy")
+        ensure_schema(target)  # the target may be a new file: made once the source is checked
         with write_transaction(target) as dst:
             redone = _remove_interrupted_copy(dst, new, halves.ours)
             taken = _halves(dst, new)

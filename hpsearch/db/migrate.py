@@ -290,11 +290,17 @@ def _refuse_live_work(conn: Connection) -> None:
             "their studies to finish")
 
 
-def ensure_schema(url: str | None) -> None:
-    """For commands that write: bring the schema to head unless it already is."""
+def ensure_schema(url: str | None, *, create: bool = True) -> None:
+    """For commands that write: bring the schema to head unless it already is. `create=False`
+    for those that write into a study that must exist already (worker, evaluate, the source of
+    a copy): a database without our tables is refused as by `require_schema`, nothing created
+    (not a file, not a table), while an older schema is upgraded."""
     current = current_revision(url)  # cheap read; nearly always already at head
-    if current != head_revision():
-        upgrade(url)  # refuses a newer schema
+    if current == head_revision():
+        return
+    if current is None and not create:
+        require_schema(url)  # raises: no hpsearch tables
+    upgrade(url)  # refuses a newer schema
 
 
 def require_schema(url: str | None) -> None:

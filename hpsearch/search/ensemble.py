@@ -149,7 +149,7 @@ def plan_ensemble(name: str, url: str | None = None, *, k: int, selection: str =
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_epochs(epochs)
-    ensure_schema(url)  # evaluations are stored later
+    ensure_schema(url, create=False)  # evaluations are stored later
     with reading(url) as conn:
         study = queries.find_study(conn, name)
         top = queries.top_trials(conn, study, k)

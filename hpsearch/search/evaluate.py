@@ -112,7 +112,7 @@ def plan_evaluation(name: str, url: str | None = None, *, trial: int | None = No
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_epochs(epochs)
-    ensure_schema(url)  # evaluations are stored later
+    ensure_schema(url, create=False)  # evaluations are stored later
     with reading(url) as conn:
         study = queries.find_study(conn, name)
         record = queries.chosen_trial(conn, study, trial, "to evaluate")

@@ -92,7 +92,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     seconds (default: the study's own `timeout`) have passed; a running trial finishes.
     `threads`: torch's CPU threads (default: every core this process may use)."""
     url = normalise_url(url)
-    ensure_schema(url)
+    ensure_schema(url, create=False)  # the study must exist: `hpsearch run` makes it
     # one connection pool for the whole worker (our writes, Optuna's storage, the trial-slot
     # lock): at most engine_kwargs' pool_size + max_overflow connections per worker
     engine = make_engine(url)
