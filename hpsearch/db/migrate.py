@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.db.engine import database_url, mask_url, normalise_url
 from hpsearch.db.models import Base
-from hpsearch.db.optuna_tables import DEFAULT_GRACE_S, studies_with_live_trials
+from hpsearch.db.optuna_tables import DEFAULT_GRACE_S, foreign_tables, studies_with_live_trials
 from hpsearch.db.session import begin_write, url_scope
 from hpsearch.errors import HpsearchError
 
@@ -221,8 +221,19 @@ def upgrade(url: str | None, revision: str = "head") -> None:
     _check_revision(revision)
     full = _full_url(url)
     with _connection(full, write=True) as conn:
-        _refuse_newer(_read_revision(conn))
+        current = _read_revision(conn)
+        _refuse_newer(current)
+        if current is None:  # first use: Optuna must be able to make its tables here too
+            _refuse_foreign_tables(conn, full)
         _run_alembic("upgrade", conn, revision, full)
+
+
+def _refuse_foreign_tables(conn: Connection, url: str) -> None:
+    foreign = foreign_tables(conn)
+    if foreign:
+        raise HpsearchError(
+            f"database {mask_url(url)} holds another application's tables under names Optuna "
+            f"uses ({', '.join(foreign)}): give hpsearch a database of its own")
 
 
 def downgrade(url: str | None, revision: str) -> None:

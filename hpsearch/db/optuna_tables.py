@@ -48,6 +48,7 @@ study_user_attributes = table("study_user_attributes", column("study_id"), colum
                               column("value_json"))
 trial_user_attributes = table("trial_user_attributes", column("trial_id"), column("key"),
                               column("value_json"))
+version_info = table("version_info", column("schema_version"), column("library_version"))
 
 # Optuna's TrialState names, as its `trials.state` column holds them
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
@@ -88,6 +89,24 @@ class OptunaStudy:
 
 def has_optuna_tables(conn: Connection) -> bool:
     return inspect(conn).has_table("studies")
+
+
+def foreign_tables(conn: Connection) -> list[str]:
+    """Tables under Optuna's names that are not Optuna's: another application's in the same
+    database (its `studies` without Optuna's columns, its own Alembic's `alembic_version`,
+    where Optuna keeps `version_info` beside its own). Optuna would fail on them only after
+    creating its other tables; checked before anything is made."""
+    inspector = inspect(conn)
+    names = set(inspector.get_table_names())
+    found = [t.name for t in (studies, trials, trial_params, trial_heartbeats,
+                              study_system_attributes, study_user_attributes,
+                              trial_user_attributes, version_info)
+             if t.name in names
+             and not {c.name for c in t.columns} <= {c["name"] for c in
+                                                     inspector.get_columns(t.name)}]
+    if "alembic_version" in names and "version_info" not in names:
+        found.append("alembic_version")
+    return sorted(found)
 
 
 def optuna_studies(conn: Connection) -> dict[int, OptunaStudy]:

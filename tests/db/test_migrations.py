@@ -35,7 +35,9 @@ from hpsearch.params import TrialParams
 from hpsearch.search.study import open_storage
 from hpsearch.search.study_file import WorkerOptions
 from tests.db_rows import add_ensemble
+from tests.helpers import hps, one_error_line
 from tests.recorded_study import build_recorded_study
+from tests.study_files import write_tiny_study
 
 OUR_TABLES = {"hps_study", "hps_trial", "hps_epoch"}
 OPTUNA_TABLES = {"alembic_version", "studies", "trials", "trial_params", "trial_values",
@@ -127,6 +129,29 @@ def test_coexists_with_optuna_schema(db_url: str) -> None:
     assert current_revision(db_url) is None
     assert scalar(db_url, "SELECT version_num FROM alembic_version") == optuna_revision
     assert len(optuna.load_study(study_name="coexist", storage=db_url).trials) == 2
+
+
+@pytest.mark.parametrize("tables", [
+    # another application's own Alembic (its version row: not Optuna's, no version_info)
+    ("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)",
+     "INSERT INTO alembic_version VALUES ('1a2b3c4d')"),
+    # another application's studies and trials
+    ("CREATE TABLE studies (id INTEGER PRIMARY KEY, title VARCHAR(50))",
+     "CREATE TABLE trials (id INTEGER PRIMARY KEY, name VARCHAR(50))"),
+], ids=["their-alembic", "their-studies"])
+def test_a_database_with_another_applications_tables_under_optunas_names_is_refused_untouched(
+        db_url: str, tables: tuple[str, ...], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna would fail on them only after making its other tables (and we ours): one line
+    first, nothing created."""
+    execute(db_url, *tables)
+    before = table_names(db_url)
+    study = write_tiny_study(tmp_path, "mine", n_trials=1, epochs=1, dry_run=0.01)
+    for args in (("db", "upgrade"), ("run", str(study), "--threads", "1")):
+        code, _, err = hps(capsys, monkeypatch, *args, "--db", db_url)
+        assert code != 0
+        assert "another application's tables under names Optuna uses" in one_error_line(err)
+        assert table_names(db_url) == before
 
 
 def test_upgrade_after_downgrade_and_ensure_schema_are_idempotent(db_url: str) -> None:
