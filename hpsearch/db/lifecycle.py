@@ -204,6 +204,8 @@ def _relink(conn: Connection, ours: Any, optuna_id: int) -> None:
     set_marker(conn, optuna_id, row_marker(ours.id, ours.created_at))
     ot.set_study_attr(conn, optuna_id, ot.METRIC_NAMES_KEY,
                       [o.measure for o in stored_objectives(ours.spec)], system=True)
+    # trials renamed while they ran: their workers could not go on; resumed as a dead one's
+    ot.hand_running_to_heartbeat_check(conn, optuna_id)
 
 
 def copy_study(url: str, name: str, new: str, to_url: str | None = None) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     cast,
     column,
     func,
+    insert,
     inspect,
     or_,
     select,
@@ -313,6 +314,21 @@ def _live(conn: Connection, grace_s: float, where: Any) -> list[tuple[int, int]]
 def _age_s(now: Any, then: Any) -> float:
     now, then = (datetime.fromisoformat(v) if isinstance(v, str) else v for v in (now, then))
     return (now.replace(tzinfo=None) - then.replace(tzinfo=None)).total_seconds()
+
+
+def hand_running_to_heartbeat_check(conn: Connection, optuna_study_id: int) -> None:
+    """Give each RUNNING trial of the study that has no heartbeat one dated at its start, so
+    that the heartbeat check fails it and queues its retry (which resumes from its checkpoint)
+    as for a dead worker's. For the copy optuna-dashboard makes when it renames a study: its
+    running trials have new ids that no worker knows, and no heartbeat, which the check alone
+    would leave running for ever."""
+    beating = select(trial_heartbeats.c.trial_id).where(
+        trial_heartbeats.c.trial_id == trials.c.trial_id).exists()
+    conn.execute(insert(trial_heartbeats).from_select(
+        ["trial_id", "heartbeat"],
+        select(trials.c.trial_id, trials.c.datetime_start).where(
+            trials.c.study_id == optuna_study_id, cast(trials.c.state, String) == "RUNNING",
+            ~beating)))
 
 
 def fail_running_trials(conn: Connection, optuna_study_id: int) -> list[int]:

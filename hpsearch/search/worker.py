@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from hpsearch.db.engine import make_engine, mask_url, normalise_url
 from hpsearch.db.errors import DatabaseError, as_database_error
 from hpsearch.db.migrate import ensure_schema
+from hpsearch.db.optuna_link import BrokenLink
 from hpsearch.db.optuna_tables import trial_state
 from hpsearch.db.recorder import Recorder
 from hpsearch.db.session import connection_scope
@@ -171,6 +172,9 @@ class _Trials:
             except Exception as exc:
                 error = as_database_error(exc, url)
                 if error is None:
+                    gone = self._study_gone()
+                    if gone is not None:  # Optuna said "Record does not exist", or worse
+                        raise gone from exc
                     raise
                 self.settle_faulted(url)  # the trial failed in Optuna too, where it still can be
                 raise error from exc  # permanent: the worker ends with its reason
@@ -268,6 +272,20 @@ class _Trials:
         else:
             self.summary.failed += 1
         return state
+
+    def _study_gone(self) -> HpsearchError | None:
+        """Why this worker cannot go on, if its study was taken from under it: Optuna's half
+        deleted (`optuna delete-study`) or renamed (optuna-dashboard copies the study and
+        deletes the old one) while it ran; the one line that says what to run. None if the
+        study is intact (or the database cannot tell now)."""
+        try:
+            row = self.objective.recorder.study_row(self.config.name)
+        except BrokenLink as exc:
+            return exc
+        except Exception:  # the error being reported is the one that matters
+            return None
+        return None if row is not None else HpsearchError(
+            f"study {self.config.name!r} was deleted while this worker ran")
 
     def _failed_elsewhere(self, trial: optuna.Trial) -> bool:
         with connection_scope(self.objective.recorder.engine) as conn:

@@ -6,25 +6,31 @@ rename`, and nothing is advised or allowed that would delete the results in betw
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpsearch.db.engine import make_engine
 from hpsearch.db.models import Evaluation, Study, Trial
+from hpsearch.search.study import open_storage
+from hpsearch.spec import WorkerOptions
 from tests.conftest import free_port
 from tests.db_rows import add_ensemble, row_counts, study_rows
-from tests.helpers import hps, one_error_line, wait_for
+from tests.helpers import finish, hps, one_error_line, stored_trials, wait_for
 from tests.recorded_study import build_recorded_study
+from tests.study_files import write_tiny_study
 
 pytest.importorskip("optuna_dashboard", reason="OPTUNA-DASHBOARD IS MISSING: the rename in "
                     "optuna-dashboard was NOT tested (pip install 'hpsearch[dashboard]')")
@@ -132,3 +138,52 @@ def test_a_rename_in_optuna_dashboard_is_followed(
     report = tmp_path / "report.html"
     code, out, _ = hps(capsys, monkeypatch, "report", "demo-v2", "--output", str(report), *db)
     assert code == 0 and "Note: baseline run" in report.read_text()
+
+
+def test_a_rename_in_optuna_dashboard_during_a_run_is_one_line_and_its_trials_resume(
+        sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's copy-and-delete under two running workers: each leaves with the line
+    that says how to follow (before: `unexpected UnboundLocalError`, from Optuna's tell of a
+    deleted trial); following it hands the trials the copy holds as running, whose workers
+    are gone, to the heartbeat check, so they are resumed (before: running for ever)."""
+    n_trials = 2  # trials of 60 s and more: the rename comes while both run
+    path = write_tiny_study(tmp_path, "live", n_trials=n_trials, epochs=600, dry_run=0.1,
+                            heartbeat=(1, 4))
+    db = ("--db", sqlite_url)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    assert hps(capsys, monkeypatch, "db", "upgrade", *db)[0] == 0  # the dashboard needs it
+    with dashboard(sqlite_url, tmp_path) as base:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "hpsearch", "run", str(path), *db, "--workers", "2",
+             "--threads", "1", "--log-dir", str(tmp_path / "logs"), "--top", "0"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: [t.state for t in stored_trials(sqlite_url, "live")
+                              if t.epochs_run >= 1] == ["running"] * n_trials, 120,
+                     "both workers training")
+            rename_in_dashboard(base, "live", "live-v2")
+        finally:
+            output = finish(run)
+    follow = "study 'live' was renamed to 'live-v2' in Optuna; run `hpsearch study rename " \
+             "'live' 'live-v2'` to follow it"
+    assert run.returncode != 0 and output.count(follow) == n_trials, output
+    assert "unexpected" not in output and "Traceback" not in output, output
+    copy = optuna.load_study(study_name="live-v2", storage=sqlite_url)
+    assert [t.state.name for t in copy.trials] == ["RUNNING"] * n_trials
+
+    # refused while the copied trials' last sign of life is within the grace period (4 s)
+    wait_for(lambda: hps(capsys, monkeypatch, "study", "rename", "live", "live-v2", *db)[0] == 0,
+             60, "the rename to be followed")
+    # the next worker's heartbeat check (here in-process) fails them and queues their retries
+    storage = open_storage(sqlite_url, WorkerOptions(heartbeat_interval=1, grace_period=4))
+    try:
+        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
+            optuna.storages.fail_stale_trials(optuna.load_study(study_name="live-v2",
+                                                                storage=storage))
+    finally:
+        storage.remove_session()
+    trials = optuna.load_study(study_name="live-v2", storage=sqlite_url).trials
+    assert [t.state.name for t in trials] == ["FAIL"] * n_trials + ["WAITING"] * n_trials
+    assert [t.system_attrs["failed_trial"] for t in trials[n_trials:]] == list(range(n_trials))
+    assert {t.state for t in stored_trials(sqlite_url, "live-v2")} == {"failed"}
