@@ -25,7 +25,7 @@ from hpsearch.db.optuna_link import LinkProblem, link_problem, renamed_from, row
 from hpsearch.db.optuna_tables import set_marker
 from hpsearch.db.session import url_scope
 from hpsearch.errors import HpsearchError
-from hpsearch.spec import WorkerOptions, stored_objectives
+from hpsearch.spec import StudyConfig, WorkerOptions, dimension_json, stored_objectives
 
 COPIED_RUNNING = "running when the study was copied (its worker had died): not resumed in the copy"
 
@@ -196,15 +196,22 @@ def _relink(conn: Connection, ours: Any, optuna_id: int) -> None:
         return
     trial_ids = dict(conn.execute(select(ot.trials.c.number, ot.trials.c.trial_id)
                                   .where(ot.trials.c.study_id == optuna_id)).all())
-    for number, trial_id in conn.execute(select(Trial.number, Trial.id)
-                                         .where(Trial.study_id == ours.id)).all():
-        conn.execute(update(Trial).where(Trial.id == trial_id)
-                     .values(optuna_trial_id=trial_ids[number]))
+    space = {name: dimension_json(dim) for name, dim in
+             StudyConfig.from_stored(ours.name, ours.spec, ours.settings).space.items()}
+    for trial in conn.execute(select(Trial.number, Trial.id, Trial.params, Trial.sampled,
+                                     Trial.started_at).where(Trial.study_id == ours.id)).all():
+        if trial.number not in trial_ids:  # begun while the dashboard copied: lost there
+            trial_ids[trial.number] = ot.add_running_trial(
+                conn, optuna_id, trial.number, trial.started_at,
+                {name: trial.params[name] for name in trial.sampled or ()}, space)
+        conn.execute(update(Trial).where(Trial.id == trial.id)
+                     .values(optuna_trial_id=trial_ids[trial.number]))
     conn.execute(update(Study).where(Study.id == ours.id).values(optuna_study_id=optuna_id))
     set_marker(conn, optuna_id, row_marker(ours.id, ours.created_at))
     ot.set_study_attr(conn, optuna_id, ot.METRIC_NAMES_KEY,
                       [o.measure for o in stored_objectives(ours.spec)], system=True)
-    # trials renamed while they ran: their workers could not go on; resumed as a dead one's
+    # trials renamed while they ran (or lost, above): their workers could not go on; resumed
+    # as a dead worker's are
     ot.hand_running_to_heartbeat_check(conn, optuna_id)
 
 

@@ -90,7 +90,8 @@ def renamed_copies(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
                    ) -> dict[int, str]:
     """The Optuna studies (id -> name) that optuna-dashboard's rename (or a copy) made of our
     row's study: under another name, not tied to another row of ours (no marker, or ours),
-    holding every trial of ours by number with the same sampled parameter values. A study
+    holding every trial of ours by number with the same sampled parameter values, up to its
+    last (ours after it were begun while the dashboard copied the study). A study
     with our own name is a re-creation, never a rename; without trial rows there is nothing
     to recognise a marker-less copy by."""
     marker = row_marker(row.id, row.created_at)
@@ -103,6 +104,11 @@ def renamed_copies(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
                                   .where(Trial.study_id == row.id))}
     if not ours:
         return {i: optuna[i].name for i in candidates if optuna[i].marker == marker}
+    # the copy holds the trials the dashboard read: ours numbered after its last were begun
+    # while it copied (their Optuna trials went with the old study), so they are not asked for
+    last = dict(conn.execute(select(ot.trials.c.study_id, func.max(ot.trials.c.number))
+                             .where(ot.trials.c.study_id.in_(candidates))
+                             .group_by(ot.trials.c.study_id)).all())
     theirs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
     params = ot.trial_params
     for t in conn.execute(
@@ -113,8 +119,9 @@ def renamed_copies(conn: Connection, optuna: dict[int, ot.OptunaStudy], row: Any
         trial = theirs[t.study_id].setdefault(t.number, {})
         if t.param_name is not None:
             trial[t.param_name] = _external(t.param_value, t.distribution_json)
-    return {i: optuna[i].name for i in candidates
-            if all(_same_params(ours[n], theirs[i].get(n)) for n in ours)}
+    held = {i: [n for n in ours if n <= last[i]] for i in last}
+    return {i: optuna[i].name for i in candidates if held.get(i) and all(
+        _same_params(ours[n], theirs[i].get(n)) for n in held[i])}
 
 
 def renamed_from(conn: Connection, optuna: dict[int, ot.OptunaStudy], name: str) -> str | None:

@@ -316,6 +316,24 @@ def _age_s(now: Any, then: Any) -> float:
     return (now.replace(tzinfo=None) - then.replace(tzinfo=None)).total_seconds()
 
 
+def add_running_trial(conn: Connection, optuna_study_id: int, number: int, started: datetime,
+                      params: dict[str, Any], space: dict[str, dict[str, Any]]) -> int:
+    """Give Optuna's study a RUNNING trial `number` with the sampled `params` (`space`: their
+    distributions' JSON, as the spec holds them); its id. For a trial of ours that Optuna
+    lost (begun while optuna-dashboard copied the study it then deleted), to be resumed."""
+    trial_id = conn.execute(insert(trials).values(
+        number=number, study_id=optuna_study_id, state=text("'RUNNING'"),
+        datetime_start=started).returning(trials.c.trial_id)).scalar_one()
+    for name, value in params.items():
+        choices = space[name]["attributes"].get("choices")
+        internal = choices.index(value) if space[name]["name"] == "CategoricalDistribution" \
+            else float(value)
+        conn.execute(insert(trial_params).values(
+            trial_id=trial_id, param_name=name, param_value=internal,
+            distribution_json=json.dumps(space[name])))
+    return trial_id
+
+
 def hand_running_to_heartbeat_check(conn: Connection, optuna_study_id: int) -> None:
     """Give each RUNNING trial of the study that has no heartbeat one dated at its start, so
     that the heartbeat check fails it and queues its retry (which resumes from its checkpoint)

@@ -14,6 +14,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -29,7 +30,7 @@ from hpsearch.spec import WorkerOptions
 from tests.conftest import free_port
 from tests.db_rows import add_ensemble, row_counts, study_rows
 from tests.helpers import finish, hps, one_error_line, stored_trials, wait_for
-from tests.recorded_study import build_recorded_study
+from tests.recorded_study import build_recorded_study, distributions
 from tests.study_files import write_tiny_study
 
 pytest.importorskip("optuna_dashboard", reason="OPTUNA-DASHBOARD IS MISSING: the rename in "
@@ -187,3 +188,52 @@ def test_a_rename_in_optuna_dashboard_during_a_run_is_one_line_and_its_trials_re
     assert [t.state.name for t in trials] == ["FAIL"] * n_trials + ["WAITING"] * n_trials
     assert [t.system_attrs["failed_trial"] for t in trials[n_trials:]] == list(range(n_trials))
     assert {t.state for t in stored_trials(sqlite_url, "live-v2")} == {"failed"}
+
+
+def test_trials_begun_while_the_dashboard_copied_the_study_are_not_orphaned(
+        db_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """optuna-dashboard copies the trials it read, then deletes the study: a trial a worker
+    began in between is in our rows but not in the copy. Still a rename, not a deletion (before:
+    "was deleted in Optuna; run `hpsearch study delete` to drop its orphaned results"), and
+    following it gives the copy that trial, running, for the heartbeat check to resume."""
+    recorded = build_recorded_study(db_url, "demo")
+    source = optuna.load_study(study_name="demo", storage=db_url)
+    taken = source.get_trials(deepcopy=False)  # what the dashboard read and copies
+    late = source.ask(distributions())  # a worker's next trial, begun meanwhile
+    engine = make_engine(db_url)
+    with Session(engine) as session, session.begin():
+        study = session.scalars(select(Study)).one()
+        session.add(Trial(study_id=study.id, number=late.number, optuna_trial_id=late._trial_id,
+                          state="running", params=late.params, sampled=list(late.params),
+                          seed=late.number, worker="w:1", epochs_run=0,
+                          started_at=datetime.now(UTC) - timedelta(minutes=5)))
+    engine.dispose()
+    copy = optuna.create_study(storage=db_url, study_name="demo-v2",
+                               directions=source.directions)
+    copy.add_trials(taken)
+    optuna.delete_study(study_name="demo", storage=db_url)
+
+    db = ("--db", db_url)
+    code, _out, err = hps(capsys, monkeypatch, "trials", "demo", *db)
+    assert code == 2 and "hpsearch study rename 'demo' 'demo-v2'" in one_error_line(err)
+    code, out, err = hps(capsys, monkeypatch, "study", "rename", "demo", "demo-v2", *db)
+    assert code == 0 and "following Optuna" in out, err
+    trials = optuna.load_study(study_name="demo-v2", storage=db_url).trials
+    assert len(trials) == recorded.n_trials + 1
+    running = {t.number: t for t in trials if t.state == optuna.trial.TrialState.RUNNING}
+    assert late.number in running and running[late.number].params == late.params
+    storage = open_storage(db_url, WorkerOptions(heartbeat_interval=1, grace_period=4))
+    try:
+        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
+            optuna.storages.fail_stale_trials(optuna.load_study(study_name="demo-v2",
+                                                                storage=storage))
+    finally:
+        storage.remove_session()
+    retries = {t.system_attrs["failed_trial"]: t for t in optuna.load_study(
+        study_name="demo-v2", storage=db_url).trials
+        if t.state == optuna.trial.TrialState.WAITING}
+    assert retries.keys() == running.keys()  # the recorded study's dead trial's too
+    assert retries[late.number].params == late.params
+    code, out, _ = hps(capsys, monkeypatch, "db", "check", *db)
+    assert code == 0, out
