@@ -166,6 +166,8 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     prepare_study(config, url, trials)
+    if trials is not None:  # this run's own n_trials, the settings an update stores included
+        config.n_trials = trials
     if changes:
         from hpsearch.db.engine import make_engine
         from hpsearch.db.recorder import Recorder
@@ -174,8 +176,6 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
         console.print(f"study {config.name}: stored settings updated from {study_file}:\n"
                       + "\n".join(c.line() for c in changes),
                       highlight=False, markup=False, soft_wrap=True)
-    if trials is not None:
-        config.n_trials = trials
     halt = study_halt(url, config.name)
     if halt is not None:  # no worker could start a trial: nothing to do
         console.print(halt.line(config.name), highlight=False, markup=False, soft_wrap=True)

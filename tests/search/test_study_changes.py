@@ -103,6 +103,23 @@ def test_incompatible_changes_are_refused_with_each_difference(sqlite_url: str,
     assert stored_trials(sqlite_url, "tiny") == []
 
 
+def test_update_keeps_the_runs_own_trials(sqlite_url: str, tmp_path: Path) -> None:
+    """`--trials N` with `--update` is this run's n_trials, as without it (before: the
+    file's settings, stored by the update, replaced it: the run showed '3/1 finished' and
+    went on to the file's n_trials)."""
+    path = write_tiny_study(tmp_path, n_trials=1, epochs=1, dry_run=0.01)
+    command = ["run", str(path), "--db", sqlite_url, "--threads", "1",
+               "--log-dir", str(tmp_path / "logs")]
+    assert hpsearch(*command).returncode == 0
+    edit(path, "n_trials = 1", "n_trials = 50")
+    edit(path, 'sampler = "random"', 'sampler = "tpe"')
+    updated = hpsearch(*command, "--update", "--trials", "2")
+    assert updated.returncode == 0, updated.stderr
+    assert "study.sampler: 'random' -> 'tpe'" in updated.stdout
+    assert stored_config(sqlite_url).n_trials == 2
+    assert len(stored_trials(sqlite_url, "tiny")) == 2, updated.stdout
+
+
 @pytest.mark.slow
 def test_compatible_changes_need_update_and_are_stored(sqlite_url: str, tmp_path: Path) -> None:
     path = write_tiny_study(tmp_path, n_trials=1, epochs=1)
