@@ -352,10 +352,8 @@ def _worker(name: str, db: str | None, threads: int | None, device: str,
 
 
 def _nothing_to_do(url: str, name: str, target: int | None = None) -> str | None:
-    """The line to print when study `name` already has `target` finished trials (default: the
-    target its stored settings set), else None (or no such study yet). From our rows alone: a
-    command with nothing to do answers before it imports Optuna or torch and loads any data.
-    """
+    """The line to print when study `name` already has `target` finished trials (default: its
+    stored n_trials), else None. From our rows alone, before Optuna, torch or any data."""
     from hpsearch.db.migrate import current_revision, ensure_schema, reading
     from hpsearch.db.queries import finished_trials
 

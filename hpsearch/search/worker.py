@@ -274,10 +274,8 @@ class _Trials:
         return state
 
     def _study_gone(self) -> HpsearchError | None:
-        """Why this worker cannot go on, if its study was taken from under it: Optuna's half
-        deleted (`optuna delete-study`) or renamed (optuna-dashboard copies the study and
-        deletes the old one) while it ran; the one line that says what to run. None if the
-        study is intact (or the database cannot tell now)."""
+        """The one line that says what to run if the study was deleted or renamed (copied and
+        deleted, as optuna-dashboard does) in Optuna under this worker; else None."""
         try:
             row = self.objective.recorder.study_row(self.config.name)
         except BrokenLink as exc:
