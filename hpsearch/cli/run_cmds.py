@@ -129,19 +129,20 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
     writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
-    # the data is read here, both splits (and cached for the workers), so that a missing or
-    # damaged file, a bad pixel range or label is one line before anything is written, not a
-    # failed worker after, nor a failed final evaluation hours later; a dry run reads only a
-    # dataset it must download or of the user's (its launcher stays torch-free)
-    if config.dry_run is None or missing_here(config.data) or is_local(config.data.dataset):
+    # both splits read (and cached for the workers) before anything is written: a missing or
+    # damaged file, a bad pixel or label is one line, not a failed worker or a final evaluation
+    # failed hours later. The launcher stays torch-free where a dry run finds the data here
+    # (not of the user's) and for synthetic data, which has no files.
+    data = config.data
+    if data.dataset != "synthetic" and (
+            config.dry_run is None or missing_here(data) or is_local(data.dataset)):
         from hpsearch.trainer.data import read_ahead
 
-        read_ahead(config.data)
-    if config.dry_run is None:  # a model factory imports and takes the arguments it is given
-        from hpsearch.trainer.factory import check_factory_args
+        read_ahead(data)
+    for factory in config.factories() if config.dry_run is None else []:
+        from hpsearch.trainer.factory import check_factory_args  # imports the user's module
 
-        for factory in config.factories():
-            check_factory_args(factory, config.model_args())
+        check_factory_args(factory, config.model_args())
     changes = _check_stored_config(config, url, update)
     done = None if hours is not None or changes else _nothing_to_do(url, config.name,
                                                                     trials or config.n_trials)
@@ -370,8 +371,7 @@ def _nothing_to_do(url: str, name: str, target: int | None = None) -> str | None
 
 
 def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Change]:
-    """The differences between the study file and the config of the study it continues (none
-    for a new study); raises, after printing them, unless they may be applied."""
+    """How the file differs from the stored study: printed, and raised unless they apply."""
     from hpsearch.db.engine import make_engine
     from hpsearch.db.migrate import ensure_schema
     from hpsearch.db.recorder import Recorder

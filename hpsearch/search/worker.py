@@ -94,8 +94,7 @@ def run_worker(name: str, url: str, *, worker_index: int = 0, device: str = "aut
     `threads`: torch's CPU threads (default: every core this process may use)."""
     url = normalise_url(url)
     ensure_schema(url, create=False)  # the study must exist: `hpsearch run` makes it
-    # one pool for the worker (our writes, Optuna's storage, the trial-slot lock): at most
-    engine = make_engine(url)  # engine_kwargs' pool_size + max_overflow connections
+    engine = make_engine(url)  # one pool: our writes, Optuna's storage, the trial-slot lock
     recorder = Recorder(engine)
     config, row_id = load_config(recorder, name, url)
     name = config.name
