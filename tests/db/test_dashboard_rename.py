@@ -177,13 +177,7 @@ def test_a_rename_in_optuna_dashboard_during_a_run_is_one_line_and_its_trials_re
     wait_for(lambda: hps(capsys, monkeypatch, "study", "rename", "live", "live-v2", *db)[0] == 0,
              60, "the rename to be followed")
     # the next worker's heartbeat check (here in-process) fails them and queues their retries
-    storage = open_storage(sqlite_url, WorkerOptions(heartbeat_interval=1, grace_period=4))
-    try:
-        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
-            optuna.storages.fail_stale_trials(optuna.load_study(study_name="live-v2",
-                                                                storage=storage))
-    finally:
-        storage.remove_session()
+    fail_stale_trials(sqlite_url, "live-v2")
     trials = optuna.load_study(study_name="live-v2", storage=sqlite_url).trials
     assert [t.state.name for t in trials] == ["FAIL"] * n_trials + ["WAITING"] * n_trials
     assert [t.system_attrs["failed_trial"] for t in trials[n_trials:]] == list(range(n_trials))
@@ -223,13 +217,7 @@ def test_trials_begun_while_the_dashboard_copied_the_study_are_not_orphaned(
     assert len(trials) == recorded.n_trials + 1
     running = {t.number: t for t in trials if t.state == optuna.trial.TrialState.RUNNING}
     assert late.number in running and running[late.number].params == late.params
-    storage = open_storage(db_url, WorkerOptions(heartbeat_interval=1, grace_period=4))
-    try:
-        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
-            optuna.storages.fail_stale_trials(optuna.load_study(study_name="demo-v2",
-                                                                storage=storage))
-    finally:
-        storage.remove_session()
+    fail_stale_trials(db_url, "demo-v2")
     retries = {t.system_attrs["failed_trial"]: t for t in optuna.load_study(
         study_name="demo-v2", storage=db_url).trials
         if t.state == optuna.trial.TrialState.WAITING}
@@ -237,3 +225,14 @@ def test_trials_begun_while_the_dashboard_copied_the_study_are_not_orphaned(
     assert retries[late.number].params == late.params
     code, out, _ = hps(capsys, monkeypatch, "db", "check", *db)
     assert code == 0, out
+
+
+def fail_stale_trials(url: str, name: str) -> None:
+    """A worker's heartbeat check (grace period 4 s), run here in-process."""
+    storage = open_storage(url, WorkerOptions(heartbeat_interval=1, grace_period=4))
+    try:
+        with warnings.catch_warnings(action="ignore", category=ExperimentalWarning):
+            optuna.storages.fail_stale_trials(optuna.load_study(study_name=name,
+                                                                storage=storage))
+    finally:
+        storage.remove_session()
