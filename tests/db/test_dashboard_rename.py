@@ -148,8 +148,11 @@ def test_a_rename_in_optuna_dashboard_during_a_run_is_one_line_and_its_trials_re
     that says how to follow (before: `unexpected UnboundLocalError`, from Optuna's tell of a
     deleted trial); following it hands the trials the copy holds as running, whose workers
     are gone, to the heartbeat check, so they are resumed (before: running for ever)."""
-    n_trials = 2  # trials of 60 s and more: the rename comes while both run
-    path = write_tiny_study(tmp_path, "live", n_trials=n_trials, epochs=600, dry_run=0.1,
+    # trials of 5 minutes: the rename comes while both run. Epochs of 0.5 s, as real ones
+    # are seconds long: at 0.1 s (two workers writing 20 epochs a second) the dashboard's
+    # rename landed only after both trials had ended, in 3 runs of 6
+    n_trials = 2
+    path = write_tiny_study(tmp_path, "live", n_trials=n_trials, epochs=600, dry_run=0.5,
                             heartbeat=(1, 4))
     db = ("--db", sqlite_url)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
