@@ -81,6 +81,7 @@ def evaluate(
 
         hpsearch evaluate try --ensemble 3 --select greedy --tta flip --seeds 3
     """
+    _check_study(name, db)
     if ensemble is not None:
         if trial is not None:
             raise ConfigError("--trial and --ensemble exclude each other (an ensemble is made "
@@ -91,6 +92,18 @@ def evaluate(
     if tta is not None or select is not Selection.top:
         raise ConfigError("--select and --tta apply to --ensemble only")
     _evaluate_single(name, db, trial, epochs, seeds, device, threads)
+
+
+def _check_study(name: str, db: str | None) -> None:
+    """An unknown study (or a database without one) is one line before torch is imported."""
+    from hpsearch.db.engine import database_url, normalise_url
+    from hpsearch.db.migrate import ensure_schema, reading
+    from hpsearch.db.queries import find_study
+
+    url = normalise_url(database_url(db))
+    ensure_schema(url, create=False)
+    with reading(url) as conn:
+        find_study(conn, name)
 
 
 def run_final_models(name: str, db: str | None, seeds: int, ensemble: int, device: str,

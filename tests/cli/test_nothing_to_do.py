@@ -36,3 +36,15 @@ def test_a_finished_study_is_answered_without_optuna_torch_or_alembic(sqlite_url
                           cwd=tmp_path)
     assert proc.returncode == 0 and "nothing to run" not in proc.stdout, proc.stdout
     assert [t.state for t in stored_trials(sqlite_url, "tiny")] == ["complete"] * 3
+
+
+def test_evaluate_of_an_unknown_study_is_answered_without_torch(sqlite_url: str,
+                                                                tmp_path: Path) -> None:
+    run_in_process(write_tiny_study(tmp_path, n_trials=1, epochs=1, dry_run=0.01), sqlite_url)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpsearch", "evaluate",
+                           "tinny", "--db", sqlite_url], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode != 0 and len(said) == 1, proc.stderr
+    assert "unknown study 'tinny'" in said[0] and "known: 'tiny'" in said[0], said
+    assert "torch" not in imported_packages(proc.stderr)
