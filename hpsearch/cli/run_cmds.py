@@ -129,20 +129,6 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
     writable_folder(checkpoint_folder(config.workers.checkpoint_dir, config.name), "checkpoints")
     writable_folder(log_dir / study_slug(config.name), "worker logs")
     url = normalise_url(database_url(db))
-    # both splits read (and cached for the workers) before anything is written: a missing or
-    # damaged file, a bad pixel or label is one line, not a failed worker or a final evaluation
-    # failed hours later. The launcher stays torch-free where a dry run finds the data here
-    # (not of the user's) and for synthetic data, which has no files.
-    data = config.data
-    if data.dataset != "synthetic" and (
-            config.dry_run is None or missing_here(data) or is_local(data.dataset)):
-        from hpsearch.trainer.data import read_ahead
-
-        read_ahead(data)
-    for factory in config.factories() if config.dry_run is None else []:
-        from hpsearch.trainer.factory import check_factory_args  # imports the user's module
-
-        check_factory_args(factory, config.model_args())
     changes = _check_stored_config(config, url, update)
     done = None if hours is not None or changes else _nothing_to_do(url, config.name,
                                                                     trials or config.n_trials)
@@ -153,6 +139,18 @@ def _run(study_file: Path, db: str | None, workers: int | None, threads: int | N
 
             print_leaderboard(url, config.name, top, ranked=False)
         return
+    # work to do: both splits read (and cached) before anything is written, a damaged file or
+    # bad label one line; no torch for synthetic data or a dry run's data here, not the user's
+    data = config.data
+    if data.dataset != "synthetic" and (
+            config.dry_run is None or missing_here(data) or is_local(data.dataset)):
+        from hpsearch.trainer.data import read_ahead
+
+        read_ahead(data)
+    for factory in config.factories() if config.dry_run is None else []:
+        from hpsearch.trainer.factory import check_factory_args  # imports the user's module
+
+        check_factory_args(factory, config.model_args())
     import optuna
 
     from hpsearch.search.control import study_halt
@@ -373,12 +371,14 @@ def _nothing_to_do(url: str, name: str, target: int | None = None) -> str | None
 def _check_stored_config(config: StudyConfig, url: str, update: bool) -> list[Change]:
     """How the file differs from the stored study: printed, and raised unless they apply."""
     from hpsearch.db.engine import make_engine
-    from hpsearch.db.migrate import ensure_schema
+    from hpsearch.db.migrate import current_revision, ensure_schema
     from hpsearch.db.recorder import Recorder
     from hpsearch.search.study_changes import check, compare
     from hpsearch.spec import StudyConfig
 
-    ensure_schema(url)
+    if current_revision(url) is None:  # a new database: made once the data has been read
+        return []
+    ensure_schema(url)  # an older schema upgraded
     engine = make_engine(url)
     try:
         row = Recorder(engine).study_row(config.name)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tests.helpers import run_in_process, stored_trials
 from tests.study_files import write_tiny_study
 
@@ -47,4 +49,22 @@ def test_evaluate_of_an_unknown_study_is_answered_without_torch(sqlite_url: str,
     said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
     assert proc.returncode != 0 and len(said) == 1, proc.stderr
     assert "unknown study 'tinny'" in said[0] and "known: 'tiny'" in said[0], said
+    assert "torch" not in imported_packages(proc.stderr)
+
+
+def test_a_finished_study_on_data_with_files_is_answered_before_the_data_is_read(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """`run` reads a dataset's files before it writes anything, but only where there is work:
+    a finished study on a user's .npz answers without torch (before: 2.1 s, torch imported)."""
+    x = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    y = np.arange(40) % 2
+    np.savez(tmp_path / "arrays.npz", x_train=x, y_train=y, x_test=x[:8], y_test=y[:8])
+    study = write_tiny_study(tmp_path, n_trials=1, epochs=1, dry_run=0.01)
+    study.write_text(study.read_text().replace('dataset = "synthetic"',
+                                               f'dataset = "{tmp_path / "arrays.npz"}"'))
+    run_in_process(study, sqlite_url)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpsearch", "run",
+                           str(study), "--db", sqlite_url], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and "nothing to run" in proc.stdout, proc.stdout + proc.stderr
     assert "torch" not in imported_packages(proc.stderr)
