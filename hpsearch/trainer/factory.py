@@ -82,9 +82,12 @@ def check_factory_args(path: str, model_args: set[str]) -> None:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
                     for p in signature.parameters.values())
     unknown = [] if takes_any else sorted(given - {p.name for p in params})
-    problems = ([f"needs {', '.join(needs)}, which [space.model_args] does not give"] * bool(needs)
-                + [f"does not take {', '.join(unknown)}, which every trial passes (in_channels, "
-                   "image_size, num_classes and [space.model_args])"] * bool(unknown))
+    problems = []
+    if needs:
+        problems.append(f"needs {', '.join(needs)}, which [space.model_args] does not give")
+    if unknown:
+        problems.append(f"does not take {', '.join(unknown)}, which every trial passes "
+                        "(in_channels, image_size, num_classes and [space.model_args])")
     if problems:
         raise FactoryError(f"model factory {path} ({_defined(factory, path)}) "
                            f"{'; it '.join(problems)}")
