@@ -152,8 +152,10 @@ def test_a_rename_in_optuna_dashboard_during_a_run_is_one_line_and_its_trials_re
     # are seconds long: at 0.1 s (two workers writing 20 epochs a second) the dashboard's
     # rename landed only after both trials had ended, in 3 runs of 6
     n_trials = 2
+    # a grace period no loaded machine's heartbeat misses: with 4 s, a heartbeat held up under
+    # load got a live trial failed and retried mid-rename (seen with the old study kept)
     path = write_tiny_study(tmp_path, "live", n_trials=n_trials, epochs=600, dry_run=0.5,
-                            heartbeat=(1, 4))
+                            heartbeat=(1, 30))
     db = ("--db", sqlite_url)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     assert hps(capsys, monkeypatch, "db", "upgrade", *db)[0] == 0  # the dashboard needs it
@@ -176,9 +178,9 @@ def test_a_rename_in_optuna_dashboard_during_a_run_is_one_line_and_its_trials_re
     copy = optuna.load_study(study_name="live-v2", storage=sqlite_url)
     assert [t.state.name for t in copy.trials] == ["RUNNING"] * n_trials
 
-    # refused while the copied trials' last sign of life is within the grace period (4 s)
+    # refused while the copied trials' last sign of life is within the grace period (30 s)
     wait_for(lambda: hps(capsys, monkeypatch, "study", "rename", "live", "live-v2", *db)[0] == 0,
-             60, "the rename to be followed")
+             150, "the rename to be followed")
     # the next worker's heartbeat check (here in-process) fails them and queues their retries
     fail_stale_trials(sqlite_url, "live-v2")
     trials = optuna.load_study(study_name="live-v2", storage=sqlite_url).trials
